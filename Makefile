@@ -1,0 +1,43 @@
+# Two commands: `make demo` runs the embedded default, `make test` runs the test suite.
+# Both create .venv if there is none. torch is installed first, pinned to the CPU build
+# in constraints.txt: a bare `torch` requirement would otherwise pull several GB of CUDA wheels.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  := torch==2.13.0
+OUT    ?= demo_out
+
+.PHONY: install install-dev demo test test-fast constraints clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(PY) pyproject.toml constraints.txt
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/signmix demo --out $(OUT)
+
+test: install-dev
+	$(PY) -m pytest
+
+test-fast: install-dev
+	$(PY) -m pytest -m "not integration"
+
+constraints: install-dev
+	{ echo "# The tested set: every package signmix installs, pinned. Regenerate with 'make constraints'."; \
+	  $(PIP) freeze --exclude-editable | grep -v -E '^(signmix|torch)==' | sed 's/+cpu//'; echo "$(TORCH)"; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,278 @@
+"""The experiment configuration: one YAML file validated once into frozen models.
+
+``load_config(path)`` reads the YAML, resolves relative paths against the file's folder,
+and returns a :class:`Config`, or raises :class:`ConfigError` listing *every* problem at
+once, each naming the field, the bad value and what is allowed. What travels to Ray
+trials is ``config.model_dump()``, plain data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spaces.errors import ConfigError
+
+ADAPTER_METHODS = ("seq_bn", "double_seq_bn", "lora")
+STRATEGIES = ("tpe", "random", "exhaustive", "greedy_fsd", "soup_all")
+FSD_MEASURES = ("mean_pairwise", "any_conflict")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AdapterConfig(_Frozen):
+    """The adapter architecture every domain adapter is trained with."""
+
+    method: Literal["seq_bn", "double_seq_bn", "lora"] = "seq_bn"
+    reduction_factor: Annotated[int, Field(gt=0)] = 16  # bottleneck adapters
+    rank: Annotated[int, Field(gt=0)] = 8  # lora
+    alpha: Annotated[float, Field(gt=0)] = 8.0  # lora
+
+
+class TrainingConfig(_Frozen):
+    epochs: Annotated[int, Field(ge=1)] = 2
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    max_length: Annotated[int, Field(ge=8, le=4096)] = 128
+    seed: int = 42
+    max_train_examples: Optional[Annotated[int, Field(ge=1)]] = None
+    max_eval_examples: Optional[Annotated[int, Field(ge=1)]] = None
+
+
+class DomainConfig(_Frozen):
+    """One domain: a local folder of split files, or a dataset on the Hugging Face hub."""
+
+    path: Optional[str] = None  # folder with train/validation/test .jsonl or .csv
+    hub: Optional[str] = None  # e.g. "glue"
+    subset: Optional[str] = None  # e.g. "sst2"
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    splits: dict[Literal["train", "validation", "test"], str] = Field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"})
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of 'path' (a local folder) or 'hub' (a hub dataset id)")
+        return self
+
+
+class SearchConfig(_Frozen):
+    strategy: Literal["tpe", "random", "exhaustive", "greedy_fsd", "soup_all"] = "tpe"
+    targets: list[str]
+    num_mixtures: Annotated[int, Field(ge=1)] = 16  # mixtures to evaluate (filtered ones do not count)
+    require_targets: bool = True
+    max_members: Optional[Annotated[int, Field(ge=1)]] = None
+    prune_ratios: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=lambda: [0.0])
+    prune_scope: Literal["adapter", "layer"] = "adapter"
+    prune_when: Literal["members", "mixture"] = "members"
+    fsd_measure: Literal["mean_pairwise", "any_conflict"] = "mean_pairwise"
+    max_fsd: Union[Annotated[float, Field(ge=0.0, le=1.0)], Literal["auto"], None] = "auto"
+    max_fsd_percentile: Annotated[float, Field(ge=0.0, le=100.0)] = 75.0
+    max_concurrent: Annotated[int, Field(ge=1)] = 2
+    eval_batch_size: Annotated[int, Field(ge=1)] = 64
+    eval_chunks: Annotated[int, Field(ge=1)] = 1  # >1 reports per chunk so ASHA can stop early
+    early_stopping: bool = False
+    max_failures: Annotated[int, Field(ge=0)] = 1
+    seed: int = 0
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_nonempty(cls, v):
+        if not v:
+            raise ValueError("name at least one target domain")
+        if len(set(v)) != len(v):
+            raise ValueError(f"targets must be distinct, got {v}")
+        return v
+
+    @field_validator("prune_ratios")
+    @classmethod
+    def _ratios_nonempty(cls, v):
+        if not v:
+            raise ValueError("give at least one pruning ratio (0.0 means no pruning)")
+        return sorted(set(v))
+
+
+class ResourcesConfig(_Frozen):
+    cpu: Annotated[float, Field(gt=0)] = 1.0
+    gpu: Annotated[float, Field(ge=0)] = 0.0
+
+
+class RayConfig(_Frozen):
+    address: Optional[str] = None  # None: start a local cluster; "auto" or "ray://host:port"
+    storage_path: str = "signmix_runs"
+    num_cpus: Optional[int] = None  # for a local cluster only
+
+
+class MlflowConfig(_Frozen):
+    tracking_uri: Optional[str] = None  # default: sqlite:///<storage_path>/mlflow.db
+    experiment: Optional[str] = None  # default: the config's name
+    registered_model: Optional[str] = None  # default: the config's name
+
+
+class Config(_Frozen):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    base_model: str
+    trust_remote_code: bool = False
+    adapter: AdapterConfig = AdapterConfig()
+    training: TrainingConfig = TrainingConfig()
+    domains: dict[str, DomainConfig]
+    search: SearchConfig
+    resources: ResourcesConfig = ResourcesConfig()
+    ray: RayConfig = RayConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    store: Optional[str] = None  # adapter store; default: <storage_path>/adapters
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v):
+        if not v:
+            raise ValueError("name at least one domain")
+        for name in v:
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"domain name {name!r} must be a plain folder-safe name")
+        return v
+
+    @model_validator(mode="after")
+    def _targets_are_domains(self):
+        unknown = [t for t in self.search.targets if t not in self.domains]
+        if unknown:
+            raise ValueError(f"search.targets {unknown} are not domains; the domains are {sorted(self.domains)}")
+        if self.search.max_members is not None and self.search.require_targets \
+                and self.search.max_members < len(self.search.targets):
+            raise ValueError(f"search.max_members={self.search.max_members} is smaller than the "
+                             f"{len(self.search.targets)} targets that every mixture must contain")
+        return self
+
+    # Resolved locations -------------------------------------------------------------
+    @property
+    def storage_path(self) -> str:
+        return self.ray.storage_path
+
+    @property
+    def store_path(self) -> str:
+        return self.store or os.path.join(self.ray.storage_path, "adapters")
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return "sqlite:///" + os.path.abspath(os.path.join(self.ray.storage_path, "mlflow.db"))
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model or self.name
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def _resolve(value: Optional[str], base: Path) -> Optional[str]:
+    """A relative local path is taken relative to the config file; URIs and hub ids are kept."""
+    if value is None or _is_uri(value) or os.path.isabs(value):
+        return value
+    return str((base / value).resolve())
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    raw = dict(raw)
+    bm = raw.get("base_model")
+    # A hub id ("roberta-base", "org/model") is kept; an existing or ./-relative folder is resolved.
+    if isinstance(bm, str) and (bm.startswith((".", "/", "~")) or (base / bm).exists()):
+        raw["base_model"] = _resolve(os.path.expanduser(bm), base)
+    if isinstance(raw.get("store"), str):
+        raw["store"] = _resolve(raw["store"], base)
+    if isinstance(raw.get("ray"), dict) and isinstance(raw["ray"].get("storage_path"), str):
+        raw["ray"] = {**raw["ray"], "storage_path": _resolve(raw["ray"]["storage_path"], base)}
+    elif not isinstance(raw.get("ray"), dict) or "storage_path" not in raw.get("ray", {}):
+        raw["ray"] = {**(raw.get("ray") or {}), "storage_path": str((base / "signmix_runs").resolve())}
+    if isinstance(raw.get("domains"), dict):
+        domains = {}
+        for name, d in raw["domains"].items():
+            if isinstance(d, dict) and isinstance(d.get("path"), str):
+                d = {**d, "path": _resolve(os.path.expanduser(d["path"]), base)}
+            domains[name] = d
+        raw["domains"] = domains
+    return raw
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names allowed at ``loc`` (a pydantic error location), for did-you-mean."""
+    for part in loc[:-1]:
+        if not isinstance(part, str) or part not in model.model_fields:
+            if model is Config and part in ("domains",):
+                model = DomainConfig
+                continue
+            if model is DomainConfig:
+                continue
+            return []
+        ann = model.model_fields[part].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif part == "domains":
+            model = DomainConfig
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(err["loc"])
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(Config, loc)
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        return f"{field}: unknown key{hint}"
+    if kind == "missing":
+        return f"{field}: required, but missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and kind not in ("model_type", "dict_type") and loc:
+        return f"{field}: got {err['input']!r}: {msg}"
+    return f"{field}: {msg}"
+
+
+def validate_config(raw: object, *, source: str = "config", base_dir: str | Path = ".") -> Config:
+    """Validate a parsed YAML document into a :class:`Config` (every problem reported at once)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"the file must hold a YAML mapping of settings, got {type(raw).__name__}"])
+    raw = _resolve_paths(raw, Path(base_dir))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        # A union field reports one error per alternative; keep one line per field.
+        problems, seen = [], set()
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("literal[", "float", "constrained"))))
+            line = _describe({**err, "loc": loc})
+            if loc in seen and err["type"] != "extra_forbidden":
+                continue
+            seen.add(loc)
+            problems.append(line)
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate a YAML config file; raises :class:`ConfigError` with every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [f"no such file; create one (see the README's 'Configuration' section)"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    return validate_config(raw, source=str(path), base_dir=path.parent.resolve())

@@ -1,0 +1,163 @@
+"""``MixtureSpec``: the one validated description of a mixture that every stage shares."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from spaces.errors import SpecError
+
+PruneMethod = Literal["none", "magnitude"]
+PruneScope = Literal["adapter", "layer"]
+PruneWhen = Literal["members", "mixture"]
+
+PRUNE_METHODS: tuple[str, ...] = ("none", "magnitude")
+PRUNE_SCOPES: tuple[str, ...] = ("adapter", "layer")
+PRUNE_WHEN: tuple[str, ...] = ("members", "mixture")
+
+
+@dataclass(frozen=True)
+class MixtureSpec:
+    """A mixture: which adapters to average, with which weights, and how to prune.
+
+    ``members`` are sorted domain names; ``weights`` (same order) sum to 1. ``targets`` are
+    the domains the mixture is evaluated on, each with its own head. A ratio of 0.0 means
+    no pruning. Build one with :func:`make_mixture_spec`, which validates and canonicalises.
+    """
+
+    members: tuple[str, ...]
+    weights: tuple[float, ...]
+    targets: tuple[str, ...]
+    prune_method: PruneMethod = "none"
+    prune_ratio: float = 0.0
+    prune_scope: PruneScope = "adapter"
+    prune_when: PruneWhen = "members"
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def k(self) -> int:
+        """The number of mixed adapters."""
+        return len(self.members)
+
+    @property
+    def is_uniform(self) -> bool:
+        return all(abs(w - 1.0 / self.k) < 1e-12 for w in self.weights)
+
+    def canonical(self) -> dict:
+        """The spec as a plain dict, without fields that do not change the mixture."""
+        d = asdict(self)
+        d.pop("extra")
+        d["members"] = list(self.members)
+        d["targets"] = list(self.targets)
+        d["weights"] = [round(w, 12) for w in self.weights]
+        if self.prune_method == "none" or self.prune_ratio == 0.0:
+            d.update(prune_method="none", prune_ratio=0.0, prune_scope="adapter", prune_when="members")
+        return d
+
+    @property
+    def key(self) -> str:
+        """A stable hash of the canonical spec: equal mixtures have equal keys."""
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        """A short human-readable name, e.g. ``books+dvd @ magnitude 0.9``."""
+        name = "+".join(self.members)
+        if self.prune_method != "none" and self.prune_ratio > 0:
+            name += f" @ {self.prune_method} {self.prune_ratio:g}"
+        return name
+
+    def to_dict(self) -> dict:
+        """A JSON-safe dict that :meth:`from_dict` reads back (what travels to Ray trials)."""
+        d = self.canonical()
+        d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MixtureSpec:
+        return make_mixture_spec(**d)
+
+
+def make_mixture_spec(
+    *,
+    members,
+    targets,
+    weights=None,
+    prune_method: str = "none",
+    prune_ratio: float = 0.0,
+    prune_scope: str = "adapter",
+    prune_when: str = "members",
+    extra: dict | None = None,
+    known_domains=None,
+    require_targets: bool = True,
+) -> MixtureSpec:
+    """Validate and canonicalise a mixture; returns a :class:`MixtureSpec`.
+
+    Args:
+        members: domain names to mix (any order, no repeats).
+        targets: domains to evaluate on.
+        weights: mixing weights, a list aligned with ``members`` or a dict by name;
+            uniform when omitted. Normalised to sum to 1.
+        prune_method / prune_ratio / prune_scope / prune_when: see ``trainables.mixing``.
+        known_domains: when given, every member and target must be one of them.
+        require_targets: every target must be a member (the paper's in-domain setting).
+
+    Raises:
+        SpecError: naming the bad value and what is allowed.
+    """
+    members = list(members)
+    targets = list(targets)
+    if not members:
+        raise SpecError("a mixture needs at least one member, got an empty subset")
+    if not targets:
+        raise SpecError("a mixture needs at least one target domain to be evaluated on")
+    if len(set(members)) != len(members):
+        raise SpecError(f"mixture members must be distinct, got {members}")
+    if known_domains is not None:
+        known = set(known_domains)
+        for name in members + targets:
+            if name not in known:
+                raise SpecError(f"unknown domain {name!r}; the domains are {sorted(known)}")
+    if require_targets:
+        missing = [t for t in targets if t not in members]
+        if missing:
+            raise SpecError(f"targets {missing} are not members of the mixture {sorted(members)}; "
+                            "a target's own adapter is always mixed (set search.require_targets: false to allow this)")
+    if weights is None:
+        weights = [1.0] * len(members)
+    elif isinstance(weights, dict):
+        unknown = set(weights) - set(members)
+        if unknown:
+            raise SpecError(f"weights given for non-members {sorted(unknown)}")
+        weights = [float(weights.get(m, 0.0)) for m in members]
+    weights = [float(w) for w in weights]
+    if len(weights) != len(members):
+        raise SpecError(f"got {len(weights)} weights for {len(members)} members")
+    if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
+        raise SpecError(f"weights must be non-negative with a positive sum, got {weights}")
+    if prune_method not in PRUNE_METHODS:
+        raise SpecError(f"prune_method must be one of {list(PRUNE_METHODS)}, got {prune_method!r}")
+    if prune_scope not in PRUNE_SCOPES:
+        raise SpecError(f"prune_scope must be one of {list(PRUNE_SCOPES)}, got {prune_scope!r}")
+    if prune_when not in PRUNE_WHEN:
+        raise SpecError(f"prune_when must be one of {list(PRUNE_WHEN)}, got {prune_when!r}")
+    prune_ratio = float(prune_ratio)
+    if not 0.0 <= prune_ratio < 1.0:
+        raise SpecError(f"prune_ratio must be in [0, 1), got {prune_ratio}")
+    if prune_method == "none":
+        prune_ratio = 0.0
+
+    total = sum(weights)
+    order = sorted(range(len(members)), key=lambda i: members[i])
+    return MixtureSpec(
+        members=tuple(members[i] for i in order),
+        weights=tuple(weights[i] / total for i in order),
+        targets=tuple(sorted(targets)),
+        prune_method=prune_method,  # type: ignore[arg-type]
+        prune_ratio=prune_ratio,
+        prune_scope=prune_scope,  # type: ignore[arg-type]
+        prune_when=prune_when,  # type: ignore[arg-type]
+        extra=dict(extra or {}),
+    )
