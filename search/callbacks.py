@@ -1,0 +1,139 @@
+"""Ray Tune callbacks: MLflow runs and progress lines, from trial events in the driver."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ray.tune import Callback
+
+if TYPE_CHECKING:
+    from search.searcher import SignConflictSearcher
+    from search.tracking import SearchTracker
+
+logger = logging.getLogger(__name__)
+
+# What a trial reports that is not a metric of the mixture.
+_NOT_METRICS = {"done", "training_iteration", "trial_id", "time_this_iter_s", "time_total_s", "pid",
+                "timestamp", "date", "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
+                "checkpoint_dir_name", "should_checkpoint", "config", "experiment_tag", "adapter_path"}
+
+
+def numeric_metrics(result: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in result.items()
+            if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class MixtureTracking(Callback):
+    """Opens, updates and closes the MLflow child run of every mixture trial."""
+
+    def __init__(self, *, tracker: SearchTracker, searcher: SignConflictSearcher, progress=None) -> None:
+        self.tracker, self.searcher = tracker, searcher
+        self.progress = progress or (lambda line: None)
+        self.best: tuple[float, str] | None = None
+        self.started = time.perf_counter()
+
+    def _spec(self, trial):
+        return self.searcher.specs.get(trial.trial_id)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        spec = self._spec(trial)
+        if spec is not None:
+            self.tracker.start_mixture(spec, trial.config.get("fsd", float("nan")), trial.trial_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        spec = self._spec(trial)
+        if spec is not None and not result.get("done"):
+            self.tracker.log_progress(spec, numeric_metrics(result), result.get("training_iteration", 0))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        spec = self._spec(trial)
+        if spec is None:
+            return
+        result = trial.last_result or {}
+        complete = result.get("evaluated_fraction", 0.0) >= 1.0 and trial.checkpoint is not None
+        status = "evaluated" if complete else "stopped_early"
+        metrics = numeric_metrics(result)
+        if complete:
+            with trial.checkpoint.as_directory() as path:
+                self.tracker.finish_mixture(spec, status, metrics=metrics, artifact_dir=path,
+                                            step=result.get("training_iteration", 0))
+            acc = result["accuracy_mean"]
+            if self.best is None or acc > self.best[0]:
+                self.best = (acc, spec.label())
+        else:
+            self.tracker.finish_mixture(spec, status, metrics=metrics, step=result.get("training_iteration", 0))
+        self._report(f"{status:<13} {spec.label():<40} accuracy {result.get('accuracy_mean', float('nan')):.4f}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        spec = self._spec(trial)
+        if spec is None:
+            return
+        self.tracker.finish_mixture(spec, "failed", error=_error_text(trial))
+        self._report(f"{'failed':<13} {spec.label():<40} ({_error_text(trial).splitlines()[-1][:80]})")
+
+    def _report(self, line: str) -> None:
+        c = self.searcher.counts
+        best = f"best {self.best[0]:.4f} {self.best[1]}" if self.best else "best -"
+        self.progress(f"[{time.perf_counter() - self.started:6.1f}s] {line} | {c.evaluated} evaluated, "
+                      f"{c.filtered} filtered, {c.repeats} repeats | {best}")
+
+
+class TrainingTracking(Callback):
+    """One MLflow run per domain adapter: params, per-epoch metrics, the adapter as artifact."""
+
+    def __init__(self, *, client, experiment_id: str, params: dict, progress=None) -> None:
+        from search.tracking import log_training_run
+
+        self._log_run = log_training_run
+        self.client, self.experiment_id, self.params = client, experiment_id, params
+        self.progress = progress or (lambda line: None)
+        self.runs: dict[str, str] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        domain = trial.config["domain"]
+        params = {**self.params, "domain": domain, "fingerprint": trial.config["fingerprints"][domain]}
+        self.runs[trial.trial_id] = self._log_run(self.client, self.experiment_id, domain=domain, params=params)
+        self.progress(f"training {domain}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric
+
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        ts, step = int(time.time() * 1000), int(result.get("epoch", result.get("training_iteration", 0)))
+        self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()
+                                               if k != "epoch"])
+        self.progress(f"  {trial.config['domain']}: epoch {step} loss {result.get('train_loss', float('nan')):.4f} "
+                      f"val accuracy {result.get('val_accuracy', float('nan')):.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        path = (trial.last_result or {}).get("adapter_path")
+        if path:
+            self.client.log_artifacts(run_id, path, "adapter")
+            self.client.set_tag(run_id, "signmix.adapter_path", path)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            self.client.set_tag(run_id, "signmix.error", _error_text(trial)[:5000])
+            self.client.set_terminated(run_id, "FAILED")
+        self.progress(f"training {trial.config['domain']} failed: {_error_text(trial).splitlines()[-1][:200]}")
+
+
+def _error_text(trial) -> str:
+    """The trial's error message (Ray writes it to a file in the trial's folder)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        if path:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip() or "unknown error"
+    except OSError:
+        pass
+    return str(getattr(trial, "error_msg", None) or "unknown error")

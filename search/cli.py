@@ -1,0 +1,212 @@
+"""The ``signmix`` command: parse, validate, call the library, show the result.
+
+Usage errors (bad config, missing adapters, ...) print one message and exit with 2;
+runtime failures exit with 1; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from spaces.errors import SignmixError, UsageError
+
+logger = logging.getLogger("signmix")
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _load(args):
+    from search.config import load_config
+
+    cfg = load_config(args.config)
+    updates = {}
+    if getattr(args, "address", None):
+        updates["ray"] = cfg.ray.model_copy(update={"address": args.address})
+    search = {k: v for k, v in (("strategy", getattr(args, "strategy", None)),
+                                ("num_mixtures", getattr(args, "num_mixtures", None))) if v is not None}
+    if search:
+        updates["search"] = cfg.search.model_copy(update=search)
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def cmd_train(args) -> int:
+    from search.runner import run_training
+
+    cfg = _load(args)
+    summary = run_training(cfg, force=args.force, progress=_progress, debug=args.debug)
+    print(f"trained {len(summary.trained)} adapter(s) {summary.trained}, skipped {len(summary.skipped)} "
+          f"{summary.skipped} in {summary.seconds:.1f}s; store: {cfg.store_path}")
+    for domain, err in summary.failed.items():
+        print(f"failed: {domain}: {err}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_fsd(args) -> int:
+    from search.baselines import format_table
+    from search.runner import load_sign_index
+
+    cfg = _load(args)
+    _, index = load_sign_index(cfg)
+    rows = [[name] + [float(index.matrix[i, j]) for j in range(len(index.names))] for i, name in enumerate(index.names)]
+    print(format_table(rows, ["FSD"] + list(index.names)))
+    out = Path(args.out or os.path.join(cfg.storage_path, "fsd_matrix.csv"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    index.to_csv(out)
+    print(f"written: {out}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from search.runner import run_search
+
+    cfg = _load(args)
+    s = run_search(cfg, progress=_progress, debug=args.debug)
+    print(f"{s.strategy}: {s.evaluated} evaluated, {s.filtered} proposals filtered ({s.filtered_mixtures} mixtures), "
+          f"{s.repeats} repeats, {s.stopped_early} stopped early, {s.failed} failed in {s.seconds:.1f}s")
+    if s.best_label is not None:
+        print(f"best: {s.best_label}  accuracy {s.best_accuracy:.4f}  (MLflow run {s.best_run_id})")
+    return 1 if s.failed and not s.evaluated else 0
+
+
+def cmd_export(args) -> int:
+    from search.export import export_mixture
+
+    cfg = _load(args)
+    out, record = export_mixture(cfg, args.out, run_id=args.run_id, register=not args.no_register)
+    reg = record.get("registered_model")
+    print(f"exported {'+'.join(record['members'])} (accuracy {record['metrics'].get('accuracy_mean', float('nan')):.4f}) "
+          f"to {out}" + (f"; registered as {reg['name']} version {reg['version']}" if reg else ""))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from search.baselines import format_table
+    from search.export import evaluate_export
+
+    result = evaluate_export(args.export_dir, args.split)
+    record, metrics = result["record"], result["metrics"]
+    rows = []
+    for t in record["targets"]:
+        logged = record["metrics"].get(f"accuracy/{t}") if args.split == "validation" else None
+        rows.append([t, metrics[f"accuracy/{t}"], metrics[f"macro_f1/{t}"], "-" if logged is None else logged])
+    print(format_table(rows, ["target", f"{args.split} accuracy", "macro-F1", "logged accuracy"]))
+    if args.split == "validation":
+        mismatched = [t for t in record["targets"] if record["metrics"].get(f"accuracy/{t}") != metrics[f"accuracy/{t}"]]
+        if mismatched:
+            print(f"the accuracy on {mismatched} differs from the logged value", file=sys.stderr)
+            return 1
+        print("reproduces the logged validation accuracy exactly")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from search.baselines import baseline_specs, evaluate_specs, format_table
+    from search.demo import prepare_demo
+    from search.export import export_mixture
+    from search.runner import run_search, run_training
+
+    out = Path(args.out).resolve()
+    _progress(f"signmix demo: data, adapters, MLflow store and export under {out}")
+    cfg = prepare_demo(out, seed=args.seed, tracking_uri=args.tracking_uri)
+    _progress("1/4 training one adapter per domain")
+    run_training(cfg, progress=_progress, debug=args.debug)
+    _progress("2/4 searching mixtures (TPE behind the sign-conflict pre-filter)")
+    s = run_search(cfg, progress=_progress, debug=args.debug)
+    _progress("3/4 exporting the best mixture")
+    staged = out / ".best-new"
+    shutil.rmtree(staged, ignore_errors=True)
+    export_mixture(cfg, staged, run_id=s.best_run_id)
+    if (out / "best").exists():
+        shutil.rmtree(out / "best")
+    os.replace(staged, out / "best")
+    _progress("4/4 comparing with single adapters and the soup of all")
+    baselines = evaluate_specs(cfg, baseline_specs(cfg))
+    targets = cfg.search.targets
+    rows = [[f"best: {s.best_label}", s.best_accuracy]]
+    rows += [[name, r["accuracy_mean"]] for name, r in baselines.items()]
+    print()
+    print(format_table(rows, ["mixture", f"validation accuracy on {','.join(targets)}"]))
+    print()
+    print(f"proposals: {s.evaluated} evaluated, {s.filtered} filtered by the pre-filter "
+          f"({s.filtered_mixtures} distinct mixtures, max_fsd {s.max_fsd:.4f}), {s.repeats} repeats answered "
+          f"from earlier results; search took {s.seconds:.0f}s")
+    print(f"best mixture exported to {out / 'best'}")
+    print(f"browse the runs:  mlflow ui --backend-store-uri {cfg.tracking_uri} --port 5000")
+    return 0
+
+
+def cmd_server(args) -> int:
+    from mlflow_server.cli import run_server
+
+    return run_server(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signmix", description=(
+        "Find the best mixture of domain adapters: Ray Tune trials, Optuna proposals behind a "
+        "sign-conflict (FSD) pre-filter, MLflow tracking."))
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and worker logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name, help_, func):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("config", help="the experiment's YAML config")
+        p.set_defaults(func=func)
+        return p
+
+    p = with_config("train", "train one adapter per domain (skips adapters already trained with these settings)", cmd_train)
+    p.add_argument("--force", action="store_true", help="retrain every domain")
+    p.add_argument("--address", help="Ray cluster address (overrides ray.address)")
+    p = with_config("fsd", "print the pairwise FSD matrix of the stored adapters and write it as CSV", cmd_fsd)
+    p.add_argument("--out", help="CSV path (default: <storage_path>/fsd_matrix.csv)")
+    p = with_config("search", "search mixtures with Ray Tune, behind the sign-conflict pre-filter", cmd_search)
+    p.add_argument("--strategy", choices=["tpe", "random", "exhaustive", "greedy_fsd", "soup_all"],
+                   help="overrides search.strategy")
+    p.add_argument("--num-mixtures", type=int, help="overrides search.num_mixtures")
+    p.add_argument("--address", help="Ray cluster address (overrides ray.address)")
+    p = with_config("export", "export the best (or a given) mixture as an adapters adapter", cmd_export)
+    p.add_argument("--out", required=True, help="new folder to write the export into")
+    p.add_argument("--run-id", help="export this MLflow run instead of the best")
+    p.add_argument("--no-register", action="store_true", help="do not register a model version")
+    p = sub.add_parser("evaluate", help="evaluate an exported mixture on its targets")
+    p.add_argument("export_dir")
+    p.add_argument("--split", choices=["validation", "test"], default="validation")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("demo", help="run the embedded default end to end (offline, CPU)")
+    p.add_argument("--out", default="demo_out", help="folder for data, adapters, MLflow store and export")
+    p.add_argument("--tracking-uri", help="log to this MLflow tracking URI instead of DIR/mlflow.db")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("server", help="start an MLflow tracking server (loopback by default)")
+    from mlflow_server.cli import add_server_arguments
+
+    add_server_arguments(p)
+    p.set_defaults(func=cmd_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except SignmixError as exc:
+        if args.debug:
+            raise
+        print(f"signmix: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("signmix: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

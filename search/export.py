@@ -1,0 +1,164 @@
+"""Export a mixture as a normal ``adapters`` adapter, and evaluate an export.
+
+The export directory (DESIGN.md, "Export format")::
+
+    DIR/adapter_config.json  adapter.safetensors        the mixed, pruned adapter
+        head_config.json     model_head.safetensors     the first target's head
+        heads/<target>/...                              every target's head
+        mixture.json                                    what it is and how it scored
+
+``model.load_adapter(DIR)`` gives a ready classifier for the first target; the other
+targets' heads load with ``model.load_head(DIR/heads/<target>)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from search.config import Config
+from search.tracking import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, open_experiment
+from spaces.errors import TrackingError, UsageError
+
+logger = logging.getLogger(__name__)
+
+MIXTURE_FILE = "mixture.json"
+
+
+def signmix_version() -> str:
+    try:
+        return version("signmix")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def find_best_run(client, experiment_id: str):
+    """The evaluated mixture run with the highest mean accuracy in an experiment."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'",
+        order_by=["metrics.accuracy_mean DESC", "attributes.start_time ASC"], max_results=1)
+    if not runs:
+        raise TrackingError("the experiment has no evaluated mixture yet; run `signmix search CONFIG` first")
+    return runs[0]
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse to write into an existing non-empty folder or an unwritable place."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"the export folder {out} exists and is not empty; choose a new --out or remove it")
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write into {parent}; choose a writable --out")
+
+
+def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = None,
+                   register: bool = True) -> tuple[Path, dict]:
+    """Write the best (or the given) mixture to ``out``; returns the folder and its record."""
+    out = Path(out).resolve()
+    check_output_dir(out)
+    client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    if run_id is None:
+        run = find_best_run(client, experiment_id)
+    else:
+        try:
+            run = client.get_run(run_id)
+        except Exception as exc:  # MlflowException for unknown ids
+            raise UsageError(f"no MLflow run {run_id!r} in {cfg.experiment_name!r}: {str(exc).splitlines()[0]}") from None
+        if run.data.tags.get(STATUS_TAG) != "evaluated":
+            raise UsageError(f"run {run_id} is a {run.data.tags.get(STATUS_TAG, 'non-mixture')!r} run; "
+                             "only evaluated mixtures have weights to export")
+    p, metrics = run.data.params, run.data.metrics
+    targets = p["targets"].split(",")
+    record = {
+        "members": p["members"].split(","),
+        "weights": [float(w) for w in p["weights"].split(",")],
+        "targets": targets,
+        "prune_method": p["prune_method"], "prune_ratio": float(p["prune_ratio"]),
+        "prune_scope": p["prune_scope"], "prune_when": p["prune_when"],
+        "fsd": metrics.get("fsd"), "fsd_measure": p["fsd_measure"], "strategy": p["strategy"],
+        "metrics": {k: v for k, v in metrics.items() if k.startswith(("accuracy", "macro_f1", "sparsity"))},
+        "base_model": cfg.base_model,
+        "adapter": cfg.adapter.model_dump(),
+        "adapter_method": cfg.adapter.method,
+        "domains": {t: cfg.domains[t].model_dump() for t in targets},
+        "evaluation": {"max_length": cfg.training.max_length, "batch_size": cfg.search.eval_batch_size,
+                       "max_eval_examples": cfg.training.max_eval_examples, "seed": cfg.training.seed,
+                       "trust_remote_code": cfg.trust_remote_code},
+        "signmix_version": signmix_version(),
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_experiment": cfg.experiment_name,
+        "mixture_key": run.data.tags.get("signmix.mixture_key"),
+    }
+    # Build in a sibling temp folder, then rename: no half-written export on any failure.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        local = client.download_artifacts(run.info.run_id, MIXTURE_ARTIFACT, str(staging))
+        for item in Path(local).iterdir():
+            shutil.move(str(item), staging / item.name)
+        Path(local).rmdir()
+        (staging / MIXTURE_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if register:
+        record["registered_model"] = register_version(client, cfg.registered_model_name, run.info.run_id)
+        (out / MIXTURE_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return out, record
+
+
+def register_version(client, name: str, run_id: str) -> dict:
+    """Register the run's mixture artifact as a new version of model ``name``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="signmix adapter mixtures")
+    source = f"{client.get_run(run_id).info.artifact_uri}/{MIXTURE_ARTIFACT}"
+    mv = client.create_model_version(name, source=source, run_id=run_id,
+                                     tags={"signmix.mixture_key": client.get_run(run_id).data.tags.get(
+                                         "signmix.mixture_key", "")})
+    return {"name": name, "version": int(mv.version)}
+
+
+def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
+    """Accuracy and macro-F1 of an exported mixture on each target's ``split``.
+
+    Loads the export with plain ``adapters`` calls (``load_adapter``, ``load_head``) and
+    evaluates with the same code, batches and settings as the search trial.
+    """
+    from trainables.data import encode_split, load_domain
+    from trainables.evaluate import classification_metrics, predict
+    from trainables.model import load_encoder
+
+    path = Path(path)
+    if not (path / MIXTURE_FILE).is_file():
+        raise UsageError(f"{path} is not a signmix export (no {MIXTURE_FILE}); "
+                         "create one with `signmix export CONFIG --out DIR`")
+    record = json.loads((path / MIXTURE_FILE).read_text(encoding="utf-8"))
+    ev = record["evaluation"]
+    model, tokenizer = load_encoder(record["base_model"], trust_remote_code=ev["trust_remote_code"])
+    adapter = model.load_adapter(str(path), use_safetensors=True, with_head=False)
+    model.set_active_adapters(adapter)
+    results: dict = {}
+    for target in record["targets"]:
+        head = model.load_head(str(path / "heads" / target), load_as=f"head_{target}", use_safetensors=True)
+        model.active_head = head if isinstance(head, str) else f"head_{target}"
+        data = load_domain(target, record["domains"][target], splits=(split,),
+                           max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
+                           trust_remote_code=ev["trust_remote_code"])
+        enc = encode_split(tokenizer, data.splits[split], ev["max_length"])
+        m = classification_metrics(predict(model, enc, ev["batch_size"]), enc.labels, data.num_labels)
+        results[f"accuracy/{target}"] = m["accuracy"]
+        results[f"macro_f1/{target}"] = m["macro_f1"]
+    results["accuracy_mean"] = sum(results[f"accuracy/{t}"] for t in record["targets"]) / len(record["targets"])
+    return {"record": record, "metrics": results}

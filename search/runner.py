@@ -1,0 +1,229 @@
+"""Launching training and search on Ray Tune, and what they hand back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from search.config import Config
+from spaces.errors import StoreError, UsageError
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def quiet_ray(debug: bool = False) -> None:
+    """Keep Ray Tune's own console tables out of signmix's output (our callbacks report
+    progress and failures; the full error of a failed trial is in its MLflow run)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not debug:
+        for name in ("ray.tune", "ray.train", "ray.air"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def connect_ray(cfg: Config, *, debug: bool = False) -> None:
+    """Join the cluster of ``ray.address``, or start a local one sized by ``ray.num_cpus``."""
+    import ray
+
+    quiet_ray(debug)
+
+    if ray.is_initialized():
+        return
+    kwargs = dict(include_dashboard=False, log_to_driver=debug, logging_level=logging.WARNING,
+                  configure_logging=True)
+    try:
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address, **kwargs)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=None, **kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        raise UsageError(f"cannot connect to the Ray cluster at {cfg.ray.address!r}: {str(exc).splitlines()[0]}; "
+                         "start it (`ray start --head`) or fix ray.address") from None
+    if cfg.resources.gpu > 0 and ray.cluster_resources().get("GPU", 0) == 0:
+        raise UsageError(f"resources.gpu is {cfg.resources.gpu} but the Ray cluster has no GPU; "
+                         "set resources.gpu: 0 or connect to a cluster with GPUs")
+
+
+def _resources(cfg: Config) -> dict:
+    return {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+
+
+def fingerprint(cfg: Config, domain: str) -> str:
+    """A hash of everything that shapes ``domain``'s adapter: same hash, same adapter."""
+    blob = json.dumps({"base_model": cfg.base_model, "adapter": cfg.adapter.model_dump(),
+                       "training": cfg.training.model_dump(), "domain": cfg.domains[domain].model_dump()},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainingSummary:
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_training(cfg: Config, *, force: bool = False, progress: Progress = logger.info,
+                 debug: bool = False) -> TrainingSummary:
+    """Train every domain adapter that the store lacks (or all, with ``force``)."""
+    from ray import tune
+
+    from search.callbacks import TrainingTracking
+    from search.tracking import flatten, open_experiment
+    from trainables.data import load_domain
+    from trainables.store import AdapterStore
+    from trainables.train import train_domain_adapter
+
+    started = time.perf_counter()
+    store = AdapterStore(cfg.store_path)
+    prints = {d: fingerprint(cfg, d) for d in cfg.domains}
+    summary = TrainingSummary(skipped=[d for d in cfg.domains if not force and store.has(d, prints[d])])
+    todo = [d for d in cfg.domains if d not in summary.skipped]
+    for d in summary.skipped:
+        progress(f"{d}: adapter already in the store with these settings, skipped")
+    if not todo:
+        return summary
+    # Check every domain's data in the driver first: a bad column or an empty split is
+    # a usage error that should stop everything before a single trial starts.
+    for d in todo:
+        load_domain(d, cfg.domains[d].model_dump(), splits=("train", "validation"),
+                    max_train_examples=1, max_eval_examples=1, trust_remote_code=cfg.trust_remote_code)
+    connect_ray(cfg, debug=debug)
+    client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    params = flatten({"base_model": cfg.base_model, "adapter": cfg.adapter.model_dump(),
+                      "training": cfg.training.model_dump()})
+    trainable = tune.with_resources(train_domain_adapter, _resources(cfg))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"domain": tune.grid_search(todo), "fingerprints": prints,
+                     "experiment": cfg.model_dump(), "store": os.path.abspath(cfg.store_path)},
+        tune_config=tune.TuneConfig(reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=f"{cfg.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=os.path.abspath(cfg.storage_path),
+            verbose=0, failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+            callbacks=[TrainingTracking(client=client, experiment_id=experiment_id, params=params,
+                                        progress=progress)]))
+    grid = tuner.fit()
+    for result in grid:
+        domain = result.config["domain"]
+        if result.error is not None:
+            summary.failed[domain] = str(result.error).strip().splitlines()[-1]
+        else:
+            summary.trained.append(domain)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class SearchSummary:
+    strategy: str
+    max_fsd: float | None
+    evaluated: int
+    filtered: int
+    filtered_mixtures: int
+    repeats: int
+    stopped_early: int
+    failed: int
+    best_label: str | None
+    best_accuracy: float | None
+    best_run_id: str | None
+    parent_run_id: str | None
+    seconds: float
+
+
+def load_sign_index(cfg: Config):
+    """The adapters' weights and their :class:`SignIndex`, from the store (checked mixable)."""
+    from spaces.fsd import SignIndex
+    from trainables.store import AdapterStore
+
+    store = AdapterStore(cfg.store_path)
+    missing = [d for d in cfg.domains if d not in store.domains()]
+    if missing:
+        raise StoreError(f"the store {store.root} has no adapter for {missing}; run `signmix train CONFIG` first")
+    domains = sorted(cfg.domains)
+    store.check_mixable(domains)
+    weights = {d: store.load_weights(d) for d in domains}
+    try:
+        return weights, SignIndex.from_weights(weights)
+    except ValueError as exc:
+        raise StoreError(f"the stored adapters cannot be mixed: {exc}; retrain them with one config "
+                         "(`signmix train CONFIG --force`)") from None
+
+
+def run_search(cfg: Config, *, progress: Progress = logger.info, debug: bool = False) -> SearchSummary:
+    """Run the mixture search of ``cfg.search`` and record it in MLflow."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.callbacks import MixtureTracking
+    from search.searcher import METRIC, SignConflictSearcher
+    from search.strategies import make_strategy
+    from search.tracking import SearchTracker, flatten
+    from spaces.space import space_from_config
+    from trainables.mixture import evaluate_mixture
+
+    started = time.perf_counter()
+    weights, index = load_sign_index(cfg)
+    space = space_from_config(cfg.search.model_dump(), sorted(cfg.domains), index)
+    strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
+                             budget=cfg.search.num_mixtures, study_name=f"{cfg.name}-{cfg.search.strategy}")
+    tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
+                            strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker)
+    run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tracker.start(run_name=run_name, params={
+        **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
+        "max_fsd_resolved": "none" if space.max_fsd is None else f"{space.max_fsd:.6f}",
+        "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
+    progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
+             f"max_fsd {'none' if space.max_fsd is None else f'{space.max_fsd:.4f}'} ({cfg.search.fsd_measure})")
+    connect_ray(cfg, debug=debug)
+    scheduler = None
+    if cfg.search.early_stopping and cfg.search.eval_chunks > 1:
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
+                                  grace_period=1, reduction_factor=2)
+    callback = MixtureTracking(tracker=tracker, searcher=searcher, progress=progress)
+    trainable = tune.with_resources(
+        tune.with_parameters(evaluate_mixture, adapter_weights=weights, experiment=cfg.model_dump(),
+                             store_root=os.path.abspath(cfg.store_path)),
+        _resources(cfg))
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
+            scheduler=scheduler, num_samples=cfg.search.num_mixtures, metric=METRIC, mode="max",
+            reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=os.path.abspath(cfg.storage_path), verbose=0, callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)))
+    failed = True
+    try:
+        tuner.fit()
+        failed = False
+    finally:
+        c = searcher.counts
+        best_key = max(searcher.results, key=searcher.results.get) if searcher.results else None
+        summary = SearchSummary(
+            strategy=cfg.search.strategy, max_fsd=space.max_fsd, evaluated=c.evaluated, filtered=c.filtered,
+            filtered_mixtures=len(c.filtered_keys), repeats=c.repeats, stopped_early=c.stopped_early,
+            failed=c.failed, best_label=None, best_accuracy=None, best_run_id=None,
+            parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started)
+        if best_key is not None:
+            spec = next(s for s in searcher.specs.values() if s.key == best_key)
+            summary.best_label, summary.best_accuracy = spec.label(), searcher.results[best_key]
+            summary.best_run_id = tracker.runs.get(best_key)
+        tracker.end(failed=failed, summary={
+            "evaluated": c.evaluated, "filtered": c.filtered, "filtered_mixtures": len(c.filtered_keys),
+            "repeats": c.repeats, "stopped_early": c.stopped_early, "failed": c.failed,
+            "best_accuracy_mean": summary.best_accuracy if summary.best_accuracy is not None else float("nan"),
+            "search_seconds": summary.seconds})
+    return summary

@@ -1,0 +1,116 @@
+"""The Ray Tune searcher: strategy proposals behind the sign-conflict pre-filter.
+
+``suggest`` is called by Ray Tune when a trial slot is free. It asks the strategy for
+proposals until one deserves a trial: a proposal over ``max_fsd`` (or over
+``max_members``) is told to the strategy as infeasible and recorded in MLflow as
+``filtered``; a proposal that repeats an evaluated mixture is answered from the earlier
+result. Neither ever occupies a trial slot.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ray.tune.search import Searcher
+
+from spaces.spec import MixtureSpec
+
+if TYPE_CHECKING:
+    from search.strategies import Strategy
+    from search.tracking import SearchTracker
+    from spaces.fsd import SignIndex
+    from spaces.space import MixtureSpace
+
+logger = logging.getLogger(__name__)
+
+METRIC = "accuracy_mean"
+
+
+@dataclass
+class SearchCounts:
+    proposals: int = 0
+    filtered: int = 0  # proposals rejected by the pre-filter (repeats included)
+    repeats: int = 0  # proposals answered from an earlier evaluation
+    trials: int = 0
+    evaluated: int = 0
+    stopped_early: int = 0
+    failed: int = 0
+    filtered_keys: set = field(default_factory=set)
+
+
+class SignConflictSearcher(Searcher):
+    """Turns strategy proposals into Ray Tune trials, filtering sign conflicts first."""
+
+    def __init__(self, *, strategy: Strategy, space: MixtureSpace, index: SignIndex,
+                 tracker: SearchTracker | None = None, max_idle_proposals: int = 500) -> None:
+        super().__init__(metric=METRIC, mode="max")
+        self.strategy, self.space, self.index, self.tracker = strategy, space, index, tracker
+        self.max_idle_proposals = max_idle_proposals
+        self.counts = SearchCounts()
+        self.results: dict[str, float] = {}  # mixture key -> accuracy of an evaluated mixture
+        self.outcomes: dict[str, tuple[str, float | None]] = {}  # key -> (outcome, value), any ended trial
+        self.live: dict[str, tuple[int, MixtureSpec]] = {}  # trial id -> (token, spec)
+        self.waiting: dict[str, list[int]] = {}  # in-flight key -> tokens of repeated proposals
+        self.specs: dict[str, MixtureSpec] = {}  # trial id -> spec, kept for callbacks
+        self.exhausted = False
+
+    def suggest(self, trial_id: str):
+        if self.exhausted:
+            return None if self.live else Searcher.FINISHED
+        for _ in range(self.max_idle_proposals):
+            if len(self.outcomes) + len(self.counts.filtered_keys) >= self.space.size():
+                break  # every mixture of the space has been evaluated or filtered
+            proposal = self.strategy.ask()
+            if proposal is None:
+                break
+            token, params = proposal
+            self.counts.proposals += 1
+            spec = self.space.to_mixture_spec(params)
+            verdict = self.space.check(spec, self.index)
+            if not verdict.accepted:
+                self.counts.filtered += 1
+                self.counts.filtered_keys.add(spec.key)
+                self.strategy.tell(token, "filtered", violation=verdict.violation)
+                if self.tracker is not None:
+                    self.tracker.record_filtered(spec, verdict.fsd, verdict.reason)
+                logger.info("filtered %s: %s", spec.label(), verdict.reason)
+                continue
+            if spec.key in self.outcomes:
+                self.counts.repeats += 1
+                self.strategy.tell(token, *self.outcomes[spec.key])
+                continue
+            if spec.key in self.waiting:
+                self.counts.repeats += 1
+                self.waiting[spec.key].append(token)
+                continue
+            self.waiting[spec.key] = []
+            self.live[trial_id] = (token, spec)
+            self.specs[trial_id] = spec
+            self.counts.trials += 1
+            return {"spec": spec.to_dict(), "fsd": verdict.fsd, "mixture_key": spec.key}
+        self.exhausted = True
+        if not self.live:
+            return Searcher.FINISHED
+        return None  # nothing new now; Ray asks again when a running trial completes
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        token, spec = self.live.pop(trial_id, (None, None))
+        if spec is None:
+            return
+        tokens = [token] + self.waiting.pop(spec.key, [])
+        value = None if result is None else result.get(METRIC)
+        if error or value is None:
+            self.counts.failed += 1
+            outcome = "failed"
+        elif result.get("evaluated_fraction", 1.0) < 1.0:
+            self.counts.stopped_early += 1
+            outcome = "stopped_early"
+        else:
+            self.counts.evaluated += 1
+            self.results[spec.key] = value
+            outcome = "evaluated"
+        self.outcomes[spec.key] = (outcome, value)
+        for t in tokens:
+            self.strategy.tell(t, outcome, value=value)

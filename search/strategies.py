@@ -1,0 +1,173 @@
+"""Search strategies: where the next proposal comes from.
+
+A strategy proposes parameter dicts (:meth:`ask`) and hears back what became of each
+(:meth:`tell`): ``evaluated`` with its accuracy, ``filtered`` by the pre-filter with how
+far over the limit it was, ``stopped_early`` with its partial accuracy, or ``failed``.
+Every strategy is in ``STRATEGIES``, found by one grep.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable, Iterator, Literal
+
+from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace
+
+if TYPE_CHECKING:
+    import optuna
+
+    from spaces.fsd import SignIndex
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["evaluated", "filtered", "stopped_early", "failed"]
+CONSTRAINT_ATTR = "signmix.constraint"
+
+
+class Strategy:
+    """Base class: proposes ``(token, params)`` pairs and learns from their outcomes."""
+
+    name = "base"
+
+    def ask(self) -> tuple[int, dict] | None:
+        """The next proposal as ``(token, params)``, or None when there is nothing left."""
+        raise NotImplementedError
+
+    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
+        """What became of proposal ``token``."""
+
+
+class _ListStrategy(Strategy):
+    """Proposes a fixed sequence of parameter dicts, in order."""
+
+    def __init__(self, proposals: Iterator[dict]) -> None:
+        self._proposals = iter(proposals)
+        self._count = 0
+
+    def ask(self) -> tuple[int, dict] | None:
+        params = next(self._proposals, None)
+        if params is None:
+            return None
+        self._count += 1
+        return self._count - 1, params
+
+
+class Exhaustive(_ListStrategy):
+    """Every subset (and ratio) that the space allows, smallest first."""
+
+    name = "exhaustive"
+
+    def __init__(self, *, space: MixtureSpace, **_: object) -> None:
+        super().__init__(space.enumerate())
+
+
+class GreedyFsd(_ListStrategy):
+    """The paper's Greedy Adapter Mixing (Alg. 1) for l = 1..N: the l adapters with the
+    smallest mean FSD to all others (targets first when they must be members)."""
+
+    name = "greedy_fsd"
+
+    def __init__(self, *, space: MixtureSpace, index: SignIndex, **_: object) -> None:
+        means = index.row_means()
+        ranked = sorted(space.free_domains, key=lambda d: (means[d], d))
+        start = 0 if space.require_targets else 1
+        proposals = (space.params_for(ranked[:n]) for n in range(start, len(ranked) + 1))
+        super().__init__(proposals)
+
+
+class SoupAll(_ListStrategy):
+    """The uniform average of every adapter (AdapterSoup over all domains)."""
+
+    name = "soup_all"
+
+    def __init__(self, *, space: MixtureSpace, **_: object) -> None:
+        super().__init__(iter([space.params_for(space.free_domains)]))
+
+
+class OptunaStrategy(Strategy):
+    """Proposals from an Optuna study (ask/tell). Filtered proposals are told as infeasible
+    through the sampler's ``constraints_func``: TPE ranks every infeasible trial below every
+    feasible one, so it learns to avoid high-FSD regions; their placeholder value of 0.0
+    is never used for ranking. Stopped-early proposals are told as pruned."""
+
+    def __init__(self, *, space: MixtureSpace, sampler: optuna.samplers.BaseSampler,
+                 study_name: str, storage: str | None = None) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.space = space
+        self.study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                         direction="maximize", load_if_exists=True)
+        self._trials: dict[int, optuna.Trial] = {}
+
+    def ask(self) -> tuple[int, dict] | None:
+        trial = self.study.ask()
+        params = {USE_PREFIX + d: trial.suggest_categorical(USE_PREFIX + d, [False, True])
+                  for d in self.space.free_domains}
+        if len(self.space.prune_ratios) > 1:
+            params[PRUNE_PARAM] = trial.suggest_categorical(PRUNE_PARAM, list(self.space.prune_ratios))
+        else:
+            params[PRUNE_PARAM] = self.space.prune_ratios[0]
+        self._trials[trial.number] = trial
+        return trial.number, params
+
+    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
+        from optuna.trial import TrialState
+
+        trial = self._trials.pop(token, None)
+        if trial is None:
+            return
+        trial.set_user_attr(CONSTRAINT_ATTR, [violation if outcome == "filtered" else 0.0])
+        trial.set_user_attr("signmix.outcome", outcome)
+        if outcome == "evaluated":
+            self.study.tell(trial, value)
+        elif outcome == "filtered":
+            self.study.tell(trial, 0.0)
+        elif outcome == "stopped_early":
+            if value is not None:
+                trial.report(value, step=0)
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+
+
+def _constraints(trial) -> list[float]:
+    return trial.user_attrs.get(CONSTRAINT_ATTR, [0.0])
+
+
+def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storage: str | None = None,
+         **_: object) -> OptunaStrategy:
+    import optuna
+
+    # Few random start-up trials for small budgets: TPE needs a handful to model from.
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=_constraints,
+                                         n_startup_trials=min(10, max(3, budget // 4)))
+    strategy = OptunaStrategy(space=space, sampler=sampler, study_name=study_name, storage=storage)
+    strategy.name = "tpe"
+    return strategy
+
+
+def _random(*, space: MixtureSpace, seed: int, study_name: str, storage: str | None = None,
+            **_: object) -> OptunaStrategy:
+    import optuna
+
+    strategy = OptunaStrategy(space=space, sampler=optuna.samplers.RandomSampler(seed=seed),
+                              study_name=study_name, storage=storage)
+    strategy.name = "random"
+    return strategy
+
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "tpe": _tpe,
+    "random": _random,
+    "exhaustive": Exhaustive,
+    "greedy_fsd": GreedyFsd,
+    "soup_all": SoupAll,
+}
+
+
+def make_strategy(name: str, **kwargs: object) -> Strategy:
+    """The strategy registered as ``name``, built with the keyword arguments it uses."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    return STRATEGIES[name](**kwargs)

@@ -1,0 +1,183 @@
+"""MLflow tracking: the layout of DESIGN.md, written from the driver only.
+
+- one experiment per config name;
+- training: one run per domain adapter (``signmix.kind = training``);
+- search: one parent run per search, one child run per proposed mixture, tagged
+  ``signmix.status`` (``evaluated`` | ``filtered`` | ``stopped_early`` | ``failed``) and
+  ``signmix.mixture_key``. A mixture proposed twice has one run, not two.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+from spaces.errors import TrackingError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from spaces.spec import MixtureSpec
+
+logger = logging.getLogger(__name__)
+
+STATUS_TAG = "signmix.status"
+KEY_TAG = "signmix.mixture_key"
+KIND_TAG = "signmix.kind"
+PARENT_TAG = "mlflow.parentRunId"
+STATUSES = ("evaluated", "filtered", "stopped_early", "failed")
+MIXTURE_ARTIFACT = "mixture"
+_TERMINAL = {"evaluated": "FINISHED", "filtered": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Where a local store keeps artifacts: beside the SQLite file, not in the cwd."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
+    """The MLflow client and the id of experiment ``name`` (created when missing)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            return client, client.create_experiment(name, artifact_location=artifact_root_for(tracking_uri))
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return client, exp.experiment_id
+    except MlflowException as exc:
+        raise TrackingError(f"the MLflow tracking store {_redact(tracking_uri)} cannot be used: "
+                            f"{str(exc).splitlines()[0]}; check mlflow.tracking_uri") from None
+
+
+def _redact(uri: str) -> str:
+    from mlflow_server.server import redact_uri
+
+    return redact_uri(uri)
+
+
+def spec_params(spec: MixtureSpec, *, strategy: str, measure: str) -> dict[str, str]:
+    """The child run's parameters, with names the MLflow UI can sort and filter on."""
+    return {
+        "members": ",".join(spec.members), "k": str(spec.k), "targets": ",".join(spec.targets),
+        "weights": ",".join(f"{w:.6g}" for w in spec.weights),
+        "prune_method": spec.prune_method, "prune_ratio": f"{spec.prune_ratio:g}",
+        "prune_scope": spec.prune_scope, "prune_when": spec.prune_when,
+        "fsd_measure": measure, "strategy": strategy,
+    }
+
+
+class SearchTracker:
+    """One search's parent run and its child runs, keyed by mixture key."""
+
+    def __init__(self, *, tracking_uri: str, experiment: str, strategy: str, measure: str) -> None:
+        self.client, self.experiment_id = open_experiment(tracking_uri, experiment)
+        self.strategy, self.measure = strategy, measure
+        self.parent_id: str | None = None
+        self.runs: dict[str, str] = {}  # mixture key -> child run id
+        self.status: dict[str, str] = {}  # mixture key -> status
+
+    def start(self, *, params: Mapping[str, object], run_name: str) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={KIND_TAG: "search", "signmix.strategy": self.strategy})
+        self.parent_id = run.info.run_id
+        self.client.log_batch(self.parent_id, params=_params(params))
+        return self.parent_id
+
+    def _child(self, spec: MixtureSpec, fsd: float, status: str) -> str:
+        key = spec.key
+        if key not in self.runs:
+            run = self.client.create_run(self.experiment_id, run_name=spec.label(), tags={
+                PARENT_TAG: self.parent_id, KIND_TAG: "mixture", KEY_TAG: key, STATUS_TAG: status})
+            self.runs[key] = run.info.run_id
+            self.client.log_batch(run.info.run_id, params=_params(
+                spec_params(spec, strategy=self.strategy, measure=self.measure)))
+            self.client.log_metric(run.info.run_id, "fsd", fsd)
+        self.status[key] = status
+        return self.runs[key]
+
+    def record_filtered(self, spec: MixtureSpec, fsd: float, reason: str) -> None:
+        """A proposal the pre-filter rejected: recorded, never run."""
+        if spec.key in self.runs:
+            return
+        run_id = self._child(spec, fsd, "filtered")
+        self.client.set_tag(run_id, "signmix.filter_reason", reason)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def start_mixture(self, spec: MixtureSpec, fsd: float, trial_id: str) -> str:
+        run_id = self._child(spec, fsd, "running")
+        self.client.set_tag(run_id, STATUS_TAG, "running")
+        self.client.set_tag(run_id, "signmix.trial_id", trial_id)
+        return run_id
+
+    def log_progress(self, spec: MixtureSpec, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.runs[spec.key]
+        ts = _now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def finish_mixture(self, spec: MixtureSpec, status: str, *, metrics: Mapping[str, float] | None = None,
+                       step: int = 0, artifact_dir: str | None = None, error: str | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        run_id = self.runs[spec.key]
+        if metrics:
+            self.log_progress(spec, metrics, step)
+        if artifact_dir is not None:
+            self.client.log_artifacts(run_id, artifact_dir, MIXTURE_ARTIFACT)
+        if error:
+            self.client.set_tag(run_id, "signmix.error", error[:5000])
+        self.client.set_tag(run_id, STATUS_TAG, status)
+        self.status[spec.key] = status
+        self.client.set_terminated(run_id, _TERMINAL[status])
+
+    def end(self, *, summary: Mapping[str, float], failed: bool = False) -> None:
+        if self.parent_id is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = _now_ms()
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])
+        self.client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
+
+
+def _params(params: Mapping[str, object]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested config as MLflow parameters."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def log_training_run(client: MlflowClient, experiment_id: str, *, domain: str, params: Mapping[str, object]) -> str:
+    """Start the training run of one domain adapter; returns its id."""
+    run = client.create_run(experiment_id, run_name=f"train-{domain}",
+                            tags={KIND_TAG: "training", "signmix.domain": domain})
+    client.log_batch(run.info.run_id, params=_params(params))
+    return run.info.run_id
+

@@ -1,0 +1,136 @@
+"""What is searched: subsets of domains and a pruning ratio, under constraints.
+
+A sampled parameter dict looks like ``{"use.books": True, "use.dvd": False, ...,
+"prune_ratio": 0.5}``. :meth:`MixtureSpace.to_mixture_spec` is the one function that
+turns it into a :class:`MixtureSpec`; the pre-filter (:meth:`MixtureSpace.check`) and the
+trial both start from its result, so they can never disagree about what was proposed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+
+from spaces.errors import SpecError
+from spaces.spec import MixtureSpec, make_mixture_spec
+
+if TYPE_CHECKING:
+    from spaces.fsd import SignIndex
+
+USE_PREFIX = "use."
+PRUNE_PARAM = "prune_ratio"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The pre-filter's decision on one proposal."""
+
+    accepted: bool
+    fsd: float
+    reason: str = ""
+    violation: float = 0.0  # > 0 when rejected: how far over the limit (what Optuna learns from)
+
+
+@dataclass(frozen=True)
+class MixtureSpace:
+    """The subsets and pruning ratios a search may propose, and the constraints on them."""
+
+    domains: tuple[str, ...]
+    targets: tuple[str, ...]
+    prune_ratios: tuple[float, ...] = (0.0,)
+    prune_scope: str = "adapter"
+    prune_when: str = "members"
+    require_targets: bool = True
+    max_members: int | None = None
+    max_fsd: float | None = None  # resolved: a number or None (no FSD limit)
+    fsd_measure: str = "mean_pairwise"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domains", tuple(sorted(self.domains)))
+        object.__setattr__(self, "targets", tuple(sorted(self.targets)))
+        object.__setattr__(self, "prune_ratios", tuple(sorted(set(self.prune_ratios))))
+        unknown = [t for t in self.targets if t not in self.domains]
+        if unknown:
+            raise SpecError(f"targets {unknown} are not domains; the domains are {list(self.domains)}")
+        if not self.prune_ratios:
+            raise SpecError("give at least one pruning ratio (0.0 means no pruning)")
+
+    @property
+    def free_domains(self) -> tuple[str, ...]:
+        """The domains whose membership is searched (targets are always in when required)."""
+        if self.require_targets:
+            return tuple(d for d in self.domains if d not in self.targets)
+        return self.domains
+
+    def to_mixture_spec(self, params: Mapping) -> MixtureSpec:
+        """The validated mixture a sampled parameter dict stands for.
+
+        Raises:
+            SpecError: the params name an unknown domain, an empty subset, or a ratio
+                that is not one of the space's choices.
+        """
+        unknown = [k for k in params if k != PRUNE_PARAM and
+                   (not k.startswith(USE_PREFIX) or k[len(USE_PREFIX):] not in self.domains)]
+        if unknown:
+            raise SpecError(f"unknown search parameters {unknown}; expected 'use.<domain>' for "
+                            f"{list(self.domains)} and {PRUNE_PARAM!r}")
+        members = [d for d in self.free_domains if params.get(USE_PREFIX + d, False)]
+        if self.require_targets:
+            members = list(self.targets) + members
+        ratio = float(params.get(PRUNE_PARAM, self.prune_ratios[0]))
+        if not any(math.isclose(ratio, r) for r in self.prune_ratios):
+            raise SpecError(f"prune_ratio {ratio} is not one of the choices {list(self.prune_ratios)}")
+        return make_mixture_spec(
+            members=members, targets=self.targets, prune_method="magnitude" if ratio > 0 else "none",
+            prune_ratio=ratio, prune_scope=self.prune_scope, prune_when=self.prune_when,
+            known_domains=self.domains, require_targets=self.require_targets)
+
+    def params_for(self, members: Sequence[str], prune_ratio: float | None = None) -> dict:
+        """The parameter dict that :meth:`to_mixture_spec` maps to these members."""
+        params: dict = {USE_PREFIX + d: d in members for d in self.free_domains}
+        params[PRUNE_PARAM] = self.prune_ratios[0] if prune_ratio is None else prune_ratio
+        return params
+
+    def enumerate(self) -> Iterator[dict]:
+        """Every parameter dict of the space, smallest subsets first (empty subsets skipped)."""
+        free = self.free_domains
+        for size in range(0, len(free) + 1):
+            for chosen in itertools.combinations(free, size):
+                if not self.require_targets and not chosen:
+                    continue
+                for ratio in self.prune_ratios:
+                    yield self.params_for(chosen, ratio)
+
+    def size(self) -> int:
+        """How many distinct parameter dicts :meth:`enumerate` yields."""
+        subsets = 2 ** len(self.free_domains) - (0 if self.require_targets else 1)
+        return subsets * len(self.prune_ratios)
+
+    def check(self, spec: MixtureSpec, index: SignIndex) -> Verdict:
+        """The sign-conflict pre-filter and the size constraint: run the mixture or not?"""
+        fsd = index.subset_fsd(spec.members, self.fsd_measure)
+        if self.max_members is not None and spec.k > self.max_members:
+            return Verdict(False, fsd, f"{spec.k} members > max_members={self.max_members}",
+                           violation=float(spec.k - self.max_members))
+        if self.max_fsd is not None and fsd > self.max_fsd:
+            return Verdict(False, fsd, f"{self.fsd_measure} FSD {fsd:.4f} > max_fsd {self.max_fsd:.4f}",
+                           violation=fsd - self.max_fsd)
+        return Verdict(True, fsd)
+
+
+def space_from_config(search: Mapping, domains: Sequence[str], index: SignIndex | None = None) -> MixtureSpace:
+    """The :class:`MixtureSpace` of a ``search:`` config section (``max_fsd: auto`` resolved
+    to the configured percentile of the pairwise FSDs, which needs ``index``)."""
+    max_fsd = search.get("max_fsd")
+    if max_fsd == "auto":
+        if index is None:
+            raise SpecError("max_fsd: auto needs the adapters' FSD matrix; train the adapters first")
+        max_fsd = index.threshold(search.get("max_fsd_percentile", 75.0))
+    return MixtureSpace(
+        domains=tuple(domains), targets=tuple(search["targets"]),
+        prune_ratios=tuple(search.get("prune_ratios", (0.0,))),
+        prune_scope=search.get("prune_scope", "adapter"), prune_when=search.get("prune_when", "members"),
+        require_targets=search.get("require_targets", True), max_members=search.get("max_members"),
+        max_fsd=None if max_fsd is None else float(max_fsd), fsd_measure=search.get("fsd_measure", "mean_pairwise"))

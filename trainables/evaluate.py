@@ -1,0 +1,137 @@
+"""Evaluating a classifier, and the worker-side model that mixtures are written into.
+
+One function, :func:`predict`, computes every accuracy signmix reports: in a search trial
+and in ``signmix evaluate`` on an export. Same weights, same batches, same result.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from trainables.data import EncodedSplit, encode_split, iter_batches, load_domain
+from trainables.model import cached_tokenizer, load_encoder
+from trainables.store import ADAPTER_NAME, AdapterStore
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+
+def predict(model, encoded: EncodedSplit, batch_size: int, indices: Sequence[int] | None = None) -> dict[int, int]:
+    """Predicted class of each row (by original row index), batches sorted by length."""
+    import torch
+
+    preds: dict[int, int] = {}
+    with torch.inference_mode():
+        for rows, batch in iter_batches(encoded, batch_size, indices=indices):
+            batch = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**batch).logits
+            for row, p in zip(rows, logits.argmax(dim=-1).tolist()):
+                preds[row] = p
+    return preds
+
+
+def classification_metrics(preds: Mapping[int, int], labels: Sequence[int], num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of ``preds`` (row -> class) against ``labels``."""
+    rows = sorted(preds)
+    if not rows:
+        return {"accuracy": float("nan"), "macro_f1": float("nan")}
+    correct = sum(preds[r] == labels[r] for r in rows)
+    f1s = []
+    for c in range(num_labels):
+        tp = sum(preds[r] == c and labels[r] == c for r in rows)
+        fp = sum(preds[r] == c and labels[r] != c for r in rows)
+        fn = sum(preds[r] != c and labels[r] == c for r in rows)
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": correct / len(rows), "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0}
+
+
+# Per worker process: encoded evaluation splits and one model per store layout. Ray reuses
+# worker processes across trials, so the base model is loaded once, not once per trial.
+_ENCODED: dict[tuple, EncodedSplit] = {}
+_MIXERS: dict[tuple, "MixtureModel"] = {}
+
+
+def encoded_split(experiment: Mapping, domain: str, split: str) -> EncodedSplit:
+    """``domain``'s ``split`` tokenised for the experiment's base model, cached per process."""
+    training = experiment["training"]
+    dcfg = experiment["domains"][domain]
+    key = (experiment["base_model"], domain, split, repr(sorted(dcfg.items())),
+           training["max_length"], training["max_eval_examples"])
+    if key not in _ENCODED:
+        data = load_domain(domain, dcfg, splits=(split,), max_eval_examples=training["max_eval_examples"],
+                           seed=training["seed"], trust_remote_code=experiment["trust_remote_code"])
+        tok = cached_tokenizer(experiment["base_model"], trust_remote_code=experiment["trust_remote_code"])
+        _ENCODED[key] = encode_split(tok, data.splits[split], training["max_length"])
+    return _ENCODED[key]
+
+
+class MixtureModel:
+    """A base model holding one adapter slot and the heads of the target domains.
+
+    A mixture is evaluated by copying its weights into the slot in place
+    (:meth:`set_weights`): no adapter is added or deleted per trial.
+    """
+
+    def __init__(self, *, base_model: str, store: AdapterStore, heads: Sequence[str],
+                 trust_remote_code: bool = False) -> None:
+        self.model, _ = load_encoder(base_model, trust_remote_code=trust_remote_code)
+        template = store.path(store.domains()[0] if not heads else heads[0])
+        self.model.load_adapter(str(template), load_as=ADAPTER_NAME, with_head=False, use_safetensors=True)
+        self.model.set_active_adapters(ADAPTER_NAME)
+        self.store = store
+        self.heads: dict[str, str] = {}
+        self.num_labels: dict[str, int] = {}
+        for domain in heads:
+            self.add_head(domain)
+        self._params = {n: p for n, p in self.model.named_parameters() if f".{ADAPTER_NAME}." in n}
+        self.model.eval()
+
+    def add_head(self, domain: str) -> None:
+        if domain not in self.heads:
+            name = self.model.load_head(str(self.store.path(domain)), load_as=f"head_{domain}", use_safetensors=True)
+            self.heads[domain] = name if isinstance(name, str) else f"head_{domain}"
+            self.num_labels[domain] = int(self.store.meta(domain)["num_labels"])
+
+    def set_weights(self, weights: Mapping[str, Tensor]) -> None:
+        """Write a mixture's adapter weights into the model in place."""
+        import torch
+
+        missing = set(self._params) - set(weights)
+        unexpected = set(weights) - set(self._params)
+        if missing or unexpected:
+            raise ValueError(f"mixture weights do not fit the adapter: missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(unexpected)[:3]}")
+        with torch.no_grad():
+            for name, param in self._params.items():
+                param.copy_(weights[name])
+
+    def use_head(self, domain: str) -> None:
+        self.add_head(domain)
+        self.model.active_head = self.heads[domain]
+
+    def save(self, directory: str | Path, targets: Sequence[str]) -> None:
+        """Save the current adapter, the primary target's head beside it, every target's head
+        under ``heads/<domain>/`` (all safetensors, ``adapters``' own format)."""
+        directory = Path(directory)
+        self.model.save_adapter(str(directory), ADAPTER_NAME, use_safetensors=True, with_head=False)
+        for i, domain in enumerate(targets):
+            self.add_head(domain)
+            (directory / "heads" / domain).mkdir(parents=True, exist_ok=True)
+            self.model.save_head(str(directory / "heads" / domain), self.heads[domain], use_safetensors=True)
+            if i == 0:
+                self.model.save_head(str(directory), self.heads[domain], use_safetensors=True)
+
+
+def mixture_model(experiment: Mapping, store_root: str) -> MixtureModel:
+    """The worker's :class:`MixtureModel` for this experiment, built once per process."""
+    key = (experiment["base_model"], store_root)
+    if key not in _MIXERS:
+        _MIXERS[key] = MixtureModel(base_model=experiment["base_model"], store=AdapterStore(store_root),
+                                    heads=list(experiment["search"]["targets"]),
+                                    trust_remote_code=experiment["trust_remote_code"])
+    return _MIXERS[key]

@@ -1,0 +1,68 @@
+"""The mixture trial: build one mixture (prune, average), evaluate it on its targets.
+
+Ray Tune calls :func:`evaluate_mixture` with the mixture's spec in ``config``; the adapter
+weights come from the Ray object store (``tune.with_parameters``), not from disk. The
+validation set of each target is evaluated in ``eval_chunks`` chunks with a report after
+each, so an early-stopping scheduler can stop a bad mixture before it has seen everything.
+The final report carries a checkpoint: the mixed, pruned adapter and the targets' heads.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Mapping
+
+from spaces.spec import MixtureSpec
+from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict
+from trainables.mixing import build_mixture, sparsity
+
+
+def _chunks(n: int, parts: int) -> list[list[int]]:
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(parts)]
+
+
+def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: Mapping,
+                     store_root: str) -> None:
+    """Build and evaluate the mixture ``config["spec"]``; reports metrics and a checkpoint."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(experiment["resources"]["cpu"])))
+    spec = MixtureSpec.from_dict(config["spec"])
+    started = time.perf_counter()
+    model = mixture_model(experiment, store_root)
+
+    built = time.perf_counter()
+    weights = build_mixture({m: adapter_weights[m] for m in spec.members}, spec)
+    model.set_weights(weights)
+    build_seconds = time.perf_counter() - built
+
+    batch_size = experiment["search"]["eval_batch_size"]
+    n_chunks = experiment["search"]["eval_chunks"]
+    per_target = {t: encoded_split(experiment, t, "validation") for t in spec.targets}
+    chunks = {t: _chunks(len(enc), n_chunks) for t, enc in per_target.items()}
+    preds: dict[str, dict[int, int]] = {t: {} for t in spec.targets}
+    metrics: dict = {}
+    for step in range(max(len(c) for c in chunks.values())):
+        for target, enc in per_target.items():
+            if step < len(chunks[target]):
+                model.use_head(target)
+                preds[target].update(predict(model.model, enc, batch_size, indices=chunks[target][step]))
+        metrics = {"fsd": config.get("fsd", float("nan")), "k": spec.k, "sparsity": sparsity(weights),
+                   "build_seconds": build_seconds}
+        for target, enc in per_target.items():
+            m = classification_metrics(preds[target], enc.labels, model.num_labels[target])
+            metrics[f"accuracy/{target}"] = m["accuracy"]
+            metrics[f"macro_f1/{target}"] = m["macro_f1"]
+        metrics["accuracy_mean"] = sum(metrics[f"accuracy/{t}"] for t in spec.targets) / len(spec.targets)
+        metrics["evaluated_fraction"] = sum(len(p) for p in preds.values()) / sum(len(e) for e in per_target.values())
+        metrics["eval_seconds"] = time.perf_counter() - started
+        if metrics["evaluated_fraction"] < 1.0:
+            tune.report(metrics)
+
+    with tempfile.TemporaryDirectory(prefix="signmix-mixture-") as tmp:
+        model.save(tmp, list(spec.targets))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

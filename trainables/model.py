@@ -1,0 +1,63 @@
+"""Building encoders with adapters, and the per-process cache of base models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Mapping
+
+from spaces.errors import UsageError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+
+def adapter_config_for(adapter: Mapping):
+    """The ``adapters`` config object for our adapter settings (``Config.adapter`` dumped)."""
+    from adapters import DoubleSeqBnConfig, LoRAConfig, SeqBnConfig
+
+    method = adapter["method"]
+    if method == "seq_bn":
+        return SeqBnConfig(reduction_factor=adapter["reduction_factor"])
+    if method == "double_seq_bn":
+        return DoubleSeqBnConfig(reduction_factor=adapter["reduction_factor"])
+    if method == "lora":
+        return LoRAConfig(r=adapter["rank"], alpha=adapter["alpha"])
+    raise UsageError(f"adapter.method must be one of seq_bn, double_seq_bn, lora; got {method!r}")
+
+
+def load_encoder(base_model: str, *, trust_remote_code: bool = False):
+    """A fresh ``AutoAdapterModel`` and its tokenizer, from a hub id or a local folder."""
+    from adapters import AutoAdapterModel
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+        model = AutoAdapterModel.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        hint = "" if os.path.isdir(base_model) else (
+            " If this machine is offline, point base_model at a local folder holding the model.")
+        raise UsageError(f"base_model {base_model!r} cannot be loaded: {str(exc).splitlines()[0]}.{hint}") from None
+    model.eval()
+    return model, tokenizer
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+_TOKENIZERS: dict[tuple, "PreTrainedTokenizerBase"] = {}
+
+
+def cached_tokenizer(base_model: str, *, trust_remote_code: bool = False):
+    """The tokenizer of ``base_model``, loaded once per process."""
+    from transformers import AutoTokenizer
+
+    key = (base_model, trust_remote_code)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    return _TOKENIZERS[key]

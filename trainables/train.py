@@ -1,0 +1,88 @@
+"""The training trial: one domain adapter and its classification head.
+
+A plain function Ray Tune calls with one domain's settings. It reports loss and
+validation accuracy per epoch and writes the adapter into the :class:`AdapterStore`
+(safetensors, moved into place only when complete). MLflow logging is the driver's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Mapping
+
+from trainables.data import encode_split, load_domain, shuffled_batches
+from trainables.evaluate import classification_metrics, predict
+from trainables.model import adapter_config_for, load_encoder
+from trainables.store import ADAPTER_NAME, AdapterStore
+
+logger = logging.getLogger(__name__)
+
+
+def train_domain_adapter(config: Mapping) -> None:
+    """Train ``config["domain"]``'s adapter, store it, and report the final metrics.
+
+    ``config`` holds ``domain``, ``experiment`` (``Config.model_dump()``), ``store`` (the
+    store root) and ``fingerprints`` (domain -> settings hash that lets a later run skip it).
+    """
+    import torch
+    from ray import tune
+
+    experiment, domain = config["experiment"], config["domain"]
+    training = experiment["training"]
+    torch.set_num_threads(max(1, int(experiment["resources"]["cpu"])))
+    data = load_domain(domain, experiment["domains"][domain], splits=("train", "validation"),
+                       max_train_examples=training["max_train_examples"],
+                       max_eval_examples=training["max_eval_examples"], seed=training["seed"],
+                       trust_remote_code=experiment["trust_remote_code"])
+    model, tokenizer = load_encoder(experiment["base_model"], trust_remote_code=experiment["trust_remote_code"])
+    train = encode_split(tokenizer, data.splits["train"], training["max_length"])
+    val = encode_split(tokenizer, data.splits["validation"], training["max_length"])
+
+    # The same seed for every domain: all adapters start from one initialisation, which
+    # is what makes their weight-space average (and their sign agreement) meaningful.
+    torch.manual_seed(training["seed"])
+    model.add_adapter(ADAPTER_NAME, config=adapter_config_for(experiment["adapter"]))
+    model.add_classification_head(ADAPTER_NAME, num_labels=data.num_labels,
+                                  id2label=dict(enumerate(data.label_names)))
+    model.train_adapter(ADAPTER_NAME)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=training["learning_rate"])
+
+    metrics: dict = {}
+    for epoch in range(training["epochs"]):
+        started = time.perf_counter()
+        model.train()
+        total, n = 0.0, 0
+        for _, batch in shuffled_batches(train, training["batch_size"], seed=training["seed"], epoch=epoch):
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch["labels"])
+            n += len(batch["labels"])
+        model.eval()
+        val_metrics = classification_metrics(predict(model, val, training["batch_size"] * 2), val.labels,
+                                             data.num_labels)
+        metrics = {"epoch": epoch + 1, "train_loss": total / max(n, 1),
+                   "val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"],
+                   "epoch_seconds": time.perf_counter() - started}
+        if epoch + 1 < training["epochs"]:
+            tune.report(metrics)
+
+    store = AdapterStore(config["store"])
+    staged = store.staging_dir(domain)
+    model.save_adapter(str(staged), ADAPTER_NAME, use_safetensors=True)
+    meta = {
+        "domain": domain,
+        "fingerprint": config["fingerprints"][domain],
+        "base_model": experiment["base_model"],
+        "adapter": experiment["adapter"],
+        "label_names": list(data.label_names),
+        "num_labels": data.num_labels,
+        "train_examples": len(train),
+        "metrics": {k: v for k, v in metrics.items() if k != "epoch"},
+    }
+    path = store.commit(domain, staged, meta)
+    metrics["adapter_path"] = str(path)
+    tune.report(metrics)
