@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not args.debug:
+        # adapters warns "none are activated" while heads are swapped; it is not a problem.
+        logging.getLogger("adapters").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except SignmixError as exc:

@@ -263,7 +263,21 @@ def validate_config(raw: object, *, source: str = "config", base_dir: str | Path
                 continue
             seen.add(loc)
             problems.append(line)
+        if all(err["loc"] for err in exc.errors()):  # the model-level checks did not run
+            problems.extend(_cross_field_problems(raw))
         raise ConfigError(source, problems) from None
+
+
+def _cross_field_problems(raw: dict) -> list[str]:
+    """Checks that span sections. Pydantic runs them only once every field is valid; when
+    other fields are invalid we run them here, so that every problem is listed at once."""
+    domains, search = raw.get("domains"), raw.get("search")
+    if not isinstance(domains, dict) or not isinstance(search, dict) or not isinstance(search.get("targets"), list):
+        return []
+    unknown = [t for t in search["targets"] if t not in domains]
+    if unknown:
+        return [f"search.targets: got {unknown!r}: not domains; the domains are {sorted(domains)}"]
+    return []
 
 
 def load_config(path: str | os.PathLike) -> Config:

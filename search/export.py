@@ -37,11 +37,15 @@ def signmix_version() -> str:
         return "unknown"
 
 
-def find_best_run(client, experiment_id: str):
-    """The evaluated mixture run with the highest mean accuracy in an experiment."""
+def find_best_run(client, experiment_id: str, parent_run_id: str | None = None):
+    """The best evaluated mixture of an experiment (or of one search): the highest mean
+    accuracy; among equals the fewest members, then the earliest."""
+    where = f"tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'"
+    if parent_run_id:
+        where += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'",
-        order_by=["metrics.accuracy_mean DESC", "attributes.start_time ASC"], max_results=1)
+        [experiment_id], filter_string=where,
+        order_by=["metrics.accuracy_mean DESC", "metrics.k ASC", "attributes.start_time ASC"], max_results=1)
     if not runs:
         raise TrackingError("the experiment has no evaluated mixture yet; run `signmix search CONFIG` first")
     return runs[0]

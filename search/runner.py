@@ -211,16 +211,17 @@ def run_search(cfg: Config, *, progress: Progress = logger.info, debug: bool = F
         failed = False
     finally:
         c = searcher.counts
-        best_key = max(searcher.results, key=searcher.results.get) if searcher.results else None
         summary = SearchSummary(
             strategy=cfg.search.strategy, max_fsd=space.max_fsd, evaluated=c.evaluated, filtered=c.filtered,
             filtered_mixtures=len(c.filtered_keys), repeats=c.repeats, stopped_early=c.stopped_early,
             failed=c.failed, best_label=None, best_accuracy=None, best_run_id=None,
             parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started)
-        if best_key is not None:
-            spec = next(s for s in searcher.specs.values() if s.key == best_key)
-            summary.best_label, summary.best_accuracy = spec.label(), searcher.results[best_key]
-            summary.best_run_id = tracker.runs.get(best_key)
+        if searcher.results:
+            from search.export import find_best_run
+
+            best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id)
+            summary.best_run_id, summary.best_accuracy = best.info.run_id, best.data.metrics["accuracy_mean"]
+            summary.best_label = best.info.run_name
         tracker.end(failed=failed, summary={
             "evaluated": c.evaluated, "filtered": c.filtered, "filtered_mixtures": len(c.filtered_keys),
             "repeats": c.repeats, "stopped_early": c.stopped_early, "failed": c.failed,

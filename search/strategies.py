@@ -9,7 +9,7 @@ Every strategy is in ``STRATEGIES``, found by one grep.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
 from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["evaluated", "filtered", "stopped_early", "failed"]
-CONSTRAINT_ATTR = "signmix.constraint"
+CONSTRAINT_NAME = "sign_conflict"
 
 
 class Strategy:
@@ -38,18 +38,18 @@ class Strategy:
 
 
 class _ListStrategy(Strategy):
-    """Proposes a fixed sequence of parameter dicts, in order."""
+    """Proposes a fixed list of parameter dicts, in order (a list, not a generator, so
+    that Ray Tune can pickle the searcher into its experiment state)."""
 
-    def __init__(self, proposals: Iterator[dict]) -> None:
-        self._proposals = iter(proposals)
-        self._count = 0
+    def __init__(self, proposals: Iterable[dict]) -> None:
+        self._proposals = list(proposals)
+        self._next = 0
 
     def ask(self) -> tuple[int, dict] | None:
-        params = next(self._proposals, None)
-        if params is None:
+        if self._next >= len(self._proposals):
             return None
-        self._count += 1
-        return self._count - 1, params
+        self._next += 1
+        return self._next - 1, self._proposals[self._next - 1]
 
 
 class Exhaustive(_ListStrategy):
@@ -81,12 +81,12 @@ class SoupAll(_ListStrategy):
     name = "soup_all"
 
     def __init__(self, *, space: MixtureSpace, **_: object) -> None:
-        super().__init__(iter([space.params_for(space.free_domains)]))
+        super().__init__([space.params_for(space.free_domains)])
 
 
 class OptunaStrategy(Strategy):
     """Proposals from an Optuna study (ask/tell). Filtered proposals are told as infeasible
-    through the sampler's ``constraints_func``: TPE ranks every infeasible trial below every
+    through ``Trial.set_constraint``: TPE ranks every infeasible trial below every
     feasible one, so it learns to avoid high-FSD regions; their placeholder value of 0.0
     is never used for ranking. Stopped-early proposals are told as pruned."""
 
@@ -117,7 +117,8 @@ class OptunaStrategy(Strategy):
         trial = self._trials.pop(token, None)
         if trial is None:
             return
-        trial.set_user_attr(CONSTRAINT_ATTR, [violation if outcome == "filtered" else 0.0])
+        # Feasible when <= 0: TPE ranks every infeasible trial below every feasible one.
+        trial.set_constraint(CONSTRAINT_NAME, violation if outcome == "filtered" else 0.0)
         trial.set_user_attr("signmix.outcome", outcome)
         if outcome == "evaluated":
             self.study.tell(trial, value)
@@ -131,16 +132,12 @@ class OptunaStrategy(Strategy):
             self.study.tell(trial, state=TrialState.FAIL)
 
 
-def _constraints(trial) -> list[float]:
-    return trial.user_attrs.get(CONSTRAINT_ATTR, [0.0])
-
-
 def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storage: str | None = None,
          **_: object) -> OptunaStrategy:
     import optuna
 
     # Few random start-up trials for small budgets: TPE needs a handful to model from.
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=_constraints,
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                          n_startup_trials=min(10, max(3, budget // 4)))
     strategy = OptunaStrategy(space=space, sampler=sampler, study_name=study_name, storage=storage)
     strategy.name = "tpe"

@@ -79,9 +79,11 @@ class MixtureSpace:
         members = [d for d in self.free_domains if params.get(USE_PREFIX + d, False)]
         if self.require_targets:
             members = list(self.targets) + members
-        ratio = float(params.get(PRUNE_PARAM, self.prune_ratios[0]))
-        if not any(math.isclose(ratio, r) for r in self.prune_ratios):
-            raise SpecError(f"prune_ratio {ratio} is not one of the choices {list(self.prune_ratios)}")
+        asked = float(params.get(PRUNE_PARAM, self.prune_ratios[0]))
+        # Snap to the choice itself, so that 0.9 and 0.9 + 1e-12 are one mixture (one key).
+        ratio = next((r for r in self.prune_ratios if math.isclose(asked, r)), None)
+        if ratio is None:
+            raise SpecError(f"prune_ratio {asked} is not one of the choices {list(self.prune_ratios)}")
         return make_mixture_spec(
             members=members, targets=self.targets, prune_method="magnitude" if ratio > 0 else "none",
             prune_ratio=ratio, prune_scope=self.prune_scope, prune_when=self.prune_when,

@@ -77,7 +77,9 @@ class MixtureSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> MixtureSpec:
-        return make_mixture_spec(**d)
+        # "targets must be members" is a search-space choice checked when the spec was made,
+        # not a property of the spec: a mixture made with require_targets=False reads back too.
+        return make_mixture_spec(**{"require_targets": False, **d})
 
 
 def make_mixture_spec(
@@ -146,8 +148,9 @@ def make_mixture_spec(
     prune_ratio = float(prune_ratio)
     if not 0.0 <= prune_ratio < 1.0:
         raise SpecError(f"prune_ratio must be in [0, 1), got {prune_ratio}")
-    if prune_method == "none":
-        prune_ratio = 0.0
+    if prune_method == "none" or prune_ratio == 0.0:
+        # Nothing is pruned: one canonical form, so equal mixtures compare equal.
+        prune_method, prune_ratio, prune_scope, prune_when = "none", 0.0, "adapter", "members"
 
     total = sum(weights)
     order = sorted(range(len(members)), key=lambda i: members[i])

@@ -7,12 +7,15 @@ and in ``signmix evaluate`` on an export. Same weights, same batches, same resul
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from trainables.data import EncodedSplit, encode_split, iter_batches, load_domain
 from trainables.model import cached_tokenizer, load_encoder
-from trainables.store import ADAPTER_NAME, AdapterStore
+from trainables.store import ADAPTER_NAME, HEAD_FILE, AdapterStore
+
+HEAD_FILES = ("head_config.json", HEAD_FILE)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -115,16 +118,20 @@ class MixtureModel:
         self.model.active_head = self.heads[domain]
 
     def save(self, directory: str | Path, targets: Sequence[str]) -> None:
-        """Save the current adapter, the primary target's head beside it, every target's head
-        under ``heads/<domain>/`` (all safetensors, ``adapters``' own format)."""
+        """Save the current adapter in ``adapters``' format (safetensors), the first target's
+        head beside it, and every target's head under ``heads/<domain>/``.
+
+        Heads are never changed by mixing, so they are copied from the store, where they are
+        saved under the adapter's own name: a plain ``model.load_adapter(directory)`` then
+        activates adapter and head together.
+        """
         directory = Path(directory)
         self.model.save_adapter(str(directory), ADAPTER_NAME, use_safetensors=True, with_head=False)
         for i, domain in enumerate(targets):
-            self.add_head(domain)
-            (directory / "heads" / domain).mkdir(parents=True, exist_ok=True)
-            self.model.save_head(str(directory / "heads" / domain), self.heads[domain], use_safetensors=True)
-            if i == 0:
-                self.model.save_head(str(directory), self.heads[domain], use_safetensors=True)
+            for dest in ([directory / "heads" / domain] + ([directory] if i == 0 else [])):
+                dest.mkdir(parents=True, exist_ok=True)
+                for name in HEAD_FILES:
+                    shutil.copyfile(self.store.path(domain) / name, dest / name)
 
 
 def mixture_model(experiment: Mapping, store_root: str) -> MixtureModel:

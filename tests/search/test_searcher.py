@@ -1,0 +1,247 @@
+"""``SignConflictSearcher`` driven by hand, as Ray Tune would drive it (no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ray.tune.search import Searcher
+
+from search.searcher import METRIC, SignConflictSearcher
+from search.strategies import Exhaustive, Strategy
+from spaces.fsd import SignIndex
+from spaces.space import MixtureSpace
+from spaces.spec import MixtureSpec
+
+NAMES = ("a", "b", "c", "t")
+# t-a .1, t-b .5, t-c .2, a-b .4, a-c .2, b-c .6
+MATRIX = [
+    [0.0, 0.4, 0.2, 0.1],
+    [0.4, 0.0, 0.6, 0.5],
+    [0.2, 0.6, 0.0, 0.2],
+    [0.1, 0.5, 0.2, 0.0],
+]
+
+
+class ScriptedStrategy(Strategy):
+    """A fake strategy: proposes the given member lists in order and records every tell."""
+
+    name = "scripted"
+
+    def __init__(self, space: MixtureSpace, *member_lists: list[str]) -> None:
+        self.space = space
+        self.proposals = [space.params_for(m) for m in member_lists]
+        self.told: list[tuple[int, str, float | None, float]] = []
+        self.asked = 0
+
+    def ask(self):
+        if not self.proposals:
+            return None
+        self.asked += 1
+        return self.asked - 1, self.proposals.pop(0)
+
+    def tell(self, token, outcome, value=None, violation=0.0):
+        self.told.append((token, outcome, value, violation))
+
+
+class FakeTracker:
+    """A fake SearchTracker that only records the calls the searcher makes."""
+
+    def __init__(self) -> None:
+        self.filtered: list[tuple[MixtureSpec, float, str]] = []
+
+    def record_filtered(self, spec, fsd, reason):
+        self.filtered.append((spec, fsd, reason))
+
+
+@pytest.fixture(scope="module")
+def index() -> SignIndex:
+    return SignIndex(names=NAMES, signs=torch.zeros(len(NAMES), 4, dtype=torch.int8),
+                     matrix=torch.tensor(MATRIX, dtype=torch.float64))
+
+
+def make_space(**overrides) -> MixtureSpace:
+    kwargs = dict(domains=NAMES, targets=("t",), max_fsd=0.3)
+    kwargs.update(overrides)
+    return MixtureSpace(**kwargs)
+
+
+def searcher_for(index, space, *member_lists, tracker=None) -> tuple[SignConflictSearcher, ScriptedStrategy]:
+    strategy = ScriptedStrategy(space, *member_lists)
+    return SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker), strategy
+
+
+def members(config: dict) -> tuple[str, ...]:
+    return tuple(config["spec"]["members"])
+
+
+def test_scripted_strategy_hands_out_increasing_tokens(index):
+    strategy = ScriptedStrategy(make_space(), ["t"], ["t", "a"])
+    assert [strategy.ask()[0], strategy.ask()[0], strategy.ask()] == [0, 1, None]
+
+
+# The pre-filter ----------------------------------------------------------------------------
+
+def test_proposal_over_max_fsd_never_becomes_a_trial(index):
+    space = make_space()
+    tracker = FakeTracker()
+    searcher, strategy = searcher_for(index, space, ["t", "b"], ["t", "a", "b"], ["t", "a"], tracker=tracker)
+    config = searcher.suggest("trial_1")
+    assert members(config) == ("a", "t")
+    assert searcher.counts.proposals == 3
+    assert searcher.counts.filtered == 2
+    assert searcher.counts.trials == 1
+    # Both filtered proposals were told as infeasible, with how far over the limit they were.
+    assert strategy.told == [(0, "filtered", None, pytest.approx(0.5 - 0.3)),
+                             (1, "filtered", None, pytest.approx((0.1 + 0.5 + 0.4) / 3 - 0.3))]
+    assert [(s.members, fsd) for s, fsd, _ in tracker.filtered] == [
+        (("b", "t"), pytest.approx(0.5)), (("a", "b", "t"), pytest.approx(1.0 / 3))]
+    assert all("max_fsd" in reason for _, _, reason in tracker.filtered)
+
+
+def test_filtered_proposals_work_without_a_tracker(index):
+    searcher, _ = searcher_for(index, make_space(), ["t", "b"], ["t", "c"])
+    assert members(searcher.suggest("trial_1")) == ("c", "t")
+    assert searcher.counts.filtered == 1
+
+
+def test_over_max_members_is_filtered_too(index):
+    space = make_space(max_fsd=None, max_members=2)
+    tracker = FakeTracker()
+    searcher, strategy = searcher_for(index, space, ["t", "a", "c"], ["t", "c"], tracker=tracker)
+    assert members(searcher.suggest("trial_1")) == ("c", "t")
+    assert strategy.told == [(0, "filtered", None, 1.0)]
+    assert "max_members" in tracker.filtered[0][2]
+
+
+@pytest.mark.parametrize("require_targets", [True, False])
+def test_trial_config_carries_spec_fsd_and_key(index, require_targets):
+    space = make_space(require_targets=require_targets, prune_ratios=(0.0, 0.9))
+    params = space.params_for(["a", "c"] if not require_targets else ["a", "c", "t"], 0.9)
+    strategy = ScriptedStrategy(space)
+    strategy.proposals = [params]
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index)
+    config = searcher.suggest("trial_1")
+    expected = space.to_mixture_spec(params)
+    spec = MixtureSpec.from_dict(config["spec"])  # what the trial does with it
+    assert spec == expected
+    assert config["mixture_key"] == spec.key == expected.key
+    assert config["fsd"] == pytest.approx(index.subset_fsd(spec.members))
+    assert (spec.prune_method, spec.prune_ratio) == ("magnitude", 0.9)
+    assert searcher.specs["trial_1"] == expected
+
+
+# Repeats ------------------------------------------------------------------------------------
+
+def test_repeat_of_an_evaluated_mixture_is_answered_from_the_earlier_result(index):
+    searcher, strategy = searcher_for(index, make_space(), ["t", "a"], ["a", "t"], ["t", "c"])
+    first = searcher.suggest("trial_1")
+    searcher.on_trial_complete("trial_1", {METRIC: 0.8})
+    assert strategy.told == [(0, "evaluated", 0.8, 0.0)]
+    second = searcher.suggest("trial_2")
+    assert members(second) == ("c", "t")  # the repeat took no trial
+    assert second["mixture_key"] != first["mixture_key"]
+    assert strategy.told[1] == (1, "evaluated", 0.8, 0.0)
+    assert searcher.counts.repeats == 1
+    assert searcher.counts.trials == 2
+    assert searcher.counts.evaluated == 1
+    assert searcher.results == {first["mixture_key"]: 0.8}
+
+
+def test_repeat_of_an_in_flight_mixture_waits_for_the_first(index):
+    searcher, strategy = searcher_for(index, make_space(), ["t", "a"], ["t", "a"], ["t", "c"])
+    first = searcher.suggest("trial_1")
+    second = searcher.suggest("trial_2")
+    assert members(first) == ("a", "t") and members(second) == ("c", "t")
+    assert strategy.told == []  # token 1 waits for trial_1
+    searcher.on_trial_complete("trial_1", {METRIC: 0.7})
+    assert sorted(strategy.told) == [(0, "evaluated", 0.7, 0.0), (1, "evaluated", 0.7, 0.0)]
+    searcher.on_trial_complete("trial_2", {METRIC: 0.6})
+    assert strategy.told[-1] == (2, "evaluated", 0.6, 0.0)
+    assert searcher.counts.trials == 2 and searcher.counts.repeats == 1
+
+
+def test_repeat_of_a_filtered_mixture_is_filtered_again_and_recorded(index):
+    tracker = FakeTracker()
+    searcher, strategy = searcher_for(index, make_space(), ["t", "b"], ["t", "b"], ["t"], tracker=tracker)
+    assert members(searcher.suggest("trial_1")) == ("t",)
+    assert [o for _, o, _, _ in strategy.told] == ["filtered", "filtered"]
+    assert searcher.counts.filtered == 2
+    assert len(searcher.counts.filtered_keys) == 1
+
+
+# Outcomes ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("result, error, outcome, value", [
+    ({METRIC: 0.75}, False, "evaluated", 0.75),
+    ({METRIC: 0.75, "evaluated_fraction": 1.0}, False, "evaluated", 0.75),
+    ({METRIC: 0.6, "evaluated_fraction": 0.5}, False, "stopped_early", 0.6),
+    ({METRIC: 0.6}, True, "failed", 0.6),
+    (None, True, "failed", None),
+    (None, False, "failed", None),
+    ({"fsd": 0.1}, False, "failed", None),
+], ids=["evaluated", "evaluated-full", "stopped-early", "error-with-result", "error", "no-result", "no-metric"])
+def test_trial_outcome_is_told_and_counted(index, result, error, outcome, value):
+    searcher, strategy = searcher_for(index, make_space(), ["t", "a"], ["t", "a"], ["t", "c"])
+    config = searcher.suggest("trial_1")
+    searcher.on_trial_complete("trial_1", result, error=error)
+    assert strategy.told == [(0, outcome, value, 0.0)]
+    counts = searcher.counts
+    assert (counts.evaluated, counts.stopped_early, counts.failed) == (
+        int(outcome == "evaluated"), int(outcome == "stopped_early"), int(outcome == "failed"))
+    assert (config["mixture_key"] in searcher.results) == (outcome == "evaluated")
+    # A later proposal of the same mixture hears the same outcome instead of running again.
+    assert members(searcher.suggest("trial_2")) == ("c", "t")
+    assert strategy.told[1] == (1, outcome, value, 0.0)
+
+
+def test_completion_of_an_unknown_trial_is_ignored(index):
+    searcher, strategy = searcher_for(index, make_space(), ["t"])
+    searcher.on_trial_complete("never_suggested", {METRIC: 0.9})
+    assert strategy.told == [] and searcher.counts.evaluated == 0
+
+
+# The end of the search -------------------------------------------------------------------------
+
+def test_exhaustive_search_finishes_when_the_space_is_done(index):
+    space = make_space(domains=("a", "t"), max_fsd=None, prune_ratios=(0.0, 0.5))
+    assert space.size() == 4
+    searcher = SignConflictSearcher(strategy=Exhaustive(space=space), space=space, index=index)
+    configs = [searcher.suggest(f"trial_{i}") for i in range(4)]
+    assert len({c["mixture_key"] for c in configs}) == 4
+    assert searcher.suggest("trial_4") is None  # nothing new, but trials still run
+    for i in range(4):
+        searcher.on_trial_complete(f"trial_{i}", {METRIC: 0.5 + i / 10})
+    assert searcher.suggest("trial_5") == Searcher.FINISHED
+    assert searcher.counts.trials == 4 and searcher.counts.evaluated == 4
+
+
+def test_finished_without_asking_once_every_mixture_is_evaluated_or_filtered(index):
+    space = make_space(domains=("b", "t"))  # {t} runs, {b, t} (FSD .5) is filtered
+    strategy = Exhaustive(space=space)
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index)
+    assert members(searcher.suggest("trial_1")) == ("t",)
+    searcher.on_trial_complete("trial_1", {METRIC: 0.9})
+    assert searcher.suggest("trial_2") == Searcher.FINISHED
+    assert searcher.counts.filtered == 1
+    assert searcher.suggest("trial_3") == Searcher.FINISHED
+
+
+class EndlessFilteredStrategy(Strategy):
+    """A fake strategy that proposes the same filtered mixture forever."""
+
+    def __init__(self, space: MixtureSpace) -> None:
+        self.params = space.params_for(["t", "b"])
+        self.asked = 0
+
+    def ask(self):
+        self.asked += 1
+        return self.asked, self.params
+
+
+def test_a_strategy_stuck_on_filtered_proposals_cannot_hang_the_search(index):
+    space = make_space(domains=("a", "b", "c", "t"))
+    strategy = EndlessFilteredStrategy(space)
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, max_idle_proposals=25)
+    assert searcher.suggest("trial_1") == Searcher.FINISHED
+    assert strategy.asked == 25
+    assert searcher.counts.filtered == 25

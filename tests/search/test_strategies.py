@@ -1,0 +1,215 @@
+"""Search strategies: what each proposes, in which order, and what TPE learns from filtering."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from search.strategies import STRATEGIES, Exhaustive, GreedyFsd, SoupAll, make_strategy
+from spaces.fsd import SignIndex
+from spaces.space import MixtureSpace
+
+NAMES = ("a", "b", "c", "d", "t")
+# Row means (sum / 4): a .30, b .525, c .25, d .40, t .225 -> ascending t, c, a, d, b,
+# an order that is neither alphabetical nor the order of the names.
+MATRIX = [
+    [0.0, 0.5, 0.1, 0.4, 0.2],
+    [0.5, 0.0, 0.6, 0.7, 0.3],
+    [0.1, 0.6, 0.0, 0.2, 0.1],
+    [0.4, 0.7, 0.2, 0.0, 0.3],
+    [0.2, 0.3, 0.1, 0.3, 0.0],
+]
+
+
+@pytest.fixture(scope="module")
+def index() -> SignIndex:
+    return SignIndex(names=NAMES, signs=torch.zeros(len(NAMES), 8, dtype=torch.int8),
+                     matrix=torch.tensor(MATRIX, dtype=torch.float64))
+
+
+def drain(strategy) -> list[tuple[int, dict]]:
+    out = []
+    while (proposal := strategy.ask()) is not None:
+        out.append(proposal)
+        assert len(out) < 10_000
+    return out
+
+
+def members_of(space: MixtureSpace, proposals) -> list[tuple[str, ...]]:
+    return [space.to_mixture_spec(params).members for _, params in proposals]
+
+
+# greedy_fsd ------------------------------------------------------------------------------
+
+def test_row_means_of_the_hand_made_matrix(index):
+    assert index.row_means() == pytest.approx({"a": 0.3, "b": 0.525, "c": 0.25, "d": 0.4, "t": 0.225})
+
+
+@pytest.mark.parametrize("targets, expected", [
+    (("t",), [("t",), ("c", "t"), ("a", "c", "t"), ("a", "c", "d", "t"), ("a", "b", "c", "d", "t")]),
+    # The worst adapter as target: it is always in, the others join by ascending mean FSD.
+    (("b",), [("b",), ("b", "t"), ("b", "c", "t"), ("a", "b", "c", "t"), ("a", "b", "c", "d", "t")]),
+    (("b", "d"), [("b", "d"), ("b", "d", "t"), ("b", "c", "d", "t"), ("a", "b", "c", "d", "t")]),
+], ids=["best-target", "worst-target", "two-targets"])
+def test_greedy_fsd_adds_adapters_in_ascending_row_mean_order(index, targets, expected):
+    space = MixtureSpace(domains=NAMES, targets=targets)
+    proposals = drain(GreedyFsd(space=space, index=index))
+    got = members_of(space, proposals)
+    assert got == expected
+    # l = |targets| .. N, each once.
+    assert [len(m) for m in got] == list(range(len(targets), len(NAMES) + 1))
+    assert all(set(targets) <= set(m) for m in got)
+    assert [token for token, _ in proposals] == list(range(len(expected)))
+
+
+def test_greedy_fsd_without_required_targets_is_algorithm_1_for_l_1_to_n(index):
+    space = MixtureSpace(domains=NAMES, targets=("b",), require_targets=False)
+    got = members_of(space, drain(GreedyFsd(space=space, index=index)))
+    assert got == [("t",), ("c", "t"), ("a", "c", "t"), ("a", "c", "d", "t"), ("a", "b", "c", "d", "t")]
+
+
+def test_greedy_fsd_breaks_ties_by_name():
+    names = ("z", "y", "x")
+    index = SignIndex(names=names, signs=torch.zeros(3, 2, dtype=torch.int8),
+                      matrix=torch.tensor([[0, .2, .2], [.2, 0, .2], [.2, .2, 0]], dtype=torch.float64))
+    space = MixtureSpace(domains=names, targets=("z",))
+    assert members_of(space, drain(GreedyFsd(space=space, index=index))) == [
+        ("z",), ("x", "z"), ("x", "y", "z")]
+
+
+def test_list_strategies_stay_finished(index):
+    space = MixtureSpace(domains=NAMES, targets=("t",))
+    strategy = GreedyFsd(space=space, index=index)
+    drain(strategy)
+    assert strategy.ask() is None
+    assert strategy.ask() is None
+
+
+# exhaustive / soup_all ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("require_targets", [True, False])
+def test_exhaustive_yields_every_element_once_then_none(require_targets):
+    space = MixtureSpace(domains=("a", "b", "c", "d"), targets=("b",), prune_ratios=(0.0, 0.9),
+                         require_targets=require_targets)
+    strategy = make_strategy("exhaustive", space=space, index=None, seed=0, budget=1, study_name="x")
+    assert isinstance(strategy, Exhaustive)
+    proposals = drain(strategy)
+    keys = [space.to_mixture_spec(params).key for _, params in proposals]
+    assert len(keys) == space.size() == len(set(keys))
+    assert [params for _, params in proposals] == list(space.enumerate())
+    assert [token for token, _ in proposals] == list(range(space.size()))
+    assert strategy.ask() is None
+
+
+@pytest.mark.parametrize("require_targets", [True, False])
+def test_soup_all_proposes_every_domain_once(require_targets):
+    space = MixtureSpace(domains=("c", "a", "b"), targets=("b",), prune_ratios=(0.5, 0.0),
+                         require_targets=require_targets)
+    strategy = make_strategy("soup_all", space=space, index=None, seed=0, budget=1, study_name="x")
+    assert isinstance(strategy, SoupAll)
+    proposals = drain(strategy)
+    assert len(proposals) == 1
+    spec = space.to_mixture_spec(proposals[0][1])
+    assert spec.members == ("a", "b", "c")
+    assert spec.is_uniform
+    assert spec.prune_ratio == 0.0
+
+
+# tpe / random ---------------------------------------------------------------------------
+
+SPACE = MixtureSpace(domains=("a", "b", "c", "d", "e"), targets=("a",), prune_ratios=(0.0, 0.5, 0.9))
+
+
+def objective(members: tuple[str, ...], ratio: float) -> float:
+    """A made-up accuracy that prefers small mixtures with some pruning."""
+    return 0.9 - 0.05 * len(members) + (0.02 if ratio == 0.5 else 0.0)
+
+
+def run_optuna(name: str, seed: int, n: int, *, study_name: str = "s") -> list[dict]:
+    strategy = make_strategy(name, space=SPACE, index=None, seed=seed, budget=n, study_name=study_name)
+    assert strategy.name == name
+    asked = []
+    for _ in range(n):
+        token, params = strategy.ask()
+        asked.append(params)
+        spec = SPACE.to_mixture_spec(params)  # every proposal is a valid point of the space
+        strategy.tell(token, "evaluated", value=objective(spec.members, spec.prune_ratio))
+    return asked
+
+
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_optuna_strategies_are_reproducible_with_the_same_seed(name):
+    first = run_optuna(name, seed=7, n=20, study_name="one")
+    again = run_optuna(name, seed=7, n=20, study_name="two")
+    assert first == again
+    assert run_optuna(name, seed=8, n=20) != first
+
+
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_optuna_proposals_cover_the_space_parameters(name):
+    strategy = make_strategy(name, space=SPACE, index=None, seed=0, budget=10, study_name="s")
+    _, params = strategy.ask()
+    assert set(params) == {"use.b", "use.c", "use.d", "use.e", "prune_ratio"}
+    assert params["prune_ratio"] in SPACE.prune_ratios
+
+
+def test_single_ratio_is_not_searched():
+    space = MixtureSpace(domains=("a", "b"), targets=("a",), prune_ratios=(0.9,))
+    strategy = make_strategy("tpe", space=space, index=None, seed=0, budget=4, study_name="s")
+    token, params = strategy.ask()
+    assert params["prune_ratio"] == 0.9
+    assert "prune_ratio" not in strategy.study.trials[token].params
+
+
+def test_optuna_tell_records_each_outcome_in_the_study():
+    from optuna.trial import TrialState
+
+    strategy = make_strategy("random", space=SPACE, index=None, seed=0, budget=4, study_name="s")
+    tokens = [strategy.ask()[0] for _ in range(4)]
+    strategy.tell(tokens[0], "evaluated", value=0.8)
+    strategy.tell(tokens[1], "filtered", violation=0.25)
+    strategy.tell(tokens[2], "stopped_early", value=0.4)
+    strategy.tell(tokens[3], "failed")
+    strategy.tell(tokens[3], "evaluated", value=1.0)  # a second tell of the same token is ignored
+    trials = strategy.study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE,
+                                         TrialState.PRUNED, TrialState.FAIL]
+    assert trials[0].value == 0.8
+    assert [t.user_attrs["signmix.outcome"] for t in trials] == ["evaluated", "filtered", "stopped_early", "failed"]
+    assert list(trials[0].constraints.values()) == [0.0]
+    assert list(trials[1].constraints.values()) == [0.25]
+    assert strategy.study.best_trial.number == tokens[0]
+
+
+def test_tpe_learns_to_avoid_filtered_domain():
+    space = MixtureSpace(domains=("a", "b", "bad", "c", "d"), targets=("a",), prune_ratios=(0.0,))
+    strategy = make_strategy("tpe", space=space, index=None, seed=3, budget=60, study_name="learn")
+    has_bad = []
+    for _ in range(60):
+        token, params = strategy.ask()
+        spec = space.to_mixture_spec(params)
+        has_bad.append("bad" in spec.members)
+        if "bad" in spec.members:
+            strategy.tell(token, "filtered", violation=0.3)
+        else:
+            strategy.tell(token, "evaluated", value=objective(spec.members, 0.0))
+    first, last = sum(has_bad[:10]) / 10, sum(has_bad[-30:]) / 30
+    assert last < 0.35, has_bad
+    assert last < first, has_bad
+
+
+def test_unknown_strategy_name_lists_the_names():
+    with pytest.raises(ValueError) as info:
+        make_strategy("bayes", space=SPACE, index=None, seed=0, budget=1, study_name="s")
+    message = str(info.value)
+    assert "'bayes'" in message
+    for name in STRATEGIES:
+        assert name in message
+
+
+def test_registry_matches_the_config_choices():
+    from search.config import STRATEGIES as CONFIG_STRATEGIES
+
+    assert sorted(STRATEGIES) == sorted(CONFIG_STRATEGIES)

@@ -1,0 +1,249 @@
+"""``MixtureSpace``: sampled params -> ``MixtureSpec``, enumeration, and the pre-filter."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from spaces.errors import SpecError
+from spaces.fsd import SignIndex
+from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace, space_from_config
+
+RATIOS = (0.0, 0.5, 0.9)
+
+
+def signs(*values: int) -> dict[str, torch.Tensor]:
+    return {"layer.0.w": torch.tensor(values, dtype=torch.float32)}
+
+
+@pytest.fixture(scope="module")
+def index() -> SignIndex:
+    """Four adapters of 10 weights with hand-counted FSDs:
+    a-b 0.2, a-c 0.6, a-d 0.1, b-c 0.8, b-d 0.1, c-d 0.7."""
+    return SignIndex.from_weights({
+        "a": signs(1, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        "b": signs(1, 1, 1, 1, 1, 1, 1, 1, -1, -1),
+        "c": signs(-1, -1, -1, -1, -1, -1, 1, 1, 1, 1),
+        "d": signs(2, 3, 4, 5, 6, 7, 8, 9, 10, -1),
+    })
+
+
+def space(**overrides) -> MixtureSpace:
+    kwargs = dict(domains=("c", "a", "d", "b"), targets=("a",), prune_ratios=RATIOS)
+    kwargs.update(overrides)
+    return MixtureSpace(**kwargs)
+
+
+def test_hand_counted_fsds(index):
+    expected = {("a", "b"): 0.2, ("a", "c"): 0.6, ("a", "d"): 0.1,
+                ("b", "c"): 0.8, ("b", "d"): 0.1, ("c", "d"): 0.7}
+    for pair, fsd in expected.items():
+        assert index.subset_fsd(pair) == pytest.approx(fsd)
+
+
+# to_mixture_spec ------------------------------------------------------------------------
+
+def test_to_mixture_spec_reads_use_flags_and_ratio():
+    s = space().to_mixture_spec({"use.b": True, "use.c": False, "use.d": True, PRUNE_PARAM: 0.9})
+    assert s.members == ("a", "b", "d")
+    assert s.targets == ("a",)
+    assert (s.prune_method, s.prune_ratio) == ("magnitude", 0.9)
+
+
+def test_ratio_zero_means_no_pruning_and_missing_ratio_takes_the_first_choice():
+    sp = space(prune_ratios=(0.5, 0.0))
+    s = sp.to_mixture_spec({"use.b": True})
+    assert (s.prune_method, s.prune_ratio) == ("none", 0.0)
+    assert sp.to_mixture_spec({"use.b": True, PRUNE_PARAM: 0.5}).prune_method == "magnitude"
+
+
+@pytest.mark.parametrize("params", [
+    {},
+    {"use.b": False, "use.c": False, "use.d": False},
+    {"use.a": False, "use.b": False},  # a target cannot be switched off
+    {"use.a": False, "use.c": True},
+])
+def test_targets_are_always_members_when_required(params):
+    s = space(targets=("a", "b")).to_mixture_spec(params)
+    assert {"a", "b"} <= set(s.members)
+    assert ("c" in s.members) == params.get("use.c", False)
+
+
+def test_targets_can_be_left_out_when_not_required():
+    s = space(require_targets=False).to_mixture_spec({"use.a": False, "use.c": True})
+    assert s.members == ("c",) and s.targets == ("a",)
+
+
+def test_empty_subset_is_rejected_when_targets_are_not_required():
+    with pytest.raises(SpecError, match="empty"):
+        space(require_targets=False).to_mixture_spec({"use.a": False})
+
+
+@pytest.mark.parametrize("params, named", [
+    ({"use.vinyl": True}, "'use.vinyl'"),
+    ({"books": True}, "'books'"),
+    ({"prune": 0.5}, "'prune'"),
+    ({"use.b": True, "ratio": 0.5, "use.e": False}, "'ratio', 'use.e'"),
+])
+def test_unknown_parameter_names_raise(params, named):
+    with pytest.raises(SpecError) as info:
+        space().to_mixture_spec(params)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize("ratio", [0.7, 0.25, 0.95, -0.5, 1.0])
+def test_off_grid_ratio_raises(ratio):
+    with pytest.raises(SpecError) as info:
+        space().to_mixture_spec({"use.b": True, PRUNE_PARAM: ratio})
+    assert str(ratio) in str(info.value)
+
+
+def test_space_rejects_targets_that_are_not_domains():
+    with pytest.raises(SpecError, match="'z'"):
+        space(targets=("a", "z"))
+
+
+# params_for -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("require_targets", [True, False])
+def test_params_for_is_the_inverse_of_to_mixture_spec(require_targets):
+    sp = space(targets=("b",), require_targets=require_targets)
+    seen = 0
+    for size in range(1, 5):
+        for members in itertools.combinations(sp.domains, size):
+            if require_targets and "b" not in members:
+                continue
+            for ratio in RATIOS:
+                s = sp.to_mixture_spec(sp.params_for(members, ratio))
+                assert s.members == tuple(sorted(members))
+                assert s.prune_ratio == ratio
+                assert sp.params_for(s.members, s.prune_ratio) == sp.params_for(members, ratio)
+                seen += 1
+    assert seen == (8 if require_targets else 15) * len(RATIOS)
+
+
+def test_params_for_defaults_to_the_first_ratio():
+    params = space(prune_ratios=(0.9, 0.5)).params_for(["a", "c"])
+    assert params[PRUNE_PARAM] == 0.5
+    assert {k for k, v in params.items() if k.startswith(USE_PREFIX) and v} == {"use.c"}
+
+
+# enumerate / size -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("n_targets", [1, 2])
+@pytest.mark.parametrize("require_targets", [True, False])
+def test_enumerate_yields_size_distinct_specs(n, n_targets, require_targets):
+    domains = tuple(f"d{i}" for i in range(n))
+    sp = MixtureSpace(domains=domains, targets=domains[:n_targets], prune_ratios=RATIOS,
+                      require_targets=require_targets)
+    params = list(sp.enumerate())
+    keys = {sp.to_mixture_spec(p).key for p in params}
+    expected = (2 ** (n - n_targets) if require_targets else 2 ** n - 1) * len(RATIOS)
+    assert sp.size() == expected
+    assert len(params) == expected
+    assert len(keys) == expected
+
+
+def test_enumerate_goes_smallest_subsets_first():
+    sp = space(prune_ratios=(0.0,))
+    sizes = [sp.to_mixture_spec(p).k for p in sp.enumerate()]
+    assert sizes == sorted(sizes)
+    assert sizes[0] == 1 and sizes[-1] == 4
+
+
+# check: the pre-filter -----------------------------------------------------------------
+
+@pytest.mark.parametrize("measure, members, fsd", [
+    ("mean_pairwise", ("a", "c"), 0.6),
+    ("mean_pairwise", ("a", "b", "c"), (0.2 + 0.6 + 0.8) / 3),
+    ("mean_pairwise", ("a", "c", "d"), (0.6 + 0.1 + 0.7) / 3),
+    ("any_conflict", ("a", "c"), 0.6),
+    ("any_conflict", ("a", "b", "c"), 0.8),
+])
+def test_subset_over_max_fsd_is_rejected(index, measure, members, fsd):
+    sp = space(max_fsd=0.3, fsd_measure=measure)
+    verdict = sp.check(sp.to_mixture_spec(sp.params_for(members)), index)
+    assert not verdict.accepted
+    assert verdict.fsd == pytest.approx(fsd)
+    assert verdict.violation == pytest.approx(fsd - 0.3)
+    assert verdict.violation > 0
+    assert measure in verdict.reason and "max_fsd" in verdict.reason
+
+
+@pytest.mark.parametrize("measure, members, fsd", [
+    ("mean_pairwise", ("a", "b"), 0.2),
+    ("mean_pairwise", ("a", "b", "d"), (0.2 + 0.1 + 0.1) / 3),
+    ("any_conflict", ("a", "d"), 0.1),
+    ("any_conflict", ("a", "b", "d"), 0.2),
+])
+def test_subset_under_max_fsd_is_accepted(index, measure, members, fsd):
+    sp = space(max_fsd=0.3, fsd_measure=measure)
+    verdict = sp.check(sp.to_mixture_spec(sp.params_for(members)), index)
+    assert verdict.accepted
+    assert verdict.fsd == pytest.approx(fsd)
+    assert verdict.violation == 0.0
+
+
+def test_no_max_fsd_accepts_any_conflict(index):
+    sp = space(max_fsd=None)
+    assert sp.check(sp.to_mixture_spec(sp.params_for(("a", "b", "c", "d"))), index).accepted
+
+
+def test_max_members_violation_is_rejected(index):
+    sp = space(max_members=2, max_fsd=None)
+    verdict = sp.check(sp.to_mixture_spec(sp.params_for(("a", "b", "d", "c"))), index)
+    assert not verdict.accepted
+    assert verdict.violation == pytest.approx(2.0)
+    assert "max_members=2" in verdict.reason and "4 members" in verdict.reason
+    assert sp.check(sp.to_mixture_spec(sp.params_for(("a", "d"))), index).accepted
+
+
+@pytest.mark.parametrize("measure", ["mean_pairwise", "any_conflict"])
+@pytest.mark.parametrize("member", ["a", "b", "c", "d"])
+def test_singletons_are_always_accepted(index, measure, member):
+    sp = space(require_targets=False, max_fsd=0.0, fsd_measure=measure, max_members=1)
+    verdict = sp.check(sp.to_mixture_spec(sp.params_for([member])), index)
+    assert verdict.accepted
+    assert verdict.fsd == 0.0
+
+
+# space_from_config ----------------------------------------------------------------------
+
+def test_space_from_config_resolves_auto_to_the_percentile(index):
+    sp = space_from_config({"targets": ["a"], "max_fsd": "auto", "max_fsd_percentile": 50.0},
+                           index.names, index)
+    # Pairwise FSDs sorted: .1 .1 .2 .6 .7 .8; the median interpolates .2 and .6.
+    assert sp.max_fsd == pytest.approx(index.threshold(50.0))
+    assert sp.max_fsd == pytest.approx(0.4)
+
+
+def test_space_from_config_auto_defaults_to_the_75th_percentile(index):
+    sp = space_from_config({"targets": ["a"], "max_fsd": "auto"}, index.names, index)
+    assert sp.max_fsd == pytest.approx(index.threshold(75.0))
+    assert sp.max_fsd == pytest.approx(0.675)
+
+
+def test_space_from_config_auto_needs_an_index():
+    with pytest.raises(SpecError, match="auto"):
+        space_from_config({"targets": ["a"], "max_fsd": "auto"}, ["a", "b"], None)
+
+
+def test_space_from_config_copies_the_search_section(index):
+    sp = space_from_config({"targets": ["b"], "max_fsd": 0.25, "prune_ratios": [0.9, 0.0],
+                            "max_members": 3, "fsd_measure": "any_conflict", "require_targets": False,
+                            "prune_scope": "layer", "prune_when": "mixture"},
+                           ["d", "b", "a", "c"], index)
+    assert sp.domains == ("a", "b", "c", "d")
+    assert sp.targets == ("b",)
+    assert sp.max_fsd == 0.25
+    assert sp.prune_ratios == (0.0, 0.9)
+    assert (sp.max_members, sp.fsd_measure, sp.require_targets) == (3, "any_conflict", False)
+    s = sp.to_mixture_spec(sp.params_for(["a"], 0.9))
+    assert (s.prune_scope, s.prune_when) == ("layer", "mixture")
+
+
+def test_space_from_config_without_max_fsd_filters_nothing(index):
+    assert space_from_config({"targets": ["a"]}, index.names, index).max_fsd is None
