@@ -114,7 +114,8 @@ def cmd_demo(args) -> int:
 
     out = Path(args.out).resolve()
     _progress(f"signmix demo: data, adapters, MLflow store and export under {out}")
-    cfg = prepare_demo(out, seed=args.seed, tracking_uri=args.tracking_uri)
+    cfg = prepare_demo(out, seed=args.seed, tracking_uri=args.tracking_uri, base_model=args.base_model,
+                       num_mixtures=args.num_mixtures)
     _progress("1/4 training one adapter per domain")
     run_training(cfg, progress=_progress, debug=args.debug)
     _progress("2/4 searching mixtures (TPE behind the sign-conflict pre-filter)")
@@ -182,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the embedded default end to end (offline, CPU)")
     p.add_argument("--out", default="demo_out", help="folder for data, adapters, MLflow store and export")
     p.add_argument("--tracking-uri", help="log to this MLflow tracking URI instead of DIR/mlflow.db")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data, training and search")
+    p.add_argument("--base-model", help="another encoder (hub id or local folder) instead of MiniLM-L6")
+    p.add_argument("--num-mixtures", type=int, default=12, help="mixtures to evaluate (default 12)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("server", help="start an MLflow tracking server (loopback by default)")
     from mlflow_server.cli import add_server_arguments
