@@ -110,7 +110,7 @@ def cmd_demo(args) -> int:
     from search.baselines import baseline_specs, evaluate_specs, format_table
     from search.demo import prepare_demo
     from search.export import export_mixture
-    from search.runner import run_search, run_training
+    from search.runner import load_sign_index, run_search, run_training
 
     out = Path(args.out).resolve()
     _progress(f"signmix demo: data, adapters, MLflow store and export under {out}")
@@ -128,12 +128,15 @@ def cmd_demo(args) -> int:
         shutil.rmtree(out / "best")
     os.replace(staged, out / "best")
     _progress("4/4 comparing with single adapters and the soup of all")
-    baselines = evaluate_specs(cfg, baseline_specs(cfg))
-    targets = cfg.search.targets
-    rows = [[f"best: {s.best_label}", s.best_accuracy]]
-    rows += [[name, r["accuracy_mean"]] for name, r in baselines.items()]
+    specs = baseline_specs(cfg)
+    weights, index = load_sign_index(cfg)
+    baselines = evaluate_specs(cfg, specs, weights)
+    targets = ",".join(cfg.search.targets)
+    rows = [[f"best: {s.best_label}", s.best_k, s.best_fsd, s.best_accuracy]]
+    rows += [[name, specs[name].k, index.subset_fsd(specs[name].members, cfg.search.fsd_measure), r["accuracy_mean"]]
+             for name, r in baselines.items()]
     print()
-    print(format_table(rows, ["mixture", f"validation accuracy on {','.join(targets)}"]))
+    print(format_table(rows, ["mixture", "k", "FSD", f"validation accuracy ({targets})"]))
     print()
     print(f"proposals: {s.evaluated} evaluated, {s.filtered} filtered by the pre-filter "
           f"({s.filtered_mixtures} distinct mixtures, max_fsd {s.max_fsd:.4f}), {s.repeats} repeats answered "

@@ -25,9 +25,12 @@ def demo_base_model() -> str:
 
 
 def write_demo_config(out: Path, *, seed: int = 0, tracking_uri: str | None = None,
-                      base_model: str | None = None, n_train: int = 400, epochs: int = 3,
+                      base_model: str | None = None, n_train: int = 60, epochs: int = 3,
                       num_mixtures: int = 12) -> Path:
-    """Generate the demo data under ``out/data`` and its config as ``out/signmix.yaml``."""
+    """Generate the demo data under ``out/data`` and its config as ``out/signmix.yaml``.
+
+    60 training examples per domain is deliberately low-resource: the setting where mixing
+    a related domain's adapter helps, and a conflicting one hurts."""
     from search.demo_data import write_demo_domains
 
     folders = write_demo_domains(out / "data", seed=seed, n_train=n_train)

@@ -134,6 +134,8 @@ class SearchSummary:
     failed: int
     best_label: str | None
     best_accuracy: float | None
+    best_fsd: float | None
+    best_k: int | None
     best_run_id: str | None
     parent_run_id: str | None
     seconds: float
@@ -214,14 +216,15 @@ def run_search(cfg: Config, *, progress: Progress = logger.info, debug: bool = F
         summary = SearchSummary(
             strategy=cfg.search.strategy, max_fsd=space.max_fsd, evaluated=c.evaluated, filtered=c.filtered,
             filtered_mixtures=len(c.filtered_keys), repeats=c.repeats, stopped_early=c.stopped_early,
-            failed=c.failed, best_label=None, best_accuracy=None, best_run_id=None,
+            failed=c.failed, best_label=None, best_accuracy=None, best_fsd=None, best_k=None, best_run_id=None,
             parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started)
         if searcher.results:
             from search.export import find_best_run
 
             best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id)
             summary.best_run_id, summary.best_accuracy = best.info.run_id, best.data.metrics["accuracy_mean"]
-            summary.best_label = best.info.run_name
+            summary.best_label, summary.best_fsd = best.info.run_name, best.data.metrics.get("fsd")
+            summary.best_k = int(best.data.params["k"])
         tracker.end(failed=failed, summary={
             "evaluated": c.evaluated, "filtered": c.filtered, "filtered_mixtures": len(c.filtered_keys),
             "repeats": c.repeats, "stopped_early": c.stopped_early, "failed": c.failed,
