@@ -53,13 +53,27 @@ def cmd_fsd(args) -> int:
     from search.runner import load_sign_index
 
     cfg = _load(args)
-    _, index = load_sign_index(cfg)
+    weights, index = load_sign_index(cfg)
     rows = [[name] + [float(index.matrix[i, j]) for j in range(len(index.names))] for i, name in enumerate(index.names)]
     print(format_table(rows, ["FSD"] + list(index.names)))
     out = Path(args.out or os.path.join(cfg.storage_path, "fsd_matrix.csv"))
     out.parent.mkdir(parents=True, exist_ok=True)
     index.to_csv(out)
     print(f"written: {out}")
+    if args.per_layer:
+        from spaces.fsd import per_layer_fsd
+
+        pairs = [(a, b) for i, a in enumerate(index.names) for b in index.names[i + 1:]]
+        per_pair = {pair: per_layer_fsd(weights[pair[0]], weights[pair[1]]) for pair in pairs}
+        layers = sorted({layer for v in per_pair.values() for layer in v},
+                        key=lambda name: (not name.startswith("layer."), int(name.split(".")[1]) if name.startswith("layer.") else 0))
+        rows = [[f"{a}-{b}"] + [v.get(layer, float("nan")) for layer in layers] for (a, b), v in per_pair.items()]
+        print()
+        print(format_table(rows, ["pair"] + layers))
+        layer_csv = out.with_name(out.stem + "_per_layer.csv")
+        layer_csv.write_text("\n".join([",".join(["pair"] + layers)] + [
+            ",".join([r[0]] + [f"{x:.6f}" for x in r[1:]]) for r in rows]) + "\n", encoding="utf-8")
+        print(f"written: {layer_csv}")
     return 0
 
 
@@ -170,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (overrides ray.address)")
     p = with_config("fsd", "print the pairwise FSD matrix of the stored adapters and write it as CSV", cmd_fsd)
     p.add_argument("--out", help="CSV path (default: <storage_path>/fsd_matrix.csv)")
+    p.add_argument("--per-layer", action="store_true", help="also the FSD of every pair per layer (<out>_per_layer.csv)")
     p = with_config("search", "search mixtures with Ray Tune, behind the sign-conflict pre-filter", cmd_search)
     p.add_argument("--strategy", choices=["tpe", "random", "exhaustive", "greedy_fsd", "soup_all"],
                    help="overrides search.strategy")

@@ -41,12 +41,13 @@ def artifact_root_for(tracking_uri: str) -> str | None:
 
 def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
     """The MLflow client and the id of experiment ``name`` (created when missing)."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from search.mlflow_client import make_client
 
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = make_client(tracking_uri)
     try:
         exp = client.get_experiment_by_name(name)
         if exp is None:

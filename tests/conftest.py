@@ -22,7 +22,7 @@ def ray_cluster():
     """A real local Ray cluster with 2 CPUs and no GPU, shared by the session."""
     import ray
 
-    from search.runner import quiet_ray
+    from search.cluster import quiet_ray
 
     quiet_ray()
     if not ray.is_initialized():

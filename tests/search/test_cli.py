@@ -77,12 +77,14 @@ def test_readme_flow_on_real_reviews_with_minilm(tmp_path, minilm_path):
                   "max_train_examples": 240, "max_eval_examples": 80},
         search={"strategy": "exhaustive", "targets": ["books"], "num_mixtures": 8, "prune_ratios": [0.0, 0.5],
                 "max_fsd": None, "max_concurrent": 2})
-    steps = [("train", str(cfg)), ("fsd", str(cfg)), ("search", str(cfg)),
+    steps = [("train", str(cfg)), ("fsd", str(cfg), "--per-layer"), ("search", str(cfg)),
              ("export", str(cfg), "--out", str(tmp_path / "best"))]
     for step in steps:
         out = signmix(*step)
         assert out.returncode == 0, f"{step[0]} failed:\n{out.stderr[-3000:]}"
     assert (tmp_path / "runs" / "fsd_matrix.csv").read_text().startswith("adapter,books,kitchen\nbooks,0.000000,")
+    per_layer = (tmp_path / "runs" / "fsd_matrix_per_layer.csv").read_text().splitlines()
+    assert per_layer[0] == "pair," + ",".join(f"layer.{i}" for i in range(6)) and per_layer[1].startswith("books-kitchen,")
     record = json.loads((tmp_path / "best" / "mixture.json").read_text())
     assert record["base_model"] == minilm_path and "books" in record["members"]
     out = signmix("evaluate", str(tmp_path / "best"), "--split", "validation")

@@ -1,0 +1,81 @@
+"""Every adapter method trains, mixes, exports and reproduces; every strategy runs on Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import write_config
+from search.config import load_config
+from search.tracking import KIND_TAG, STATUS_TAG
+from tests_support import mlflow_runs
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("method", ["double_seq_bn", "lora"])
+def test_adapter_method_trains_mixes_and_exports(method, tmp_path, ray_cluster, tiny_bert, demo_domains):
+    from search.export import evaluate_export, export_mixture
+    from search.runner import run_search, run_training
+
+    domains = {d: demo_domains[d] for d in ("books", "support")}  # 2-way and 3-way label sets
+    cfg = load_config(write_config(
+        tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
+        adapter={"method": method, "reduction_factor": 4, "rank": 4, "alpha": 8},
+        search={"strategy": "exhaustive", "targets": ["books"], "prune_ratios": [0.0, 0.5], "max_fsd": None}))
+    assert run_training(cfg).trained == ["books", "support"]
+    summary = run_search(cfg)
+    assert summary.evaluated == 4 and summary.failed == 0
+    out, record = export_mixture(cfg, tmp_path / "best", register=False)
+    assert record["adapter_method"] == method
+    assert evaluate_export(out)["metrics"]["accuracy/books"] == record["metrics"]["accuracy/books"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_cluster, tiny_bert, demo_domains):
+    from search.runner import run_training
+
+    folder = tmp_path_factory.mktemp("strategies")
+    domains = {d: demo_domains[d] for d in ("books", "movies", "electronics", "kitchen")}
+    cfg = load_config(write_config(folder, base_model=tiny_bert, domains=domains, targets=["books"],
+                                   search={"max_fsd": None, "prune_ratios": [0.0]}))
+    run_training(cfg)
+    return cfg
+
+
+def _with_search(cfg, **search):
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update=search)})
+
+
+def _children(cfg, parent_run_id):
+    return mlflow_runs(cfg, f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{KIND_TAG}` = 'mixture'")
+
+
+def test_greedy_fsd_mixes_the_lowest_fsd_adapters_for_every_size(trained):
+    from search.runner import load_sign_index, run_search
+
+    summary = run_search(_with_search(trained, strategy="greedy_fsd"))
+    _, index = load_sign_index(trained)
+    means = index.row_means()
+    order = sorted(["electronics", "kitchen", "movies"], key=lambda d: (means[d], d))
+    expected = {",".join(sorted(["books"] + order[:n])) for n in range(4)}
+    got = {r.data.params["members"] for r in _children(trained, summary.parent_run_id)}
+    assert got == expected and summary.evaluated == 4
+
+
+def test_soup_all_evaluates_exactly_the_uniform_average_of_every_adapter(trained):
+    from search.runner import run_search
+
+    summary = run_search(_with_search(trained, strategy="soup_all"))
+    (run,) = _children(trained, summary.parent_run_id)
+    assert run.data.params["members"] == "books,electronics,kitchen,movies"
+    assert run.data.params["weights"] == "0.25,0.25,0.25,0.25"
+    assert run.data.tags[STATUS_TAG] == "evaluated"
+
+
+def test_random_search_stops_at_its_budget_of_distinct_mixtures(trained):
+    from search.runner import run_search
+
+    summary = run_search(_with_search(trained, strategy="random", num_mixtures=5))
+    children = _children(trained, summary.parent_run_id)
+    assert summary.evaluated == 5 == len(children)
+    assert len({r.data.tags["signmix.mixture_key"] for r in children}) == 5
