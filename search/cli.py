@@ -81,7 +81,7 @@ def cmd_search(args) -> int:
     from search.runner import run_search
 
     cfg = _load(args)
-    s = run_search(cfg, progress=_progress, debug=args.debug)
+    s = run_search(cfg, resume=args.resume, progress=_progress, debug=args.debug)
     print(f"{s.strategy}: {s.evaluated} evaluated, {s.filtered} proposals filtered ({s.filtered_mixtures} mixtures), "
           f"{s.repeats} repeats, {s.stopped_early} stopped early, {s.failed} failed in {s.seconds:.1f}s")
     if s.best_label is not None:
@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overrides search.strategy")
     p.add_argument("--num-mixtures", type=int, help="overrides search.num_mixtures")
     p.add_argument("--address", help="Ray cluster address (overrides ray.address)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest interrupted search of this config (after a crash or kill)")
     p = with_config("export", "export the best (or a given) mixture as an adapters adapter", cmd_export)
     p.add_argument("--out", required=True, help="new folder to write the export into")
     p.add_argument("--run-id", help="export this MLflow run instead of the best")

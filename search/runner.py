@@ -128,8 +128,42 @@ def load_sign_index(cfg: Config):
                          "(`signmix train CONFIG --force`)") from None
 
 
-def run_search(cfg: Config, *, progress: Progress = logger.info, debug: bool = False) -> SearchSummary:
-    """Run the mixture search of ``cfg.search`` and record it in MLflow."""
+RAY_EXPERIMENT_TAG = "signmix.ray_experiment"
+
+
+def _mixture_trainable(cfg: Config, weights):
+    """The mixture trial with its resources; adapter weights go into the Ray object store once."""
+    from ray import tune
+
+    from trainables.mixture import evaluate_mixture
+
+    return tune.with_resources(
+        tune.with_parameters(evaluate_mixture, adapter_weights=weights, experiment=cfg.model_dump(),
+                             store_root=os.path.abspath(cfg.store_path)),
+        _resources(cfg))
+
+
+def _interrupted_search(cfg: Config, tracker) -> tuple[str, str]:
+    """The newest search of this experiment that did not finish: (parent run id, Ray path)."""
+    from search.tracking import KIND_TAG
+
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'search' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs or RAY_EXPERIMENT_TAG not in runs[0].data.tags:
+        raise UsageError(f"there is no interrupted search of {cfg.experiment_name!r} to resume; "
+                         "run `signmix search CONFIG` without --resume")
+    return runs[0].info.run_id, runs[0].data.tags[RAY_EXPERIMENT_TAG]
+
+
+def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger.info,
+               debug: bool = False) -> SearchSummary:
+    """Run the mixture search of ``cfg.search`` and record it in MLflow.
+
+    With ``resume``, continue the newest interrupted search of the experiment: the same Ray
+    Tune experiment (``Tuner.restore``), the same Optuna study (SQLite) and the same MLflow
+    parent run, until ``num_mixtures`` distinct mixtures are evaluated in all.
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -139,63 +173,93 @@ def run_search(cfg: Config, *, progress: Progress = logger.info, debug: bool = F
     from search.strategies import make_strategy
     from search.tracking import SearchTracker, flatten
     from spaces.space import space_from_config
-    from trainables.mixture import evaluate_mixture
 
     started = time.perf_counter()
+    # Snapshot the experiment (trials + searcher) every 2 s at most: what a crash can lose.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     weights, index = load_sign_index(cfg)
-    space = space_from_config(cfg.search.model_dump(), sorted(cfg.domains), index)
-    strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
-                             budget=cfg.search.num_mixtures, study_name=f"{cfg.name}-{cfg.search.strategy}")
-    tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
-                            strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
-    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker)
-    run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tracker.start(run_name=run_name, params={
-        **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
-        "max_fsd_resolved": "none" if space.max_fsd is None else f"{space.max_fsd:.6f}",
-        "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
-    progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
-             f"max_fsd {'none' if space.max_fsd is None else f'{space.max_fsd:.4f}'} ({cfg.search.fsd_measure})")
+    storage = os.path.abspath(cfg.storage_path)
+    os.makedirs(storage, exist_ok=True)
     connect_ray(cfg, debug=debug)
-    scheduler = None
-    if cfg.search.early_stopping and cfg.search.eval_chunks > 1:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
-                                  grace_period=1, reduction_factor=2)
-    callback = MixtureTracking(tracker=tracker, searcher=searcher, progress=progress)
-    trainable = tune.with_resources(
-        tune.with_parameters(evaluate_mixture, adapter_weights=weights, experiment=cfg.model_dump(),
-                             store_root=os.path.abspath(cfg.store_path)),
-        _resources(cfg))
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
-            scheduler=scheduler, num_samples=cfg.search.num_mixtures, metric=METRIC, mode="max",
-            reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=run_name, storage_path=os.path.abspath(cfg.storage_path), verbose=0, callbacks=[callback],
-            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)))
+
+    if resume:
+        probe = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
+                              strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
+        parent_id, path = _interrupted_search(cfg, probe)
+        if not tune.Tuner.can_restore(path):
+            raise UsageError(f"the interrupted search's Ray Tune experiment {path} cannot be restored "
+                             "(missing or incomplete); run `signmix search CONFIG` without --resume")
+        probe.attach(parent_id)
+        progress(f"resuming search {parent_id} from {path}")
+        tuner = tune.Tuner.restore(path, trainable=_mixture_trainable(cfg, weights), resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        # Tune rebuilds the searcher and callbacks from its own snapshot: use those.
+        searcher = tuner._local_tuner._tune_config.search_alg.searcher
+        tracker = searcher.tracker
+        if tracker.parent_id != parent_id:
+            tracker.attach(parent_id)
+        space = searcher.space
+    else:
+        space = space_from_config(cfg.search.model_dump(), sorted(cfg.domains), index)
+        run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+        strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
+                                 budget=cfg.search.num_mixtures, study_name=run_name,
+                                 storage=f"sqlite:///{os.path.join(storage, 'optuna.db')}")
+        tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
+                                strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
+        searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,
+                                        budget=cfg.search.num_mixtures)
+        tracker.start(run_name=run_name, params={
+            **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
+            "max_fsd_resolved": "none" if space.max_fsd is None else f"{space.max_fsd:.6f}",
+            "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
+        tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, os.path.join(storage, run_name))
+        progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
+                 f"max_fsd {'none' if space.max_fsd is None else f'{space.max_fsd:.4f}'} ({cfg.search.fsd_measure})")
+        scheduler = None
+        if cfg.search.early_stopping and cfg.search.eval_chunks > 1:
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
+                                      grace_period=1, reduction_factor=2)
+        tuner = tune.Tuner(
+            _mixture_trainable(cfg, weights),
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
+                # The searcher stops at the budget of distinct evaluated mixtures; Ray's own
+                # sample count is only an upper bound (every mixture of the space once).
+                scheduler=scheduler, num_samples=space.size(), metric=METRIC, mode="max", reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=run_name, storage_path=storage, verbose=0,
+                callbacks=[MixtureTracking(tracker=tracker, searcher=searcher, progress=progress)],
+                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)))
     failed = True
     try:
         tuner.fit()
         failed = False
     finally:
+        if not failed:
+            tracker.close_dangling()
+        summary = _summarise(cfg, searcher, tracker, space, started)
         c = searcher.counts
-        summary = SearchSummary(
-            strategy=cfg.search.strategy, max_fsd=space.max_fsd, evaluated=c.evaluated, filtered=c.filtered,
-            filtered_mixtures=len(c.filtered_keys), repeats=c.repeats, stopped_early=c.stopped_early,
-            failed=c.failed, best_label=None, best_accuracy=None, best_fsd=None, best_k=None, best_run_id=None,
-            parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started)
-        if searcher.results:
-            from search.export import find_best_run
-
-            best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id)
-            summary.best_run_id, summary.best_accuracy = best.info.run_id, best.data.metrics["accuracy_mean"]
-            summary.best_label, summary.best_fsd = best.info.run_name, best.data.metrics.get("fsd")
-            summary.best_k = int(best.data.params["k"])
         tracker.end(failed=failed, summary={
             "evaluated": c.evaluated, "filtered": c.filtered, "filtered_mixtures": len(c.filtered_keys),
             "repeats": c.repeats, "stopped_early": c.stopped_early, "failed": c.failed,
             "best_accuracy_mean": summary.best_accuracy if summary.best_accuracy is not None else float("nan"),
             "search_seconds": summary.seconds})
+    return summary
+
+
+def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchSummary:
+    c = searcher.counts
+    summary = SearchSummary(
+        strategy=cfg.search.strategy, max_fsd=space.max_fsd, evaluated=c.evaluated, filtered=c.filtered,
+        filtered_mixtures=len(c.filtered_keys), repeats=c.repeats, stopped_early=c.stopped_early,
+        failed=c.failed, best_label=None, best_accuracy=None, best_fsd=None, best_k=None, best_run_id=None,
+        parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started)
+    if searcher.results:
+        from search.export import find_best_run
+
+        best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id)
+        summary.best_run_id, summary.best_accuracy = best.info.run_id, best.data.metrics["accuracy_mean"]
+        summary.best_label, summary.best_fsd = best.info.run_name, best.data.metrics.get("fsd")
+        summary.best_k = int(best.data.params["k"])
     return summary

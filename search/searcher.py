@@ -5,11 +5,17 @@ proposals until one deserves a trial: a proposal over ``max_fsd`` (or over
 ``max_members``) is told to the strategy as infeasible and recorded in MLflow as
 ``filtered``; a proposal that repeats an evaluated mixture is answered from the earlier
 result. Neither ever occupies a trial slot.
+
+The searcher owns the budget: it stops proposing once ``budget`` distinct mixtures are
+evaluated (or in flight). Ray Tune snapshots its state together with the trials'
+(:meth:`save`); after a crash, :meth:`restore` reloads that snapshot and reconciles it
+with MLflow and the Optuna storage, which may be a few steps ahead of it.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +32,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRIC = "accuracy_mean"
+# What :meth:`SignConflictSearcher.save` writes; the rest (space, index, strategy's
+# storage, tracker) is rebuilt or durable elsewhere.
+_STATE = ("counts", "results", "outcomes", "live", "waiting", "specs", "requeue", "exhausted")
 
 
 @dataclass
@@ -43,26 +52,32 @@ class SearchCounts:
 class SignConflictSearcher(Searcher):
     """Turns strategy proposals into Ray Tune trials, filtering sign conflicts first."""
 
-    def __init__(self, *, strategy: Strategy, space: MixtureSpace, index: SignIndex,
+    def __init__(self, *, strategy: Strategy, space: MixtureSpace, index: SignIndex, budget: int,
                  tracker: SearchTracker | None = None, max_idle_proposals: int = 500) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.strategy, self.space, self.index, self.tracker = strategy, space, index, tracker
-        self.max_idle_proposals = max_idle_proposals
+        self.budget, self.max_idle_proposals = budget, max_idle_proposals
         self.counts = SearchCounts()
         self.results: dict[str, float] = {}  # mixture key -> accuracy of an evaluated mixture
         self.outcomes: dict[str, tuple[str, float | None]] = {}  # key -> (outcome, value), any ended trial
         self.live: dict[str, tuple[int, MixtureSpec]] = {}  # trial id -> (token, spec)
         self.waiting: dict[str, list[int]] = {}  # in-flight key -> tokens of repeated proposals
         self.specs: dict[str, MixtureSpec] = {}  # trial id -> spec, kept for callbacks
+        self.requeue: list[tuple[int, dict]] = []  # proposals to run first (lost in a crash)
         self.exhausted = False
 
+    def _next_proposal(self) -> tuple[int, dict] | None:
+        if self.requeue:
+            return self.requeue.pop(0)
+        return self.strategy.ask()
+
     def suggest(self, trial_id: str):
-        if self.exhausted:
+        if self.exhausted or len(self.results) + len(self.live) >= self.budget:
             return None if self.live else Searcher.FINISHED
         for _ in range(self.max_idle_proposals):
             if len(self.outcomes) + len(self.counts.filtered_keys) >= self.space.size():
                 break  # every mixture of the space has been evaluated or filtered
-            proposal = self.strategy.ask()
+            proposal = self._next_proposal()
             if proposal is None:
                 break
             token, params = proposal
@@ -91,9 +106,7 @@ class SignConflictSearcher(Searcher):
             self.counts.trials += 1
             return {"spec": spec.to_dict(), "fsd": verdict.fsd, "mixture_key": spec.key}
         self.exhausted = True
-        if not self.live:
-            return Searcher.FINISHED
-        return None  # nothing new now; Ray asks again when a running trial completes
+        return None if self.live else Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         token, spec = self.live.pop(trial_id, (None, None))
@@ -101,7 +114,10 @@ class SignConflictSearcher(Searcher):
             return
         tokens = [token] + self.waiting.pop(spec.key, [])
         value = None if result is None else result.get(METRIC)
-        if error or value is None:
+        if spec.key in self.results:
+            # Re-run after a restore of a trial that had already finished: already counted.
+            outcome, value = "evaluated", self.results[spec.key]
+        elif error or value is None:
             self.counts.failed += 1
             outcome = "failed"
         elif result.get("evaluated_fraction", 1.0) < 1.0:
@@ -114,3 +130,39 @@ class SignConflictSearcher(Searcher):
         self.outcomes[spec.key] = (outcome, value)
         for t in tokens:
             self.strategy.tell(t, outcome, value=value)
+
+    # Ray Tune calls these with its experiment snapshots -----------------------------
+    def save(self, checkpoint_path: str) -> None:
+        state = {name: getattr(self, name) for name in _STATE}
+        state["strategy"] = self.strategy.get_state()
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(state, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            state = pickle.load(fh)
+        self.strategy.set_state(state.pop("strategy"))
+        for name, value in state.items():
+            setattr(self, name, value)
+        self.exhausted = False
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Bring the snapshot up to date with what happened after it was taken."""
+        if self.tracker is not None:
+            for key, (status, value) in self.tracker.reload().items():
+                if status == "filtered":
+                    self.counts.filtered_keys.add(key)
+                elif status in ("evaluated", "failed", "stopped_early") and key not in self.outcomes:
+                    self.outcomes[key] = (status, value)
+                    if status == "evaluated":
+                        self.results[key] = value
+                        self.counts.evaluated += 1
+                    else:
+                        setattr(self.counts, status, getattr(self.counts, status) + 1)
+        # Proposals the strategy made after the snapshot: run them first, same token.
+        known = {token for token, _ in self.live.values()} | {t for ts in self.waiting.values() for t in ts}
+        known |= {token for token, _ in self.requeue}
+        for token, params in self.strategy.pending().items():
+            if token not in known:
+                self.requeue.append((token, params))

@@ -36,6 +36,17 @@ class Strategy:
     def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
         """What became of proposal ``token``."""
 
+    def get_state(self) -> dict:
+        """What a restored search needs to continue where this one was (see ``set_state``)."""
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        pass
+
+    def pending(self) -> dict[int, dict]:
+        """Proposals asked for and not yet told about, by token (after a restore: lost ones)."""
+        return {}
+
 
 class _ListStrategy(Strategy):
     """Proposes a fixed list of parameter dicts, in order (a list, not a generator, so
@@ -50,6 +61,12 @@ class _ListStrategy(Strategy):
             return None
         self._next += 1
         return self._next - 1, self._proposals[self._next - 1]
+
+    def get_state(self) -> dict:
+        return {"next": self._next}
+
+    def set_state(self, state: dict) -> None:
+        self._next = state.get("next", self._next)
 
 
 class Exhaustive(_ListStrategy):
@@ -111,11 +128,21 @@ class OptunaStrategy(Strategy):
         self._trials[trial.number] = trial
         return trial.number, params
 
+    def _trial(self, token: int):
+        """The live ``optuna.Trial`` of ``token``, rebuilt from the storage after a restore."""
+        import optuna
+
+        if token not in self._trials:
+            trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, token)
+            self._trials[token] = optuna.Trial(self.study, trial_id)
+        return self._trials[token]
+
     def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
         from optuna.trial import TrialState
 
-        trial = self._trials.pop(token, None)
-        if trial is None:
+        trial = self._trial(token)
+        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            self._trials.pop(token, None)  # told before a crash; the storage already knows
             return
         # Feasible when <= 0: TPE ranks every infeasible trial below every feasible one.
         trial.set_constraint(CONSTRAINT_NAME, violation if outcome == "filtered" else 0.0)
@@ -130,6 +157,18 @@ class OptunaStrategy(Strategy):
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
+        self._trials.pop(token, None)
+
+    def pending(self) -> dict[int, dict]:
+        from optuna.trial import TrialState
+
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return {t.number: self._params_of(t.params) for t in running}
+
+    def _params_of(self, sampled: dict) -> dict:
+        params = {USE_PREFIX + d: bool(sampled.get(USE_PREFIX + d, False)) for d in self.space.free_domains}
+        params[PRUNE_PARAM] = sampled.get(PRUNE_PARAM, self.space.prune_ratios[0])
+        return params
 
 
 def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storage: str | None = None,

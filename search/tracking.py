@@ -142,6 +142,41 @@ class SearchTracker:
         self.status[spec.key] = status
         self.client.set_terminated(run_id, _TERMINAL[status])
 
+    def attach(self, parent_run_id: str) -> None:
+        """Continue the search recorded under ``parent_run_id`` (a resumed search)."""
+        self.parent_id = parent_run_id
+        self.client.update_run(parent_run_id, status="RUNNING")
+        self.reload()
+
+    def children(self, status: str | None = None) -> list:
+        where = f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{KIND_TAG}` = 'mixture'"
+        if status:
+            where += f" and tags.`{STATUS_TAG}` = '{status}'"
+        return self.client.search_runs([self.experiment_id], filter_string=where, max_results=50000)
+
+    def reload(self) -> dict[str, tuple[str, float | None]]:
+        """Re-read this search's child runs from MLflow; returns key -> (status, accuracy)."""
+        found = {}
+        for run in self.children():
+            key = run.data.tags[KEY_TAG]
+            self.runs[key] = run.info.run_id
+            self.status[key] = run.data.tags.get(STATUS_TAG, "running")
+            found[key] = (self.status[key], run.data.metrics.get("accuracy_mean"))
+        return found
+
+    def close_dangling(self) -> int:
+        """Mark child runs still RUNNING at the end of a search as failed; returns how many.
+
+        Only a crash leaves one: a mixture in flight when the driver died that the resumed
+        search did not run again (its budget was spent first)."""
+        runs = [r for r in self.children() if r.info.status == "RUNNING"]
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "signmix.error", "interrupted: the driver stopped while this "
+                                "mixture was evaluated, and the resumed search did not run it again")
+            self.client.set_tag(run.info.run_id, STATUS_TAG, "failed")
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return len(runs)
+
     def end(self, *, summary: Mapping[str, float], failed: bool = False) -> None:
         if self.parent_id is None:
             return

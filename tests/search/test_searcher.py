@@ -65,9 +65,9 @@ def make_space(**overrides) -> MixtureSpace:
     return MixtureSpace(**kwargs)
 
 
-def searcher_for(index, space, *member_lists, tracker=None) -> tuple[SignConflictSearcher, ScriptedStrategy]:
+def searcher_for(index, space, *member_lists, tracker=None, budget=1000) -> tuple[SignConflictSearcher, ScriptedStrategy]:
     strategy = ScriptedStrategy(space, *member_lists)
-    return SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker), strategy
+    return SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker, budget=budget), strategy
 
 
 def members(config: dict) -> tuple[str, ...]:
@@ -119,7 +119,7 @@ def test_trial_config_carries_spec_fsd_and_key(index, require_targets):
     params = space.params_for(["a", "c"] if not require_targets else ["a", "c", "t"], 0.9)
     strategy = ScriptedStrategy(space)
     strategy.proposals = [params]
-    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index)
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=1000)
     config = searcher.suggest("trial_1")
     expected = space.to_mixture_spec(params)
     spec = MixtureSpec.from_dict(config["spec"])  # what the trial does with it
@@ -205,7 +205,7 @@ def test_completion_of_an_unknown_trial_is_ignored(index):
 def test_exhaustive_search_finishes_when_the_space_is_done(index):
     space = make_space(domains=("a", "t"), max_fsd=None, prune_ratios=(0.0, 0.5))
     assert space.size() == 4
-    searcher = SignConflictSearcher(strategy=Exhaustive(space=space), space=space, index=index)
+    searcher = SignConflictSearcher(strategy=Exhaustive(space=space), space=space, index=index, budget=1000)
     configs = [searcher.suggest(f"trial_{i}") for i in range(4)]
     assert len({c["mixture_key"] for c in configs}) == 4
     assert searcher.suggest("trial_4") is None  # nothing new, but trials still run
@@ -218,7 +218,7 @@ def test_exhaustive_search_finishes_when_the_space_is_done(index):
 def test_finished_without_asking_once_every_mixture_is_evaluated_or_filtered(index):
     space = make_space(domains=("b", "t"))  # {t} runs, {b, t} (FSD .5) is filtered
     strategy = Exhaustive(space=space)
-    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index)
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=1000)
     assert members(searcher.suggest("trial_1")) == ("t",)
     searcher.on_trial_complete("trial_1", {METRIC: 0.9})
     assert searcher.suggest("trial_2") == Searcher.FINISHED
@@ -241,7 +241,36 @@ class EndlessFilteredStrategy(Strategy):
 def test_a_strategy_stuck_on_filtered_proposals_cannot_hang_the_search(index):
     space = make_space(domains=("a", "b", "c", "t"))
     strategy = EndlessFilteredStrategy(space)
-    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, max_idle_proposals=25)
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, max_idle_proposals=25, budget=1000)
     assert searcher.suggest("trial_1") == Searcher.FINISHED
     assert strategy.asked == 25
     assert searcher.counts.filtered == 25
+
+
+def test_budget_counts_distinct_evaluated_mixtures_and_then_finishes(index):
+    space = make_space(max_fsd=None)
+    searcher = SignConflictSearcher(strategy=Exhaustive(space=space), space=space, index=index, budget=2)
+    first, second = searcher.suggest("t1"), searcher.suggest("t2")
+    assert first and second and first is not Searcher.FINISHED and second is not Searcher.FINISHED
+    assert searcher.suggest("t3") is None, "budget reached with two in flight: wait, do not propose"
+    searcher.on_trial_complete("t1", {"accuracy_mean": 0.5, "evaluated_fraction": 1.0})
+    searcher.on_trial_complete("t2", {"accuracy_mean": 0.6, "evaluated_fraction": 1.0})
+    assert searcher.suggest("t4") is Searcher.FINISHED
+    assert searcher.counts.evaluated == 2
+
+
+def test_save_and_restore_continue_where_the_snapshot_was(index, tmp_path):
+    space = make_space(max_fsd=None)
+    searcher = SignConflictSearcher(strategy=Exhaustive(space=space), space=space, index=index, budget=3)
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t1", {"accuracy_mean": 0.5, "evaluated_fraction": 1.0})
+    live = searcher.suggest("t2")
+    searcher.save(str(tmp_path / "state.pkl"))
+
+    restored = SignConflictSearcher(strategy=Exhaustive(space=space), space=space, index=index, budget=3)
+    restored.restore(str(tmp_path / "state.pkl"))
+    assert restored.results == searcher.results and set(restored.live) == {"t2"}
+    # Ray re-runs the unfinished trial t2 under its own id; the searcher knows it.
+    restored.on_trial_complete("t2", {"accuracy_mean": 0.7, "evaluated_fraction": 1.0})
+    third = restored.suggest("t3")
+    assert third["mixture_key"] not in {live["mixture_key"], *searcher.results}

@@ -1,0 +1,78 @@
+"""Kill a real `signmix search` process mid-search (SIGKILL), then `--resume` it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_config
+from search.config import load_config
+from search.tracking import KEY_TAG, KIND_TAG, STATUS_TAG
+from tests_support import mlflow_runs
+
+pytestmark = pytest.mark.integration
+
+
+def _evaluated(cfg) -> int:
+    try:
+        return len(mlflow_runs(cfg, f"tags.`{STATUS_TAG}` = 'evaluated'"))
+    except Exception:  # the store is being created by the child process
+        return 0
+
+
+def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_cluster, tiny_bert, demo_domains):
+    from search.runner import run_training
+
+    domains = {d: demo_domains[d] for d in ("books", "movies", "electronics", "kitchen")}
+    path = write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
+                        search={"strategy": "tpe", "targets": ["books"], "num_mixtures": 9, "max_fsd": None,
+                                "prune_ratios": [0.0, 0.5], "max_concurrent": 1, "seed": 3})
+    cfg = load_config(path)
+    run_training(cfg)
+
+    cmd = [sys.executable, "-m", "search.cli", "search", str(path)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while _evaluated(cfg) < 3:
+        assert driver.poll() is None, f"the search ended before it could be killed:\n{driver.stderr.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, "the search made no progress"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
+    driver.wait(timeout=30)
+    before = _evaluated(cfg)
+    assert 3 <= before < 9
+
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming search" in resumed.stderr
+
+    children = mlflow_runs(cfg, f"tags.`{KIND_TAG}` = 'mixture'")
+    keys = [r.data.tags[KEY_TAG] for r in children]
+    assert len(keys) == len(set(keys)), "one MLflow run per mixture"
+    evaluated = [r for r in children if r.data.tags[STATUS_TAG] == "evaluated"]
+    assert len(evaluated) == 9, "exactly the requested number of mixtures, across the crash"
+    assert all("accuracy_mean" in r.data.metrics for r in evaluated)
+    assert not mlflow_runs(cfg, "attributes.status = 'RUNNING'")
+    (parent,) = mlflow_runs(cfg, f"tags.`{KIND_TAG}` = 'search'")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["evaluated"] == 9
+
+    # The same Ray Tune experiment, each of its trials a different mixture.
+    experiments = list(Path(cfg.storage_path).glob("search-*/"))
+    assert len(experiments) == 1
+    trial_keys = [json.loads(p.read_text())["mixture_key"] for p in experiments[0].glob("*/params.json")]
+    assert len(trial_keys) == len(set(trial_keys))
+    # The same Optuna study: one study, every evaluated mixture told to it.
+    import optuna
+
+    (study,) = optuna.get_all_study_summaries(f"sqlite:///{Path(cfg.storage_path) / 'optuna.db'}")
+    loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{Path(cfg.storage_path) / 'optuna.db'}")
+    complete = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert {round(t.value, 6) for t in complete} >= {round(r.data.metrics["accuracy_mean"], 6) for r in evaluated}
+    assert not [t for t in loaded.trials if t.state == optuna.trial.TrialState.RUNNING]
