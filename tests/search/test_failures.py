@@ -1,0 +1,92 @@
+"""Trials that fail for real: a worker process killed mid-search, a mixture that keeps failing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_config
+from search.config import load_config
+from search.tracking import KIND_TAG, STATUS_TAG
+from tests_support import mlflow_runs
+
+pytestmark = pytest.mark.integration
+
+
+def _trial_workers() -> list[int]:
+    """Pids of the Ray worker processes running trials (their title is ray::ImplicitFunc...)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_killed_worker_is_retried_and_the_search_completes(tmp_path, ray_cluster, tiny_bert, demo_domains):
+    from search.runner import run_search, run_training
+
+    domains = {d: demo_domains[d] for d in ("books", "movies", "kitchen")}
+    cfg = load_config(write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
+                                   search={"strategy": "exhaustive", "targets": ["books"], "max_fsd": None,
+                                           "prune_ratios": [0.0, 0.5], "max_concurrent": 1, "max_failures": 2}))
+    run_training(cfg)
+    killed: list[int] = []
+
+    def kill_one_worker_after_the_first_result():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            try:
+                done = mlflow_runs(cfg, f"tags.`{STATUS_TAG}` = 'evaluated'")
+            except Exception:
+                done = []
+            workers = _trial_workers() if done else []
+            if workers:
+                killed.append(workers[0])
+                os.kill(workers[0], signal.SIGKILL)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker_after_the_first_result, daemon=True)
+    killer.start()
+    summary = run_search(cfg)
+    killer.join(timeout=5)
+    assert killed, "no trial worker was found to kill"
+    assert summary.evaluated == 8 and summary.failed == 0
+    # Ray Tune recorded the failure and retried the trial.
+    (state_file,) = Path(cfg.storage_path).glob("search-*/experiment_state-*.json")
+    trials = json.loads(state_file.read_text())["trial_data"]
+    failures = [json.loads(runtime)["num_failures"] for _, runtime in trials]
+    assert sum(failures) >= 1
+    assert not mlflow_runs(cfg, "attributes.status = 'RUNNING'")
+
+
+def test_a_mixture_that_keeps_failing_is_recorded_as_failed_with_its_error(tmp_path, ray_cluster, tiny_bert,
+                                                                             demo_domains):
+    from search.runner import run_search, run_training
+
+    domains = {d: Path(shutil.copytree(demo_domains[d], tmp_path / "data" / d)) for d in ("books", "movies")}
+    cfg = load_config(write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
+                                   search={"strategy": "exhaustive", "targets": ["books"], "max_fsd": None,
+                                           "prune_ratios": [0.0], "max_concurrent": 1, "max_failures": 1}))
+    run_training(cfg)
+    (domains["books"] / "validation.jsonl").unlink()  # every evaluation of a books mixture now fails
+
+    summary = run_search(cfg)
+    assert summary.failed == 2 and summary.evaluated == 0
+    children = mlflow_runs(cfg, f"tags.`{KIND_TAG}` = 'mixture'")
+    assert len(children) == 2
+    for run in children:
+        assert run.data.tags[STATUS_TAG] == "failed" and run.info.status == "FAILED"
+        assert "validation" in run.data.tags["signmix.error"]
+    (parent,) = mlflow_runs(cfg, f"tags.`{KIND_TAG}` = 'search'")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["failed"] == 2
