@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast constraints clean
+.PHONY: install install-dev demo test test-fast bench constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: install-dev
 
 test-fast: install-dev
 	$(PY) -m pytest -m "not integration"
+
+# Benchmarks print ratios taken in one run; not part of `make test`.
+bench: install-dev
+	$(PY) tests/benchmarks/bench_fsd.py
 
 constraints: install-dev
 	{ echo "# The tested set: every package signmix installs, pinned. Regenerate with 'make constraints'."; \

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from search.cluster import connect_ray
+from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
 from spaces.errors import StoreError, UsageError
 
@@ -51,6 +51,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
     from trainables.train import train_domain_adapter
 
     started = time.perf_counter()
+    check_cluster_storage(cfg)
     store = AdapterStore(cfg.store_path)
     prints = {d: fingerprint(cfg, d) for d in cfg.domains}
     summary = TrainingSummary(skipped=[d for d in cfg.domains if not force and store.has(d, prints[d])])
@@ -75,7 +76,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
                      "experiment": cfg.model_dump(), "store": os.path.abspath(cfg.store_path)},
         tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(
-            name=f"{cfg.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=os.path.abspath(cfg.storage_path),
+            name=f"{cfg.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_uri(cfg),
             verbose=0, failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
             callbacks=[TrainingTracking(client=client, experiment_id=experiment_id, params=params,
                                         progress=progress)]))
@@ -177,9 +178,13 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
     started = time.perf_counter()
     # Snapshot the experiment (trials + searcher) every 2 s at most: what a crash can lose.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    check_cluster_storage(cfg)
     weights, index = load_sign_index(cfg)
-    storage = os.path.abspath(cfg.storage_path)
-    os.makedirs(storage, exist_ok=True)
+    storage = storage_uri(cfg)
+    # The Optuna study is a local SQLite file: beside the Ray experiments, or beside the
+    # adapter store when the experiments live on object storage.
+    local = os.path.dirname(os.path.abspath(cfg.store_path)) if is_uri(storage) else storage
+    os.makedirs(local, exist_ok=True)
     connect_ray(cfg, debug=debug)
 
     if resume:
@@ -204,7 +209,7 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
-                                 storage=f"sqlite:///{os.path.join(storage, 'optuna.db')}")
+                                 storage=f"sqlite:///{os.path.join(local, 'optuna.db')}")
         tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,
@@ -213,7 +218,7 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
             **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
             "max_fsd_resolved": "none" if space.max_fsd is None else f"{space.max_fsd:.6f}",
             "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
-        tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, os.path.join(storage, run_name))
+        tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, f"{storage.rstrip('/')}/{run_name}")
         progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
                  f"max_fsd {'none' if space.max_fsd is None else f'{space.max_fsd:.4f}'} ({cfg.search.fsd_measure})")
         scheduler = None

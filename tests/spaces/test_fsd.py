@@ -226,3 +226,17 @@ def test_sign_index_to_csv(tmp_path):
     assert rows[0] == ["adapter", "a", "b", "c"]
     assert rows[1] == ["a", "0.000000", "0.166667", "0.333333"]
     assert [r[0] for r in rows[1:]] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("n, p", [(2, 1), (3, 13), (5, 64), (7, 1001)])
+def test_packed_any_conflict_equals_the_int8_computation(n, p):
+    from spaces.fsd import PackedSigns, any_conflict_fraction
+
+    gen = torch.Generator().manual_seed(n * 1000 + p)
+    signs = torch.randint(-1, 2, (n, p), generator=gen, dtype=torch.int8)
+    packed = PackedSigns(signs)
+    for k in range(2, n + 1):
+        idx = list(range(k))
+        assert any_conflict_fraction(None, packed, idx) == any_conflict_fraction(None, signs, idx)
+    index = SignIndex(names=[f"d{i}" for i in range(n)], signs=signs, matrix=torch.zeros(n, n, dtype=torch.float64))
+    assert torch.equal(index.signs, signs)

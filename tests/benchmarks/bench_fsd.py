@@ -1,0 +1,64 @@
+"""Benchmark 4: time and memory of the FSD work as adapters grow in number and size.
+
+Prints, for N adapters of P parameters: building the sign index (signs + FSD matrix),
+one subset FSD of each measure, and one pre-filter decision (``MixtureSpace.check``) for
+a subset of 8 members, with the memory the sign index holds. Run: ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from spaces.fsd import SignIndex
+from spaces.space import MixtureSpace
+
+
+def _timed(fn, repeat: int = 1) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def bench(n: int, p: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    # One shared "initialisation" plus per-adapter drift: realistic, partly agreeing signs.
+    base = torch.randn(p, generator=gen)
+    weights = {f"d{i:02d}": {"w": base + 1.5 * torch.randn(p, generator=gen)} for i in range(n)}
+    build_s, index = _timed(lambda: SignIndex.from_weights(weights))
+    del weights
+    members = list(index.names[: min(n, 8)])
+    space = MixtureSpace(domains=index.names, targets=(members[0],), max_fsd=0.5, fsd_measure="any_conflict")
+    spec = space.to_mixture_spec(space.params_for(members[1:]))
+    row = {"N": n, "P": p, "index_build_s": build_s, "index_mib": index.nbytes() / 2**20}
+    for measure in ("mean_pairwise", "any_conflict"):
+        row[f"{measure}_ms"] = _timed(lambda: index.subset_fsd(members, measure), repeat=5)[0] * 1e3
+    row["decision_ms"] = _timed(lambda: space.check(spec, index), repeat=5)[0] * 1e3
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    args = parser.parse_args(argv)
+    ns = (4, 16, 64)
+    ps = (100_000, 1_000_000) if args.quick else (100_000, 1_000_000, 10_000_000)
+    torch.set_num_threads(2)
+    print("Benchmark 4: FSD scaling (sign index built once; a decision is one MixtureSpace.check, 8 members, "
+          "any_conflict)")
+    header = f"{'N':>3} {'P':>11} {'build s':>8} {'index MiB':>9} {'mean_pairwise ms':>16} {'any_conflict ms':>15} {'decision ms':>11}"
+    print(header)
+    for n in ns:
+        for p in ps:
+            r = bench(n, p)
+            print(f"{r['N']:>3} {r['P']:>11,} {r['index_build_s']:>8.2f} {r['index_mib']:>9.1f} "
+                  f"{r['mean_pairwise_ms']:>16.3f} {r['any_conflict_ms']:>15.3f} {r['decision_ms']:>11.3f}")
+
+
+if __name__ == "__main__":
+    main()
