@@ -79,6 +79,7 @@ class SearchConfig(_Frozen):
     max_fsd_percentile: Annotated[float, Field(ge=0.0, le=100.0)] = 75.0
     max_concurrent: Annotated[int, Field(ge=1)] = 2
     eval_batch_size: Annotated[int, Field(ge=1)] = 64
+    eval_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: faster on CPUs with AVX-512 BF16
     eval_chunks: Annotated[int, Field(ge=1)] = 1  # >1 reports per chunk so ASHA can stop early
     early_stopping: bool = False
     max_failures: Annotated[int, Field(ge=0)] = 1

@@ -52,13 +52,17 @@ def find_best_run(client, experiment_id: str, parent_run_id: str | None = None):
 
 
 def check_output_dir(out: Path) -> None:
-    """Refuse to write into an existing non-empty folder or an unwritable place."""
+    """Refuse to write into an existing non-empty folder or an unwritable place (writes nothing)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"the export folder {out} exists and is not empty; choose a new --out or remove it")
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write into {parent}; choose a writable --out")
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create the export folder {out}: {existing} is a file, not a folder; "
+                         "choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write into {existing}; choose a writable --out")
 
 
 def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = None,
@@ -93,6 +97,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "domains": {t: cfg.domains[t].model_dump() for t in targets},
         "evaluation": {"max_length": cfg.training.max_length, "batch_size": cfg.search.eval_batch_size,
                        "max_eval_examples": cfg.training.max_eval_examples, "seed": cfg.training.seed,
+                       "dtype": cfg.search.eval_dtype,
                        "trust_remote_code": cfg.trust_remote_code},
         "signmix_version": signmix_version(),
         "mlflow_run_id": run.info.run_id,
@@ -100,6 +105,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "mixture_key": run.data.tags.get("signmix.mixture_key"),
     }
     # Build in a sibling temp folder, then rename: no half-written export on any failure.
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         local = client.download_artifacts(run.info.run_id, MIXTURE_ARTIFACT, str(staging))
@@ -141,7 +147,7 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
     evaluates with the same code, batches and settings as the search trial.
     """
     from trainables.data import encode_split, load_domain
-    from trainables.evaluate import classification_metrics, predict
+    from trainables.evaluate import cast_model, classification_metrics, predict
     from trainables.model import load_encoder
 
     path = Path(path)
@@ -149,6 +155,13 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
         raise UsageError(f"{path} is not a signmix export (no {MIXTURE_FILE}); "
                          "create one with `signmix export CONFIG --out DIR`")
     record = json.loads((path / MIXTURE_FILE).read_text(encoding="utf-8"))
+    # Only safetensors are read: `adapters` would fall back to unpickling a .bin file.
+    needed = [path / "adapter.safetensors"] + [path / "heads" / t / "model_head.safetensors"
+                                               for t in record.get("targets", [])]
+    missing = [str(f.relative_to(path)) for f in needed if not f.is_file()]
+    if missing:
+        raise UsageError(f"the export {path} lacks {', '.join(missing)}; signmix reads weights from safetensors "
+                         "files only (never pickled .bin files): export the mixture again with `signmix export`")
     ev = record["evaluation"]
     model, tokenizer = load_encoder(record["base_model"], trust_remote_code=ev["trust_remote_code"])
     adapter = model.load_adapter(str(path), use_safetensors=True, with_head=False)
@@ -157,6 +170,7 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
     for target in record["targets"]:
         head = model.load_head(str(path / "heads" / target), load_as=f"head_{target}", use_safetensors=True)
         model.active_head = head if isinstance(head, str) else f"head_{target}"
+        cast_model(model, ev.get("dtype", "float32"))
         data = load_domain(target, record["domains"][target], splits=(split,),
                            max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
                            trust_remote_code=ev["trust_remote_code"])

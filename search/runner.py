@@ -108,6 +108,8 @@ class SearchSummary:
     best_run_id: str | None
     parent_run_id: str | None
     seconds: float
+    prefilter_seconds: float = 0.0
+    mlflow_seconds: float = 0.0
 
 
 def load_sign_index(cfg: Config):
@@ -259,7 +261,8 @@ def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchS
         strategy=cfg.search.strategy, max_fsd=space.max_fsd, evaluated=c.evaluated, filtered=c.filtered,
         filtered_mixtures=len(c.filtered_keys), repeats=c.repeats, stopped_early=c.stopped_early,
         failed=c.failed, best_label=None, best_accuracy=None, best_fsd=None, best_k=None, best_run_id=None,
-        parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started)
+        parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started,
+        prefilter_seconds=c.prefilter_seconds, mlflow_seconds=tracker.seconds)
     if searcher.results:
         from search.export import find_best_run
 

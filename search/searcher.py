@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,7 @@ class SearchCounts:
     stopped_early: int = 0
     failed: int = 0
     filtered_keys: set = field(default_factory=set)
+    prefilter_seconds: float = 0.0  # building specs and deciding on them, in the driver
 
 
 class SignConflictSearcher(Searcher):
@@ -82,8 +84,10 @@ class SignConflictSearcher(Searcher):
                 break
             token, params = proposal
             self.counts.proposals += 1
+            t0 = time.perf_counter()
             spec = self.space.to_mixture_spec(params)
             verdict = self.space.check(spec, self.index)
+            self.counts.prefilter_seconds += time.perf_counter() - t0
             if not verdict.accepted:
                 self.counts.filtered += 1
                 self.counts.filtered_keys.add(spec.key)

@@ -77,8 +77,26 @@ def spec_params(spec: MixtureSpec, *, strategy: str, measure: str) -> dict[str, 
     }
 
 
+def _timed(method):
+    """Adds the method's wall time to ``self.seconds`` (what MLflow logging costs a search)."""
+    import functools
+    import time
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    return wrapper
+
+
 class SearchTracker:
     """One search's parent run and its child runs, keyed by mixture key."""
+
+    seconds = 0.0  # time spent in the MLflow calls below
 
     def __init__(self, *, tracking_uri: str, experiment: str, strategy: str, measure: str) -> None:
         self.client, self.experiment_id = open_experiment(tracking_uri, experiment)
@@ -106,6 +124,7 @@ class SearchTracker:
         self.status[key] = status
         return self.runs[key]
 
+    @_timed
     def record_filtered(self, spec: MixtureSpec, fsd: float, reason: str) -> None:
         """A proposal the pre-filter rejected: recorded, never run."""
         if spec.key in self.runs:
@@ -114,12 +133,14 @@ class SearchTracker:
         self.client.set_tag(run_id, "signmix.filter_reason", reason)
         self.client.set_terminated(run_id, "FINISHED")
 
+    @_timed
     def start_mixture(self, spec: MixtureSpec, fsd: float, trial_id: str) -> str:
         run_id = self._child(spec, fsd, "running")
         self.client.set_tag(run_id, STATUS_TAG, "running")
         self.client.set_tag(run_id, "signmix.trial_id", trial_id)
         return run_id
 
+    @_timed
     def log_progress(self, spec: MixtureSpec, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
@@ -127,6 +148,7 @@ class SearchTracker:
         ts = _now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
 
+    @_timed
     def finish_mixture(self, spec: MixtureSpec, status: str, *, metrics: Mapping[str, float] | None = None,
                        step: int = 0, artifact_dir: str | None = None, error: str | None = None) -> None:
         if status not in STATUSES:

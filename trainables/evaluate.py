@@ -81,8 +81,9 @@ class MixtureModel:
     """
 
     def __init__(self, *, base_model: str, store: AdapterStore, heads: Sequence[str],
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, dtype: str = "float32") -> None:
         self.model, _ = load_encoder(base_model, trust_remote_code=trust_remote_code)
+        self.dtype = dtype
         template = store.path(store.domains()[0] if not heads else heads[0])
         self.model.load_adapter(str(template), load_as=ADAPTER_NAME, with_head=False, use_safetensors=True)
         self.model.set_active_adapters(ADAPTER_NAME)
@@ -93,10 +94,12 @@ class MixtureModel:
             self.add_head(domain)
         self._params = {n: p for n, p in self.model.named_parameters() if f".{ADAPTER_NAME}." in n}
         self.model.eval()
+        cast_model(self.model, dtype)
 
     def add_head(self, domain: str) -> None:
         if domain not in self.heads:
             name = self.model.load_head(str(self.store.path(domain)), load_as=f"head_{domain}", use_safetensors=True)
+            cast_model(self.model, self.dtype)
             self.heads[domain] = name if isinstance(name, str) else f"head_{domain}"
             self.num_labels[domain] = int(self.store.meta(domain)["num_labels"])
 
@@ -126,7 +129,11 @@ class MixtureModel:
         activates adapter and head together.
         """
         directory = Path(directory)
+        # The export holds float32 weights whatever the evaluation dtype (a bfloat16 search
+        # casts them on load; `signmix evaluate` casts the same way).
+        cast_model(self.model, "float32")
         self.model.save_adapter(str(directory), ADAPTER_NAME, use_safetensors=True, with_head=False)
+        cast_model(self.model, self.dtype)
         for i, domain in enumerate(targets):
             for dest in ([directory / "heads" / domain] + ([directory] if i == 0 else [])):
                 dest.mkdir(parents=True, exist_ok=True)
@@ -134,11 +141,19 @@ class MixtureModel:
                     shutil.copyfile(self.store.path(domain) / name, dest / name)
 
 
+def cast_model(model, dtype: str) -> None:
+    """Cast the model to ``dtype`` ("float32" or "bfloat16") in place."""
+    import torch
+
+    model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+
+
 def mixture_model(experiment: Mapping, store_root: str) -> MixtureModel:
     """The worker's :class:`MixtureModel` for this experiment, built once per process."""
-    key = (experiment["base_model"], store_root)
+    dtype = experiment["search"].get("eval_dtype", "float32")
+    key = (experiment["base_model"], store_root, dtype)
     if key not in _MIXERS:
         _MIXERS[key] = MixtureModel(base_model=experiment["base_model"], store=AdapterStore(store_root),
                                     heads=list(experiment["search"]["targets"]),
-                                    trust_remote_code=experiment["trust_remote_code"])
+                                    trust_remote_code=experiment["trust_remote_code"], dtype=dtype)
     return _MIXERS[key]

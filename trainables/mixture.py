@@ -33,7 +33,8 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
     torch.set_num_threads(max(1, int(experiment["resources"]["cpu"])))
     spec = MixtureSpec.from_dict(config["spec"])
     started = time.perf_counter()
-    model = mixture_model(experiment, store_root)
+    model = mixture_model(experiment, store_root)  # loaded once per worker process
+    setup_seconds = time.perf_counter() - started
 
     built = time.perf_counter()
     weights = build_mixture({m: adapter_weights[m] for m in spec.members}, spec)
@@ -42,7 +43,9 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
 
     batch_size = experiment["search"]["eval_batch_size"]
     n_chunks = experiment["search"]["eval_chunks"]
-    per_target = {t: encoded_split(experiment, t, "validation") for t in spec.targets}
+    per_target = {t: encoded_split(experiment, t, "validation") for t in spec.targets}  # cached per process
+    setup_seconds += time.perf_counter() - built - build_seconds
+    predict_seconds = 0.0
     chunks = {t: _chunks(len(enc), n_chunks) for t, enc in per_target.items()}
     preds: dict[str, dict[int, int]] = {t: {} for t in spec.targets}
     metrics: dict = {}
@@ -50,9 +53,12 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
         for target, enc in per_target.items():
             if step < len(chunks[target]):
                 model.use_head(target)
+                t0 = time.perf_counter()
                 preds[target].update(predict(model.model, enc, batch_size, indices=chunks[target][step]))
+                predict_seconds += time.perf_counter() - t0
         metrics = {"fsd": config.get("fsd", float("nan")), "k": spec.k, "sparsity": sparsity(weights),
-                   "build_seconds": build_seconds}
+                   "build_seconds": build_seconds, "setup_seconds": setup_seconds,
+                   "predict_seconds": predict_seconds, "examples": sum(len(p) for p in preds.values())}
         for target, enc in per_target.items():
             m = classification_metrics(preds[target], enc.labels, model.num_labels[target])
             metrics[f"accuracy/{target}"] = m["accuracy"]

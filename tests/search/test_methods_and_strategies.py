@@ -30,6 +30,26 @@ def test_adapter_method_trains_mixes_and_exports(method, tmp_path, ray_cluster, 
     assert evaluate_export(out)["metrics"]["accuracy/books"] == record["metrics"]["accuracy/books"]
 
 
+def test_bfloat16_evaluation_exports_and_reproduces(tmp_path, ray_cluster, tiny_bert, demo_domains):
+    from search.export import evaluate_export, export_mixture
+    from search.runner import run_search, run_training
+
+    domains = {d: demo_domains[d] for d in ("books", "kitchen")}
+    cfg = load_config(write_config(
+        tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
+        search={"strategy": "exhaustive", "targets": ["books"], "prune_ratios": [0.0], "max_fsd": None,
+                "eval_dtype": "bfloat16"}))
+    run_training(cfg)
+    assert run_search(cfg).evaluated == 2
+    out, record = export_mixture(cfg, tmp_path / "best", register=False)
+    assert record["evaluation"]["dtype"] == "bfloat16"
+    import safetensors.torch
+    import torch
+
+    assert all(t.dtype == torch.float32 for t in safetensors.torch.load_file(out / "adapter.safetensors").values())
+    assert evaluate_export(out)["metrics"]["accuracy/books"] == record["metrics"]["accuracy/books"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_cluster, tiny_bert, demo_domains):
     from search.runner import run_training
