@@ -102,6 +102,18 @@ class SearchConfig(_Frozen):
         return sorted(set(v))
 
 
+class StudyConfig(_Frozen):
+    """``signmix study``: the paper's experiments on this config's adapters."""
+
+    targets: Optional[list[str]] = None  # default: every domain
+    max_size: Optional[Annotated[int, Field(ge=1)]] = None  # subsets up to this size (default: all)
+    sweep_ratios: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0])
+    sparse_sizes: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [2, 3])
+    sparse_layers: Annotated[int, Field(ge=1)] = 2  # m: layers pruned by Alg. 4
+    sparsities: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(default_factory=lambda: [0.8, 0.9])
+
+
 class ResourcesConfig(_Frozen):
     cpu: Annotated[float, Field(gt=0)] = 1.0
     gpu: Annotated[float, Field(ge=0)] = 0.0
@@ -127,6 +139,7 @@ class Config(_Frozen):
     training: TrainingConfig = TrainingConfig()
     domains: dict[str, DomainConfig]
     search: SearchConfig
+    study: StudyConfig = StudyConfig()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
@@ -147,6 +160,9 @@ class Config(_Frozen):
         unknown = [t for t in self.search.targets if t not in self.domains]
         if unknown:
             raise ValueError(f"search.targets {unknown} are not domains; the domains are {sorted(self.domains)}")
+        unknown = [t for t in (self.study.targets or []) if t not in self.domains]
+        if unknown:
+            raise ValueError(f"study.targets {unknown} are not domains; the domains are {sorted(self.domains)}")
         if self.search.max_members is not None and self.search.require_targets \
                 and self.search.max_members < len(self.search.targets):
             raise ValueError(f"search.max_members={self.search.max_members} is smaller than the "

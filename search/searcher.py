@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from search.strategies import Strategy
     from search.tracking import SearchTracker
     from spaces.fsd import SignIndex
-    from spaces.space import MixtureSpace
+    from spaces.space import MixtureSpace, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -68,25 +68,36 @@ class SignConflictSearcher(Searcher):
         self.requeue: list[tuple[int, dict]] = []  # proposals to run first (lost in a crash)
         self.exhausted = False
 
-    def _next_proposal(self) -> tuple[int, dict] | None:
+    # Hooks: what is proposed, and whether it may run (the study overrides them).
+    def _space_size(self) -> int:
+        return self.space.size()
+
+    def _propose(self) -> tuple[int, MixtureSpec] | None:
         if self.requeue:
-            return self.requeue.pop(0)
-        return self.strategy.ask()
+            token, params = self.requeue.pop(0)
+        else:
+            proposal = self.strategy.ask()
+            if proposal is None:
+                return None
+            token, params = proposal
+        return token, self.space.to_mixture_spec(params)
+
+    def _verdict(self, spec: MixtureSpec) -> Verdict:
+        return self.space.check(spec, self.index)
 
     def suggest(self, trial_id: str):
         if self.exhausted or len(self.results) + len(self.live) >= self.budget:
             return None if self.live else Searcher.FINISHED
         for _ in range(self.max_idle_proposals):
-            if len(self.outcomes) + len(self.counts.filtered_keys) >= self.space.size():
+            if len(self.outcomes) + len(self.counts.filtered_keys) >= self._space_size():
                 break  # every mixture of the space has been evaluated or filtered
-            proposal = self._next_proposal()
+            t0 = time.perf_counter()
+            proposal = self._propose()
             if proposal is None:
                 break
-            token, params = proposal
+            token, spec = proposal
             self.counts.proposals += 1
-            t0 = time.perf_counter()
-            spec = self.space.to_mixture_spec(params)
-            verdict = self.space.check(spec, self.index)
+            verdict = self._verdict(spec)
             self.counts.prefilter_seconds += time.perf_counter() - t0
             if not verdict.accepted:
                 self.counts.filtered += 1
