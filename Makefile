@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast bench constraints clean
+.PHONY: install install-dev demo test test-fast bench study-amazon constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test-fast: install-dev
 # Benchmarks print ratios taken in one run; not part of `make test`.
 bench: install-dev
 	$(PY) tests/benchmarks/bench_fsd.py
+	$(PY) tests/benchmarks/bench_search_efficiency.py
+	$(PY) tests/benchmarks/bench_search.py
+
+# The paper's experiments on ../shared/data's four Amazon domains (a documented command).
+study-amazon: install-dev
+	$(PY) tests/benchmarks/amazon_study.py
 
 constraints: install-dev
 	{ echo "# The tested set: every package signmix installs, pinned. Regenerate with 'make constraints'."; \

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 from spaces.errors import SignmixError, UsageError
@@ -23,23 +24,38 @@ def _progress(line: str) -> None:
 
 
 def _load(args):
-    from search.config import load_config
+    """The validated config, with the command-line overrides validated like the file."""
+    from search.config import load_config, validate_config
 
     cfg = load_config(args.config)
-    updates = {}
+    updates: dict[str, dict] = {}
     if getattr(args, "address", None):
-        updates["ray"] = cfg.ray.model_copy(update={"address": args.address})
+        updates["ray"] = {"address": args.address}
     search = {k: v for k, v in (("strategy", getattr(args, "strategy", None)),
                                 ("num_mixtures", getattr(args, "num_mixtures", None))) if v is not None}
     if search:
-        updates["search"] = cfg.search.model_copy(update=search)
-    return cfg.model_copy(update=updates) if updates else cfg
+        updates["search"] = search
+    if not updates:
+        return cfg
+    raw = cfg.model_dump()
+    for section, values in updates.items():
+        raw[section] = {**raw[section], **values}
+    return validate_config(raw, source=f"{args.config} with the command-line options",
+                           base_dir=Path(args.config).resolve().parent)
+
+
+def _preflight(cfg, command: str, **kwargs) -> None:
+    """Fail before anything starts (Ray, MLflow runs, files) when the run could not succeed."""
+    from search.preflight import check_before_run
+
+    check_before_run(cfg, command=command, **kwargs)
 
 
 def cmd_train(args) -> int:
     from search.runner import run_training
 
     cfg = _load(args)
+    _preflight(cfg, "train")
     summary = run_training(cfg, force=args.force, progress=_progress, debug=args.debug)
     print(f"trained {len(summary.trained)} adapter(s) {summary.trained}, skipped {len(summary.skipped)} "
           f"{summary.skipped} in {summary.seconds:.1f}s; store: {cfg.store_path}")
@@ -53,6 +69,7 @@ def cmd_fsd(args) -> int:
     from search.runner import load_sign_index
 
     cfg = _load(args)
+    _preflight(cfg, "fsd", out=args.out)
     weights, index = load_sign_index(cfg)
     rows = [[name] + [float(index.matrix[i, j]) for j in range(len(index.names))] for i, name in enumerate(index.names)]
     print(format_table(rows, ["FSD"] + list(index.names)))
@@ -81,6 +98,7 @@ def cmd_search(args) -> int:
     from search.runner import run_search
 
     cfg = _load(args)
+    _preflight(cfg, "search")
     s = run_search(cfg, resume=args.resume, progress=_progress, debug=args.debug)
     print(f"{s.strategy}: {s.evaluated} evaluated, {s.filtered} proposals filtered ({s.filtered_mixtures} mixtures), "
           f"{s.repeats} repeats, {s.stopped_early} stopped early, {s.failed} failed in {s.seconds:.1f}s")
@@ -89,10 +107,23 @@ def cmd_search(args) -> int:
     return 1 if s.failed and not s.evaluated else 0
 
 
-def cmd_export(args) -> int:
-    from search.export import export_mixture
+def cmd_study(args) -> int:
+    from search.study import run_study
 
     cfg = _load(args)
+    s = run_study(cfg, progress=_progress, debug=args.debug)
+    parts = ", ".join(f"{n} {p}" for p, n in s.by_part.items())
+    print(f"study: {s.mixtures} mixtures ({parts}): {s.evaluated} evaluated, {s.failed} failed in {s.seconds:.1f}s "
+          f"(MLflow run {s.parent_run_id}); figures and statistics: `signmix report {args.config}`")
+    return 1 if s.failed and not s.evaluated else 0
+
+
+def cmd_export(args) -> int:
+    from search.export import check_output_dir, export_mixture
+
+    cfg = _load(args)
+    check_output_dir(Path(args.out).resolve())
+    _preflight(cfg, "export")
     out, record = export_mixture(cfg, args.out, run_id=args.run_id, register=not args.no_register)
     reg = record.get("registered_model")
     print(f"exported {'+'.join(record['members'])} (accuracy {record['metrics'].get('accuracy_mean', float('nan')):.4f}) "
@@ -121,12 +152,17 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from mlflow_server.server import redact_uri
     from search.baselines import baseline_specs, evaluate_specs, format_table
     from search.demo import prepare_demo
     from search.export import export_mixture
+    from search.preflight import check_tracking_uri, check_writable
     from search.runner import load_sign_index, run_search, run_training
 
     out = Path(args.out).resolve()
+    check_writable(out, what="the demo folder", fix="choose a writable --out")
+    if args.tracking_uri:
+        check_tracking_uri(args.tracking_uri)
     _progress(f"signmix demo: data, adapters, MLflow store and export under {out}")
     cfg = prepare_demo(out, seed=args.seed, tracking_uri=args.tracking_uri, base_model=args.base_model,
                        num_mixtures=args.num_mixtures)
@@ -156,7 +192,29 @@ def cmd_demo(args) -> int:
           f"({s.filtered_mixtures} distinct mixtures, max_fsd {s.max_fsd:.4f}), {s.repeats} repeats answered "
           f"from earlier results; search took {s.seconds:.0f}s")
     print(f"best mixture exported to {out / 'best'}")
-    print(f"browse the runs:  mlflow ui --backend-store-uri {cfg.tracking_uri} --port 5000")
+    print(f"browse the runs:  mlflow ui --backend-store-uri {redact_uri(cfg.tracking_uri)} --port 5000")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from search.report import build_report
+
+    cfg = _load(args)
+    out = Path(args.out or os.path.join(cfg.storage_path, "report"))
+    written = build_report(cfg, out, progress=_progress)
+    for path in written:
+        print(f"written: {path}")
+    if not written:
+        print("no figure written: the experiment has no data yet (see the notes above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_results(args) -> int:
+    from search.results import format_results, top_mixtures
+
+    cfg = _load(args)
+    print(format_results(top_mixtures(cfg, n=args.top, sort=args.sort), sort=args.sort))
     return 0
 
 
@@ -192,10 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (overrides ray.address)")
     p.add_argument("--resume", action="store_true",
                    help="continue the newest interrupted search of this config (after a crash or kill)")
+    p = with_config("study", "run the paper's experiments: every subset, the sparsity sweep, sparse mixing (Alg. 4)",
+                    cmd_study)
+    p.add_argument("--address", help="Ray cluster address (overrides ray.address)")
     p = with_config("export", "export the best (or a given) mixture as an adapters adapter", cmd_export)
     p.add_argument("--out", required=True, help="new folder to write the export into")
     p.add_argument("--run-id", help="export this MLflow run instead of the best")
     p.add_argument("--no-register", action="store_true", help="do not register a model version")
+    p = with_config("report", "draw the experiment's figures (PNG + CSV) and log them to its MLflow run", cmd_report)
+    p.add_argument("--out", help="folder for the figures (default: <storage_path>/report)")
+    p = with_config("results", "print the best evaluated mixtures of the experiment", cmd_results)
+    p.add_argument("--top", type=int, default=10, help="how many mixtures (default 10)")
+    p.add_argument("--sort", default="accuracy_mean", metavar="METRIC",
+                   help="an MLflow metric: accuracy_mean (default), accuracy/<target>, fsd, sparsity, ...; "
+                        "highest first, FSD and times lowest first")
     p = sub.add_parser("evaluate", help="evaluate an exported mixture on its targets")
     p.add_argument("export_dir")
     p.add_argument("--split", choices=["validation", "test"], default="validation")
@@ -220,16 +288,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # The tracking client's "server unreachable ... answers again" lines are for the user.
+    logging.getLogger("search.mlflow_client").setLevel(logging.INFO)
     if not args.debug:
+        # Progress bars of `datasets` (loading, filtering) would bury the one line that matters.
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         # adapters warns "none are activated" while heads are swapped; it is not a problem.
         logging.getLogger("adapters").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except SignmixError as exc:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"signmix: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A file system or network failure no check foresaw (disk full, permissions changed).
+        if args.debug:
+            traceback.print_exc()
+        print(f"signmix: error: {exc}; run `signmix --debug ...` for the traceback", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("signmix: interrupted", file=sys.stderr)
         return 130

@@ -72,6 +72,10 @@ class SearchConfig(_Frozen):
     require_targets: bool = True
     max_members: Optional[Annotated[int, Field(ge=1)]] = None
     prune_ratios: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=lambda: [0.0])
+    # How a positive ratio prunes: "magnitude" (Alg. 2) or "conflict_layers" (Alg. 4: only
+    # the m most sign-conflicting layers of every member); m is chosen from prune_layers.
+    prune_methods: list[Literal["magnitude", "conflict_layers"]] = Field(default_factory=lambda: ["magnitude"])
+    prune_layers: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [2])
     prune_scope: Literal["adapter", "layer"] = "adapter"
     prune_when: Literal["members", "mixture"] = "members"
     fsd_measure: Literal["mean_pairwise", "any_conflict"] = "mean_pairwise"
@@ -84,6 +88,8 @@ class SearchConfig(_Frozen):
     early_stopping: bool = False
     max_failures: Annotated[int, Field(ge=0)] = 1
     seed: int = 0
+    # White-box FGSM on the input embeddings (the paper uses 0.01); None: not measured.
+    fgsm_step: Optional[Annotated[float, Field(ge=0.0)]] = None
 
     @field_validator("targets")
     @classmethod
@@ -99,6 +105,20 @@ class SearchConfig(_Frozen):
     def _ratios_nonempty(cls, v):
         if not v:
             raise ValueError("give at least one pruning ratio (0.0 means no pruning)")
+        return sorted(set(v))
+
+    @field_validator("prune_methods")
+    @classmethod
+    def _methods_nonempty(cls, v):
+        if not v:
+            raise ValueError("give at least one pruning method (magnitude or conflict_layers)")
+        return list(dict.fromkeys(v))
+
+    @field_validator("prune_layers")
+    @classmethod
+    def _layers_nonempty(cls, v):
+        if not v:
+            raise ValueError("give at least one number of layers m for conflict_layers")
         return sorted(set(v))
 
 

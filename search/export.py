@@ -89,6 +89,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "targets": targets,
         "prune_method": p["prune_method"], "prune_ratio": float(p["prune_ratio"]),
         "prune_scope": p["prune_scope"], "prune_when": p["prune_when"],
+        "prune_layers": int(p.get("prune_layers", 0)),
         "fsd": metrics.get("fsd"), "fsd_measure": p["fsd_measure"], "strategy": p["strategy"],
         "metrics": {k: v for k, v in metrics.items() if k.startswith(("accuracy", "macro_f1", "sparsity"))},
         "base_model": cfg.base_model,

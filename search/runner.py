@@ -12,7 +12,7 @@ from typing import Callable
 
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
-from spaces.errors import StoreError, UsageError
+from spaces.errors import StoreError, TrackingError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -242,16 +242,27 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
     try:
         tuner.fit()
         failed = False
-    finally:
-        if not failed:
-            tracker.close_dangling()
-        summary = _summarise(cfg, searcher, tracker, space, started)
-        c = searcher.counts
-        tracker.end(failed=failed, summary={
-            "evaluated": c.evaluated, "filtered": c.filtered, "filtered_mixtures": len(c.filtered_keys),
-            "repeats": c.repeats, "stopped_early": c.stopped_early, "failed": c.failed,
-            "best_accuracy_mean": summary.best_accuracy if summary.best_accuracy is not None else float("nan"),
-            "search_seconds": summary.seconds})
+    except TrackingError:
+        # The tracking server stayed away past the retry window: the MLflow calls below
+        # would fail the same way. The parent run stays RUNNING; `--resume` finishes it.
+        raise
+    except BaseException:
+        _end_search(cfg, searcher, tracker, space, started, failed=True)
+        raise
+    return _end_search(cfg, searcher, tracker, space, started, failed=False)
+
+
+def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed: bool) -> SearchSummary:
+    """Close the search's MLflow records and summarise it."""
+    if not failed:
+        tracker.close_dangling()
+    summary = _summarise(cfg, searcher, tracker, space, started)
+    c = searcher.counts
+    tracker.end(failed=failed, summary={
+        "evaluated": c.evaluated, "filtered": c.filtered, "filtered_mixtures": len(c.filtered_keys),
+        "repeats": c.repeats, "stopped_early": c.stopped_early, "failed": c.failed,
+        "best_accuracy_mean": summary.best_accuracy if summary.best_accuracy is not None else float("nan"),
+        "search_seconds": summary.seconds})
     return summary
 
 

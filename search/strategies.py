@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
-from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace
+from spaces.space import PRUNE_LAYERS_PARAM, PRUNE_METHOD_PARAM, PRUNE_PARAM, USE_PREFIX, MixtureSpace
 
 if TYPE_CHECKING:
     import optuna
@@ -125,6 +125,12 @@ class OptunaStrategy(Strategy):
             params[PRUNE_PARAM] = trial.suggest_categorical(PRUNE_PARAM, list(self.space.prune_ratios))
         else:
             params[PRUNE_PARAM] = self.space.prune_ratios[0]
+        # Always suggested when searched, even for a ratio of 0.0 (where they change
+        # nothing): a fixed search space is what multivariate TPE models best.
+        if len(self.space.prune_methods) > 1:
+            params[PRUNE_METHOD_PARAM] = trial.suggest_categorical(PRUNE_METHOD_PARAM, list(self.space.prune_methods))
+        if "conflict_layers" in self.space.prune_methods and len(self.space.prune_layers) > 1:
+            params[PRUNE_LAYERS_PARAM] = trial.suggest_categorical(PRUNE_LAYERS_PARAM, list(self.space.prune_layers))
         self._trials[trial.number] = trial
         return trial.number, params
 
@@ -168,6 +174,10 @@ class OptunaStrategy(Strategy):
     def _params_of(self, sampled: dict) -> dict:
         params = {USE_PREFIX + d: bool(sampled.get(USE_PREFIX + d, False)) for d in self.space.free_domains}
         params[PRUNE_PARAM] = sampled.get(PRUNE_PARAM, self.space.prune_ratios[0])
+        if len(self.space.prune_methods) > 1:
+            params[PRUNE_METHOD_PARAM] = sampled.get(PRUNE_METHOD_PARAM, self.space.prune_methods[0])
+        if "conflict_layers" in self.space.prune_methods and len(self.space.prune_layers) > 1:
+            params[PRUNE_LAYERS_PARAM] = sampled.get(PRUNE_LAYERS_PARAM, self.space.prune_layers[0])
         return params
 
 

@@ -72,7 +72,7 @@ def spec_params(spec: MixtureSpec, *, strategy: str, measure: str) -> dict[str, 
         "members": ",".join(spec.members), "k": str(spec.k), "targets": ",".join(spec.targets),
         "weights": ",".join(f"{w:.6g}" for w in spec.weights),
         "prune_method": spec.prune_method, "prune_ratio": f"{spec.prune_ratio:g}",
-        "prune_scope": spec.prune_scope, "prune_when": spec.prune_when,
+        "prune_scope": spec.prune_scope, "prune_when": spec.prune_when, "prune_layers": str(spec.prune_layers),
         "fsd_measure": measure, "strategy": strategy,
     }
 

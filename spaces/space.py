@@ -1,7 +1,9 @@
-"""What is searched: subsets of domains and a pruning ratio, under constraints.
+"""What is searched: subsets of domains and how to prune them, under constraints.
 
 A sampled parameter dict looks like ``{"use.books": True, "use.dvd": False, ...,
-"prune_ratio": 0.5}``. :meth:`MixtureSpace.to_mixture_spec` is the one function that
+"prune_ratio": 0.5}``, with ``"prune_method"`` when more than one pruning method is a
+choice and ``"prune_layers"`` (Alg. 4's m) when ``conflict_layers`` is one of several
+choices of m. :meth:`MixtureSpace.to_mixture_spec` is the one function that
 turns it into a :class:`MixtureSpec`; the pre-filter (:meth:`MixtureSpace.check`) and the
 trial both start from its result, so they can never disagree about what was proposed.
 """
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
 
 USE_PREFIX = "use."
 PRUNE_PARAM = "prune_ratio"
+PRUNE_METHOD_PARAM = "prune_method"
+PRUNE_LAYERS_PARAM = "prune_layers"
+SEARCH_PRUNE_METHODS = ("magnitude", "conflict_layers")  # what a search may choose between
 
 
 @dataclass(frozen=True)
@@ -35,11 +40,18 @@ class Verdict:
 
 @dataclass(frozen=True)
 class MixtureSpace:
-    """The subsets and pruning ratios a search may propose, and the constraints on them."""
+    """The subsets and pruning choices a search may propose, and the constraints on them.
+
+    ``prune_methods`` are the methods used for a positive ratio (a ratio of 0.0 is one
+    unpruned mixture whatever the method); ``prune_layers`` are the choices of m for
+    ``conflict_layers``.
+    """
 
     domains: tuple[str, ...]
     targets: tuple[str, ...]
     prune_ratios: tuple[float, ...] = (0.0,)
+    prune_methods: tuple[str, ...] = ("magnitude",)
+    prune_layers: tuple[int, ...] = (2,)
     prune_scope: str = "adapter"
     prune_when: str = "members"
     require_targets: bool = True
@@ -56,6 +68,24 @@ class MixtureSpace:
             raise SpecError(f"targets {unknown} are not domains; the domains are {list(self.domains)}")
         if not self.prune_ratios:
             raise SpecError("give at least one pruning ratio (0.0 means no pruning)")
+        # Order kept (the first is the default), repeats dropped.
+        object.__setattr__(self, "prune_methods", tuple(dict.fromkeys(self.prune_methods)))
+        object.__setattr__(self, "prune_layers", tuple(sorted(set(self.prune_layers))))
+        bad = [m for m in self.prune_methods if m not in SEARCH_PRUNE_METHODS]
+        if bad or not self.prune_methods:
+            raise SpecError(f"prune_methods must be a non-empty list of {list(SEARCH_PRUNE_METHODS)}, "
+                            f"got {list(self.prune_methods)}")
+        if not self.prune_layers or any(isinstance(m, bool) or not isinstance(m, int) or m < 1
+                                        for m in self.prune_layers):
+            raise SpecError(f"prune_layers must be a non-empty list of integers >= 1, got {list(self.prune_layers)}")
+
+    @property
+    def _method_is_searched(self) -> bool:
+        return len(self.prune_methods) > 1
+
+    @property
+    def _layers_are_searched(self) -> bool:
+        return "conflict_layers" in self.prune_methods and len(self.prune_layers) > 1
 
     @property
     def free_domains(self) -> tuple[str, ...]:
@@ -68,14 +98,16 @@ class MixtureSpace:
         """The validated mixture a sampled parameter dict stands for.
 
         Raises:
-            SpecError: the params name an unknown domain, an empty subset, or a ratio
-                that is not one of the space's choices.
+            SpecError: the params name an unknown domain, an empty subset, or a ratio,
+                method or m that is not one of the space's choices.
         """
-        unknown = [k for k in params if k != PRUNE_PARAM and
+        named = (PRUNE_PARAM, PRUNE_METHOD_PARAM, PRUNE_LAYERS_PARAM)
+        unknown = [k for k in params if k not in named and
                    (not k.startswith(USE_PREFIX) or k[len(USE_PREFIX):] not in self.domains)]
         if unknown:
             raise SpecError(f"unknown search parameters {unknown}; expected 'use.<domain>' for "
-                            f"{list(self.domains)} and {PRUNE_PARAM!r}")
+                            f"{list(self.domains)}, {PRUNE_PARAM!r}, {PRUNE_METHOD_PARAM!r} "
+                            f"and {PRUNE_LAYERS_PARAM!r}")
         members = [d for d in self.free_domains if params.get(USE_PREFIX + d, False)]
         if self.require_targets:
             members = list(self.targets) + members
@@ -84,16 +116,48 @@ class MixtureSpace:
         ratio = next((r for r in self.prune_ratios if math.isclose(asked, r)), None)
         if ratio is None:
             raise SpecError(f"prune_ratio {asked} is not one of the choices {list(self.prune_ratios)}")
+        method = params.get(PRUNE_METHOD_PARAM, self.prune_methods[0])
+        if method not in self.prune_methods:
+            raise SpecError(f"prune_method {method!r} is not one of the choices {list(self.prune_methods)}")
+        m = params.get(PRUNE_LAYERS_PARAM, self.prune_layers[0])
+        if m not in self.prune_layers:
+            raise SpecError(f"prune_layers {m!r} is not one of the choices {list(self.prune_layers)}")
         return make_mixture_spec(
-            members=members, targets=self.targets, prune_method="magnitude" if ratio > 0 else "none",
+            members=members, targets=self.targets, prune_method=method if ratio > 0 else "none",
             prune_ratio=ratio, prune_scope=self.prune_scope, prune_when=self.prune_when,
+            prune_layers=int(m) if method == "conflict_layers" else 0,
             known_domains=self.domains, require_targets=self.require_targets)
 
-    def params_for(self, members: Sequence[str], prune_ratio: float | None = None) -> dict:
-        """The parameter dict that :meth:`to_mixture_spec` maps to these members."""
+    def params_for(self, members: Sequence[str], prune_ratio: float | None = None,
+                   prune_method: str | None = None, prune_layers: int | None = None) -> dict:
+        """The parameter dict that :meth:`to_mixture_spec` maps to these members and pruning.
+
+        ``prune_method`` and ``prune_layers`` default to the first choice (as does a
+        method of ``"none"`` or an m of 0, what an unpruned spec holds); they appear in the
+        dict only when the space searches over them.
+        """
         params: dict = {USE_PREFIX + d: d in members for d in self.free_domains}
         params[PRUNE_PARAM] = self.prune_ratios[0] if prune_ratio is None else prune_ratio
+        if self._method_is_searched:
+            params[PRUNE_METHOD_PARAM] = prune_method if prune_method not in (None, "none") \
+                else self.prune_methods[0]
+        if self._layers_are_searched:
+            params[PRUNE_LAYERS_PARAM] = prune_layers if prune_layers else self.prune_layers[0]
         return params
+
+    def _pruning_choices(self) -> list[tuple[float, str | None, int | None]]:
+        """Every distinct ``(ratio, method, m)``: one unpruned choice for a ratio of 0.0."""
+        choices: list[tuple[float, str | None, int | None]] = []
+        for ratio in self.prune_ratios:
+            if ratio == 0.0:
+                choices.append((ratio, None, None))
+                continue
+            for method in self.prune_methods:
+                if method == "conflict_layers":
+                    choices.extend((ratio, method, m) for m in self.prune_layers)
+                else:
+                    choices.append((ratio, method, None))
+        return choices
 
     def enumerate(self) -> Iterator[dict]:
         """Every parameter dict of the space, smallest subsets first (empty subsets skipped)."""
@@ -102,13 +166,17 @@ class MixtureSpace:
             for chosen in itertools.combinations(free, size):
                 if not self.require_targets and not chosen:
                     continue
-                for ratio in self.prune_ratios:
-                    yield self.params_for(chosen, ratio)
+                for ratio, method, m in self._pruning_choices():
+                    yield self.params_for(chosen, ratio, method, m)
 
     def size(self) -> int:
-        """How many distinct parameter dicts :meth:`enumerate` yields."""
+        """How many distinct parameter dicts (and mixtures) :meth:`enumerate` yields:
+        subsets x (1 for a ratio of 0.0 + positive ratios x (other methods + choices of m))."""
         subsets = 2 ** len(self.free_domains) - (0 if self.require_targets else 1)
-        return subsets * len(self.prune_ratios)
+        positive = sum(1 for r in self.prune_ratios if r > 0)
+        per_ratio = sum(len(self.prune_layers) if method == "conflict_layers" else 1
+                        for method in self.prune_methods)
+        return subsets * ((len(self.prune_ratios) - positive) + positive * per_ratio)
 
     def check(self, spec: MixtureSpec, index: SignIndex) -> Verdict:
         """The sign-conflict pre-filter and the size constraint: run the mixture or not?"""
@@ -133,6 +201,8 @@ def space_from_config(search: Mapping, domains: Sequence[str], index: SignIndex 
     return MixtureSpace(
         domains=tuple(domains), targets=tuple(search["targets"]),
         prune_ratios=tuple(search.get("prune_ratios", (0.0,))),
+        prune_methods=tuple(search.get("prune_methods", ("magnitude",))),
+        prune_layers=tuple(search.get("prune_layers", (2,))),
         prune_scope=search.get("prune_scope", "adapter"), prune_when=search.get("prune_when", "members"),
         require_targets=search.get("require_targets", True), max_members=search.get("max_members"),
         max_fsd=None if max_fsd is None else float(max_fsd), fsd_measure=search.get("fsd_measure", "mean_pairwise"))

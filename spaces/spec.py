@@ -9,11 +9,11 @@ from typing import Literal
 
 from spaces.errors import SpecError
 
-PruneMethod = Literal["none", "magnitude"]
+PruneMethod = Literal["none", "magnitude", "conflict_layers"]
 PruneScope = Literal["adapter", "layer"]
 PruneWhen = Literal["members", "mixture"]
 
-PRUNE_METHODS: tuple[str, ...] = ("none", "magnitude")
+PRUNE_METHODS: tuple[str, ...] = ("none", "magnitude", "conflict_layers")
 PRUNE_SCOPES: tuple[str, ...] = ("adapter", "layer")
 PRUNE_WHEN: tuple[str, ...] = ("members", "mixture")
 
@@ -24,7 +24,9 @@ class MixtureSpec:
 
     ``members`` are sorted domain names; ``weights`` (same order) sum to 1. ``targets`` are
     the domains the mixture is evaluated on, each with its own head. A ratio of 0.0 means
-    no pruning. Build one with :func:`make_mixture_spec`, which validates and canonicalises.
+    no pruning. ``prune_layers`` is the number m of most sign-conflicting layers that
+    ``"conflict_layers"`` prunes (the paper's Alg. 4), 0 for every other method. Build one
+    with :func:`make_mixture_spec`, which validates and canonicalises.
     """
 
     members: tuple[str, ...]
@@ -34,6 +36,7 @@ class MixtureSpec:
     prune_ratio: float = 0.0
     prune_scope: PruneScope = "adapter"
     prune_when: PruneWhen = "members"
+    prune_layers: int = 0
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -54,6 +57,10 @@ class MixtureSpec:
         d["weights"] = [round(w, 12) for w in self.weights]
         if self.prune_method == "none" or self.prune_ratio == 0.0:
             d.update(prune_method="none", prune_ratio=0.0, prune_scope="adapter", prune_when="members")
+        if d["prune_method"] != "conflict_layers":
+            # Absent rather than 0, so that the keys of mixtures made before conflict_layers
+            # existed (recorded in MLflow, matched on resume) do not change.
+            d.pop("prune_layers")
         return d
 
     @property
@@ -63,10 +70,13 @@ class MixtureSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        """A short human-readable name, e.g. ``books+dvd @ magnitude 0.9``."""
+        """A short human-readable name, e.g. ``books+dvd @ magnitude 0.9`` or
+        ``books+dvd @ conflict_layers 0.9 m=2``."""
         name = "+".join(self.members)
         if self.prune_method != "none" and self.prune_ratio > 0:
             name += f" @ {self.prune_method} {self.prune_ratio:g}"
+            if self.prune_method == "conflict_layers":
+                name += f" m={self.prune_layers}"
         return name
 
     def to_dict(self) -> dict:
@@ -91,6 +101,7 @@ def make_mixture_spec(
     prune_ratio: float = 0.0,
     prune_scope: str = "adapter",
     prune_when: str = "members",
+    prune_layers: int = 0,
     extra: dict | None = None,
     known_domains=None,
     require_targets: bool = True,
@@ -103,6 +114,11 @@ def make_mixture_spec(
         weights: mixing weights, a list aligned with ``members`` or a dict by name;
             uniform when omitted. Normalised to sum to 1.
         prune_method / prune_ratio / prune_scope / prune_when: see ``trainables.mixing``.
+            ``prune_ratio`` is in [0, 1]; 1.0 zeroes every pruned weight (sparsity sweeps).
+        prune_layers: m, the number of most sign-conflicting layers pruned by
+            ``"conflict_layers"`` (at least 1 there); set to 0 for every other method.
+            ``"conflict_layers"`` always prunes the members layer by layer, so its
+            ``prune_scope``/``prune_when`` are set to ``"layer"``/``"members"``.
         known_domains: when given, every member and target must be one of them.
         require_targets: every target must be a member (the paper's in-domain setting).
 
@@ -146,11 +162,19 @@ def make_mixture_spec(
     if prune_when not in PRUNE_WHEN:
         raise SpecError(f"prune_when must be one of {list(PRUNE_WHEN)}, got {prune_when!r}")
     prune_ratio = float(prune_ratio)
-    if not 0.0 <= prune_ratio < 1.0:
-        raise SpecError(f"prune_ratio must be in [0, 1), got {prune_ratio}")
+    if not 0.0 <= prune_ratio <= 1.0:
+        raise SpecError(f"prune_ratio must be in [0, 1], got {prune_ratio}")
     if prune_method == "none" or prune_ratio == 0.0:
         # Nothing is pruned: one canonical form, so equal mixtures compare equal.
         prune_method, prune_ratio, prune_scope, prune_when = "none", 0.0, "adapter", "members"
+    if prune_method == "conflict_layers":
+        if isinstance(prune_layers, bool) or not isinstance(prune_layers, int) or prune_layers < 1:
+            raise SpecError(f"prune_layers must be an integer >= 1 for prune_method 'conflict_layers', "
+                            f"got {prune_layers!r}")
+        # Alg. 4 prunes chosen layers of every member: scope and timing are fixed by the method.
+        prune_scope, prune_when = "layer", "members"
+    else:
+        prune_layers = 0
 
     total = sum(weights)
     order = sorted(range(len(members)), key=lambda i: members[i])
@@ -162,5 +186,6 @@ def make_mixture_spec(
         prune_ratio=prune_ratio,
         prune_scope=prune_scope,  # type: ignore[arg-type]
         prune_when=prune_when,  # type: ignore[arg-type]
+        prune_layers=int(prune_layers),
         extra=dict(extra or {}),
     )

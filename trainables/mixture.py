@@ -16,6 +16,7 @@ from typing import Mapping
 from spaces.spec import MixtureSpec
 from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict
 from trainables.mixing import build_mixture, sparsity
+from trainables.robustness import fgsm_predict
 
 
 def _chunks(n: int, parts: int) -> list[list[int]]:
@@ -68,6 +69,18 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
         metrics["eval_seconds"] = time.perf_counter() - started
         if metrics["evaluated_fraction"] < 1.0:
             tune.report(metrics)
+
+    fgsm_step = experiment["search"].get("fgsm_step")
+    if fgsm_step is not None:
+        # Robust accuracy (the paper's FGSM attack): the same rows, chunks and batches as above.
+        for target, enc in per_target.items():
+            model.use_head(target)
+            robust: dict[int, int] = {}
+            for rows in chunks[target]:
+                robust.update(fgsm_predict(model.model, enc, batch_size, fgsm_step, indices=rows))
+            metrics[f"robust_accuracy/{target}"] = classification_metrics(
+                robust, enc.labels, model.num_labels[target])["accuracy"]
+        metrics["robust_accuracy_mean"] = sum(metrics[f"robust_accuracy/{t}"] for t in spec.targets) / len(spec.targets)
 
     with tempfile.TemporaryDirectory(prefix="signmix-mixture-") as tmp:
         model.save(tmp, list(spec.targets))

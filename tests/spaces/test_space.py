@@ -247,3 +247,98 @@ def test_space_from_config_copies_the_search_section(index):
 
 def test_space_from_config_without_max_fsd_filters_nothing(index):
     assert space_from_config({"targets": ["a"]}, index.names, index).max_fsd is None
+
+
+# Pruning methods and Alg. 4's m as search dimensions --------------------------------------
+
+BOTH = ("magnitude", "conflict_layers")
+
+
+@pytest.mark.parametrize("ratios, methods, layers, per_subset", [
+    ((0.0,), BOTH, (1, 3), 1),  # no positive ratio: one unpruned mixture
+    ((0.5,), ("magnitude",), (1, 3), 1),  # m is not searched without conflict_layers
+    ((0.5,), ("conflict_layers",), (1, 3), 2),
+    ((0.5,), BOTH, (2,), 2),
+    ((0.5,), BOTH, (1, 3), 3),
+    ((0.0, 0.5, 0.9), BOTH, (1, 3), 1 + 2 * (1 + 2)),  # 0.0 once, whatever the method
+    ((0.0, 0.5, 0.9), ("conflict_layers",), (1, 2, 4), 1 + 2 * 3),
+])
+@pytest.mark.parametrize("require_targets", [True, False])
+def test_size_and_enumerate_count_methods_and_m(ratios, methods, layers, per_subset, require_targets):
+    sp = MixtureSpace(domains=("a", "b", "c", "d"), targets=("a",), prune_ratios=ratios,
+                      prune_methods=methods, prune_layers=layers, require_targets=require_targets)
+    subsets = 2 ** 3 if require_targets else 2 ** 4 - 1
+    params = list(sp.enumerate())
+    keys = {sp.to_mixture_spec(p).key for p in params}
+    assert sp.size() == subsets * per_subset
+    assert len(params) == len(keys) == sp.size()
+
+
+@pytest.mark.parametrize("methods, layers, carries_method, carries_layers", [
+    (("magnitude",), (1, 3), False, False),
+    (BOTH, (2,), True, False),
+    (("conflict_layers",), (1, 3), False, True),
+    (BOTH, (1, 3), True, True),
+])
+def test_params_carry_method_and_m_only_when_searched(methods, layers, carries_method, carries_layers):
+    params = space(prune_methods=methods, prune_layers=layers).params_for(["a", "b"], 0.9)
+    assert ("prune_method" in params) is carries_method
+    assert ("prune_layers" in params) is carries_layers
+
+
+@pytest.mark.parametrize("extra, method, m", [
+    ({"prune_method": "magnitude"}, "magnitude", 0),
+    ({"prune_method": "conflict_layers"}, "conflict_layers", 1),  # the first m
+    ({"prune_method": "conflict_layers", "prune_layers": 3}, "conflict_layers", 3),
+    ({"prune_method": "magnitude", "prune_layers": 3}, "magnitude", 0),
+    ({}, "magnitude", 0),  # the first method
+])
+def test_to_mixture_spec_reads_method_and_m(extra, method, m):
+    sp = space(prune_methods=BOTH, prune_layers=(3, 1))
+    s = sp.to_mixture_spec({"use.b": True, PRUNE_PARAM: 0.9, **extra})
+    assert (s.prune_method, s.prune_ratio, s.prune_layers) == (method, 0.9, m)
+    unpruned = sp.to_mixture_spec({"use.b": True, PRUNE_PARAM: 0.0, **extra})
+    assert (unpruned.prune_method, unpruned.prune_layers) == ("none", 0)
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"prune_method": "random"}, "'random'"),
+    ({"prune_method": "none"}, "'none'"),
+    ({"prune_layers": 2}, "prune_layers 2"),
+])
+def test_off_grid_method_or_m_raises(extra, named):
+    sp = space(prune_methods=BOTH, prune_layers=(1, 3))
+    with pytest.raises(SpecError) as info:
+        sp.to_mixture_spec({"use.b": True, PRUNE_PARAM: 0.9, **extra})
+    assert named in str(info.value)
+
+
+def test_params_for_inverts_to_mixture_spec_with_method_and_m():
+    sp = space(prune_methods=BOTH, prune_layers=(1, 3))
+    for params in sp.enumerate():
+        s = sp.to_mixture_spec(params)
+        again = sp.params_for(s.members, s.prune_ratio, s.prune_method, s.prune_layers)
+        assert sp.to_mixture_spec(again) == s
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (dict(prune_methods=("topk",)), "'topk'"),
+    (dict(prune_methods=()), "non-empty"),
+    (dict(prune_layers=(0, 2)), "[0, 2]"),
+    (dict(prune_layers=()), "non-empty"),
+])
+def test_space_rejects_bad_methods_and_m(overrides, named):
+    with pytest.raises(SpecError) as info:
+        space(**overrides)
+    assert named in str(info.value)
+
+
+def test_space_from_config_passes_methods_and_m(index):
+    sp = space_from_config({"targets": ["a"], "max_fsd": None, "prune_ratios": [0.0, 0.9],
+                            "prune_methods": ["conflict_layers", "magnitude"], "prune_layers": [4, 2]},
+                           index.names, index)
+    assert sp.prune_methods == ("conflict_layers", "magnitude")
+    assert sp.prune_layers == (2, 4)
+    assert sp.size() == 8 * (1 + 1 * (2 + 1))
+    defaults = space_from_config({"targets": ["a"], "max_fsd": None}, index.names, index)
+    assert (defaults.prune_methods, defaults.prune_layers) == (("magnitude",), (2,))

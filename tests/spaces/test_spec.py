@@ -121,7 +121,7 @@ def test_label_shows_pruning():
     (dict(targets=["books", "vinyl"], members=["books", "vinyl"], known_domains=DOMAINS), "'vinyl'"),
     (dict(targets=["kitchen"]), "'kitchen'"),
     (dict(prune_method="magnitude", prune_ratio=-0.1), "-0.1"),
-    (dict(prune_method="magnitude", prune_ratio=1.0), "1.0"),
+    (dict(prune_method="magnitude", prune_ratio=1.0001), "[0, 1], got 1.0001"),
     (dict(prune_method="magnitude", prune_ratio=1.5), "1.5"),
     (dict(prune_method="topk", prune_ratio=0.5), "'topk'"),
     (dict(prune_method="magnitude", prune_ratio=0.5, prune_scope="model"), "'model'"),
@@ -133,7 +133,7 @@ def test_label_shows_pruning():
     (dict(weights=[1.0]), "1 weights for 2 members"),
     (dict(weights={"books": 1.0, "vinyl": 1.0}), "'vinyl'"),
 ], ids=["empty-subset", "no-targets", "duplicate-members", "unknown-member", "unknown-target",
-        "target-not-member", "ratio-negative", "ratio-one", "ratio-above-one", "bad-method",
+        "target-not-member", "ratio-negative", "ratio-just-above-one", "ratio-above-one", "bad-method",
         "bad-scope", "bad-when", "negative-weight", "zero-weights", "nan-weight",
         "too-many-weights", "too-few-weights", "weight-for-non-member"])
 def test_spec_error_names_the_bad_value(kwargs, named):
@@ -171,3 +171,65 @@ def test_to_dict_from_dict_round_trip(kwargs):
     assert back.key == s.key
     assert back.extra == s.extra
     assert back.weights == pytest.approx(s.weights)
+
+
+# conflict_layers (Alg. 4) and 100% sparsity -------------------------------------------
+
+def test_keys_of_mixtures_without_conflict_layers_did_not_change():
+    # Keys recorded in MLflow before prune_layers existed (a resumed search matches on them).
+    assert spec().key == "0b7b9743f02e86b1"
+    assert spec(prune_method="magnitude", prune_ratio=0.9, prune_scope="layer").key == "5c9b2650eeb29671"
+    assert "prune_layers" not in spec(prune_method="magnitude", prune_ratio=0.9).canonical()
+
+
+def conflict(**overrides) -> MixtureSpec:
+    return spec(**{"prune_method": "conflict_layers", "prune_ratio": 0.9, "prune_layers": 2, **overrides})
+
+
+@pytest.mark.parametrize("a, b, equal", [
+    (dict(), dict(), True),
+    # Alg. 4 always prunes the members layer by layer: scope and timing are not choices.
+    (dict(), dict(prune_scope="adapter", prune_when="mixture"), True),
+    (dict(), dict(prune_layers=3), False),
+    (dict(), dict(prune_ratio=0.8), False),
+    (dict(), dict(prune_method="magnitude", prune_scope="layer"), False),
+    (dict(prune_ratio=0.0), dict(prune_ratio=0.0, prune_layers=5), True),  # unpruned: m plays no part
+    (dict(prune_ratio=0.0), dict(prune_method="none"), True),
+    (dict(prune_ratio=1.0), dict(prune_ratio=1.0), True),
+    (dict(prune_ratio=1.0), dict(prune_ratio=0.9), False),
+], ids=["same", "scope-when-ignored", "m", "ratio", "vs-magnitude", "unpruned-m", "unpruned-none",
+        "ratio-one", "ratio-one-vs-0.9"])
+def test_conflict_layers_keys(a, b, equal):
+    assert (conflict(**a).key == conflict(**b).key) is equal
+
+
+def test_conflict_layers_canonical_form_and_label():
+    s = conflict(prune_layers=3, prune_scope="adapter", prune_when="mixture")
+    d = s.canonical()
+    assert (d["prune_method"], d["prune_ratio"], d["prune_layers"], d["prune_scope"], d["prune_when"]) == \
+        ("conflict_layers", 0.9, 3, "layer", "members")
+    assert s.label() == "books+dvd @ conflict_layers 0.9 m=3"
+    assert MixtureSpec.from_dict(s.to_dict()) == s
+    assert MixtureSpec.from_dict(s.to_dict()).key == s.key
+
+
+@pytest.mark.parametrize("overrides, prune_layers", [
+    (dict(prune_method="magnitude", prune_ratio=0.5, prune_layers=4), 0),
+    (dict(prune_method="none", prune_layers=4), 0),
+    (dict(prune_method="conflict_layers", prune_ratio=0.0, prune_layers=4), 0),
+    (dict(prune_method="conflict_layers", prune_ratio=0.5, prune_layers=4), 4),
+])
+def test_prune_layers_is_zero_unless_conflict_layers_prunes(overrides, prune_layers):
+    assert spec(**overrides).prune_layers == prune_layers
+
+
+@pytest.mark.parametrize("m", [0, -1, 1.5, True, None])
+def test_conflict_layers_needs_m_of_at_least_one(m):
+    with pytest.raises(SpecError, match=r"prune_layers must be an integer >= 1 .*got " + repr(m).replace(".", r"\.")):
+        conflict(prune_layers=m)
+
+
+def test_ratio_one_is_a_valid_fully_sparse_mixture():
+    s = spec(prune_method="magnitude", prune_ratio=1.0)
+    assert (s.prune_method, s.prune_ratio) == ("magnitude", 1.0)
+    assert s.label() == "books+dvd @ magnitude 1"

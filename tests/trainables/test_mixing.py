@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from spaces.spec import make_mixture_spec
-from trainables.mixing import average_weights, build_mixture, prune_by_magnitude, sparsity
+from trainables.mixing import (average_weights, build_mixture, conflict_layer_ranking, prune_by_magnitude,
+                               prune_conflict_layers, sparsity)
 
 
 def t(*values: float) -> torch.Tensor:
@@ -105,8 +106,8 @@ def test_prune_keeps_shapes_and_never_modifies_its_input():
 
 
 @pytest.mark.parametrize("ratio, scope, message", [
-    (1.0, "adapter", r"ratio must be in \[0, 1\), got 1.0"),
-    (-0.1, "adapter", r"ratio must be in \[0, 1\), got -0.1"),
+    (1.5, "adapter", r"ratio must be in \[0, 1\], got 1.5"),
+    (-0.1, "adapter", r"ratio must be in \[0, 1\], got -0.1"),
     (float("nan"), "adapter", "got nan"),
     (0.5, "row", "got 'row'"),
 ])
@@ -153,3 +154,118 @@ def test_build_mixture_names_a_missing_member():
     spec = make_mixture_spec(members=["a", "zzz"], targets=["a"])
     with pytest.raises(ValueError, match=r"\['zzz'\].*available: \['a', 'b', 'c'\]"):
         build_mixture(MEMBERS, spec)
+
+
+# Mixing sparse adapters (Alg. 4): prune the m most sign-conflicting layers, then average ----
+
+def layer_name(i: int) -> str:
+    return f"bert.encoder.layer.{i}.output.adapters.signmix.adapter_down.0.weight"
+
+
+# Three members, four layers of four weights. Per-layer FSDs, counted by hand:
+#   layer.0  same signs everywhere                                 -> 0
+#   layer.1  a-b differ at 0,1 (2/4); a-c at 1 (1/4); b-c at 0 (1/4) -> mean 1/3
+#   layer.2  a-b differ everywhere (1); a-c at 2,3; b-c at 0,1      -> mean 2/3
+#   layer.10 the sign pattern of layer.1                            -> mean 1/3 (a tie)
+ALG4 = {
+    "a": {layer_name(0): t(1, 2, 3, 4), layer_name(1): t(4, -3, 2, 1),
+          layer_name(2): t(1, 2, 3, 4), layer_name(10): t(2, -1, 1, 1)},
+    "b": {layer_name(0): t(2, 3, 4, 5), layer_name(1): t(-1, 2, 3, 4),
+          layer_name(2): t(-4, -3, -2, -1), layer_name(10): t(-1, 1, 1, 1)},
+    "c": {layer_name(0): t(1, 1, 1, 1), layer_name(1): t(1, 5, 3, 2),
+          layer_name(2): t(5, 6, -7, -8), layer_name(10): t(1, 1, 1, 1)},
+}
+
+
+@pytest.mark.parametrize("members, expected", [
+    # Ties (layer.1 / layer.10) in layer order: layer.2 before layer.10, not string order.
+    (("a", "b", "c"), [("layer.2", 2 / 3), ("layer.1", 1 / 3), ("layer.10", 1 / 3), ("layer.0", 0.0)]),
+    (("a", "b"), [("layer.2", 1.0), ("layer.1", 0.5), ("layer.10", 0.5), ("layer.0", 0.0)]),
+    (("a", "c"), [("layer.2", 0.5), ("layer.1", 0.25), ("layer.10", 0.25), ("layer.0", 0.0)]),
+    # One member: nothing conflicts, every layer scores 0 and keeps its layer order.
+    (("c",), [("layer.0", 0.0), ("layer.1", 0.0), ("layer.2", 0.0), ("layer.10", 0.0)]),
+])
+def test_conflict_layer_ranking(members, expected):
+    ranking = conflict_layer_ranking({m: ALG4[m] for m in members})
+    assert [layer for layer, _ in ranking] == [layer for layer, _ in expected]
+    assert [fsd for _, fsd in ranking] == pytest.approx([fsd for _, fsd in expected])
+
+
+@pytest.mark.parametrize("m, ratio, pruned_layers, zeros_per_layer", [
+    (1, 0.5, {2}, 2),
+    (2, 0.5, {2, 1}, 2),
+    (2, 0.75, {2, 1}, 3),  # round(0.75 * 4) = 3
+    (3, 0.25, {2, 1, 10}, 1),
+    (9, 0.5, {2, 1, 10, 0}, 2),  # m beyond the number of layers: every layer
+    (2, 1.0, {2, 1}, 4),  # 100% sparse layers
+])
+def test_prune_conflict_layers_prunes_exactly_the_m_most_conflicting_layers(m, ratio, pruned_layers, zeros_per_layer):
+    before = {d: {k: v.clone() for k, v in w.items()} for d, w in ALG4.items()}
+    out = prune_conflict_layers(ALG4, ratio, m)
+    assert sorted(out) == ["a", "b", "c"]
+    for domain, weights in out.items():
+        assert list(weights) == list(ALG4[domain])
+        for i in (0, 1, 2, 10):
+            original, pruned = ALG4[domain][layer_name(i)], weights[layer_name(i)]
+            if i in pruned_layers:
+                assert int((pruned == 0).sum()) == zeros_per_layer
+                # What is kept is the largest |w| of this member's layer, unchanged.
+                kept = pruned != 0
+                assert torch.equal(pruned[kept], original[kept])
+                if kept.any() and (~kept).any():
+                    assert original[kept].abs().min() >= original[~kept].abs().max()
+            else:
+                assert torch.equal(pruned, original)
+    for domain in ALG4:  # inputs are never modified
+        for k in ALG4[domain]:
+            assert torch.equal(ALG4[domain][k], before[domain][k])
+
+
+def test_build_mixture_with_conflict_layers_prunes_members_then_averages():
+    spec = make_mixture_spec(members=["c", "a", "b"], targets=["a"], prune_method="conflict_layers",
+                             prune_ratio=0.5, prune_layers=2)
+    # layer.2 and layer.1 lose their 2 smallest |w| in every member, then the three are averaged:
+    #   layer.1: a [4,-3,0,0], b [0,0,3,4], c [0,5,3,0]
+    #   layer.2: a [0,0,3,4], b [-4,-3,0,0], c [0,0,-7,-8]
+    # layer.0 and layer.10 are the plain average of the dense members.
+    expected = {
+        layer_name(0): [4 / 3, 2.0, 8 / 3, 10 / 3],
+        layer_name(1): [4 / 3, 2 / 3, 2.0, 4 / 3],
+        layer_name(2): [-4 / 3, -1.0, -4 / 3, -4 / 3],
+        layer_name(10): [2 / 3, 1 / 3, 1.0, 1.0],
+    }
+    assert as_lists(build_mixture(ALG4, spec)) == {k: [round(x, 6) for x in v] for k, v in expected.items()}
+
+
+def test_build_mixture_with_conflict_layers_ignores_prune_when():
+    args = dict(members=["a", "b", "c"], targets=["a"], prune_method="conflict_layers", prune_ratio=0.5,
+                prune_layers=1)
+    members_first = build_mixture(ALG4, make_mixture_spec(**args, prune_when="members"))
+    mixture_after = build_mixture(ALG4, make_mixture_spec(**args, prune_when="mixture", prune_scope="adapter"))
+    assert as_lists(members_first) == as_lists(mixture_after)
+
+
+@pytest.mark.parametrize("method, extra", [("magnitude", {}), ("magnitude", {"prune_when": "mixture"}),
+                                           ("conflict_layers", {"prune_layers": 99})])
+def test_ratio_one_zeroes_the_whole_mixture(method, extra):
+    spec = make_mixture_spec(members=["a", "b", "c"], targets=["a"], prune_method=method, prune_ratio=1.0, **extra)
+    mixture = build_mixture(ALG4, spec)
+    assert sparsity(mixture) == 1.0
+    assert sparsity(prune_by_magnitude(ALG4["a"], 1.0)) == 1.0
+    assert sparsity(prune_by_magnitude(ALG4["a"], 1.0, scope="layer")) == 1.0
+
+
+@pytest.mark.parametrize("ratio, m, message", [
+    (1.5, 1, r"sparsity must be in \[0, 1\], got 1.5"),
+    (-0.1, 1, r"sparsity must be in \[0, 1\], got -0.1"),
+    (0.5, 0, "m must be an integer >= 1, got 0"),
+    (0.5, 1.0, "m must be an integer >= 1, got 1.0"),
+])
+def test_prune_conflict_layers_errors_name_the_bad_value(ratio, m, message):
+    with pytest.raises(ValueError, match=message):
+        prune_conflict_layers(ALG4, ratio, m)
+
+
+def test_conflict_layer_ranking_rejects_mismatched_members():
+    with pytest.raises(ValueError, match="different parameters"):
+        conflict_layer_ranking({"a": ALG4["a"], "x": {layer_name(0): t(1, 2, 3, 4)}})
