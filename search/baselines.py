@@ -39,8 +39,8 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
         model.set_weights(build_mixture({m: weights[m] for m in spec.members}, spec))
         row: dict[str, float] = {}
         for target in spec.targets:
-            enc = encoded_split(experiment, target, "validation")
             model.use_head(target)
+            enc = encoded_split(experiment, target, "validation", model.label_names[target])
             m = classification_metrics(predict(model.model, enc, cfg.search.eval_batch_size), enc.labels,
                                        model.num_labels[target])
             row[f"accuracy/{target}"] = m["accuracy"]

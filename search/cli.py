@@ -111,6 +111,7 @@ def cmd_study(args) -> int:
     from search.study import run_study
 
     cfg = _load(args)
+    _preflight(cfg, "study")
     s = run_study(cfg, progress=_progress, debug=args.debug)
     parts = ", ".join(f"{n} {p}" for p, n in s.by_part.items())
     print(f"study: {s.mixtures} mixtures ({parts}): {s.evaluated} evaluated, {s.failed} failed in {s.seconds:.1f}s "

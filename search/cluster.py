@@ -110,14 +110,14 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
     quiet_ray(debug)
     check_cluster_storage(cfg)
 
+    address = cfg.ray.address
+    if address and address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise UsageError(f"ray.address {address!r} uses Ray Client, which needs `pip install 'ray[client]'` "
+                         "here and on the head; or run signmix on a cluster node with ray.address: auto")
     started_here = False
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, log_to_driver=debug, logging_level=logging.WARNING,
                       configure_logging=True)
-        address = cfg.ray.address
-        if address and address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
-            raise UsageError(f"ray.address {address!r} uses Ray Client, which needs `pip install 'ray[client]'` "
-                             "here and on the head; or run signmix on a cluster node with ray.address: auto")
         try:
             if address:
                 ray.init(address=address, runtime_env=runtime_env_for_packages(), **kwargs)

@@ -90,6 +90,10 @@ class SearchConfig(_Frozen):
     seed: int = 0
     # White-box FGSM on the input embeddings (the paper uses 0.01); None: not measured.
     fgsm_step: Optional[Annotated[float, Field(ge=0.0)]] = None
+    # What the search maximises; both: Optuna's multi-objective samplers, and the export
+    # picks from the Pareto front by `pareto_rule`.
+    objectives: list[Literal["accuracy", "robust_accuracy"]] = Field(default_factory=lambda: ["accuracy"])
+    pareto_rule: Literal["balanced", "accuracy", "robust_accuracy"] = "balanced"
 
     @field_validator("targets")
     @classmethod
@@ -99,6 +103,14 @@ class SearchConfig(_Frozen):
         if len(set(v)) != len(v):
             raise ValueError(f"targets must be distinct, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _robust_objective_needs_fgsm(self):
+        if "robust_accuracy" in self.objectives and self.fgsm_step is None:
+            raise ValueError("objectives includes robust_accuracy, which needs search.fgsm_step (e.g. 0.01)")
+        if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
+            raise ValueError(f"objectives must be distinct and non-empty, got {self.objectives}")
+        return self
 
     @field_validator("prune_ratios")
     @classmethod

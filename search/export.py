@@ -24,6 +24,7 @@ from pathlib import Path
 from search.config import Config
 from search.tracking import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, open_experiment
 from spaces.errors import TrackingError, UsageError
+from trainables.store import AdapterStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +38,49 @@ def signmix_version() -> str:
         return "unknown"
 
 
-def find_best_run(client, experiment_id: str, parent_run_id: str | None = None):
-    """The best evaluated mixture of an experiment (or of one search): the highest mean
-    accuracy; among equals the fewest members, then the earliest."""
+def find_best_run(client, experiment_id: str, parent_run_id: str | None = None, *, rule: str = "accuracy"):
+    """The best evaluated mixture of an experiment (or of one search).
+
+    ``rule`` "accuracy": the highest mean accuracy. With robustness as a second objective,
+    the choice is made on the Pareto front of (accuracy, robust accuracy): "robust_accuracy"
+    takes its most robust mixture, "balanced" the one with the highest mean of the two.
+    Among equals: the fewest members, then the earliest.
+    """
     where = f"tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'"
     if parent_run_id:
         where += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    runs = client.search_runs(
-        [experiment_id], filter_string=where,
-        order_by=["metrics.accuracy_mean DESC", "metrics.k ASC", "attributes.start_time ASC"], max_results=1)
-    if not runs:
+    order = ["metrics.accuracy_mean DESC", "metrics.k ASC", "attributes.start_time ASC"]
+    if rule == "accuracy":
+        runs = client.search_runs([experiment_id], filter_string=where, order_by=order, max_results=1)
+    else:
+        runs = client.search_runs([experiment_id], filter_string=where, order_by=order, max_results=50000)
+        runs = [pick_from_pareto_front(runs, rule)] if runs else []
+    if not runs or runs[0] is None:
         raise TrackingError("the experiment has no evaluated mixture yet; run `signmix search CONFIG` first")
     return runs[0]
+
+
+def pick_from_pareto_front(runs: list, rule: str):
+    """The run that ``rule`` picks from the Pareto front of (accuracy, robust accuracy);
+    None when no run has both metrics. Among equals: fewest members, then earliest."""
+    if rule not in ("balanced", "robust_accuracy"):
+        raise ValueError(f"rule must be balanced or robust_accuracy here, got {rule!r}")
+
+    def score(run):
+        m = run.data.metrics
+        return m["robust_accuracy_mean"] if rule == "robust_accuracy" else (
+            m["accuracy_mean"] + m["robust_accuracy_mean"]) / 2
+
+    front = sorted(pareto_front(runs), key=lambda r: (-score(r), r.data.metrics.get("k", 0), r.info.start_time))
+    return front[0] if front else None
+
+
+def pareto_front(runs: list) -> list:
+    """The runs no other run beats on both accuracy and robust accuracy (the Pareto front)."""
+    scored = [(r.data.metrics.get("accuracy_mean"), r.data.metrics.get("robust_accuracy_mean"), r) for r in runs]
+    scored = [(a, b, r) for a, b, r in scored if a is not None and b is not None]
+    return [r for a, b, r in scored
+            if not any(a2 >= a and b2 >= b and (a2 > a or b2 > b) for a2, b2, _ in scored)]
 
 
 def check_output_dir(out: Path) -> None:
@@ -72,7 +104,8 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
     check_output_dir(out)
     client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
     if run_id is None:
-        run = find_best_run(client, experiment_id)
+        rule = cfg.search.pareto_rule if len(cfg.search.objectives) > 1 else "accuracy"
+        run = find_best_run(client, experiment_id, rule=rule)
     else:
         try:
             run = client.get_run(run_id)
@@ -91,11 +124,15 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "prune_scope": p["prune_scope"], "prune_when": p["prune_when"],
         "prune_layers": int(p.get("prune_layers", 0)),
         "fsd": metrics.get("fsd"), "fsd_measure": p["fsd_measure"], "strategy": p["strategy"],
-        "metrics": {k: v for k, v in metrics.items() if k.startswith(("accuracy", "macro_f1", "sparsity"))},
+        "metrics": {k: v for k, v in metrics.items()
+                    if k.startswith(("accuracy", "robust_accuracy", "macro_f1", "sparsity"))},
+        "objectives": list(cfg.search.objectives),
+        "selected_by": cfg.search.pareto_rule if len(cfg.search.objectives) > 1 else "accuracy",
         "base_model": cfg.base_model,
         "adapter": cfg.adapter.model_dump(),
         "adapter_method": cfg.adapter.method,
         "domains": {t: cfg.domains[t].model_dump() for t in targets},
+        "label_names": {t: AdapterStore(cfg.store_path).meta(t)["label_names"] for t in targets},
         "evaluation": {"max_length": cfg.training.max_length, "batch_size": cfg.search.eval_batch_size,
                        "max_eval_examples": cfg.training.max_eval_examples, "seed": cfg.training.seed,
                        "dtype": cfg.search.eval_dtype,
@@ -174,7 +211,8 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
         cast_model(model, ev.get("dtype", "float32"))
         data = load_domain(target, record["domains"][target], splits=(split,),
                            max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
-                           trust_remote_code=ev["trust_remote_code"])
+                           trust_remote_code=ev["trust_remote_code"],
+                           label_names=record.get("label_names", {}).get(target))
         enc = encode_split(tokenizer, data.splits[split], ev["max_length"])
         m = classification_metrics(predict(model, enc, ev["batch_size"]), enc.labels, data.num_labels)
         results[f"accuracy/{target}"] = m["accuracy"]

@@ -28,7 +28,7 @@ _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
 def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None = None) -> None:
-    """Raise the first problem that would stop ``command`` (train, search, fsd, export) later.
+    """Raise the first problem that would stop ``command`` (train, search, study, fsd, export) later.
 
     Raises:
         UsageError: a path cannot be written, the base model folder or a stored adapter
@@ -36,8 +36,10 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
             Ray cluster does not answer.
         TrackingError: the MLflow tracking store cannot be reached.
     """
-    if command not in ("train", "search", "fsd", "export"):
+    if command not in ("train", "search", "study", "fsd", "export"):
         raise ValueError(f"unknown command {command!r}")
+    if command == "study":  # a study needs what a search needs
+        command = "search"
     local_storage = "://" not in cfg.storage_path
     if command in ("train", "search") and local_storage:
         check_writable(cfg.storage_path, what="ray.storage_path", fix="set ray.storage_path to a writable folder")

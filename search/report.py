@@ -360,6 +360,12 @@ def fig_sparsity_curves(data: ReportData, out: Path) -> list[Path]:
     for run in data.sweep:
         t = run.targets[0] if run.targets else run.members[0]
         rows.append(["single adapter", t, 1, run.prune_ratio, run.accuracy(t)])
+    # The dense point (0% sparsity) of each sweep is the study's one-adapter subset: one
+    # mixture, one run, recorded under the "subsets" part.
+    for t in sorted({r[1] for r in rows}):
+        dense = data.subsets.get(frozenset([t]))
+        if dense is not None and not any(r[1] == t and r[3] == 0.0 for r in rows):
+            rows.append(["single adapter", t, 1, 0.0, dense.accuracy(t)])
     sparse_targets = sorted({r.tags.get("signmix.target", "") for r in data.sparse} - {""})
     for run in data.sparse:
         t, size = run.tags.get("signmix.target", ""), int(run.tags.get("signmix.sparse_size", run.k))

@@ -132,6 +132,7 @@ def load_sign_index(cfg: Config):
 
 
 RAY_EXPERIMENT_TAG = "signmix.ray_experiment"
+OBJECTIVE_METRICS = {"accuracy": "accuracy_mean", "robust_accuracy": "robust_accuracy_mean"}
 
 
 def _mixture_trainable(cfg: Config, weights):
@@ -211,18 +212,13 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
-                                 storage=f"sqlite:///{os.path.join(local, 'optuna.db')}")
+                                 storage=f"sqlite:///{os.path.join(local, 'optuna.db')}",
+                                 n_objectives=len(cfg.search.objectives))
         tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,
-                                        budget=cfg.search.num_mixtures)
-        tracker.start(run_name=run_name, params={
-            **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
-            "max_fsd_resolved": "none" if space.max_fsd is None else f"{space.max_fsd:.6f}",
-            "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
-        tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, f"{storage.rstrip('/')}/{run_name}")
-        progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
-                 f"max_fsd {'none' if space.max_fsd is None else f'{space.max_fsd:.4f}'} ({cfg.search.fsd_measure})")
+                                        budget=cfg.search.num_mixtures,
+                                        objectives=[OBJECTIVE_METRICS[o] for o in cfg.search.objectives])
         scheduler = None
         if cfg.search.early_stopping and cfg.search.eval_chunks > 1:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
@@ -238,6 +234,13 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
                 name=run_name, storage_path=storage, verbose=0,
                 callbacks=[MixtureTracking(tracker=tracker, searcher=searcher, progress=progress)],
                 failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)))
+        tracker.start(run_name=run_name, params={
+            **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
+            "max_fsd_resolved": "none" if space.max_fsd is None else f"{space.max_fsd:.6f}",
+            "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
+        tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, f"{storage.rstrip('/')}/{run_name}")
+        progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
+                 f"max_fsd {'none' if space.max_fsd is None else f'{space.max_fsd:.4f}'} ({cfg.search.fsd_measure})")
     failed = True
     try:
         tuner.fit()
@@ -266,6 +269,11 @@ def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed
     return summary
 
 
+def _rule(cfg: Config) -> str:
+    """How the best mixture is chosen: by accuracy, or from the Pareto front of several objectives."""
+    return cfg.search.pareto_rule if len(cfg.search.objectives) > 1 else "accuracy"
+
+
 def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchSummary:
     c = searcher.counts
     summary = SearchSummary(
@@ -277,7 +285,8 @@ def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchS
     if searcher.results:
         from search.export import find_best_run
 
-        best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id)
+        best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id,
+                             rule=_rule(cfg))
         summary.best_run_id, summary.best_accuracy = best.info.run_id, best.data.metrics["accuracy_mean"]
         summary.best_label, summary.best_fsd = best.info.run_name, best.data.metrics.get("fsd")
         summary.best_k = int(best.data.params["k"])

@@ -18,7 +18,7 @@ import logging
 import pickle
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from ray.tune.search import Searcher
 
@@ -55,9 +55,11 @@ class SignConflictSearcher(Searcher):
     """Turns strategy proposals into Ray Tune trials, filtering sign conflicts first."""
 
     def __init__(self, *, strategy: Strategy, space: MixtureSpace, index: SignIndex, budget: int,
-                 tracker: SearchTracker | None = None, max_idle_proposals: int = 500) -> None:
+                 tracker: SearchTracker | None = None, max_idle_proposals: int = 500,
+                 objectives: Sequence[str] = (METRIC,)) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.strategy, self.space, self.index, self.tracker = strategy, space, index, tracker
+        self.objectives = tuple(objectives)  # metrics told to the strategy (several: multi-objective)
         self.budget, self.max_idle_proposals = budget, max_idle_proposals
         self.counts = SearchCounts()
         self.results: dict[str, float] = {}  # mixture key -> accuracy of an evaluated mixture
@@ -129,6 +131,9 @@ class SignConflictSearcher(Searcher):
             return
         tokens = [token] + self.waiting.pop(spec.key, [])
         value = None if result is None else result.get(METRIC)
+        if value is not None and len(self.objectives) > 1:
+            values = [result.get(m) for m in self.objectives]
+            value = None if any(v is None for v in values) else values
         if spec.key in self.results:
             # Re-run after a restore of a trial that had already finished: already counted.
             outcome, value = "evaluated", self.results[spec.key]
@@ -140,7 +145,7 @@ class SignConflictSearcher(Searcher):
             outcome = "stopped_early"
         else:
             self.counts.evaluated += 1
-            self.results[spec.key] = value
+            self.results[spec.key] = result[METRIC]
             outcome = "evaluated"
         self.outcomes[spec.key] = (outcome, value)
         for t in tokens:

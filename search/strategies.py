@@ -108,13 +108,14 @@ class OptunaStrategy(Strategy):
     is never used for ranking. Stopped-early proposals are told as pruned."""
 
     def __init__(self, *, space: MixtureSpace, sampler: optuna.samplers.BaseSampler,
-                 study_name: str, storage: str | None = None) -> None:
+                 study_name: str, storage: str | None = None, n_objectives: int = 1) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
+        self.n_objectives = n_objectives
         self.study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
-                                         direction="maximize", load_if_exists=True)
+                                         directions=["maximize"] * n_objectives, load_if_exists=True)
         self._trials: dict[int, optuna.Trial] = {}
 
     def ask(self) -> tuple[int, dict] | None:
@@ -154,11 +155,11 @@ class OptunaStrategy(Strategy):
         trial.set_constraint(CONSTRAINT_NAME, violation if outcome == "filtered" else 0.0)
         trial.set_user_attr("signmix.outcome", outcome)
         if outcome == "evaluated":
-            self.study.tell(trial, value)
+            self.study.tell(trial, value)  # a list of values for several objectives
         elif outcome == "filtered":
-            self.study.tell(trial, 0.0)
+            self.study.tell(trial, [0.0] * self.n_objectives if self.n_objectives > 1 else 0.0)
         elif outcome == "stopped_early":
-            if value is not None:
+            if value is not None and self.n_objectives == 1:  # Optuna reports single objectives only
                 trial.report(value, step=0)
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -182,23 +183,26 @@ class OptunaStrategy(Strategy):
 
 
 def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storage: str | None = None,
+         n_objectives: int = 1,
          **_: object) -> OptunaStrategy:
     import optuna
 
     # Few random start-up trials for small budgets: TPE needs a handful to model from.
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                          n_startup_trials=min(10, max(3, budget // 4)))
-    strategy = OptunaStrategy(space=space, sampler=sampler, study_name=study_name, storage=storage)
+    strategy = OptunaStrategy(space=space, sampler=sampler, study_name=study_name, storage=storage,
+                              n_objectives=n_objectives)
     strategy.name = "tpe"
     return strategy
 
 
 def _random(*, space: MixtureSpace, seed: int, study_name: str, storage: str | None = None,
+            n_objectives: int = 1,
             **_: object) -> OptunaStrategy:
     import optuna
 
     strategy = OptunaStrategy(space=space, sampler=optuna.samplers.RandomSampler(seed=seed),
-                              study_name=study_name, storage=storage)
+                              study_name=study_name, storage=storage, n_objectives=n_objectives)
     strategy.name = "random"
     return strategy
 

@@ -81,3 +81,21 @@ def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], tar
     path = folder / "signmix.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_store(tmp_path_factory, ray_cluster, tiny_bert, demo_domains) -> str:
+    """One adapter per demo domain, trained once with ``write_config``'s default settings.
+
+    Tests that train with those settings point ``store`` here: the fingerprints match, so
+    their ``run_training`` skips every domain. Read-only: tests that change adapters or
+    data train into their own store.
+    """
+    from search.config import load_config
+    from search.runner import run_training
+
+    folder = tmp_path_factory.mktemp("shared-store")
+    cfg = load_config(write_config(folder, base_model=tiny_bert, domains=dict(demo_domains), targets=["books"]))
+    summary = run_training(cfg)
+    assert not summary.failed, summary.failed
+    return cfg.store_path

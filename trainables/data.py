@@ -45,8 +45,13 @@ class DomainData:
 
 def load_domain(name: str, domain: Mapping[str, Any], *, splits: Sequence[str] = SPLITS,
                 max_train_examples: int | None = None, max_eval_examples: int | None = None,
-                seed: int = 0, trust_remote_code: bool = False) -> DomainData:
-    """Load the requested splits of one configured domain, validated and capped."""
+                seed: int = 0, trust_remote_code: bool = False,
+                label_names: Sequence[str] | None = None) -> DomainData:
+    """Load the requested splits of one configured domain, validated and capped.
+
+    ``label_names``: the classes of an already trained head, in its order; string labels
+    are then encoded with them (evaluating validation alone must not reorder the classes).
+    """
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose among {list(SPLITS)}")
@@ -56,7 +61,7 @@ def load_domain(name: str, domain: Mapping[str, Any], *, splits: Sequence[str] =
                           text_pair_column=domain.get("text_pair_column"),
                           label_column=domain.get("label_column") or "label",
                           max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
-                          seed=seed)
+                          seed=seed, label_names=label_names)
 
 
 def _load_split(name: str, domain: Mapping[str, Any], split: str, source_split: str,
@@ -118,7 +123,7 @@ def _load_split(name: str, domain: Mapping[str, Any], split: str, source_split: 
 def prepare_domain(name: str, raw: Mapping[str, datasets.Dataset], *, text_column: str = "text",
                    text_pair_column: str | None = None, label_column: str = "label",
                    max_train_examples: int | None = None, max_eval_examples: int | None = None,
-                   seed: int = 0) -> DomainData:
+                   seed: int = 0, label_names: Sequence[str] | None = None) -> DomainData:
     """Rename, clean, label-encode and cap already loaded splits (the part of ``load_domain`` after I/O)."""
     import datasets
 
@@ -142,7 +147,7 @@ def prepare_domain(name: str, raw: Mapping[str, datasets.Dataset], *, text_colum
                             f"{text_column!r}; add examples or point domains.{name}.splits.{split} elsewhere")
         cleaned[split] = ds
 
-    label_names, encode = _label_encoding(name, cleaned, label_column)
+    label_names, encode = _label_encoding(name, cleaned, label_column, known=label_names)
     out: dict[str, datasets.Dataset] = {}
     for split, ds in cleaned.items():
         if split == "train" and max_train_examples is not None and len(ds) > max_train_examples:
@@ -155,8 +160,11 @@ def prepare_domain(name: str, raw: Mapping[str, datasets.Dataset], *, text_colum
     return DomainData(name=name, splits=out, label_names=label_names)
 
 
-def _label_encoding(name: str, splits: Mapping[str, datasets.Dataset], label_column: str) -> tuple[tuple[str, ...], Any]:
-    """The label names and a value -> int function, after checking every split's labels."""
+def _label_encoding(name: str, splits: Mapping[str, datasets.Dataset], label_column: str,
+                    known: Sequence[str] | None = None) -> tuple[tuple[str, ...], Any]:
+    """The label names and a value -> int function, after checking every split's labels.
+
+    ``known``: a trained head's class names; string labels are encoded in that order."""
     import datasets
 
     fix = f"check domains.{name}.label_column (now {label_column!r})"
@@ -198,9 +206,12 @@ def _label_encoding(name: str, splits: Mapping[str, datasets.Dataset], label_col
         top = max(max(v) for v in values.values())
         return tuple(str(i) for i in range(top + 1)), int
     reference = ["train"] if "train" in values else list(values)
-    names = tuple(sorted({v for s in reference for v in values[s]}))
+    names = tuple(known) if known else tuple(sorted({v for s in reference for v in values[s]}))
     for split, seen in values.items():
         unseen = sorted(set(seen) - set(names))
+        if unseen and known:
+            raise DataError(f"domain {name!r}, split {split!r} has label {unseen[0]!r}, which the trained head "
+                            f"does not know (its classes: {list(names)}); retrain with `signmix train CONFIG --force`")
         if unseen:
             raise DataError(f"domain {name!r}, split {split!r} has label {unseen[0]!r} that never occurs in "
                             f"the train split (labels: {list(names)}); fix the data or {fix}")

@@ -59,15 +59,18 @@ _ENCODED: dict[tuple, EncodedSplit] = {}
 _MIXERS: dict[tuple, "MixtureModel"] = {}
 
 
-def encoded_split(experiment: Mapping, domain: str, split: str) -> EncodedSplit:
-    """``domain``'s ``split`` tokenised for the experiment's base model, cached per process."""
+def encoded_split(experiment: Mapping, domain: str, split: str,
+                  label_names: Sequence[str] | None = None) -> EncodedSplit:
+    """``domain``'s ``split`` tokenised for the experiment's base model, cached per process;
+    string labels encoded in the order of the trained head's ``label_names``."""
     training = experiment["training"]
     dcfg = experiment["domains"][domain]
     key = (experiment["base_model"], domain, split, repr(sorted(dcfg.items())),
-           training["max_length"], training["max_eval_examples"])
+           training["max_length"], training["max_eval_examples"], tuple(label_names or ()))
     if key not in _ENCODED:
         data = load_domain(domain, dcfg, splits=(split,), max_eval_examples=training["max_eval_examples"],
-                           seed=training["seed"], trust_remote_code=experiment["trust_remote_code"])
+                           seed=training["seed"], trust_remote_code=experiment["trust_remote_code"],
+                           label_names=label_names)
         tok = cached_tokenizer(experiment["base_model"], trust_remote_code=experiment["trust_remote_code"])
         _ENCODED[key] = encode_split(tok, data.splits[split], training["max_length"])
     return _ENCODED[key]
@@ -90,6 +93,7 @@ class MixtureModel:
         self.store = store
         self.heads: dict[str, str] = {}
         self.num_labels: dict[str, int] = {}
+        self.label_names: dict[str, list[str]] = {}
         for domain in heads:
             self.add_head(domain)
         self._params = {n: p for n, p in self.model.named_parameters() if f".{ADAPTER_NAME}." in n}
@@ -101,7 +105,9 @@ class MixtureModel:
             name = self.model.load_head(str(self.store.path(domain)), load_as=f"head_{domain}", use_safetensors=True)
             cast_model(self.model, self.dtype)
             self.heads[domain] = name if isinstance(name, str) else f"head_{domain}"
-            self.num_labels[domain] = int(self.store.meta(domain)["num_labels"])
+            meta = self.store.meta(domain)
+            self.num_labels[domain] = int(meta["num_labels"])
+            self.label_names[domain] = list(meta["label_names"])
 
     def set_weights(self, weights: Mapping[str, Tensor]) -> None:
         """Write a mixture's adapter weights into the model in place."""

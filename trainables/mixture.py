@@ -44,7 +44,10 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
 
     batch_size = experiment["search"]["eval_batch_size"]
     n_chunks = experiment["search"]["eval_chunks"]
-    per_target = {t: encoded_split(experiment, t, "validation") for t in spec.targets}  # cached per process
+    for t in spec.targets:
+        model.add_head(t)
+    per_target = {t: encoded_split(experiment, t, "validation", model.label_names[t])  # cached per process
+                  for t in spec.targets}
     setup_seconds += time.perf_counter() - built - build_seconds
     predict_seconds = 0.0
     chunks = {t: _chunks(len(enc), n_chunks) for t, enc in per_target.items()}

@@ -169,7 +169,7 @@ def _outage(settings: ServerSettings, first: TrackingServer, experiment: str, lo
 
 @pytest.mark.integration
 def test_a_search_rides_out_a_server_restart_and_loses_nothing(tmp_path, server_settings, ray_cluster, tiny_bert,
-                                                               demo_domains, caplog):
+                                                               demo_domains, caplog, shared_store):
     from mlflow import MlflowClient
 
     from conftest import write_config
@@ -183,6 +183,7 @@ def test_a_search_rides_out_a_server_restart_and_loses_nothing(tmp_path, server_
         domains = {d: demo_domains[d] for d in ("books", "electronics", "kitchen")}
         cfg = load_config(write_config(
             tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], mlflow={"tracking_uri": first.url},
+            store=shared_store,
             search={"prune_ratios": [0.0, 0.5], "max_concurrent": 1}))
         run_training(cfg)
         caplog.set_level(logging.INFO, logger="search.mlflow_client")

@@ -33,11 +33,12 @@ def _trial_workers() -> list[int]:
     return pids
 
 
-def test_a_killed_worker_is_retried_and_the_search_completes(tmp_path, ray_cluster, tiny_bert, demo_domains):
+def test_a_killed_worker_is_retried_and_the_search_completes(tmp_path, ray_cluster, tiny_bert, demo_domains,
+                                                             shared_store):
     from search.runner import run_search, run_training
 
     domains = {d: demo_domains[d] for d in ("books", "movies", "kitchen")}
-    cfg = load_config(write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
+    cfg = load_config(write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], store=shared_store,
                                    search={"strategy": "exhaustive", "targets": ["books"], "max_fsd": None,
                                            "prune_ratios": [0.0, 0.5], "max_concurrent": 1, "max_failures": 2}))
     run_training(cfg)

@@ -30,13 +30,13 @@ def test_adapter_method_trains_mixes_and_exports(method, tmp_path, ray_cluster, 
     assert evaluate_export(out)["metrics"]["accuracy/books"] == record["metrics"]["accuracy/books"]
 
 
-def test_bfloat16_evaluation_exports_and_reproduces(tmp_path, ray_cluster, tiny_bert, demo_domains):
+def test_bfloat16_evaluation_exports_and_reproduces(tmp_path, ray_cluster, tiny_bert, demo_domains, shared_store):
     from search.export import evaluate_export, export_mixture
     from search.runner import run_search, run_training
 
     domains = {d: demo_domains[d] for d in ("books", "kitchen")}
     cfg = load_config(write_config(
-        tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
+        tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], store=shared_store,
         search={"strategy": "exhaustive", "targets": ["books"], "prune_ratios": [0.0], "max_fsd": None,
                 "eval_dtype": "bfloat16"}))
     run_training(cfg)
@@ -51,13 +51,13 @@ def test_bfloat16_evaluation_exports_and_reproduces(tmp_path, ray_cluster, tiny_
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, ray_cluster, tiny_bert, demo_domains):
+def trained(tmp_path_factory, ray_cluster, tiny_bert, demo_domains, shared_store):
     from search.runner import run_training
 
     folder = tmp_path_factory.mktemp("strategies")
     domains = {d: demo_domains[d] for d in ("books", "movies", "electronics", "kitchen")}
     cfg = load_config(write_config(folder, base_model=tiny_bert, domains=domains, targets=["books"],
-                                   search={"max_fsd": None, "prune_ratios": [0.0]}))
+                                   store=shared_store, search={"max_fsd": None, "prune_ratios": [0.0]}))
     run_training(cfg)
     return cfg
 
@@ -99,3 +99,31 @@ def test_random_search_stops_at_its_budget_of_distinct_mixtures(trained):
     children = _children(trained, summary.parent_run_id)
     assert summary.evaluated == 5 == len(children)
     assert len({r.data.tags["signmix.mixture_key"] for r in children}) == 5
+
+
+def test_two_objective_search_records_robust_accuracy_and_exports_from_the_pareto_front(
+        tmp_path, ray_cluster, tiny_bert, demo_domains, shared_store):
+    import optuna
+
+    from search.export import export_mixture, pareto_front
+    from search.runner import run_search, run_training
+
+    domains = {d: demo_domains[d] for d in ("books", "kitchen", "movies")}
+    cfg = load_config(write_config(
+        tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], store=shared_store,
+        search={"strategy": "tpe", "targets": ["books"], "num_mixtures": 4, "prune_ratios": [0.0], "max_fsd": None,
+                "fgsm_step": 0.05, "objectives": ["accuracy", "robust_accuracy"], "pareto_rule": "balanced"}))
+    run_training(cfg)
+    summary = run_search(cfg)
+    assert summary.evaluated == 4
+    children = _children(cfg, summary.parent_run_id)
+    assert all({"robust_accuracy/books", "robust_accuracy_mean"} <= set(r.data.metrics) for r in children)
+    storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+    (study,) = optuna.get_all_study_summaries(storage)
+    loaded = optuna.load_study(study_name=study.study_name, storage=storage)
+    assert len(loaded.directions) == 2
+    assert all(len(t.values) == 2 for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    _, record = export_mixture(cfg, tmp_path / "best", register=False)
+    assert record["selected_by"] == "balanced"
+    assert record["mlflow_run_id"] in {r.info.run_id for r in pareto_front(children)}
+    assert record["mlflow_run_id"] == summary.best_run_id

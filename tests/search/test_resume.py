@@ -27,11 +27,12 @@ def _evaluated(cfg) -> int:
         return 0
 
 
-def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_cluster, tiny_bert, demo_domains):
+def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_cluster, tiny_bert, demo_domains,
+                                                             shared_store):
     from search.runner import run_training
 
     domains = {d: demo_domains[d] for d in ("books", "movies", "electronics", "kitchen")}
-    path = write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
+    path = write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], store=shared_store,
                         search={"strategy": "tpe", "targets": ["books"], "num_mixtures": 9, "max_fsd": None,
                                 "prune_ratios": [0.0, 0.5], "max_concurrent": 1, "seed": 3})
     cfg = load_config(path)

@@ -71,7 +71,7 @@ def test_sweep_and_sparse_mixing_parts():
 
 
 @pytest.mark.integration
-def test_study_runs_every_part_on_ray_and_records_it(tmp_path, ray_cluster, tiny_bert, demo_domains):
+def test_study_runs_every_part_on_ray_and_records_it(tmp_path, ray_cluster, tiny_bert, demo_domains, shared_store):
     from conftest import write_config
     from search.config import load_config
     from search.runner import run_training
@@ -81,7 +81,7 @@ def test_study_runs_every_part_on_ray_and_records_it(tmp_path, ray_cluster, tiny
 
     domains = {d: demo_domains[d] for d in ("books", "movies", "support")}
     cfg = load_config(write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
-                                   study={"sweep_ratios": [0.0, 0.5, 1.0], "sparse_sizes": [2],
+                                   store=shared_store, study={"sweep_ratios": [0.0, 0.5, 1.0], "sparse_sizes": [2],
                                           "sparsities": [0.8], "sparse_layers": 1}))
     run_training(cfg)
     summary = run_study(cfg)

@@ -1,0 +1,43 @@
+"""Choosing from the Pareto front of accuracy and robust accuracy."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from search.export import pareto_front, pick_from_pareto_front
+
+
+def run(name, acc, rob, k=2, start=0):
+    return SimpleNamespace(name=name, data=SimpleNamespace(metrics={"accuracy_mean": acc, "robust_accuracy_mean": rob,
+                                                                   "k": k}),
+                           info=SimpleNamespace(start_time=start))
+
+
+RUNS = [run("a", 0.90, 0.40), run("b", 0.85, 0.60), run("c", 0.80, 0.70), run("d", 0.80, 0.55),
+        run("e", 0.70, 0.70), run("f", 0.88, 0.30)]
+
+
+def test_front_keeps_exactly_the_non_dominated_runs():
+    # d is beaten by c (same accuracy, more robust), e by c, f by a.
+    assert sorted(r.name for r in pareto_front(RUNS)) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("rule, expected", [("robust_accuracy", "c"), ("balanced", "c")])
+def test_rules_pick_from_the_front(rule, expected):
+    assert pick_from_pareto_front(RUNS, rule).name == expected
+
+
+def test_balanced_prefers_the_best_mean_and_then_fewer_members():
+    runs = [run("x", 0.9, 0.5, k=3), run("y", 0.8, 0.6, k=2), run("z", 0.95, 0.2)]
+    # x and y tie on the mean (0.70); y mixes fewer adapters
+    assert pick_from_pareto_front(runs, "balanced").name == "y"
+
+
+def test_runs_without_robust_accuracy_are_not_on_the_front():
+    plain = SimpleNamespace(name="p", data=SimpleNamespace(metrics={"accuracy_mean": 0.99}),
+                            info=SimpleNamespace(start_time=0))
+    assert pick_from_pareto_front([plain], "balanced") is None
+    with pytest.raises(ValueError, match="rule must be"):
+        pick_from_pareto_front(RUNS, "accuracy")
