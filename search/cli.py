@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from spaces.errors import SignmixError, UsageError
+from spaces.errors import SignmixError
 
 logger = logging.getLogger("signmix")
 

@@ -333,7 +333,7 @@ def load_config(path: str | os.PathLike) -> Config:
     """Read and validate a YAML config file; raises :class:`ConfigError` with every problem."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(str(path), [f"no such file; create one (see the README's 'Configuration' section)"])
+        raise ConfigError(str(path), ["no such file; create one (see the README's 'Configuration' section)"])
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

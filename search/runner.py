@@ -241,10 +241,8 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
         tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, f"{storage.rstrip('/')}/{run_name}")
         progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
                  f"max_fsd {'none' if space.max_fsd is None else f'{space.max_fsd:.4f}'} ({cfg.search.fsd_measure})")
-    failed = True
     try:
         tuner.fit()
-        failed = False
     except TrackingError:
         # The tracking server stayed away past the retry window: the MLflow calls below
         # would fail the same way. The parent run stays RUNNING; `--resume` finishes it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
+from spaces.fsd import rank_by_mean_fsd
 from spaces.space import PRUNE_LAYERS_PARAM, PRUNE_METHOD_PARAM, PRUNE_PARAM, USE_PREFIX, MixtureSpace
 
 if TYPE_CHECKING:
@@ -85,8 +86,7 @@ class GreedyFsd(_ListStrategy):
     name = "greedy_fsd"
 
     def __init__(self, *, space: MixtureSpace, index: SignIndex, **_: object) -> None:
-        means = index.row_means()
-        ranked = sorted(space.free_domains, key=lambda d: (means[d], d))
+        ranked = rank_by_mean_fsd(index.row_means(), space.free_domains)
         start = 0 if space.require_targets else 1
         proposals = (space.params_for(ranked[:n]) for n in range(start, len(ranked) + 1))
         super().__init__(proposals)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 from search.callbacks import MixtureTracking
 from search.config import Config, StudyConfig
 from search.searcher import SignConflictSearcher
+from spaces.fsd import greedy_members
 from spaces.space import Verdict
 from spaces.spec import MixtureSpec, make_mixture_spec
 
@@ -56,14 +57,6 @@ def study_subset_count(n: int, n_targets: int, max_size: int | None = None) -> i
     return sum(comb(n, k) - comb(n - n_targets, k) for k in range(1, top + 1))
 
 
-def greedy_members(target: str, size: int, index: SignIndex, *, mirror: bool = False) -> list[str]:
-    """Alg. 1 for one target: the target plus the size-1 adapters with the smallest (mirror:
-    largest) mean FSD to all others."""
-    means = index.row_means()
-    others = sorted((d for d in index.names if d != target), key=lambda d: (means[d], d), reverse=mirror)
-    return [target] + others[: size - 1]
-
-
 def study_items(domains: Sequence[str], study: StudyConfig, index: SignIndex) -> list[StudyItem]:
     """Every mixture of the study, each once (the first part that asks for it keeps it)."""
     domains = sorted(domains)
@@ -88,7 +81,7 @@ def study_items(domains: Sequence[str], study: StudyConfig, index: SignIndex) ->
         for size in study.sparse_sizes:
             if size > len(domains):
                 continue
-            members = greedy_members(target, size, index)
+            members = greedy_members(index.row_means(), target, size)
             for sparsity in study.sparsities:
                 spec = make_mixture_spec(members=members, targets=[target], prune_method="conflict_layers",
                                          prune_ratio=sparsity, prune_layers=study.sparse_layers)

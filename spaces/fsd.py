@@ -204,6 +204,27 @@ FSD_MEASURES: dict[str, Callable[[Tensor, Tensor | PackedSigns | None, Sequence[
 }
 
 
+def rank_by_mean_fsd(row_means: Mapping[str, float], names: Sequence[str], *, largest: bool = False) -> list[str]:
+    """Returns ``names`` in Greedy Adapter Mixing's order (Alg. 1): smallest mean FSD to the
+    other adapters first (``largest=True``: the mirror, largest first); ties by name."""
+    return sorted(names, key=lambda d: (-row_means[d] if largest else row_means[d], d))
+
+
+def greedy_members(row_means: Mapping[str, float], target: str, size: int, *, largest: bool = False) -> tuple[str, ...]:
+    """Greedy Adapter Mixing (Alg. 1) for ``target``: it plus the ``size - 1`` other adapters
+    with the smallest mean FSD (``largest=True``: the mirror, the largest); ties by name.
+
+    Returns:
+        The sorted member names.
+    """
+    if target not in row_means:
+        raise ValueError(f"unknown target {target!r}; the FSD matrix holds {sorted(row_means)}")
+    if not 1 <= size <= len(row_means):
+        raise ValueError(f"size must be in [1, {len(row_means)}], got {size}")
+    others = rank_by_mean_fsd(row_means, [d for d in row_means if d != target], largest=largest)
+    return tuple(sorted([target, *others[:size - 1]]))
+
+
 def auto_threshold(matrix: Tensor, percentile: float) -> float:
     """Returns the ``percentile`` (0..100, linear interpolation) of the pairwise FSDs.
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from search.config import StudyConfig
-from search.study import greedy_members, study_items, study_subset_count
+from search.study import study_items, study_subset_count
+from spaces.fsd import greedy_members
 from spaces.fsd import SignIndex
 
 
@@ -49,9 +50,10 @@ def test_greedy_members_takes_the_lowest_mean_fsd_and_the_mirror_the_highest():
                            [0.3, 0.5, 0.6, 0.0]], dtype=torch.float64)
     index = SignIndex(names=["a", "b", "c", "d"], signs=torch.zeros(4, 8, dtype=torch.int8), matrix=matrix)
     # row means: a 0.2667, b 0.2667, c 0.4, d 0.4667
-    assert greedy_members("c", 3, index) == ["c", "a", "b"]
-    assert greedy_members("a", 2, index) == ["a", "b"]
-    assert greedy_members("a", 3, index, mirror=True) == ["a", "d", "c"]
+    means = index.row_means()
+    assert greedy_members(means, "c", 3) == ("a", "b", "c")
+    assert greedy_members(means, "a", 2) == ("a", "b")
+    assert greedy_members(means, "a", 3, largest=True) == ("a", "c", "d")
 
 
 def test_sweep_and_sparse_mixing_parts():
@@ -66,7 +68,7 @@ def test_sweep_and_sparse_mixing_parts():
     assert len(sparse) == 4 and {i.spec.prune_method for i in sparse} == {"conflict_layers"}
     for item in sparse:
         size = int(item.tags["signmix.sparse_size"])
-        assert list(item.spec.members) == sorted(greedy_members("d0", size, index))
+        assert item.spec.members == greedy_members(index.row_means(), "d0", size)
         assert item.spec.targets == ("d0",) and item.spec.prune_layers == 1
 
 
