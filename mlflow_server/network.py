@@ -1,0 +1,125 @@
+"""Addresses and reachability: loopback checks, free ports, redacted URIs, health checks."""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import ipaddress
+import logging
+import os
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from spaces.errors import TrackingError, UsageError
+
+logger = logging.getLogger(__name__)
+_SECRET_QUERY_KEYS = re.compile(r"(?i)([?&][^=&]*(?:password|secret|token)[^=&]*=)[^&]*")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_uri(uri: str) -> str:
+    """Return ``uri`` with its password (and password-like query values) replaced by ``***``.
+
+    ``postgresql://u:secret@h/db`` becomes ``postgresql://u:***@h/db``.
+    """
+    redacted = _SECRET_QUERY_KEYS.sub(r"\1***", uri)
+    try:
+        parts = urllib.parse.urlsplit(redacted)
+    except ValueError:
+        return redacted
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return redacted
+    user = userinfo.split(":", 1)[0]
+    return redacted.replace(parts.netloc, f"{user}:***@{hostinfo}", 1)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now (another process may take it later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host.strip("[]"), 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # uvicorn sets SO_REUSEADDR too, so sockets in TIME_WAIT do not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
+
+
+def _health_error(base_url: str, timeout: float) -> str | None:
+    """Return why ``<base_url>/health`` is not OK, or None when it is."""
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status == 200:
+                return None
+            return f"/health answered HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        return f"/health answered HTTP {error.code}"
+    except urllib.error.URLError as error:
+        return str(error.reason)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        return str(error) or type(error).__name__
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5) -> None:
+    """Check that clients can log to ``tracking_uri``; raise an error that says how to fix it.
+
+    http(s) URIs must answer ``/health``; ``sqlite:`` and ``file:`` stores need a folder that
+    exists (or can be created) and is writable. Other schemes (e.g. ``postgresql``) are not
+    checked here.
+    """
+    if not tracking_uri.strip():
+        raise UsageError("mlflow.tracking_uri is empty; set it to e.g. http://127.0.0.1:5000 or sqlite:///mlflow.db")
+    scheme = urllib.parse.urlsplit(tracking_uri).scheme.lower()
+    if scheme in ("http", "https"):
+        reason = _health_error(tracking_uri, timeout)
+        if reason is not None:
+            raise TrackingError(
+                f"the MLflow tracking server at {redact_uri(tracking_uri)} cannot be reached: {reason}; "
+                "start it with `signmix server` or fix mlflow.tracking_uri"
+            )
+    elif scheme == "sqlite":
+        db_path = tracking_uri[len("sqlite:///") :].split("?", 1)[0] if tracking_uri.startswith("sqlite:///") else ""
+        if db_path and db_path != ":memory:":
+            _check_writable_folder(Path(db_path).expanduser().parent, tracking_uri)
+    elif scheme == "file":
+        _check_writable_folder(Path(urllib.parse.urlsplit(tracking_uri).path).expanduser(), tracking_uri)
+    elif scheme == "" or (len(scheme) == 1 and os.name == "nt"):
+        _check_writable_folder(Path(tracking_uri).expanduser(), tracking_uri)
+    else:
+        logger.debug("not checking tracking URI %s: scheme %r has no local check", redact_uri(tracking_uri), scheme)
+
+
+def _check_writable_folder(folder: Path, tracking_uri: str) -> None:
+    """Raise UsageError unless ``folder`` exists and is writable, or could be created."""
+    folder = folder.resolve()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise UsageError(
+            f"the MLflow store {redact_uri(tracking_uri)} needs the folder {folder}, but {existing} {what}; "
+            "fix the permissions or point mlflow.tracking_uri somewhere writable"
+        )
