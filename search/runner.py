@@ -152,7 +152,9 @@ def _interrupted_search(cfg: Config, tracker) -> tuple[str, str]:
     from search.tracking import KIND_TAG
 
     runs = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'search' and attributes.status != 'FINISHED'",
+        [tracker.experiment_id],
+        filter_string=f"tags.`{KIND_TAG}` = 'search' and tags.`signmix.strategy` != 'study' "
+                      "and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     if not runs or RAY_EXPERIMENT_TAG not in runs[0].data.tags:
         raise UsageError(f"there is no interrupted search of {cfg.experiment_name!r} to resume; "
