@@ -67,6 +67,8 @@ class DomainConfig(_Frozen):
 
 class SearchConfig(_Frozen):
     strategy: Literal["tpe", "random", "exhaustive", "greedy_fsd", "soup_all"] = "tpe"
+    # tpe only: start from the greedy FSD path (Alg. 1), then let TPE propose.
+    warm_start: Literal["greedy_fsd", "none"] = "greedy_fsd"
     targets: list[str]
     num_mixtures: Annotated[int, Field(ge=1)] = 16  # mixtures to evaluate (filtered ones do not count)
     require_targets: bool = True

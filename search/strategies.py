@@ -79,17 +79,22 @@ class Exhaustive(_ListStrategy):
         super().__init__(space.enumerate())
 
 
+def greedy_path(space: MixtureSpace, index: SignIndex) -> list[dict]:
+    """The paper's Greedy Adapter Mixing (Alg. 1) for l = 1..N, as parameter dicts: the l
+    adapters with the smallest mean FSD to all others (targets first when they must be
+    members), unpruned (the space's first ratio)."""
+    ranked = rank_by_mean_fsd(index.row_means(), space.free_domains)
+    start = 0 if space.require_targets else 1
+    return [space.params_for(ranked[:n]) for n in range(start, len(ranked) + 1)]
+
+
 class GreedyFsd(_ListStrategy):
-    """The paper's Greedy Adapter Mixing (Alg. 1) for l = 1..N: the l adapters with the
-    smallest mean FSD to all others (targets first when they must be members)."""
+    """Greedy Adapter Mixing (:func:`greedy_path`), then nothing more."""
 
     name = "greedy_fsd"
 
     def __init__(self, *, space: MixtureSpace, index: SignIndex, **_: object) -> None:
-        ranked = rank_by_mean_fsd(index.row_means(), space.free_domains)
-        start = 0 if space.require_targets else 1
-        proposals = (space.params_for(ranked[:n]) for n in range(start, len(ranked) + 1))
-        super().__init__(proposals)
+        super().__init__(greedy_path(space, index))
 
 
 class SoupAll(_ListStrategy):
@@ -166,6 +171,20 @@ class OptunaStrategy(Strategy):
             self.study.tell(trial, state=TrialState.FAIL)
         self._trials.pop(token, None)
 
+    def enqueue(self, proposals: Iterable[dict]) -> None:
+        """Ask these parameter dicts first, in order (Optuna's ``enqueue_trial``); the study
+        learns from their results like from any other trial."""
+        for params in proposals:
+            self.study.enqueue_trial({k: v for k, v in self._params_of(params).items()
+                                      if k.startswith(USE_PREFIX) or self._is_searched(k)},
+                                     skip_if_exists=True)
+
+    def _is_searched(self, param: str) -> bool:
+        return {PRUNE_PARAM: len(self.space.prune_ratios) > 1,
+                PRUNE_METHOD_PARAM: len(self.space.prune_methods) > 1,
+                PRUNE_LAYERS_PARAM: "conflict_layers" in self.space.prune_methods
+                and len(self.space.prune_layers) > 1}.get(param, False)
+
     def pending(self) -> dict[int, dict]:
         from optuna.trial import TrialState
 
@@ -183,7 +202,7 @@ class OptunaStrategy(Strategy):
 
 
 def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storage: str | None = None,
-         n_objectives: int = 1,
+         n_objectives: int = 1, index: SignIndex | None = None, warm_start: str = "greedy_fsd",
          **_: object) -> OptunaStrategy:
     import optuna
 
@@ -193,6 +212,10 @@ def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storag
     strategy = OptunaStrategy(space=space, sampler=sampler, study_name=study_name, storage=storage,
                               n_objectives=n_objectives)
     strategy.name = "tpe"
+    if warm_start == "greedy_fsd" and index is not None:
+        # The paper's greedy path first (N+1 mixtures of every size, least conflict first):
+        # good mixtures early, and a spread of sizes for TPE to model from.
+        strategy.enqueue(greedy_path(space, index))
     return strategy
 
 

@@ -10,6 +10,7 @@ trial both start from its result, so they can never disagree about what was prop
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -190,19 +191,60 @@ class MixtureSpace:
         return Verdict(True, fsd)
 
 
+AUTO_SAMPLE = 2048  # member sets drawn for ``max_fsd: auto`` when the space holds more
+
+
+def conflict_candidates(space: MixtureSpace, *, limit: int = AUTO_SAMPLE, seed: int = 0) -> list[tuple[str, ...]]:
+    """The member sets of ``space`` that can conflict (two members or more, within
+    ``max_members``): all of them, or ``limit`` distinct ones drawn at random (seeded)."""
+    import random
+
+    free, fixed = space.free_domains, tuple(space.targets) if space.require_targets else ()
+    cap = space.max_members or len(space.domains)
+    # Uniform over the allowed sets: a size in proportion to how many sets it has, then a
+    # uniform choice of that many free domains.
+    sizes = [n for n in range(len(free) + 1) if 2 <= len(fixed) + n <= cap]
+    total = sum(math.comb(len(free), n) for n in sizes)
+    if total <= limit:
+        return [fixed + c for n in sizes for c in itertools.combinations(free, n)]
+    rng, drawn = random.Random(seed), set()
+    weights = [math.comb(len(free), n) for n in sizes]
+    while len(drawn) < limit:
+        n = rng.choices(sizes, weights)[0]
+        drawn.add(fixed + tuple(sorted(rng.sample(free, n), key=free.index)))
+    return sorted(drawn)
+
+
+def auto_max_fsd(space: MixtureSpace, index: SignIndex, percentile: float) -> float | None:
+    """``max_fsd: auto``: the ``percentile`` of the FSDs (in the space's measure) of the
+    member sets the space can propose, so that about ``100 - percentile`` % of them are
+    filtered. None (filter nothing) when no proposal can have two members.
+
+    A percentile of the *pairwise* FSDs filtered almost nothing: a subset's mean FSD is
+    pulled towards the middle by its low-conflict pairs (BENCHMARKS.md, benchmark 3).
+    """
+    import numpy as np
+
+    if not 0.0 <= percentile <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    fsds = [index.subset_fsd(members, space.fsd_measure) for members in conflict_candidates(space)]
+    return float(np.percentile(fsds, percentile)) if fsds else None
+
+
 def space_from_config(search: Mapping, domains: Sequence[str], index: SignIndex | None = None) -> MixtureSpace:
     """The :class:`MixtureSpace` of a ``search:`` config section (``max_fsd: auto`` resolved
-    to the configured percentile of the pairwise FSDs, which needs ``index``)."""
+    by :func:`auto_max_fsd`, which needs ``index``)."""
     max_fsd = search.get("max_fsd")
-    if max_fsd == "auto":
-        if index is None:
-            raise SpecError("max_fsd: auto needs the adapters' FSD matrix; train the adapters first")
-        max_fsd = index.threshold(search.get("max_fsd_percentile", 75.0))
-    return MixtureSpace(
+    space = MixtureSpace(
         domains=tuple(domains), targets=tuple(search["targets"]),
         prune_ratios=tuple(search.get("prune_ratios", (0.0,))),
         prune_methods=tuple(search.get("prune_methods", ("magnitude",))),
         prune_layers=tuple(search.get("prune_layers", (2,))),
         prune_scope=search.get("prune_scope", "adapter"), prune_when=search.get("prune_when", "members"),
         require_targets=search.get("require_targets", True), max_members=search.get("max_members"),
-        max_fsd=None if max_fsd is None else float(max_fsd), fsd_measure=search.get("fsd_measure", "mean_pairwise"))
+        max_fsd=None, fsd_measure=search.get("fsd_measure", "mean_pairwise"))
+    if max_fsd == "auto":
+        if index is None:
+            raise SpecError("max_fsd: auto needs the adapters' FSD matrix; train the adapters first")
+        max_fsd = auto_max_fsd(space, index, search.get("max_fsd_percentile", 75.0))
+    return dataclasses.replace(space, max_fsd=None if max_fsd is None else float(max_fsd))

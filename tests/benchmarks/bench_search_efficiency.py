@@ -52,10 +52,13 @@ The exhaustive optimum is computed once: the oracle on every mixture of
 ``space.size()``. Each strategy is a real ``SignConflictSearcher`` around
 ``make_strategy(...)``, driven by hand as Ray Tune would (``suggest`` ->
 oracle -> ``on_trial_complete``), one trial at a time. The budget counts evaluated
-mixtures; proposals rejected by the pre-filter (``max_fsd = index.threshold(75)``) and
-repeats of evaluated mixtures cost nothing. ``tpe``/``random`` run with and without the
-pre-filter; ``greedy_fsd`` (the paper's Alg. 1, deterministic, at most N-1+1 proposals,
-prune ratio 0) without it.
+mixtures; proposals rejected by the pre-filter and repeats of evaluated mixtures cost
+nothing. The pre-filter is the product's ``max_fsd: auto`` (the 75th percentile of the
+FSDs of the space's member sets, ``spaces.space.auto_max_fsd``); the first version's
+threshold (the 75th percentile of the *pairwise* FSDs) runs beside it as "before".
+``tpe`` runs with the product's warm start (the greedy path first) and without it;
+``tpe``/``random`` with and without the pre-filter; ``greedy_fsd`` (the paper's Alg. 1,
+deterministic, at most N-1+1 proposals, prune ratio 0) without it.
 
 One run per strategy and seed at the largest budget gives every smaller budget too: with
 one trial in flight, the run with budget B is the prefix of the larger run up to its B-th
@@ -84,7 +87,7 @@ from ray.tune.search import Searcher
 from search.searcher import SignConflictSearcher
 from search.strategies import make_strategy
 from spaces.fsd import SignIndex
-from spaces.space import MixtureSpace
+from spaces.space import MixtureSpace, auto_max_fsd
 from spaces.spec import MixtureSpec
 
 
@@ -165,11 +168,12 @@ class Oracle:
 
 
 def run_search(name: str, space: MixtureSpace, index: SignIndex, oracle: Oracle, seed: int,
-               budget: int, checkpoints: list[int], study_name: str) -> dict[int, dict]:
+               budget: int, checkpoints: list[int], study_name: str, warm_start: str = "greedy_fsd") -> dict[int, dict]:
     """Drives one SignConflictSearcher to ``budget`` evaluations; returns, for each
     checkpoint budget, the best accuracy and filter counts at the moment it was reached
     (or at the end, when the search finished earlier)."""
-    strategy = make_strategy(name, space=space, index=index, seed=seed, budget=budget, study_name=study_name)
+    strategy = make_strategy(name, space=space, index=index, seed=seed, budget=budget, study_name=study_name,
+                             warm_start=warm_start)
     searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=budget)
     best, snapshots, i = -math.inf, {}, 0
 
@@ -214,9 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     problem = Problem(n_domains=args.domains)
     index, target, relatedness, cluster_of = build_problem(problem)
     oracle = Oracle(problem, index, target, relatedness)
-    threshold = index.threshold(problem.max_fsd_percentile)
     common = dict(domains=index.names, targets=(target,), prune_ratios=problem.prune_ratios, require_targets=True)
-    spaces = {True: MixtureSpace(**common, max_fsd=threshold), False: MixtureSpace(**common, max_fsd=None)}
+    unfiltered = MixtureSpace(**common, max_fsd=None)
+    threshold = auto_max_fsd(unfiltered, index, problem.max_fsd_percentile)
+    pairwise = index.threshold(problem.max_fsd_percentile)
+    # True: the product's pre-filter; "pairwise": the first version's; False: none.
+    spaces = {True: MixtureSpace(**common, max_fsd=threshold), "pairwise": MixtureSpace(**common, max_fsd=pairwise),
+              False: unfiltered}
     size = spaces[False].size()
 
     # Exhaustive optimum, once.
@@ -229,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     best_spec = next(s for s in (spaces[False].to_mixture_spec(q) for q in spaces[False].enumerate())
                      if s.key == best_key)
     n_pass = sum(1 for q in spaces[True].enumerate() if spaces[True].check(spaces[True].to_mixture_spec(q), index).accepted)
+    n_pass_pairwise = sum(1 for q in spaces["pairwise"].enumerate()
+                          if spaces["pairwise"].check(spaces["pairwise"].to_mixture_spec(q), index).accepted)
     best_pass = max(accs[s.key] for s in (spaces[True].to_mixture_spec(q) for q in spaces[True].enumerate())
                     if spaces[True].check(s, index).accepted)
     within_half = sum(1 for v in accs.values() if optimum - v <= 0.005)
@@ -249,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seeds} seeds)")
     print(f"  space: {size} mixtures; budgets {budgets} evaluations = {[f'{f:.0%}' for f in fractions]}")
     print(f"  pairwise FSD: within clusters {min(same):.3f}..{max(same):.3f}, across {min(cross):.3f}..{max(cross):.3f}"
-          f" (all: median {float(tri.median()):.3f}); pre-filter max_fsd = 75th percentile = {threshold:.4f}")
+          f" (all: median {float(tri.median()):.3f})")
+    print(f"  pre-filter max_fsd = 75th percentile of the member sets' FSDs = {threshold:.4f} (before: of the "
+          f"pairwise FSDs = {pairwise:.4f}, passes {n_pass_pairwise} of {size})")
     print(f"  pre-filter passes {n_pass} of {size} mixtures; optimum {optimum * 100:.2f} ({best_spec.label()}, "
           f"FSD {index.subset_fsd(best_spec.members):.4f}, {'passes' if spaces[True].check(best_spec, index).accepted else 'REJECTED by'} the pre-filter); "
           f"best passing {best_pass * 100:.2f}")
@@ -257,26 +269,30 @@ def main(argv: list[str] | None = None) -> int:
           f"soup of all {soup_all * 100:.2f}; mixtures within 0.5 points of the optimum: {within_half} of {size}")
     print(f"  runs: {'one per budget' if separate else 'one per seed at the largest budget, snapshots at the smaller'}")
 
-    runs = [("tpe", True), ("tpe", False), ("random", True), ("random", False), ("greedy_fsd", False)]
-    results: dict[tuple[str, bool], list[dict[int, dict]]] = {r: [] for r in runs}
-    for name, prefilter in runs:
+    # (strategy, pre-filter, warm start); tpe's warm start is the product default.
+    runs = [("tpe", True, "greedy_fsd"), ("tpe", "pairwise", "greedy_fsd"), ("tpe", False, "greedy_fsd"),
+            ("tpe", True, "none"), ("tpe", False, "none"),
+            ("random", True, "none"), ("random", False, "none"), ("greedy_fsd", False, "none")]
+    results: dict[tuple, list[dict[int, dict]]] = {r: [] for r in runs}
+    for name, prefilter, warm in runs:
         seeds = [0] if name == "greedy_fsd" else range(args.seeds)  # deterministic: one run
         for seed in seeds:
-            study = f"bench3-{name}-{'f' if prefilter else 'n'}-{seed}"
+            study = f"bench3-{name}-{prefilter}-{warm}-{seed}"
             if separate:
                 per = {}
                 for b in budgets:
-                    per.update(run_search(name, spaces[prefilter], index, oracle, seed, b, [b], f"{study}-{b}"))
+                    per.update(run_search(name, spaces[prefilter], index, oracle, seed, b, [b], f"{study}-{b}", warm))
             else:
-                per = run_search(name, spaces[prefilter], index, oracle, seed, budgets[-1], budgets, study)
-            results[(name, prefilter)].append(per)
+                per = run_search(name, spaces[prefilter], index, oracle, seed, budgets[-1], budgets, study, warm)
+            results[(name, prefilter, warm)].append(per)
 
-    def label(name: str, prefilter: bool) -> str:
-        return f"{name} {'+ pre-filter' if prefilter else '(no filter)'}"
+    def label(name: str, prefilter, warm: str) -> str:
+        filt = {True: "+ pre-filter", "pairwise": "+ pairwise filter", False: "(no filter)"}[prefilter]
+        return f"{name}{' cold' if name == 'tpe' and warm == 'none' else ''} {filt}"
 
     print()
     print("Regret (optimum - best found), accuracy points: mean [min, max] over seeds")
-    head = f"{'strategy':<24}" + "".join(f"{f'{f:.0%} ({b})':>22}" for f, b in zip(fractions, budgets))
+    head = f"{'strategy':<28}" + "".join(f"{f'{f:.0%} ({b})':>22}" for f, b in zip(fractions, budgets))
     print(head)
     mean_regret: dict[tuple[str, bool], list[float]] = {}
     for run in runs:
@@ -287,19 +303,19 @@ def main(argv: list[str] | None = None) -> int:
             means.append(m)
             cells.append(f"{m:6.2f} [{min(regrets):5.2f}, {max(regrets):5.2f}]")
         mean_regret[run] = means
-        print(f"{label(*run):<24}" + "".join(f"{c:>22}" for c in cells))
+        print(f"{label(*run):<28}" + "".join(f"{c:>22}" for c in cells))
 
     print()
     print("Evaluations actually made (mean over seeds; fewer than the budget when the search ran out)")
-    print(f"{'strategy':<24}" + "".join(f"{b:>10}" for b in budgets))
+    print(f"{'strategy':<28}" + "".join(f"{b:>10}" for b in budgets))
     for run in runs:
         evals = [sum(per[b]["evaluated"] for per in results[run]) / len(results[run]) for b in budgets]
-        print(f"{label(*run):<24}" + "".join(f"{e:>10.1f}" for e in evals))
+        print(f"{label(*run):<28}" + "".join(f"{e:>10.1f}" for e in evals))
 
     print()
     print("Pre-filter savings (mean over seeds): rejected proposals (= searcher.counts.filtered); distinct "
           "rejected mixtures; of those, worse / better than the run's best")
-    print(f"{'strategy':<24}{'budget':>8}{'proposals':>11}{'rejected':>10}{'distinct':>10}{'worse':>8}{'better':>8}")
+    print(f"{'strategy':<28}{'budget':>8}{'proposals':>11}{'rejected':>10}{'distinct':>10}{'worse':>8}{'better':>8}")
     for run in [r for r in runs if r[1]]:
         for b in budgets:
             rows = results[run]
@@ -309,14 +325,14 @@ def main(argv: list[str] | None = None) -> int:
             dist = sum(len(per[b]["filtered_keys"]) for per in rows) / k
             worse = sum(sum(1 for key in per[b]["filtered_keys"] if accs[key] < per[b]["best"]) for per in rows) / k
             better = sum(sum(1 for key in per[b]["filtered_keys"] if accs[key] > per[b]["best"]) for per in rows) / k
-            print(f"{label(*run):<24}{b:>8}{prop:>11.1f}{rej:>10.1f}{dist:>10.1f}{worse:>8.1f}{better:>8.1f}")
+            print(f"{label(*run):<28}{b:>8}{prop:>11.1f}{rej:>10.1f}{dist:>10.1f}{worse:>8.1f}{better:>8.1f}")
 
     print()
-    tpe_f, rnd = mean_regret[("tpe", True)], mean_regret[("random", False)]
+    tpe_f, rnd = mean_regret[("tpe", True, "greedy_fsd")], mean_regret[("random", False, "none")]
     ok_budgets = [b for b, f, r in zip(budgets, fractions, tpe_f) if f <= 0.15 + 1e-9 and r <= 0.5]
     goal1 = bool(ok_budgets)
     goal2 = all(t < r for t, r in zip(tpe_f, rnd))
-    goal2f = all(t < r for t, r in zip(tpe_f, mean_regret[("random", True)]))
+    goal2f = all(t < r for t, r in zip(tpe_f, mean_regret[("random", True, "none")]))
     print(f"Goal 1 (tpe + pre-filter within 0.5 points of the optimum, mean over seeds, with <= 15% of the "
           f"evaluations): {'HOLDS' if goal1 else 'DOES NOT HOLD'} "
           f"(mean regret at 5/10/15%: {', '.join(f'{r:.2f}' for r in tpe_f[:3])})")

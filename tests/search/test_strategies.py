@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
-from search.strategies import STRATEGIES, Exhaustive, GreedyFsd, SoupAll, make_strategy
+from search.strategies import STRATEGIES, Exhaustive, GreedyFsd, OptunaStrategy, SoupAll, make_strategy
 from spaces.fsd import SignIndex
 from spaces.space import MixtureSpace
 
@@ -181,6 +183,38 @@ def test_optuna_tell_records_each_outcome_in_the_study():
     assert list(trials[0].constraints.values()) == [0.0]
     assert list(trials[1].constraints.values()) == [0.25]
     assert strategy.study.best_trial.number == tokens[0]
+
+
+# tpe's warm start -----------------------------------------------------------------------
+
+def test_tpe_asks_the_greedy_path_first_then_samples(index):
+    space = MixtureSpace(domains=NAMES, targets=("t",), prune_ratios=(0.0, 0.5))
+    strategy = make_strategy("tpe", space=space, index=index, seed=0, budget=20, study_name="warm")
+    first = [strategy.ask() for _ in range(5)]
+    assert members_of(space, first) == members_of(space, drain(GreedyFsd(space=space, index=index)))
+    assert all(params["prune_ratio"] == 0.0 for _, params in first)  # the greedy path is unpruned
+    for token, params in first:
+        strategy.tell(token, "evaluated", value=0.5)
+    assert strategy.study.get_trials(states=(TrialState.WAITING,)) == []
+    token, params = strategy.ask()  # sampled now: a new trial, not a replay of the path
+    assert strategy.study.trials[token].system_attrs.get("fixed_params") is None
+
+
+def test_tpe_without_warm_start_enqueues_nothing(index):
+    space = MixtureSpace(domains=NAMES, targets=("t",))
+    strategy = make_strategy("tpe", space=space, index=index, seed=0, budget=20, study_name="cold",
+                             warm_start="none")
+    assert strategy.study.get_trials(states=(TrialState.WAITING,)) == []
+
+
+def test_the_warm_start_survives_a_restart_of_the_study(index, tmp_path):
+    space = MixtureSpace(domains=NAMES, targets=("t",))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    strategy = make_strategy("tpe", space=space, index=index, seed=0, budget=20, study_name="w", storage=storage)
+    strategy.tell(*strategy.ask()[:1], "evaluated", value=0.5)
+    again = OptunaStrategy(space=space, sampler=optuna.samplers.TPESampler(seed=0), study_name="w", storage=storage)
+    rest = [again.ask() for _ in range(4)]
+    assert members_of(space, rest) == members_of(space, drain(GreedyFsd(space=space, index=index)))[1:]
 
 
 def test_tpe_learns_to_avoid_filtered_domain():

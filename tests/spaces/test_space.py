@@ -9,7 +9,7 @@ import torch
 
 from spaces.errors import SpecError
 from spaces.fsd import SignIndex
-from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace, space_from_config
+from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace, conflict_candidates, space_from_config
 
 RATIOS = (0.0, 0.5, 0.9)
 
@@ -212,18 +212,48 @@ def test_singletons_are_always_accepted(index, measure, member):
 
 # space_from_config ----------------------------------------------------------------------
 
-def test_space_from_config_resolves_auto_to_the_percentile(index):
+def test_space_from_config_resolves_auto_to_the_percentile_of_the_spaces_subsets(index):
     sp = space_from_config({"targets": ["a"], "max_fsd": "auto", "max_fsd_percentile": 50.0},
                            index.names, index)
-    # Pairwise FSDs sorted: .1 .1 .2 .6 .7 .8; the median interpolates .2 and .6.
-    assert sp.max_fsd == pytest.approx(index.threshold(50.0))
-    assert sp.max_fsd == pytest.approx(0.4)
+    # The member sets with a conflict to measure: a+b .2, a+c .6, a+d .1, a+b+c .5333,
+    # a+b+d .1333, a+c+d .4667, a+b+c+d .4167; sorted, the median is .4167.
+    assert sp.max_fsd == pytest.approx(2.5 / 6)
 
 
-def test_space_from_config_auto_defaults_to_the_75th_percentile(index):
+def test_auto_filters_the_most_conflicting_quarter_of_the_space_by_default(index):
     sp = space_from_config({"targets": ["a"], "max_fsd": "auto"}, index.names, index)
-    assert sp.max_fsd == pytest.approx(index.threshold(75.0))
-    assert sp.max_fsd == pytest.approx(0.675)
+    candidates = conflict_candidates(sp)
+    assert len(candidates) == 7
+    rejected = [m for m in candidates if not sp.check(sp.to_mixture_spec(sp.params_for(m[1:])), index).accepted]
+    assert sorted(rejected) == [("a", "b", "c"), ("a", "c")]  # the two of 7 above the 75th percentile
+
+
+@pytest.mark.parametrize("measure", ["mean_pairwise", "any_conflict"])
+def test_auto_uses_the_spaces_measure(index, measure):
+    sp = space(fsd_measure=measure)
+    fsds = sorted(index.subset_fsd(m, measure) for m in conflict_candidates(sp))
+    resolved = space_from_config({"targets": ["a"], "max_fsd": "auto", "max_fsd_percentile": 100.0,
+                                  "fsd_measure": measure}, index.names, index)
+    assert resolved.max_fsd == pytest.approx(fsds[-1])
+
+
+def test_conflict_candidates_respect_max_members_and_free_targets(index):
+    assert conflict_candidates(space(max_members=2)) == [("a", "b"), ("a", "c"), ("a", "d")]
+    free = conflict_candidates(space(require_targets=False))
+    assert len(free) == 11 and all(len(m) >= 2 for m in free)  # 2^4 - 4 singletons - empty
+
+
+def test_conflict_candidates_are_sampled_distinct_and_seeded_in_large_spaces():
+    sp = MixtureSpace(domains=tuple(f"d{i:02d}" for i in range(30)), targets=("d00",), max_members=6)
+    drawn = conflict_candidates(sp, limit=64, seed=1)
+    assert len(drawn) == len(set(drawn)) == 64
+    assert all(m[0] == "d00" and 2 <= len(m) <= 6 for m in drawn)
+    assert drawn == conflict_candidates(sp, limit=64, seed=1)
+
+
+def test_auto_filters_nothing_when_no_proposal_has_two_members(index):
+    sp = space_from_config({"targets": ["a"], "max_fsd": "auto", "max_members": 1}, index.names, index)
+    assert sp.max_fsd is None
 
 
 def test_space_from_config_auto_needs_an_index():
