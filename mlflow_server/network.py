@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import http.client
 import ipaddress
@@ -67,10 +68,27 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """``http://user:pw@host/`` -> (``http://host/``, a basic-auth header): urllib would
+    otherwise read ``user:pw@host`` as the host name."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
+
+
 def _health_error(base_url: str, timeout: float) -> str | None:
-    """Return why ``<base_url>/health`` is not OK, or None when it is."""
+    """Return why ``<base_url>/health`` is not OK, or None when it is (credentials in the
+    URL are sent as basic auth)."""
     try:
-        with urllib.request.urlopen(f"{base_url.rstrip('/')}/health", timeout=timeout) as response:
+        url, headers = _split_credentials(base_url)
+        request = urllib.request.Request(f"{url.rstrip('/')}/health", headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             if response.status == 200:
                 return None
             return f"/health answered HTTP {response.status}"

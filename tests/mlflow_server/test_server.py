@@ -196,6 +196,41 @@ def test_check_reachable_raises_for_a_silent_http_server() -> None:
     assert "signmix server" in str(info.value)
 
 
+@pytest.fixture
+def basic_auth_health_server():
+    """A loopback HTTP server whose /health wants basic auth as user:pw (what MLflow's
+    basic-auth app does); yields its port."""
+    import base64
+    import http.server
+
+    expected = "Basic " + base64.b64encode(b"user:p@ss word").decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            ok = self.path == "/health" and self.headers.get("Authorization") == expected
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(b"OK" if ok else b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_check_reachable_sends_credentials_in_the_uri_as_basic_auth(basic_auth_health_server) -> None:
+    check_reachable(f"http://user:p%40ss%20word@127.0.0.1:{basic_auth_health_server}")
+    with pytest.raises(TrackingError, match="HTTP 401") as info:
+        check_reachable(f"http://user:wrong@127.0.0.1:{basic_auth_health_server}")
+    assert "wrong" not in str(info.value)
+    with pytest.raises(TrackingError, match="HTTP 401"):
+        check_reachable(f"http://127.0.0.1:{basic_auth_health_server}")
+
+
 # --- process handling with stand-in servers (fast) -------------------------------------------
 
 
