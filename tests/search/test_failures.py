@@ -20,16 +20,29 @@ from tests_support import mlflow_runs
 pytestmark = pytest.mark.integration
 
 
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
 def _trial_workers() -> list[int]:
-    """Pids of the Ray worker processes running trials (their title is ray::ImplicitFunc...)."""
-    pids = []
+    """Pids of this test's Ray trial workers: processes titled ray::ImplicitFunc... that
+    descend from this pytest process (the session cluster's raylet is its child), so that
+    a Ray cluster of another process on the machine is never touched."""
+    me, pids = os.getpid(), []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                    pids.append(int(entry.name))
-            except OSError:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
                 continue
+            pid = int(entry.name)
+            while pid > 1 and pid != me:
+                pid = _parent(pid)
+        except (OSError, ValueError):
+            continue
+        if pid == me:
+            pids.append(int(entry.name))
     return pids
 
 
@@ -44,20 +57,24 @@ def test_a_killed_worker_is_retried_and_the_search_completes(tmp_path, ray_clust
     run_training(cfg)
     killed: list[int] = []
 
-    def kill_one_worker_after_the_first_result():
+    def kill_the_worker_mid_trial():
+        # After one mixture is evaluated (the worker holds its model), kill the one trial
+        # worker (max_concurrent 1) while a mixture is running on it: a trial in flight,
+        # not an idle cached actor between two trials.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
             try:
                 done = mlflow_runs(cfg, f"tags.`{STATUS_TAG}` = 'evaluated'")
+                running = mlflow_runs(cfg, f"tags.`{STATUS_TAG}` = 'running'") if done else []
             except Exception:
-                done = []
-            workers = _trial_workers() if done else []
-            if workers:
+                running = []
+            workers = _trial_workers() if running else []
+            if len(workers) == 1:
                 killed.append(workers[0])
                 os.kill(workers[0], signal.SIGKILL)
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_one_worker_after_the_first_result, daemon=True)
+    killer = threading.Thread(target=kill_the_worker_mid_trial, daemon=True)
     killer.start()
     summary = run_search(cfg)
     killer.join(timeout=5)
