@@ -91,6 +91,8 @@ def naive_loop(cfg, specs) -> tuple[float, int, dict]:
 
     torch.set_num_threads(CPUS)
     mlflow.set_tracking_uri(f"sqlite:///{Path(cfg.storage_path) / 'naive.db'}")
+    if mlflow.get_experiment_by_name("naive") is None:  # artifacts beside the database, not in ./mlruns
+        mlflow.create_experiment("naive", artifact_location=(Path(cfg.storage_path) / "naive-artifacts").as_uri())
     mlflow.set_experiment("naive")
     data = load_domain("books", cfg.domains["books"].model_dump(), splits=("validation",), max_eval_examples=EVAL_N)
     texts, labels = list(data.splits["validation"]["text"]), list(data.splits["validation"]["label"])
