@@ -116,6 +116,9 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
                          "here and on the head; or run signmix on a cluster node with ray.address: auto")
     started_here = False
     if not ray.is_initialized():
+        from search.preflight import check_ray_address
+
+        check_ray_address(address)  # ray.init against a dead host:port hangs for minutes
         kwargs = dict(include_dashboard=False, log_to_driver=debug, logging_level=logging.WARNING,
                       configure_logging=True)
         try:

@@ -118,6 +118,30 @@ def test_a_ray_client_address_without_ray_client_installed_says_what_to_install(
         connect_ray(cfg)
 
 
+def test_a_library_caller_gets_a_usage_error_at_once_for_a_dead_address(tmp_path):
+    # In a fresh process: this one may already hold the session's Ray cluster.
+    port = _free_ports(1)[0]
+    raw = {"name": "c", "base_model": "m", "domains": {"books": {"path": str(tmp_path)}},
+           "search": {"targets": ["books"]}, "ray": {"address": f"127.0.0.1:{port}"}}
+    code = textwrap.dedent(f"""
+        import sys
+        from search.cluster import connect_ray
+        from search.config import validate_config
+        from spaces.errors import UsageError
+        try:
+            connect_ray(validate_config({raw!r}, base_dir={str(tmp_path)!r}))
+        except UsageError as e:
+            print("UsageError:", e)
+            sys.exit(3)
+        """)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in proc.stdout
+    assert time.monotonic() - started < 30
+
+
 # --- a real two-node cluster --------------------------------------------------------------
 
 def _free_ports(n: int) -> list[int]:
