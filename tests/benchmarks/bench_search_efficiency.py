@@ -168,18 +168,20 @@ class Oracle:
 
 
 def run_search(name: str, space: MixtureSpace, index: SignIndex, oracle: Oracle, seed: int,
-               budget: int, checkpoints: list[int], study_name: str, warm_start: str = "greedy_fsd") -> dict[int, dict]:
+               budget: int, checkpoints: list[int], study_name: str, warm_start: str = "greedy_fsd",
+               good_enough: float = math.inf) -> dict[int, dict]:
     """Drives one SignConflictSearcher to ``budget`` evaluations; returns, for each
     checkpoint budget, the best accuracy and filter counts at the moment it was reached
     (or at the end, when the search finished earlier)."""
     strategy = make_strategy(name, space=space, index=index, seed=seed, budget=budget, study_name=study_name,
                              warm_start=warm_start)
     searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=budget)
-    best, snapshots, i = -math.inf, {}, 0
+    best, snapshots, i, reached = -math.inf, {}, 0, None
 
     def snapshot() -> dict:
         return {"best": best, "evaluated": searcher.counts.evaluated, "filtered": searcher.counts.filtered,
-                "filtered_keys": set(searcher.counts.filtered_keys), "proposals": searcher.counts.proposals}
+                "filtered_keys": set(searcher.counts.filtered_keys), "proposals": searcher.counts.proposals,
+                "reached": reached}
 
     while True:
         trial_id = f"t{i}"
@@ -190,6 +192,8 @@ def run_search(name: str, space: MixtureSpace, index: SignIndex, oracle: Oracle,
         acc = oracle(MixtureSpec.from_dict(cfg["spec"]))
         searcher.on_trial_complete(trial_id, {"accuracy_mean": acc, "evaluated_fraction": 1.0})
         best = max(best, acc)
+        if reached is None and best >= good_enough:
+            reached = searcher.counts.evaluated
         if searcher.counts.evaluated in checkpoints:
             snapshots[searcher.counts.evaluated] = snapshot()
     final = snapshot()
@@ -281,9 +285,11 @@ def main(argv: list[str] | None = None) -> int:
             if separate:
                 per = {}
                 for b in budgets:
-                    per.update(run_search(name, spaces[prefilter], index, oracle, seed, b, [b], f"{study}-{b}", warm))
+                    per.update(run_search(name, spaces[prefilter], index, oracle, seed, b, [b], f"{study}-{b}", warm,
+                                          optimum - 0.005))
             else:
-                per = run_search(name, spaces[prefilter], index, oracle, seed, budgets[-1], budgets, study, warm)
+                per = run_search(name, spaces[prefilter], index, oracle, seed, budgets[-1], budgets, study, warm,
+                                 optimum - 0.005)
             results[(name, prefilter, warm)].append(per)
 
     def label(name: str, prefilter, warm: str) -> str:
@@ -311,6 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         evals = [sum(per[b]["evaluated"] for per in results[run]) / len(results[run]) for b in budgets]
         print(f"{label(*run):<28}" + "".join(f"{e:>10.1f}" for e in evals))
+
+    print()
+    print(f"Evaluations until within 0.5 points of the optimum (mean [min, max] over seeds; '-' = not within "
+          f"{budgets[-1]})")
+    for run in runs:
+        got = [per[budgets[-1]]["reached"] for per in results[run]]
+        cell = ("-" if None in got else
+                f"{sum(got) / len(got):6.1f} [{min(got)}, {max(got)}]")
+        print(f"{label(*run):<28}{cell:>22}")
 
     print()
     print("Pre-filter savings (mean over seeds): rejected proposals (= searcher.counts.filtered); distinct "
