@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from trainables.data import EncodedSplit, encode_split, iter_batches, load_domain
-from trainables.model import cached_tokenizer, load_encoder
+from trainables.model import cached_tokenizer, load_encoder, model_device, trial_device
 from trainables.store import ADAPTER_NAME, HEAD_FILE, AdapterStore
 
 HEAD_FILES = ("head_config.json", HEAD_FILE)
@@ -24,13 +24,17 @@ logger = logging.getLogger(__name__)
 
 
 def predict(model, encoded: EncodedSplit, batch_size: int, indices: Sequence[int] | None = None) -> dict[int, int]:
-    """Predicted class of each row (by original row index), batches sorted by length."""
+    """Predicted class of each row (by original row index), batches sorted by length.
+
+    Each batch goes to the device of ``model``'s parameters (CPU or the trial's GPU).
+    """
     import torch
 
+    device = model_device(model)
     preds: dict[int, int] = {}
     with torch.inference_mode():
         for rows, batch in iter_batches(encoded, batch_size, indices=indices):
-            batch = {k: v for k, v in batch.items() if k != "labels"}
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
             logits = model(**batch).logits
             for row, p in zip(rows, logits.argmax(dim=-1).tolist()):
                 preds[row] = p
@@ -80,13 +84,17 @@ class MixtureModel:
     """A base model holding one adapter slot and the heads of the target domains.
 
     A mixture is evaluated by copying its weights into the slot in place
-    (:meth:`set_weights`): no adapter is added or deleted per trial.
+    (:meth:`set_weights`): no adapter is added or deleted per trial. The model lives on
+    ``device`` (default: :func:`~trainables.model.trial_device`); weights come in on the CPU.
     """
 
     def __init__(self, *, base_model: str, store: AdapterStore, heads: Sequence[str],
-                 trust_remote_code: bool = False, dtype: str = "float32") -> None:
+                 trust_remote_code: bool = False, dtype: str = "float32", device=None) -> None:
+        import torch
+
         self.model, _ = load_encoder(base_model, trust_remote_code=trust_remote_code)
         self.dtype = dtype
+        self.device = torch.device(device) if device is not None else trial_device()
         template = store.path(store.domains()[0] if not heads else heads[0])
         self.model.load_adapter(str(template), load_as=ADAPTER_NAME, with_head=False, use_safetensors=True)
         self.model.set_active_adapters(ADAPTER_NAME)
@@ -98,19 +106,20 @@ class MixtureModel:
             self.add_head(domain)
         self._params = {n: p for n, p in self.model.named_parameters() if f".{ADAPTER_NAME}." in n}
         self.model.eval()
-        cast_model(self.model, dtype)
+        cast_model(self.model, dtype, self.device)
 
     def add_head(self, domain: str) -> None:
         if domain not in self.heads:
             name = self.model.load_head(str(self.store.path(domain)), load_as=f"head_{domain}", use_safetensors=True)
-            cast_model(self.model, self.dtype)
+            cast_model(self.model, self.dtype, self.device)
             self.heads[domain] = name if isinstance(name, str) else f"head_{domain}"
             meta = self.store.meta(domain)
             self.num_labels[domain] = int(meta["num_labels"])
             self.label_names[domain] = list(meta["label_names"])
 
     def set_weights(self, weights: Mapping[str, Tensor]) -> None:
-        """Write a mixture's adapter weights into the model in place."""
+        """Write a mixture's adapter weights (any device and dtype, e.g. CPU float32 from the
+        Ray object store) into the model's parameters in place, on the model's device."""
         import torch
 
         missing = set(self._params) - set(weights)
@@ -136,7 +145,8 @@ class MixtureModel:
         """
         directory = Path(directory)
         # The export holds float32 weights whatever the evaluation dtype (a bfloat16 search
-        # casts them on load; `signmix evaluate` casts the same way).
+        # casts them on load; `signmix evaluate` casts the same way). From a GPU model,
+        # safetensors copies each tensor to the CPU as it writes the file.
         cast_model(self.model, "float32")
         self.model.save_adapter(str(directory), ADAPTER_NAME, use_safetensors=True, with_head=False)
         cast_model(self.model, self.dtype)
@@ -147,19 +157,23 @@ class MixtureModel:
                     shutil.copyfile(self.store.path(domain) / name, dest / name)
 
 
-def cast_model(model, dtype: str) -> None:
-    """Cast the model to ``dtype`` ("float32" or "bfloat16") in place."""
+def cast_model(model, dtype: str, device=None) -> None:
+    """Cast the model to ``dtype`` ("float32" or "bfloat16") in place, and move it to
+    ``device`` when one is given."""
     import torch
 
-    model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+    model.to(device=device, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
 
 
 def mixture_model(experiment: Mapping, store_root: str) -> MixtureModel:
-    """The worker's :class:`MixtureModel` for this experiment, built once per process."""
+    """The worker's :class:`MixtureModel` for this experiment, built once per process, on
+    the trial's device (the GPU Ray gave it when ``resources.gpu`` > 0 and CUDA is there)."""
     dtype = experiment["search"].get("eval_dtype", "float32")
-    key = (experiment["base_model"], store_root, dtype)
+    device = trial_device(experiment.get("resources", {}).get("gpu", 0))
+    key = (experiment["base_model"], store_root, dtype, str(device))
     if key not in _MIXERS:
         _MIXERS[key] = MixtureModel(base_model=experiment["base_model"], store=AdapterStore(store_root),
                                     heads=list(experiment["search"]["targets"]),
-                                    trust_remote_code=experiment["trust_remote_code"], dtype=dtype)
+                                    trust_remote_code=experiment["trust_remote_code"], dtype=dtype,
+                                    device=device)
     return _MIXERS[key]

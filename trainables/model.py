@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Mapping
 from spaces.errors import UsageError
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,34 @@ def adapter_config_for(adapter: Mapping):
     if method == "lora":
         return LoRAConfig(r=adapter["rank"], alpha=adapter["alpha"])
     raise UsageError(f"adapter.method must be one of seq_bn, double_seq_bn, lora; got {method!r}")
+
+
+def trial_device(gpu: float | None = None) -> "torch.device":
+    """The device a trial's model runs on in this process: ``cuda`` when it may use a GPU, else ``cpu``.
+
+    ``gpu`` is the trial's ``resources.gpu``. A trial that asked for no GPU runs on the CPU
+    even when the machine has one: in the Ray signmix pins (2.60), a worker with no GPU
+    assigned still sees every GPU (Ray no longer empties ``CUDA_VISIBLE_DEVICES`` for it,
+    ray-project/ray#54868), so "CUDA is available" alone would put such trials on GPUs
+    that Ray never gave them. A trial with ``gpu > 0`` gets ``cuda``, the first visible
+    device, which is the one Ray assigned (Ray sets ``CUDA_VISIBLE_DEVICES`` for it; four
+    trials with ``gpu: 0.25`` share one GPU). ``None`` (outside a trial): ``cuda`` wherever
+    torch sees one.
+    """
+    import torch
+
+    if gpu is not None and gpu <= 0:
+        return torch.device("cpu")
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def model_device(model) -> "torch.device":
+    """The device of ``model``'s parameters (``cpu`` for a model without any)."""
+    import torch
+
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 def load_encoder(base_model: str, *, trust_remote_code: bool = False):

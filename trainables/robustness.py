@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from trainables.data import EncodedSplit, iter_batches
+from trainables.model import model_device
 
 
 def fgsm_predict(model, encoded: EncodedSplit, batch_size: int, step: float,
@@ -30,6 +31,8 @@ def fgsm_predict(model, encoded: EncodedSplit, batch_size: int, step: float,
         batch_size: rows per batch (batches sorted by length, as in ``predict``).
         step: the perturbation size in embedding units, >= 0.
         indices: the rows to attack; all rows when omitted.
+
+    Each batch goes to the device of ``model``'s parameters (CPU or the trial's GPU).
     """
     import torch
     import torch.nn.functional as F
@@ -38,8 +41,10 @@ def fgsm_predict(model, encoded: EncodedSplit, batch_size: int, step: float,
     if not step >= 0.0:  # also rejects NaN
         raise ValueError(f"step must be >= 0, got {step}")
     embed = model.get_input_embeddings()
+    device = model_device(model)
     preds: dict[int, int] = {}
     for rows, batch in iter_batches(encoded, batch_size, indices=indices):
+        batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
         input_ids = batch.pop("input_ids")
         with torch.enable_grad():

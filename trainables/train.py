@@ -13,7 +13,7 @@ from typing import Mapping
 
 from trainables.data import encode_split, load_domain, shuffled_batches
 from trainables.evaluate import classification_metrics, predict
-from trainables.model import adapter_config_for, load_encoder
+from trainables.model import adapter_config_for, load_encoder, trial_device
 from trainables.store import ADAPTER_NAME, AdapterStore
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,10 @@ def train_domain_adapter(config: Mapping) -> None:
     model.add_classification_head(ADAPTER_NAME, num_labels=data.num_labels,
                                   id2label=dict(enumerate(data.label_names)))
     model.train_adapter(ADAPTER_NAME)
+    # Initialised on the CPU (the same weights on every machine), then trained on the
+    # trial's device: the GPU Ray assigned when resources.gpu > 0 and CUDA is there.
+    device = trial_device(experiment["resources"]["gpu"])
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=training["learning_rate"])
 
@@ -55,7 +59,7 @@ def train_domain_adapter(config: Mapping) -> None:
         model.train()
         total, n = 0.0, 0
         for _, batch in shuffled_batches(train, training["batch_size"], seed=training["seed"], epoch=epoch):
-            loss = model(**batch).loss
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
