@@ -40,6 +40,7 @@ bench: install-dev
 	$(PY) tests/benchmarks/bench_fsd.py
 	$(PY) tests/benchmarks/bench_search_efficiency.py
 	$(PY) tests/benchmarks/bench_search.py
+	$(PY) tests/benchmarks/bench_optimisations.py
 
 # The paper's experiments on ../shared/data's four Amazon domains (a documented command).
 study-amazon: install-dev

@@ -135,14 +135,17 @@ RAY_EXPERIMENT_TAG = "signmix.ray_experiment"
 OBJECTIVE_METRICS = {"accuracy": "accuracy_mean", "robust_accuracy": "robust_accuracy_mean"}
 
 
-def _mixture_trainable(cfg: Config, weights):
-    """The mixture trial with its resources; adapter weights go into the Ray object store once."""
+def _mixture_trainable(cfg: Config, weights, trial: Callable | None = None):
+    """The mixture trial with its resources; adapter weights go into the Ray object store once.
+
+    ``trial`` replaces :func:`trainables.mixture.evaluate_mixture` (benchmarks, ablations).
+    """
     from ray import tune
 
     from trainables.mixture import evaluate_mixture
 
     return tune.with_resources(
-        tune.with_parameters(evaluate_mixture, adapter_weights=weights, experiment=cfg.model_dump(),
+        tune.with_parameters(trial or evaluate_mixture, adapter_weights=weights, experiment=cfg.model_dump(),
                              store_root=os.path.abspath(cfg.store_path)),
         _resources(cfg))
 
@@ -163,12 +166,19 @@ def _interrupted_search(cfg: Config, tracker) -> tuple[str, str]:
 
 
 def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger.info,
-               debug: bool = False) -> SearchSummary:
+               debug: bool = False, trial: Callable | None = None, reuse_actors: bool = True) -> SearchSummary:
     """Run the mixture search of ``cfg.search`` and record it in MLflow.
 
     With ``resume``, continue the newest interrupted search of the experiment: the same Ray
     Tune experiment (``Tuner.restore``), the same Optuna study (SQLite) and the same MLflow
     parent run, until ``num_mixtures`` distinct mixtures are evaluated in all.
+
+    ``trial`` and ``reuse_actors`` exist for benchmarks and ablations
+    (``tests/benchmarks/bench_optimisations.py``); leave them at their defaults otherwise.
+    ``trial`` replaces :func:`trainables.mixture.evaluate_mixture` and must take the same
+    arguments and report the same metrics and checkpoint; ``reuse_actors=False`` gives every
+    trial a fresh Ray actor (a fresh worker process), so nothing is kept across trials. A
+    resumed search keeps the actor setting of the experiment it restores.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -201,7 +211,7 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
                              "(missing or incomplete); run `signmix search CONFIG` without --resume")
         probe.attach(parent_id)
         progress(f"resuming search {parent_id} from {path}")
-        tuner = tune.Tuner.restore(path, trainable=_mixture_trainable(cfg, weights), resume_unfinished=True,
+        tuner = tune.Tuner.restore(path, trainable=_mixture_trainable(cfg, weights, trial), resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
         # Tune rebuilds the searcher and callbacks from its own snapshot: use those.
         searcher = tuner._local_tuner._tune_config.search_alg.searcher
@@ -215,7 +225,7 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
         strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
                                  storage=f"sqlite:///{os.path.join(local, 'optuna.db')}",
-                                 n_objectives=len(cfg.search.objectives))
+                                 n_objectives=len(cfg.search.objectives), warm_start=cfg.search.warm_start)
         tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,
@@ -226,12 +236,13 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
                                       grace_period=1, reduction_factor=2)
         tuner = tune.Tuner(
-            _mixture_trainable(cfg, weights),
+            _mixture_trainable(cfg, weights, trial),
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
                 # The searcher stops at the budget of distinct evaluated mixtures; Ray's own
                 # sample count is only an upper bound (every mixture of the space once).
-                scheduler=scheduler, num_samples=space.size(), metric=METRIC, mode="max", reuse_actors=True),
+                scheduler=scheduler, num_samples=space.size(), metric=METRIC, mode="max",
+                reuse_actors=reuse_actors),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=storage, verbose=0,
                 callbacks=[MixtureTracking(tracker=tracker, searcher=searcher, progress=progress)],

@@ -2,7 +2,9 @@
 
 Prints, for N adapters of P parameters: building the sign index (signs + FSD matrix),
 one subset FSD of each measure, and one pre-filter decision (``MixtureSpace.check``) for
-a subset of 8 members, with the memory the sign index holds. Run: ``make bench``.
+a subset of 8 members, with the memory the sign index holds. The same decision on int8
+signs (one byte per weight, before the signs were packed as bits) is the baseline of the
+packed index: its time and the memory of both sign matrices. Run: ``make bench``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,24 @@ import time
 
 import torch
 
-from spaces.fsd import SignIndex
+from spaces.fsd import FSD_MEASURES, SignIndex, sign_vector
 from spaces.space import MixtureSpace
+
+
+class Int8SignIndex:
+    """The sign index before bit packing: the int8 [N, P] sign matrix, which the
+    ``any_conflict`` measure reads with torch (``(sub > 0).any(0) & (sub < 0).any(0)``)."""
+
+    def __init__(self, names, signs: torch.Tensor, matrix: torch.Tensor) -> None:
+        self.names, self.signs, self.matrix = tuple(names), signs, matrix
+        self._position = {name: i for i, name in enumerate(self.names)}
+
+    def subset_fsd(self, members, measure: str = "mean_pairwise") -> float:
+        return FSD_MEASURES[measure](self.matrix, self.signs, [self._position[m] for m in members])
+
+    @property
+    def signs_nbytes(self) -> int:
+        return self.signs.numel() * self.signs.element_size()
 
 
 def _timed(fn, repeat: int = 1) -> tuple[float, object]:
@@ -25,12 +43,14 @@ def _timed(fn, repeat: int = 1) -> tuple[float, object]:
     return best, out
 
 
-def bench(n: int, p: int, seed: int = 0) -> dict:
+def bench(n: int, p: int, seed: int = 0, *, int8: bool = False) -> dict:
+    """One row of the table; with ``int8``, also the decision on int8 signs (the baseline)."""
     gen = torch.Generator().manual_seed(seed)
     # One shared "initialisation" plus per-adapter drift: realistic, partly agreeing signs.
     base = torch.randn(p, generator=gen)
     weights = {f"d{i:02d}": {"w": base + 1.5 * torch.randn(p, generator=gen)} for i in range(n)}
     build_s, index = _timed(lambda: SignIndex.from_weights(weights))
+    signs8 = torch.stack([sign_vector(weights[name]) for name in index.names]) if int8 else None
     del weights
     members = list(index.names[: min(n, 8)])
     space = MixtureSpace(domains=index.names, targets=(members[0],), max_fsd=0.5, fsd_measure="any_conflict")
@@ -39,6 +59,12 @@ def bench(n: int, p: int, seed: int = 0) -> dict:
     for measure in ("mean_pairwise", "any_conflict"):
         row[f"{measure}_ms"] = _timed(lambda: index.subset_fsd(members, measure), repeat=5)[0] * 1e3
     row["decision_ms"] = _timed(lambda: space.check(spec, index), repeat=5)[0] * 1e3
+    row["signs_mib"] = index.packed.nbytes / 2**20
+    if int8:
+        before = Int8SignIndex(index.names, signs8, index.matrix)
+        assert before.subset_fsd(members, "any_conflict") == index.subset_fsd(members, "any_conflict")
+        row["int8_mib"] = before.signs_nbytes / 2**20
+        row["int8_decision_ms"] = _timed(lambda: space.check(spec, before), repeat=5)[0] * 1e3
     return row
 
 
@@ -51,13 +77,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     print("Benchmark 4: FSD scaling (sign index built once; a decision is one MixtureSpace.check, 8 members, "
           "any_conflict)")
-    header = f"{'N':>3} {'P':>11} {'build s':>8} {'index MiB':>9} {'mean_pairwise ms':>16} {'any_conflict ms':>15} {'decision ms':>11}"
+    header = (f"{'N':>3} {'P':>11} {'build s':>8} {'index MiB':>9} {'mean_pairwise ms':>16} {'any_conflict ms':>15} "
+              f"{'decision ms':>11} | {'int8 decision ms':>16} {'int8 signs MiB':>14} {'bit signs MiB':>13}")
     print(header)
     for n in ns:
         for p in ps:
-            r = bench(n, p)
+            r = bench(n, p, int8=True)
             print(f"{r['N']:>3} {r['P']:>11,} {r['index_build_s']:>8.2f} {r['index_mib']:>9.1f} "
-                  f"{r['mean_pairwise_ms']:>16.3f} {r['any_conflict_ms']:>15.3f} {r['decision_ms']:>11.3f}")
+                  f"{r['mean_pairwise_ms']:>16.3f} {r['any_conflict_ms']:>15.3f} {r['decision_ms']:>11.3f} | "
+                  f"{r['int8_decision_ms']:>16.3f} {r['int8_mib']:>14.1f} {r['signs_mib']:>13.1f}")
+    print("int8: the same decision on the int8 [N, P] signs (before the bit packing); MiB: the sign matrices alone")
 
 
 if __name__ == "__main__":
