@@ -10,7 +10,8 @@ itself on the GPU (``run_training``, one epoch).
    contains ``books`` (16 subsets x the prune ratios), Ray Tune trials with
    ``resources: {cpu: 2, gpu: 0.25}`` and ``max_concurrent: 4`` (four trials share the GPU),
    MLflow tracking in SQLite, Optuna behind the strategy. Examples per second = evaluated
-   examples / the search's wall time.
+   examples / the search's wall time. ``--slots 4:0.25,2:0.5,1:1`` runs one search per
+   (max_concurrent, resources.gpu) pair, to compare sharing the GPU with one trial at a time.
 2. *raw forward loop*: one process, the same model with the books adapter on the GPU, the
    same examples, batch size and max length, plain ``torch.inference_mode()`` forward passes
    (batches copied to the GPU inside the loop, one synchronisation at the end).
@@ -32,8 +33,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-BATCH, MAX_LENGTH, CPUS_PER_TRIAL, CONCURRENT = 64, 128, 2, 4
-GPU_PER_TRIAL = 0.25  # --cpu-smoke: 0
+BATCH, MAX_LENGTH, CPUS_PER_TRIAL = 64, 128, 2
+SLOTS = [(4, 0.25)]  # (max_concurrent, resources.gpu) of each search; --slots 4:0.25,1:1
 DEVICE = "cuda"  # --cpu-smoke: "cpu"
 TARGET = "books"
 
@@ -129,24 +130,25 @@ def build_base_model(work: Path, tokenizer_dir: str, tiny: bool = False) -> str:
     return str(path)
 
 
-def write_config(work: Path, base_model: str, *, eval_n: int, n_train: int, dtype: str, prune_ratios) -> Path:
+def write_config(work: Path, base_model: str, *, eval_n: int, n_train: int, dtype: str, prune_ratios,
+                 concurrent: int, gpu: float) -> Path:
     from search.demo_data import write_demo_domains
 
     demo = write_demo_domains(work / "demo-data", seed=0, n_train=n_train, n_validation=eval_n, n_test=20)
     config = {
-        "name": f"bench-gpu-{dtype}", "base_model": base_model,
+        "name": f"bench-gpu-{dtype}-c{concurrent}", "base_model": base_model,
         "adapter": {"method": "seq_bn", "reduction_factor": 16},
         "training": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 16, "max_length": MAX_LENGTH, "seed": 0,
                      "max_train_examples": n_train, "max_eval_examples": eval_n},
         "domains": {d: {"path": str(p)} for d, p in demo.items()},
         "search": {"strategy": "exhaustive", "targets": [TARGET], "num_mixtures": 16 * len(prune_ratios),
-                   "prune_ratios": list(prune_ratios), "max_fsd": None, "max_concurrent": CONCURRENT,
+                   "prune_ratios": list(prune_ratios), "max_fsd": None, "max_concurrent": concurrent,
                    "eval_batch_size": BATCH, "eval_dtype": dtype, "seed": 0},
-        "resources": {"cpu": CPUS_PER_TRIAL, "gpu": GPU_PER_TRIAL},
+        "resources": {"cpu": CPUS_PER_TRIAL, "gpu": gpu},
         "ray": {"storage_path": str(work / "runs")},
         "store": str(work / "adapters"),
     }
-    path = work / f"bench-gpu-{dtype}.yaml"
+    path = work / f"bench-gpu-{dtype}-c{concurrent}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
@@ -188,22 +190,27 @@ def raw_forward_eps(cfg, n_examples: int, dtype: str, sort_by_length: bool) -> t
     return done / seconds, done, seconds
 
 
-def bench(cfg, sampler: GpuSampler, dtype: str) -> None:
+def bench(cfg, sampler: GpuSampler, dtype: str, raw: dict) -> None:
+    """One search of ``cfg``; the raw loops of ``dtype`` are measured once, after its first search."""
     from search.runner import run_search
     from tests_support import mlflow_runs
 
-    sampler.phase = f"search-{dtype}"
+    concurrent, gpu = cfg.search.max_concurrent, cfg.resources.gpu
+    phase = f"search-{dtype}-c{concurrent}"
+    sampler.phase = phase
     s = run_search(cfg)
     sampler.phase = None
     children = mlflow_runs(cfg, f"tags.`mlflow.parentRunId` = '{s.parent_run_id}'")
     evaluated = [r for r in children if r.data.tags.get("signmix.status") == "evaluated"]
     examples = int(sum(r.data.metrics.get("examples", 0) for r in evaluated))
     signmix_eps = examples / s.seconds
-    sampler.phase = f"raw-{dtype}"
-    raw_eps, raw_n, raw_s = raw_forward_eps(cfg, examples, dtype, sort_by_length=False)
-    sampler.phase = f"raw-sorted-{dtype}"
-    sorted_eps, sorted_n, sorted_s = raw_forward_eps(cfg, examples, dtype, sort_by_length=True)
-    sampler.phase = None
+    if dtype not in raw:
+        sampler.phase = f"raw-{dtype}"
+        unsorted = raw_forward_eps(cfg, examples, dtype, sort_by_length=False)
+        sampler.phase = f"raw-sorted-{dtype}"
+        raw[dtype] = (unsorted, raw_forward_eps(cfg, examples, dtype, sort_by_length=True))
+        sampler.phase = None
+    (raw_eps, raw_n, raw_s), (sorted_eps, sorted_n, sorted_s) = raw[dtype]
 
     m = lambda k: sum(r.data.metrics.get(k, 0.0) for r in evaluated)  # noqa: E731
     n = len(evaluated)
@@ -211,7 +218,7 @@ def bench(cfg, sampler: GpuSampler, dtype: str) -> None:
     eval_n = cfg.training.max_eval_examples
     print(f"\nBenchmark 1 on the GPU ({dtype}): {n} mixtures x {eval_n} examples ({TARGET}, demo data), "
           f"BERT-base-sized random encoder, seq_bn/16, batch {BATCH}, max_length {MAX_LENGTH}")
-    print(f"  trials: resources {{cpu: {CPUS_PER_TRIAL}, gpu: {GPU_PER_TRIAL}}}, max_concurrent {CONCURRENT}; "
+    print(f"  trials: resources {{cpu: {CPUS_PER_TRIAL}, gpu: {gpu:g}}}, max_concurrent {concurrent}; "
           f"{s.evaluated} evaluated, {s.failed} failed, best {s.best_label} ({s.best_accuracy})")
     print(f"  signmix search              {signmix_eps:9.1f} examples/s  ({examples} examples in {s.seconds:.1f} s)")
     print(f"  raw forward loop            {raw_eps:9.1f} examples/s  ({raw_n} examples in {raw_s:.1f} s; "
@@ -221,10 +228,10 @@ def bench(cfg, sampler: GpuSampler, dtype: str) -> None:
     print(f"  ratio signmix / raw         {signmix_eps / raw_eps:9.3f}")
     print(f"  ratio signmix / raw sorted  {signmix_eps / sorted_eps:9.3f}")
     print(f"  in-trial forward throughput {examples / max(m('predict_seconds'), 1e-9):9.1f} examples/s per trial "
-          f"(examples / predict seconds, {CONCURRENT} trials at once)")
+          f"(examples / predict seconds, {concurrent} trials at once)")
     print("  GPU (NVML, every 0.2 s):")
-    for phase in (f"search-{dtype}", f"raw-{dtype}", f"raw-sorted-{dtype}"):
-        print(f"    {phase:18s} {sampler.summary(phase)}")
+    for name in (phase, f"raw-{dtype}", f"raw-sorted-{dtype}"):
+        print(f"    {name:21s} {sampler.summary(name)}")
     print("  where a search's time goes (seconds per trial):")
     print(f"    model + data setup (first trial of a worker)  {m('setup_seconds') / n:7.3f}")
     print(f"    building the mixture (average, prune)          {m('build_seconds') / n:7.3f}")
@@ -232,8 +239,8 @@ def bench(cfg, sampler: GpuSampler, dtype: str) -> None:
     rest = trial_total - m("setup_seconds") - m("build_seconds") - m("predict_seconds")
     print(f"    rest of the trial (checkpoint, reporting)      {rest / n:7.3f}")
     print(f"    whole trial (eval_seconds)                     {trial_total / n:7.3f}")
-    print(f"    scheduling (Ray, outside the trials)           {(s.seconds * CONCURRENT - trial_total) / n:7.3f}"
-          f"   (search seconds x {CONCURRENT} slots - trial seconds)")
+    print(f"    scheduling (Ray, outside the trials)           {(s.seconds * concurrent - trial_total) / n:7.3f}"
+          f"   (search seconds x {concurrent} slots - trial seconds)")
     print(f"    pre-filter and FSD (driver)                    {s.prefilter_seconds / n:7.3f}")
     print(f"    MLflow logging (driver)                        {s.mlflow_seconds / n:7.3f}")
     sys.stdout.flush()
@@ -247,11 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=400, help="training examples per domain")
     parser.add_argument("--dtypes", default="float32", help="comma-separated eval dtypes, e.g. float32,bfloat16")
     parser.add_argument("--prune-ratios", default="0.0,0.5", help="16 mixtures per ratio")
+    parser.add_argument("--slots", default="4:0.25",
+                        help="searches to run, each max_concurrent:resources.gpu, e.g. 4:0.25,2:0.5,1:1")
     parser.add_argument("--cpu-smoke", action="store_true", help="check this script on a CPU: tiny model, no GPU")
     args = parser.parse_args(argv)
-    global GPU_PER_TRIAL, DEVICE
+    global DEVICE
+    slots = [(int(c), float(g)) for c, g in (x.split(":") for x in args.slots.split(","))]
     if args.cpu_smoke:
-        GPU_PER_TRIAL, DEVICE = 0, "cpu"
+        slots, DEVICE = [(c, 0.0) for c, _ in slots], "cpu"
     sys.path.insert(0, str(ROOT / "tests"))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -282,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     base = build_base_model(work, args.tokenizer, tiny=args.cpu_smoke)
     ratios = [float(r) for r in args.prune_ratios.split(",")]
     dtypes = args.dtypes.split(",")
-    cfgs = {d: load_config(write_config(work, base, eval_n=args.eval_n, n_train=args.n_train, dtype=d,
-                                        prune_ratios=ratios)) for d in dtypes}
+    cfgs = [(d, load_config(write_config(work, base, eval_n=args.eval_n, n_train=args.n_train, dtype=d,
+                                         prune_ratios=ratios, concurrent=c, gpu=g)))
+            for d in dtypes for c, g in slots]
     sampler = GpuSampler(0.2)
-    first = cfgs[dtypes[0]]
+    first = cfgs[0][1]  # its resources train the adapters too
     connect_ray(first)  # a local cluster: num_gpus autodetected
     print(f"Ray cluster resources: { {k: v for k, v in ray.cluster_resources().items() if '/' not in k and 'node:' not in k} }")
     sampler.phase = "training"
@@ -294,10 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     sampler.phase = None
     print(f"training: {len(t.trained)} adapters trained on the GPU in "
           f"{time.perf_counter() - started:.1f} s ({args.n_train} examples each, 1 epoch, "
-          f"{{cpu: {CPUS_PER_TRIAL}, gpu: {GPU_PER_TRIAL}}} per trial); failed: {t.failed}")
+          f"{{cpu: {CPUS_PER_TRIAL}, gpu: {first.resources.gpu:g}}} per trial); failed: {t.failed}")
     print(f"    training           {sampler.summary('training')}")
-    for dtype in dtypes:
-        bench(cfgs[dtype], sampler, dtype)
+    raw: dict = {}
+    for dtype, cfg in cfgs:
+        bench(cfg, sampler, dtype, raw)
     sampler.stop()
     return 0
 
