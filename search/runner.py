@@ -142,10 +142,11 @@ def _mixture_trainable(cfg: Config, weights, trial: Callable | None = None):
     """
     from ray import tune
 
-    from trainables.mixture import evaluate_mixture
+    from trainables.mixture import evaluate_mixture, share_adapter_weights
 
     return tune.with_resources(
-        tune.with_parameters(trial or evaluate_mixture, adapter_weights=weights, experiment=cfg.model_dump(),
+        tune.with_parameters(trial or evaluate_mixture, adapter_weights=share_adapter_weights(weights),
+                             experiment=cfg.model_dump(),
                              store_root=os.path.abspath(cfg.store_path)),
         _resources(cfg))
 

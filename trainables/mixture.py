@@ -1,9 +1,10 @@
 """The mixture trial: build one mixture (prune, average), evaluate it on its targets.
 
 Ray Tune calls :func:`evaluate_mixture` with the mixture's spec in ``config``; the adapter
-weights come from the Ray object store (``tune.with_parameters``), not from disk. The
-validation set of each target is evaluated in ``eval_chunks`` chunks with a report after
-each, so an early-stopping scheduler can stop a bad mixture before it has seen everything.
+weights come from the Ray object store (one object per adapter, only the members are
+fetched, zero-copy), not from disk. The validation set of each target is evaluated in
+``eval_chunks`` chunks with a report after each, so an early-stopping scheduler can stop a
+bad mixture before it has seen everything.
 The final report carries a checkpoint: the mixed, pruned adapter and the targets' heads.
 """
 
@@ -17,6 +18,42 @@ from spaces.spec import MixtureSpec
 from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict
 from trainables.mixing import build_mixture, sparsity
 from trainables.robustness import fgsm_predict
+
+
+def share_adapter_weights(weights: Mapping[str, Mapping]) -> dict:
+    """Put each adapter into the Ray object store once, as numpy arrays: a trial then
+    fetches only its members (:func:`fetch_members`) and reads them zero-copy from the
+    node's shared memory. (A dict of torch tensors is unpickled into a private copy of
+    every adapter in every worker: slower than reading the files, BENCHMARKS.md.)"""
+    import ray
+    import torch
+
+    def as_array(t):
+        return t if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()  # numpy has no bfloat16
+
+    return {domain: ray.put({k: as_array(t) for k, t in w.items()}) for domain, w in weights.items()}
+
+
+def fetch_members(adapter_weights: Mapping, members) -> dict[str, dict]:
+    """The members' weights as torch tensors, from :func:`share_adapter_weights`' refs (or
+    from plain dicts of tensors). The tensors share the object store's read-only memory:
+    mixing must never write into them (``build_mixture`` returns new tensors)."""
+    import warnings
+
+    import numpy as np
+    import ray
+    import torch
+
+    refs = [adapter_weights[m] for m in members]
+    fetched = ray.get([r for r in refs if isinstance(r, ray.ObjectRef)])
+    out, i = {}, 0
+    for m, r in zip(members, refs):
+        if isinstance(r, ray.ObjectRef):
+            r, i = fetched[i], i + 1
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            out[m] = {k: torch.from_numpy(a) if isinstance(a, np.ndarray) else a for k, a in r.items()}
+    return out
 
 
 def _chunks(n: int, parts: int) -> list[list[int]]:
@@ -38,7 +75,7 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
     setup_seconds = time.perf_counter() - started
 
     built = time.perf_counter()
-    weights = build_mixture({m: adapter_weights[m] for m in spec.members}, spec)
+    weights = build_mixture(fetch_members(adapter_weights, spec.members), spec)
     model.set_weights(weights)
     build_seconds = time.perf_counter() - built
 

@@ -235,26 +235,29 @@ def line(label: str, before: float, after: float, unit: str, higher_is_better: b
 def fetch_costs(weights: Mapping, store_root: str, member_sets: list[list[str]],
                 repeat: int) -> tuple[float, float, float]:
     """Seconds per trial, inside a Ray task (a worker): member adapters read from disk
-    (safetensors) vs ``ray.get`` of the adapter weights that ``tune.with_parameters`` put
-    into the object store once (what a trial gets: a dict of torch tensors), and, for
-    comparison, the same weights put as numpy arrays (which Ray reads back zero-copy)."""
+    (safetensors); the first version's object store path (``ray.get`` of one dict of
+    every adapter's torch tensors, unpickled into a private copy); and signmix's path
+    (one object per adapter as numpy arrays, only the members fetched, zero-copy:
+    ``trainables.mixture.share_adapter_weights`` / ``fetch_members``)."""
     import ray
 
-    refs = [ray.put(dict(weights)),
-            ray.put({d: {k: t.numpy() for k, t in w.items()} for d, w in weights.items()})]
+    from trainables.mixture import share_adapter_weights
+
+    holder = [ray.put(dict(weights)), share_adapter_weights(weights)]
 
     @ray.remote(num_cpus=1)
     def worker(holder, store_root, member_sets, repeat):
         import time
 
         import ray
-        import torch
 
+        from trainables.mixture import fetch_members
         from trainables.store import AdapterStore
 
         store = AdapterStore(store_root)
-        ray.get(holder)  # warm the worker (imports, first connection), as a running trial is
-        disk = obj = obj_np = 0.0
+        ray.get(holder[0])  # warm the worker (imports, first connection), as a running trial is
+        fetch_members(holder[1], list(holder[1]))
+        disk = whole = members_only = 0.0
         for _ in range(repeat):
             for members in member_sets:
                 t0 = time.perf_counter()
@@ -263,16 +266,15 @@ def fetch_costs(weights: Mapping, store_root: str, member_sets: list[list[str]],
                 t0 = time.perf_counter()
                 every = ray.get(holder[0])
                 got = {m: every[m] for m in members}
-                obj += time.perf_counter() - t0
+                whole += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                every = ray.get(holder[1])
-                got = {m: {k: torch.from_numpy(a) for k, a in every[m].items()} for m in members}
-                obj_np += time.perf_counter() - t0
+                got = fetch_members(holder[1], members)
+                members_only += time.perf_counter() - t0
         del got
         n = repeat * len(member_sets)
-        return disk / n, obj / n, obj_np / n
+        return disk / n, whole / n, members_only / n
 
-    return ray.get(worker.remote(refs, store_root, member_sets, repeat))
+    return ray.get(worker.remote(holder, store_root, member_sets, repeat))
 
 
 def mixture_build_costs(mm, weights: Mapping, store, specs, repeat: int) -> tuple[float, float]:
@@ -456,14 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     space = space_from_config(after_cfg.search.model_dump(), sorted(after_cfg.domains), index)
     specs = [space.to_mixture_spec(p) for p in space.enumerate()][: (4 if quick else None)]
     member_sets = [list(s.members) for s in specs]
-    disk_s, obj_s, obj_np_s = fetch_costs(weights, os.path.abspath(after_cfg.store_path), member_sets,
-                                          1 if quick else 3)
+    disk_s, whole_s, obj_s = fetch_costs(weights, os.path.abspath(after_cfg.store_path), member_sets,
+                                         1 if quick else 3)
     rows.append(line("object store vs disk: adapter weights", disk_s * 1e3, obj_s * 1e3, "ms/trial"))
     n_tensors = sum(len(w) for w in weights.values())
     notes.append(f"object store: in a Ray worker, {len(member_sets)} mixtures' members (mean k "
                  f"{statistics.mean(len(m) for m in member_sets):.1f}) read from safetensors files (page cache warm) "
-                 f"vs ray.get of all {len(weights)} adapters' weights ({n_tensors} torch tensors, unpickled one by "
-                 f"one); the same put as numpy arrays (zero-copy): {obj_np_s * 1e3:.2f} ms/trial")
+                 f"vs fetched from the object store as signmix does (one numpy object per adapter, members only, "
+                 f"zero-copy); the first version's ray.get of all {len(weights)} adapters as {n_tensors} torch "
+                 f"tensors (unpickled into a copy): {whole_s * 1e3:.2f} ms/trial")
 
     # In place vs add/average/delete, on one loaded model (1 thread, as a trial).
     torch.set_num_threads(1)
