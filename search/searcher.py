@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRIC = "accuracy_mean"
+# Proposals in a row that start no trial (repeats, filtered) before the strategy is steered
+# to an unseen mixture (strategies that can be: Optuna's, through enqueue_trial).
+REPEATS_BEFORE_NOVELTY = 50
 # What :meth:`SignConflictSearcher.save` writes; the rest (space, index, strategy's
 # storage, tracker) is rebuilt or durable elsewhere.
 _STATE = ("counts", "results", "outcomes", "live", "waiting", "specs", "requeue", "exhausted")
@@ -87,12 +91,34 @@ class SignConflictSearcher(Searcher):
     def _verdict(self, spec: MixtureSpec) -> Verdict:
         return self.space.check(spec, self.index)
 
+    def _unseen_params(self) -> dict | None:
+        """A mixture of the space that was never proposed to a trial nor filtered, drawn at
+        random (seeded by the proposal count, so a restored search draws the same); None
+        when there is none (or none was found in a large space)."""
+        seen = set(self.outcomes) | self.counts.filtered_keys | set(self.waiting)
+        rng = random.Random(self.counts.proposals)
+        if self._space_size() <= 50_000:
+            unseen = [p for p in self.space.enumerate() if self.space.to_mixture_spec(p).key not in seen]
+            return rng.choice(unseen) if unseen else None
+        for _ in range(1000):
+            params = self.space.random_params(rng)
+            if self.space.to_mixture_spec(params).key not in seen:
+                return params
+        return None
+
     def suggest(self, trial_id: str):
         if self.exhausted or len(self.results) + len(self.live) >= self.budget:
             return None if self.live else Searcher.FINISHED
-        for _ in range(self.max_idle_proposals):
+        for idle in range(self.max_idle_proposals):
             if len(self.outcomes) + len(self.counts.filtered_keys) >= self._space_size():
                 break  # every mixture of the space has been evaluated or filtered
+            if idle and idle % REPEATS_BEFORE_NOVELTY == 0 and hasattr(self.strategy, "enqueue"):
+                # The strategy keeps proposing what it has seen (TPE does, late in a small
+                # space): have it ask an unseen mixture next, and learn from its result.
+                params = self._unseen_params()
+                if params is None:
+                    break
+                self.strategy.enqueue([params])
             t0 = time.perf_counter()
             proposal = self._propose()
             if proposal is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
@@ -170,6 +171,14 @@ class MixtureSpace:
                 for ratio, method, m in self._pruning_choices():
                     yield self.params_for(chosen, ratio, method, m)
 
+    def random_params(self, rng: random.Random) -> dict:
+        """A parameter dict drawn at random: each free domain in or out with probability
+        1/2 (never an empty subset), then one of the pruning choices."""
+        while True:
+            members = [d for d in self.free_domains if rng.random() < 0.5]
+            if members or self.require_targets:
+                return self.params_for(members, *rng.choice(self._pruning_choices()))
+
     def size(self) -> int:
         """How many distinct parameter dicts (and mixtures) :meth:`enumerate` yields:
         subsets x (1 for a ratio of 0.0 + positive ratios x (other methods + choices of m))."""
@@ -197,8 +206,6 @@ AUTO_SAMPLE = 2048  # member sets drawn for ``max_fsd: auto`` when the space hol
 def conflict_candidates(space: MixtureSpace, *, limit: int = AUTO_SAMPLE, seed: int = 0) -> list[tuple[str, ...]]:
     """The member sets of ``space`` that can conflict (two members or more, within
     ``max_members``): all of them, or ``limit`` distinct ones drawn at random (seeded)."""
-    import random
-
     free, fixed = space.free_domains, tuple(space.targets) if space.require_targets else ()
     cap = space.max_members or len(space.domains)
     # Uniform over the allowed sets: a size in proportion to how many sets it has, then a

@@ -274,3 +274,66 @@ def test_save_and_restore_continue_where_the_snapshot_was(index, tmp_path):
     restored.on_trial_complete("t2", {"accuracy_mean": 0.7, "evaluated_fraction": 1.0})
     third = restored.suggest("t3")
     assert third["mixture_key"] not in {live["mixture_key"], *searcher.results}
+
+
+# A strategy stuck on what it has seen --------------------------------------------------------
+
+def _run_to_the_end(searcher: SignConflictSearcher, objective) -> list[str]:
+    """Drive the searcher as Ray Tune would, one trial at a time; the evaluated keys."""
+    evaluated, i = [], 0
+    while True:
+        config = searcher.suggest(f"t{i}")
+        if config is None or config is Searcher.FINISHED:
+            return evaluated
+        spec = MixtureSpec.from_dict(config["spec"])
+        searcher.on_trial_complete(f"t{i}", {METRIC: objective(spec), "evaluated_fraction": 1.0})
+        evaluated.append(spec.key)
+        i += 1
+
+
+def test_tpe_stuck_on_repeats_is_steered_to_unseen_mixtures_until_the_budget(index):
+    from search.strategies import make_strategy
+
+    space = make_space(max_fsd=None, prune_ratios=(0.0, 0.5))  # 8 subsets x 2 ratios
+    budget = space.size()
+    strategy = make_strategy("tpe", space=space, index=index, seed=3, budget=budget, study_name="stuck")
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=budget)
+    # One mixture far better than the rest: TPE keeps proposing it once it has seen it.
+    best = space.to_mixture_spec(space.params_for(["a"], 0.0)).key
+    evaluated = _run_to_the_end(searcher, lambda spec: 0.9 if spec.key == best else 0.1)
+    assert len(evaluated) == len(set(evaluated)) == budget == searcher.counts.evaluated
+    assert searcher.counts.repeats > 0
+
+
+class RepeatingStrategy(ScriptedStrategy):
+    """Proposes one mixture forever, except what it is told to enqueue."""
+
+    def __init__(self, space: MixtureSpace) -> None:
+        super().__init__(space)
+        self.enqueued: list[dict] = []
+
+    def ask(self):
+        self.asked += 1
+        return self.asked, (self.enqueued.pop(0) if self.enqueued else self.space.params_for(["a"]))
+
+    def enqueue(self, proposals):
+        self.enqueued.extend(proposals)
+
+
+def test_a_stuck_strategy_is_steered_every_50_idle_proposals_and_finishes_when_all_are_seen(index):
+    space = make_space(max_fsd=None)  # 8 mixtures
+    strategy = RepeatingStrategy(space)
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=100)
+    evaluated = _run_to_the_end(searcher, lambda spec: 0.5)
+    assert sorted(evaluated) == sorted(space.to_mixture_spec(p).key for p in space.enumerate())
+    assert searcher.counts.repeats >= 50 * (space.size() - 1)
+
+
+def test_random_params_never_draw_an_empty_subset(index):
+    import random
+
+    space = make_space(require_targets=False, prune_ratios=(0.0, 0.9))
+    rng = random.Random(0)
+    drawn = [space.to_mixture_spec(space.random_params(rng)) for _ in range(200)]
+    assert all(spec.k >= 1 for spec in drawn)
+    assert {spec.prune_ratio for spec in drawn} == {0.0, 0.9}
