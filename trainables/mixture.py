@@ -56,6 +56,15 @@ def fetch_members(adapter_weights: Mapping, members) -> dict[str, dict]:
     return out
 
 
+def _peak_rss_mib() -> float:
+    """This worker process's peak resident memory so far, in MiB (NaN where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def _chunks(n: int, parts: int) -> list[list[int]]:
     parts = max(1, min(parts, n))
     bounds = [round(i * n / parts) for i in range(parts + 1)]
@@ -99,7 +108,8 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
                 predict_seconds += time.perf_counter() - t0
         metrics = {"fsd": config.get("fsd", float("nan")), "k": spec.k, "sparsity": sparsity(weights),
                    "build_seconds": build_seconds, "setup_seconds": setup_seconds,
-                   "predict_seconds": predict_seconds, "examples": sum(len(p) for p in preds.values())}
+                   "predict_seconds": predict_seconds, "examples": sum(len(p) for p in preds.values()),
+                   "worker_peak_rss_mib": _peak_rss_mib()}
         for target, enc in per_target.items():
             m = classification_metrics(preds[target], enc.labels, model.num_labels[target])
             metrics[f"accuracy/{target}"] = m["accuracy"]

@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    scheduling (Ray, outside the trials)           {(s.seconds * CPUS - trial_total) / n:7.3f}")
     print(f"    pre-filter and FSD (driver)                    {s.prefilter_seconds / n:7.3f}")
     print(f"    MLflow logging (driver)                        {s.mlflow_seconds / n:7.3f}")
+    rss = [r.data.metrics["worker_peak_rss_mib"] for r in children if "worker_peak_rss_mib" in r.data.metrics]
+    if rss:
+        print(f"  peak memory of a trial worker (RSS): {max(rss):.0f} MiB (MiniLM-L6 + 6 adapters' weights mapped "
+              f"from the object store)")
 
     members = [sorted(r.data.params["members"].split(",")) for r in children]
     naive_s, naive_examples, naive_acc = naive_loop(exhaustive, members)

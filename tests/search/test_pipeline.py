@@ -83,6 +83,7 @@ def test_every_evaluated_mixture_has_metrics_and_its_pruned_adapter(pipeline):
         m = run.data.metrics
         assert 0.0 <= m["accuracy_mean"] <= 1.0 and m["accuracy/books"] == m["accuracy_mean"]
         assert {"fsd", "sparsity", "eval_seconds", "macro_f1/books"} <= set(m)
+        assert 100 < m["worker_peak_rss_mib"] < 16_384  # a Python worker holding a model
         files = {f.path for f in client.list_artifacts(run.info.run_id, "mixture")}
         assert "mixture/adapter.safetensors" in files and "mixture/heads" in files
         if run.data.params["prune_ratio"] == "0.5":
