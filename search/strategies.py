@@ -172,18 +172,14 @@ class OptunaStrategy(Strategy):
         self._trials.pop(token, None)
 
     def enqueue(self, proposals: Iterable[dict]) -> None:
-        """Ask these parameter dicts first, in order (Optuna's ``enqueue_trial``); the study
-        learns from their results like from any other trial."""
+        """Ask these parameter dicts (from the space's ``params_for``) first, in order
+        (Optuna's ``enqueue_trial``); the study learns from their results like from any
+        other trial."""
         for params in proposals:
-            self.study.enqueue_trial({k: v for k, v in self._params_of(params).items()
-                                      if k.startswith(USE_PREFIX) or self._is_searched(k)},
-                                     skip_if_exists=True)
-
-    def _is_searched(self, param: str) -> bool:
-        return {PRUNE_PARAM: len(self.space.prune_ratios) > 1,
-                PRUNE_METHOD_PARAM: len(self.space.prune_methods) > 1,
-                PRUNE_LAYERS_PARAM: "conflict_layers" in self.space.prune_methods
-                and len(self.space.prune_layers) > 1}.get(param, False)
+            fixed = dict(params)
+            if len(self.space.prune_ratios) == 1:
+                fixed.pop(PRUNE_PARAM, None)  # a single ratio is not suggested (see ask)
+            self.study.enqueue_trial(fixed, skip_if_exists=True)
 
     def pending(self) -> dict[int, dict]:
         from optuna.trial import TrialState

@@ -44,16 +44,13 @@ def fetch_members(adapter_weights: Mapping, members) -> dict[str, dict]:
     import ray
     import torch
 
-    refs = [adapter_weights[m] for m in members]
-    fetched = ray.get([r for r in refs if isinstance(r, ray.ObjectRef)])
-    out, i = {}, 0
-    for m, r in zip(members, refs):
-        if isinstance(r, ray.ObjectRef):
-            r, i = fetched[i], i + 1
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            out[m] = {k: torch.from_numpy(a) if isinstance(a, np.ndarray) else a for k, a in r.items()}
-    return out
+    weights = {m: adapter_weights[m] for m in members}
+    refs = {m: w for m, w in weights.items() if isinstance(w, ray.ObjectRef)}
+    weights.update(zip(refs, ray.get(list(refs.values()))))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return {m: {k: torch.from_numpy(a) if isinstance(a, np.ndarray) else a for k, a in w.items()}
+                for m, w in weights.items()}
 
 
 def _peak_rss_mib() -> float:
