@@ -92,7 +92,8 @@ def _as_correctness(values: Correctness, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold True/False (or 0/1), got dtype {arr.dtype}")
     bad = np.flatnonzero((arr != 0) & (arr != 1))
     if bad.size:
-        raise ValueError(f"{name} must hold only True/False (or 0/1), got {arr[bad[0]].item()!r} at position {int(bad[0])}")
+        i = int(bad[0])
+        raise ValueError(f"{name} must hold only True/False (or 0/1), got {arr[i].item()!r} at position {i}")
     return arr.astype(bool)
 
 
