@@ -6,7 +6,7 @@ mixing and evaluation code, so its numbers are comparable with the search's.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from search.config import Config
 from spaces.spec import MixtureSpec, make_mixture_spec
@@ -26,12 +26,12 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
     """Mean and per-target validation accuracy of each spec, keyed like ``specs``."""
     import os
 
-    from search.runner import load_sign_index
+    from trainables.store import load_sign_index
     from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict
     from trainables.mixing import build_mixture
 
     if weights is None:
-        weights, _ = load_sign_index(cfg)
+        weights, _ = load_sign_index(cfg.store_path, cfg.domains)
     experiment = cfg.model_dump()
     model = mixture_model(experiment, os.path.abspath(cfg.store_path))
     out: dict[str, dict[str, float]] = {}
@@ -48,11 +48,3 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
         out[name] = row
     return out
 
-
-def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(h) for h in header]] + [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 
 from search.config import Config
 from spaces.errors import UsageError
@@ -19,6 +20,8 @@ from spaces.errors import UsageError
 # worker may import. Not tests/, not the virtual environment.
 PACKAGES = ("spaces", "trainables", "search", "mlflow_server")
 RUNTIME_ENV_EXCLUDES = ["__pycache__", "*.pyc", "*.egg-info"]
+# How long a TCP probe of a Ray or database address waits for an answer.
+CONNECT_TIMEOUT_S = 3.0
 
 
 def quiet_ray(debug: bool = False) -> None:
@@ -116,8 +119,6 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
                          "here and on the head; or run signmix on a cluster node with ray.address: auto")
     started_here = False
     if not ray.is_initialized():
-        from search.preflight import check_ray_address
-
         check_ray_address(address)  # ray.init against a dead host:port hangs for minutes
         kwargs = dict(include_dashboard=False, log_to_driver=debug, logging_level=logging.WARNING,
                       configure_logging=True)
@@ -152,3 +153,33 @@ def check_trial_fits(cpu: float, gpu: float, nodes: list[dict]) -> None:
         raise UsageError(f"one trial asks for resources {{cpu: {cpu:g}, gpu: {gpu:g}}} but no node of the Ray "
                          f"cluster has that much (the largest has {largest[0]:g} CPUs and {largest[1]:g} GPUs); "
                          "lower resources.cpu / resources.gpu")
+
+
+def tcp_unreachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why nothing accepts a TCP connection at ``host:port``, or None when something does."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+
+
+def check_ray_address(address: str | None) -> None:
+    """An existing cluster's address (``host:port`` or ``ray://host:port``) must answer.
+
+    ``ray.init`` against a dead ``host:port`` waits for minutes; a TCP connect says the same
+    in a few seconds. ``auto`` and ``local`` are left to Ray.
+    """
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    if "://" in hostport:
+        raise UsageError(f"ray.address {address!r} is not a Ray address; use auto, host:port or ray://host:10001")
+    host, sep, port = hostport.rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"ray.address {address!r} has no port; use host:6379 (on a cluster node), "
+                         "ray://host:10001 (Ray Client) or auto")
+    reason = tcp_unreachable(host.strip("[]"), int(port))
+    if reason:
+        raise UsageError(f"cannot connect to the Ray cluster at {address!r}: nothing answers at {host}:{port} "
+                         f"({reason}); start it (`ray start --head`) or fix ray.address / --address")

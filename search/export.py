@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from search.config import Config
-from search.tracking import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, open_experiment
+from search.tracking.tracker import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, open_experiment
 from spaces.errors import TrackingError, UsageError
 from trainables.store import AdapterStore
 

@@ -12,7 +12,8 @@ from typing import Callable
 
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
-from spaces.errors import StoreError, TrackingError, UsageError
+from spaces.errors import TrackingError, UsageError
+from trainables.store import load_sign_index
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
     """Train every domain adapter that the store lacks (or all, with ``force``)."""
     from ray import tune
 
-    from search.callbacks import TrainingTracking
-    from search.tracking import flatten, open_experiment
+    from search.tracking.callbacks import TrainingTracking
+    from search.tracking.tracker import flatten, open_experiment
     from trainables.data import load_domain
     from trainables.store import AdapterStore
     from trainables.train import train_domain_adapter
@@ -112,25 +113,6 @@ class SearchSummary:
     mlflow_seconds: float = 0.0
 
 
-def load_sign_index(cfg: Config):
-    """The adapters' weights and their :class:`SignIndex`, from the store (checked mixable)."""
-    from spaces.fsd import SignIndex
-    from trainables.store import AdapterStore
-
-    store = AdapterStore(cfg.store_path)
-    missing = [d for d in cfg.domains if d not in store.domains()]
-    if missing:
-        raise StoreError(f"the store {store.root} has no adapter for {missing}; run `signmix train CONFIG` first")
-    domains = sorted(cfg.domains)
-    store.check_mixable(domains)
-    weights = {d: store.load_weights(d) for d in domains}
-    try:
-        return weights, SignIndex.from_weights(weights)
-    except ValueError as exc:
-        raise StoreError(f"the stored adapters cannot be mixed: {exc}; retrain them with one config "
-                         "(`signmix train CONFIG --force`)") from None
-
-
 RAY_EXPERIMENT_TAG = "signmix.ray_experiment"
 OBJECTIVE_METRICS = {"accuracy": "accuracy_mean", "robust_accuracy": "robust_accuracy_mean"}
 
@@ -153,7 +135,7 @@ def _mixture_trainable(cfg: Config, weights, trial: Callable | None = None):
 
 def _interrupted_search(cfg: Config, tracker) -> tuple[str, str]:
     """The newest search of this experiment that did not finish: (parent run id, Ray path)."""
-    from search.tracking import KIND_TAG
+    from search.tracking.tracker import KIND_TAG
 
     runs = tracker.client.search_runs(
         [tracker.experiment_id],
@@ -185,17 +167,17 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.callbacks import MixtureTracking
+    from search.tracking.callbacks import MixtureTracking
     from search.searcher import METRIC, SignConflictSearcher
     from search.strategies import make_strategy
-    from search.tracking import SearchTracker, flatten
+    from search.tracking.tracker import SearchTracker, flatten
     from spaces.space import space_from_config
 
     started = time.perf_counter()
     # Snapshot the experiment (trials + searcher) every 2 s at most: what a crash can lose.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     check_cluster_storage(cfg)
-    weights, index = load_sign_index(cfg)
+    weights, index = load_sign_index(cfg.store_path, cfg.domains)
     storage = storage_uri(cfg)
     # The Optuna study is a local SQLite file: beside the Ray experiments, or beside the
     # adapter store when the experiments live on object storage.

@@ -27,7 +27,7 @@ from spaces.spec import MixtureSpec
 
 if TYPE_CHECKING:
     from search.strategies import Strategy
-    from search.tracking import SearchTracker
+    from search.tracking.tracker import SearchTracker
     from spaces.fsd import SignIndex
     from spaces.space import MixtureSpace, Verdict
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from math import comb
 from typing import TYPE_CHECKING, Sequence
 
-from search.callbacks import MixtureTracking
+from search.tracking.callbacks import MixtureTracking
 from search.config import Config, StudyConfig
 from search.searcher import SignConflictSearcher
 from spaces.fsd import greedy_members
@@ -163,13 +163,14 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
     from ray.tune.search import ConcurrencyLimiter
 
     from search.cluster import check_cluster_storage, connect_ray, storage_uri
-    from search.runner import _mixture_trainable, load_sign_index
+    from search.runner import _mixture_trainable
+    from trainables.store import load_sign_index
     from search.searcher import METRIC
-    from search.tracking import SearchTracker, flatten
+    from search.tracking.tracker import SearchTracker, flatten
 
     started = time.perf_counter()
     check_cluster_storage(cfg)
-    weights, index = load_sign_index(cfg)
+    weights, index = load_sign_index(cfg.store_path, cfg.domains)
     items = study_items(sorted(cfg.domains), cfg.study, index)
     by_part = {p: sum(1 for i in items if i.part == p) for p in PARTS}
     connect_ray(cfg, debug=debug)

@@ -56,7 +56,7 @@ def tiny_bert(tmp_path_factory, minilm_path) -> str:
 @pytest.fixture(scope="session")
 def demo_domains(tmp_path_factory) -> dict[str, Path]:
     """The demo's generated domains, small: 2-way reviews and a 3-way support task."""
-    from search.demo_data import write_demo_domains
+    from search.cli.demo_data import write_demo_domains
 
     return write_demo_domains(tmp_path_factory.mktemp("domains"), seed=0, n_train=60, n_validation=30, n_test=30)
 

@@ -36,14 +36,14 @@ COMMANDS = [line.split("#")[0].strip() for b in blocks("bash") for line in b.spl
 
 @pytest.mark.parametrize("line", COMMANDS)
 def test_readme_command_lines_parse(line):
-    from search.cli import build_parser
+    from search.cli.main import build_parser
 
     args = build_parser().parse_args(shlex.split(line)[1:])
     assert callable(args.func)
 
 
 def test_readme_documents_every_command():
-    from search.cli import build_parser
+    from search.cli.main import build_parser
 
     documented = {shlex.split(c)[1] for c in COMMANDS}
     sub = next(a for a in build_parser()._actions if a.dest == "command")

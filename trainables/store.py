@@ -123,6 +123,25 @@ class AdapterStore:
         return final
 
 
+def load_sign_index(root: str | os.PathLike, domains: Iterable[str]):
+    """The adapters' weights and their :class:`~spaces.fsd.SignIndex`, from the store at ``root``
+    (checked mixable); raises StoreError naming a missing adapter or why they cannot be mixed."""
+    from spaces.fsd import SignIndex
+
+    store = AdapterStore(root)
+    domains = sorted(domains)
+    missing = [d for d in domains if d not in store.domains()]
+    if missing:
+        raise StoreError(f"the store {store.root} has no adapter for {missing}; run `signmix train CONFIG` first")
+    store.check_mixable(domains)
+    weights = {d: store.load_weights(d) for d in domains}
+    try:
+        return weights, SignIndex.from_weights(weights)
+    except ValueError as exc:
+        raise StoreError(f"the stored adapters cannot be mixed: {exc}; retrain them with one config "
+                         "(`signmix train CONFIG --force`)") from None
+
+
 def _load_safetensors(path: Path, domain: str) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -31,7 +31,7 @@ def write_demo_config(out: Path, *, seed: int = 0, tracking_uri: str | None = No
 
     60 training examples per domain is deliberately low-resource: the setting where mixing
     a related domain's adapter helps, and a conflicting one hurts."""
-    from search.demo_data import write_demo_domains
+    from search.cli.demo_data import write_demo_domains
 
     folders = write_demo_domains(out / "data", seed=seed, n_train=n_train)
     config = {

@@ -46,7 +46,7 @@ def _load(args):
 
 def _preflight(cfg, command: str, **kwargs) -> None:
     """Fail before anything starts (Ray, MLflow runs, files) when the run could not succeed."""
-    from search.preflight import check_before_run
+    from search.cli.preflight import check_before_run
 
     check_before_run(cfg, command=command, **kwargs)
 
@@ -65,12 +65,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_fsd(args) -> int:
-    from search.baselines import format_table
-    from search.runner import load_sign_index
+    from search.reporting.tables import format_table
+    from trainables.store import load_sign_index
 
     cfg = _load(args)
     _preflight(cfg, "fsd", out=args.out)
-    weights, index = load_sign_index(cfg)
+    weights, index = load_sign_index(cfg.store_path, cfg.domains)
     rows = [[name] + [float(index.matrix[i, j]) for j in range(len(index.names))] for i, name in enumerate(index.names)]
     print(format_table(rows, ["FSD"] + list(index.names)))
     out = Path(args.out or os.path.join(cfg.storage_path, "fsd_matrix.csv"))
@@ -133,7 +133,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from search.baselines import format_table
+    from search.reporting.tables import format_table
     from search.export import evaluate_export
 
     result = evaluate_export(args.export_dir, args.split)
@@ -154,11 +154,13 @@ def cmd_evaluate(args) -> int:
 
 def cmd_demo(args) -> int:
     from mlflow_server.server import redact_uri
-    from search.baselines import baseline_specs, evaluate_specs, format_table
-    from search.demo import prepare_demo
+    from search.baselines import baseline_specs, evaluate_specs
+    from search.reporting.tables import format_table
+    from search.cli.demo import prepare_demo
     from search.export import export_mixture
-    from search.preflight import check_tracking_uri, check_writable
-    from search.runner import load_sign_index, run_search, run_training
+    from search.cli.preflight import check_tracking_uri, check_writable
+    from search.runner import run_search, run_training
+    from trainables.store import load_sign_index
 
     out = Path(args.out).resolve()
     check_writable(out, what="the demo folder", fix="choose a writable --out")
@@ -180,7 +182,7 @@ def cmd_demo(args) -> int:
     os.replace(staged, out / "best")
     _progress("4/4 comparing with single adapters and the soup of all")
     specs = baseline_specs(cfg)
-    weights, index = load_sign_index(cfg)
+    weights, index = load_sign_index(cfg.store_path, cfg.domains)
     baselines = evaluate_specs(cfg, specs, weights)
     targets = ",".join(cfg.search.targets)
     rows = [[f"best: {s.best_label}", s.best_k, s.best_fsd, s.best_accuracy]]
@@ -198,7 +200,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from search.report import build_report
+    from search.reporting.report import build_report
 
     cfg = _load(args)
     out = Path(args.out or os.path.join(cfg.storage_path, "report"))
@@ -212,7 +214,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from search.results import format_results, top_mixtures
+    from search.reporting.results import format_results, top_mixtures
 
     cfg = _load(args)
     print(format_results(top_mixtures(cfg, n=args.top, sort=args.sort), sort=args.sort))
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # The tracking client's "server unreachable ... answers again" lines are for the user.
-    logging.getLogger("search.mlflow_client").setLevel(logging.INFO)
+    logging.getLogger("search.tracking.mlflow_client").setLevel(logging.INFO)
     if not args.debug:
         # Progress bars of `datasets` (loading, filtering) would bury the one line that matters.
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

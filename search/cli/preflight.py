@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import urllib.parse
 from pathlib import Path
 
+from search.cluster import CONNECT_TIMEOUT_S, check_ray_address, tcp_unreachable
 from search.config import Config
 from spaces.errors import StoreError, TrackingError, UsageError
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 3.0
 # Database schemes MLflow accepts as a tracking URI, and their default ports.
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
@@ -128,36 +127,6 @@ def _check_database(uri: str, scheme: str) -> None:
         if reason:
             raise TrackingError(f"the MLflow database at {redact_uri(uri)} cannot be reached ({reason}); "
                                 "start it or fix mlflow.tracking_uri")
-
-
-def tcp_unreachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
-    """Why nothing accepts a TCP connection at ``host:port``, or None when something does."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
-
-
-def check_ray_address(address: str | None) -> None:
-    """An existing cluster's address (``host:port`` or ``ray://host:port``) must answer.
-
-    ``ray.init`` against a dead ``host:port`` waits for minutes; a TCP connect says the same
-    in a few seconds. ``auto`` and ``local`` are left to Ray.
-    """
-    if not address or address in ("auto", "local"):
-        return
-    hostport = address[len("ray://"):] if address.startswith("ray://") else address
-    if "://" in hostport:
-        raise UsageError(f"ray.address {address!r} is not a Ray address; use auto, host:port or ray://host:10001")
-    host, sep, port = hostport.rstrip("/").rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise UsageError(f"ray.address {address!r} has no port; use host:6379 (on a cluster node), "
-                         "ray://host:10001 (Ray Client) or auto")
-    reason = tcp_unreachable(host.strip("[]"), int(port))
-    if reason:
-        raise UsageError(f"cannot connect to the Ray cluster at {address!r}: nothing answers at {host}:{port} "
-                         f"({reason}); start it (`ray start --head`) or fix ray.address / --address")
 
 
 def check_store_for_search(cfg: Config) -> None:

@@ -27,8 +27,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from search.report_data import MissingData, read_report_data, row_means  # noqa: F401  (row_means: interface)
-from search.report_figures import FIGURES
+from search.reporting.report_data import MissingData, read_report_data, row_means  # noqa: F401  (row_means: interface)
+from search.reporting.report_figures import FIGURES
 from spaces.fsd import greedy_members  # noqa: F401  (part of this module's interface)
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
-from search.results import (STRATEGY_TAG, STUDY_PART_TAG, MixtureRun, mixture_runs, open_existing_experiment,
+from search.reporting.results import (STRATEGY_TAG, STUDY_PART_TAG, MixtureRun, mixture_runs, open_existing_experiment,
                             search_parents)
 from spaces.errors import StoreError
 
@@ -102,10 +102,10 @@ def read_report_data(cfg: Config, notes: list[str]) -> tuple[ReportData, object,
 
 
 def _fsd_matrix(cfg: Config, data: ReportData, notes: list[str]):
-    from search.runner import load_sign_index
+    from trainables.store import load_sign_index
 
     try:
-        _, index = load_sign_index(cfg)
+        _, index = load_sign_index(cfg.store_path, cfg.domains)
         return list(index.names), index.matrix.tolist(), "stored adapters"
     except StoreError as exc:
         reason = str(exc)

@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
-from search.report_data import MissingData, ReportData, correlation, row_means
-from search.results import MixtureRun
+from search.reporting.report_data import MissingData, ReportData, correlation, row_means
+from search.reporting.results import MixtureRun
 from spaces.fsd import greedy_members
 
 

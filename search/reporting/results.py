@@ -1,6 +1,6 @@
 """The experiment's mixtures as read back from MLflow, and the table of the best ones.
 
-Reads only; never creates an experiment or a run. :mod:`search.report` draws its figures
+Reads only; never creates an experiment or a run. :mod:`search.reporting.report` draws its figures
 from the same records (:class:`MixtureRun`), so the table and the figures agree.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from search.tracking import KIND_TAG, KEY_TAG, PARENT_TAG, STATUS_TAG
+from search.tracking.tracker import KIND_TAG, KEY_TAG, PARENT_TAG, STATUS_TAG
 from spaces.errors import TrackingError, UsageError
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def open_existing_experiment(cfg: Config):
     """The MLflow client and the id of the config's experiment, or ``None`` when there is none yet.
 
     A local SQLite store that does not exist is not created (reading must not write)."""
-    from search.mlflow_client import make_client
+    from search.tracking.mlflow_client import make_client
 
     uri = cfg.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -139,7 +139,7 @@ def _row(run: MixtureRun) -> dict:
 
 def format_results(rows: Sequence[dict], sort: str = "accuracy_mean") -> str:
     """A text table of :func:`top_mixtures` rows: one line per mixture, best first."""
-    from search.baselines import format_table
+    from search.reporting.tables import format_table
 
     def num(value):
         return "-" if value is None else float(value)

@@ -10,7 +10,7 @@ from ray.tune import Callback
 
 if TYPE_CHECKING:
     from search.searcher import SignConflictSearcher
-    from search.tracking import SearchTracker
+    from search.tracking.tracker import SearchTracker
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class TrainingTracking(Callback):
     """One MLflow run per domain adapter: params, per-epoch metrics, the adapter as artifact."""
 
     def __init__(self, *, client, experiment_id: str, params: dict, progress=None) -> None:
-        from search.tracking import log_training_run
+        from search.tracking.tracker import log_training_run
 
         self._log_run = log_training_run
         self.client, self.experiment_id, self.params = client, experiment_id, params

@@ -43,7 +43,7 @@ def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
     """The MLflow client and the id of experiment ``name`` (created when missing)."""
     from mlflow.exceptions import MlflowException
 
-    from search.mlflow_client import make_client
+    from search.tracking.mlflow_client import make_client
 
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ SHARED = ROOT.parent / "shared" / "data" / "amazon_multidomain"
 
 
 def write_config(work: Path) -> Path:
-    from search.demo import demo_base_model
+    from search.cli.demo import demo_base_model
 
     config = {
         "name": "amazon-study", "base_model": demo_base_model(),
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if not SHARED.is_dir():
         print(f"needs {SHARED}", file=sys.stderr)
         return 2
-    from search.cli import main as signmix
+    from search.cli.main import main as signmix
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ def build_base_model(work: Path, tokenizer_dir: str, tiny: bool = False) -> str:
 
 def write_config(work: Path, base_model: str, *, eval_n: int, n_train: int, dtype: str, prune_ratios,
                  concurrent: int, gpu: float) -> Path:
-    from search.demo_data import write_demo_domains
+    from search.cli.demo_data import write_demo_domains
 
     demo = write_demo_domains(work / "demo-data", seed=0, n_train=n_train, n_validation=eval_n, n_test=20)
     config = {

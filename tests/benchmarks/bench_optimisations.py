@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from search.cluster import connect_ray
     from search.config import load_config
-    from search.runner import load_sign_index, run_training
+    from search.runner import run_training
+    from trainables.store import load_sign_index
     from spaces.space import space_from_config
     from trainables.evaluate import mixture_model, predict
     from trainables.store import AdapterStore
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{same_best(best_bf16, best_after, tied_after)}")
 
     # Object store vs disk, inside a Ray worker.
-    weights, index = load_sign_index(after_cfg)
+    weights, index = load_sign_index(after_cfg.store_path, after_cfg.domains)
     space = space_from_config(after_cfg.search.model_dump(), sorted(after_cfg.domains), index)
     specs = [space.to_mixture_spec(p) for p in space.enumerate()][: (4 if quick else None)]
     member_sets = [list(s.members) for s in specs]

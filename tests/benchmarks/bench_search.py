@@ -33,8 +33,8 @@ BATCH, MAX_LENGTH, EVAL_N, CPUS = 64, 128, 200, 2
 
 
 def write_config(work: Path, *, strategy: str, max_fsd, name: str) -> Path:
-    from search.demo import demo_base_model
-    from search.demo_data import write_demo_domains
+    from search.cli.demo import demo_base_model
+    from search.cli.demo_data import write_demo_domains
 
     demo = write_demo_domains(work / "demo-data", seed=0, n_train=200, n_validation=EVAL_N, n_test=20)
     domains = {d: {"path": str(SHARED / d)} for d in ("books", "dvd", "electronics", "kitchen")}

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from mlflow_server import ServerSettings, TrackingServer, free_port
-from search.mlflow_client import RETRY_ENV, is_unreachable, make_client, retry_seconds_from_env
+from search.tracking.mlflow_client import RETRY_ENV, is_unreachable, make_client, retry_seconds_from_env
 from spaces.errors import TrackingError, UsageError
 
 # --- the retrying client, without a server --------------------------------------------------------
@@ -76,7 +76,7 @@ def test_a_bad_retry_window_is_a_usage_error_naming_the_variable(monkeypatch, va
 def test_a_dead_server_raises_a_tracking_error_that_names_the_fix_within_the_window(caplog):
     window = 2.0
     client = make_client(f"http://127.0.0.1:{free_port()}", retry_seconds=window)
-    caplog.set_level(logging.INFO, logger="search.mlflow_client")
+    caplog.set_level(logging.INFO, logger="search.tracking.mlflow_client")
     started = time.monotonic()
     with pytest.raises(TrackingError) as raised:
         client.get_experiment_by_name("anything")
@@ -85,7 +85,7 @@ def test_a_dead_server_raises_a_tracking_error_that_names_the_fix_within_the_win
     message = str(raised.value)
     assert "unreachable for 2 s" in message and "Connection refused" in message
     assert "restart the server and run `signmix search CONFIG --resume`" in message and RETRY_ENV in message
-    warnings = [r for r in caplog.records if r.name == "search.mlflow_client" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "search.tracking.mlflow_client" and r.levelno == logging.WARNING]
     assert len(warnings) == 1, "one warning per outage, not one per try"
     # Once the window is spent the client does not wait a second time: later calls fail fast.
     started = time.monotonic()
@@ -127,11 +127,11 @@ def test_a_run_created_before_the_answer_was_lost_is_not_created_twice(tmp_path,
         return run
 
     monkeypatch.setattr(client._client, "create_run", create_then_lose_the_answer)
-    caplog.set_level(logging.INFO, logger="search.mlflow_client")
+    caplog.set_level(logging.INFO, logger="search.tracking.mlflow_client")
     run = client.create_run(experiment_id, run_name="books @ magnitude 0.5", tags={"signmix.mixture_key": "k1"})
     assert calls == [run.info.run_id], "the retry found the first run instead of creating a second"
     assert [r.info.run_id for r in client.search_runs([experiment_id])] == [run.info.run_id]
-    levels = [r.levelno for r in caplog.records if r.name == "search.mlflow_client"]
+    levels = [r.levelno for r in caplog.records if r.name == "search.tracking.mlflow_client"]
     assert levels == [logging.WARNING, logging.INFO], "one warning when it went away, one info when back"
 
 
@@ -175,7 +175,7 @@ def test_a_search_rides_out_a_server_restart_and_loses_nothing(tmp_path, server_
     from conftest import write_config
     from search.config import load_config
     from search.runner import run_search, run_training
-    from search.tracking import KEY_TAG, KIND_TAG, STATUS_TAG
+    from search.tracking.tracker import KEY_TAG, KIND_TAG, STATUS_TAG
 
     first = TrackingServer(settings=server_settings).start()
     log: dict = {}
@@ -186,7 +186,7 @@ def test_a_search_rides_out_a_server_restart_and_loses_nothing(tmp_path, server_
             store=shared_store,
             search={"prune_ratios": [0.0, 0.5], "max_concurrent": 1}))
         run_training(cfg)
-        caplog.set_level(logging.INFO, logger="search.mlflow_client")
+        caplog.set_level(logging.INFO, logger="search.tracking.mlflow_client")
         outage = threading.Thread(target=_outage, args=(server_settings, first, cfg.experiment_name, log, 8.0),
                                   daemon=True)
         outage.start()
@@ -197,7 +197,7 @@ def test_a_search_rides_out_a_server_restart_and_loses_nothing(tmp_path, server_
         assert "error" not in log, log.get("error")
         assert "restarted" in log, "the outage thread did not restart the server"
 
-        ours = [r for r in caplog.records if r.name == "search.mlflow_client"]
+        ours = [r for r in caplog.records if r.name == "search.tracking.mlflow_client"]
         went_away = [r for r in ours if r.levelno == logging.WARNING and "unreachable" in r.getMessage()]
         came_back = [r for r in ours if r.levelno == logging.INFO and "answers again" in r.getMessage()]
         assert len(went_away) == 1 and len(came_back) == 1, [r.getMessage() for r in ours]

@@ -28,7 +28,7 @@ MAX_STDERR_LINES = 15
 
 
 def signmix(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "search.cli.main", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
 
 

@@ -13,7 +13,7 @@ from conftest import SHARED_DATA, write_config
 
 
 def signmix(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "search.cli.main", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
 
 

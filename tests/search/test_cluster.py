@@ -335,7 +335,7 @@ def test_asking_for_a_gpu_on_a_cluster_without_gpus_fails_at_once(searched, two_
     gpu_cfg = folder / "gpu.yaml"
     gpu_cfg.write_text(yaml.safe_dump(raw))
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "search.cli", "search", str(gpu_cfg), "--address",
+    run = subprocess.run([sys.executable, "-m", "search.cli.main", "search", str(gpu_cfg), "--address",
                           two_nodes["address"]], env=two_nodes["env"], cwd=folder, capture_output=True,
                          text=True, timeout=60)
     seconds = time.monotonic() - started
@@ -349,7 +349,7 @@ def test_asking_for_a_gpu_on_a_cluster_without_gpus_fails_at_once(searched, two_
 def test_joining_a_token_cluster_without_the_token_names_the_fix(searched, two_nodes):
     _, cfg_path, _, _ = searched
     env = {k: v for k, v in two_nodes["env"].items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    run = subprocess.run([sys.executable, "-m", "search.cli", "train", str(cfg_path), "--force"], env=env,
+    run = subprocess.run([sys.executable, "-m", "search.cli.main", "train", str(cfg_path), "--force"], env=env,
                          cwd=cfg_path.parent, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr[-3000:]
     assert "set RAY_AUTH_MODE=token" in run.stderr and "Traceback" not in run.stderr

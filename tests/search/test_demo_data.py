@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from search import demo_data
-from search.demo_data import (
+from search.cli import demo_data
+from search.cli.demo_data import (
     CONFLICTING_CUES,
     DEMO_DOMAINS,
     DOMAIN_CUES,

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import write_config
 from search.config import load_config
-from search.tracking import KIND_TAG, STATUS_TAG
+from search.tracking.tracker import KIND_TAG, STATUS_TAG
 from tests_support import mlflow_runs
 
 pytestmark = pytest.mark.integration

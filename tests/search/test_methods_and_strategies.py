@@ -6,7 +6,7 @@ import pytest
 
 from conftest import write_config
 from search.config import load_config
-from search.tracking import KIND_TAG, STATUS_TAG
+from search.tracking.tracker import KIND_TAG, STATUS_TAG
 from tests_support import mlflow_runs
 
 pytestmark = pytest.mark.integration
@@ -71,10 +71,11 @@ def _children(cfg, parent_run_id):
 
 
 def test_greedy_fsd_mixes_the_lowest_fsd_adapters_for_every_size(trained):
-    from search.runner import load_sign_index, run_search
+    from search.runner import run_search
+    from trainables.store import load_sign_index
 
     summary = run_search(_with_search(trained, strategy="greedy_fsd"))
-    _, index = load_sign_index(trained)
+    _, index = load_sign_index(trained.store_path, trained.domains)
     means = index.row_means()
     order = sorted(["electronics", "kitchen", "movies"], key=lambda d: (means[d], d))
     expected = {",".join(sorted(["books"] + order[:n])) for n in range(4)}

@@ -102,7 +102,7 @@ def write_experiment(cfg) -> dict:
     """The study and two searches; returns what the assertions need."""
     from mlflow import MlflowClient
 
-    from search.tracking import artifact_root_for
+    from search.tracking.tracker import artifact_root_for
 
     Path(cfg.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(cfg.tracking_uri)
@@ -165,7 +165,7 @@ def experiment(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(experiment):
-    from search.report import build_report
+    from search.reporting.report import build_report
 
     cfg, _ = experiment
     notes: list[str] = []
@@ -237,7 +237,7 @@ def test_correlations_are_scipys_on_the_same_points(report):
     ("dvd", 1, True, ("dvd",)),
 ])
 def test_greedy_picks_the_smallest_mean_fsd_on_a_hand_built_matrix(target, size, largest, expected):
-    from search.report import greedy_members, row_means
+    from search.reporting.report import greedy_members, row_means
 
     matrix = [[0.0 if a == b else pair_fsd(a, b) for b in DOMAINS] for a in DOMAINS]
     means = row_means(DOMAINS, matrix, DOMAINS)
@@ -286,7 +286,7 @@ def test_report_is_logged_to_the_study_run(report, experiment):
 
 def test_report_without_data_writes_nothing_and_says_why(tmp_path):
     from search.config import load_config
-    from search.report import build_report
+    from search.reporting.report import build_report
 
     cfg = load_config(write_config(tmp_path, base_model="tiny", domains={d: tmp_path / d for d in DOMAINS},
                                    targets=["books"]))
@@ -301,8 +301,8 @@ def test_partial_study_without_store_skips_what_is_missing_and_rebuilds_fsd_from
     from mlflow import MlflowClient
 
     from search.config import load_config
-    from search.report import build_report
-    from search.tracking import artifact_root_for
+    from search.reporting.report import build_report
+    from search.tracking.tracker import artifact_root_for
 
     cfg = load_config(write_config(tmp_path, base_model="tiny", domains={d: tmp_path / d for d in DOMAINS},
                                    targets=["books"]))
@@ -328,7 +328,7 @@ def test_partial_study_without_store_skips_what_is_missing_and_rebuilds_fsd_from
 
 
 def test_top_mixtures_order_and_content(experiment):
-    from search.results import format_results, top_mixtures
+    from search.reporting.results import format_results, top_mixtures
 
     cfg, built = experiment
     expected = sorted(built["evaluated"], key=lambda e: (-e[1]["accuracy_mean"], e[2], e[3]))
@@ -346,7 +346,7 @@ def test_top_mixtures_order_and_content(experiment):
 
 
 def test_top_mixtures_refuses_an_unknown_metric(experiment):
-    from search.results import top_mixtures
+    from search.reporting.results import top_mixtures
     from spaces.errors import UsageError
 
     cfg, _ = experiment
@@ -355,7 +355,7 @@ def test_top_mixtures_refuses_an_unknown_metric(experiment):
 
 
 def test_cli_results_and_report(experiment, tmp_path, capsys):
-    from search.cli import main
+    from search.cli.main import main
 
     cfg, built = experiment
     config = Path(cfg.storage_path).parent / "signmix.yaml"

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import write_config
 from search.config import load_config
-from search.tracking import KEY_TAG, KIND_TAG, STATUS_TAG
+from search.tracking.tracker import KEY_TAG, KIND_TAG, STATUS_TAG
 from tests_support import mlflow_runs
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_clust
     cfg = load_config(path)
     run_training(cfg)
 
-    cmd = [sys.executable, "-m", "search.cli", "search", str(path)]
+    cmd = [sys.executable, "-m", "search.cli.main", "search", str(path)]
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 240
     while _evaluated(cfg) < 3:

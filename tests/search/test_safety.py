@@ -22,7 +22,7 @@ SECRET = "s3cretpw"
 
 
 def signmix(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "search.cli.main", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=120)
 
 
@@ -136,7 +136,7 @@ def test_trust_remote_code_is_never_switched_on_in_code_only_passed_through():
 
 def test_the_mlflow_server_binds_loopback_by_default(tmp_path):
     from mlflow_server.server import ServerSettings, server_command
-    from search.cli import build_parser
+    from search.cli.main import build_parser
 
     args = build_parser().parse_args(["server"])
     assert args.host == "127.0.0.1"
@@ -175,9 +175,9 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
     store, hold no tracking URI (with its password), Ray address or store location."""
     import mlflow
 
-    import search.callbacks
+    import search.tracking.callbacks
     import search.runner
-    import search.tracking
+    import search.tracking.tracker
     from search.config import load_config
     from spaces.fsd import SignIndex
 
@@ -191,7 +191,7 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
         pass
 
     logged: dict[str, dict] = {}
-    real_tracker = search.tracking.SearchTracker
+    real_tracker = search.tracking.tracker.SearchTracker
 
     class Tracker(real_tracker):
         def __init__(self, **kwargs):
@@ -209,12 +209,12 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
 
     weights = {d: {"layer.0.w": torch.randn(8, generator=torch.Generator().manual_seed(i))}
                for i, d in enumerate(("books", "kitchen"))}
-    real_open = search.tracking.open_experiment
-    monkeypatch.setattr(search.tracking, "SearchTracker", Tracker)
-    monkeypatch.setattr(search.tracking, "open_experiment", lambda uri, name: real_open(sqlite, name))
-    monkeypatch.setattr(search.callbacks, "TrainingTracking", Tracking)
+    real_open = search.tracking.tracker.open_experiment
+    monkeypatch.setattr(search.tracking.tracker, "SearchTracker", Tracker)
+    monkeypatch.setattr(search.tracking.tracker, "open_experiment", lambda uri, name: real_open(sqlite, name))
+    monkeypatch.setattr(search.tracking.callbacks, "TrainingTracking", Tracking)
     monkeypatch.setattr(search.runner, "connect_ray", lambda cfg, debug=False: None)
-    monkeypatch.setattr(search.runner, "load_sign_index", lambda cfg: (weights, SignIndex.from_weights(weights)))
+    monkeypatch.setattr(search.runner, "load_sign_index", lambda root, domains: (weights, SignIndex.from_weights(weights)))
 
     with pytest.raises(Captured):
         search.runner.run_training(cfg)

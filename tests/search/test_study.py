@@ -78,7 +78,7 @@ def test_study_runs_every_part_on_ray_and_records_it(tmp_path, ray_cluster, tiny
     from search.config import load_config
     from search.runner import run_training
     from search.study import PART_TAG, run_study
-    from search.tracking import KIND_TAG, STATUS_TAG
+    from search.tracking.tracker import KIND_TAG, STATUS_TAG
     from tests_support import mlflow_runs
 
     domains = {d: demo_domains[d] for d in ("books", "movies", "support")}
