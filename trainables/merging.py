@@ -242,7 +242,8 @@ def merge_adapters(members: Sequence[Mapping[str, Tensor]], *, method: str,
     out: dict[str, Tensor] = {}
     for key, reference in members[0].items():
         if not reference.is_floating_point():
-            raise ValueError(f"parameter {key!r} has non-float dtype {reference.dtype}; only float tensors can be merged")
+            raise ValueError(f"parameter {key!r} has non-float dtype {reference.dtype}; "
+                             "only float tensors can be merged")
         acc = torch.float64 if reference.dtype == torch.float64 else torch.float32
         base = init[key].detach().to(device=reference.device, dtype=acc)
         # Subtraction makes new tensors: the members (maybe read-only shared memory) are never written.
