@@ -8,14 +8,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from spaces.errors import SpecError
+from spaces.operators import (DEFAULT_HEAD_PROTOCOL, DEFAULT_MERGE_OPERATOR, HEAD_PROTOCOLS, PARAMETER_DEFAULTS,
+                              check_merge_parameter, check_operator)
 
-PruneMethod = Literal["none", "magnitude", "conflict_layers"]
-PruneScope = Literal["adapter", "layer"]
-PruneWhen = Literal["members", "mixture"]
-
+# The registries of pruning: how (method), over what (scope) and when; every other list
+# of these names (config, search space, mixing, messages) is derived from them.
 PRUNE_METHODS: tuple[str, ...] = ("none", "magnitude", "conflict_layers")
 PRUNE_SCOPES: tuple[str, ...] = ("adapter", "layer")
 PRUNE_WHEN: tuple[str, ...] = ("members", "mixture")
+
+PruneMethod = Literal[PRUNE_METHODS]
+PruneScope = Literal[PRUNE_SCOPES]
+PruneWhen = Literal[PRUNE_WHEN]
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,14 @@ class MixtureSpec:
     prune_scope: PruneScope = "adapter"
     prune_when: PruneWhen = "members"
     prune_layers: int = 0
+    # How the members are merged (spaces.operators.MERGE_OPERATORS) with the parameters that
+    # operator takes (None where it takes none), and which heads score the mixture.
+    merge_method: str = DEFAULT_MERGE_OPERATOR
+    density: float | None = None
+    drop_rate: float | None = None
+    lam: float | None = None
+    merge_seed: int | None = None
+    head: str = DEFAULT_HEAD_PROTOCOL
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -61,7 +73,21 @@ class MixtureSpec:
             # Absent rather than 0, so that the keys of mixtures made before conflict_layers
             # existed (recorded in MLflow, matched on resume) do not change.
             d.pop("prune_layers")
+        # Operator, its parameters and head protocol: only what changes the mixture, and absent
+        # at their defaults (average, own), so that the keys of older mixtures do not change.
+        for name in ("merge_method", "density", "drop_rate", "lam", "merge_seed", "head"):
+            if d[name] is None:
+                d.pop(name)
+        if self.merge_method == DEFAULT_MERGE_OPERATOR:
+            d.pop("merge_method")
+        if self.head == DEFAULT_HEAD_PROTOCOL:
+            d.pop("head")
         return d
+
+    @property
+    def merge_parameters(self) -> dict:
+        """The keyword arguments of ``trainables.merging.merge_adapters`` for this mixture's operator."""
+        return {"density": self.density, "drop_rate": self.drop_rate, "lam": self.lam, "seed": self.merge_seed}
 
     @property
     def key(self) -> str:
@@ -70,13 +96,24 @@ class MixtureSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        """A short human-readable name, e.g. ``books+dvd @ magnitude 0.9`` or
-        ``books+dvd @ conflict_layers 0.9 m=2``."""
-        name = "+".join(self.members)
+        """A short human-readable name, e.g. ``books+dvd @ magnitude 0.9``,
+        ``books+dvd @ conflict_layers 0.9 m=2`` or ``books×0.67+dvd×0.33 ties d=0.5 λ=1 [refit]``."""
+        if self.is_uniform:
+            name = "+".join(self.members)
+        else:
+            name = "+".join(f"{m}×{w:.2g}" for m, w in zip(self.members, self.weights))
+        if self.merge_method != DEFAULT_MERGE_OPERATOR:
+            name += f" {self.merge_method}"
+            shown = (("d", self.density), ("p", self.drop_rate), ("λ", self.lam))
+            name += "".join(f" {short}={value:g}" for short, value in shown if value is not None)
+            if self.merge_seed:
+                name += f" seed={self.merge_seed}"
         if self.prune_method != "none" and self.prune_ratio > 0:
             name += f" @ {self.prune_method} {self.prune_ratio:g}"
             if self.prune_method == "conflict_layers":
                 name += f" m={self.prune_layers}"
+        if self.head != DEFAULT_HEAD_PROTOCOL:
+            name += f" [{self.head}]"
         return name
 
     def to_dict(self) -> dict:
@@ -102,6 +139,12 @@ def make_mixture_spec(
     prune_scope: str = "adapter",
     prune_when: str = "members",
     prune_layers: int = 0,
+    merge_method: str = DEFAULT_MERGE_OPERATOR,
+    density: float | None = None,
+    drop_rate: float | None = None,
+    lam: float | None = None,
+    merge_seed: int | None = None,
+    head: str = DEFAULT_HEAD_PROTOCOL,
     extra: dict | None = None,
     known_domains=None,
     require_targets: bool = True,
@@ -119,6 +162,11 @@ def make_mixture_spec(
             ``"conflict_layers"`` (at least 1 there); set to 0 for every other method.
             ``"conflict_layers"`` always prunes the members layer by layer, so its
             ``prune_scope``/``prune_when`` are set to ``"layer"``/``"members"``.
+        merge_method: one of ``spaces.operators.MERGE_OPERATORS``. Its parameters (``density``,
+            ``drop_rate``, ``lam``, ``merge_seed``: DARE's seed) are kept only where the operator
+            takes them, others are dropped; ``lam`` defaults to 1.0 and ``merge_seed`` to 0 there,
+            ``density`` (ties) and ``drop_rate`` (dare_*) are required.
+        head: the head protocol, one of ``spaces.operators.HEAD_PROTOCOLS``.
         known_domains: when given, every member and target must be one of them.
         require_targets: every target must be a member (the paper's in-domain setting).
 
@@ -176,6 +224,22 @@ def make_mixture_spec(
     else:
         prune_layers = 0
 
+    operator = check_operator(merge_method)
+    given = {"density": density, "drop_rate": drop_rate, "lam": lam, "seed": merge_seed}
+    kept: dict = {}
+    for name in operator.parameters:
+        value = given[name] if given[name] is not None else PARAMETER_DEFAULTS.get(name)
+        if value is None:
+            raise SpecError(f"merge method {merge_method!r} needs {name}; it takes {list(operator.parameters)}")
+        if name == "seed":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SpecError(f"merge_seed must be an integer, got {value!r}")
+            kept[name] = int(value)
+        else:
+            kept[name] = check_merge_parameter(name, value)
+    if head not in HEAD_PROTOCOLS:
+        raise SpecError(f"head must be one of {list(HEAD_PROTOCOLS)}, got {head!r}")
+
     total = sum(weights)
     order = sorted(range(len(members)), key=lambda i: members[i])
     return MixtureSpec(
@@ -187,5 +251,11 @@ def make_mixture_spec(
         prune_scope=prune_scope,  # type: ignore[arg-type]
         prune_when=prune_when,  # type: ignore[arg-type]
         prune_layers=int(prune_layers),
+        merge_method=merge_method,
+        density=kept.get("density"),
+        drop_rate=kept.get("drop_rate"),
+        lam=kept.get("lam"),
+        merge_seed=kept.get("seed"),
+        head=head,
         extra=dict(extra or {}),
     )

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from spaces.errors import SpecError
+from spaces.operators import MERGE_OPERATORS
 from trainables.mixing import _check_members, average_weights
 
 MergeMethodName = Literal["average", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
@@ -139,20 +140,12 @@ class MergeMethod:
     description: str
 
 
-MERGE_METHODS: dict[str, MergeMethod] = {m.name: m for m in (
-    MergeMethod("average", False, (), None,
-                "weighted average of the members' weights (Eq. 1 of the paper; AdapterSoup)"),
-    MergeMethod("task_arithmetic", True, ("lam",), _task_arithmetic,
-                "init + lam * weighted mean of the deltas (Ilharco et al. 2023)"),
-    MergeMethod("ties", True, ("density", "lam"), _ties,
-                "trim each delta to its top density by |value|, elect a sign by weighted mass, "
-                "weighted mean of the agreeing values (Yadav et al. 2023)"),
-    MergeMethod("dare_linear", True, ("drop_rate", "lam", "seed"), _dare_linear,
-                "drop delta entries with probability drop_rate, rescale by 1/(1-drop_rate), "
-                "weighted mean (Yu et al. 2024)"),
-    MergeMethod("dare_ties", True, ("drop_rate", "lam", "seed"), _dare_ties,
-                "DARE's drop and rescale, then TIES' sign election and weighted disjoint mean"),
-)}
+_MERGE_DELTAS = {"average": None, "task_arithmetic": _task_arithmetic, "ties": _ties,
+                 "dare_linear": _dare_linear, "dare_ties": _dare_ties}
+# Names, parameters and needs_init come from the one registry of operators (spaces.operators).
+MERGE_METHODS: dict[str, MergeMethod] = {
+    name: MergeMethod(name, op.needs_init, op.parameters, _MERGE_DELTAS[name], op.description)
+    for name, op in MERGE_OPERATORS.items()}
 
 
 def _check_parameters(method: MergeMethod, density, drop_rate, lam, seed) -> None:
