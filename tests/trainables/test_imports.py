@@ -315,3 +315,126 @@ def test_shared_initialisation_check_flags_pairs_near_one_half():
     assert shared_initialisation_check(matrix[:2, :2], ["a", "b"]).shared
     with pytest.raises(ValueError, match="threshold must be in"):
         shared_initialisation_check(matrix, ["a", "b", "c"], threshold=0.0)
+
+
+# --- PEFT LoRA ----------------------------------------------------------------------------------
+
+
+def _peft_trained(base: str, folder: Path, inputs, *, model_class: str = "BertModel", steps: int = 8, **lora):
+    """PEFT trains a LoRA for a few steps on the tiny BERT and saves it; returns the PEFT model."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class).from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": TARGETS, **lora}))
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=5e-2)
+    for _ in range(steps):
+        out = peft_model(**inputs)
+        loss = out.logits.pow(2).mean() if hasattr(out, "logits") else (out.last_hidden_state - 1.0).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    peft_model.eval()
+    peft_model.save_pretrained(str(folder))
+    return peft_model
+
+
+def _adapters_hidden(base: str, folder: Path, inputs):
+    import adapters
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(base)
+    adapters.init(model)
+    model.load_adapter(str(folder), set_active=True, use_safetensors=True)
+    return _encode(model.eval(), inputs, logits=False)
+
+
+@pytest.mark.parametrize("lora", [
+    {},
+    {"rank_pattern": {"value": 2}, "alpha_pattern": {"query": 16}},  # per-module r and alpha
+    {"use_rslora": True, "r": 3, "lora_alpha": 5, "layers_to_transform": [1],  # alpha/sqrt(r); layer 0 untouched
+     "target_modules": ["query", "value", "intermediate.dense"]},
+], ids=["plain", "rank_and_alpha_pattern", "rslora_one_layer"])
+def test_peft_lora_converts_to_adapters_with_equal_outputs(tmp_path, base, inputs, lora):
+    from transformers import BertModel
+
+    peft_model = _peft_trained(base, tmp_path / "peft", inputs, **lora)
+    expected = _encode(peft_model, inputs, logits=False)
+    plain = _encode(BertModel.from_pretrained(base).eval(), inputs, logits=False)
+    assert (expected - plain).abs().max() > 1e-3  # trained: the LoRA changes the output (100x the tolerance)
+
+    imported = import_adapter("books", {"peft": str(tmp_path / "peft")}, base_model=base)
+    assert imported.source["kind"] == "peft" and "adapter_model.safetensors" in imported.source["files"]
+    assert imported.config["architecture"] == "lora" and imported.config["attn_matrices"] == ["q", "v"]
+    assert imported.config["intermediate_lora"]
+    assert imported.config["output_lora"] == ("target_modules" not in lora)
+    actual = _adapters_hidden(base, imported.write(tmp_path / "out"), inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    if "layers_to_transform" in lora:
+        assert any("layer.0." in m for m in imported.source["zero_filled_modules"])
+
+
+def test_peft_classifier_lora_needs_drop_modules_to_save_and_then_imports_the_body(tmp_path, base, inputs):
+    _peft_trained(base, tmp_path / "peft", inputs, model_class="BertForSequenceClassification", steps=3,
+                  task_type="SEQ_CLS")
+    with pytest.raises(StoreError, match=r"modules_to_save = \['classifier', 'score'\].*drop_modules_to_save: true"):
+        import_adapter("books", {"peft": str(tmp_path / "peft")}, base_model=base)
+    imported = import_adapter("books", {"peft": str(tmp_path / "peft"), "drop_modules_to_save": True},
+                              base_model=base)
+    assert not imported.has_head and any("classifier" in k for k in imported.source["dropped"])
+
+
+@pytest.fixture(scope="session")
+def peft_folder(tmp_path_factory, base, inputs) -> Path:
+    folder = tmp_path_factory.mktemp("peft") / "books"
+    _peft_trained(base, folder, inputs, steps=1)
+    return folder
+
+
+def _edited(peft_folder: Path, tmp_path: Path, **changes) -> Path:
+    folder = Path(shutil.copytree(peft_folder, tmp_path / "edited"))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config.update(changes)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"use_dora": True}, r"use_dora = True: DoRA"),
+    ({"lora_bias": True}, r"lora_bias = True: a trainable bias on lora_B"),
+    ({"bias": "all"}, r"bias = 'all'.*retrain with bias='none'"),
+    ({"peft_type": "IA3"}, r"peft_type is 'IA3'"),
+    ({"init_lora_weights": "pissa"}, r"init_lora_weights = 'pissa' changes the base model's weights"),
+    ({"fan_in_fan_out": True}, r"fan_in_fan_out is True in PEFT but False for .* in `adapters`"),
+    ({"layer_replication": [[0, 2], [1, 2]]}, r"layer_replication = .*layer replication"),
+    ({"rank_pattern": {"query": 2}}, r"has rank 4 in its weights but r = 2 in adapter_config\.json"),
+    ({"base_model_name_or_path": "bert-base-uncased"}, r"records base model 'bert-base-uncased'"),
+])
+def test_peft_variants_and_inconsistencies_are_refused_by_name(tmp_path, base, peft_folder, changes, message):
+    with pytest.raises(StoreError, match=message) as info:
+        import_adapter("books", {"peft": str(_edited(peft_folder, tmp_path, **changes))}, base_model=base)
+    assert "'books'" in str(info.value)
+
+
+def test_peft_lora_on_modules_adapters_cannot_adapt_is_refused(tmp_path, base, inputs):
+    _peft_trained(base, tmp_path / "peft", inputs, steps=1, target_modules=["query", "dense"])  # + attention.output
+    with pytest.raises(StoreError, match=r"adapted module 'encoder\.layer\.0\.attention\.output\.dense'.*cannot adapt"):
+        import_adapter("books", {"peft": str(tmp_path / "peft")}, base_model=base)
+
+
+def test_peft_lora_for_another_base_is_named(tmp_path, minilm_path, peft_folder):
+    wider = _bert(tmp_path / "tiny-bert", minilm_path, hidden_size=48, intermediate_size=96)
+    with pytest.raises(StoreError, match=r"trained for another base model: module .* has lora_A \(4, 32\)"):
+        import_adapter("books", {"peft": str(peft_folder)}, base_model=wider)
+    deeper = _bert(tmp_path / "deep" / "tiny-bert", minilm_path, num_hidden_layers=1)
+    with pytest.raises(StoreError, match=r"weights cover layers \[0, 1\] \(2 layers\).*num_hidden_layers 1"):
+        import_adapter("books", {"peft": str(peft_folder)}, base_model=deeper)
+
+
+def test_peft_truncated_weights_are_named(tmp_path, base, peft_folder):
+    folder = _edited(peft_folder, tmp_path)
+    path = folder / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(StoreError, match=r"adapter_model\.safetensors cannot be read .* truncated"):
+        import_adapter("books", {"peft": str(folder)}, base_model=base)
