@@ -16,11 +16,42 @@ from typing import Annotated, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search.objectives import OBJECTIVES, PARETO_RULES
+from search.strategies import STRATEGIES
 from spaces.errors import ConfigError
+from spaces.fsd import FSD_MEASURES
+from spaces.space import SEARCH_PRUNE_METHODS
+from spaces.spec import PRUNE_SCOPES, PRUNE_WHEN
+from trainables.model import ADAPTER_METHODS
 
-ADAPTER_METHODS = ("seq_bn", "double_seq_bn", "lora")
-STRATEGIES = ("tpe", "random", "exhaustive", "greedy_fsd", "soup_all")
-FSD_MEASURES = ("mean_pairwise", "any_conflict")
+# Every enumeration a config names, with the registry that defines it (one grep:
+# REGISTERED_CHOICES). The config's Literals below, the CLI's choices, the validation
+# messages and the README's table of choices are all derived from these registries.
+REGISTERED_CHOICES: dict[str, tuple[str, ...]] = {
+    "adapter.method": tuple(ADAPTER_METHODS),
+    "search.strategy": tuple(STRATEGIES),
+    "search.fsd_measure": tuple(FSD_MEASURES),
+    "search.prune_methods": tuple(SEARCH_PRUNE_METHODS),
+    "search.prune_scope": tuple(PRUNE_SCOPES),
+    "search.prune_when": tuple(PRUNE_WHEN),
+    "search.objectives": tuple(OBJECTIVES),
+    "search.pareto_rule": tuple(PARETO_RULES),
+}
+
+
+def _choice(field: str):
+    """The ``Literal`` of the names registered for ``field`` (for pydantic)."""
+    return Literal[REGISTERED_CHOICES[field]]
+
+
+AdapterMethod = _choice("adapter.method")
+StrategyName = _choice("search.strategy")
+FsdMeasure = _choice("search.fsd_measure")
+SearchPruneMethod = _choice("search.prune_methods")
+PruneScope = _choice("search.prune_scope")
+PruneWhen = _choice("search.prune_when")
+Objective = _choice("search.objectives")
+ParetoRule = _choice("search.pareto_rule")
 
 
 class _Frozen(BaseModel):
@@ -30,7 +61,7 @@ class _Frozen(BaseModel):
 class AdapterConfig(_Frozen):
     """The adapter architecture every domain adapter is trained with."""
 
-    method: Literal["seq_bn", "double_seq_bn", "lora"] = "seq_bn"
+    method: AdapterMethod = "seq_bn"
     reduction_factor: Annotated[int, Field(gt=0)] = 16  # bottleneck adapters
     rank: Annotated[int, Field(gt=0)] = 8  # lora
     alpha: Annotated[float, Field(gt=0)] = 8.0  # lora
@@ -66,7 +97,7 @@ class DomainConfig(_Frozen):
 
 
 class SearchConfig(_Frozen):
-    strategy: Literal["tpe", "random", "exhaustive", "greedy_fsd", "soup_all"] = "tpe"
+    strategy: StrategyName = "tpe"
     # tpe only: start from the greedy FSD path (Alg. 1), then let TPE propose.
     warm_start: Literal["greedy_fsd", "none"] = "greedy_fsd"
     targets: list[str]
@@ -76,11 +107,11 @@ class SearchConfig(_Frozen):
     prune_ratios: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=lambda: [0.0])
     # How a positive ratio prunes: "magnitude" (Alg. 2) or "conflict_layers" (Alg. 4: only
     # the m most sign-conflicting layers of every member); m is chosen from prune_layers.
-    prune_methods: list[Literal["magnitude", "conflict_layers"]] = Field(default_factory=lambda: ["magnitude"])
+    prune_methods: list[SearchPruneMethod] = Field(default_factory=lambda: ["magnitude"])
     prune_layers: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [2])
-    prune_scope: Literal["adapter", "layer"] = "adapter"
-    prune_when: Literal["members", "mixture"] = "members"
-    fsd_measure: Literal["mean_pairwise", "any_conflict"] = "mean_pairwise"
+    prune_scope: PruneScope = "adapter"
+    prune_when: PruneWhen = "members"
+    fsd_measure: FsdMeasure = "mean_pairwise"
     max_fsd: Union[Annotated[float, Field(ge=0.0, le=1.0)], Literal["auto"], None] = "auto"
     max_fsd_percentile: Annotated[float, Field(ge=0.0, le=100.0)] = 75.0
     max_concurrent: Annotated[int, Field(ge=1)] = 2
@@ -94,8 +125,8 @@ class SearchConfig(_Frozen):
     fgsm_step: Optional[Annotated[float, Field(ge=0.0)]] = None
     # What the search maximises; both: Optuna's multi-objective samplers, and the export
     # picks from the Pareto front by `pareto_rule`.
-    objectives: list[Literal["accuracy", "robust_accuracy"]] = Field(default_factory=lambda: ["accuracy"])
-    pareto_rule: Literal["balanced", "accuracy", "robust_accuracy"] = "balanced"
+    objectives: list[Objective] = Field(default_factory=lambda: ["accuracy"])
+    pareto_rule: ParetoRule = "balanced"
 
     @field_validator("targets")
     @classmethod
@@ -125,7 +156,7 @@ class SearchConfig(_Frozen):
     @classmethod
     def _methods_nonempty(cls, v):
         if not v:
-            raise ValueError("give at least one pruning method (magnitude or conflict_layers)")
+            raise ValueError(f"give at least one pruning method ({' or '.join(SEARCH_PRUNE_METHODS)})")
         return list(dict.fromkeys(v))
 
     @field_validator("prune_layers")

@@ -22,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from search.config import Config
+from search.objectives import pick_from_pareto_front, selection_rule
 from search.tracking.tracker import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, open_experiment
 from spaces.errors import TrackingError, UsageError
 from trainables.store import AdapterStore
@@ -60,29 +61,6 @@ def find_best_run(client, experiment_id: str, parent_run_id: str | None = None, 
     return runs[0]
 
 
-def pick_from_pareto_front(runs: list, rule: str):
-    """The run that ``rule`` picks from the Pareto front of (accuracy, robust accuracy);
-    None when no run has both metrics. Among equals: fewest members, then earliest."""
-    if rule not in ("balanced", "robust_accuracy"):
-        raise ValueError(f"rule must be balanced or robust_accuracy here, got {rule!r}")
-
-    def score(run):
-        m = run.data.metrics
-        return m["robust_accuracy_mean"] if rule == "robust_accuracy" else (
-            m["accuracy_mean"] + m["robust_accuracy_mean"]) / 2
-
-    front = sorted(pareto_front(runs), key=lambda r: (-score(r), r.data.metrics.get("k", 0), r.info.start_time))
-    return front[0] if front else None
-
-
-def pareto_front(runs: list) -> list:
-    """The runs no other run beats on both accuracy and robust accuracy (the Pareto front)."""
-    scored = [(r.data.metrics.get("accuracy_mean"), r.data.metrics.get("robust_accuracy_mean"), r) for r in runs]
-    scored = [(a, b, r) for a, b, r in scored if a is not None and b is not None]
-    return [r for a, b, r in scored
-            if not any(a2 >= a and b2 >= b and (a2 > a or b2 > b) for a2, b2, _ in scored)]
-
-
 def check_output_dir(out: Path) -> None:
     """Refuse to write into an existing non-empty folder or an unwritable place (writes nothing)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -104,8 +82,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
     check_output_dir(out)
     client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
     if run_id is None:
-        rule = cfg.search.pareto_rule if len(cfg.search.objectives) > 1 else "accuracy"
-        run = find_best_run(client, experiment_id, rule=rule)
+        run = find_best_run(client, experiment_id, rule=selection_rule(cfg.search.objectives, cfg.search.pareto_rule))
     else:
         try:
             run = client.get_run(run_id)
@@ -127,7 +104,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "metrics": {k: v for k, v in metrics.items()
                     if k.startswith(("accuracy", "robust_accuracy", "macro_f1", "sparsity"))},
         "objectives": list(cfg.search.objectives),
-        "selected_by": cfg.search.pareto_rule if len(cfg.search.objectives) > 1 else "accuracy",
+        "selected_by": selection_rule(cfg.search.objectives, cfg.search.pareto_rule),
         "base_model": cfg.base_model,
         "adapter": cfg.adapter.model_dump(),
         "adapter_method": cfg.adapter.method,

@@ -12,6 +12,7 @@ from typing import Callable
 
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
+from search.objectives import OBJECTIVES, selection_rule
 from spaces.errors import TrackingError, UsageError
 from trainables.store import load_sign_index
 
@@ -114,7 +115,6 @@ class SearchSummary:
 
 
 RAY_EXPERIMENT_TAG = "signmix.ray_experiment"
-OBJECTIVE_METRICS = {"accuracy": "accuracy_mean", "robust_accuracy": "robust_accuracy_mean"}
 
 
 def _mixture_trainable(cfg: Config, weights, trial: Callable | None = None):
@@ -213,7 +213,7 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,
                                         budget=cfg.search.num_mixtures,
-                                        objectives=[OBJECTIVE_METRICS[o] for o in cfg.search.objectives])
+                                        objectives=[OBJECTIVES[o] for o in cfg.search.objectives])
         scheduler = None
         if cfg.search.early_stopping and cfg.search.eval_chunks > 1:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
@@ -263,11 +263,6 @@ def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed
     return summary
 
 
-def _rule(cfg: Config) -> str:
-    """How the best mixture is chosen: by accuracy, or from the Pareto front of several objectives."""
-    return cfg.search.pareto_rule if len(cfg.search.objectives) > 1 else "accuracy"
-
-
 def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchSummary:
     c = searcher.counts
     summary = SearchSummary(
@@ -280,7 +275,7 @@ def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchS
         from search.export import find_best_run
 
         best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id,
-                             rule=_rule(cfg))
+                             rule=selection_rule(cfg.search.objectives, cfg.search.pareto_rule))
         summary.best_run_id, summary.best_accuracy = best.info.run_id, best.data.metrics["accuracy_mean"]
         summary.best_label, summary.best_fsd = best.info.run_name, best.data.metrics.get("fsd")
         summary.best_k = int(best.data.params["k"])

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from math import comb
 from typing import TYPE_CHECKING, Sequence
 
-from search.tracking.callbacks import MixtureTracking
 from search.config import Config, StudyConfig
 from search.searcher import SignConflictSearcher
-from spaces.fsd import greedy_members
+from search.tracking.callbacks import MixtureTracking
+from spaces.fsd import FSD_MEASURES, greedy_members
 from spaces.space import Verdict
 from spaces.spec import MixtureSpec, make_mixture_spec
 
@@ -141,7 +141,7 @@ class StudyTracking(MixtureTracking):
         item = self.searcher.by_key[spec.key]
         run_id = self.tracker.runs[spec.key]
         index = self.searcher.index
-        for name in ("mean_pairwise", "any_conflict"):
+        for name in FSD_MEASURES:  # every measure, so the report can compare them
             self.tracker.client.log_metric(run_id, f"fsd_{name}", index.subset_fsd(spec.members, name))
         for key, value in {PART_TAG: item.part, **item.tags}.items():
             self.tracker.client.set_tag(run_id, key, value)

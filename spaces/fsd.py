@@ -11,10 +11,10 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
 
@@ -50,12 +50,16 @@ def _check_same_layout(a: Mapping[str, Tensor], b: Mapping[str, Tensor], a_name:
 
 def sign_vector(weights: Mapping[str, Tensor]) -> Tensor:
     """Returns the int8 signs (-1/0/+1) of all tensors, flattened and concatenated in sorted key order."""
+    import torch
+
     parts = [torch.sign(weights[k].detach()).flatten().to(torch.int8) for k in sorted(weights)]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int8)
 
 
 def _conflicts(a: Tensor, b: Tensor) -> int:
     """The number of positions where two tensors have strictly opposite signs."""
+    import torch
+
     return int(((torch.sign(a.detach()) * torch.sign(b.detach())) < 0).sum())
 
 
@@ -100,6 +104,8 @@ def fsd_matrix(signs: Tensor) -> Tensor:
     Args:
         signs: int8 [N, P] matrix, one row per adapter (see :func:`sign_vector`).
     """
+    import torch
+
     if signs.dim() != 2:
         raise ValueError(f"signs must be a 2-D [N, P] matrix, got shape {tuple(signs.shape)}")
     n, p = signs.shape
@@ -167,6 +173,8 @@ class PackedSigns:
 
 def mean_pairwise_fsd(matrix: Tensor, signs: Tensor | PackedSigns | None, idx: Sequence[int]) -> float:
     """Returns the mean FSD over the unordered pairs of ``idx`` (0.0 for fewer than two members)."""
+    import torch
+
     idx = list(idx)
     if len(idx) < 2:
         return 0.0
@@ -225,21 +233,6 @@ def greedy_members(row_means: Mapping[str, float], target: str, size: int, *, la
     return tuple(sorted([target, *others[:size - 1]]))
 
 
-def auto_threshold(matrix: Tensor, percentile: float) -> float:
-    """Returns the ``percentile`` (0..100, linear interpolation) of the pairwise FSDs.
-
-    Only the off-diagonal upper triangle is used; 1.0 (filters nothing) when N < 2.
-    """
-    if not 0.0 <= percentile <= 100.0:
-        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    n = matrix.shape[0]
-    if n < 2:
-        return 1.0
-    rows, cols = torch.triu_indices(n, n, offset=1)
-    values = matrix[rows, cols].to(torch.float64)
-    return float(torch.quantile(values, percentile / 100.0, interpolation="linear"))
-
-
 class SignIndex:
     """Sign vectors and the FSD matrix of a set of adapters, built once in the driver."""
 
@@ -260,6 +253,8 @@ class SignIndex:
         Raises:
             ValueError: if the adapters' parameter names or shapes differ.
         """
+        import torch
+
         names = sorted(weights_by_name)
         if not names:
             raise ValueError("cannot build a SignIndex from no adapters")
@@ -273,6 +268,7 @@ class SignIndex:
     def signs(self) -> Tensor:
         """The int8 [N, P] sign matrix, unpacked from the bits (for inspection, not hot paths)."""
         import numpy as np
+        import torch
 
         pos = np.unpackbits(self.packed.pos.view(np.uint8), axis=1, count=self.packed.p).astype(np.int8)
         neg = np.unpackbits(self.packed.neg.view(np.uint8), axis=1, count=self.packed.p).astype(np.int8)
@@ -301,10 +297,6 @@ class SignIndex:
             return {name: 0.0 for name in self.names}
         sums = self.matrix.sum(dim=1) / (n - 1)
         return {name: float(sums[i]) for i, name in enumerate(self.names)}
-
-    def threshold(self, percentile: float) -> float:
-        """Returns the ``percentile`` of the pairwise FSDs (see :func:`auto_threshold`)."""
-        return auto_threshold(self.matrix, percentile)
 
     def to_csv(self, path: str | Path) -> Path:
         """Writes the FSD matrix as CSV (header row and first column of names, 6 decimals)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from spaces.errors import SpecError
-from spaces.spec import MixtureSpec, make_mixture_spec
+from spaces.spec import PRUNE_METHODS, MixtureSpec, make_mixture_spec
 
 if TYPE_CHECKING:
     from spaces.fsd import SignIndex
@@ -27,7 +27,7 @@ USE_PREFIX = "use."
 PRUNE_PARAM = "prune_ratio"
 PRUNE_METHOD_PARAM = "prune_method"
 PRUNE_LAYERS_PARAM = "prune_layers"
-SEARCH_PRUNE_METHODS = ("magnitude", "conflict_layers")  # what a search may choose between
+SEARCH_PRUNE_METHODS = tuple(m for m in PRUNE_METHODS if m != "none")  # what a search may choose between
 
 
 @dataclass(frozen=True)

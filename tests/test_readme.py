@@ -54,3 +54,17 @@ def test_ci_runs_the_readme_test_command():
     root = Path(__file__).resolve().parents[1]
     assert "make test" in README
     assert re.search(r"^make test$", (root / ".ci" / "run").read_text(), flags=re.M)
+
+
+def choices_table() -> str:
+    """The README's table of choices, as the registries define them."""
+    from search.config import REGISTERED_CHOICES
+
+    rows = [f"| `{field}` | {' · '.join(f'`{name}`' for name in names)} |"
+            for field, names in REGISTERED_CHOICES.items()]
+    return "\n".join(["| setting | choices |", "|---|---|", *rows])
+
+
+def test_readme_table_of_choices_is_the_registries():
+    """Adding a strategy, measure, pruning method, ... to its registry means adding it here too."""
+    assert choices_table() in README, "update the README's table of choices to:\n" + choices_table()

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import TYPE_CHECKING, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from spaces.errors import SpecError
 from spaces.fsd import layer_of, per_layer_fsd
+from spaces.spec import PRUNE_SCOPES, PruneScope
 
 if TYPE_CHECKING:
     from spaces.spec import MixtureSpec
 
-PruneScope = Literal["adapter", "layer"]
 
 
 def _check_members(members: Sequence[Mapping[str, Tensor]]) -> None:
@@ -111,8 +111,8 @@ def prune_by_magnitude(weights: Mapping[str, Tensor], ratio: float,
     """
     if isinstance(ratio, bool) or not 0.0 <= float(ratio) <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    if scope not in ("adapter", "layer"):
-        raise ValueError(f"scope must be one of ['adapter', 'layer'], got {scope!r}")
+    if scope not in PRUNE_SCOPES:
+        raise ValueError(f"scope must be one of {list(PRUNE_SCOPES)}, got {scope!r}")
     ratio = float(ratio)
     keys = sorted(weights)
     groups: dict[str, list[str]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from spaces.errors import UsageError
 
@@ -16,18 +16,38 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _seq_bn(adapter: Mapping):
+    from adapters import SeqBnConfig
+
+    return SeqBnConfig(reduction_factor=adapter["reduction_factor"])
+
+
+def _double_seq_bn(adapter: Mapping):
+    from adapters import DoubleSeqBnConfig
+
+    return DoubleSeqBnConfig(reduction_factor=adapter["reduction_factor"])
+
+
+def _lora(adapter: Mapping):
+    from adapters import LoRAConfig
+
+    return LoRAConfig(r=adapter["rank"], alpha=adapter["alpha"])
+
+
+# The adapter methods (``adapter.method``): name -> the ``adapters`` config it builds.
+ADAPTER_METHODS: dict[str, Callable[[Mapping], object]] = {
+    "seq_bn": _seq_bn,  # Pfeiffer
+    "double_seq_bn": _double_seq_bn,  # Houlsby
+    "lora": _lora,
+}
+
+
 def adapter_config_for(adapter: Mapping):
     """The ``adapters`` config object for our adapter settings (``Config.adapter`` dumped)."""
-    from adapters import DoubleSeqBnConfig, LoRAConfig, SeqBnConfig
-
     method = adapter["method"]
-    if method == "seq_bn":
-        return SeqBnConfig(reduction_factor=adapter["reduction_factor"])
-    if method == "double_seq_bn":
-        return DoubleSeqBnConfig(reduction_factor=adapter["reduction_factor"])
-    if method == "lora":
-        return LoRAConfig(r=adapter["rank"], alpha=adapter["alpha"])
-    raise UsageError(f"adapter.method must be one of seq_bn, double_seq_bn, lora; got {method!r}")
+    if method not in ADAPTER_METHODS:
+        raise UsageError(f"adapter.method must be one of {', '.join(ADAPTER_METHODS)}; got {method!r}")
+    return ADAPTER_METHODS[method](adapter)
 
 
 def trial_device(gpu: float | None = None) -> "torch.device":

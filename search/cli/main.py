@@ -228,6 +228,8 @@ def cmd_server(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from search.strategies import STRATEGIES
+
     parser = argparse.ArgumentParser(prog="signmix", description=(
         "Find the best mixture of domain adapters: Ray Tune trials, Optuna proposals behind a "
         "sign-conflict (FSD) pre-filter, MLflow tracking."))
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV path (default: <storage_path>/fsd_matrix.csv)")
     p.add_argument("--per-layer", action="store_true", help="also the FSD of every pair per layer (<out>_per_layer.csv)")
     p = with_config("search", "search mixtures with Ray Tune, behind the sign-conflict pre-filter", cmd_search)
-    p.add_argument("--strategy", choices=["tpe", "random", "exhaustive", "greedy_fsd", "soup_all"],
+    p.add_argument("--strategy", choices=list(STRATEGIES),
                    help="overrides search.strategy")
     p.add_argument("--num-mixtures", type=int, help="overrides search.num_mixtures")
     p.add_argument("--address", help="Ray cluster address (overrides ray.address)")

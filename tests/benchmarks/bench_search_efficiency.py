@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(domains=index.names, targets=(target,), prune_ratios=problem.prune_ratios, require_targets=True)
     unfiltered = MixtureSpace(**common, max_fsd=None)
     threshold = auto_max_fsd(unfiltered, index, problem.max_fsd_percentile)
-    pairwise = index.threshold(problem.max_fsd_percentile)
+    # The first version's threshold: a percentile of the pairwise FSDs (not of subsets).
+    rows, cols = torch.triu_indices(len(index.names), len(index.names), offset=1)
+    pairwise = float(torch.quantile(index.matrix[rows, cols].to(torch.float64), problem.max_fsd_percentile / 100.0))
     # True: the product's pre-filter; "pairwise": the first version's; False: none.
     spaces = {True: MixtureSpace(**common, max_fsd=threshold), "pairwise": MixtureSpace(**common, max_fsd=pairwise),
               False: unfiltered}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from search.config import Config, load_config, validate_config
+from search.config import REGISTERED_CHOICES, Config, load_config, validate_config
 from spaces.errors import ConfigError, UsageError
 
 MINIMAL = """\
@@ -247,3 +247,21 @@ def test_missing_file(tmp_path):
 def test_invalid_yaml_syntax(tmp_path):
     problem = only_problem(tmp_path, "name: demo\nsearch: {targets: [books\n")
     assert problem.startswith("not valid YAML")
+
+
+@pytest.mark.parametrize("field", sorted(REGISTERED_CHOICES))
+def test_a_name_outside_a_registry_is_refused_with_every_registered_name(field):
+    """Each enumeration of the config (strategy, FSD measure, pruning, adapter method, ...)
+    accepts exactly its registry's names, and the message lists them."""
+    section, key = field.split(".")
+    raw = {"name": "demo", "base_model": "roberta-base", "domains": {"books": {"path": "/data/books"}},
+           "search": {"targets": ["books"], "fgsm_step": 0.01}}
+    list_field = key in ("prune_methods", "objectives")
+    for name in REGISTERED_CHOICES[field]:  # every registered name is accepted
+        validate_config({**raw, section: {**raw.get(section, {}), key: [name] if list_field else name}})
+    with pytest.raises(ConfigError) as info:
+        validate_config({**raw, section: {**raw.get(section, {}), key: ["bogus"] if list_field else "bogus"}})
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{field}") and "'bogus'" in problem
+    for name in REGISTERED_CHOICES[field]:
+        assert repr(name) in problem

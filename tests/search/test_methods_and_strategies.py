@@ -106,7 +106,8 @@ def test_two_objective_search_records_robust_accuracy_and_exports_from_the_paret
         tmp_path, ray_cluster, tiny_bert, demo_domains, shared_store):
     import optuna
 
-    from search.export import export_mixture, pareto_front
+    from search.export import export_mixture
+    from search.objectives import pareto_front
     from search.runner import run_search, run_training
 
     domains = {d: demo_domains[d] for d in ("books", "kitchen", "movies")}

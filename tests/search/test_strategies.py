@@ -241,9 +241,3 @@ def test_unknown_strategy_name_lists_the_names():
     assert "'bayes'" in message
     for name in STRATEGIES:
         assert name in message
-
-
-def test_registry_matches_the_config_choices():
-    from search.config import STRATEGIES as CONFIG_STRATEGIES
-
-    assert sorted(STRATEGIES) == sorted(CONFIG_STRATEGIES)

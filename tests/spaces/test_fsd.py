@@ -12,7 +12,6 @@ from spaces.fsd import (
     FSD_MEASURES,
     SignIndex,
     any_conflict_fraction,
-    auto_threshold,
     fraction_sign_difference,
     fsd_matrix,
     layer_of,
@@ -167,23 +166,19 @@ def test_mean_pairwise_fsd():
     assert mean_pairwise_fsd(matrix, None, [1]) == 0.0
 
 
-def test_measure_registry_lists_both_measures():
-    assert FSD_MEASURES == {"mean_pairwise": mean_pairwise_fsd, "any_conflict": any_conflict_fraction}
+# Every registered measure on the three hand-made adapters: a new measure needs its hand case.
+HAND_MEASURES = {"mean_pairwise": ((1 + 2 + 2) / 18, 2 / 6), "any_conflict": (3 / 6, None)}
 
 
-@pytest.mark.parametrize("percentile", [0, 10, 37.5, 50, 90, 100])
-def test_auto_threshold_matches_numpy(percentile):
-    g = torch.Generator().manual_seed(3)
-    signs = torch.randint(-1, 2, (6, 50), generator=g, dtype=torch.int8)
-    matrix = fsd_matrix(signs)
-    pairs = matrix.numpy()[np.triu_indices(6, k=1)]
-    assert auto_threshold(matrix, percentile) == pytest.approx(np.percentile(pairs, percentile))
-
-
-def test_auto_threshold_edge_cases():
-    assert auto_threshold(torch.zeros(1, 1, dtype=torch.float64), 50) == 1.0
-    with pytest.raises(ValueError, match="got 101"):
-        auto_threshold(torch.zeros(3, 3, dtype=torch.float64), 101)
+@pytest.mark.parametrize("measure", sorted(FSD_MEASURES))
+def test_every_registered_measure_has_a_hand_computed_case(measure):
+    assert measure in HAND_MEASURES, f"give the new FSD measure {measure!r} a hand-computed case"
+    index = _hand_index()
+    whole, pair_ca = HAND_MEASURES[measure]
+    assert index.subset_fsd(["a", "b", "c"], measure=measure) == pytest.approx(whole)
+    if pair_ca is not None:
+        assert index.subset_fsd(["c", "a"], measure=measure) == pytest.approx(pair_ca)
+    assert index.subset_fsd(["b"], measure=measure) == 0.0
 
 
 def _hand_index() -> SignIndex:
@@ -203,8 +198,6 @@ def test_sign_index_measures_and_row_means():
     assert index.subset_fsd(["c", "a"]) == pytest.approx(2 / 6)
     assert index.subset_fsd(["a", "b", "c"], measure="any_conflict") == pytest.approx(3 / 6)
     assert index.row_means() == pytest.approx({"a": 1.5 / 6, "b": 1.5 / 6, "c": 2 / 6})
-    assert index.threshold(100) == pytest.approx(2 / 6)
-    assert index.threshold(0) == pytest.approx(1 / 6)
 
 
 def test_sign_index_errors_name_the_bad_value():
