@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
+from spaces.errors import SpecError
 from spaces.fsd import rank_by_mean_fsd
-from spaces.space import PRUNE_LAYERS_PARAM, PRUNE_METHOD_PARAM, PRUNE_PARAM, USE_PREFIX, MixtureSpace
+from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace
 
 if TYPE_CHECKING:
     import optuna
@@ -76,6 +77,9 @@ class Exhaustive(_ListStrategy):
     name = "exhaustive"
 
     def __init__(self, *, space: MixtureSpace, **_: object) -> None:
+        if space.merge.searched_weights:
+            raise SpecError("exhaustive cannot enumerate a continuous space: search.weights is 'searched' "
+                            "(one continuous weight per member); use strategy tpe or random, or weights: uniform")
         super().__init__(space.enumerate())
 
 
@@ -124,21 +128,13 @@ class OptunaStrategy(Strategy):
         self._trials: dict[int, optuna.Trial] = {}
 
     def ask(self) -> tuple[int, dict] | None:
-        trial = self.study.ask()
-        params = {USE_PREFIX + d: trial.suggest_categorical(USE_PREFIX + d, [False, True])
-                  for d in self.space.free_domains}
-        if len(self.space.prune_ratios) > 1:
-            params[PRUNE_PARAM] = trial.suggest_categorical(PRUNE_PARAM, list(self.space.prune_ratios))
-        else:
-            params[PRUNE_PARAM] = self.space.prune_ratios[0]
-        # Always suggested when searched, even for a ratio of 0.0 (where they change
-        # nothing): a fixed search space is what multivariate TPE models best.
-        if len(self.space.prune_methods) > 1:
-            params[PRUNE_METHOD_PARAM] = trial.suggest_categorical(PRUNE_METHOD_PARAM, list(self.space.prune_methods))
-        if "conflict_layers" in self.space.prune_methods and len(self.space.prune_layers) > 1:
-            params[PRUNE_LAYERS_PARAM] = trial.suggest_categorical(PRUNE_LAYERS_PARAM, list(self.space.prune_layers))
+        # The space's distributions (one definition), then those that depend on what was
+        # drawn: the chosen operator's parameters (all categorical).
+        trial = self.study.ask(self.space.distributions())
+        for name, dist in self.space.conditional_distributions(trial.params).items():
+            trial.suggest_categorical(name, list(dist.choices))
         self._trials[trial.number] = trial
-        return trial.number, params
+        return trial.number, self._params_of(trial.params)
 
     def _trial(self, token: int):
         """The live ``optuna.Trial`` of ``token``, rebuilt from the storage after a restore."""
@@ -176,10 +172,9 @@ class OptunaStrategy(Strategy):
         (Optuna's ``enqueue_trial``); the study learns from their results like from any
         other trial."""
         for params in proposals:
-            fixed = dict(params)
-            if len(self.space.prune_ratios) == 1:
-                fixed.pop(PRUNE_PARAM, None)  # a single ratio is not suggested (see ask)
-            self.study.enqueue_trial(fixed, skip_if_exists=True)
+            # Only what ask samples (a single ratio, say, is not a parameter of the study).
+            sampled = {**self.space.distributions(), **self.space.conditional_distributions(params)}
+            self.study.enqueue_trial({k: v for k, v in params.items() if k in sampled}, skip_if_exists=True)
 
     def pending(self) -> dict[int, dict]:
         from optuna.trial import TrialState
@@ -188,12 +183,11 @@ class OptunaStrategy(Strategy):
         return {t.number: self._params_of(t.params) for t in running}
 
     def _params_of(self, sampled: dict) -> dict:
+        """The parameter dict of a trial's sampled values; what was not sampled takes the
+        space's first choice in ``to_mixture_spec``, as in ``params_for``."""
         params = {USE_PREFIX + d: bool(sampled.get(USE_PREFIX + d, False)) for d in self.space.free_domains}
         params[PRUNE_PARAM] = sampled.get(PRUNE_PARAM, self.space.prune_ratios[0])
-        if len(self.space.prune_methods) > 1:
-            params[PRUNE_METHOD_PARAM] = sampled.get(PRUNE_METHOD_PARAM, self.space.prune_methods[0])
-        if "conflict_layers" in self.space.prune_methods and len(self.space.prune_layers) > 1:
-            params[PRUNE_LAYERS_PARAM] = sampled.get(PRUNE_LAYERS_PARAM, self.space.prune_layers[0])
+        params.update({k: v for k, v in sampled.items() if k not in params})
         return params
 
 

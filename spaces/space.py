@@ -3,7 +3,9 @@
 A sampled parameter dict looks like ``{"use.books": True, "use.dvd": False, ...,
 "prune_ratio": 0.5}``, with ``"prune_method"`` when more than one pruning method is a
 choice and ``"prune_layers"`` (Alg. 4's m) when ``conflict_layers`` is one of several
-choices of m. :meth:`MixtureSpace.to_mixture_spec` is the one function that
+choices of m, and the merge dimensions of :mod:`spaces.merge_choices` (operator, its
+parameters, ``"weight.<domain>"``). :meth:`MixtureSpace.distributions` gives them as Optuna
+distributions. :meth:`MixtureSpace.to_mixture_spec` is the one function that
 turns it into a :class:`MixtureSpec`; the pre-filter (:meth:`MixtureSpace.check`) and the
 trial both start from its result, so they can never disagree about what was proposed.
 """
@@ -18,9 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from spaces.errors import SpecError
+from spaces.merge_choices import MERGE_METHOD_PARAM, MergeChoices
+from spaces.operators import DEFAULT_HEAD_PROTOCOL, HEAD_PROTOCOLS
 from spaces.spec import PRUNE_METHODS, MixtureSpec, make_mixture_spec
 
 if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+
     from spaces.fsd import SignIndex
 
 USE_PREFIX = "use."
@@ -46,7 +52,8 @@ class MixtureSpace:
 
     ``prune_methods`` are the methods used for a positive ratio (a ratio of 0.0 is one
     unpruned mixture whatever the method); ``prune_layers`` are the choices of m for
-    ``conflict_layers``.
+    ``conflict_layers``. ``merge`` says how members are merged (operators, their parameters,
+    weights); ``head`` which heads score a mixture (``spaces.operators.HEAD_PROTOCOLS``).
     """
 
     domains: tuple[str, ...]
@@ -60,6 +67,8 @@ class MixtureSpace:
     max_members: int | None = None
     max_fsd: float | None = None  # resolved: a number or None (no FSD limit)
     fsd_measure: str = "mean_pairwise"
+    merge: MergeChoices = MergeChoices()
+    head: str = DEFAULT_HEAD_PROTOCOL
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domains", tuple(sorted(self.domains)))
@@ -80,6 +89,8 @@ class MixtureSpace:
         if not self.prune_layers or any(isinstance(m, bool) or not isinstance(m, int) or m < 1
                                         for m in self.prune_layers):
             raise SpecError(f"prune_layers must be a non-empty list of integers >= 1, got {list(self.prune_layers)}")
+        if self.head not in HEAD_PROTOCOLS:
+            raise SpecError(f"head must be one of {list(HEAD_PROTOCOLS)}, got {self.head!r}")
 
     @property
     def _method_is_searched(self) -> bool:
@@ -103,13 +114,12 @@ class MixtureSpace:
             SpecError: the params name an unknown domain, an empty subset, or a ratio,
                 method or m that is not one of the space's choices.
         """
-        named = (PRUNE_PARAM, PRUNE_METHOD_PARAM, PRUNE_LAYERS_PARAM)
+        named = {PRUNE_PARAM, PRUNE_METHOD_PARAM, PRUNE_LAYERS_PARAM, *self.merge.names(self.domains)}
         unknown = [k for k in params if k not in named and
                    (not k.startswith(USE_PREFIX) or k[len(USE_PREFIX):] not in self.domains)]
         if unknown:
             raise SpecError(f"unknown search parameters {unknown}; expected 'use.<domain>' for "
-                            f"{list(self.domains)}, {PRUNE_PARAM!r}, {PRUNE_METHOD_PARAM!r} "
-                            f"and {PRUNE_LAYERS_PARAM!r}")
+                            f"{list(self.domains)}, or one of {sorted(named)}")
         members = [d for d in self.free_domains if params.get(USE_PREFIX + d, False)]
         if self.require_targets:
             members = list(self.targets) + members
@@ -128,15 +138,20 @@ class MixtureSpace:
             members=members, targets=self.targets, prune_method=method if ratio > 0 else "none",
             prune_ratio=ratio, prune_scope=self.prune_scope, prune_when=self.prune_when,
             prune_layers=int(m) if method == "conflict_layers" else 0,
-            known_domains=self.domains, require_targets=self.require_targets)
+            known_domains=self.domains, require_targets=self.require_targets, head=self.head,
+            **self.merge.spec_arguments(params, members))
 
     def params_for(self, members: Sequence[str], prune_ratio: float | None = None,
-                   prune_method: str | None = None, prune_layers: int | None = None) -> dict:
-        """The parameter dict that :meth:`to_mixture_spec` maps to these members and pruning.
+                   prune_method: str | None = None, prune_layers: int | None = None,
+                   merge: Mapping | None = None, weights: Mapping[str, float] | None = None) -> dict:
+        """The parameter dict that :meth:`to_mixture_spec` maps to these members, pruning and merge.
 
         ``prune_method`` and ``prune_layers`` default to the first choice (as does a
         method of ``"none"`` or an m of 0, what an unpruned spec holds); they appear in the
-        dict only when the space searches over them.
+        dict only when the space searches over them. ``merge`` (an operator choice, see
+        :meth:`MergeChoices.params_for`) defaults to the first operator with its first
+        parameter values, ``weights`` to equal weights: the greedy warm start and the soup of
+        all use these defaults.
         """
         params: dict = {USE_PREFIX + d: d in members for d in self.free_domains}
         params[PRUNE_PARAM] = self.prune_ratios[0] if prune_ratio is None else prune_ratio
@@ -145,7 +160,32 @@ class MixtureSpace:
                 else self.prune_methods[0]
         if self._layers_are_searched:
             params[PRUNE_LAYERS_PARAM] = prune_layers if prune_layers else self.prune_layers[0]
+        params.update(self.merge.params_for(self.domains, merge, weights))
         return params
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """The Optuna distributions sampled for every proposal: membership, pruning, operator, weights.
+
+        Pruning method and m are sampled whenever they are searched, even with a ratio of 0.0
+        (where they change nothing): a fixed search space is what multivariate TPE models best.
+        The chosen operator's own parameters follow from :meth:`conditional_distributions`.
+        """
+        from optuna.distributions import CategoricalDistribution
+
+        out: dict = {USE_PREFIX + d: CategoricalDistribution([False, True]) for d in self.free_domains}
+        if len(self.prune_ratios) > 1:
+            out[PRUNE_PARAM] = CategoricalDistribution(list(self.prune_ratios))
+        if self._method_is_searched:
+            out[PRUNE_METHOD_PARAM] = CategoricalDistribution(list(self.prune_methods))
+        if self._layers_are_searched:
+            out[PRUNE_LAYERS_PARAM] = CategoricalDistribution(list(self.prune_layers))
+        out.update(self.merge.distributions(self.domains))
+        return out
+
+    def conditional_distributions(self, params: Mapping) -> dict[str, BaseDistribution]:
+        """The distributions that depend on what ``params`` already chose: the operator's parameters
+        (density for ties, drop_rate for dare_*, lambda for every operator but average)."""
+        return self.merge.operator_distributions(params.get(MERGE_METHOD_PARAM, self.merge.merge_methods[0]))
 
     def _pruning_choices(self) -> list[tuple[float, str | None, int | None]]:
         """Every distinct ``(ratio, method, m)``: one unpruned choice for a ratio of 0.0."""
@@ -168,25 +208,39 @@ class MixtureSpace:
             for chosen in itertools.combinations(free, size):
                 if not self.require_targets and not chosen:
                     continue
+                members = (tuple(self.targets) if self.require_targets else ()) + chosen
                 for ratio, method, m in self._pruning_choices():
-                    yield self.params_for(chosen, ratio, method, m)
+                    for merge in self.merge.operator_choices():
+                        for weights in self.merge.weight_choices(members):
+                            yield self.params_for(chosen, ratio, method, m, merge, weights)
 
     def random_params(self, rng: random.Random) -> dict:
         """A parameter dict drawn at random: each free domain in or out with probability
-        1/2 (never an empty subset), then one of the pruning choices."""
+        1/2 (never an empty subset), then one of the pruning choices, one operator choice
+        and (when searched) one weight per member from the grid."""
         while True:
-            members = [d for d in self.free_domains if rng.random() < 0.5]
-            if members or self.require_targets:
-                return self.params_for(members, *rng.choice(self._pruning_choices()))
+            chosen = [d for d in self.free_domains if rng.random() < 0.5]
+            if chosen or self.require_targets:
+                members = (list(self.targets) if self.require_targets else []) + chosen
+                weights = ({d: rng.choice(self.merge.weight_grid()) for d in members}
+                           if self.merge.searched_weights else None)
+                return self.params_for(chosen, *rng.choice(self._pruning_choices()),
+                                       rng.choice(self.merge.operator_choices()), weights)
 
     def size(self) -> int:
-        """How many distinct parameter dicts (and mixtures) :meth:`enumerate` yields:
-        subsets x (1 for a ratio of 0.0 + positive ratios x (other methods + choices of m))."""
-        subsets = 2 ** len(self.free_domains) - (0 if self.require_targets else 1)
+        """How many distinct parameter dicts :meth:`enumerate` yields: subsets (x their weightings
+        when weights are searched) x (1 for a ratio of 0.0 + positive ratios x (other methods +
+        choices of m)) x operator choices. With searched weights, weightings that are multiples
+        of one another are one mixture: there are fewer distinct mixtures than dicts."""
+        fixed = len(self.targets) if self.require_targets else 0
+        free = len(self.free_domains)
+        subsets = sum(math.comb(free, n) * self.merge.weightings(fixed + n)
+                      for n in range(free + 1) if fixed + n > 0)
         positive = sum(1 for r in self.prune_ratios if r > 0)
         per_ratio = sum(len(self.prune_layers) if method == "conflict_layers" else 1
                         for method in self.prune_methods)
-        return subsets * ((len(self.prune_ratios) - positive) + positive * per_ratio)
+        pruning = (len(self.prune_ratios) - positive) + positive * per_ratio
+        return subsets * pruning * len(self.merge.operator_choices())
 
     def check(self, spec: MixtureSpec, index: SignIndex) -> Verdict:
         """The sign-conflict pre-filter and the size constraint: run the mixture or not?"""
@@ -249,7 +303,13 @@ def space_from_config(search: Mapping, domains: Sequence[str], index: SignIndex 
         prune_layers=tuple(search.get("prune_layers", (2,))),
         prune_scope=search.get("prune_scope", "adapter"), prune_when=search.get("prune_when", "members"),
         require_targets=search.get("require_targets", True), max_members=search.get("max_members"),
-        max_fsd=None, fsd_measure=search.get("fsd_measure", "mean_pairwise"))
+        max_fsd=None, fsd_measure=search.get("fsd_measure", "mean_pairwise"),
+        merge=MergeChoices(merge_methods=tuple(search.get("merge_methods", ("average",))),
+                           densities=tuple(search.get("densities", (0.5,))),
+                           drop_rates=tuple(search.get("drop_rates", (0.5,))),
+                           lambdas=tuple(search.get("lambdas", (1.0,))),
+                           weights=search.get("weights", "uniform"), merge_seed=int(search.get("seed", 0))),
+        head=search.get("head", DEFAULT_HEAD_PROTOCOL))
     if max_fsd == "auto":
         if index is None:
             raise SpecError("max_fsd: auto needs the adapters' FSD matrix; train the adapters first")
