@@ -26,6 +26,7 @@ from ray.tune.search import Searcher
 from spaces.spec import MixtureSpec
 
 if TYPE_CHECKING:
+    from search.gate import FsdGate
     from search.strategies import Strategy
     from search.tracking.tracker import SearchTracker
     from spaces.fsd import SignIndex
@@ -60,8 +61,9 @@ class SignConflictSearcher(Searcher):
 
     def __init__(self, *, strategy: Strategy, space: MixtureSpace, index: SignIndex, budget: int,
                  tracker: SearchTracker | None = None, max_idle_proposals: int = 500,
-                 objectives: Sequence[str] = (METRIC,)) -> None:
+                 objectives: Sequence[str] = (METRIC,), gate: FsdGate | None = None) -> None:
         super().__init__(metric=METRIC, mode="max")
+        self.gate = gate  # the FSD gate (search/gate.py); None: the space's own max_fsd only
         self.strategy, self.space, self.index, self.tracker = strategy, space, index, tracker
         self.objectives = tuple(objectives)  # metrics told to the strategy (several: multi-objective)
         self.budget, self.max_idle_proposals = budget, max_idle_proposals
@@ -89,7 +91,8 @@ class SignConflictSearcher(Searcher):
         return token, self.space.to_mixture_spec(params)
 
     def _verdict(self, spec: MixtureSpec) -> Verdict:
-        return self.space.check(spec, self.index)
+        verdict = self.space.check(spec, self.index)
+        return verdict if self.gate is None else self.gate.check(verdict)
 
     def _unseen_params(self) -> dict | None:
         """A mixture of the space that was never proposed to a trial nor filtered, drawn at
@@ -109,6 +112,13 @@ class SignConflictSearcher(Searcher):
     def suggest(self, trial_id: str):
         if self.exhausted or len(self.results) + len(self.live) >= self.budget:
             return None if self.live else Searcher.FINISHED
+        if self.gate is not None and hasattr(self.strategy, "enqueue"):
+            # The gate decides only once it has seen a few mixtures of every size: have the
+            # strategy propose unseen ones of the sizes it still lacks.
+            seen = set(self.outcomes) | self.counts.filtered_keys | set(self.waiting)
+            asks = self.gate.exploration(self.space, seen, random.Random(self.counts.proposals))
+            if asks:
+                self.strategy.enqueue(asks)
         for idle in range(self.max_idle_proposals):
             if len(self.outcomes) + len(self.counts.filtered_keys) >= self._space_size():
                 break  # every mixture of the space has been evaluated or filtered
@@ -173,6 +183,9 @@ class SignConflictSearcher(Searcher):
             self.counts.evaluated += 1
             self.results[spec.key] = result[METRIC]
             outcome = "evaluated"
+            if self.gate is not None:
+                self.gate.record(spec.key, self.index.subset_fsd(spec.members, self.gate.measure),
+                                 spec.k, result[METRIC])
         self.outcomes[spec.key] = (outcome, value)
         for t in tokens:
             self.strategy.tell(t, outcome, value=value)
@@ -181,6 +194,7 @@ class SignConflictSearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         state = {name: getattr(self, name) for name in _STATE}
         state["strategy"] = self.strategy.get_state()
+        state["gate"] = None if self.gate is None else self.gate.get_state()
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(state, fh)
 
@@ -188,6 +202,9 @@ class SignConflictSearcher(Searcher):
         with open(checkpoint_path, "rb") as fh:
             state = pickle.load(fh)
         self.strategy.set_state(state.pop("strategy"))
+        gate_state = state.pop("gate", None)
+        if self.gate is not None and gate_state is not None:
+            self.gate.set_state(gate_state)
         for name, value in state.items():
             setattr(self, name, value)
         self.exhausted = False

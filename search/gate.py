@@ -1,0 +1,240 @@
+"""The FSD gate of a search: filter on FSD only when the user's own adapters show it predicts accuracy.
+
+``search.max_fsd`` sets its mode:
+
+- ``auto``: nothing is filtered until the search has evaluated enough mixtures of every
+  size (``GATE_PER_SIZE`` each, or all there are) and at least ``spaces.evidence``'s
+  ``min_n``; then :func:`spaces.evidence.fsd_gate_evidence` decides over every evaluated
+  mixture (partial Spearman of FSD with accuracy given the number of members), and is
+  refreshed as each new evaluation arrives. Only a ``filter`` decision sets a threshold,
+  fitted so that every mixture the validation data cannot tell from the best passes.
+- a number: a fixed threshold, whatever the evidence (still measured and reported);
+- ``null``: no FSD limit (evidence still measured and reported).
+
+The gate is state of the searcher: :meth:`FsdGate.get_state` travels in its snapshot, so a
+resumed search keeps the evidence it had.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+from math import comb
+from typing import TYPE_CHECKING, Literal, Mapping
+
+from spaces.evidence import DEFAULT_MIN_N, FsdEvidence, fsd_gate_evidence
+from spaces.space import Verdict
+
+if TYPE_CHECKING:
+    from spaces.space import MixtureSpace
+
+logger = logging.getLogger(__name__)
+
+GATE_PER_SIZE = 2  # evaluated mixtures of each size before ``auto`` may filter
+GateMode = Literal["auto", "fixed", "off"]
+DECISION_TAG = "signmix.fsd_gate"
+REASON_TAG = "signmix.fsd_gate_reason"
+
+
+class FsdGate:
+    """The search's FSD threshold and the evidence behind it.
+
+    Args:
+        mode: ``auto`` (evidence decides), ``fixed`` (``fixed_threshold``) or ``off``.
+        space: the searched space (its sizes, measure and targets); its own ``max_fsd``
+            is not used for ``auto``.
+        tolerance: accuracy gap still counted as near-best when fitting the threshold
+            (the validation interval's half-width).
+        fixed_threshold: the threshold of ``fixed``.
+        per_size: evaluated mixtures of each size needed before ``auto`` filters.
+        min_n: fewest evaluated mixtures for a decision.
+    """
+
+    def __init__(self, *, mode: GateMode, space: MixtureSpace, tolerance: float,
+                 fixed_threshold: float | None = None, per_size: int = GATE_PER_SIZE,
+                 min_n: int = DEFAULT_MIN_N) -> None:
+        if mode not in ("auto", "fixed", "off"):
+            raise ValueError(f"mode must be auto, fixed or off, got {mode!r}")
+        if mode == "fixed" and fixed_threshold is None:
+            raise ValueError("mode 'fixed' needs fixed_threshold")
+        self.mode, self.tolerance, self.fixed_threshold = mode, float(tolerance), fixed_threshold
+        self.per_size, self.min_n = per_size, min_n
+        self.measure = space.fsd_measure
+        self.sizes = possible_sizes(space)
+        self.points: dict[str, tuple[float, int, float]] = {}  # mixture key -> (fsd, k, accuracy)
+        self.requested: dict[int, int] = {}  # size -> mixtures asked of the strategy to cover it
+        self.evidence: FsdEvidence | None = None
+
+    # What the searcher asks ------------------------------------------------------
+    @property
+    def threshold(self) -> float | None:
+        """The FSD above which a proposal is filtered now; None: nothing is filtered."""
+        if self.mode == "fixed":
+            return self.fixed_threshold
+        if self.mode == "off" or self.evidence is None or self.evidence.decision != "filter":
+            return None
+        return self.evidence.threshold
+
+    @property
+    def decision(self) -> str:
+        """``filter`` | ``no_signal`` | ``too_few`` under ``auto``; ``fixed`` or ``off`` otherwise."""
+        if self.mode != "auto":
+            return self.mode
+        return self.evidence.decision if self.evidence is not None else "too_few"
+
+    def check(self, verdict: Verdict) -> Verdict:
+        """The space's verdict, rejected too when its FSD is over :attr:`threshold`."""
+        limit = self.threshold
+        if not verdict.accepted or limit is None or verdict.fsd <= limit:
+            return verdict
+        why = "fixed max_fsd" if self.mode == "fixed" else "the FSD gate's fitted threshold"
+        return Verdict(False, verdict.fsd, f"{self.measure} FSD {verdict.fsd:.4f} > {limit:.4f} ({why})",
+                       violation=verdict.fsd - limit)
+
+    def record(self, key: str, fsd: float, k: int, accuracy: float) -> None:
+        """Add one evaluated mixture and refresh the evidence."""
+        if not all(math.isfinite(v) for v in (fsd, accuracy)):
+            return
+        self.points[key] = (float(fsd), int(k), float(accuracy))
+        self.refresh()
+
+    def missing_sizes(self) -> dict[int, int]:
+        """Size -> how many more evaluated mixtures of that size ``auto`` waits for."""
+        have: dict[int, int] = {}
+        for _, k, _ in self.points.values():
+            have[k] = have.get(k, 0) + 1
+        return {size: need - have.get(size, 0) for size, available in self.sizes.items()
+                if (need := min(self.per_size, available)) > have.get(size, 0)}
+
+    def refresh(self) -> FsdEvidence:
+        """Recompute the evidence over every evaluated mixture (and the decision under ``auto``)."""
+        fsd, k, acc = (list(col) for col in zip(*self.points.values())) if self.points else ([], [], [])
+        evidence = fsd_gate_evidence(fsd, k, acc, min_n=self.min_n, tolerance=self.tolerance)
+        missing = self.missing_sizes()
+        if evidence.decision == "filter" and missing:
+            sizes = ", ".join(f"{n} more of size {s}" for s, n in sorted(missing.items()))
+            evidence = dataclasses.replace(
+                evidence, decision="too_few", threshold=None,
+                reason=f"Waiting for mixtures of every size before the gate decides ({sizes}; "
+                       f"n {evidence.n} so far): nothing is filtered yet")
+        previous = self.decision
+        self.evidence = evidence
+        if self.mode == "auto" and self.decision != previous:
+            logger.info("FSD gate: %s", evidence.reason)
+        return evidence
+
+    def summary(self) -> str:
+        """One sentence for the search summary: the evidence and what the gate did with it."""
+        ev = self.evidence or self.refresh()
+        if self.mode == "auto":
+            return ev.reason
+        numbers = "not measured" if math.isnan(ev.rho) else f"rho {ev.rho:+.2f}, p {ev.p_value:.3g}, n {ev.n}"
+        if self.mode == "fixed":
+            return f"Fixed max_fsd {self.fixed_threshold:.4g}, whatever the evidence ({numbers})"
+        return f"FSD gate off (max_fsd: null): nothing is filtered on FSD ({numbers})"
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        """``fsd_gate_rho``, ``fsd_gate_p``, ``fsd_gate_n`` and ``fsd_gate_threshold`` (NaN: none)."""
+        ev = self.evidence or self.refresh()
+        limit = self.threshold
+        return {"fsd_gate_rho": ev.rho, "fsd_gate_p": ev.p_value, "fsd_gate_n": float(ev.n),
+                "fsd_gate_threshold": float("nan") if limit is None else float(limit)}
+
+    # Exploration: a few mixtures of every size -----------------------------------
+    def exploration(self, space: MixtureSpace, seen: set[str], rng: random.Random) -> list[dict]:
+        """Parameter dicts of unseen mixtures of the sizes ``auto`` still waits for, not yet
+        asked; the searcher has the strategy propose them next."""
+        if self.mode != "auto" or (self.evidence is not None and self.evidence.decision == "filter"):
+            return []
+        asks = []
+        for size, need in sorted(self.missing_sizes().items()):
+            for _ in range(max(0, need - self.requested.get(size, 0))):
+                params = params_of_size(space, size, seen, rng)
+                if params is None:
+                    break
+                seen.add(space.to_mixture_spec(params).key)
+                self.requested[size] = self.requested.get(size, 0) + 1
+                asks.append(params)
+        return asks
+
+    # Resume -----------------------------------------------------------------------
+    def get_state(self) -> dict:
+        return {"points": dict(self.points), "requested": dict(self.requested)}
+
+    def set_state(self, state: Mapping) -> None:
+        self.points = dict(state.get("points", {}))
+        self.requested = dict(state.get("requested", {}))
+        self.refresh()
+
+
+def possible_sizes(space: MixtureSpace) -> dict[int, int]:
+    """Number of members -> how many member sets of that size the space can propose."""
+    free = len(space.free_domains)
+    fixed = len(space.targets) if space.require_targets else 0
+    cap = space.max_members or len(space.domains)
+    sizes = {}
+    for n in range(free + 1):
+        size = fixed + n
+        if 1 <= size <= cap:
+            sizes[size] = comb(free, n)
+    return sizes
+
+
+def params_of_size(space: MixtureSpace, size: int, seen: set[str], rng: random.Random) -> dict | None:
+    """An unseen parameter dict whose mixture has ``size`` members, unpruned (the space's
+    first pruning choice); None when every member set of that size was seen."""
+    free = list(space.free_domains)
+    n = size - (len(space.targets) if space.require_targets else 0)
+    if not 0 <= n <= len(free):
+        return None
+    for _ in range(200):
+        params = space.params_for(rng.sample(free, n))
+        if space.to_mixture_spec(params).key not in seen:
+            return params
+    return None
+
+
+def gate_mode(max_fsd: object) -> tuple[GateMode, float | None]:
+    """``search.max_fsd`` as a gate mode and its fixed threshold."""
+    if max_fsd == "auto":
+        return "auto", None
+    if max_fsd is None:
+        return "off", None
+    return "fixed", float(max_fsd)
+
+
+def make_gate(cfg, space: MixtureSpace, tolerance: float) -> FsdGate:
+    """The gate of ``cfg.search.max_fsd`` over ``space``, with the validation half-width as tolerance."""
+    mode, fixed = gate_mode(cfg.search.max_fsd)
+    return FsdGate(mode=mode, space=space, tolerance=tolerance, fixed_threshold=fixed)
+
+
+def validation_tolerance(cfg, progress=logger.warning) -> tuple[float, list[str]]:
+    """The widest 95% half-width of the targets' validation accuracies (the gate's tolerance),
+    and a warning per target whose half-width exceeds ``search.max_interval_half_width``
+    (each also sent to ``progress`` before the search starts)."""
+    from search.confirmation import small_validation_warnings, validation_sizes
+    from trainables.confidence import half_width_for
+
+    sizes = validation_sizes(cfg)
+    warnings = small_validation_warnings(sizes, cfg.search.max_interval_half_width)
+    for line in warnings:
+        progress(f"warning: {line}")
+    return half_width_for(max(1, min(sizes.values()))), warnings
+
+
+def log_gate(tracker, gate: FsdGate) -> None:
+    """The gate's evidence on the search's parent run: metrics ``fsd_gate_rho``, ``fsd_gate_p``,
+    ``fsd_gate_n``, ``fsd_gate_threshold``; tags ``signmix.fsd_gate`` (the decision) and
+    ``signmix.fsd_gate_reason`` (the summary sentence)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    tracker.client.log_batch(tracker.parent_id, metrics=[Metric(k, float(v), ts, 0)
+                                                         for k, v in gate.mlflow_metrics().items()])
+    tracker.client.set_tag(tracker.parent_id, DECISION_TAG, gate.decision)
+    tracker.client.set_tag(tracker.parent_id, REASON_TAG, gate.summary()[:5000])
