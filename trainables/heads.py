@@ -31,9 +31,10 @@ def fit_linear_head(features: Tensor, labels: Tensor, num_labels: int, *, l2: fl
     Minimises ``mean cross-entropy + l2/2 * ||W_s||^2`` where ``W_s`` are the weights on the
     standardised features (each column centred and divided by its standard deviation, so one
     ``l2`` suits features of any scale; the bias is not penalised). Full-batch L-BFGS with a
-    strong-Wolfe line search, in float64 on the CPU, from zeros, for at most ``max_iter``
-    iterations: the same inputs give bit-identical weights. The returned weights apply to the
-    *raw* features: ``logits = features @ weight.T + bias``.
+    strong-Wolfe line search, in float64 on the CPU on one thread, from zeros, for at most
+    ``max_iter`` iterations: the same inputs give bit-identical weights. The returned weights
+    apply to the *raw* features: ``logits = features @ weight.T + bias``. (The first fit in
+    a process also pays torch.optim's one-off import of ``torch._dynamo``, 1-3 s.)
 
     Args:
         features: ``[n, d]`` float features (any device).
@@ -82,7 +83,14 @@ def fit_linear_head(features: Tensor, labels: Tensor, num_labels: int, *, l2: fl
         loss.backward()
         return loss
 
-    optimizer.step(closure)
+    # One thread: the problem is tiny (thread start-up costs more than it saves on a busy
+    # machine), and float64 sums then come out the same whatever the caller's thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        optimizer.step(closure)
+    finally:
+        torch.set_num_threads(threads)
     with torch.no_grad():
         raw_weight = weight / std  # W_s (x - m)/s + b  ==  (W_s/s) x + (b - (W_s/s) m)
         raw_bias = bias - raw_weight @ mean

@@ -48,14 +48,25 @@ def trim_by_magnitude(tensor: Tensor, density: float) -> Tensor:
     Returns:
         A new tensor of the same shape and dtype, zero outside the kept entries.
     """
-    flat = tensor.reshape(-1)
-    keep = round(density * flat.numel())
-    if keep >= flat.numel():
-        return tensor.clone()
-    order = torch.sort(flat.abs(), descending=True, stable=True).indices
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[order[:keep]] = True
-    return torch.where(mask, flat, torch.zeros_like(flat)).reshape(tensor.shape)
+    return _trim_rows(tensor.reshape(1, -1), density).reshape(tensor.shape)
+
+
+def _trim_rows(rows: Tensor, density: float) -> Tensor:
+    """:func:`trim_by_magnitude` of each row of a ``[members, n]`` matrix, in one pass."""
+    keep = round(density * rows.shape[1])
+    if keep >= rows.shape[1]:
+        return rows.clone()
+    if keep == 0:
+        return torch.zeros_like(rows)
+    magnitude = rows.abs()
+    # The keep-th largest |value| per row (topk's values are exact; only its order of ties is not),
+    # then everything above it and, of the entries equal to it, the first ones up to `keep`.
+    threshold = torch.topk(magnitude, keep, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+    above = magnitude > threshold
+    at = magnitude == threshold
+    room = keep - above.sum(dim=1, keepdim=True)
+    mask = above | (at & (at.cumsum(dim=1) <= room))
+    return torch.where(mask, rows, torch.zeros_like(rows))
 
 
 def dare_seed(seed: int, key: str, member_index: int) -> int:
@@ -98,10 +109,10 @@ def elect_and_merge(deltas: Tensor, weights: Tensor) -> Tensor:
     w = weights.reshape(weights.shape + (1,) * (deltas.dim() - 1)).to(deltas.dtype)
     weighted = deltas * w
     elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
-    agree = weighted.sign() == elected
-    total = (weighted * agree).sum(dim=0)
+    agree = weighted * elected > 0  # non-zero and of the elected sign
+    total = torch.where(agree, weighted, 0.0).sum(dim=0)
     mass = (w * agree).sum(dim=0)
-    return torch.where(mass > 0, total / torch.where(mass > 0, mass, torch.ones_like(mass)), torch.zeros_like(total))
+    return torch.where(mass > 0, total / mass.clamp(min=torch.finfo(mass.dtype).tiny), 0.0)
 
 
 # The operators: one parameter's stacked deltas -> its merged delta ------------------------
@@ -112,7 +123,7 @@ def _task_arithmetic(deltas: Tensor, weights: Tensor, key: str, params: Mapping)
 
 
 def _ties(deltas: Tensor, weights: Tensor, key: str, params: Mapping) -> Tensor:
-    trimmed = torch.stack([trim_by_magnitude(d, params["density"]) for d in deltas])
+    trimmed = _trim_rows(deltas.reshape(deltas.shape[0], -1), params["density"]).reshape(deltas.shape)
     return elect_and_merge(trimmed, weights)
 
 

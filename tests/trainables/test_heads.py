@@ -26,9 +26,16 @@ def test_fit_reaches_full_train_accuracy_on_separable_features():
     assert ((x @ weight.T + bias).argmax(dim=1) == y).all()
 
 
-def test_fit_is_bit_identical_across_calls():
+def test_fit_is_bit_identical_across_calls_and_thread_counts():
     x, y = _separable(seed=1)
-    first, second = fit_linear_head(x, y, 3), fit_linear_head(x.clone(), y.clone(), 3)
+    threads = torch.get_num_threads()
+    first = fit_linear_head(x, y, 3)
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        second = fit_linear_head(x.clone(), y.clone(), 3)
+        assert torch.get_num_threads() == (1 if threads > 1 else 2)  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 

@@ -251,3 +251,9 @@ def test_bad_input_names_the_value_and_what_is_allowed(kwargs, message):
 def test_members_with_different_shapes_are_refused():
     with pytest.raises(ValueError, match=r"parameter 'w' has shape \(3,\) in member 1"):
         merge_adapters([MEMBERS[0], {"w": torch.zeros(3)}], method="ties", init=INIT, density=0.5)
+
+
+def test_trim_breaks_ties_in_magnitude_by_position():
+    torch.testing.assert_close(trim_by_magnitude(torch.tensor([[0.5, 1.0], [-1.0, 1.0]]), 0.5),
+                               torch.tensor([[0.0, 1.0], [-1.0, 0.0]]), atol=0, rtol=0)
+    torch.testing.assert_close(trim_by_magnitude(torch.tensor([2.0, -1.0, 3.0]), 0.1), torch.zeros(3))
