@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from ray.tune.search import Searcher
 
+from search.outcomes import METRIC, objective_value, trial_outcome
 from spaces.spec import MixtureSpec
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-METRIC = "accuracy_mean"
 # Proposals in a row that start no trial (repeats, filtered) before the strategy is steered
 # to an unseen mixture (strategies that can be: Optuna's, through enqueue_trial).
 REPEATS_BEFORE_NOVELTY = 50
@@ -166,23 +166,15 @@ class SignConflictSearcher(Searcher):
         if spec is None:
             return
         tokens = [token] + self.waiting.pop(spec.key, [])
-        value = None if result is None else result.get(METRIC)
-        if value is not None and len(self.objectives) > 1:
-            values = [result.get(m) for m in self.objectives]
-            value = None if any(v is None for v in values) else values
         if spec.key in self.results:
-            # Re-run after a restore of a trial that had already finished: already counted.
-            outcome, value = "evaluated", self.results[spec.key]
-        elif error or value is None:
-            self.counts.failed += 1
-            outcome = "failed"
-        elif result.get("evaluated_fraction", 1.0) < 1.0:
-            self.counts.stopped_early += 1
-            outcome = "stopped_early"
+            # Re-run after a restore of a trial that had already finished: already counted,
+            # and told with what it was told before (every objective).
+            outcome, value = self.outcomes[spec.key]
         else:
-            self.counts.evaluated += 1
+            outcome, value = trial_outcome(result, error=error, objectives=self.objectives)
+            setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
+        if outcome == "evaluated" and spec.key not in self.results:
             self.results[spec.key] = result[METRIC]
-            outcome = "evaluated"
             if self.gate is not None:
                 self.gate.record(spec.key, self.index.subset_fsd(spec.members, self.gate.measure),
                                  spec.k, result[METRIC])
@@ -213,13 +205,14 @@ class SignConflictSearcher(Searcher):
     def _reconcile(self) -> None:
         """Bring the snapshot up to date with what happened after it was taken."""
         if self.tracker is not None:
-            for key, (status, value) in self.tracker.reload().items():
+            for key, (status, metrics) in self.tracker.reload().items():
                 if status == "filtered":
                     self.counts.filtered_keys.add(key)
                 elif status in ("evaluated", "failed", "stopped_early") and key not in self.outcomes:
-                    self.outcomes[key] = (status, value)
+                    # As on_trial_complete would have told it: every objective, from MLflow.
+                    self.outcomes[key] = (status, objective_value(metrics, self.objectives))
                     if status == "evaluated":
-                        self.results[key] = value
+                        self.results[key] = metrics[METRIC]
                         self.counts.evaluated += 1
                     else:
                         setattr(self.counts, status, getattr(self.counts, status) + 1)

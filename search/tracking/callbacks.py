@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from ray.tune import Callback
 
+from search.outcomes import METRIC, trial_outcome
+
 if TYPE_CHECKING:
     from search.searcher import SignConflictSearcher
     from search.tracking.tracker import SearchTracker
@@ -52,18 +54,16 @@ class MixtureTracking(Callback):
         if spec is None:
             return
         result = trial.last_result or {}
-        complete = result.get("evaluated_fraction", 0.0) >= 1.0 and trial.checkpoint is not None
-        status = "evaluated" if complete else "stopped_early"
+        status, _ = trial_outcome(result, objectives=self.searcher.objectives)
         metrics = numeric_metrics(result)
-        if complete:
+        if status == "evaluated" and trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as path:
                 self.tracker.finish_mixture(spec, status, metrics=metrics, artifact_dir=path,
                                             step=result.get("training_iteration", 0))
-            acc = result["accuracy_mean"]
-            if self.best is None or acc > self.best[0]:
-                self.best = (acc, spec.label())
         else:
             self.tracker.finish_mixture(spec, status, metrics=metrics, step=result.get("training_iteration", 0))
+        if status == "evaluated" and (self.best is None or result[METRIC] > self.best[0]):
+            self.best = (result[METRIC], spec.label())
         self._report(f"{status:<13} {spec.label():<40} accuracy {result.get('accuracy_mean', float('nan')):.4f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -176,14 +176,14 @@ class SearchTracker:
             where += f" and tags.`{STATUS_TAG}` = '{status}'"
         return self.client.search_runs([self.experiment_id], filter_string=where, max_results=50000)
 
-    def reload(self) -> dict[str, tuple[str, float | None]]:
-        """Re-read this search's child runs from MLflow; returns key -> (status, accuracy)."""
+    def reload(self) -> dict[str, tuple[str, dict[str, float]]]:
+        """Re-read this search's child runs from MLflow; returns key -> (status, metrics)."""
         found = {}
         for run in self.children():
             key = run.data.tags[KEY_TAG]
             self.runs[key] = run.info.run_id
             self.status[key] = run.data.tags.get(STATUS_TAG, "running")
-            found[key] = (self.status[key], run.data.metrics.get("accuracy_mean"))
+            found[key] = (self.status[key], dict(run.data.metrics))
         return found
 
     def close_dangling(self) -> int:

@@ -27,14 +27,20 @@ def _evaluated(cfg) -> int:
         return 0
 
 
+OBJECTIVES = {"accuracy": {}, "accuracy+robust_accuracy": {"objectives": ["accuracy", "robust_accuracy"],
+                                                         "fgsm_step": 0.01}}
+
+
+@pytest.mark.parametrize("objectives", list(OBJECTIVES))
 def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_cluster, tiny_bert, demo_domains,
-                                                             shared_store):
+                                                             shared_store, objectives):
     from search.runner import run_training
 
     domains = {d: demo_domains[d] for d in ("books", "movies", "electronics", "kitchen")}
     path = write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], store=shared_store,
                         search={"strategy": "tpe", "targets": ["books"], "num_mixtures": 9, "max_fsd": None,
-                                "prune_ratios": [0.0, 0.5], "max_concurrent": 1, "seed": 3})
+                                "prune_ratios": [0.0, 0.5], "max_concurrent": 1, "seed": 3,
+                                **OBJECTIVES[objectives]})
     cfg = load_config(path)
     run_training(cfg)
 
@@ -79,5 +85,8 @@ def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_clust
     (study,) = optuna.get_all_study_summaries(f"sqlite:///{Path(cfg.storage_path) / 'optuna.db'}")
     loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{Path(cfg.storage_path) / 'optuna.db'}")
     complete = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert {round(t.value, 6) for t in complete} >= {round(r.data.metrics["accuracy_mean"], 6) for r in evaluated}
+    # Every evaluated mixture told with all its objectives (a list of two with robustness).
+    metrics = ["accuracy_mean"] + (["robust_accuracy_mean"] if "robust" in objectives else [])
+    assert {tuple(round(v, 6) for v in t.values) for t in complete} >= {
+        tuple(round(r.data.metrics[m], 6) for m in metrics) for r in evaluated}
     assert not [t for t in loaded.trials if t.state == optuna.trial.TrialState.RUNNING]

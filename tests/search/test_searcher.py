@@ -175,7 +175,7 @@ def test_repeat_of_a_filtered_mixture_is_filtered_again_and_recorded(index):
     ({METRIC: 0.75}, False, "evaluated", 0.75),
     ({METRIC: 0.75, "evaluated_fraction": 1.0}, False, "evaluated", 0.75),
     ({METRIC: 0.6, "evaluated_fraction": 0.5}, False, "stopped_early", 0.6),
-    ({METRIC: 0.6}, True, "failed", 0.6),
+    ({METRIC: 0.6}, True, "failed", None),  # a failed trial has no value, whatever it reported
     (None, True, "failed", None),
     (None, False, "failed", None),
     ({"fsd": 0.1}, False, "failed", None),
