@@ -87,7 +87,7 @@ def lora_delta_weights(state_dict: Mapping[str, Tensor], *,
 
 def lora_fsd(a: Mapping[str, Tensor], b: Mapping[str, Tensor], *, scaling_a: float | Mapping[str, float],
              scaling_b: float | Mapping[str, float]) -> float:
-    """Returns the FSD of two LoRA adapters measured on their updates ΔW (:func:`spaces.fsd.fraction_sign_difference`)."""
+    """Returns the FSD of two LoRA adapters on their updates ΔW (:func:`spaces.fsd.fraction_sign_difference`)."""
     return fraction_sign_difference(lora_delta_weights(a, scaling=scaling_a), lora_delta_weights(b, scaling=scaling_b))
 
 
@@ -108,7 +108,8 @@ def lora_sign_index(weights_by_name: Mapping[str, Mapping[str, Tensor]], *,
             return scaling[name]
         return scaling
 
-    return SignIndex.from_weights({name: lora_delta_weights(w, scaling=of(name)) for name, w in weights_by_name.items()})
+    deltas = {name: lora_delta_weights(w, scaling=of(name)) for name, w in weights_by_name.items()}
+    return SignIndex.from_weights(deltas)
 
 
 def merge_lora_deltas(deltas: Sequence[Mapping[str, Tensor]], *, method: str = "average",

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 _FIELDS: tuple[tuple[str, str, str], ...] = (
     ("architecture", "method", "mix adapters of one method only"),
     ("r", "LoRA rank r", "mix LoRA adapters of one rank, or merge on ΔW (lora_merge: delta), where ranks may differ"),
-    ("alpha", "LoRA alpha", "mix LoRA adapters of one alpha, or merge on ΔW (lora_merge: delta), where alpha may differ"),
+    ("alpha", "LoRA alpha",
+     "mix LoRA adapters of one alpha, or merge on ΔW (lora_merge: delta), where alpha may differ"),
     ("reduction_factor", "reduction factor", "mix bottleneck adapters of one reduction factor"),
     ("non_linearity", "non-linearity", "mix adapters with one non-linearity"),
     ("selfattn_lora", "target modules (self-attention)", "mix LoRA adapters that adapt the same modules"),

@@ -148,7 +148,8 @@ class ImportedAdapter:
 
     def meta(self) -> dict:
         """Returns the ``signmix.json`` fields of this adapter (the caller adds labels and metrics)."""
-        return {"domain": self.label, "fingerprint": self.fingerprint(), "base_model": self.adapter_config.get("model_name"),
+        return {"domain": self.label, "fingerprint": self.fingerprint(),
+                "base_model": self.adapter_config.get("model_name"),
                 "adapter": signmix_settings(self.config), "source": dict(self.source),
                 "has_head": self.has_head}
 
