@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from search.objectives import OBJECTIVES, PARETO_RULES
+from search.confirmation import TIE_RULES
 from search.strategies import STRATEGIES
 from spaces.errors import ConfigError
 from spaces.fsd import FSD_MEASURES
+from spaces.merge_choices import WEIGHTINGS
+from spaces.operators import HEAD_PROTOCOLS, MERGE_OPERATORS
 from spaces.space import SEARCH_PRUNE_METHODS
 from spaces.spec import PRUNE_SCOPES, PRUNE_WHEN
 from trainables.model import ADAPTER_METHODS
@@ -36,6 +39,10 @@ REGISTERED_CHOICES: dict[str, tuple[str, ...]] = {
     "search.prune_when": tuple(PRUNE_WHEN),
     "search.objectives": tuple(OBJECTIVES),
     "search.pareto_rule": tuple(PARETO_RULES),
+    "search.merge_methods": tuple(MERGE_OPERATORS),
+    "search.weights": tuple(WEIGHTINGS),
+    "search.head": tuple(HEAD_PROTOCOLS),
+    "search.when_tied": tuple(TIE_RULES),
 }
 
 
@@ -52,6 +59,10 @@ PruneScope = _choice("search.prune_scope")
 PruneWhen = _choice("search.prune_when")
 Objective = _choice("search.objectives")
 ParetoRule = _choice("search.pareto_rule")
+MergeMethodName = _choice("search.merge_methods")
+Weighting = _choice("search.weights")
+HeadProtocol = _choice("search.head")
+TieRule = _choice("search.when_tied")
 
 
 class _Frozen(BaseModel):
@@ -112,8 +123,16 @@ class SearchConfig(_Frozen):
     prune_scope: PruneScope = "adapter"
     prune_when: PruneWhen = "members"
     fsd_measure: FsdMeasure = "mean_pairwise"
+    # auto: filter only once the evaluated mixtures show FSD predicts accuracy here (search/gate.py);
+    # a number: a fixed threshold; null: no FSD filter.
     max_fsd: Union[Annotated[float, Field(ge=0.0, le=1.0)], Literal["auto"], None] = "auto"
-    max_fsd_percentile: Annotated[float, Field(ge=0.0, le=100.0)] = 75.0
+    # Confirm the chosen mixture and the baselines once on the test split (search/confirmation.py).
+    confirm: bool = True
+    # Which mixture is exported when the validation data cannot separate the best from the
+    # runner-up or the target alone: the one with fewer members, or the higher accuracy.
+    when_tied: TieRule = "fewer_members"
+    # Warn before a search when a target's validation set gives a 95% interval wider than this (±).
+    max_interval_half_width: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
     max_concurrent: Annotated[int, Field(ge=1)] = 2
     eval_batch_size: Annotated[int, Field(ge=1)] = 64
     eval_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: faster on CPUs with AVX-512 BF16
@@ -127,6 +146,17 @@ class SearchConfig(_Frozen):
     # picks from the Pareto front by `pareto_rule`.
     objectives: list[Objective] = Field(default_factory=lambda: ["accuracy"])
     pareto_rule: ParetoRule = "balanced"
+    # How the members are merged (spaces/operators.py): a choice among operators, each
+    # parameter a choice list (density: ties; drop_rate: dare_*; lambda: all but average);
+    # weights equal, or searched (one per member, on a grid of 0.1 to 1.0, normalised).
+    merge_methods: list[MergeMethodName] = Field(default_factory=lambda: ["average"])
+    densities: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=lambda: [0.5])
+    drop_rates: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=lambda: [0.5])
+    lambdas: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(default_factory=lambda: [1.0])
+    weights: Weighting = "uniform"
+    # Which heads score a mixture: each target's trained head (own), or a linear head refit
+    # on the mixed adapter's features of the target's training split (refit).
+    head: HeadProtocol = "own"
 
     @field_validator("targets")
     @classmethod
@@ -159,6 +189,21 @@ class SearchConfig(_Frozen):
             raise ValueError(f"give at least one pruning method ({' or '.join(SEARCH_PRUNE_METHODS)})")
         return list(dict.fromkeys(v))
 
+    @field_validator("merge_methods", "densities", "drop_rates", "lambdas")
+    @classmethod
+    def _choices_nonempty(cls, v, info: ValidationInfo):
+        if not v:
+            raise ValueError(f"give at least one value of {info.field_name}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("weights")
+    @classmethod
+    def _exhaustive_cannot_search_weights(cls, v, info: ValidationInfo):
+        if v == "searched" and info.data.get("strategy") == "exhaustive":
+            raise ValueError("exhaustive cannot enumerate a continuous space (one searched weight per member); "
+                             "use strategy tpe or random, or weights: uniform")
+        return v
+
     @field_validator("prune_layers")
     @classmethod
     def _layers_nonempty(cls, v):
@@ -185,7 +230,7 @@ class ResourcesConfig(_Frozen):
 
 
 class RayConfig(_Frozen):
-    address: Optional[str] = None  # None: start a local cluster; "auto" or "ray://host:port"
+    address: Optional[str] = None  # None: start a local cluster; "auto" or "host:port" (from outside: signmix submit)
     storage_path: str = "signmix_runs"
     num_cpus: Optional[int] = None  # for a local cluster only
 

@@ -91,6 +91,10 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         if run.data.tags.get(STATUS_TAG) != "evaluated":
             raise UsageError(f"run {run_id} is a {run.data.tags.get(STATUS_TAG, 'non-mixture')!r} run; "
                              "only evaluated mixtures have weights to export")
+    from search.confirmation import confirmed_choice
+
+    # The tie rule may export the runner-up or the targets alone; the test split confirms it.
+    run, confirmation = confirmed_choice(cfg, client, experiment_id, run, explicit=run_id is not None)
     p, metrics = run.data.params, run.data.metrics
     targets = p["targets"].split(",")
     record = {
@@ -100,6 +104,12 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "prune_method": p["prune_method"], "prune_ratio": float(p["prune_ratio"]),
         "prune_scope": p["prune_scope"], "prune_when": p["prune_when"],
         "prune_layers": int(p.get("prune_layers", 0)),
+        # How the members were merged and which heads the export carries (runs logged before
+        # operators existed are average / own).
+        "merge_method": p.get("merge_method", "average"),
+        "merge_parameters": {name: (int(p[name]) if name == "merge_seed" else float(p[name]))
+                             for name in ("density", "drop_rate", "lambda", "merge_seed") if name in p},
+        "head": p.get("head", "own"),
         "fsd": metrics.get("fsd"), "fsd_measure": p["fsd_measure"], "strategy": p["strategy"],
         "metrics": {k: v for k, v in metrics.items()
                     if k.startswith(("accuracy", "robust_accuracy", "macro_f1", "sparsity"))},
@@ -118,6 +128,9 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment": cfg.experiment_name,
         "mixture_key": run.data.tags.get("signmix.mixture_key"),
+        # Test accuracies with 95% intervals, McNemar vs each target's own adapter, baselines
+        # (search/confirmation_stats.py); None when search.confirm is off.
+        "confirmation": confirmation,
     }
     # Build in a sibling temp folder, then rename: no half-written export on any failure.
     out.parent.mkdir(parents=True, exist_ok=True)

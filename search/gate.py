@@ -238,3 +238,26 @@ def log_gate(tracker, gate: FsdGate) -> None:
                                                          for k, v in gate.mlflow_metrics().items()])
     tracker.client.set_tag(tracker.parent_id, DECISION_TAG, gate.decision)
     tracker.client.set_tag(tracker.parent_id, REASON_TAG, gate.summary()[:5000])
+
+
+def evidence_from_mlflow(cfg) -> FsdEvidence | None:
+    """The gate's evidence over every evaluated mixture of the experiment that serves exactly
+    ``search.targets`` (its logged ``fsd``: the measure of the search that ran it), with the
+    validation half-width as tolerance: what ``signmix fsd`` prints. None when the experiment
+    has no such mixture. Reads only."""
+    from search.confirmation import validation_sizes
+    from search.reporting.results import mixture_runs, open_existing_experiment
+    from trainables.confidence import half_width_for
+
+    client, experiment_id = open_existing_experiment(cfg)
+    if experiment_id is None:
+        return None
+    targets = set(cfg.search.targets)
+    points = [(r.metrics["fsd"], r.k, r.metrics["accuracy_mean"])
+              for r in mixture_runs(client, experiment_id, status="evaluated")
+              if set(r.targets) == targets and "fsd" in r.metrics and "accuracy_mean" in r.metrics]
+    if not points:
+        return None
+    tolerance = half_width_for(max(1, min(validation_sizes(cfg).values())))
+    fsd, k, acc = (list(col) for col in zip(*points))
+    return fsd_gate_evidence(fsd, k, acc, tolerance=tolerance)

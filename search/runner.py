@@ -13,7 +13,7 @@ from typing import Callable
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
 from search.objectives import OBJECTIVES, selection_rule
-from spaces.errors import TrackingError, UsageError
+from spaces.errors import StoreError, TrackingError, UsageError
 from trainables.store import load_sign_index
 
 logger = logging.getLogger(__name__)
@@ -112,13 +112,50 @@ class SearchSummary:
     seconds: float
     prefilter_seconds: float = 0.0
     mlflow_seconds: float = 0.0
+    fsd_gate: str = ""  # the FSD gate's evidence and decision, one sentence (search/gate.py)
+    fsd_gate_decision: str = ""  # filter | no_signal | too_few | fixed | off
+    validation_warnings: list = field(default_factory=list)  # validation sets too small to separate mixtures
+    confirmation: dict | None = None  # the test-split confirmation (search/confirmation_stats.py)
+    chosen_run_id: str | None = None  # what the tie rule exports (best_run_id when nothing is tied)
 
 
 RAY_EXPERIMENT_TAG = "signmix.ray_experiment"
 
 
-def _mixture_trainable(cfg: Config, weights, trial: Callable | None = None):
-    """The mixture trial with its resources; adapter weights go into the Ray object store once.
+def shared_initialisation(cfg: Config, weights) -> dict | None:
+    """The adapters' shared initialisation when one of ``search.merge_methods`` merges deltas
+    from it (None otherwise), rebuilt once in the driver and cached in the store.
+
+    Raises:
+        StoreError: the store cannot provide it (imported adapters, which started elsewhere,
+            or adapters of another architecture than the config builds).
+    """
+    from spaces.operators import MERGE_OPERATORS
+    from trainables.initialisation import check_init_matches, initial_adapter_weights
+    from trainables.store import AdapterStore
+
+    needs = [m for m in cfg.search.merge_methods if MERGE_OPERATORS[m].needs_init]
+    if not needs:
+        return None
+    why = (f"search.merge_methods {needs} merge deltas from the adapters' shared initialisation, which this "
+           "store cannot provide")
+    store = AdapterStore(cfg.store_path)
+    imported = [d for d in sorted(weights) if store.meta(d).get("source")]
+    if imported:
+        raise StoreError(f"{why}: {imported} were imported, not trained from the config's seed; "
+                         "use merge_methods: [average], or train every adapter with signmix")
+    init = initial_adapter_weights(cfg.model_dump(), store)
+    try:
+        for domain in sorted(weights):
+            check_init_matches(init, weights[domain], domain)
+    except StoreError as exc:
+        raise StoreError(f"{why}: {exc}; or use merge_methods: [average]") from exc
+    return init
+
+
+def _mixture_trainable(cfg: Config, weights, trial: Callable | None = None, init=None):
+    """The mixture trial with its resources; adapter weights (and ``init``, the shared
+    initialisation, when an operator needs it) go into the Ray object store once.
 
     ``trial`` replaces :func:`trainables.mixture.evaluate_mixture` (benchmarks, ablations).
     """
@@ -127,7 +164,7 @@ def _mixture_trainable(cfg: Config, weights, trial: Callable | None = None):
     from trainables.mixture import evaluate_mixture, share_adapter_weights
 
     return tune.with_resources(
-        tune.with_parameters(trial or evaluate_mixture, adapter_weights=share_adapter_weights(weights),
+        tune.with_parameters(trial or evaluate_mixture, adapter_weights=share_adapter_weights(weights, init),
                              experiment=cfg.model_dump(),
                              store_root=os.path.abspath(cfg.store_path)),
         _resources(cfg))
@@ -178,6 +215,7 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     check_cluster_storage(cfg)
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    init = shared_initialisation(cfg, weights)  # before Ray starts: a store that cannot provide it stops here
     storage = storage_uri(cfg)
     # The Optuna study is a local SQLite file: beside the Ray experiments, or beside the
     # adapter store when the experiments live on object storage.
@@ -194,7 +232,7 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
                              "(missing or incomplete); run `signmix search CONFIG` without --resume")
         probe.attach(parent_id)
         progress(f"resuming search {parent_id} from {path}")
-        tuner = tune.Tuner.restore(path, trainable=_mixture_trainable(cfg, weights, trial), resume_unfinished=True,
+        tuner = tune.Tuner.restore(path, trainable=_mixture_trainable(cfg, weights, trial, init), resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
         # Tune rebuilds the searcher and callbacks from its own snapshot: use those.
         searcher = tuner._local_tuner._tune_config.search_alg.searcher
@@ -203,7 +241,12 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
             tracker.attach(parent_id)
         space = searcher.space
     else:
-        space = space_from_config(cfg.search.model_dump(), sorted(cfg.domains), index)
+        from search.gate import make_gate, validation_tolerance
+
+        tolerance, warnings = validation_tolerance(cfg, progress)
+        # max_fsd: auto is the gate's to resolve, from evidence gathered during the search.
+        search_section = {**cfg.search.model_dump(), **({"max_fsd": None} if cfg.search.max_fsd == "auto" else {})}
+        space = space_from_config(search_section, sorted(cfg.domains), index)
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
@@ -213,13 +256,15 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,
                                         budget=cfg.search.num_mixtures,
-                                        objectives=[OBJECTIVES[o] for o in cfg.search.objectives])
+                                        objectives=[OBJECTIVES[o] for o in cfg.search.objectives],
+                                        gate=make_gate(cfg, space, tolerance))
+        searcher.validation_warnings = warnings
         scheduler = None
         if cfg.search.early_stopping and cfg.search.eval_chunks > 1:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
                                       grace_period=1, reduction_factor=2)
         tuner = tune.Tuner(
-            _mixture_trainable(cfg, weights, trial),
+            _mixture_trainable(cfg, weights, trial, init),
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
                 # The searcher stops at the budget of distinct evaluated mixtures; Ray's own
@@ -232,7 +277,8 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
                 failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)))
         tracker.start(run_name=run_name, params={
             **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
-            "max_fsd_resolved": "none" if space.max_fsd is None else f"{space.max_fsd:.6f}",
+            "max_fsd_resolved": "auto (FSD gate)" if cfg.search.max_fsd == "auto" else
+            "none" if space.max_fsd is None else f"{space.max_fsd:.6f}",
             "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
         tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, f"{storage.rstrip('/')}/{run_name}")
         progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
@@ -260,6 +306,11 @@ def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed
         "repeats": c.repeats, "stopped_early": c.stopped_early, "failed": c.failed,
         "best_accuracy_mean": summary.best_accuracy if summary.best_accuracy is not None else float("nan"),
         "search_seconds": summary.seconds})
+    if not failed:
+        from search.confirmation import finish_search
+
+        # After the parent run is closed: the FSD gate's evidence, then the test-split confirmation.
+        finish_search(cfg, searcher, tracker, summary)
     return summary
 
 

@@ -71,7 +71,8 @@ def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], tar
         "training": {"epochs": 1, "learning_rate": 5e-3, "batch_size": 16, "max_length": 32, "seed": 0},
         "domains": {name: {"path": str(p)} for name, p in domains.items()},
         "search": {"strategy": "exhaustive", "targets": targets, "num_mixtures": 20, "prune_ratios": [0.0, 0.5],
-                   "max_fsd": "auto", "max_fsd_percentile": 50, "max_concurrent": 2},
+                   "max_fsd": "auto", "max_concurrent": 2,
+                   "confirm": False},  # tests of the test-split confirmation turn it on
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(folder / "runs")},
         "store": str(folder / "adapters"),

@@ -1,11 +1,14 @@
-"""The mixture trial: build one mixture (prune, average), evaluate it on its targets.
+"""The mixture trial: build one mixture (prune, merge), evaluate it on its targets.
 
 Ray Tune calls :func:`evaluate_mixture` with the mixture's spec in ``config``; the adapter
 weights come from the Ray object store (one object per adapter, only the members are
 fetched, zero-copy), not from disk. The validation set of each target is evaluated in
 ``eval_chunks`` chunks with a report after each, so an early-stopping scheduler can stop a
 bad mixture before it has seen everything.
-The final report carries a checkpoint: the mixed, pruned adapter and the targets' heads.
+With ``head: refit`` each target's head is first refit on the mixture's features of its
+training split (:meth:`~trainables.evaluate.MixtureModel.refit_heads`).
+The final report carries a checkpoint: the mixed, pruned adapter and the targets' heads
+(the refit ones under ``head: refit``).
 """
 
 from __future__ import annotations
@@ -20,18 +23,27 @@ from trainables.mixing import build_mixture, sparsity
 from trainables.robustness import fgsm_predict
 
 
-def share_adapter_weights(weights: Mapping[str, Mapping]) -> dict:
+# The key of the adapters' shared initialisation beside the adapters (no domain name starts
+# with a dot): the operators that merge deltas (spaces.operators) need it.
+INIT_KEY = ".init"
+
+
+def share_adapter_weights(weights: Mapping[str, Mapping], init: Mapping | None = None) -> dict:
     """Put each adapter into the Ray object store once, as numpy arrays: a trial then
     fetches only its members (:func:`fetch_members`) and reads them zero-copy from the
     node's shared memory. (A dict of torch tensors is unpickled into a private copy of
-    every adapter in every worker: slower than reading the files, BENCHMARKS.md.)"""
+    every adapter in every worker: slower than reading the files, BENCHMARKS.md.)
+    ``init``, the adapters' shared initialisation, goes beside them under :data:`INIT_KEY`."""
     import ray
     import torch
 
     def as_array(t):
         return t if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()  # numpy has no bfloat16
 
-    return {domain: ray.put({k: as_array(t) for k, t in w.items()}) for domain, w in weights.items()}
+    shared = {domain: ray.put({k: as_array(t) for k, t in w.items()}) for domain, w in weights.items()}
+    if init is not None:
+        shared[INIT_KEY] = ray.put({k: as_array(t) for k, t in init.items()})
+    return shared
 
 
 def fetch_members(adapter_weights: Mapping, members) -> dict[str, dict]:
@@ -51,6 +63,30 @@ def fetch_members(adapter_weights: Mapping, members) -> dict[str, dict]:
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return {m: {k: torch.from_numpy(a) if isinstance(a, np.ndarray) else a for k, a in w.items()}
                 for m, w in weights.items()}
+
+
+def load_mixture(model, spec: MixtureSpec, adapter_weights: Mapping, experiment: Mapping | None = None) -> dict:
+    """Build ``spec``'s mixture from the shared adapter weights and write it into the worker's
+    model; with ``spec.head == "refit"`` also refit the targets' heads on it (which needs
+    ``experiment``). Returns the mixed weights. The search trial and the confirmation trial
+    (:mod:`trainables.confirm`) both go through here, so they evaluate the same mixture."""
+    from spaces.errors import SpecError
+    from spaces.operators import MERGE_OPERATORS
+
+    init = None
+    if MERGE_OPERATORS[spec.merge_method].needs_init:
+        if INIT_KEY not in adapter_weights:
+            raise SpecError(f"merge method {spec.merge_method!r} merges deltas from the adapters' shared "
+                            "initialisation, which was not put beside the adapters; use merge method 'average'")
+        init = fetch_members(adapter_weights, [INIT_KEY])[INIT_KEY]
+    weights = build_mixture(fetch_members(adapter_weights, spec.members), spec, init)
+    model.set_weights(weights)
+    model.refit_seconds = 0.0
+    if spec.head == "refit":
+        if experiment is None:
+            raise SpecError("head 'refit' fits each target's head on its training split: pass the experiment")
+        model.refit_seconds = model.refit_heads(experiment, spec.targets, experiment["search"]["eval_batch_size"])
+    return weights
 
 
 def _peak_rss_mib() -> float:
@@ -81,9 +117,9 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
     setup_seconds = time.perf_counter() - started
 
     built = time.perf_counter()
-    weights = build_mixture(fetch_members(adapter_weights, spec.members), spec)
-    model.set_weights(weights)
-    build_seconds = time.perf_counter() - built
+    weights = load_mixture(model, spec, adapter_weights, experiment)
+    refit_seconds = model.refit_seconds  # head: refit, the linear heads fitted on this mixture
+    build_seconds = time.perf_counter() - built - refit_seconds
 
     batch_size = experiment["search"]["eval_batch_size"]
     n_chunks = experiment["search"]["eval_chunks"]
@@ -91,7 +127,7 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
         model.add_head(t)
     per_target = {t: encoded_split(experiment, t, "validation", model.label_names[t])  # cached per process
                   for t in spec.targets}
-    setup_seconds += time.perf_counter() - built - build_seconds
+    setup_seconds += time.perf_counter() - built - build_seconds - refit_seconds
     predict_seconds = 0.0
     chunks = {t: _chunks(len(enc), n_chunks) for t, enc in per_target.items()}
     preds: dict[str, dict[int, int]] = {t: {} for t in spec.targets}
@@ -104,7 +140,7 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
                 preds[target].update(predict(model.model, enc, batch_size, indices=chunks[target][step]))
                 predict_seconds += time.perf_counter() - t0
         metrics = {"fsd": config.get("fsd", float("nan")), "k": spec.k, "sparsity": sparsity(weights),
-                   "build_seconds": build_seconds, "setup_seconds": setup_seconds,
+                   "build_seconds": build_seconds, "setup_seconds": setup_seconds, "refit_seconds": refit_seconds,
                    "predict_seconds": predict_seconds, "examples": sum(len(p) for p in preds.values()),
                    "worker_peak_rss_mib": _peak_rss_mib()}
         for target, enc in per_target.items():

@@ -41,7 +41,7 @@ def write_demo_config(out: Path, *, seed: int = 0, tracking_uri: str | None = No
         "training": {"epochs": epochs, "learning_rate": 2e-3, "batch_size": 16, "max_length": 64, "seed": seed},
         "domains": {name: {"path": str(folder)} for name, folder in sorted(folders.items())},
         "search": {"strategy": "tpe", "targets": DEMO_TARGETS, "num_mixtures": num_mixtures,
-                   "prune_ratios": [0.0, 0.5, 0.9], "max_fsd": "auto", "max_fsd_percentile": 75,
+                   "prune_ratios": [0.0, 0.5, 0.9], "max_fsd": "auto",
                    "max_concurrent": 2, "seed": seed},
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(out / "runs"), "num_cpus": min(2, os.cpu_count() or 1)},

@@ -7,6 +7,7 @@ runtime failures exit with 1; ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from spaces.errors import SignmixError
+from spaces.errors import SignmixError, UsageError
 
 logger = logging.getLogger("signmix")
 
@@ -73,6 +74,12 @@ def cmd_fsd(args) -> int:
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
     rows = [[name] + [float(index.matrix[i, j]) for j in range(len(index.names))] for i, name in enumerate(index.names)]
     print(format_table(rows, ["FSD"] + list(index.names)))
+    from search.gate import evidence_from_mlflow
+
+    evidence = evidence_from_mlflow(cfg)
+    print()
+    print("FSD gate evidence (evaluated mixtures of this experiment): " + (
+        evidence.reason if evidence is not None else "no evaluated mixture yet; run `signmix search CONFIG`"))
     out = Path(args.out or os.path.join(cfg.storage_path, "fsd_matrix.csv"))
     out.parent.mkdir(parents=True, exist_ok=True)
     index.to_csv(out)
@@ -103,7 +110,15 @@ def cmd_search(args) -> int:
     print(f"{s.strategy}: {s.evaluated} evaluated, {s.filtered} proposals filtered ({s.filtered_mixtures} mixtures), "
           f"{s.repeats} repeats, {s.stopped_early} stopped early, {s.failed} failed in {s.seconds:.1f}s")
     if s.best_label is not None:
+        from search.baselines import search_summary_lines
+
         print(f"best: {s.best_label}  accuracy {s.best_accuracy:.4f}  (MLflow run {s.best_run_id})")
+        for line in search_summary_lines(cfg, s.best_run_id):
+            print(line)
+    from search.confirmation_stats import trust_lines
+
+    for line in trust_lines(s):
+        print(line)
     return 1 if s.failed and not s.evaluated else 0
 
 
@@ -176,7 +191,7 @@ def cmd_demo(args) -> int:
     _progress("3/4 exporting the best mixture")
     staged = out / ".best-new"
     shutil.rmtree(staged, ignore_errors=True)
-    export_mixture(cfg, staged, run_id=s.best_run_id)
+    export_mixture(cfg, staged, run_id=s.chosen_run_id or s.best_run_id)
     if (out / "best").exists():
         shutil.rmtree(out / "best")
     os.replace(staged, out / "best")
@@ -188,12 +203,35 @@ def cmd_demo(args) -> int:
     rows = [[f"best: {s.best_label}", s.best_k, s.best_fsd, s.best_accuracy]]
     rows += [[name, specs[name].k, index.subset_fsd(specs[name].members, cfg.search.fsd_measure), r["accuracy_mean"]]
              for name, r in baselines.items()]
+    if cfg.search.head == "own":  # what the best mixture scores with heads refit on it
+        from search.baselines import spec_of_record
+
+        record = json.loads((out / "best" / "mixture.json").read_text(encoding="utf-8"))
+        refit = evaluate_specs(cfg, {"best, refit heads": spec_of_record(record, head="refit")}, weights)
+        rows.insert(1, ["best, refit heads", s.best_k, s.best_fsd, refit["best, refit heads"]["accuracy_mean"]])
     print()
     print(format_table(rows, ["mixture", "k", "FSD", f"validation accuracy ({targets})"]))
+    if s.best_run_id is not None:
+        from search.baselines import search_summary_lines
+
+        print()
+        for line in search_summary_lines(cfg, s.best_run_id, baselines):
+            print(line)
+    if s.confirmation is not None:
+        from search.confirmation_stats import confirmation_table
+
+        print()
+        print(confirmation_table(s.confirmation))
     print()
+    limit = "none" if s.max_fsd is None else f"{s.max_fsd:.4f}"
     print(f"proposals: {s.evaluated} evaluated, {s.filtered} filtered by the pre-filter "
-          f"({s.filtered_mixtures} distinct mixtures, max_fsd {s.max_fsd:.4f}), {s.repeats} repeats answered "
+          f"({s.filtered_mixtures} distinct mixtures, max_fsd {limit}), {s.repeats} repeats answered "
           f"from earlier results; search took {s.seconds:.0f}s")
+    from search.confirmation_stats import trust_lines
+
+    for line in trust_lines(s):
+        if not line.startswith("confirmed on the test split") and not line.startswith("  "):
+            print(line)
     print(f"best mixture exported to {out / 'best'}")
     print(f"browse the runs:  mlflow ui --backend-store-uri {redact_uri(cfg.tracking_uri)} --port 5000")
     return 0
@@ -218,7 +256,47 @@ def cmd_results(args) -> int:
 
     cfg = _load(args)
     print(format_results(top_mixtures(cfg, n=args.top, sort=args.sort), sort=args.sort))
+    from search.confirmation import latest_confirmation
+    from search.confirmation_stats import confirmation_lines
+
+    record = latest_confirmation(cfg)
+    if record is not None:
+        print()
+        for line in confirmation_lines(record):
+            print(line)
     return 0
+
+
+def cmd_submit(args) -> int:
+    from search.jobs import JobError, connect_jobs, follow_job, job_outcome, stop_job, submit_job
+
+    if sum(x is not None for x in (args.config, args.status, args.stop)) != 1:
+        raise UsageError("give exactly one of CONFIG (submit it), --status JOB or --stop JOB")
+    client = connect_jobs(args.address)
+    if args.stop:
+        print(f"job {args.stop}: {stop_job(client, args.stop, progress=_progress)}")
+        return 0
+    if args.status:
+        o = job_outcome(client, args.status)
+        print(f"job {o.job_id}: {o.status}" + (f" ({o.message.splitlines()[0]})" if o.message else ""))
+        print("\n".join(o.last_lines))
+        return 0
+    cfg = _load(argparse.Namespace(config=args.config))
+    job_id = submit_job(client, cfg, command=args.command)
+    if args.no_wait:
+        print(f"submitted job {job_id}; follow it with `signmix submit --status {job_id} --address {args.address}`")
+        return 0
+    _progress(f"submitted job {job_id} (signmix {args.command}); Ctrl-C stops it")
+    try:
+        outcome = follow_job(client, job_id)
+    except KeyboardInterrupt:
+        print(f"signmix: interrupted: job {job_id} stopped", file=sys.stderr)
+        return 130
+    if outcome.succeeded:
+        print(f"job {job_id} succeeded")
+        return 0
+    why = outcome.error_line() or (outcome.message.splitlines()[0] if outcome.message else "")
+    raise JobError(f"job {job_id} {outcome.status.lower()}: {why}\n  " + "\n  ".join(outcome.last_lines[-10:]))
 
 
 def cmd_server(args) -> int:
@@ -280,6 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", help="another encoder (hub id or local folder) instead of MiniLM-L6")
     p.add_argument("--num-mixtures", type=int, default=12, help="mixtures to evaluate (default 12)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("submit", help="run search (or train, study) on a remote Ray cluster as a Ray Job",
+                       description="submit CONFIG as a Ray Job and stream its log (exit 0: succeeded, 1: failed or "
+                                   "stopped); or show (--status) or stop (--stop) a job")
+    p.add_argument("config", nargs="?", help="the experiment's YAML config (its paths must exist on the head)")
+    p.add_argument("--address", required=True, help="the head's Ray dashboard, e.g. http://HEAD:8265")
+    p.add_argument("--command", choices=["search", "train", "study"], default="search",
+                   help="the signmix command the job runs (default: search)")
+    p.add_argument("--no-wait", action="store_true", help="submit and return the job id (the job keeps running)")
+    p.add_argument("--status", metavar="JOB", help="show a job's status and last lines")
+    p.add_argument("--stop", metavar="JOB", help="stop a job")
+    p.set_defaults(func=cmd_submit)
     p = sub.add_parser("server", help="start an MLflow tracking server (loopback by default)")
     from mlflow_server.cli import add_server_arguments
 

@@ -46,7 +46,7 @@ def write_config(work: Path, *, strategy: str, max_fsd, name: str) -> Path:
                      "max_train_examples": 200, "max_eval_examples": EVAL_N},
         "domains": domains,
         "search": {"strategy": strategy, "targets": ["books"], "num_mixtures": 32, "prune_ratios": [0.0],
-                   "max_fsd": max_fsd, "max_fsd_percentile": 75, "max_concurrent": CPUS,
+                   "max_fsd": max_fsd, "max_concurrent": CPUS,
                    "eval_batch_size": BATCH, "seed": 0},
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(work / "runs"), "num_cpus": CPUS},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,12 @@ def test_demo_command_runs_end_to_end_and_again(tmp_path, tiny_bert):
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'demo' / 'mlflow.db'}" in out.stdout
     record = json.loads((tmp_path / "demo" / "best" / "mixture.json").read_text())
     assert "books" in record["members"]
+    # Test accuracies with 95% intervals, confirmed once on the test split, printed and exported.
+    assert "test accuracy [95% CI]" in out.stdout and "McNemar p vs own" in out.stdout
+    assert re.search(r"chosen: .*books\s+0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\]", out.stdout), out.stdout
+    assert "FSD gate (" in out.stdout
+    books = record["confirmation"]["targets"]["books"]
+    assert books["ci_low"] <= books["accuracy"] <= books["ci_high"]
     again = signmix("demo", "--out", str(tmp_path / "demo"), "--base-model", tiny_bert, "--num-mixtures", "4")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("already in the store with these settings, skipped") == 5

@@ -1,0 +1,296 @@
+"""Results you can trust: the chosen mixture confirmed once on the test split, and ties said aloud.
+
+At the end of a search (and in ``signmix export`` when the search did not confirm), one
+Ray Tune trial (:func:`trainables.confirm.confirm_candidates`) evaluates, example by example:
+
+- on each target's **test** split: the best mixture of the search, its runner-up, the
+  targets-alone mixture when the search evaluated it, each target's own adapter, the
+  uniform soup of all adapters, and greedy FSD's pick of the same size;
+- on the **validation** split: the mixtures the tie rule compares (best, runner-up,
+  targets alone) and each target's own adapter.
+
+Selection reads validation only: the tie rule (``search.when_tied``) decides which
+mixture is exported from the validation correctness; the test numbers are reported for
+that mixture and the baselines, never used to choose. The statistics are
+:mod:`trainables.confidence`'s (paired bootstrap, exact McNemar).
+
+MLflow: one child run under the search, tagged ``signmix.kind = confirmation`` (names in
+:func:`confirmation_metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from search.config import Config
+    from spaces.spec import MixtureSpec
+
+logger = logging.getLogger(__name__)
+
+TIE_RULES = ("fewer_members", "higher_accuracy")
+KIND = "confirmation"
+CHOSEN_TAG = "signmix.chosen_run_id"
+BEST_TAG = "signmix.best_run_id"
+RULE_TAG = "signmix.when_tied"
+NOTES_TAG = "signmix.confirmation_notes"
+BASELINES = ("own", "soup", "greedy")  # metric prefixes: own_test_accuracy/<t>, soup_..., greedy_...
+CONFIDENCE = 0.95
+
+
+def validation_sizes(cfg: Config) -> dict[str, int]:
+    """Number of validation examples each search target is evaluated on (after ``max_eval_examples``)."""
+    from trainables.data import load_domain
+
+    sizes = {}
+    for t in cfg.search.targets:
+        data = load_domain(t, cfg.domains[t].model_dump(), splits=("validation",),
+                           max_eval_examples=cfg.training.max_eval_examples, seed=cfg.training.seed,
+                           trust_remote_code=cfg.trust_remote_code)
+        sizes[t] = len(data.splits["validation"])
+    return sizes
+
+
+def small_validation_warnings(sizes: Mapping[str, int], max_half_width: float) -> list[str]:
+    """One warning per target whose 95% validation interval is wider than ``±max_half_width``."""
+    from trainables.confidence import half_width_for
+
+    out = []
+    for t, n in sizes.items():
+        hw = half_width_for(max(1, n))
+        if hw > max_half_width:
+            needed = next(m for m in range(n, 10**7) if half_width_for(m) <= max_half_width)
+            out.append(f"target {t}: {n} validation examples give a 95% interval of about ±{hw:.3f} "
+                       f"(search.max_interval_half_width {max_half_width:g}); mixtures closer than that "
+                       f"cannot be told apart; about {needed} examples would be needed")
+    return out
+
+
+def spec_from_run(run) -> MixtureSpec:
+    """The mixture a search's child run evaluated, rebuilt from its MLflow parameters."""
+    from spaces.spec import make_mixture_spec
+
+    p = run.data.params
+    optional = {name: p[name] for name in ("merge_method", "head") if p.get(name) not in (None, "", "None")}
+    for name in ("density", "drop_rate", "lam"):
+        if p.get(name) not in (None, "", "None"):
+            optional[name] = float(p[name])
+    if p.get("merge_seed") not in (None, "", "None"):
+        optional["merge_seed"] = int(p["merge_seed"])
+    return make_mixture_spec(members=p["members"].split(","), targets=p["targets"].split(","),
+                             weights=[float(w) for w in p["weights"].split(",")],
+                             prune_method=p["prune_method"], prune_ratio=float(p["prune_ratio"]),
+                             prune_scope=p["prune_scope"], prune_when=p["prune_when"],
+                             prune_layers=int(p.get("prune_layers", 0)), require_targets=False, **optional)
+
+
+def ranked_runs(client, experiment_id: str, parent_id: str | None) -> list:
+    """The evaluated mixture runs (of one search, or of the experiment), best validation accuracy first."""
+    from search.tracking.tracker import KIND_TAG, PARENT_TAG, STATUS_TAG
+
+    where = f"tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'"
+    if parent_id:
+        where += f" and tags.`{PARENT_TAG}` = '{parent_id}'"
+    return client.search_runs([experiment_id], filter_string=where, max_results=50000,
+                              order_by=["metrics.accuracy_mean DESC", "metrics.k ASC", "attributes.start_time ASC"])
+
+
+def candidates_for(cfg: Config, best, ranked: list, index) -> tuple[dict, dict]:
+    """The confirmation's candidates: name -> (spec, splits), and name -> run for the exportable ones.
+
+    Exportable (searched, with an MLflow run): ``best``, ``runner_up`` (the next best
+    validation accuracy) and ``alone`` (the targets without other members, when evaluated).
+    Baselines: ``own/<target>``, ``soup`` and ``greedy/<k>`` for the sizes of the exportable ones.
+    """
+    from search.strategies import greedy_path
+    from spaces.space import space_from_config
+    from spaces.spec import make_mixture_spec
+
+    runs = {"best": best}
+    # Only mixtures of the same targets are compared (a study's runs may serve others).
+    ranked = [r for r in ranked if r.data.params.get("targets") == best.data.params.get("targets")]
+    others = [r for r in ranked if r.info.run_id != best.info.run_id]
+    if others:
+        runs["runner_up"] = others[0]
+    best_spec = spec_from_run(best)
+    targets = list(best_spec.targets)
+    for r in ranked:
+        s = spec_from_run(r)
+        if sorted(s.members) == sorted(targets) and s.prune_ratio == 0.0 and r.info.run_id not in \
+                {x.info.run_id for x in runs.values()}:
+            runs["alone"] = r
+            break
+    both = ["test", "validation"]
+    cands: dict[str, tuple] = {name: (spec_from_run(r), both) for name, r in runs.items()}
+    for t in targets:
+        cands[f"own/{t}"] = (make_mixture_spec(members=[t], targets=[t], require_targets=False), both)
+    cands["soup"] = (make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False), ["test"])
+    space = space_from_config({**cfg.search.model_dump(), "targets": targets, "max_fsd": None, "max_members": None},
+                              sorted(cfg.domains), index)
+    path = [space.to_mixture_spec(p) for p in greedy_path(space, index)]
+    for k in sorted({spec.k for spec, _ in (cands[n] for n in runs)}):
+        pick = next((s for s in path if s.k == k), None)
+        if pick is not None:
+            cands[f"greedy/{k}"] = (pick, ["test"])
+    return cands, runs
+
+
+def run_confirmation_trial(cfg: Config, candidates: Mapping[str, tuple], weights, *, name: str) -> dict:
+    """Evaluate the candidates in one Ray Tune trial; returns name -> split -> target -> [0/1 ...]."""
+    import json
+
+    from ray import tune
+
+    from search.cluster import storage_uri
+    from search.runner import _resources, shared_initialisation
+    from trainables.confirm import CORRECTNESS_FILE, confirm_candidates
+    from trainables.mixture import share_adapter_weights
+
+    # One evaluation per distinct mixture, however many names it has.
+    by_key: dict[str, dict] = {}
+    for cname, (spec, splits) in candidates.items():
+        entry = by_key.setdefault(spec.key, {"spec": spec.to_dict(), "splits": []})
+        entry["splits"] = sorted(set(entry["splits"]) | set(splits))
+    experiment = cfg.model_dump()
+    targets = sorted({t for spec, _ in candidates.values() for t in spec.targets})
+    experiment["search"] = {**experiment["search"], "targets": targets}
+    trainable = tune.with_resources(tune.with_parameters(
+        confirm_candidates, adapter_weights=share_adapter_weights(weights, shared_initialisation(cfg, weights)),
+        experiment=experiment,
+        store_root=os.path.abspath(cfg.store_path)), _resources(cfg))
+    grid = tune.Tuner(trainable, param_space={"candidates": by_key},
+                      run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg), verbose=0,
+                                                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures))
+                      ).fit()
+    result = grid[0]
+    if result.error is not None:
+        from spaces.errors import SignmixError
+
+        raise SignmixError(f"the confirmation trial failed: {str(result.error).strip().splitlines()[-1]}")
+    with result.checkpoint.as_directory() as folder:
+        by_key_correct = json.loads(open(os.path.join(folder, CORRECTNESS_FILE), encoding="utf-8").read())
+    return {cname: by_key_correct[spec.key] for cname, (spec, _) in candidates.items()}
+
+
+def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | None, weights=None, index=None,
+                   best=None, rule: str | None = None, progress=logger.info) -> dict:
+    """Confirm a search (or the experiment, ``parent_id=None``): the trial, the statistics, the
+    MLflow run. Returns the confirmation record (what ``mixture.json`` stores)."""
+    from search.confirmation_stats import decide_and_measure
+    from trainables.store import load_sign_index
+
+    if weights is None or index is None:
+        weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    ranked = ranked_runs(client, experiment_id, parent_id)
+    if best is None:
+        best = ranked[0]
+    candidates, runs = candidates_for(cfg, best, ranked, index)
+    progress(f"confirming on the test split: {len(candidates)} candidates in one trial")
+    correct = run_confirmation_trial(cfg, candidates, weights, name=f"{cfg.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}")
+    record = decide_and_measure(correct, {n: spec for n, (spec, _) in candidates.items()}, runs,
+                                rule=rule or cfg.search.when_tied, seed=cfg.search.seed)
+    record["mlflow_run_id"] = log_confirmation(client, experiment_id, parent_id or best.data.tags.get(
+        "mlflow.parentRunId"), record)
+    return record
+
+
+def log_confirmation(client, experiment_id: str, parent_id: str | None, record: Mapping) -> str:
+    """Log ``record`` as the ``confirmation`` child run of ``parent_id``; returns its run id."""
+    from mlflow.entities import Metric, Param
+
+    from search.confirmation_stats import confirmation_metrics
+    from search.tracking.tracker import KIND_TAG, PARENT_TAG
+
+    tags = {KIND_TAG: KIND, CHOSEN_TAG: record["chosen_run_id"], BEST_TAG: record["best_run_id"],
+            RULE_TAG: record["when_tied"], NOTES_TAG: " | ".join(record["notes"])[:5000]}
+    if parent_id:
+        tags[PARENT_TAG] = parent_id
+    run = client.create_run(experiment_id, run_name="confirmation", tags=tags)
+    ts = int(time.time() * 1000)
+    params = [Param("chosen_members", ",".join(record["chosen_members"])),
+              Param("confidence", str(record["confidence"])), Param("split", "test")]
+    params += [Param(f"{name}_members", ",".join(c["members"])) for name, c in record["baselines"].items()
+               if name in ("soup", "greedy")]
+    client.log_batch(run.info.run_id, params=params,
+                     metrics=[Metric(k, float(v), ts, 0) for k, v in confirmation_metrics(record).items()])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def find_confirmation(client, experiment_id: str, *, run_id: str) -> object | None:
+    """The newest confirmation run that chose or started from mixture run ``run_id``; None if none."""
+    from search.tracking.tracker import KIND_TAG
+
+    for tag in (CHOSEN_TAG, BEST_TAG):
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{KIND}' and "
+                                  f"tags.`{tag}` = '{run_id}'", order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            return runs[0]
+    return None
+
+
+def finish_search(cfg: Config, searcher, tracker, summary) -> None:
+    """The end of a search: the FSD gate's evidence and the test-split confirmation, into
+    ``summary`` and MLflow."""
+    from search.gate import log_gate
+
+    summary.validation_warnings = list(getattr(searcher, "validation_warnings", []))
+    gate = getattr(searcher, "gate", None)
+    if gate is not None:
+        gate.refresh()
+        log_gate(tracker, gate)
+        summary.fsd_gate, summary.fsd_gate_decision = gate.summary(), gate.decision
+        summary.max_fsd = gate.threshold
+    summary.chosen_run_id = summary.best_run_id
+    if not cfg.search.confirm or summary.best_run_id is None:
+        return
+    best = tracker.client.get_run(summary.best_run_id)
+    record = confirm_search(cfg, client=tracker.client, experiment_id=tracker.experiment_id,
+                            parent_id=tracker.parent_id, best=best)
+    summary.confirmation, summary.chosen_run_id = record, record["chosen_run_id"]
+
+
+def confirmed_choice(cfg: Config, client, experiment_id: str, run, *, explicit: bool) -> tuple[object, dict | None]:
+    """What ``signmix export`` writes: the run to export and its confirmation record.
+
+    For the best mixture (``explicit=False``): the tie rule's choice of the confirmation that
+    started from it, confirmed now (one Ray trial) when no confirmation exists. For a run the
+    user named: that run, with a confirmation that chose it (one is run with the rule
+    ``higher_accuracy``, which keeps it, when none exists). None when ``search.confirm`` is off
+    and nothing was confirmed.
+    """
+    from search.confirmation_stats import record_from_run
+
+    found = find_confirmation(client, experiment_id, run_id=run.info.run_id)
+    if found is not None and explicit and found.data.tags.get(CHOSEN_TAG) != run.info.run_id:
+        found = None
+    if found is not None:
+        record = record_from_run(found)
+    elif cfg.search.confirm:
+        from search.cluster import connect_ray
+
+        connect_ray(cfg)
+        record = confirm_search(cfg, client=client, experiment_id=experiment_id, parent_id=None, best=run,
+                                rule="higher_accuracy" if explicit else None)
+    else:
+        return run, None
+    if record["chosen_run_id"] != run.info.run_id:
+        run = client.get_run(record["chosen_run_id"])
+    return run, record
+
+
+def latest_confirmation(cfg: Config) -> dict | None:
+    """The newest confirmation record of the experiment (``signmix results``); None when none. Reads only."""
+    from search.confirmation_stats import record_from_run
+    from search.reporting.results import open_existing_experiment
+    from search.tracking.tracker import KIND_TAG
+
+    client, experiment_id = open_existing_experiment(cfg)
+    if experiment_id is None:
+        return None
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{KIND}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return record_from_run(runs[0]) if runs else None

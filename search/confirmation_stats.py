@@ -1,0 +1,213 @@
+"""The confirmation's numbers: which mixture the tie rule exports, intervals, McNemar, plain words.
+
+Pure: per-example correctness in, a JSON-safe record out (``mixture.json``'s
+``confirmation``), its MLflow metrics, and the summary lines. No Ray, no MLflow calls.
+
+Record layout::
+
+    {"split": "test", "confidence": 0.95, "when_tied": rule,
+     "best_run_id", "chosen_run_id", "chosen_label", "chosen_members", "chosen_k",
+     "targets": {t: {"accuracy", "ci_low", "ci_high", "n", "p_vs_own"}},
+     "test_accuracy_mean",
+     "baselines": {"own" | "soup" | "greedy": {"label", "members", "targets": {t: {"accuracy", "ci_low", "ci_high"}}}},
+     "validation": {"vs_runner_up": {...} | None, "vs_alone": {...} | None, "vs_own": {t: {...}}},
+     "notes": [sentences]}
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from search.confirmation import CONFIDENCE
+
+
+def _pooled(correct: Mapping[str, Sequence[int]], targets: Sequence[str]) -> list[int]:
+    """Per-example correctness over every target's examples, one after the other."""
+    return [c for t in targets for c in correct[t]]
+
+
+def _diff(a, b, seed: int) -> dict:
+    from trainables.confidence import paired_difference
+
+    d = paired_difference(a, b, confidence=CONFIDENCE, seed=seed)
+    return {"lead": d.lead, "low": d.low, "high": d.high, "n": d.n, "tied": d.includes_zero}
+
+
+def _interval(lead: Mapping) -> str:
+    return f"{lead['lead']:+.3f} (95% interval [{lead['low']:+.3f}, {lead['high']:+.3f}], n {lead['n']})"
+
+
+def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule: str, seed: int = 0) -> dict:
+    """Apply the tie rule on validation, then measure the chosen mixture and the baselines on test.
+
+    Args:
+        correct: candidate name -> split -> target -> per-example 0/1 (the confirmation trial's).
+        specs: candidate name -> its MixtureSpec (``best``, ``runner_up``, ``alone``, ``own/<t>``,
+            ``soup``, ``greedy/<k>``).
+        runs: the exportable candidates' MLflow runs (``best``, and ``runner_up``/``alone`` if any).
+        rule: ``fewer_members`` or ``higher_accuracy`` (``search.when_tied``).
+        seed: the bootstrap's seed.
+    """
+    from trainables.confidence import mcnemar_exact, paired_bootstrap
+
+    best = specs["best"]
+    targets = list(best.targets)
+    val = {name: _pooled(correct[name]["validation"], targets) for name in runs}
+    validation: dict = {"vs_runner_up": None, "vs_alone": None, "vs_own": {}}
+    notes: list[str] = []
+    tied = ["best"]
+    for name, key in (("runner_up", "vs_runner_up"), ("alone", "vs_alone")):
+        if name in runs:
+            lead = _diff(val["best"], val[name], seed)
+            validation[key] = {**lead, "label": specs[name].label(), "run_id": runs[name].info.run_id}
+            if lead["tied"]:
+                tied.append(name)
+    for t in targets:
+        validation["vs_own"][t] = _diff(correct["best"]["validation"][t], correct[f"own/{t}"]["validation"][t], seed)
+
+    chosen = "best"
+    if rule == "fewer_members":
+        chosen = min(tied, key=lambda n: (specs[n].k, -sum(val[n]), tied.index(n)))
+    chosen_spec = specs[chosen]
+
+    ru = validation["vs_runner_up"]
+    if ru is not None and ru["tied"]:
+        notes.append(f"Not a clear winner: the best mixture {best.label()} leads the runner-up {ru['label']} by "
+                     f"{_interval(ru)} on validation; the interval holds 0, so the data cannot tell them apart.")
+    elif ru is not None:
+        notes.append(f"The best mixture {best.label()} leads the runner-up {ru['label']} by {_interval(ru)} "
+                     f"on validation: a lead the data supports.")
+    alone = validation["vs_alone"]
+    if alone is not None and alone["tied"]:
+        notes.append(f"The best mixture's validation lead over the targets alone ({alone['label']}) is "
+                     f"{_interval(alone)}: inside the interval, mixing is no better than not mixing here.")
+    for t, lead in validation["vs_own"].items():
+        if lead["tied"]:
+            notes.append(f"On {t}, the best mixture's validation lead over {t}'s own adapter is {_interval(lead)}: "
+                         f"inside the interval, no better than {t} alone on this data.")
+    if chosen != "best":
+        notes.append(f"Exported {chosen_spec.label()} ({chosen_spec.k} member(s)) instead of {best.label()} "
+                     f"({best.k}): tied on validation, and search.when_tied is {rule}.")
+
+    greedy = f"greedy/{chosen_spec.k}"
+    names = {"chosen": chosen, "own": None, "soup": "soup", "greedy": greedy if greedy in correct else None}
+    per_target, baselines = {}, {b: {"label": None, "members": [], "targets": {}} for b in ("own", "soup", "greedy")}
+    for t in targets:
+        columns = {"chosen": correct[chosen]["test"][t], "own": correct[f"own/{t}"]["test"][t],
+                   "soup": correct["soup"]["test"][t]}
+        if names["greedy"]:
+            columns["greedy"] = correct[greedy]["test"][t]
+        iv = paired_bootstrap(columns, confidence=CONFIDENCE, seed=seed)
+        mc = mcnemar_exact(columns["chosen"], columns["own"])
+        per_target[t] = {"accuracy": iv["chosen"].accuracy, "ci_low": iv["chosen"].low, "ci_high": iv["chosen"].high,
+                         "n": iv["chosen"].n, "p_vs_own": mc.p_value}
+        for b in ("own", "soup", "greedy"):
+            if b in iv:
+                baselines[b]["targets"][t] = {"accuracy": iv[b].accuracy, "ci_low": iv[b].low, "ci_high": iv[b].high}
+    baselines["own"].update(label="each target's own adapter", members=targets)
+    baselines["soup"].update(label=specs["soup"].label(), members=list(specs["soup"].members))
+    if names["greedy"]:
+        baselines["greedy"].update(label=specs[greedy].label(), members=list(specs[greedy].members))
+    else:
+        baselines.pop("greedy")
+    return {
+        "split": "test", "confidence": CONFIDENCE, "when_tied": rule,
+        "best_run_id": runs["best"].info.run_id, "chosen_run_id": runs[chosen].info.run_id,
+        "chosen_label": chosen_spec.label(), "chosen_members": list(chosen_spec.members), "chosen_k": chosen_spec.k,
+        "targets": per_target,
+        "test_accuracy_mean": sum(v["accuracy"] for v in per_target.values()) / len(per_target),
+        "baselines": baselines, "validation": validation, "notes": notes,
+    }
+
+
+def confirmation_metrics(record: Mapping) -> dict[str, float]:
+    """The confirmation run's MLflow metrics.
+
+    The chosen mixture: ``test_accuracy/<t>``, ``test_ci_low/<t>``, ``test_ci_high/<t>``,
+    ``p_vs_own/<t>``, ``test_n/<t>``, ``test_accuracy_mean``. Each baseline with its prefix
+    (``own_``, ``soup_``, ``greedy_``): ``<prefix>test_accuracy/<t>``, ``<prefix>test_ci_low/<t>``,
+    ``<prefix>test_ci_high/<t>``. Validation leads: ``val_lead_vs_runner_up`` (+ ``_low``,
+    ``_high``), ``val_lead_vs_own/<t>`` (+ ``val_lead_vs_own_low/<t>``, ``..._high/<t>``).
+    """
+    m: dict[str, float] = {"test_accuracy_mean": record["test_accuracy_mean"]}
+    for t, v in record["targets"].items():
+        m.update({f"test_accuracy/{t}": v["accuracy"], f"test_ci_low/{t}": v["ci_low"],
+                  f"test_ci_high/{t}": v["ci_high"], f"p_vs_own/{t}": v["p_vs_own"], f"test_n/{t}": v["n"]})
+    for b, base in record["baselines"].items():
+        for t, v in base["targets"].items():
+            m.update({f"{b}_test_accuracy/{t}": v["accuracy"], f"{b}_test_ci_low/{t}": v["ci_low"],
+                      f"{b}_test_ci_high/{t}": v["ci_high"]})
+    ru = record["validation"]["vs_runner_up"]
+    if ru is not None:
+        m.update({"val_lead_vs_runner_up": ru["lead"], "val_lead_vs_runner_up_low": ru["low"],
+                  "val_lead_vs_runner_up_high": ru["high"]})
+    for t, v in record["validation"]["vs_own"].items():
+        m.update({f"val_lead_vs_own/{t}": v["lead"], f"val_lead_vs_own_low/{t}": v["low"],
+                  f"val_lead_vs_own_high/{t}": v["high"]})
+    return m
+
+
+def confirmation_lines(record: Mapping) -> list[str]:
+    """The summary's lines: test accuracy with its interval per target, beside the baselines; then the notes."""
+    lines = [f"confirmed on the test split (95% paired bootstrap intervals; McNemar vs the target's own adapter): "
+             f"{record['chosen_label']}"]
+    for t, v in record["targets"].items():
+        parts = [f"  {t}: chosen {v['accuracy']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"]
+        for b, base in record["baselines"].items():
+            if t in base["targets"]:
+                bv = base["targets"][t]
+                parts.append(f"{b} {bv['accuracy']:.3f} [{bv['ci_low']:.3f}, {bv['ci_high']:.3f}]")
+        parts.append(f"p vs own {v['p_vs_own']:.3g} (n {v['n']})")
+        lines.append(", ".join(parts))
+    lines.extend(record["notes"])
+    return lines
+
+
+def record_from_run(run) -> dict:
+    """The essentials of a confirmation record, read back from its MLflow run (``signmix results``, export)."""
+    from search.confirmation import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG
+
+    m, tags, p = run.data.metrics, run.data.tags, run.data.params
+    targets = sorted(k.split("/", 1)[1] for k in m if k.startswith("test_accuracy/"))
+    record = {"split": "test", "confidence": float(p.get("confidence", CONFIDENCE)), "when_tied": tags.get(RULE_TAG),
+              "best_run_id": tags.get(BEST_TAG), "chosen_run_id": tags.get(CHOSEN_TAG),
+              "chosen_label": p.get("chosen_members", "").replace(",", "+"),
+              "chosen_members": p.get("chosen_members", "").split(","),
+              "targets": {t: {"accuracy": m[f"test_accuracy/{t}"], "ci_low": m[f"test_ci_low/{t}"],
+                              "ci_high": m[f"test_ci_high/{t}"], "p_vs_own": m[f"p_vs_own/{t}"],
+                              "n": int(m.get(f"test_n/{t}", 0))} for t in targets},
+              "test_accuracy_mean": m.get("test_accuracy_mean"), "baselines": {},
+              "notes": [n for n in tags.get(NOTES_TAG, "").split(" | ") if n], "mlflow_run_id": run.info.run_id}
+    for b in ("own", "soup", "greedy"):
+        per = {t: {"accuracy": m[f"{b}_test_accuracy/{t}"], "ci_low": m[f"{b}_test_ci_low/{t}"],
+                   "ci_high": m[f"{b}_test_ci_high/{t}"]} for t in targets if f"{b}_test_accuracy/{t}" in m}
+        if per:
+            record["baselines"][b] = {"members": p.get(f"{b}_members", "").split(",") if f"{b}_members" in p else [],
+                                      "targets": per}
+    return record
+
+
+def trust_lines(summary) -> list[str]:
+    """What a search summary adds about trust: small validation sets, the FSD gate, ties, the test split."""
+    lines = [f"warning: {w}" for w in summary.validation_warnings]
+    if summary.fsd_gate:
+        lines.append(f"FSD gate ({summary.fsd_gate_decision}): {summary.fsd_gate}")
+    if summary.confirmation is not None:
+        lines.extend(confirmation_lines(summary.confirmation))
+    return lines
+
+
+def confirmation_table(record: Mapping) -> str:
+    """A table of test accuracies with 95% intervals: the chosen mixture and each baseline, per target."""
+    from search.reporting.tables import format_table
+
+    rows = []
+    for t, v in record["targets"].items():
+        rows.append([f"chosen: {record['chosen_label']}", t, f"{v['accuracy']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]",
+                     f"{v['p_vs_own']:.3g}"])
+        for b, base in record["baselines"].items():
+            if t in base["targets"]:
+                bv = base["targets"][t]
+                name = f"{b}: {'+'.join(base['members'])}" if b != "own" else f"own: {t}"
+                rows.append([name, t, f"{bv['accuracy']:.3f} [{bv['ci_low']:.3f}, {bv['ci_high']:.3f}]", "-"])
+    return format_table(rows, ["mixture", "target", "test accuracy [95% CI]", "McNemar p vs own"])

@@ -1,0 +1,51 @@
+"""The confirmation trial: a few fixed mixtures, each evaluated once, example by example.
+
+At the end of a search the driver asks for the chosen mixture and the baselines (each
+target's own adapter, the soup of all, greedy's pick) on each target's *test* split, and
+for the mixtures the tie rule compares on the *validation* split. This trial builds each
+mixture with the search trial's own code (:func:`trainables.mixture.load_mixture`) and
+predicts with :func:`trainables.evaluate.predict`, so its numbers are the search's numbers
+on another split. It reports per-example correctness (1 right, 0 wrong) in a checkpoint
+file, ``correctness.json``: ``{candidate: {split: {target: [0/1, ...]}}}``; the statistics
+are the driver's (:mod:`search.confirmation`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from spaces.spec import MixtureSpec
+
+CORRECTNESS_FILE = "correctness.json"
+
+
+def confirm_candidates(config: Mapping, *, adapter_weights: Mapping, experiment: Mapping, store_root: str) -> None:
+    """Evaluate each of ``config["candidates"]`` (name -> ``{"spec": ..., "splits": [...]}``)
+    once on its targets' splits; reports the per-example correctness as a checkpoint."""
+    import torch
+    from ray import tune
+
+    from trainables.evaluate import encoded_split, mixture_model, predict
+    from trainables.mixture import load_mixture
+
+    torch.set_num_threads(max(1, int(experiment["resources"]["cpu"])))
+    model = mixture_model(experiment, store_root)  # cached per worker process, like the search's
+    batch_size = experiment["search"]["eval_batch_size"]
+    correctness: dict[str, dict[str, dict[str, list[int]]]] = {}
+    for name, candidate in config["candidates"].items():
+        spec = MixtureSpec.from_dict(candidate["spec"])
+        load_mixture(model, spec, adapter_weights, experiment)  # refits the heads under head: refit
+        per_split: dict[str, dict[str, list[int]]] = {split: {} for split in candidate["splits"]}
+        for target in spec.targets:
+            model.use_head(target)
+            for split in candidate["splits"]:
+                enc = encoded_split(experiment, target, split, model.label_names[target])
+                preds = predict(model.model, enc, batch_size)
+                per_split[split][target] = [int(preds[row] == enc.labels[row]) for row in range(len(enc))]
+        correctness[name] = per_split
+    with tempfile.TemporaryDirectory(prefix="signmix-confirm-") as tmp:
+        Path(tmp, CORRECTNESS_FILE).write_text(json.dumps(correctness), encoding="utf-8")
+        tune.report({"candidates": len(correctness)}, checkpoint=tune.Checkpoint.from_directory(tmp))
