@@ -1,0 +1,65 @@
+"""The tie rule and the confirmation's record, from per-example correctness (no Ray, no MLflow)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from search.confirmation_stats import confirmation_lines, confirmation_metrics, decide_and_measure
+from spaces.spec import make_mixture_spec
+
+
+def run(run_id: str):
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id))
+
+
+def specs():
+    return {"best": make_mixture_spec(members=["a", "b", "t"], targets=["t"]),
+            "runner_up": make_mixture_spec(members=["a", "t"], targets=["t"]),
+            "own/t": make_mixture_spec(members=["t"], targets=["t"]),
+            "soup": make_mixture_spec(members=["a", "b", "c", "t"], targets=["t"]),
+            "greedy/3": make_mixture_spec(members=["a", "c", "t"], targets=["t"]),
+            "greedy/2": make_mixture_spec(members=["a", "t"], targets=["t"])}
+
+
+def correctness(best_val, ru_val, n=100):
+    test = [1] * 80 + [0] * (n - 80)
+    own_test = [1] * 70 + [0] * (n - 70)
+    return {"best": {"validation": {"t": best_val}, "test": {"t": test}},
+            "runner_up": {"validation": {"t": ru_val}, "test": {"t": own_test}},
+            "own/t": {"validation": {"t": ru_val}, "test": {"t": own_test}},
+            "soup": {"test": {"t": [0] * n}}, "greedy/3": {"test": {"t": test}}, "greedy/2": {"test": {"t": own_test}}}
+
+
+@pytest.mark.parametrize("rule, exported", [("fewer_members", "ru"), ("higher_accuracy", "best")])
+def test_a_lead_inside_the_interval_is_a_tie_and_the_rule_decides(rule, exported):
+    # 100 validation examples, best right on 2 more: no real lead.
+    best_val = [1] * 82 + [0] * 18
+    ru_val = [1] * 80 + [0] * 20
+    record = decide_and_measure(correctness(best_val, ru_val), specs(),
+                                {"best": run("best"), "runner_up": run("ru")}, rule=rule)
+    assert record["validation"]["vs_runner_up"]["tied"] and record["chosen_run_id"] == exported
+    notes = " ".join(record["notes"])
+    assert "Not a clear winner" in notes and "cannot tell them apart" in notes
+    assert ("instead of" in notes) == (exported == "ru")
+    # The test numbers are the exported mixture's: the runner-up scored 0.70 on test.
+    assert record["targets"]["t"]["accuracy"] == (0.70 if exported == "ru" else 0.80)
+    greedy = record["baselines"]["greedy"]["members"]
+    assert len(greedy) == (2 if exported == "ru" else 3), "greedy's pick has the exported mixture's size"
+
+
+def test_a_clear_lead_exports_the_best_with_intervals_and_mcnemar():
+    best_val = [1] * 95 + [0] * 5
+    ru_val = [1] * 60 + [0] * 40
+    record = decide_and_measure(correctness(best_val, ru_val), specs(),
+                                {"best": run("best"), "runner_up": run("ru")}, rule="fewer_members")
+    assert record["chosen_run_id"] == "best" and not record["validation"]["vs_runner_up"]["tied"]
+    t = record["targets"]["t"]
+    assert t["ci_low"] < 0.80 < t["ci_high"] and t["n"] == 100
+    assert t["p_vs_own"] == pytest.approx(2 * 0.5 ** 10)  # 10 discordant examples, all for the mixture
+    m = confirmation_metrics(record)
+    assert m["test_accuracy/t"] == 0.80 and m["own_test_accuracy/t"] == 0.70 and m["soup_test_accuracy/t"] == 0.0
+    assert {"test_ci_low/t", "test_ci_high/t", "p_vs_own/t", "greedy_test_accuracy/t", "val_lead_vs_runner_up"} <= set(m)
+    lines = confirmation_lines(record)
+    assert lines[1].startswith("  t: chosen 0.800 [") and "p vs own 0.00195" in lines[1]
