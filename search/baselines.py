@@ -1,4 +1,5 @@
-"""Evaluating a few fixed mixtures in this process (single adapters, the soup of all).
+"""Evaluating a few fixed mixtures in this process (single adapters, the soup and TIES of all),
+and what serving one mixed adapter saves against serving each domain's own.
 
 Used for summaries and comparisons, not for searching: it reuses the trial's model,
 mixing and evaluation code, so its numbers are comparable with the search's.
@@ -13,30 +14,41 @@ from spaces.spec import MixtureSpec, make_mixture_spec
 
 
 def baseline_specs(cfg: Config) -> dict[str, MixtureSpec]:
-    """Each single adapter and the uniform soup of all, evaluated on the search's targets."""
-    targets = cfg.search.targets
-    specs = {f"single {d}": make_mixture_spec(members=[d], targets=targets, require_targets=False)
+    """Each single adapter, the uniform soup of all (AdapterSoup) and TIES of all (the first
+    configured density and lambda), evaluated on the search's targets with its head protocol."""
+    targets, head = cfg.search.targets, cfg.search.head
+    specs = {f"single {d}": make_mixture_spec(members=[d], targets=targets, require_targets=False, head=head)
              for d in sorted(cfg.domains)}
-    specs["soup of all"] = make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False)
+    specs["soup of all"] = make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False,
+                                             head=head)
+    specs["ties of all"] = make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False,
+                                             head=head, merge_method="ties", density=cfg.search.densities[0],
+                                             lam=cfg.search.lambdas[0])
     return specs
 
 
 def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
                    weights: Mapping[str, Mapping] | None = None) -> dict[str, dict[str, float]]:
-    """Mean and per-target validation accuracy of each spec, keyed like ``specs``."""
+    """Mean and per-target validation accuracy of each spec, keyed like ``specs``; built (with the
+    shared initialisation when an operator needs it) and headed (own or refit) as in a trial."""
     import os
 
-    from trainables.store import load_sign_index
+    from spaces.operators import MERGE_OPERATORS
     from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict
-    from trainables.mixing import build_mixture
+    from trainables.initialisation import initial_adapter_weights
+    from trainables.mixture import INIT_KEY, load_mixture
+    from trainables.store import load_sign_index
 
     if weights is None:
         weights, _ = load_sign_index(cfg.store_path, cfg.domains)
     experiment = cfg.model_dump()
+    shared = dict(weights)
+    if any(MERGE_OPERATORS[s.merge_method].needs_init for s in specs.values()):
+        shared[INIT_KEY] = initial_adapter_weights(experiment, cfg.store_path)
     model = mixture_model(experiment, os.path.abspath(cfg.store_path))
     out: dict[str, dict[str, float]] = {}
     for name, spec in specs.items():
-        model.set_weights(build_mixture({m: weights[m] for m in spec.members}, spec))
+        load_mixture(model, spec, shared, experiment)
         row: dict[str, float] = {}
         for target in spec.targets:
             model.use_head(target)
@@ -48,3 +60,53 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
         out[name] = row
     return out
 
+
+def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """What one mixed adapter gives against the alternatives, in points of mean validation accuracy.
+
+    ``best`` holds the best mixture's ``accuracy/<target>`` metrics; ``baselines`` is
+    :func:`evaluate_specs` of :func:`baseline_specs`. The N-adapter upper bound scores each
+    target with its own adapter. Serving: one adapter body plus one head per target, against
+    one adapter (with its head) per target, in bytes of the stored safetensors files.
+    """
+    from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
+
+    targets = list(cfg.search.targets)
+    mean = sum(best[f"accuracy/{t}"] for t in targets) / len(targets)
+    bound = sum(baselines[f"single {t}"][f"accuracy/{t}"] for t in targets) / len(targets)
+    lines = [f"best found {mean:.4f} on {len(targets)} target(s) ({cfg.search.head} heads):"]
+    for name, value in (("each target's own adapter (N-adapter bound)", bound),
+                        ("soup of all", baselines["soup of all"]["accuracy_mean"]),
+                        ("TIES of all", baselines["ties of all"]["accuracy_mean"])):
+        lines.append(f"  {100 * (mean - value):+.1f} points against {name} ({value:.4f})")
+    store = AdapterStore(cfg.store_path)
+    body = (store.path(targets[0]) / ADAPTER_FILE).stat().st_size
+    heads = sum((store.path(t) / HEAD_FILE).stat().st_size for t in targets)
+    separate = sum((store.path(t) / ADAPTER_FILE).stat().st_size for t in targets) + heads
+    lines.append(f"served: one adapter body + {len(targets)} head(s) = {body + heads:,} bytes, against "
+                 f"{len(targets)} adapter(s) with their heads = {separate:,} bytes")
+    return lines
+
+
+def search_summary_lines(cfg: Config, best_run_id: str,
+                         baselines: Mapping[str, Mapping[str, float]] | None = None) -> list[str]:
+    """:func:`serving_lines` for a search's best MLflow run (baselines evaluated when not given)."""
+    from search.tracking.tracker import open_experiment
+
+    client, _ = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    best = client.get_run(best_run_id).data.metrics
+    if baselines is None:
+        baselines = evaluate_specs(cfg, baseline_specs(cfg))
+    return serving_lines(cfg, best, baselines)
+
+
+def spec_of_record(record: Mapping, **changes) -> MixtureSpec:
+    """The mixture an export's ``mixture.json`` describes (``changes`` replace its fields, e.g. ``head``)."""
+    names = {"lambda": "lam", "merge_seed": "merge_seed", "density": "density", "drop_rate": "drop_rate"}
+    fields = dict(members=record["members"], weights=record["weights"], targets=record["targets"],
+                  prune_method=record["prune_method"], prune_ratio=record["prune_ratio"],
+                  prune_scope=record["prune_scope"], prune_when=record["prune_when"],
+                  prune_layers=record.get("prune_layers", 0), merge_method=record.get("merge_method", "average"),
+                  head=record.get("head", "own"),
+                  **{names[k]: v for k, v in record.get("merge_parameters", {}).items()})
+    return make_mixture_spec(**{**fields, **changes}, require_targets=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -66,13 +67,17 @@ _MIXERS: dict[tuple, "MixtureModel"] = {}
 def encoded_split(experiment: Mapping, domain: str, split: str,
                   label_names: Sequence[str] | None = None) -> EncodedSplit:
     """``domain``'s ``split`` tokenised for the experiment's base model, cached per process;
-    string labels encoded in the order of the trained head's ``label_names``."""
+    string labels encoded in the order of the trained head's ``label_names``. The training
+    split is capped by ``training.max_train_examples`` (the rows training used), the others
+    by ``max_eval_examples``."""
     training = experiment["training"]
     dcfg = experiment["domains"][domain]
     key = (experiment["base_model"], domain, split, repr(sorted(dcfg.items())),
-           training["max_length"], training["max_eval_examples"], tuple(label_names or ()))
+           training["max_length"], training["max_eval_examples"], training.get("max_train_examples"),
+           tuple(label_names or ()))
     if key not in _ENCODED:
         data = load_domain(domain, dcfg, splits=(split,), max_eval_examples=training["max_eval_examples"],
+                           max_train_examples=training.get("max_train_examples"),
                            seed=training["seed"], trust_remote_code=experiment["trust_remote_code"],
                            label_names=label_names)
         tok = cached_tokenizer(experiment["base_model"], trust_remote_code=experiment["trust_remote_code"])
@@ -102,6 +107,8 @@ class MixtureModel:
         self.heads: dict[str, str] = {}
         self.num_labels: dict[str, int] = {}
         self.label_names: dict[str, list[str]] = {}
+        # Heads refit on the current mixture (search.head: refit), by target: (weight, bias).
+        self.refit: dict[str, tuple[Tensor, Tensor]] = {}
         for domain in heads:
             self.add_head(domain)
         self._params = {n: p for n, p in self.model.named_parameters() if f".{ADAPTER_NAME}." in n}
@@ -130,18 +137,45 @@ class MixtureModel:
         with torch.no_grad():
             for name, param in self._params.items():
                 param.copy_(weights[name])
+        self.refit = {}  # heads refit on the previous mixture do not fit this one
+
+    def refit_heads(self, experiment: Mapping, targets: Sequence[str], batch_size: int) -> float:
+        """Fit a linear head for each target on the current mixture's [CLS] features of the
+        target's training split (``search.head: refit``); :meth:`use_head` then uses it.
+
+        The split is capped by ``training.max_train_examples`` and encoded once per process;
+        the fit is deterministic (:func:`trainables.heads.fit_linear_head`). Returns the seconds
+        it took (features and fits).
+        """
+        import torch
+
+        from trainables.heads import cls_features, fit_linear_head, install_linear_head
+
+        started = time.perf_counter()
+        for domain in targets:
+            self.add_head(domain)
+            encoded = encoded_split(experiment, domain, "train", self.label_names[domain])
+            features = cls_features(self.model, encoded, batch_size)
+            weight, bias = fit_linear_head(features, torch.as_tensor(encoded.labels), self.num_labels[domain])
+            install_linear_head(self.model, _refit_name(domain), weight, bias, activate=False,
+                                id2label=dict(enumerate(self.label_names[domain])))
+            cast_model(self.model, self.dtype, self.device)
+            self.refit[domain] = (weight, bias)
+        return time.perf_counter() - started
 
     def use_head(self, domain: str) -> None:
+        """Score with ``domain``'s head: the one refit on the current mixture if there is one."""
         self.add_head(domain)
-        self.model.active_head = self.heads[domain]
+        self.model.active_head = _refit_name(domain) if domain in self.refit else self.heads[domain]
 
     def save(self, directory: str | Path, targets: Sequence[str]) -> None:
         """Save the current adapter in ``adapters``' format (safetensors), the first target's
         head beside it, and every target's head under ``heads/<domain>/``.
 
-        Heads are never changed by mixing, so they are copied from the store, where they are
-        saved under the adapter's own name: a plain ``model.load_adapter(directory)`` then
-        activates adapter and head together.
+        Trained heads are copied from the store, where they are saved under the adapter's own
+        name: a plain ``model.load_adapter(directory)`` then activates adapter and head
+        together. A head refit on this mixture is saved under that name too, as a plain
+        one-layer ``adapters`` classification head.
         """
         directory = Path(directory)
         # The export holds float32 weights whatever the evaluation dtype (a bfloat16 search
@@ -153,8 +187,27 @@ class MixtureModel:
         for i, domain in enumerate(targets):
             for dest in ([directory / "heads" / domain] + ([directory] if i == 0 else [])):
                 dest.mkdir(parents=True, exist_ok=True)
+                if domain in self.refit:
+                    self._save_refit_head(domain, dest)
+                    continue
                 for name in HEAD_FILES:
                     shutil.copyfile(self.store.path(domain) / name, dest / name)
+
+    def _save_refit_head(self, domain: str, directory: Path) -> None:
+        """Save ``domain``'s refit head into ``directory`` under the adapter's name (float32)."""
+        from trainables.heads import install_linear_head
+
+        weight, bias = self.refit[domain]
+        active = self.model.active_head
+        install_linear_head(self.model, ADAPTER_NAME, weight, bias, activate=False,
+                            id2label=dict(enumerate(self.label_names[domain])))
+        self.model.save_head(str(directory), ADAPTER_NAME, use_safetensors=True)
+        self.model.delete_head(ADAPTER_NAME)
+        self.model.active_head = active
+
+
+def _refit_name(domain: str) -> str:
+    return f"refit_{domain}"
 
 
 def cast_model(model, dtype: str, device=None) -> None:

@@ -202,7 +202,7 @@ def sparsity(weights: Mapping[str, Tensor]) -> float:
 
 
 def build_mixture(member_weights: Mapping[str, Mapping[str, Tensor]],
-                  spec: MixtureSpec) -> dict[str, Tensor]:
+                  spec: MixtureSpec, init: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Returns the mixed (and possibly pruned) adapter a :class:`MixtureSpec` describes.
 
     Args:
@@ -213,9 +213,13 @@ def build_mixture(member_weights: Mapping[str, Mapping[str, Tensor]],
             pruned (``"mixture"``), with ``prune_scope``. With ``"conflict_layers"``
             the members' ``spec.prune_layers`` most conflicting layers are pruned before
             averaging (:func:`prune_conflict_layers`); ``prune_when`` plays no part.
+            The (pruned) members are merged with ``spec.merge_method`` and its parameters
+            (:func:`trainables.merging.merge_adapters`; ``average`` is the paper's Eq. 1).
+        init: the adapters' shared initialisation, needed by every operator but ``average``.
 
     Raises:
-        SpecError: (a ValueError) naming a member that has no weights.
+        SpecError: (a ValueError) naming a member that has no weights, or an operator that
+            needs ``init`` without it.
     """
     missing = [m for m in spec.members if m not in member_weights]
     if missing:
@@ -225,11 +229,22 @@ def build_mixture(member_weights: Mapping[str, Mapping[str, Tensor]],
     if spec.prune_method == "conflict_layers" and spec.prune_ratio > 0:
         pruned = prune_conflict_layers({m: member_weights[m] for m in spec.members},
                                        spec.prune_ratio, spec.prune_layers)
-        return average_weights([pruned[m] for m in spec.members], spec.weights)
+        return _merge([pruned[m] for m in spec.members], spec, init)
     members = [member_weights[m] for m in spec.members]
     if prune and spec.prune_when == "members":
         members = [prune_by_magnitude(m, spec.prune_ratio, spec.prune_scope) for m in members]
-    mixture = average_weights(members, spec.weights)
+    mixture = _merge(members, spec, init)
     if prune and spec.prune_when == "mixture":
         mixture = prune_by_magnitude(mixture, spec.prune_ratio, spec.prune_scope)
     return mixture
+
+
+def _merge(members: Sequence[Mapping[str, Tensor]], spec: MixtureSpec,
+           init: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    """The members merged with the spec's operator (its weights and parameters)."""
+    if spec.merge_method == "average":
+        return average_weights(members, spec.weights)
+    from trainables.merging import merge_adapters  # merging builds on this module
+
+    given = {k: v for k, v in spec.merge_parameters.items() if v is not None}
+    return merge_adapters(members, method=spec.merge_method, weights=spec.weights, init=init, **given)

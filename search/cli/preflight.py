@@ -56,6 +56,7 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
         check_ray_address(cfg.ray.address)
     if command == "search":
         check_base_model(cfg.base_model)
+        check_refit_data(cfg)
         check_store_for_search(cfg)
 
 
@@ -127,6 +128,23 @@ def _check_database(uri: str, scheme: str) -> None:
         if reason:
             raise TrackingError(f"the MLflow database at {redact_uri(uri)} cannot be reached ({reason}); "
                                 "start it or fix mlflow.tracking_uri")
+
+
+def check_refit_data(cfg: Config) -> None:
+    """With ``search.head: refit``, every target must have a training split to refit its head on."""
+    from spaces.errors import DataError
+    from trainables.data import load_domain
+
+    if cfg.search.head != "refit":
+        return
+    for target in cfg.search.targets:
+        try:
+            load_domain(target, cfg.domains[target].model_dump(), splits=("train",), max_train_examples=1,
+                        seed=cfg.training.seed, trust_remote_code=cfg.trust_remote_code)
+        except DataError as exc:
+            raise UsageError(f"search.head: got 'refit', which fits each target's head on its training split, "
+                             f"but target {target!r} has no usable one ({exc}); allowed: head: own, or give "
+                             f"domains.{target} a train split") from exc
 
 
 def check_store_for_search(cfg: Config) -> None:

@@ -74,6 +74,11 @@ def spec_params(spec: MixtureSpec, *, strategy: str, measure: str) -> dict[str, 
         "prune_method": spec.prune_method, "prune_ratio": f"{spec.prune_ratio:g}",
         "prune_scope": spec.prune_scope, "prune_when": spec.prune_when, "prune_layers": str(spec.prune_layers),
         "fsd_measure": measure, "strategy": strategy,
+        "merge_method": spec.merge_method, "head": spec.head,
+        # The operator's parameters, only those it takes (spaces.operators).
+        **{name: f"{value:g}" for name, value in (("density", spec.density), ("drop_rate", spec.drop_rate),
+                                                   ("lambda", spec.lam), ("merge_seed", spec.merge_seed))
+           if value is not None},
     }
 
 

@@ -137,6 +137,11 @@ def _prune_ratio_negative(env):
     return env.config(search={"prune_ratios": [-0.1]})
 
 
+def _refit_without_training_split(env):
+    (env.data("books") / "train.jsonl").unlink()
+    return env.config(search={"head": "refit"})
+
+
 def _unknown_top_level_key(env):
     return env.config(trainig={"epochs": 1})
 
@@ -298,6 +303,23 @@ CASES = [
          "search.prune_ratios.1: got 1.0: Input should be less than 1"),
     Case("prune-ratio-negative", _prune_ratio_negative, ("search", "{cfg}"), 2,
          "search.prune_ratios.0: got -0.1: Input should be greater than or equal to 0"),
+    # merge operators, weights and head protocols (issue 9)
+    Case("unknown-merge-operator", lambda env: env.config(search={"merge_methods": ["average", "magic"]}),
+         ("search", "{cfg}"), 2, "search.merge_methods.1: got 'magic': Input should be 'average', "
+                                 "'task_arithmetic', 'ties', 'dare_linear' or 'dare_ties'"),
+    Case("density-outside-0-1", lambda env: env.config(search={"merge_methods": ["ties"], "densities": [0.0]}),
+         ("search", "{cfg}"), 2, "search.densities.0: got 0.0: Input should be greater than 0"),
+    Case("density-above-1", lambda env: env.config(search={"densities": [1.5]}),
+         ("search", "{cfg}"), 2, "search.densities.0: got 1.5: Input should be less than or equal to 1"),
+    Case("drop-rate-1", lambda env: env.config(search={"merge_methods": ["dare_ties"], "drop_rates": [1.0]}),
+         ("search", "{cfg}"), 2, "search.drop_rates.0: got 1.0: Input should be less than 1"),
+    Case("lambda-not-positive", lambda env: env.config(search={"lambdas": [1.0, 0]}),
+         ("search", "{cfg}"), 2, "search.lambdas.1: got 0: Input should be greater than 0"),
+    Case("searched-weights-with-exhaustive", lambda env: env.config(search={"weights": "searched"}),
+         ("search", "{cfg}"), 2, "search.weights: got 'searched': exhaustive cannot enumerate a continuous space"),
+    Case("refit-without-training-split", _refit_without_training_split, ("search", "{cfg}"), 2,
+         "search.head: got 'refit', which fits each target's head on its training split, but target 'books' "
+         "has no usable one"),
     Case("unknown-key", _unknown_top_level_key, ("train", "{cfg}"), 2,
          "trainig: unknown key; did you mean 'training'?"),
     Case("unknown-nested-key", _unknown_nested_key, ("search", "{cfg}"), 2,
@@ -321,8 +343,8 @@ CASES = [
     # places: MLflow, Ray, folders
     Case("tracking-uri-unreachable", _tracking_unreachable, ("train", "{cfg}"), 1,
          "cannot be reached: [Errno 111] Connection refused; start it with `signmix server` or fix mlflow.tracking_uri"),
-    Case("ray-address-unreachable", _ray_unreachable, ("train", "{cfg}"), 2,
-         "cannot connect to the Ray cluster at 'ray://127.0.0.1:1'"),
+    Case("ray-client-address", _ray_unreachable, ("train", "{cfg}"), 2,
+         "ray.address 'ray://127.0.0.1:1' is a Ray Client address, which signmix does not use"),
     Case("ray-address-option-unreachable", _a_valid_config, ("train", "{cfg}", "--address", "127.0.0.1:1"), 2,
          "cannot connect to the Ray cluster at '127.0.0.1:1': nothing answers at 127.0.0.1:1"),
     Case("storage-path-unwritable", _storage_unwritable, ("train", "{cfg}"), 2,
