@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
 from spaces.errors import SpecError
 from spaces.fsd import rank_by_mean_fsd
-from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace
+from spaces.space import MixtureSpace
 
 if TYPE_CHECKING:
     import optuna
@@ -134,7 +134,8 @@ class OptunaStrategy(Strategy):
         for name, dist in self.space.conditional_distributions(trial.params).items():
             trial.suggest_categorical(name, list(dist.choices))
         self._trials[trial.number] = trial
-        return trial.number, self._params_of(trial.params)
+        # Exactly what the distributions sampled; ``to_mixture_spec`` gives the rest its default.
+        return trial.number, dict(trial.params)
 
     def _trial(self, token: int):
         """The live ``optuna.Trial`` of ``token``, rebuilt from the storage after a restore."""
@@ -180,15 +181,7 @@ class OptunaStrategy(Strategy):
         from optuna.trial import TrialState
 
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return {t.number: self._params_of(t.params) for t in running}
-
-    def _params_of(self, sampled: dict) -> dict:
-        """The parameter dict of a trial's sampled values; what was not sampled takes the
-        space's first choice in ``to_mixture_spec``, as in ``params_for``."""
-        params = {USE_PREFIX + d: bool(sampled.get(USE_PREFIX + d, False)) for d in self.space.free_domains}
-        params[PRUNE_PARAM] = sampled.get(PRUNE_PARAM, self.space.prune_ratios[0])
-        params.update({k: v for k, v in sampled.items() if k not in params})
-        return params
+        return {t.number: dict(t.params) for t in running}
 
 
 def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storage: str | None = None,
