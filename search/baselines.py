@@ -13,13 +13,20 @@ from search.config import Config
 from spaces.spec import MixtureSpec, make_mixture_spec
 
 
-def baseline_specs(cfg: Config) -> dict[str, MixtureSpec]:
-    """Each target's own adapter (on that target only: the N-adapter bound), the uniform soup
-    of all (AdapterSoup) and TIES of all (the first configured density and lambda), evaluated
-    on the search's targets with its head protocol."""
+def baseline_specs(cfg: Config, *, every_single: bool = False) -> dict[str, MixtureSpec]:
+    """Single adapters, the uniform soup of all (AdapterSoup) and TIES of all (the first
+    configured density and lambda), evaluated on the search's targets with its head protocol.
+
+    The single adapters are each target's own (on that target only: the N-adapter bound),
+    or with ``every_single`` every domain's adapter on all the targets (the demo's table).
+    """
     targets, head = cfg.search.targets, cfg.search.head
-    specs = {f"single {t}": make_mixture_spec(members=[t], targets=[t], require_targets=False, head=head)
-             for t in sorted(targets)}
+    if every_single:
+        specs = {f"single {d}": make_mixture_spec(members=[d], targets=targets, require_targets=False, head=head)
+                 for d in sorted(cfg.domains)}
+    else:
+        specs = {f"single {t}": make_mixture_spec(members=[t], targets=[t], require_targets=False, head=head)
+                 for t in sorted(targets)}
     specs["soup of all"] = make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False,
                                              head=head)
     specs["ties of all"] = make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False,

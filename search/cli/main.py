@@ -196,7 +196,7 @@ def cmd_demo(args) -> int:
         shutil.rmtree(out / "best")
     os.replace(staged, out / "best")
     _progress("4/4 comparing with single adapters and the soup of all")
-    specs = baseline_specs(cfg)
+    specs = baseline_specs(cfg, every_single=True)
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
     baselines = evaluate_specs(cfg, specs, weights)
     targets = ",".join(cfg.search.targets)
