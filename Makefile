@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast bench study-amazon constraints clean
+.PHONY: install install-dev demo test test-fast bench study-amazon mixing-pays constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,7 @@ constraints: install-dev
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
+
+# Issue 9's measurement on the 12 real review domains: does mixing pay? (about an hour on 2 cores)
+mixing-pays: install-dev
+	$(PY) tests/benchmarks/mixing_pays.py
