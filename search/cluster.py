@@ -1,4 +1,7 @@
-"""Connecting to Ray: a local cluster, or an existing one (``auto``, ``host:port``, ``ray://host:port``).
+"""Connecting to Ray: a local cluster, or an existing one (``auto``, ``host:port``) that signmix runs on.
+
+From outside the cluster, ``signmix submit`` runs signmix on it as a Ray Job (``search/jobs.py``);
+Ray Client (``ray://``) is refused with a message that says so.
 
 On an existing cluster the workers import signmix's own packages from the copy that Ray's
 runtime environment ships from the driver (``py_modules``), so nodes need the third-party
@@ -114,9 +117,8 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
     check_cluster_storage(cfg)
 
     address = cfg.ray.address
-    if address and address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
-        raise UsageError(f"ray.address {address!r} uses Ray Client, which needs `pip install 'ray[client]'` "
-                         "here and on the head; or run signmix on a cluster node with ray.address: auto")
+    if address and address.startswith("ray://"):
+        check_ray_address(address)  # refuses Ray Client
     started_here = False
     if not ray.is_initialized():
         check_ray_address(address)  # ray.init against a dead host:port hangs for minutes
@@ -124,7 +126,10 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
                       configure_logging=True)
         try:
             if address:
-                ray.init(address=address, runtime_env=runtime_env_for_packages(), **kwargs)
+                # A Ray Job (`signmix submit`) already ships the packages in its runtime
+                # environment, and Ray refuses a second one with the same fields.
+                in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+                ray.init(address=address, runtime_env=None if in_job else runtime_env_for_packages(), **kwargs)
             else:
                 # "local": a new cluster even when `ray start` left an address file behind
                 # (address=None would join that cluster, and then refuse num_cpus).
@@ -165,20 +170,25 @@ def tcp_unreachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) ->
 
 
 def check_ray_address(address: str | None) -> None:
-    """An existing cluster's address (``host:port`` or ``ray://host:port``) must answer.
+    """An existing cluster's address (``host:port``) must answer; ``ray://`` (Ray Client) is refused.
 
     ``ray.init`` against a dead ``host:port`` waits for minutes; a TCP connect says the same
     in a few seconds. ``auto`` and ``local`` are left to Ray.
     """
     if not address or address in ("auto", "local"):
         return
-    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    if address.startswith("ray://"):
+        shown = "ray://" + address[len("ray://"):].rpartition("@")[2]  # never a password
+        raise UsageError(f"ray.address {shown!r} is a Ray Client address, which signmix does not use: run signmix "
+                         "on a node of the cluster with ray.address: auto (or host:6379), or submit it from this "
+                         "machine with `signmix submit CONFIG --address http://HEAD:8265` (Ray Jobs)")
+    hostport = address
     if "://" in hostport:
-        raise UsageError(f"ray.address {address!r} is not a Ray address; use auto, host:port or ray://host:10001")
+        raise UsageError(f"ray.address {address!r} is not a Ray address; use auto or host:port "
+                         "(or `signmix submit CONFIG --address http://HEAD:8265` from outside the cluster)")
     host, sep, port = hostport.rstrip("/").rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise UsageError(f"ray.address {address!r} has no port; use host:6379 (on a cluster node), "
-                         "ray://host:10001 (Ray Client) or auto")
+        raise UsageError(f"ray.address {address!r} has no port; use host:6379 (on a cluster node) or auto")
     reason = tcp_unreachable(host.strip("[]"), int(port))
     if reason:
         raise UsageError(f"cannot connect to the Ray cluster at {address!r}: nothing answers at {host}:{port} "

@@ -111,11 +111,12 @@ def test_a_trial_that_fits_nowhere_is_a_usage_error(cpu, gpu, nodes, message):
     assert message in str(err.value)
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("grpc") is not None, reason="ray[client] is installed")
-def test_a_ray_client_address_without_ray_client_installed_says_what_to_install(tmp_path):
-    cfg = _config(tmp_path, ray={"address": "ray://127.0.0.1:10001"})
-    with pytest.raises(UsageError, match=r"pip install 'ray\[client\]'"):
+def test_a_ray_client_address_is_refused_with_the_way_that_works(tmp_path):
+    cfg = _config(tmp_path, ray={"address": "ray://bob:s3cret@127.0.0.1:10001"})
+    with pytest.raises(UsageError) as err:
         connect_ray(cfg)
+    assert "signmix submit CONFIG --address http://HEAD:8265" in str(err.value)
+    assert "'ray://127.0.0.1:10001'" in str(err.value) and "s3cret" not in str(err.value)
 
 
 def test_a_library_caller_gets_a_usage_error_at_once_for_a_dead_address(tmp_path):
