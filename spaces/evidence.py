@@ -3,7 +3,8 @@
 Mixtures with more members tend to have both a higher FSD and a different accuracy, so a
 raw correlation of FSD with accuracy mostly measures the number of members. The evidence
 here is the *partial* Spearman correlation of FSD with accuracy controlling for the
-number of members, computed over the mixtures a search has evaluated so far. The
+number of members (within mixtures of equal size, whatever the shape of the size effect),
+computed over the mixtures a search has evaluated so far. The
 pre-filter (``max_fsd: auto``) filters only when that evidence says higher FSD goes with
 lower accuracy, and then with a threshold that keeps every near-best mixture seen.
 
@@ -18,7 +19,6 @@ from typing import Literal, Sequence, Union
 
 import numpy as np
 
-GATE_DECISIONS = ("filter", "no_signal", "too_few")
 GateDecision = Literal["filter", "no_signal", "too_few"]
 
 ArrayLike = Union[Sequence[float], np.ndarray]
@@ -63,26 +63,32 @@ def _as_finite(values: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
-def _residuals(y: np.ndarray, control: np.ndarray | None) -> np.ndarray:
-    """Returns ``y`` minus its least-squares fit on ``[1, control]`` (on 1 alone when control is None)."""
-    if control is None:
+def _residuals(y: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Returns ``y`` minus its mean within each group (minus its overall mean when groups is None):
+    the least-squares residual of ``y`` on one indicator per group."""
+    if groups is None:
         return y - y.mean()
-    design = np.column_stack([np.ones_like(control), control])
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return y - design @ coef
+    _, which = np.unique(groups, return_inverse=True)
+    means = np.bincount(which, weights=y) / np.bincount(which)
+    return y - means[which]
 
 
 def partial_spearman(x: ArrayLike, y: ArrayLike, control: ArrayLike) -> tuple[float, float]:
-    """Returns the Spearman correlation of ``x`` and ``y`` controlling for ``control``, and its p-value.
+    """Returns the Spearman correlation of ``x`` and ``y`` within groups of equal ``control``, and its p-value.
 
-    All three are rank-transformed (ties get their average rank); the ranks of ``x`` and
-    ``y`` are residualised on the rank of ``control`` by least squares, and ``rho`` is the
-    Pearson correlation of the residuals. The two-sided p-value comes from
-    ``t = rho * sqrt(df / (1 - rho**2))`` with ``df = n - 3``. When ``control`` is
-    constant it explains nothing: the result is plain Spearman with ``df = n - 2``.
+    ``x`` and ``y`` are rank-transformed (ties get their average rank); each rank is
+    residualised on one indicator per distinct ``control`` value (its mean rank within
+    that group is subtracted), and ``rho`` is the Pearson correlation of the residuals: the
+    pooled within-group rank correlation. So the control can act in any shape (accuracy
+    that peaks at 3 members, FSD that saturates), which a linear fit on the rank of
+    ``control`` would leave behind as a spurious correlation. The two-sided p-value comes
+    from ``t = rho * sqrt(df / (1 - rho**2))`` with ``df = n - 1 - G``, G the number of
+    distinct ``control`` values (a group of one contributes nothing but costs a degree of
+    freedom). With one group this is plain Spearman, ``df = n - 2``.
 
     Returns:
-        ``(rho, p_value)``; ``(nan, nan)`` when ``df < 1`` or either residual is constant.
+        ``(rho, p_value)``; ``(nan, nan)`` when ``df < 1`` or either residual is constant
+        (the variable does not vary within any group).
     """
     from scipy.stats import rankdata
     from scipy.stats import t as t_dist
@@ -90,15 +96,14 @@ def partial_spearman(x: ArrayLike, y: ArrayLike, control: ArrayLike) -> tuple[fl
     xs, ys, cs = _as_finite(x, "x"), _as_finite(y, "y"), _as_finite(control, "control")
     _check_lengths({"x": xs, "y": ys, "control": cs})
     n = len(xs)
-    constant_control = n == 0 or bool(np.all(cs == cs[0]))
-    df = n - (2 if constant_control else 3)
+    groups = len(np.unique(cs))
+    df = n - 1 - max(groups, 1)
     if df < 1:
         return math.nan, math.nan
-    rank_c = None if constant_control else rankdata(cs)
     residuals = []
     for values in (xs, ys):
         ranks = rankdata(values)
-        res = _residuals(ranks, rank_c)
+        res = _residuals(ranks, cs if groups > 1 else None)
         # Residuals at rounding level: the variable is constant, or a function of the control.
         if float(res @ res) <= 1e-10 * max(float(((ranks - ranks.mean()) ** 2).sum()), 1.0):
             return math.nan, math.nan
@@ -128,7 +133,7 @@ def fsd_gate_evidence(fsd: ArrayLike, k: ArrayLike, accuracy: ArrayLike, *, alph
                       min_n: int = DEFAULT_MIN_N, tolerance: float = DEFAULT_TOLERANCE) -> FsdEvidence:
     """Returns whether FSD predicts accuracy over the evaluated mixtures, and the gate's decision.
 
-    The decision is one of :data:`GATE_DECISIONS`:
+    The decision is one of :data:`GateDecision`:
 
     - ``"too_few"``: fewer than ``min_n`` mixtures evaluated; nothing is filtered.
     - ``"no_signal"``: unless the partial Spearman ``rho`` (FSD vs accuracy, given the
@@ -151,7 +156,7 @@ def fsd_gate_evidence(fsd: ArrayLike, k: ArrayLike, accuracy: ArrayLike, *, alph
         k: each mixture's number of members (integers >= 1).
         accuracy: each mixture's validation accuracy.
         alpha: significance level, in (0, 1).
-        min_n: fewest mixtures to decide on, >= 4 (a partial correlation needs n - 3 >= 1).
+        min_n: fewest mixtures to decide on, >= 4 (the correlation needs n - 1 - sizes >= 1).
         tolerance: how far below the best accuracy still counts as near-best, >= 0.
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import pearsonr, rankdata, spearmanr
 from scipy.stats import t as t_dist
 
-from spaces.evidence import GATE_DECISIONS, FsdEvidence, fsd_gate_evidence, partial_spearman
+from spaces.evidence import FsdEvidence, fsd_gate_evidence, partial_spearman
 
 WITHIN = (0, 1, 2, 3)  # four mixtures of each size
 
@@ -32,7 +32,7 @@ def grid(acc_of) -> tuple[list[float], list[int], list[float]]:
 # --- partial Spearman against scipy ----------------------------------------------------
 
 @pytest.mark.parametrize("seed", range(5))
-def test_partial_spearman_matches_scipy(seed):
+def test_partial_spearman_matches_a_regression_on_size_indicators(seed):
     rng = np.random.default_rng(seed)
     n = 40
     k = rng.integers(2, 8, size=n)
@@ -40,16 +40,61 @@ def test_partial_spearman_matches_scipy(seed):
     acc = 0.85 - 0.01 * k - 2.0 * fsd + rng.normal(0, 0.01, n)
     rho, p = partial_spearman(fsd, acc, k)
 
-    # 1. The textbook partial correlation of the three pairwise Spearman coefficients.
-    r_xy, r_xz, r_yz = spearmanr(fsd, acc)[0], spearmanr(fsd, k)[0], spearmanr(acc, k)[0]
-    expected = (r_xy - r_xz * r_yz) / math.sqrt((1 - r_xz**2) * (1 - r_yz**2))
-    assert rho == pytest.approx(expected, abs=1e-10)
-    # 2. Pearson of rank residuals (np.polyfit), p from t with n - 3 degrees of freedom.
+    # 1. The pooled within-size correlation, by hand: ranks over all, minus each size's mean.
+    rx, ry = rankdata(fsd), rankdata(acc)
+    within = [np.concatenate([r[k == size] - r[k == size].mean() for size in np.unique(k)]) for r in (rx, ry)]
+    assert rho == pytest.approx(pearsonr(*within)[0], abs=1e-10)
+    # 2. Frisch-Waugh: the t statistic of rank(fsd) in an OLS of rank(acc) on rank(fsd) and
+    # one indicator per size has df = n - 1 - sizes and gives the same two-sided p-value.
+    sizes = np.unique(k)
+    design = np.column_stack([rx] + [(k == size).astype(float) for size in sizes])
+    coef, *_ = np.linalg.lstsq(design, ry, rcond=None)
+    resid = ry - design @ coef
+    df = n - design.shape[1]
+    cov = np.linalg.inv(design.T @ design) * float(resid @ resid) / df
+    t_stat = coef[0] / math.sqrt(cov[0, 0])
+    assert df == n - 1 - len(sizes)
+    assert t_stat == pytest.approx(rho * math.sqrt(df / (1 - rho**2)), rel=1e-8)
+    assert p == pytest.approx(2 * t_dist.sf(abs(t_stat), df), rel=1e-8)
+
+
+def test_a_size_effect_of_any_shape_is_controlled_for():
+    # Accuracy peaks at 4 members and FSD is lowest there (neither is monotonic in k): the
+    # size effect alone makes low-FSD sizes the accurate ones. Within each size, accuracy's
+    # order (1, 3, 0, 2) is uncorrelated with FSD's (0, 1, 2, 3): FSD predicts nothing there.
+    place = {4: 0, 3: 1, 5: 2, 2: 3, 6: 4, 7: 5}  # each size's place in FSD and (reversed) accuracy
+    order = {0: 1, 1: 3, 2: 0, 3: 2}
+    fsd, k, acc = [], [], []
+    for members in range(2, 8):
+        for x in WITHIN:
+            fsd.append(0.27 + 0.003 * place[members] + 0.0005 * x)
+            k.append(members)
+            acc.append(0.80 - 0.01 * place[members] + 0.002 * order[x])
+    # A linear control on the rank of k leaves the U shape behind as a strong "signal".
     rk = rankdata(k)
-    res = [rankdata(v) - np.polyval(np.polyfit(rk, rankdata(v), 1), rk) for v in (fsd, acc)]
-    assert rho == pytest.approx(pearsonr(*res)[0], abs=1e-10)
-    t_stat = expected * math.sqrt((n - 3) / (1 - expected**2))
-    assert p == pytest.approx(2 * t_dist.sf(abs(t_stat), n - 3), rel=1e-8)
+    linear = [rankdata(v) - np.polyval(np.polyfit(rk, rankdata(v), 1), rk) for v in (fsd, acc)]
+    assert pearsonr(*linear)[0] < -0.8
+
+    rho, p = partial_spearman(fsd, acc, k)
+    assert rho == pytest.approx(0.0, abs=1e-12)
+    assert p == pytest.approx(1.0)
+    evidence = fsd_gate_evidence(fsd, k, acc)
+    assert evidence.decision == "no_signal"
+    assert evidence.threshold is None
+
+
+def test_a_size_seen_once_adds_nothing():
+    rng = np.random.default_rng(3)
+    fsd, acc = rng.random(12), rng.random(12)
+    k = [2] * 6 + [3] * 6
+    rho, p = partial_spearman(fsd, acc, k)
+    # Above every other value, so the other ranks do not move; it brings one mixture and one
+    # size, so df = n - 1 - sizes stays 9.
+    rho1, p1 = partial_spearman(np.append(fsd, 1.5), np.append(acc, 1.5), k + [4])
+    assert rho1 == pytest.approx(rho, abs=1e-12)  # the lone size-4 mixture has no within-size rank
+    t_stat = rho * math.sqrt(9 / (1 - rho**2))
+    assert p1 == pytest.approx(2 * t_dist.sf(abs(t_stat), 9), rel=1e-8)
+    assert p1 == pytest.approx(p, rel=1e-12)
 
 
 def test_constant_k_gives_plain_spearman():
@@ -164,11 +209,6 @@ def test_fsd_that_only_tracks_k_gives_no_signal():
     assert evidence.decision == "no_signal"
     assert math.isnan(evidence.rho)
     assert "once the number of members is accounted for" in evidence.reason
-
-
-def test_every_decision_is_registered():
-    assert set(GATE_DECISIONS) == {"filter", "no_signal", "too_few"}
-    assert FsdEvidence.__dataclass_params__.frozen
 
 
 # --- invalid input ---------------------------------------------------------------------
