@@ -205,7 +205,7 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
     from ray.tune.search import ConcurrencyLimiter
 
     from search.tracking.callbacks import MixtureTracking
-    from search.searcher import METRIC, SignConflictSearcher
+    from search.searcher import METRIC, SignConflictSearcher, unpickled_searchers
     from search.strategies import make_strategy
     from search.tracking.tracker import SearchTracker, flatten
     from spaces.space import space_from_config
@@ -232,10 +232,11 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
                              "(missing or incomplete); run `signmix search CONFIG` without --resume")
         probe.attach(parent_id)
         progress(f"resuming search {parent_id} from {path}")
-        tuner = tune.Tuner.restore(path, trainable=_mixture_trainable(cfg, weights, trial, init), resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
         # Tune rebuilds the searcher and callbacks from its own snapshot: use those.
-        searcher = tuner._local_tuner._tune_config.search_alg.searcher
+        with unpickled_searchers() as rebuilt:
+            tuner = tune.Tuner.restore(path, trainable=_mixture_trainable(cfg, weights, trial, init),
+                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
+        (searcher,) = rebuilt
         tracker = searcher.tracker
         if tracker.parent_id != parent_id:
             tracker.attach(parent_id)

@@ -14,12 +14,13 @@ with MLflow and the Optuna storage, which may be a few steps ahead of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from ray.tune.search import Searcher
 
@@ -41,6 +42,20 @@ REPEATS_BEFORE_NOVELTY = 50
 # What :meth:`SignConflictSearcher.save` writes; the rest (space, index, strategy's
 # storage, tracker) is rebuilt or durable elsewhere.
 _STATE = ("counts", "results", "outcomes", "live", "waiting", "specs", "requeue", "exhausted")
+# Lists that collect the searchers unpickled inside :func:`unpickled_searchers` blocks.
+_COLLECTING: list[list] = []
+
+
+@contextlib.contextmanager
+def unpickled_searchers() -> Iterator[list[SignConflictSearcher]]:
+    """The searchers unpickled inside the block, in order: around ``Tuner.restore``, the one
+    Tune rebuilt from its experiment snapshot and will ask (Tune exposes no accessor for it)."""
+    found: list = []
+    _COLLECTING.append(found)
+    try:
+        yield found
+    finally:
+        _COLLECTING.remove(found)
 
 
 @dataclass
@@ -181,6 +196,11 @@ class SignConflictSearcher(Searcher):
         self.outcomes[spec.key] = (outcome, value)
         for t in tokens:
             self.strategy.tell(t, outcome, value=value)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        for found in _COLLECTING:
+            found.append(self)
 
     # Ray Tune calls these with its experiment snapshots -----------------------------
     def save(self, checkpoint_path: str) -> None:

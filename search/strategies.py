@@ -137,36 +137,52 @@ class OptunaStrategy(Strategy):
         # Exactly what the distributions sampled; ``to_mixture_spec`` gives the rest its default.
         return trial.number, dict(trial.params)
 
-    def _trial(self, token: int):
-        """The live ``optuna.Trial`` of ``token``, rebuilt from the storage after a restore."""
-        import optuna
-
-        if token not in self._trials:
-            trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, token)
-            self._trials[token] = optuna.Trial(self.study, trial_id)
-        return self._trials[token]
-
     def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
         from optuna.trial import TrialState
 
-        trial = self._trial(token)
-        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
-            self._trials.pop(token, None)  # told before a crash; the storage already knows
-            return
+        trial = self._trials.pop(token, None)
+        running = {t.number: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if token not in running:
+            return  # told already (twice, or before a crash): the storage knows
+        state, values, intermediate = self._result(outcome, value)
         # Feasible when <= 0: TPE ranks every infeasible trial below every feasible one.
-        trial.set_constraint(CONSTRAINT_NAME, violation if outcome == "filtered" else 0.0)
+        constraint = violation if outcome == "filtered" else 0.0
+        if trial is None:
+            self._tell_lost(running[token], outcome, state, values, intermediate, constraint)
+            return
+        trial.set_constraint(CONSTRAINT_NAME, constraint)
         trial.set_user_attr("signmix.outcome", outcome)
+        if intermediate is not None:
+            trial.report(intermediate, step=0)
+        self.study.tell(trial, values, state=state)
+
+    def _result(self, outcome: Outcome, value) -> tuple:
+        """``(state, values, intermediate value)`` that tell the study ``outcome``: values for
+        evaluated (a list for several objectives) and filtered (a placeholder never ranked),
+        a partial accuracy for stopped early (Optuna reports single objectives only)."""
+        from optuna.trial import TrialState
+
         if outcome == "evaluated":
-            self.study.tell(trial, value)  # a list of values for several objectives
-        elif outcome == "filtered":
-            self.study.tell(trial, [0.0] * self.n_objectives if self.n_objectives > 1 else 0.0)
-        elif outcome == "stopped_early":
-            if value is not None and self.n_objectives == 1:  # Optuna reports single objectives only
-                trial.report(value, step=0)
-            self.study.tell(trial, state=TrialState.PRUNED)
-        else:
-            self.study.tell(trial, state=TrialState.FAIL)
-        self._trials.pop(token, None)
+            return TrialState.COMPLETE, list(value) if isinstance(value, (list, tuple)) else [value], None
+        if outcome == "filtered":
+            return TrialState.COMPLETE, [0.0] * self.n_objectives, None
+        if outcome == "stopped_early":
+            return TrialState.PRUNED, None, value if self.n_objectives == 1 else None
+        return TrialState.FAIL, None, None
+
+    def _tell_lost(self, frozen, outcome: Outcome, state, values, intermediate, constraint: float) -> None:
+        """Tell a trial asked by a process that is gone (a restored search), whose live
+        ``optuna.Trial`` went with it: fail it, and add its parameters with the outcome as a
+        new trial, which the sampler learns from like from any other."""
+        import optuna
+        from optuna.trial import TrialState
+
+        self.study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+        self.study.add_trial(optuna.trial.create_trial(
+            params=frozen.params, distributions=frozen.distributions, state=state, values=values,
+            intermediate_values=None if intermediate is None else {0: intermediate},
+            user_attrs={"signmix.outcome": outcome, "signmix.replaces": frozen.number},
+            constraints={CONSTRAINT_NAME: constraint}))
 
     def enqueue(self, proposals: Iterable[dict]) -> None:
         """Ask these parameter dicts (from the space's ``params_for``) first, in order

@@ -217,7 +217,26 @@ def test_the_warm_start_survives_a_restart_of_the_study(index, tmp_path):
     assert members_of(space, rest) == members_of(space, drain(GreedyFsd(space=space, index=index)))[1:]
 
 
+def test_a_trial_asked_before_a_restart_is_told_to_the_restarted_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = OptunaStrategy(space=SPACE, sampler=optuna.samplers.RandomSampler(seed=0), study_name="r", storage=storage)
+    (lost, lost_params), (filtered, _) = first.ask(), first.ask()
+    again = OptunaStrategy(space=SPACE, sampler=optuna.samplers.RandomSampler(seed=0), study_name="r", storage=storage)
+    assert set(again.pending()) == {lost, filtered}
+    again.tell(lost, "evaluated", value=0.7)
+    again.tell(filtered, "filtered", violation=0.2)
+    again.tell(lost, "evaluated", value=0.1)  # told already: ignored
+    trials = again.study.trials
+    assert [t.state for t in trials[:2]] == [TrialState.FAIL, TrialState.FAIL]
+    evaluated, infeasible = trials[2:]
+    assert (evaluated.params, evaluated.value, evaluated.user_attrs["signmix.outcome"]) == (lost_params, 0.7, "evaluated")
+    assert list(evaluated.constraints.values()) == [0.0] and list(infeasible.constraints.values()) == [0.2]
+    assert again.pending() == {}
+
+
 def test_tpe_learns_to_avoid_filtered_domain():
+    # Every feasible value is below the filtered placeholder (0.0): only the constraint can
+    # teach TPE to avoid "bad" (with constraints ignored it would seek it out, ~80% late on).
     space = MixtureSpace(domains=("a", "b", "bad", "c", "d"), targets=("a",), prune_ratios=(0.0,))
     strategy = make_strategy("tpe", space=space, index=None, seed=3, budget=60, study_name="learn")
     has_bad = []
@@ -228,7 +247,7 @@ def test_tpe_learns_to_avoid_filtered_domain():
         if "bad" in spec.members:
             strategy.tell(token, "filtered", violation=0.3)
         else:
-            strategy.tell(token, "evaluated", value=objective(spec.members, 0.0))
+            strategy.tell(token, "evaluated", value=objective(spec.members, 0.0) - 1.0)
     first, last = sum(has_bad[:10]) / 10, sum(has_bad[-30:]) / 30
     assert last < 0.35, has_bad
     assert last < first, has_bad
