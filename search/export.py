@@ -21,6 +21,7 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from mlflow_server.network import check_writable
 from search.config import Config
 from search.objectives import pick_from_pareto_front, selection_rule
 from search.tracking.tracker import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, open_experiment
@@ -61,18 +62,15 @@ def find_best_run(client, experiment_id: str, parent_run_id: str | None = None, 
     return runs[0]
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 def check_output_dir(out: Path) -> None:
     """Refuse to write into an existing non-empty folder or an unwritable place (writes nothing)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"the export folder {out} exists and is not empty; choose a new --out or remove it")
-    existing = out.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"cannot create the export folder {out}: {existing} is a file, not a folder; "
-                         "choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write into {existing}; choose a writable --out")
+    check_writable(out.parent, what="the folder of the export", fix="choose another --out")
 
 
 def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = None,
@@ -84,10 +82,16 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
     if run_id is None:
         run = find_best_run(client, experiment_id, rule=selection_rule(cfg.search.objectives, cfg.search.pareto_rule))
     else:
+        from mlflow.exceptions import MlflowException
+
         try:
             run = client.get_run(run_id)
-        except Exception as exc:  # MlflowException for unknown ids
-            raise UsageError(f"no MLflow run {run_id!r} in {cfg.experiment_name!r}: {str(exc).splitlines()[0]}") from None
+        except MlflowException as exc:
+            # Only "not found" (or not a run id at all) is the user's --run-id; anything else (an
+            # outage is a TrackingError from the retrying client) is a runtime failure.
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise TrackingError(f"MLflow could not read run {run_id!r}: {_first_line(exc)}") from exc
+            raise UsageError(f"no MLflow run {run_id!r} in {cfg.experiment_name!r}: {_first_line(exc)}") from exc
         if run.data.tags.get(STATUS_TAG) != "evaluated":
             raise UsageError(f"run {run_id} is a {run.data.tags.get(STATUS_TAG, 'non-mixture')!r} run; "
                              "only evaluated mixtures have weights to export")
@@ -154,12 +158,22 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
 
 
 def register_version(client, name: str, run_id: str) -> dict:
-    """Register the run's mixture artifact as a new version of model ``name``."""
+    """Register the run's mixture artifact as a new version of model ``name``.
+
+    Raises:
+        UsageError: MLflow refuses ``name`` (``mlflow.registered_model``).
+        TrackingError: the model registry cannot be read.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code == "INVALID_PARAMETER_VALUE":
+            raise UsageError(f"mlflow.registered_model {name!r} is refused by MLflow: {_first_line(exc)}; "
+                             "choose another name in the config") from exc
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(f"MLflow could not read registered model {name!r}: {_first_line(exc)}") from exc
         client.create_registered_model(name, description="signmix adapter mixtures")
     source = f"{client.get_run(run_id).info.artifact_uri}/{MIXTURE_ARTIFACT}"
     mv = client.create_model_version(name, source=source, run_id=run_id,
@@ -175,7 +189,7 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
     evaluates with the same code, batches and settings as the search trial.
     """
     from trainables.data import encode_split, load_domain
-    from trainables.evaluate import cast_model, classification_metrics, predict
+    from trainables.evaluate import cast_model, evaluate_targets
     from trainables.model import load_encoder
 
     path = Path(path)
@@ -194,8 +208,8 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
     model, tokenizer = load_encoder(record["base_model"], trust_remote_code=ev["trust_remote_code"])
     adapter = model.load_adapter(str(path), use_safetensors=True, with_head=False)
     model.set_active_adapters(adapter)
-    results: dict = {}
-    for target in record["targets"]:
+
+    def prepare(target: str):
         head = model.load_head(str(path / "heads" / target), load_as=f"head_{target}", use_safetensors=True)
         model.active_head = head if isinstance(head, str) else f"head_{target}"
         cast_model(model, ev.get("dtype", "float32"))
@@ -203,9 +217,6 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
                            max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
                            trust_remote_code=ev["trust_remote_code"],
                            label_names=record.get("label_names", {}).get(target))
-        enc = encode_split(tokenizer, data.splits[split], ev["max_length"])
-        m = classification_metrics(predict(model, enc, ev["batch_size"]), enc.labels, data.num_labels)
-        results[f"accuracy/{target}"] = m["accuracy"]
-        results[f"macro_f1/{target}"] = m["macro_f1"]
-    results["accuracy_mean"] = sum(results[f"accuracy/{t}"] for t in record["targets"]) / len(record["targets"])
-    return {"record": record, "metrics": results}
+        return encode_split(tokenizer, data.splits[split], ev["max_length"]), data.num_labels
+
+    return {"record": record, "metrics": evaluate_targets(model, record["targets"], prepare, ev["batch_size"])}

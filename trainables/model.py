@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import TYPE_CHECKING, Callable, Mapping
@@ -89,14 +88,9 @@ def load_encoder(base_model: str, *, trust_remote_code: bool = False):
     except OSError as exc:
         hint = "" if os.path.isdir(base_model) else (
             " If this machine is offline, point base_model at a local folder holding the model.")
-        raise UsageError(f"base_model {base_model!r} cannot be loaded: {str(exc).splitlines()[0]}.{hint}") from None
+        raise UsageError(f"base_model {base_model!r} cannot be loaded: {str(exc).splitlines()[0]}.{hint}") from exc
     model.eval()
     return model, tokenizer
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 _TOKENIZERS: dict[tuple, "PreTrainedTokenizerBase"] = {}

@@ -57,7 +57,7 @@ class AdapterStore:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise StoreError(f"{path} is corrupt ({exc}); delete {path.parent} and run `signmix train` again") from None
+            raise StoreError(f"{path} is corrupt ({exc}); delete {path.parent} and run `signmix train` again") from exc
 
     def has(self, domain: str, fingerprint: str) -> bool:
         """Whether ``domain`` is stored, complete, and was trained with these exact settings."""
@@ -139,7 +139,7 @@ def load_sign_index(root: str | os.PathLike, domains: Iterable[str]):
         return weights, SignIndex.from_weights(weights)
     except ValueError as exc:
         raise StoreError(f"the stored adapters cannot be mixed: {exc}; retrain them with one config "
-                         "(`signmix train CONFIG --force`)") from None
+                         "(`signmix train CONFIG --force`)") from exc
 
 
 def _load_safetensors(path: Path, domain: str) -> dict[str, Tensor]:
@@ -153,4 +153,4 @@ def _load_safetensors(path: Path, domain: str) -> dict[str, Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise StoreError(f"{path} cannot be read ({exc}); the file is truncated or corrupt: "
-                         f"run `signmix train CONFIG --force` to retrain {domain!r}") from None
+                         f"run `signmix train CONFIG --force` to retrain {domain!r}") from exc

@@ -40,7 +40,7 @@ FIRST_DELAY_S, MAX_DELAY_S = 0.5, 5.0
 
 #: The MlflowClient methods signmix calls; only these are retried.
 RETRIED_CALLS = frozenset({
-    "create_run", "log_batch", "log_metric", "set_tag", "set_terminated", "log_artifacts", "search_runs",
+    "create_run", "update_run", "log_batch", "log_metric", "set_tag", "set_terminated", "log_artifacts", "search_runs",
     "get_run", "get_experiment_by_name", "create_experiment", "restore_experiment", "download_artifacts",
     "list_artifacts", "create_registered_model", "get_registered_model", "create_model_version",
 })

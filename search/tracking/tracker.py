@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from mlflow_server.network import sqlite_path
 from spaces.errors import TrackingError
 
 if TYPE_CHECKING:
@@ -33,10 +33,8 @@ _TERMINAL = {"evaluated": "FINISHED", "filtered": "FINISHED", "stopped_early": "
 
 def artifact_root_for(tracking_uri: str) -> str | None:
     """Where a local store keeps artifacts: beside the SQLite file, not in the cwd."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        return (db.parent / "mlartifacts").resolve().as_uri()
-    return None
+    db = sqlite_path(tracking_uri)
+    return None if db is None else (db.parent / "mlartifacts").resolve().as_uri()
 
 
 def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
@@ -45,8 +43,8 @@ def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
 
     from search.tracking.mlflow_client import make_client
 
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if sqlite_path(tracking_uri) is not None:
+        sqlite_path(tracking_uri).parent.mkdir(parents=True, exist_ok=True)
     client = make_client(tracking_uri)
     try:
         exp = client.get_experiment_by_name(name)
@@ -57,7 +55,7 @@ def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
         return client, exp.experiment_id
     except MlflowException as exc:
         raise TrackingError(f"the MLflow tracking store {_redact(tracking_uri)} cannot be used: "
-                            f"{str(exc).splitlines()[0]}; check mlflow.tracking_uri") from None
+                            f"{str(exc).splitlines()[0]}; check mlflow.tracking_uri") from exc
 
 
 def _redact(uri: str) -> str:

@@ -94,6 +94,15 @@ def test_a_dead_server_raises_a_tracking_error_that_names_the_fix_within_the_win
     assert time.monotonic() - started < 1.0
 
 
+def test_reopening_a_search_run_rides_out_an_outage_like_every_other_call():
+    """``update_run`` (a resumed search marks its parent RUNNING) is retried, then says how to resume."""
+    dead = make_client(f"http://127.0.0.1:{free_port()}", retry_seconds=1)
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable for 1 s"):
+        dead.update_run("0123456789abcdef", status="RUNNING")
+    assert time.monotonic() - started < 10, "one try per request while our call runs"
+
+
 def test_mlflow_makes_one_try_per_request_only_while_our_call_runs(tmp_path, monkeypatch):
     import os
 
@@ -172,7 +181,7 @@ def test_a_search_rides_out_a_server_restart_and_loses_nothing(tmp_path, server_
                                                                demo_domains, caplog, shared_store):
     from mlflow import MlflowClient
 
-    from conftest import write_config
+    from tests_support import write_config
     from search.config import load_config
     from search.runner import run_search, run_training
     from search.tracking.tracker import KEY_TAG, KIND_TAG, STATUS_TAG

@@ -104,7 +104,7 @@ def read_hub_adapter(adapter_id: str, *, label: str, base_model: str, version: s
     except (OSError, ValueError) as exc:
         raise StoreError(f"adapter {label!r}: hub id {adapter_id!r} cannot be resolved ({str(exc).splitlines()[0]}); "
                          "check the id, or, on a machine without the hub, download the adapter and use "
-                         "`adapter: {path: FOLDER}`") from None
+                         "`adapter: {path: FOLDER}`") from exc
     logger.info("adapter %r: hub id %r resolved to %s", label, adapter_id, folder)
     return read_adapters_folder(folder, label=label, base_model=base_model, allow_pickle=allow_pickle,
                                 with_head=with_head, check_name=check_name, trust_remote_code=trust_remote_code,

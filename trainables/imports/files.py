@@ -26,7 +26,7 @@ def read_config(path: Path, label: str) -> dict:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"adapter {label!r}: {path} is not valid JSON ({exc}); the file is corrupt: "
-                         "copy the adapter again from its source") from None
+                         "copy the adapter again from its source") from exc
     if not isinstance(value, dict):
         raise StoreError(f"adapter {label!r}: {path} holds a JSON {type(value).__name__}, not an object; "
                          "copy the adapter again from its source")
@@ -78,7 +78,7 @@ def load_tensors(path: Path, label: str) -> dict[str, Tensor]:
     except (SafetensorError, OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StoreError(f"adapter {label!r}: {path} cannot be read ({reason}); the file is truncated, corrupt "
-                         "or not plain tensors: copy the adapter again from its source") from None
+                         "or not plain tensors: copy the adapter again from its source") from exc
 
 
 def sha256_of(path: Path) -> str:

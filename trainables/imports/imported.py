@@ -41,7 +41,7 @@ def base_model_facts(base_model: str, *, trust_remote_code: bool = False) -> Bas
     try:
         config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"base_model {base_model!r} cannot be loaded: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"base_model {base_model!r} cannot be loaded: {str(exc).splitlines()[0]}") from exc
     return BaseModelFacts(name=base_model, model_type=config.model_type, hidden_size=int(config.hidden_size),
                           num_hidden_layers=int(config.num_hidden_layers))
 
