@@ -186,15 +186,21 @@ def _interrupted_search(cfg: Config, tracker) -> tuple[str, str]:
 
 
 def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger.info,
-               debug: bool = False, trial: Callable | None = None, reuse_actors: bool = True) -> SearchSummary:
+               debug: bool = False) -> SearchSummary:
     """Run the mixture search of ``cfg.search`` and record it in MLflow.
 
     With ``resume``, continue the newest interrupted search of the experiment: the same Ray
     Tune experiment (``Tuner.restore``), the same Optuna study (SQLite) and the same MLflow
     parent run, until ``num_mixtures`` distinct mixtures are evaluated in all.
+    """
+    return run_search_with(cfg, resume=resume, progress=progress, debug=debug)
 
-    ``trial`` and ``reuse_actors`` exist for benchmarks and ablations
-    (``tests/benchmarks/bench_optimisations.py``); leave them at their defaults otherwise.
+
+def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors: bool = True,
+                    resume: bool = False, progress: Progress = logger.info, debug: bool = False) -> SearchSummary:
+    """:func:`run_search` with another trial or actor setting (benchmarks and ablations:
+    ``tests/benchmarks/bench_optimisations.py``).
+
     ``trial`` replaces :func:`trainables.mixture.evaluate_mixture` and must take the same
     arguments and report the same metrics and checkpoint; ``reuse_actors=False`` gives every
     trial a fresh Ray actor (a fresh worker process), so nothing is kept across trials. A

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from spaces.errors import SpecError
@@ -49,7 +49,6 @@ class MixtureSpec:
     lam: float | None = None
     merge_seed: int | None = None
     head: str = DEFAULT_HEAD_PROTOCOL
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def k(self) -> int:
@@ -63,7 +62,6 @@ class MixtureSpec:
     def canonical(self) -> dict:
         """The spec as a plain dict, without fields that do not change the mixture."""
         d = asdict(self)
-        d.pop("extra")
         d["members"] = list(self.members)
         d["targets"] = list(self.targets)
         d["weights"] = [round(w, 12) for w in self.weights]
@@ -118,9 +116,7 @@ class MixtureSpec:
 
     def to_dict(self) -> dict:
         """A JSON-safe dict that :meth:`from_dict` reads back (what travels to Ray trials)."""
-        d = self.canonical()
-        d["extra"] = dict(self.extra)
-        return d
+        return self.canonical()
 
     @classmethod
     def from_dict(cls, d: dict) -> MixtureSpec:
@@ -145,7 +141,6 @@ def make_mixture_spec(
     lam: float | None = None,
     merge_seed: int | None = None,
     head: str = DEFAULT_HEAD_PROTOCOL,
-    extra: dict | None = None,
     known_domains=None,
     require_targets: bool = True,
 ) -> MixtureSpec:
@@ -257,5 +252,4 @@ def make_mixture_spec(
         lam=kept.get("lam"),
         merge_seed=kept.get("seed"),
         head=head,
-        extra=dict(extra or {}),
     )

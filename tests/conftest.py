@@ -7,14 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests_support import write_config
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon_multidomain"
 
 
 @pytest.fixture(scope="session")
@@ -59,29 +59,6 @@ def demo_domains(tmp_path_factory) -> dict[str, Path]:
     from search.cli.demo_data import write_demo_domains
 
     return write_demo_domains(tmp_path_factory.mktemp("domains"), seed=0, n_train=60, n_validation=30, n_test=30)
-
-
-def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], targets: list[str],
-                 **overrides) -> Path:
-    """Write a signmix YAML config into ``folder``; ``overrides`` replace whole sections."""
-    config = {
-        "name": "test-exp",
-        "base_model": base_model,
-        "adapter": {"method": "seq_bn", "reduction_factor": 4},
-        "training": {"epochs": 1, "learning_rate": 5e-3, "batch_size": 16, "max_length": 32, "seed": 0},
-        "domains": {name: {"path": str(p)} for name, p in domains.items()},
-        "search": {"strategy": "exhaustive", "targets": targets, "num_mixtures": 20, "prune_ratios": [0.0, 0.5],
-                   "max_fsd": "auto", "max_concurrent": 2,
-                   "confirm": False},  # tests of the test-split confirmation turn it on
-        "resources": {"cpu": 1},
-        "ray": {"storage_path": str(folder / "runs")},
-        "store": str(folder / "adapters"),
-    }
-    for key, value in overrides.items():
-        config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
-    path = folder / "signmix.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,36 @@
-"""Small helpers shared by tests (not fixtures)."""
+"""Small helpers shared by tests (not fixtures): the one module tests import helpers from."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+# The real Amazon multi-domain data (benchmarks and README-flow tests only; never copied).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon_multidomain"
+
+
+def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], targets: list[str],
+                 **overrides) -> Path:
+    """Write a signmix YAML config into ``folder``; ``overrides`` replace whole sections."""
+    config = {
+        "name": "test-exp",
+        "base_model": base_model,
+        "adapter": {"method": "seq_bn", "reduction_factor": 4},
+        "training": {"epochs": 1, "learning_rate": 5e-3, "batch_size": 16, "max_length": 32, "seed": 0},
+        "domains": {name: {"path": str(p)} for name, p in domains.items()},
+        "search": {"strategy": "exhaustive", "targets": targets, "num_mixtures": 20, "prune_ratios": [0.0, 0.5],
+                   "max_fsd": "auto", "max_concurrent": 2,
+                   "confirm": False},  # tests of the test-split confirmation turn it on
+        "resources": {"cpu": 1},
+        "ray": {"storage_path": str(folder / "runs")},
+        "store": str(folder / "adapters"),
+    }
+    for key, value in overrides.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+    path = folder / "signmix.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
 
 
 def mlflow_runs(cfg, filter_string: str = ""):
@@ -10,3 +40,12 @@ def mlflow_runs(cfg, filter_string: str = ""):
     client = MlflowClient(cfg.tracking_uri)
     exp = client.get_experiment_by_name(cfg.experiment_name)
     return client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=10000)
+
+
+def two_layer_adapters(seed: int = 0) -> dict:
+    """Three adapters (a, b, c) of two random 4x6 layers each, named as ``adapters`` names them."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return {d: {f"bert.encoder.layer.{i}.output.adapters.signmix.adapter_down.0.weight": torch.randn(4, 6, generator=gen)
+                for i in range(2)} for d in ("a", "b", "c")}

@@ -7,7 +7,7 @@ validation examples each, batch 64, max length 128, a 2-CPU Ray cluster. Every r
 taken within this one run.
 
 Part 1, end to end (benchmarks 1 and 2 before and after the optimisations): the same
-exhaustive search through ``run_search`` with
+exhaustive search through ``run_search_with`` (``run_search`` with a trial of its own) with
 
 - *before*: :func:`before_trial` below, what a straightforward Ray Tune implementation
   does in every trial (load the base model, ``load_adapter`` each member from disk,
@@ -163,14 +163,14 @@ def derived_config(base: Path, name: str, **search) -> Path:
 
 
 class Search:
-    """One ``run_search`` and its MLflow child runs."""
+    """One ``run_search_with`` and its MLflow child runs."""
 
     def __init__(self, cfg, **kwargs) -> None:
-        from search.runner import run_search
+        from search.runner import run_search_with
         from tests_support import mlflow_runs
 
         self.cfg = cfg
-        self.summary = run_search(cfg, **kwargs)
+        self.summary = run_search_with(cfg, **kwargs)
         self.children = mlflow_runs(cfg, f"tags.`mlflow.parentRunId` = '{self.summary.parent_run_id}'")
         self.evaluated = [r for r in self.children if r.data.tags.get("signmix.status") == "evaluated"]
 

@@ -21,7 +21,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from conftest import write_config
+from tests_support import write_config
 
 DOMAINS = ("books", "support")
 MAX_STDERR_LINES = 15

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, write_config
+from tests_support import SHARED_DATA, write_config
 
 
 def signmix(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

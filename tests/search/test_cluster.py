@@ -284,7 +284,7 @@ def _node_of_pid(pid: int, nodes: dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def searched(two_nodes, tmp_path_factory, tiny_bert, demo_domains):
-    from conftest import write_config
+    from tests_support import write_config
 
     folder = tmp_path_factory.mktemp("cluster")
     domains = {d: demo_domains[d] for d in ("books", "electronics")}

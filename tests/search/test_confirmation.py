@@ -27,7 +27,7 @@ def flip_labels(folder: Path, split: str) -> None:
 
 def search_on(folder: Path, demo_domains, tiny_bert, store: str, poison: str | None):
     """An exhaustive search over copies of the domains (books the target), adapters from ``store``."""
-    from conftest import write_config
+    from tests_support import write_config
     from search.runner import run_search
 
     domains = {}

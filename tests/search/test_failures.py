@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_config
 from search.config import load_config
 from search.tracking.tracker import KIND_TAG, STATUS_TAG
-from tests_support import mlflow_runs
+from tests_support import mlflow_runs, write_config
 
 pytestmark = pytest.mark.integration
 

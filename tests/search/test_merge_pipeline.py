@@ -18,7 +18,7 @@ OPERATORS = {"average", "ties", "dare_ties"}
 
 @pytest.fixture(scope="module")
 def merged_search(tmp_path_factory, ray_cluster, tiny_bert, demo_domains, shared_store):
-    from conftest import write_config
+    from tests_support import write_config
     from search.runner import run_search
 
     folder = tmp_path_factory.mktemp("merge-pipeline")

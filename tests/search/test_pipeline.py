@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, ray_cluster, tiny_bert, demo_domains):
-    from conftest import write_config
+    from tests_support import write_config
     from search.runner import run_search, run_training
 
     folder = tmp_path_factory.mktemp("pipeline")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_config
+from tests_support import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCT = [p for package in ("spaces", "trainables", "search", "mlflow_server")

@@ -74,11 +74,6 @@ def members(config: dict) -> tuple[str, ...]:
     return tuple(config["spec"]["members"])
 
 
-def test_scripted_strategy_hands_out_increasing_tokens(index):
-    strategy = ScriptedStrategy(make_space(), ["t"], ["t", "a"])
-    assert [strategy.ask()[0], strategy.ask()[0], strategy.ask()] == [0, 1, None]
-
-
 # The pre-filter ----------------------------------------------------------------------------
 
 def test_proposal_over_max_fsd_never_becomes_a_trial(index):

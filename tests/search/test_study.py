@@ -74,7 +74,7 @@ def test_sweep_and_sparse_mixing_parts():
 
 @pytest.mark.integration
 def test_study_runs_every_part_on_ray_and_records_it(tmp_path, ray_cluster, tiny_bert, demo_domains, shared_store):
-    from conftest import write_config
+    from tests_support import write_config
     from search.config import load_config
     from search.runner import run_training
     from search.study import PART_TAG, run_study

@@ -70,10 +70,6 @@ def test_key_is_equal_for_equal_mixtures_given_with_scaled_weights():
     assert spec().key == spec(weights=[5.0, 5.0]).key
 
 
-def test_key_ignores_extra():
-    assert spec(extra={"note": "a"}).key == spec(extra={"note": "b"}).key
-
-
 @pytest.mark.parametrize("other", [
     dict(prune_method="magnitude", prune_ratio=0.5),
     dict(prune_method="magnitude", prune_ratio=0.9, prune_scope="layer"),
@@ -160,7 +156,6 @@ def test_known_domains_accept_known_names():
     dict(members=["kitchen", "books", "dvd"], weights=[1.0, 2.0, 1.0]),
     dict(prune_method="magnitude", prune_ratio=0.9, prune_scope="layer", prune_when="mixture"),
     dict(members=["dvd"], targets=["books"], require_targets=False),
-    dict(extra={"source": "greedy_fsd", "l": 2}),
 ])
 def test_to_dict_from_dict_round_trip(kwargs):
     s = spec(**kwargs)
@@ -169,7 +164,6 @@ def test_to_dict_from_dict_round_trip(kwargs):
     back = MixtureSpec.from_dict(d)
     assert back == s
     assert back.key == s.key
-    assert back.extra == s.extra
     assert back.weights == pytest.approx(s.weights)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from spaces.spec import make_mixture_spec
+from tests_support import two_layer_adapters
 from trainables.mixing import (average_weights, build_mixture, conflict_layer_ranking, prune_by_magnitude,
                                prune_conflict_layers, sparsity)
 
@@ -273,18 +274,12 @@ def test_conflict_layer_ranking_rejects_mismatched_members():
 
 # Weights shared through the Ray object store -----------------------------------------------
 
-def _two_layer_adapters(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return {d: {f"bert.encoder.layer.{i}.output.adapters.signmix.adapter_down.0.weight": torch.randn(4, 6, generator=gen)
-                for i in range(2)} for d in ("a", "b", "c")}
-
-
 @pytest.mark.parametrize("method, ratio, when", [
     ("magnitude", 0.0, "members"), ("magnitude", 0.5, "members"), ("magnitude", 0.5, "mixture"),
     ("conflict_layers", 0.5, "members")])
 def test_build_mixture_never_writes_into_its_inputs(method, ratio, when):
     # Trials mix tensors that share the object store's read-only memory (fetch_members).
-    weights = _two_layer_adapters()
+    weights = two_layer_adapters()
     before = {d: {k: t.clone() for k, t in w.items()} for d, w in weights.items()}
     for members in (["a"], ["a", "b"], ["a", "b", "c"]):
         spec = make_mixture_spec(members=members, targets=["a"], prune_ratio=ratio,
@@ -294,29 +289,3 @@ def test_build_mixture_never_writes_into_its_inputs(method, ratio, when):
     for d in weights:
         for k in weights[d]:
             assert torch.equal(weights[d][k], before[d][k]), (d, k)
-
-
-@pytest.mark.integration
-def test_shared_weights_come_back_equal_and_only_the_members_are_fetched(ray_cluster):
-    import ray
-
-    from trainables.mixture import fetch_members, share_adapter_weights
-
-    weights = _two_layer_adapters()
-    shared = share_adapter_weights(weights)
-    assert all(isinstance(ref, ray.ObjectRef) for ref in shared.values())
-
-    @ray.remote(num_cpus=0)
-    def mix_in_a_worker(shared, members):
-        from trainables.mixture import fetch_members
-
-        got = fetch_members(shared, members)
-        return sorted(got), {m: {k: t.clone() for k, t in w.items()} for m, w in got.items()}
-
-    names, got = ray.get(mix_in_a_worker.remote(shared, ["c", "a"]))
-    assert names == ["a", "c"]
-    for m in names:
-        assert got[m].keys() == weights[m].keys()
-        assert all(torch.equal(got[m][k], weights[m][k]) for k in weights[m])
-    # Plain dicts of tensors (no Ray) pass through unchanged.
-    assert fetch_members(weights, ["b"])["b"] is not None
