@@ -118,26 +118,47 @@ def check_reachable(tracking_uri: str, timeout: float = 5) -> None:
                 "start it with `signmix server` or fix mlflow.tracking_uri"
             )
     elif scheme == "sqlite":
-        db_path = tracking_uri[len("sqlite:///") :].split("?", 1)[0] if tracking_uri.startswith("sqlite:///") else ""
-        if db_path and db_path != ":memory:":
-            _check_writable_folder(Path(db_path).expanduser().parent, tracking_uri)
+        db = sqlite_path(tracking_uri)
+        if db is not None:
+            _check_store_folder(db.parent, tracking_uri)
     elif scheme == "file":
-        _check_writable_folder(Path(urllib.parse.urlsplit(tracking_uri).path).expanduser(), tracking_uri)
+        _check_store_folder(Path(urllib.parse.urlsplit(tracking_uri).path), tracking_uri)
     elif scheme == "" or (len(scheme) == 1 and os.name == "nt"):
-        _check_writable_folder(Path(tracking_uri).expanduser(), tracking_uri)
+        _check_store_folder(Path(tracking_uri), tracking_uri)
     else:
         logger.debug("not checking tracking URI %s: scheme %r has no local check", redact_uri(tracking_uri), scheme)
 
 
-def _check_writable_folder(folder: Path, tracking_uri: str) -> None:
-    """Raise UsageError unless ``folder`` exists and is writable, or could be created."""
-    folder = folder.resolve()
-    existing = folder
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_uri(path: str | os.PathLike) -> str:
+    """The SQLite URI (MLflow's, Optuna's) of the database file ``path``, made absolute."""
+    return SQLITE_PREFIX + Path(os.path.abspath(path)).as_posix()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (query string dropped); None for other URIs
+    and for an in-memory database."""
+    if not uri.startswith(SQLITE_PREFIX):
+        return None
+    db = uri[len(SQLITE_PREFIX):].split("?", 1)[0]
+    return Path(db).expanduser() if db and db != ":memory:" else None
+
+
+def _check_store_folder(folder: Path, tracking_uri: str) -> None:
+    check_writable(folder, what=f"the folder of the MLflow store {redact_uri(tracking_uri)}",
+                   fix="fix the permissions or point mlflow.tracking_uri somewhere writable")
+
+
+def check_writable(path: str | os.PathLike, *, what: str, fix: str) -> None:
+    """Raise UsageError unless ``path`` is a writable folder or could be created as one (its
+    nearest existing folder is writable). ``what`` names it, ``fix`` says what to do."""
+    path = Path(path).expanduser().resolve()
+    existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not a folder" if not existing.is_dir() else "is not writable"
-        raise UsageError(
-            f"the MLflow store {redact_uri(tracking_uri)} needs the folder {folder}, but {existing} {what}; "
-            "fix the permissions or point mlflow.tracking_uri somewhere writable"
-        )
+    if not existing.is_dir():
+        raise UsageError(f"{what} {path} cannot be created: {existing} is a file, not a folder; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path} cannot be written: {existing} is not writable; {fix}")

@@ -27,6 +27,7 @@ from mlflow_server.network import (  # noqa: F401  (re-exported: the server's pu
     free_port,
     is_loopback,
     redact_uri,
+    sqlite_uri,
 )
 from spaces.errors import TrackingError, UsageError
 
@@ -95,7 +96,7 @@ class ServerSettings:
         """The run store URI the server is started with."""
         if self.backend_store_uri:
             return self.backend_store_uri
-        return f"sqlite:///{(self.root_path / 'mlflow.db').as_posix()}"
+        return sqlite_uri(self.root_path / "mlflow.db")
 
     @property
     def resolved_artifacts_destination(self) -> str:

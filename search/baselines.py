@@ -42,7 +42,7 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
     import os
 
     from spaces.operators import MERGE_OPERATORS
-    from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict
+    from trainables.evaluate import evaluate_targets, mixture_model, mixture_targets
     from trainables.initialisation import initial_adapter_weights
     from trainables.mixture import INIT_KEY, load_mixture
     from trainables.store import load_sign_index
@@ -57,15 +57,8 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
     out: dict[str, dict[str, float]] = {}
     for name, spec in specs.items():
         load_mixture(model, spec, shared, experiment)
-        row: dict[str, float] = {}
-        for target in spec.targets:
-            model.use_head(target)
-            enc = encoded_split(experiment, target, "validation", model.label_names[target])
-            m = classification_metrics(predict(model.model, enc, cfg.search.eval_batch_size), enc.labels,
-                                       model.num_labels[target])
-            row[f"accuracy/{target}"] = m["accuracy"]
-        row["accuracy_mean"] = sum(row[f"accuracy/{t}"] for t in spec.targets) / len(spec.targets)
-        out[name] = row
+        out[name] = evaluate_targets(model.model, spec.targets, mixture_targets(model, experiment),
+                                     cfg.search.eval_batch_size)
     return out
 
 

@@ -292,7 +292,9 @@ class Config(_Frozen):
     def tracking_uri(self) -> str:
         if self.mlflow.tracking_uri:
             return self.mlflow.tracking_uri
-        return "sqlite:///" + os.path.abspath(os.path.join(self.ray.storage_path, "mlflow.db"))
+        from mlflow_server.network import sqlite_uri
+
+        return sqlite_uri(os.path.join(self.ray.storage_path, "mlflow.db"))
 
     @property
     def experiment_name(self) -> str:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mlflow_server.network import sqlite_uri
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
 from search.objectives import OBJECTIVES, selection_rule
@@ -257,7 +258,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
-                                 storage=f"sqlite:///{os.path.join(local, 'optuna.db')}",
+                                 storage=sqlite_uri(os.path.join(local, "optuna.db")),
                                  n_objectives=len(cfg.search.objectives), warm_start=cfg.search.warm_start)
         tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)

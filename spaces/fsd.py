@@ -8,9 +8,7 @@ Every function here takes tensors (or dicts of tensors) and returns numbers or t
 
 from __future__ import annotations
 
-import csv
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 if TYPE_CHECKING:
@@ -297,13 +295,3 @@ class SignIndex:
             return {name: 0.0 for name in self.names}
         sums = self.matrix.sum(dim=1) / (n - 1)
         return {name: float(sums[i]) for i, name in enumerate(self.names)}
-
-    def to_csv(self, path: str | Path) -> Path:
-        """Writes the FSD matrix as CSV (header row and first column of names, 6 decimals)."""
-        path = Path(path)
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["adapter", *self.names])
-            for i, name in enumerate(self.names):
-                writer.writerow([name, *(f"{float(v):.6f}" for v in self.matrix[i])])
-        return path

@@ -10,7 +10,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from trainables.data import EncodedSplit, encode_split, iter_batches, load_domain
 from trainables.model import cached_tokenizer, load_encoder, model_device, trial_device
@@ -56,6 +56,41 @@ def classification_metrics(preds: Mapping[int, int], labels: Sequence[int], num_
         if tp + fp + fn:
             f1s.append(2 * tp / (2 * tp + fp + fn))
     return {"accuracy": correct / len(rows), "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0}
+
+
+def target_metrics(preds: Mapping[str, Mapping[int, int]], encoded: Mapping[str, EncodedSplit],
+                   num_labels: Mapping[str, int]) -> dict[str, float]:
+    """``accuracy/<target>`` and ``macro_f1/<target>`` of each target's predictions, and their
+    ``accuracy_mean``: the metrics every evaluation of a mixture reports."""
+    metrics: dict[str, float] = {}
+    for target, enc in encoded.items():
+        m = classification_metrics(preds[target], enc.labels, num_labels[target])
+        metrics[f"accuracy/{target}"], metrics[f"macro_f1/{target}"] = m["accuracy"], m["macro_f1"]
+    metrics["accuracy_mean"] = sum(metrics[f"accuracy/{t}"] for t in encoded) / len(encoded)
+    return metrics
+
+
+def mixture_targets(model: MixtureModel, experiment: Mapping,
+                    split: str = "validation") -> Callable[[str], tuple[EncodedSplit, int]]:
+    """The ``prepare`` of :func:`evaluate_targets` for a :class:`MixtureModel`: the target's head
+    (refit on the current mixture, or its own) and its ``split``, encoded once per process."""
+    def prepare(target: str) -> tuple[EncodedSplit, int]:
+        model.use_head(target)
+        return encoded_split(experiment, target, split, model.label_names[target]), model.num_labels[target]
+
+    return prepare
+
+
+def evaluate_targets(model, targets: Sequence[str], prepare: Callable[[str], tuple[EncodedSplit, int]],
+                     batch_size: int) -> dict[str, float]:
+    """:func:`target_metrics` of ``model`` on each target: the one loop over targets (search
+    baselines, ``signmix evaluate``). ``prepare(target)`` makes the target's head the active one
+    and returns its encoded split and number of classes."""
+    encoded, num_labels, preds = {}, {}, {}
+    for target in targets:
+        encoded[target], num_labels[target] = prepare(target)
+        preds[target] = predict(model, encoded[target], batch_size)
+    return target_metrics(preds, encoded, num_labels)
 
 
 # Per worker process: encoded evaluation splits and one model per store layout. Ray reuses

@@ -18,7 +18,7 @@ import time
 from typing import Mapping
 
 from spaces.spec import MixtureSpec
-from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict
+from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict, target_metrics
 from trainables.mixing import build_mixture, sparsity
 from trainables.robustness import fgsm_predict
 
@@ -143,11 +143,7 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
                    "build_seconds": build_seconds, "setup_seconds": setup_seconds, "refit_seconds": refit_seconds,
                    "predict_seconds": predict_seconds, "examples": sum(len(p) for p in preds.values()),
                    "worker_peak_rss_mib": _peak_rss_mib()}
-        for target, enc in per_target.items():
-            m = classification_metrics(preds[target], enc.labels, model.num_labels[target])
-            metrics[f"accuracy/{target}"] = m["accuracy"]
-            metrics[f"macro_f1/{target}"] = m["macro_f1"]
-        metrics["accuracy_mean"] = sum(metrics[f"accuracy/{t}"] for t in spec.targets) / len(spec.targets)
+        metrics.update(target_metrics(preds, per_target, model.num_labels))
         metrics["evaluated_fraction"] = sum(len(p) for p in preds.values()) / sum(len(e) for e in per_target.values())
         metrics["eval_seconds"] = time.perf_counter() - started
         if metrics["evaluated_fraction"] < 1.0:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from mlflow_server.network import sqlite_uri
 from search.config import Config, load_config
 
 DEMO_TARGETS = ["books"]
@@ -45,7 +46,7 @@ def write_demo_config(out: Path, *, seed: int = 0, tracking_uri: str | None = No
                    "max_concurrent": 2, "seed": seed},
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(out / "runs"), "num_cpus": min(2, os.cpu_count() or 1)},
-        "mlflow": {"tracking_uri": tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"},
+        "mlflow": {"tracking_uri": tracking_uri or sqlite_uri(out / "mlflow.db")},
         "store": str(out / "adapters"),
     }
     path = out / "signmix.yaml"

@@ -66,7 +66,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_fsd(args) -> int:
-    from search.reporting.tables import format_table
+    from search.reporting.tables import format_table, write_csv
     from trainables.store import load_sign_index
 
     cfg = _load(args)
@@ -82,7 +82,7 @@ def cmd_fsd(args) -> int:
         evidence.reason if evidence is not None else "no evaluated mixture yet; run `signmix search CONFIG`"))
     out = Path(args.out or os.path.join(cfg.storage_path, "fsd_matrix.csv"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    index.to_csv(out)
+    write_csv(out, ["adapter", *index.names], [[r[0], *(f"{x:.6f}" for x in r[1:])] for r in rows])
     print(f"written: {out}")
     if args.per_layer:
         from spaces.fsd import per_layer_fsd
@@ -94,9 +94,8 @@ def cmd_fsd(args) -> int:
         rows = [[f"{a}-{b}"] + [v.get(layer, float("nan")) for layer in layers] for (a, b), v in per_pair.items()]
         print()
         print(format_table(rows, ["pair"] + layers))
-        layer_csv = out.with_name(out.stem + "_per_layer.csv")
-        layer_csv.write_text("\n".join([",".join(["pair"] + layers)] + [
-            ",".join([r[0]] + [f"{x:.6f}" for x in r[1:]]) for r in rows]) + "\n", encoding="utf-8")
+        layer_csv = write_csv(out.with_name(out.stem + "_per_layer.csv"), ["pair", *layers],
+                              [[r[0], *(f"{x:.6f}" for x in r[1:])] for r in rows])
         print(f"written: {layer_csv}")
     return 0
 

@@ -17,6 +17,7 @@ import urllib.parse
 from pathlib import Path
 
 from search.cluster import CONNECT_TIMEOUT_S, check_ray_address, tcp_unreachable
+from mlflow_server.network import check_writable
 from search.config import Config
 from spaces.errors import StoreError, TrackingError, UsageError
 
@@ -58,18 +59,6 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
         check_base_model(cfg.base_model)
         check_refit_data(cfg)
         check_store_for_search(cfg)
-
-
-def check_writable(path: str | os.PathLike, *, what: str, fix: str) -> None:
-    """Raise UsageError unless ``path`` is a writable folder or could be created as one."""
-    path = Path(path).expanduser().resolve()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"{what} {path} cannot be created: {existing} is a file, not a folder; {fix}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {path} cannot be written: {existing} is not writable; {fix}")
 
 
 def check_base_model(base_model: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import uuid
@@ -11,21 +10,11 @@ from typing import Callable, Sequence
 
 from search.reporting.report_data import MissingData, ReportData, correlation, row_means
 from search.reporting.results import MixtureRun
+from search.reporting.tables import write_csv
 from spaces.fsd import greedy_members
 
 
 # -- writing files ------------------------------------------------------------------------------
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    """Write a CSV atomically (a temporary sibling, then a rename); floats at full precision."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows([["" if v is None else repr(v) if isinstance(v, float) else v for v in r] for r in rows])
-    os.replace(tmp, path)
-    return path
-
 
 def _save_figure(fig, path: Path) -> Path:
     """Render ``fig`` with Agg into a PNG atomically."""
@@ -75,7 +64,7 @@ def fig_fsd_heatmap(data: ReportData, out: Path) -> list[Path]:
     if data.fsd is None:
         raise MissingData("no FSD matrix (no readable adapter store, no study pairs)")
     names, m, source = data.fsd
-    csv_path = _write_csv(out / "fsd_heatmap.csv", ["adapter", *names], [[a, *row] for a, row in zip(names, m)])
+    csv_path = write_csv(out / "fsd_heatmap.csv", ["adapter", *names], [[a, *row] for a, row in zip(names, m)])
     size = 1.0 + 0.75 * len(names)
     fig = Figure(figsize=(size + 1.5, size), layout="constrained")
     ax = fig.subplots()
@@ -112,7 +101,7 @@ def fig_accuracy_vs_k(data: ReportData, out: Path) -> list[Path]:
         ax.set_xticks(ks)
         ax.set(title=f"target: {t}", xlabel="k (adapters mixed)", ylabel=f"accuracy on {t} (%)")
         ax.legend(fontsize=8)
-    csv_path = _write_csv(out / "accuracy_vs_k.csv", ["target", "k", "subsets", "mean_accuracy", "min_accuracy",
+    csv_path = write_csv(out / "accuracy_vs_k.csv", ["target", "k", "subsets", "mean_accuracy", "min_accuracy",
                                                       "max_accuracy"], rows)
     return [_save_figure(fig, out / "accuracy_vs_k.png"), csv_path]
 
@@ -154,8 +143,8 @@ def fig_fsd_vs_accuracy(data: ReportData, out: Path) -> list[Path]:
                ylabel="accuracy on the target (%)")
         ax.legend(fontsize=7)
     header = ["target", "members", "k", "fsd_mean_pairwise", "accuracy"]
-    return [_save_figure(fig, out / "fsd_vs_accuracy.png"), _write_csv(out / "fsd_vs_accuracy.csv", header, points),
-            _write_csv(out / "correlations.csv", ["target", "n", "pearson_r", "pearson_p", "spearman_rho",
+    return [_save_figure(fig, out / "fsd_vs_accuracy.png"), write_csv(out / "fsd_vs_accuracy.csv", header, points),
+            write_csv(out / "correlations.csv", ["target", "n", "pearson_r", "pearson_p", "spearman_rho",
                                                   "spearman_p"], stats_rows)]
 
 
@@ -201,7 +190,7 @@ def fig_greedy_vs_bounds(data: ReportData, out: Path) -> list[Path]:
         ax.legend(fontsize=7)
     header = ["target", "l", "greedy_members", "greedy_accuracy", "mirror_members", "mirror_accuracy",
               "best_members", "best_accuracy", "worst_members", "worst_accuracy"]
-    return [_save_figure(fig, out / "greedy_vs_bounds.png"), _write_csv(out / "greedy_vs_bounds.csv", header, rows)]
+    return [_save_figure(fig, out / "greedy_vs_bounds.png"), write_csv(out / "greedy_vs_bounds.csv", header, rows)]
 
 
 def fig_sparsity_curves(data: ReportData, out: Path) -> list[Path]:
@@ -246,7 +235,7 @@ def fig_sparsity_curves(data: ReportData, out: Path) -> list[Path]:
                ylabel=f"accuracy on {t} (%)")
         ax.legend(fontsize=7)
     header = ["series", "target", "adapters", "sparsity", "accuracy"]
-    return [_save_figure(fig, out / "sparsity_curves.png"), _write_csv(out / "sparsity_curves.csv", header, rows)]
+    return [_save_figure(fig, out / "sparsity_curves.png"), write_csv(out / "sparsity_curves.csv", header, rows)]
 
 
 def fig_search_progress(data: ReportData, out: Path) -> list[Path]:
@@ -273,7 +262,7 @@ def fig_search_progress(data: ReportData, out: Path) -> list[Path]:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(title="strategy")
     header = ["strategy", "evaluated", "accuracy_mean", "best_so_far", "members", "run_id"]
-    return [_save_figure(fig, out / "search_progress.png"), _write_csv(out / "search_progress.csv", header, rows)]
+    return [_save_figure(fig, out / "search_progress.png"), write_csv(out / "search_progress.csv", header, rows)]
 
 
 def fig_soup_drop(data: ReportData, out: Path) -> list[Path]:
@@ -307,7 +296,7 @@ def fig_soup_drop(data: ReportData, out: Path) -> list[Path]:
     ax.legend(loc="upper center", ncol=2)
     rows.append(["mean", sum(r[1] for r in rows) / len(rows), sum(r[2] for r in rows) / len(rows), mean_drop])
     header = ["target", "single_accuracy", "soup_accuracy", "drop_points"]
-    return [_save_figure(fig, out / "soup_drop.png"), _write_csv(out / "soup_drop.csv", header, rows)]
+    return [_save_figure(fig, out / "soup_drop.png"), write_csv(out / "soup_drop.csv", header, rows)]
 
 
 FIGURES: dict[str, Callable[[ReportData, Path], list[Path]]] = {

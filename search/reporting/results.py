@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from mlflow_server.network import sqlite_path
 from search.tracking.tracker import KIND_TAG, KEY_TAG, PARENT_TAG, STATUS_TAG
 from spaces.errors import TrackingError, UsageError
 
@@ -68,7 +68,7 @@ def open_existing_experiment(cfg: Config):
     from search.tracking.mlflow_client import make_client
 
     uri = cfg.tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if sqlite_path(uri) is not None and not sqlite_path(uri).is_file():
         return None, None
     client = make_client(uri)
     exp = client.get_experiment_by_name(cfg.experiment_name)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import torch
@@ -210,15 +208,6 @@ def test_sign_index_errors_name_the_bad_value():
         SignIndex.from_weights({"a": {"w": t(1)}, "b": {"w": t(1), "w2": t(1)}})
     with pytest.raises(ValueError, match=r"'w' has shape \(1,\) in 'a' but \(2,\) in 'c'"):
         SignIndex.from_weights({"a": {"w": t(1)}, "c": {"w": t(1, 2)}})
-
-
-def test_sign_index_to_csv(tmp_path):
-    index = _hand_index()
-    path = index.to_csv(tmp_path / "fsd.csv")
-    rows = list(csv.reader(path.open()))
-    assert rows[0] == ["adapter", "a", "b", "c"]
-    assert rows[1] == ["a", "0.000000", "0.166667", "0.333333"]
-    assert [r[0] for r in rows[1:]] == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("n, p", [(2, 1), (3, 13), (5, 64), (7, 1001)])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_config
+from tests_support import write_config
 
 P = 20  # parameters per adapter
 NEGATIVE = {"books": set(), "dvd": {0, 19}, "kitchen": {0, 1, 2, 3}, "toys": set(range(10, 18))}
