@@ -9,6 +9,10 @@ initialisation seeds. Pairs:
 - ``shared init, other domain``: what signmix's own store holds (one seed, several domains);
 - ``other init, same domain`` and ``other init, other domain``: independently initialised.
 
+LoRA is also measured on its ``lora_A`` factors alone (:func:`trainables.imports.initialisation_weights`):
+``B`` starts at 0 and ΔW = B·A takes the signs the data gives B, so neither ΔW nor all
+factors keep a trace of the initialisation, while ``A`` does.
+
 Run (a few minutes on 2 CPUs)::
 
     .venv/bin/python tests/benchmarks/init_fsd.py --steps 60
@@ -82,6 +86,7 @@ def main() -> None:
 
     from search.cli.demo import demo_base_model
     from spaces.fsd import fraction_sign_difference
+    from trainables.imports import initialisation_weights
     from trainables.lora import lora_delta_weights
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -94,7 +99,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         views = {"weights": lambda w: w}
         if method == "lora":
-            views = {"ΔW": lambda w: lora_delta_weights(w, scaling=8.0 / 8), "factors": lambda w: w}
+            views = {"ΔW": lambda w: lora_delta_weights(w, scaling=8.0 / 8), "factors": lambda w: w,
+                     "A only": initialisation_weights}
         d0, d1 = args.domains
         s0, s1 = args.seeds
         pairs = {"init, other seed": ((d0, s0), (d0, s1), 0),
@@ -113,8 +119,9 @@ def main() -> None:
     print(f"\n{'method':8} {'view':8} {'pair':28} FSD")
     for method, view, pair, fsd in rows:
         print(f"{method:8} {view:8} {pair:28} {fsd:.4f}")
-    shared = [f for m, v, p, f in rows if p.startswith("shared") and v != "factors"]
-    other = [f for m, v, p, f in rows if p.startswith("other init") and v != "factors"]
+    detector = ("weights", "A only")  # what shared_initialisation_check is meant to read
+    shared = [f for m, v, p, f in rows if p.startswith("shared") and v in detector]
+    other = [f for m, v, p, f in rows if p.startswith("other init") and v in detector]
     print(f"\nshared init max {max(shared):.4f}; independent init min {min(other):.4f}")
 
 

@@ -438,3 +438,32 @@ def test_peft_truncated_weights_are_named(tmp_path, base, peft_folder):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(StoreError, match=r"adapter_model\.safetensors cannot be read .* truncated"):
         import_adapter("books", {"peft": str(folder)}, base_model=base)
+
+
+def test_lora_adapters_from_two_initialisations_are_flagged_on_their_a_factors(base):
+    from adapters import LoRAConfig
+
+    from spaces.fsd import SignIndex
+    from trainables.imports import initialisation_weights
+    from trainables.lora import lora_sign_index
+
+    def lora(init_seed: int, data_seed: int) -> dict[str, torch.Tensor]:
+        model = _adapters_model(base)
+        torch.manual_seed(init_seed)  # A's initialisation; B starts at 0
+        model.add_adapter(ADAPTER_NAME, config=LoRAConfig(r=4, alpha=8))
+        g = torch.Generator().manual_seed(data_seed)
+        out = {}
+        for name, p in model.named_parameters():
+            if f".{ADAPTER_NAME}." in name:  # "training": B learns data-specific signs, A moves a little
+                step = torch.randn(p.shape, generator=g)
+                out[name] = p.detach() + (0.5 * step if name.endswith("lora_B") else 1e-3 * step)
+        return out
+
+    adapters_ = {"books": lora(0, 10), "dvd": lora(0, 11), "kitchen": lora(7, 12)}
+    init_index = SignIndex.from_weights({n: initialisation_weights(w) for n, w in adapters_.items()})
+    report = shared_initialisation_check(init_index.matrix, list(init_index.names))
+    assert {frozenset((a, b)) for a, b, _ in report.suspects} == {frozenset(("books", "kitchen")),
+                                                                  frozenset(("dvd", "kitchen"))}
+    # On ΔW every pair looks independent: ΔW cannot tell one initialisation from two.
+    delta = lora_sign_index(adapters_, scaling=2.0).matrix
+    assert float(delta[0, 1]) > 0.4

@@ -19,6 +19,7 @@ from trainables.imports.compat import (
     SHARED_INIT_THRESHOLD,
     InitialisationReport,
     check_same_architecture,
+    initialisation_weights,
     shared_initialisation_check,
 )
 from trainables.imports.imported import (
@@ -35,10 +36,10 @@ _OPTIONS = {"path": {"allow_pickle", "with_head", "check_base_name"},
             "hub": {"allow_pickle", "with_head", "check_base_name", "version"},
             "peft": {"allow_pickle", "check_base_name", "drop_modules_to_save"}}
 
-__all__ = ["BaseModelFacts", "INDEPENDENT_INIT_FSD", "ImportedAdapter", "InitialisationReport", "SHARED_INIT_THRESHOLD",
-           "SOURCE_KINDS", "base_model_facts", "check_base_model", "check_same_architecture", "import_adapter",
-           "read_adapters_folder", "read_hub_adapter", "read_peft_lora", "shared_initialisation_check",
-           "signmix_settings"]
+__all__ = ["BaseModelFacts", "INDEPENDENT_INIT_FSD", "ImportedAdapter", "InitialisationReport",
+           "SHARED_INIT_THRESHOLD", "SOURCE_KINDS", "base_model_facts", "check_base_model",
+           "check_same_architecture", "import_adapter", "initialisation_weights", "read_adapters_folder",
+           "read_hub_adapter", "read_peft_lora", "shared_initialisation_check", "signmix_settings"]
 
 
 def import_adapter(label: str, source: Mapping[str, Any], *, base_model: str,

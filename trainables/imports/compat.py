@@ -97,13 +97,24 @@ class InitialisationReport:
                 "shared initialisation")
 
 
+def initialisation_weights(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Returns the part of an adapter that keeps the trace of its initialisation, for the FSD
+    :func:`shared_initialisation_check` reads: a LoRA's ``lora_A`` factors (``B`` starts at 0 and
+    ΔW = B·A takes the signs the data gives ``B``: ΔW from one initialisation is as sign-different
+    as from two, tests/benchmarks/init_fsd.py), every parameter of any other adapter."""
+    a_factors = {k: t for k, t in weights.items() if ".lora_A" in k}
+    return a_factors if a_factors else dict(weights)
+
+
 def shared_initialisation_check(matrix: Tensor, names: Sequence[str], *,
                                 threshold: float = SHARED_INIT_THRESHOLD) -> InitialisationReport:
     """Returns the pairs whose FSD is at or above ``threshold``: they look independently initialised.
 
     Args:
-        matrix: the [N, N] FSD matrix (:attr:`spaces.fsd.SignIndex.matrix`); for LoRA, FSD on
-            ΔW (:func:`trainables.lora.lora_sign_index`).
+        matrix: the [N, N] FSD matrix of the adapters' :func:`initialisation_weights`
+            (``SignIndex.from_weights({n: initialisation_weights(w) ...}).matrix``); for
+            bottleneck adapters that is the ordinary FSD matrix. Not ΔW for LoRA: on ΔW,
+            adapters from one initialisation also sit near 0.5.
         names: the N adapter names, in the matrix's order.
         threshold: in (0, 1]; see :data:`SHARED_INIT_THRESHOLD` for how it was chosen.
     """
