@@ -37,7 +37,7 @@ CHOSEN_TAG = "signmix.chosen_run_id"
 BEST_TAG = "signmix.best_run_id"
 RULE_TAG = "signmix.when_tied"
 NOTES_TAG = "signmix.confirmation_notes"
-BASELINES = ("own", "soup", "greedy")  # metric prefixes: own_test_accuracy/<t>, soup_..., greedy_...
+BASELINES = ("own", "soup", "greedy", "alone")  # metric prefixes: own_test_accuracy/<t>, soup_..., greedy_..., alone_...
 CONFIDENCE = 0.95
 
 

@@ -91,20 +91,31 @@ def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule:
 
     greedy = f"greedy/{chosen_spec.k}"
     names = {"chosen": chosen, "own": None, "soup": "soup", "greedy": greedy if greedy in correct else None}
-    per_target, baselines = {}, {b: {"label": None, "members": [], "targets": {}} for b in ("own", "soup", "greedy")}
+    per_target, baselines = {}, {b: {"label": None, "members": [], "targets": {}}
+                                 for b in ("own", "soup", "greedy", "alone")}
     for t in targets:
         columns = {"chosen": correct[chosen]["test"][t], "own": correct[f"own/{t}"]["test"][t],
                    "soup": correct["soup"]["test"][t]}
         if names["greedy"]:
             columns["greedy"] = correct[greedy]["test"][t]
+        # The targets alone with the search's head protocol (with refit heads: the target's own
+        # adapter under a refit head), so that a win of mixing is not read as a win of the refit.
+        if "alone" in specs and "test" in correct.get("alone", {}):
+            columns["alone"] = correct["alone"]["test"][t]
         iv = paired_bootstrap(columns, confidence=CONFIDENCE, seed=seed)
         mc = mcnemar_exact(columns["chosen"], columns["own"])
         per_target[t] = {"accuracy": iv["chosen"].accuracy, "ci_low": iv["chosen"].low, "ci_high": iv["chosen"].high,
                          "n": iv["chosen"].n, "p_vs_own": mc.p_value}
-        for b in ("own", "soup", "greedy"):
+        if "alone" in columns:
+            per_target[t]["p_vs_alone"] = mcnemar_exact(columns["chosen"], columns["alone"]).p_value
+        for b in ("own", "soup", "greedy", "alone"):
             if b in iv:
                 baselines[b]["targets"][t] = {"accuracy": iv[b].accuracy, "ci_low": iv[b].low, "ci_high": iv[b].high}
     baselines["own"].update(label="each target's own adapter", members=targets)
+    if baselines["alone"]["targets"]:
+        baselines["alone"].update(label=specs["alone"].label(), members=list(specs["alone"].members))
+    else:
+        baselines.pop("alone")
     baselines["soup"].update(label=specs["soup"].label(), members=list(specs["soup"].members))
     if names["greedy"]:
         baselines["greedy"].update(label=specs[greedy].label(), members=list(specs[greedy].members))
@@ -125,7 +136,8 @@ def confirmation_metrics(record: Mapping) -> dict[str, float]:
 
     The chosen mixture: ``test_accuracy/<t>``, ``test_ci_low/<t>``, ``test_ci_high/<t>``,
     ``p_vs_own/<t>``, ``test_n/<t>``, ``test_accuracy_mean``. Each baseline with its prefix
-    (``own_``, ``soup_``, ``greedy_``): ``<prefix>test_accuracy/<t>``, ``<prefix>test_ci_low/<t>``,
+    (``own_``, ``soup_``, ``greedy_``, ``alone_``: the targets alone with the search's head
+    protocol, when the search evaluated them): ``<prefix>test_accuracy/<t>``, ``<prefix>test_ci_low/<t>``,
     ``<prefix>test_ci_high/<t>``. Validation leads: ``val_lead_vs_runner_up`` (+ ``_low``,
     ``_high``), ``val_lead_vs_own/<t>`` (+ ``val_lead_vs_own_low/<t>``, ``..._high/<t>``).
     """
@@ -133,6 +145,8 @@ def confirmation_metrics(record: Mapping) -> dict[str, float]:
     for t, v in record["targets"].items():
         m.update({f"test_accuracy/{t}": v["accuracy"], f"test_ci_low/{t}": v["ci_low"],
                   f"test_ci_high/{t}": v["ci_high"], f"p_vs_own/{t}": v["p_vs_own"], f"test_n/{t}": v["n"]})
+        if "p_vs_alone" in v:
+            m[f"p_vs_alone/{t}"] = v["p_vs_alone"]
     for b, base in record["baselines"].items():
         for t, v in base["targets"].items():
             m.update({f"{b}_test_accuracy/{t}": v["accuracy"], f"{b}_test_ci_low/{t}": v["ci_low"],
@@ -175,10 +189,12 @@ def record_from_run(run) -> dict:
               "chosen_members": p.get("chosen_members", "").split(","),
               "targets": {t: {"accuracy": m[f"test_accuracy/{t}"], "ci_low": m[f"test_ci_low/{t}"],
                               "ci_high": m[f"test_ci_high/{t}"], "p_vs_own": m[f"p_vs_own/{t}"],
-                              "n": int(m.get(f"test_n/{t}", 0))} for t in targets},
+                              "n": int(m.get(f"test_n/{t}", 0)),
+                              **({"p_vs_alone": m[f"p_vs_alone/{t}"]} if f"p_vs_alone/{t}" in m else {})}
+                          for t in targets},
               "test_accuracy_mean": m.get("test_accuracy_mean"), "baselines": {},
               "notes": [n for n in tags.get(NOTES_TAG, "").split(" | ") if n], "mlflow_run_id": run.info.run_id}
-    for b in ("own", "soup", "greedy"):
+    for b in ("own", "soup", "greedy", "alone"):
         per = {t: {"accuracy": m[f"{b}_test_accuracy/{t}"], "ci_low": m[f"{b}_test_ci_low/{t}"],
                    "ci_high": m[f"{b}_test_ci_high/{t}"]} for t in targets if f"{b}_test_accuracy/{t}" in m}
         if per:

@@ -63,3 +63,21 @@ def test_a_clear_lead_exports_the_best_with_intervals_and_mcnemar():
     assert {"test_ci_low/t", "test_ci_high/t", "p_vs_own/t", "greedy_test_accuracy/t", "val_lead_vs_runner_up"} <= set(m)
     lines = confirmation_lines(record)
     assert lines[1].startswith("  t: chosen 0.800 [") and "p vs own 0.00195" in lines[1]
+
+
+def test_the_targets_alone_under_the_search_head_protocol_are_a_test_baseline():
+    # With refit heads the target alone is its own adapter under a refit head: a mixture's win
+    # over the own adapter must be told apart from the refit's win (p against the alone).
+    s = {**specs(), "alone": make_mixture_spec(members=["t"], targets=["t"], head="refit")}
+    c = correctness([1] * 95 + [0] * 5, [1] * 60 + [0] * 40)
+    c["alone"] = {"validation": {"t": [1] * 90 + [0] * 10}, "test": {"t": [1] * 78 + [0] * 22}}
+    record = decide_and_measure(c, s, {"best": run("best"), "runner_up": run("ru"), "alone": run("alone")},
+                                rule="higher_accuracy")
+    assert record["baselines"]["alone"]["targets"]["t"]["accuracy"] == 0.78
+    assert record["targets"]["t"]["p_vs_alone"] == pytest.approx(2 * 0.5 ** 2)  # 2 discordant, both for the mixture
+    m = confirmation_metrics(record)
+    assert m["alone_test_accuracy/t"] == 0.78 and m["p_vs_alone/t"] == pytest.approx(0.5)
+    # Without an evaluated alone there is no such baseline.
+    assert "alone" not in decide_and_measure(correctness([1] * 95 + [0] * 5, [1] * 60 + [0] * 40), specs(),
+                                             {"best": run("best"), "runner_up": run("ru")},
+                                             rule="higher_accuracy")["baselines"]
