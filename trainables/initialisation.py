@@ -61,7 +61,7 @@ def build_initial_adapter(experiment: Mapping) -> dict[str, Tensor]:
     from trainables.model import adapter_config_for, load_encoder
 
     with torch.random.fork_rng(devices=[]):
-        model, _ = load_encoder(experiment["base_model"], trust_remote_code=bool(experiment.get("trust_remote_code")))
+        model, _ = load_encoder(experiment["base_model"], trust_remote_code=experiment["trust_remote_code"])
         torch.manual_seed(int(experiment["training"]["seed"]))
         model.add_adapter(ADAPTER_NAME, config=adapter_config_for(experiment["adapter"]))
     with tempfile.TemporaryDirectory() as folder:
