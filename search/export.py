@@ -144,6 +144,10 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         for item in Path(local).iterdir():
             shutil.move(str(item), staging / item.name)
         Path(local).rmdir()
+        # Registered before the folder appears (the version points at the run's artifact, not
+        # at the folder): a refused model name leaves no export behind.
+        if register:
+            record["registered_model"] = register_version(client, cfg.registered_model_name, run.info.run_id)
         (staging / MIXTURE_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
         if out.exists():
             out.rmdir()
@@ -151,9 +155,6 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if register:
-        record["registered_model"] = register_version(client, cfg.registered_model_name, run.info.run_id)
-        (out / MIXTURE_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
     return out, record
 
 

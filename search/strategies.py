@@ -118,7 +118,9 @@ def fast_storage(url: str | None):
     ``synchronous=NORMAL`` (tests/benchmarks/bench_driver.py, BENCHMARKS.md). An application
     crash loses nothing; a power loss may lose the last commits, which a resume re-asks.
     """
-    if not url or not url.startswith("sqlite:///"):
+    from mlflow_server.network import sqlite_path
+
+    if not url or sqlite_path(url) is None:
         return url
     import optuna
     from sqlalchemy import event
