@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -25,6 +25,7 @@ from spaces.merge_choices import WEIGHTINGS
 from spaces.operators import HEAD_PROTOCOLS, MERGE_OPERATORS
 from spaces.space import SEARCH_PRUNE_METHODS
 from spaces.spec import PRUNE_SCOPES, PRUNE_WHEN
+from trainables.lora_merge import LORA_MERGES
 from trainables.model import ADAPTER_METHODS
 
 # Every enumeration a config names, with the registry that defines it (one grep:
@@ -43,6 +44,7 @@ REGISTERED_CHOICES: dict[str, tuple[str, ...]] = {
     "search.weights": tuple(WEIGHTINGS),
     "search.head": tuple(HEAD_PROTOCOLS),
     "search.when_tied": tuple(TIE_RULES),
+    "search.lora_merge": tuple(LORA_MERGES),
 }
 
 
@@ -63,6 +65,7 @@ MergeMethodName = _choice("search.merge_methods")
 Weighting = _choice("search.weights")
 HeadProtocol = _choice("search.head")
 TieRule = _choice("search.when_tied")
+LoraMerge = _choice("search.lora_merge")
 
 
 class _Frozen(BaseModel):
@@ -88,8 +91,40 @@ class TrainingConfig(_Frozen):
     max_eval_examples: Optional[Annotated[int, Field(ge=1)]] = None
 
 
+class AdapterSourceConfig(_Frozen):
+    """An existing adapter a domain brings instead of training one (trainables/imports)."""
+
+    path: Optional[str] = None  # a folder written by `adapters`' save_adapter
+    hub: Optional[str] = None  # an id resolved by `adapters`' own hub loading
+    peft: Optional[str] = None  # a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)
+    allow_pickle: bool = False  # read pytorch_adapter.bin / adapter_model.bin (unpickling runs code)
+    check_base_name: bool = True  # compare the base model name the adapter records
+    with_head: Optional[bool] = None  # path/hub: load its head when it has one (default true)
+    version: Optional[str] = None  # hub only
+    drop_modules_to_save: Optional[bool] = None  # peft only: drop modules_to_save instead of refusing
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in ("path", "hub", "peft") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of 'path' (an adapters folder), 'hub' (a hub id) or 'peft' "
+                             f"(a PEFT LoRA folder), got {kinds or 'none'}")
+        kind = kinds[0]
+        for option, kinds_allowed in (("with_head", ("path", "hub")), ("version", ("hub",)),
+                                      ("drop_modules_to_save", ("peft",))):
+            if getattr(self, option) is not None and kind not in kinds_allowed:
+                raise ValueError(f"{option} applies to {' and '.join(kinds_allowed)} adapters only, "
+                                 f"not to a {kind} adapter")
+        return self
+
+    def source(self) -> dict:
+        """Returns what :func:`trainables.imports.import_adapter` takes."""
+        return self.model_dump(exclude_none=True)
+
+
 class DomainConfig(_Frozen):
-    """One domain: a local folder of split files, or a dataset on the Hugging Face hub."""
+    """One domain: a local folder of split files, or a dataset on the Hugging Face hub, and/or
+    an existing adapter (``adapter``) to use instead of training one."""
 
     path: Optional[str] = None  # folder with train/validation/test .jsonl or .csv
     hub: Optional[str] = None  # e.g. "glue"
@@ -99,12 +134,21 @@ class DomainConfig(_Frozen):
     label_column: str = "label"
     splits: dict[Literal["train", "validation", "test"], str] = Field(
         default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"})
+    adapter: Optional[AdapterSourceConfig] = None  # an existing adapter instead of training one
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.path is None) == (self.hub is None):
+        if self.path is not None and self.hub is not None:
             raise ValueError("give exactly one of 'path' (a local folder) or 'hub' (a hub dataset id)")
+        if self.path is None and self.hub is None and self.adapter is None:
+            raise ValueError("give exactly one of 'path' (a local folder) or 'hub' (a hub dataset id), "
+                             "or an existing adapter under 'adapter' (path, hub or peft)")
         return self
+
+    @property
+    def has_data(self) -> bool:
+        """Whether the domain has data (a folder or a hub dataset), not only an adapter."""
+        return self.path is not None or self.hub is not None
 
 
 class SearchConfig(_Frozen):
@@ -157,6 +201,9 @@ class SearchConfig(_Frozen):
     # Which heads score a mixture: each target's trained head (own), or a linear head refit
     # on the mixed adapter's features of the target's training split (refit).
     head: HeadProtocol = "own"
+    # LoRA stores: merge the updates ΔW = B·A·alpha/r and factorise back to the members' rank
+    # (delta_svd), or average the factors A and B separately (factors, the old behaviour).
+    lora_merge: LoraMerge = "delta_svd"
 
     @field_validator("targets")
     @classmethod
@@ -273,6 +320,12 @@ class Config(_Frozen):
         unknown = [t for t in (self.study.targets or []) if t not in self.domains]
         if unknown:
             raise ValueError(f"study.targets {unknown} are not domains; the domains are {sorted(self.domains)}")
+        no_data = [t for t in dict.fromkeys([*self.search.targets, *(self.study.targets or [])])
+                   if not self.domains[t].has_data]
+        if no_data:
+            raise ValueError(f"targets {no_data} name an adapter but no data; a target needs data to be "
+                             f"evaluated: give domains.{no_data[0]}.path (or hub), or take {no_data[0]!r} out "
+                             "of the targets (a domain with only an adapter can still be a member)")
         if self.search.max_members is not None and self.search.require_targets \
                 and self.search.max_members < len(self.search.targets):
             raise ValueError(f"search.max_members={self.search.max_members} is smaller than the "
@@ -333,6 +386,11 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
         for name, d in raw["domains"].items():
             if isinstance(d, dict) and isinstance(d.get("path"), str):
                 d = {**d, "path": _resolve(os.path.expanduser(d["path"]), base)}
+            if isinstance(d, dict) and isinstance(d.get("adapter"), dict):
+                # adapter folders (path, peft) are relative to the config file; hub ids are kept
+                d = {**d, "adapter": {k: (_resolve(os.path.expanduser(v), base)
+                                          if k in ("path", "peft") and isinstance(v, str) else v)
+                                      for k, v in d["adapter"].items()}}
             domains[name] = d
         raw["domains"] = domains
     return raw
@@ -349,6 +407,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
                 continue
             return []
         ann = model.model_fields[part].annotation
+        ann = next((a for a in (ann, *get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         elif part == "domains":

@@ -29,7 +29,8 @@ def _resources(cfg: Config) -> dict:
 def fingerprint(cfg: Config, domain: str) -> str:
     """A hash of everything that shapes ``domain``'s adapter: same hash, same adapter."""
     blob = json.dumps({"base_model": cfg.base_model, "adapter": cfg.adapter.model_dump(),
-                       "training": cfg.training.model_dump(), "domain": cfg.domains[domain].model_dump()},
+                       "training": cfg.training.model_dump(),
+                       "domain": cfg.domains[domain].model_dump(exclude={"adapter"})},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -38,15 +39,19 @@ def fingerprint(cfg: Config, domain: str) -> str:
 class TrainingSummary:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    imported: list[str] = field(default_factory=list)  # domains.<d>.adapter written into the store as is
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
 
 def run_training(cfg: Config, *, force: bool = False, progress: Progress = logger.info,
                  debug: bool = False) -> TrainingSummary:
-    """Train every domain adapter that the store lacks (or all, with ``force``)."""
+    """Train every domain adapter that the store lacks (or all, with ``force``); import the
+    adapters the config names (``domains.<d>.adapter``), training a head for those that have
+    none when their domain has data."""
     from ray import tune
 
+    from search.imported import check_imports, commit_imports, head_trained, import_fingerprint, source_text
     from search.tracking.callbacks import TrainingTracking
     from search.tracking.tracker import flatten, open_experiment
     from trainables.data import load_domain
@@ -56,26 +61,42 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
     started = time.perf_counter()
     check_cluster_storage(cfg)
     store = AdapterStore(cfg.store_path)
-    prints = {d: fingerprint(cfg, d) for d in cfg.domains}
-    summary = TrainingSummary(skipped=[d for d in cfg.domains if not force and store.has(d, prints[d])])
-    todo = [d for d in cfg.domains if d not in summary.skipped]
+    imported = check_imports(cfg)  # every file read and checked before anything is written
+    prints = {d: (import_fingerprint(cfg, imported[d]) if d in imported else fingerprint(cfg, d)) for d in cfg.domains}
+    trained_here = [d for d in cfg.domains if d not in imported]
+    summary = TrainingSummary(skipped=[d for d in trained_here if not force and store.has(d, prints[d])])
+    # imported adapters without a head, whose domain has data: a head is trained with the adapter frozen
+    heads = [d for d in sorted(imported) if head_trained(cfg, imported[d]) and (force or not store.has(d, prints[d]))]
+    todo = [d for d in trained_here if d not in summary.skipped] + heads
     for d in summary.skipped:
         progress(f"{d}: adapter already in the store with these settings, skipped")
-    if not todo:
-        return summary
     # Check every domain's data in the driver first: a bad column or an empty split is
     # a usage error that should stop everything before a single trial starts.
     for d in todo:
         load_domain(d, cfg.domains[d].model_dump(), splits=("train", "validation"),
                     max_train_examples=1, max_eval_examples=1, trust_remote_code=cfg.trust_remote_code)
+    client = experiment_id = None
+    if imported:
+        client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+        done, skipped, _ = commit_imports(cfg, store, {d: a for d, a in imported.items() if d not in heads},
+                                          force=force, progress=progress, client=client, experiment_id=experiment_id)
+        summary.imported += done
+        summary.skipped += skipped
+    if not todo:
+        summary.seconds = time.perf_counter() - started
+        return summary
     connect_ray(cfg, debug=debug)
-    client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    if client is None:
+        client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
     params = flatten({"base_model": cfg.base_model, "adapter": cfg.adapter.model_dump(),
                       "training": cfg.training.model_dump()})
+    # recorded on the MLflow run of each head trained for an imported adapter
+    run_params = {d: {"head_trained": True, "adapter_imported_from": source_text(imported[d])} for d in heads}
     trainable = tune.with_resources(train_domain_adapter, _resources(cfg))
     tuner = tune.Tuner(
         trainable,
-        param_space={"domain": tune.grid_search(todo), "fingerprints": prints,
+        param_space={"domain": tune.grid_search(todo), "fingerprints": prints, "run_params": run_params,
+                     "imports": {d: cfg.domains[d].adapter.source() for d in heads},
                      "experiment": cfg.model_dump(), "store": os.path.abspath(cfg.store_path)},
         tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(
@@ -135,16 +156,21 @@ def shared_initialisation(cfg: Config, weights) -> dict | None:
     from trainables.initialisation import check_init_matches, initial_adapter_weights
     from trainables.store import AdapterStore
 
+    from trainables.lora_merge import is_lora_weights
+
     needs = [m for m in cfg.search.merge_methods if MERGE_OPERATORS[m].needs_init]
     if not needs:
         return None
+    if cfg.search.lora_merge == "delta_svd" and all(is_lora_weights(w) for w in weights.values()):
+        return None  # LoRA merged on ΔW: every member starts at ΔW = 0 (B = 0), whoever initialised A
     why = (f"search.merge_methods {needs} merge deltas from the adapters' shared initialisation, which this "
            "store cannot provide")
     store = AdapterStore(cfg.store_path)
     imported = [d for d in sorted(weights) if store.meta(d).get("source")]
     if imported:
         raise StoreError(f"{why}: {imported} were imported, not trained from the config's seed; "
-                         "use merge_methods: [average], or train every adapter with signmix")
+                         "use merge_methods: [average], or train every adapter with signmix (LoRA adapters "
+                         "merged on ΔW, search.lora_merge: delta_svd, need no shared initialisation)")
     init = initial_adapter_weights(cfg.model_dump(), store)
     try:
         for domain in sorted(weights):
@@ -222,6 +248,10 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     check_cluster_storage(cfg)
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    from search.imported import initialisation_lines
+
+    for line in initialisation_lines(cfg, weights):  # adapters that did not start from one initialisation
+        progress(line)
     init = shared_initialisation(cfg, weights)  # before Ray starts: a store that cannot provide it stops here
     storage = storage_uri(cfg)
     # The Optuna study is a local SQLite file: beside the Ray experiments, or beside the

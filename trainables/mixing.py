@@ -202,7 +202,7 @@ def sparsity(weights: Mapping[str, Tensor]) -> float:
 
 
 def build_mixture(member_weights: Mapping[str, Mapping[str, Tensor]],
-                  spec: MixtureSpec, init: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+                  spec: MixtureSpec, init: Mapping[str, Tensor] | None = None, *, lora=None) -> dict[str, Tensor]:
     """Returns the mixed (and possibly pruned) adapter a :class:`MixtureSpec` describes.
 
     Args:
@@ -216,6 +216,9 @@ def build_mixture(member_weights: Mapping[str, Mapping[str, Tensor]],
             The (pruned) members are merged with ``spec.merge_method`` and its parameters
             (:func:`trainables.merging.merge_adapters`; ``average`` is the paper's Eq. 1).
         init: the adapters' shared initialisation, needed by every operator but ``average``.
+        lora: a :class:`trainables.lora_merge.LoraSlot`: LoRA members are merged on ΔW and
+            factorised back into the slot (``search.lora_merge: delta_svd``); pruning acts on
+            the factors, before (members) or after (mixture) the merge.
 
     Raises:
         SpecError: (a ValueError) naming a member that has no weights, or an operator that
@@ -229,19 +232,21 @@ def build_mixture(member_weights: Mapping[str, Mapping[str, Tensor]],
     if spec.prune_method == "conflict_layers" and spec.prune_ratio > 0:
         pruned = prune_conflict_layers({m: member_weights[m] for m in spec.members},
                                        spec.prune_ratio, spec.prune_layers)
-        return _merge([pruned[m] for m in spec.members], spec, init)
+        return _merge([pruned[m] for m in spec.members], spec, init, lora)
     members = [member_weights[m] for m in spec.members]
     if prune and spec.prune_when == "members":
         members = [prune_by_magnitude(m, spec.prune_ratio, spec.prune_scope) for m in members]
-    mixture = _merge(members, spec, init)
+    mixture = _merge(members, spec, init, lora)
     if prune and spec.prune_when == "mixture":
         mixture = prune_by_magnitude(mixture, spec.prune_ratio, spec.prune_scope)
     return mixture
 
 
 def _merge(members: Sequence[Mapping[str, Tensor]], spec: MixtureSpec,
-           init: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+           init: Mapping[str, Tensor] | None, lora=None) -> dict[str, Tensor]:
     """The members merged with the spec's operator (its weights and parameters)."""
+    if lora is not None:
+        return lora.merge(members, spec)
     if spec.merge_method == "average":
         return average_weights(members, spec.weights)
     from trainables.merging import merge_adapters  # merging builds on this module

@@ -73,15 +73,23 @@ def load_mixture(model, spec: MixtureSpec, adapter_weights: Mapping, experiment:
     from spaces.errors import SpecError
     from spaces.operators import MERGE_OPERATORS
 
+    from trainables.lora_merge import LoraSlot, is_lora_weights
+
+    members = fetch_members(adapter_weights, spec.members)
+    lora = None
+    if (experiment or {}).get("search", {}).get("lora_merge", "delta_svd") == "delta_svd" \
+            and is_lora_weights(members[spec.members[0]]):
+        lora = LoraSlot.from_store(model.store, spec.members, members[spec.members[0]])
     init = None
-    if MERGE_OPERATORS[spec.merge_method].needs_init:
+    if MERGE_OPERATORS[spec.merge_method].needs_init and lora is None:  # on ΔW every LoRA starts at 0
         if INIT_KEY not in adapter_weights:
             raise SpecError(f"merge method {spec.merge_method!r} merges deltas from the adapters' shared "
                             "initialisation, which was not put beside the adapters; use merge method 'average'")
         init = fetch_members(adapter_weights, [INIT_KEY])[INIT_KEY]
-    weights = build_mixture(fetch_members(adapter_weights, spec.members), spec, init)
+    weights = build_mixture(members, spec, init, lora=lora)
     model.set_weights(weights)
     model.refit_seconds = 0.0
+    model.lora_svd_error = lora.relative_error if lora is not None else None
     if spec.head == "refit":
         if experiment is None:
             raise SpecError("head 'refit' fits each target's head on its training split: pass the experiment")
@@ -119,6 +127,7 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
     built = time.perf_counter()
     weights = load_mixture(model, spec, adapter_weights, experiment)
     refit_seconds = model.refit_seconds  # head: refit, the linear heads fitted on this mixture
+    lora_svd_error = model.lora_svd_error  # LoRA merged on ΔW: ||ΔW - B·A·s|| / ||ΔW|| of the refactorisation
     build_seconds = time.perf_counter() - built - refit_seconds
 
     batch_size = experiment["search"]["eval_batch_size"]
@@ -142,7 +151,8 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
         metrics = {"fsd": config.get("fsd", float("nan")), "k": spec.k, "sparsity": sparsity(weights),
                    "build_seconds": build_seconds, "setup_seconds": setup_seconds, "refit_seconds": refit_seconds,
                    "predict_seconds": predict_seconds, "examples": sum(len(p) for p in preds.values()),
-                   "worker_peak_rss_mib": _peak_rss_mib()}
+                   "worker_peak_rss_mib": _peak_rss_mib(),
+                   **({"lora_svd_error": lora_svd_error} if lora_svd_error is not None else {})}
         metrics.update(target_metrics(preds, per_target, model.num_labels))
         metrics["evaluated_fraction"] = sum(len(p) for p in preds.values()) / sum(len(e) for e in per_target.values())
         metrics["eval_seconds"] = time.perf_counter() - started

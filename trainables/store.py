@@ -67,7 +67,7 @@ class AdapterStore:
             return False
         folder = self.path(domain)
         return meta.get("fingerprint") == fingerprint and (folder / ADAPTER_FILE).is_file() \
-            and (folder / HEAD_FILE).is_file()
+            and ((folder / HEAD_FILE).is_file() or meta.get("has_head") is False)
 
     def load_weights(self, domain: str) -> dict[str, Tensor]:
         """The adapter's weights (not its head), keyed by parameter name; safetensors only."""
@@ -75,6 +75,15 @@ class AdapterStore:
 
     def load_head(self, domain: str) -> dict[str, Tensor]:
         return _load_safetensors(self.path(domain) / HEAD_FILE, domain)
+
+    def adapter_config(self, domain: str) -> dict:
+        """The stored adapter's architecture (``adapter_config.json``'s ``config`` field)."""
+        path = self.path(domain) / "adapter_config.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))["config"]
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise StoreError(f"{path} cannot be read ({exc}); run `signmix train CONFIG --force` to "
+                             f"store {domain!r} again") from exc
 
     def check_mixable(self, domains: Iterable[str]) -> list[dict]:
         """Check that these adapters can be averaged; returns their metadata.
@@ -88,13 +97,21 @@ class AdapterStore:
         if not metas:
             raise StoreError(f"the store {self.root} holds no adapters; run `signmix train CONFIG` first")
         first = metas[0]
+        # Imported adapters (meta "source") are compared on their architecture itself, below.
+        trained = [(d, m) for d, m in zip(domains, metas) if not m.get("source")]
         for d, m in zip(domains[1:], metas[1:]):
-            for key, what in (("base_model", "base model"), ("adapter", "adapter method/config")):
+            keys = (("base_model", "base model"),) + ((("adapter", "adapter method/config"),)
+                                                      if not m.get("source") and not first.get("source") else ())
+            for key, what in keys:
                 if m.get(key) != first.get(key):
                     raise StoreError(
                         f"adapters {domains[0]!r} and {d!r} cannot be mixed: their {what} differ "
                         f"({first.get(key)} vs {m.get(key)}); retrain them with one config "
                         "(`signmix train CONFIG --force`)")
+        if len(trained) < len(domains):
+            from trainables.imports.compat import check_same_architecture
+
+            check_same_architecture({d: self.adapter_config(d) for d in domains})
         return metas
 
     def staging_dir(self, domain: str) -> Path:
@@ -105,8 +122,12 @@ class AdapterStore:
         return path
 
     def commit(self, domain: str, staged: Path, meta: dict) -> Path:
-        """Write ``meta`` into ``staged`` and move it into place, replacing an older adapter."""
-        for name in (ADAPTER_FILE, HEAD_FILE, "adapter_config.json", "head_config.json"):
+        """Write ``meta`` into ``staged`` and move it into place, replacing an older adapter.
+
+        An imported adapter without a head (``meta["has_head"] is False``) can be a member of
+        mixtures but not a target; every other adapter needs its head."""
+        headless = meta.get("has_head") is False
+        for name in (ADAPTER_FILE, "adapter_config.json") + (() if headless else (HEAD_FILE, "head_config.json")):
             if not (staged / name).is_file():
                 raise StoreError(f"{staged} lacks {name}; the adapter was not saved completely")
         tmp_meta = staged / (META_FILE + ".tmp")
@@ -136,10 +157,22 @@ def load_sign_index(root: str | os.PathLike, domains: Iterable[str]):
     store.check_mixable(domains)
     weights = {d: store.load_weights(d) for d in domains}
     try:
-        return weights, SignIndex.from_weights(weights)
+        return weights, SignIndex.from_weights(sign_weights(store, weights))
     except ValueError as exc:
         raise StoreError(f"the stored adapters cannot be mixed: {exc}; retrain them with one config "
                          "(`signmix train CONFIG --force`)") from exc
+
+
+def sign_weights(store: AdapterStore, weights: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
+    """What FSD compares: each LoRA's update ΔW = B·A·alpha/r per adapted module (the signs of
+    A and B alone are not determined: B·A = (-B)·(-A)); any other adapter's own weights."""
+    from trainables.lora_merge import is_lora_weights, stored_lora_scaling
+
+    if not weights or not all(is_lora_weights(w) for w in weights.values()):
+        return weights
+    from trainables.lora import lora_delta_weights
+
+    return {d: lora_delta_weights(w, scaling=stored_lora_scaling(store.path(d))) for d, w in weights.items()}
 
 
 def _load_safetensors(path: Path, domain: str) -> dict[str, Tensor]:

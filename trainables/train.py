@@ -24,6 +24,8 @@ def train_domain_adapter(config: Mapping) -> None:
 
     ``config`` holds ``domain``, ``experiment`` (``Config.model_dump()``), ``store`` (the
     store root) and ``fingerprints`` (domain -> settings hash that lets a later run skip it).
+    A domain in ``config["imports"]`` (domain -> its ``adapter`` source) brings an adapter
+    without a head: the adapter is imported and frozen, and only a new head is trained.
     """
     import torch
     from ray import tune
@@ -42,10 +44,17 @@ def train_domain_adapter(config: Mapping) -> None:
     # The same seed for every domain: all adapters start from one initialisation, which
     # is what makes their weight-space average (and their sign agreement) meaningful.
     torch.manual_seed(training["seed"])
-    model.add_adapter(ADAPTER_NAME, config=adapter_config_for(experiment["adapter"]))
+    imported = None
+    if domain in config.get("imports", {}):
+        imported = _load_imported(model, domain, config["imports"][domain], experiment)
+    else:
+        model.add_adapter(ADAPTER_NAME, config=adapter_config_for(experiment["adapter"]))
     model.add_classification_head(ADAPTER_NAME, num_labels=data.num_labels,
                                   id2label=dict(enumerate(data.label_names)))
     model.train_adapter(ADAPTER_NAME)
+    if imported is not None:  # the imported adapter stays as it is: only the head learns
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(f"heads.{ADAPTER_NAME}."))
     # Initialised on the CPU (the same weights on every machine), then trained on the
     # trial's device: the GPU Ray assigned when resources.gpu > 0 and CUDA is there.
     device = trial_device(experiment["resources"]["gpu"])
@@ -78,15 +87,33 @@ def train_domain_adapter(config: Mapping) -> None:
     staged = store.staging_dir(domain)
     model.save_adapter(str(staged), ADAPTER_NAME, use_safetensors=True)
     meta = {
+        **(imported.meta() if imported is not None else {}),
+        **({"head_trained": True, "recorded_base_model": imported.adapter_config.get("model_name")}
+           if imported is not None else {}),
         "domain": domain,
         "fingerprint": config["fingerprints"][domain],
         "base_model": experiment["base_model"],
-        "adapter": experiment["adapter"],
+        "adapter": imported.meta()["adapter"] if imported is not None else experiment["adapter"],
         "label_names": list(data.label_names),
         "num_labels": data.num_labels,
         "train_examples": len(train),
         "metrics": {k: v for k, v in metrics.items() if k != "epoch"},
     }
+    meta["has_head"] = True
     path = store.commit(domain, staged, meta)
     metrics["adapter_path"] = str(path)
     tune.report(metrics)
+
+
+def _load_imported(model, domain: str, source: Mapping, experiment: Mapping):
+    """Import ``domain``'s adapter (``domains.<d>.adapter``) into ``model`` as ``ADAPTER_NAME``;
+    returns the :class:`~trainables.imports.ImportedAdapter` (its source goes into ``signmix.json``)."""
+    import tempfile
+
+    from trainables.imports import import_adapter
+
+    imported = import_adapter(domain, source, base_model=experiment["base_model"],
+                              trust_remote_code=experiment["trust_remote_code"])
+    with tempfile.TemporaryDirectory(prefix="signmix-import-") as tmp:
+        model.load_adapter(str(imported.write(tmp)), load_as=ADAPTER_NAME, with_head=False, use_safetensors=True)
+    return imported

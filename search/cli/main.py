@@ -58,8 +58,9 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     _preflight(cfg, "train")
     summary = run_training(cfg, force=args.force, progress=_progress, debug=args.debug)
-    print(f"trained {len(summary.trained)} adapter(s) {summary.trained}, skipped {len(summary.skipped)} "
-          f"{summary.skipped} in {summary.seconds:.1f}s; store: {cfg.store_path}")
+    print(f"trained {len(summary.trained)} adapter(s) {summary.trained}, "
+          + (f"imported {len(summary.imported)} {summary.imported}, " if summary.imported else "")
+          + f"skipped {len(summary.skipped)} {summary.skipped} in {summary.seconds:.1f}s; store: {cfg.store_path}")
     for domain, err in summary.failed.items():
         print(f"failed: {domain}: {err}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -84,11 +85,17 @@ def cmd_fsd(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, ["adapter", *index.names], [[r[0], *(f"{x:.6f}" for x in r[1:])] for r in rows])
     print(f"written: {out}")
+    from search.imported import initialisation_lines
+
+    for line in initialisation_lines(cfg, weights):
+        print(line)
     if args.per_layer:
         from spaces.fsd import per_layer_fsd
+        from trainables.store import AdapterStore, sign_weights
 
+        signed = sign_weights(AdapterStore(cfg.store_path), weights)  # LoRA: ΔW per module
         pairs = [(a, b) for i, a in enumerate(index.names) for b in index.names[i + 1:]]
-        per_pair = {pair: per_layer_fsd(weights[pair[0]], weights[pair[1]]) for pair in pairs}
+        per_pair = {pair: per_layer_fsd(signed[pair[0]], signed[pair[1]]) for pair in pairs}
         layers = sorted({layer for v in per_pair.values() for layer in v},
                         key=lambda name: (not name.startswith("layer."), int(name.split(".")[1]) if name.startswith("layer.") else 0))
         rows = [[f"{a}-{b}"] + [v.get(layer, float("nan")) for layer in layers] for (a, b), v in per_pair.items()]

@@ -46,6 +46,9 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
     if command == "train":
         check_writable(cfg.store_path, what="the adapter store", fix="set `store` to a writable folder")
         check_base_model(cfg.base_model)
+        from search.imported import check_imports
+
+        check_imports(cfg)  # domains.<d>.adapter: files, pickle, base model, architectures
     if command == "fsd":
         target = str(out or os.path.join(cfg.storage_path, "fsd_matrix.csv"))
         if "://" not in target:
@@ -150,11 +153,13 @@ def check_store_for_search(cfg: Config) -> None:
         return
     metas = dict(zip(domains, store.check_mixable(domains)))
     first = metas[domains[0]]
+    trained = [d for d in domains if not metas[d].get("source")]  # imported ones: compared in check_mixable
     if first.get("base_model") != cfg.base_model:
         raise StoreError(f"the stored adapters were trained on base model {first.get('base_model')!r} but "
                          f"base_model is {cfg.base_model!r}; set base_model back, or retrain them "
                          "(`signmix train CONFIG --force`)")
-    if first.get("adapter") != cfg.adapter.model_dump():
+    if trained and metas[trained[0]].get("adapter") != cfg.adapter.model_dump():
+        first = metas[trained[0]]
         raise StoreError(f"the stored adapters were trained with adapter {first.get('adapter')} but the config "
                          f"says {cfg.adapter.model_dump()}; set `adapter` back, or retrain them "
                          "(`signmix train CONFIG --force`)")

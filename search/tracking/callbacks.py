@@ -93,7 +93,8 @@ class TrainingTracking(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         domain = trial.config["domain"]
-        params = {**self.params, "domain": domain, "fingerprint": trial.config["fingerprints"][domain]}
+        params = {**self.params, "domain": domain, "fingerprint": trial.config["fingerprints"][domain],
+                  **trial.config.get("run_params", {}).get(domain, {})}
         self.runs[trial.trial_id] = self._log_run(self.client, self.experiment_id, domain=domain, params=params)
         self.progress(f"training {domain}")
 

@@ -1,0 +1,153 @@
+"""Bring your own adapters (issue 11) through the product: `adapters` folders (with and without
+a head) and PEFT LoRA named in the config go through `signmix train` and a search; LoRA stores
+are compared on ΔW. Real adapters, PEFT, Ray and MLflow; tiny random BERT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests_support import mlflow_runs, write_config
+
+
+def _plain_adapters_folder(base: str, folder: Path, config, *, num_labels: int | None, seed: int) -> Path:
+    """An adapter saved by plain `adapters` code (not signmix), under the user's own name."""
+    from adapters import AutoAdapterModel
+
+    model = AutoAdapterModel.from_pretrained(base)
+    torch.manual_seed(seed)
+    model.add_adapter("users_adapter", config=config)
+    if num_labels:
+        model.add_classification_head("users_adapter", num_labels=num_labels)
+    folder.mkdir(parents=True)
+    model.save_adapter(str(folder), "users_adapter", with_head=bool(num_labels), use_safetensors=True)
+    return folder
+
+
+def _peft_folder(base: str, folder: Path, *, seed: int) -> Path:
+    """A PEFT LoRA (r 4, alpha 8 on query/value) trained a few steps and saved by PEFT."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    model = get_peft_model(BertModel.from_pretrained(base), LoraConfig(r=4, lora_alpha=8,
+                                                                       target_modules=["query", "value"]))
+    ids = torch.randint(1000, 29000, (4, 12), generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    for _ in range(5):
+        loss = (model(input_ids=ids).last_hidden_state - 1.0).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def _with_adapters(path: Path, adapters: dict[str, dict], no_data: tuple[str, ...] = ()) -> Path:
+    raw = yaml.safe_load(path.read_text())
+    for domain, source in adapters.items():
+        raw["domains"][domain] = {**({} if domain in no_data else raw["domains"].get(domain, {})), "adapter": source}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.integration
+def test_adapters_folders_with_and_without_head_train_and_search(tmp_path, ray_cluster, tiny_bert, demo_domains):
+    from adapters import SeqBnConfig
+    from safetensors.torch import load_file
+
+    from search.config import load_config
+    from search.runner import run_search, run_training
+    from trainables.store import AdapterStore
+
+    with_head = _plain_adapters_folder(tiny_bert, tmp_path / "users" / "books", SeqBnConfig(reduction_factor=4),
+                                       num_labels=2, seed=1)
+    no_head = _plain_adapters_folder(tiny_bert, tmp_path / "users" / "movies", SeqBnConfig(reduction_factor=4),
+                                     num_labels=None, seed=2)
+    path = write_config(tmp_path, base_model=tiny_bert, targets=["books", "movies"],
+                        domains={d: demo_domains[d] for d in ("books", "movies", "kitchen")},
+                        search={"prune_ratios": [0.0], "num_mixtures": 4})
+    cfg = load_config(_with_adapters(path, {"books": {"path": "./users/books"}, "movies": {"path": str(no_head)}}))
+
+    summary = run_training(cfg)
+    assert summary.imported == ["books"] and sorted(summary.trained) == ["kitchen", "movies"], summary
+    store = AdapterStore(cfg.store_path)
+    books, movies = store.meta("books"), store.meta("movies")
+    assert books["source"]["kind"] == "adapters" and books["source"]["location"] == str(with_head)
+    assert books["source"]["files"]["adapter.safetensors"] and not books["head_trained"]
+    assert movies["head_trained"] and movies["num_labels"] == 2
+    # the head was trained with the adapter frozen: the stored adapter is the user's, unchanged
+    theirs = load_file(str(no_head / "adapter.safetensors"))
+    ours = store.load_weights("movies")
+    assert len(theirs) == len(ours)
+    for key, tensor in ours.items():
+        torch.testing.assert_close(tensor, theirs[key.replace(".signmix.", ".users_adapter.")], rtol=0, atol=0)
+    run = [r for r in mlflow_runs(cfg, "tags.`signmix.domain` = 'movies'")][0]
+    assert run.data.params["head_trained"] == "True"
+    assert run.data.params["adapter_imported_from"] == f"adapters:{no_head}"
+
+    again = run_training(cfg)  # fingerprinted by the source files' hashes: nothing to do
+    assert sorted(again.skipped) == ["books", "kitchen", "movies"] and not again.trained and not again.imported
+
+    lines: list[str] = []
+    s = run_search(cfg, progress=lines.append)
+    assert s.evaluated >= 2 and not s.failed
+    # the user's adapters were initialised independently (seeds 1 and 2): said with the numbers
+    assert any("did not start from one initialisation" in line and "books/movies" in line for line in lines), lines
+
+
+@pytest.mark.integration
+def test_peft_lora_imports_and_is_merged_on_delta_w_in_a_search(tmp_path, ray_cluster, tiny_bert, demo_domains):
+    from search.config import load_config
+    from search.runner import run_search, run_training
+    from trainables.store import AdapterStore
+
+    peft_movies = _peft_folder(tiny_bert, tmp_path / "lora" / "movies", seed=1)
+    peft_extra = _peft_folder(tiny_bert, tmp_path / "lora" / "extra", seed=2)
+    domains = {d: demo_domains[d] for d in ("books", "movies")}
+    path = write_config(tmp_path, base_model=tiny_bert, targets=["books"], domains=domains,
+                        adapter={"method": "lora", "rank": 4, "alpha": 8.0},
+                        search={"prune_ratios": [0.0], "num_mixtures": 4, "max_fsd": None})
+    raw = yaml.safe_load(path.read_text())
+    raw["domains"]["extra"] = {"adapter": {"peft": str(peft_extra)}}  # no data: a member, not a target
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(_with_adapters(path, {"movies": {"peft": "./lora/movies"}}))
+
+    summary = run_training(cfg)
+    assert summary.imported == ["extra"] and sorted(summary.trained) == ["books", "movies"], summary
+    store = AdapterStore(cfg.store_path)
+    assert store.meta("extra")["has_head"] is False and store.meta("movies")["source"]["kind"] == "peft"
+
+    s = run_search(cfg)
+    assert s.evaluated == 4 and not s.failed
+    runs = mlflow_runs(cfg, "tags.`signmix.status` = 'evaluated'")
+    errors = {r.data.params["members"]: r.data.metrics["lora_svd_error"] for r in runs}
+    assert errors["books"] < 1e-4  # one rank-4 member: ΔW is factorised back exactly
+    assert errors["books,extra,movies"] > 1e-3  # three rank-4 updates do not fit in rank 4
+
+
+def test_lora_store_sign_index_is_on_delta_w(tmp_path):
+    """B -> -B, A -> -A changes no update: FSD 0 on ΔW (it would be 1 on the factors)."""
+    from spaces.fsd import SignIndex
+    from trainables.imports.imported import ImportedAdapter
+    from trainables.store import AdapterStore, load_sign_index
+
+    gen = torch.Generator().manual_seed(0)
+    module = "bert.encoder.layer.0.attention.self.query.loras.signmix"
+    factors = {f"{module}.lora_A": torch.randn(4, 8, generator=gen), f"{module}.lora_B": torch.randn(8, 4, generator=gen)}
+    config = {"name": "signmix", "config_id": "x", "model_name": "tiny", "model_type": "bert", "model_class": "x",
+              "version": "x", "config": {"architecture": "lora", "r": 4, "alpha": 8.0, "selfattn_lora": True,
+                                         "attn_matrices": ["q"]}}
+    store = AdapterStore(tmp_path / "store")
+    for name, sign in (("a", 1.0), ("b", -1.0)):
+        adapter = ImportedAdapter(label=name, source={"kind": "peft", "location": name, "files": {"x": name}},
+                                  adapter_config=config, weights={k: sign * t for k, t in factors.items()},
+                                  head_config={"config": {"num_labels": 2}},
+                                  head_weights={"heads.signmix.1.weight": torch.ones(2, 8)})
+        adapter.commit(store, extra_meta={"base_model": "tiny", "num_labels": 2, "label_names": ["n", "p"]})
+    weights, index = load_sign_index(store.root, ["a", "b"])
+    assert float(index.matrix[0, 1]) == 0.0
+    assert float(SignIndex.from_weights(weights).matrix[0, 1]) == 1.0
