@@ -280,6 +280,56 @@ def _fsd_out_unwritable(env):
     return env.trained()
 
 
+# --- bring your own adapters (domains.<d>.adapter): checked before anything is written ---------
+
+def _users_adapter(env, *, reduction_factor: int = 4, safetensors: bool = True, base: str | None = None) -> Path:
+    """A seq_bn adapter with its head, saved by plain `adapters` code into the case's folder."""
+    from adapters import AutoAdapterModel, SeqBnConfig
+
+    folder = env.tmp / "users" / "support"
+    folder.mkdir(parents=True)
+    model = AutoAdapterModel.from_pretrained(base or env.tiny_bert)
+    model.add_adapter("theirs", config=SeqBnConfig(reduction_factor=reduction_factor))
+    model.add_classification_head("theirs", num_labels=3)
+    model.save_adapter(str(folder), "theirs", use_safetensors=safetensors)
+    return folder
+
+
+def _importing(env, folder: Path, **source):
+    return env.config(domain_settings={"support": {"adapter": {"path": str(folder), **source}}})
+
+
+def _imported_pickle_only(env):
+    return _importing(env, _users_adapter(env, safetensors=False))
+
+
+def _imported_other_architecture(env):
+    return _importing(env, _users_adapter(env, reduction_factor=8))
+
+
+def _imported_other_base_model(env):
+    from transformers import BertConfig, BertModel
+
+    other = env.tmp / "wider-bert"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(other)
+    return _importing(env, _users_adapter(env, base=str(other)))
+
+
+def _imported_truncated(env):
+    folder = _users_adapter(env)
+    _truncate(folder / "adapter.safetensors")
+    return _importing(env, folder)
+
+
+def _imported_target_without_data(env):
+    cfg = env.config(search={"targets": ["support"]})
+    raw = yaml.safe_load(cfg.read_text())
+    raw["domains"]["support"] = {"adapter": {"path": str(env.tmp / "users" / "support")}}
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -387,6 +437,20 @@ CASES = [
          "no MLflow run '0123456789abcdef'", needs_store=True),
     Case("fsd-out-unwritable", _fsd_out_unwritable, ("fsd", "{cfg}", "--out", "{tmp}/file.txt/fsd.csv"), 2,
          "file.txt is a file, not a folder; pass --out with a writable path", needs_store=True),
+    # bring your own adapters (issue 11): refused by `signmix train` before anything is written
+    Case("imported-pickle-only", _imported_pickle_only, ("train", "{cfg}"), 2,
+         "pytorch_adapter.bin (no adapter.safetensors); opening a pickle can run any code it carries, so signmix "
+         "refuses it. Fix: convert it to adapter.safetensors, or, if you trust where it comes from, set "
+         "`allow_pickle: true` for this adapter"),
+    Case("imported-other-architecture", _imported_other_architecture, ("train", "{cfg}"), 2,
+         "their reduction factor (reduction_factor) is 4 in 'books' but 8 in 'support'; mix bottleneck adapters "
+         "of one reduction factor"),
+    Case("imported-other-base-model", _imported_other_base_model, ("train", "{cfg}"), 2,
+         "adapter 'support' was trained for another base model: its hidden_size is 48"),
+    Case("imported-truncated-safetensors", _imported_truncated, ("train", "{cfg}"), 2,
+         "the file is truncated, corrupt or not plain tensors: copy the adapter again from its source"),
+    Case("imported-target-without-data", _imported_target_without_data, ("search", "{cfg}"), 2,
+         "targets ['support'] name an adapter but no data"),
 ]
 
 
