@@ -73,9 +73,18 @@ def check_output_dir(out: Path) -> None:
     check_writable(out.parent, what="the folder of the export", fix="choose another --out")
 
 
+EXPORT_FORMATS: dict[str, str] = {
+    "adapters": "an `adapters` adapter folder (model.load_adapter) with the targets' heads",
+    "peft": "a PEFT LoRA folder (PeftModel.from_pretrained on AutoModel), LoRA mixtures only; heads under heads/",
+}
+
+
 def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = None,
-                   register: bool = True) -> tuple[Path, dict]:
-    """Write the best (or the given) mixture to ``out``; returns the folder and its record."""
+                   register: bool = True, format: str = "adapters") -> tuple[Path, dict]:
+    """Write the best (or the given) mixture to ``out`` in ``format`` (:data:`EXPORT_FORMATS`);
+    returns the folder and its record."""
+    if format not in EXPORT_FORMATS:
+        raise UsageError(f"--format: got {format!r}; allowed: {', '.join(EXPORT_FORMATS)}")
     out = Path(out).resolve()
     check_output_dir(out)
     client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
@@ -128,6 +137,11 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
                        "max_eval_examples": cfg.training.max_eval_examples, "seed": cfg.training.seed,
                        "dtype": cfg.search.eval_dtype,
                        "trust_remote_code": cfg.trust_remote_code},
+        "format": format,
+        "lora_merge": cfg.search.lora_merge,  # how LoRA members were merged (LoRA mixtures only)
+        # where imported members came from (domains.<d>.adapter): kind, location, file hashes
+        "sources": {m: meta["source"] for m in p["members"].split(",")
+                    if (meta := AdapterStore(cfg.store_path).meta(m)).get("source")},
         "signmix_version": signmix_version(),
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment": cfg.experiment_name,
@@ -144,6 +158,16 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         for item in Path(local).iterdir():
             shutil.move(str(item), staging / item.name)
         Path(local).rmdir()
+        if format == "peft":  # the adapter's files are replaced by PEFT's; the heads stay under heads/
+            from trainables.peft_export import write_peft_lora
+
+            adapters_form = staging / ".adapters"
+            adapters_form.mkdir()
+            for name in ("adapter_config.json", "adapter.safetensors", "head_config.json", "model_head.safetensors"):
+                if (staging / name).exists():
+                    os.replace(staging / name, adapters_form / name)
+            write_peft_lora(adapters_form, staging, base_model=cfg.base_model)
+            shutil.rmtree(adapters_form)
         # Registered before the folder appears (the version points at the run's artifact, not
         # at the folder): a refused model name leaves no export behind.
         if register:

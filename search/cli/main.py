@@ -146,7 +146,8 @@ def cmd_export(args) -> int:
     cfg = _load(args)
     check_output_dir(Path(args.out).resolve())
     _preflight(cfg, "export")
-    out, record = export_mixture(cfg, args.out, run_id=args.run_id, register=not args.no_register)
+    out, record = export_mixture(cfg, args.out, run_id=args.run_id, register=not args.no_register,
+                                 format=args.format)
     reg = record.get("registered_model")
     print(f"exported {'+'.join(record['members'])} (accuracy {record['metrics'].get('accuracy_mean', float('nan')):.4f}) "
           f"to {out}" + (f"; registered as {reg['name']} version {reg['version']}" if reg else ""))
@@ -345,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("export", "export the best (or a given) mixture as an adapters adapter", cmd_export)
     p.add_argument("--out", required=True, help="new folder to write the export into")
     p.add_argument("--run-id", help="export this MLflow run instead of the best")
+    p.add_argument("--format", choices=("adapters", "peft"), default="adapters",
+                   help="adapters (default): an `adapters` folder; peft: a PEFT LoRA folder (LoRA mixtures)")
     p.add_argument("--no-register", action="store_true", help="do not register a model version")
     p = with_config("report", "draw the experiment's figures (PNG + CSV) and log them to its MLflow run", cmd_report)
     p.add_argument("--out", help="folder for the figures (default: <storage_path>/report)")

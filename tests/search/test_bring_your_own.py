@@ -128,6 +128,32 @@ def test_peft_lora_imports_and_is_merged_on_delta_w_in_a_search(tmp_path, ray_cl
     assert errors["books"] < 1e-4  # one rank-4 member: ΔW is factorised back exactly
     assert errors["books,extra,movies"] > 1e-3  # three rank-4 updates do not fit in rank 4
 
+    # the best mixture in both worlds: PEFT's output equals signmix's (the adapters export) on the same inputs
+    import adapters
+    from peft import PeftModel
+    from transformers import BertModel
+
+    from search.export import export_mixture
+
+    best = max(runs, key=lambda r: (r.data.params["members"].count(","), r.data.metrics["accuracy_mean"]))
+    ours, record = export_mixture(cfg, tmp_path / "best", run_id=best.info.run_id, register=False)
+    peft_out, peft_record = export_mixture(cfg, tmp_path / "best-peft", run_id=best.info.run_id, register=False,
+                                           format="peft")
+    assert peft_record["format"] == "peft" and set(peft_record["sources"]) == set(record["members"]) - {"books"}
+    assert peft_record["sources"]["movies"]["kind"] == "peft"
+    ids = torch.randint(1000, 29000, (3, 10), generator=torch.Generator().manual_seed(5))
+    signmix_model = BertModel.from_pretrained(tiny_bert)
+    adapters.init(signmix_model)
+    signmix_model.load_adapter(str(ours), set_active=True, with_head=False, use_safetensors=True)
+    peft_model = PeftModel.from_pretrained(BertModel.from_pretrained(tiny_bert), str(peft_out))
+    base = BertModel.from_pretrained(tiny_bert).eval()
+    with torch.no_grad():
+        expected = signmix_model.eval()(input_ids=ids).last_hidden_state
+        got = peft_model.eval()(input_ids=ids).last_hidden_state
+        plain = base(input_ids=ids).last_hidden_state
+    assert (expected - plain).abs().max() > 1e-3  # the mixture changes the output ...
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)  # ... and PEFT reproduces it
+
 
 def test_lora_store_sign_index_is_on_delta_w(tmp_path):
     """B -> -B, A -> -A changes no update: FSD 0 on ΔW (it would be 1 on the factors)."""
