@@ -4,6 +4,8 @@ are compared on ΔW. Real adapters, PEFT, Ray and MLflow; tiny random BERT."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ import torch
 import yaml
 
 from tests_support import mlflow_runs, write_config
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _plain_adapters_folder(base: str, folder: Path, config, *, num_labels: int | None, seed: int) -> Path:
@@ -105,16 +109,19 @@ def test_peft_lora_imports_and_is_merged_on_delta_w_in_a_search(tmp_path, ray_cl
     from search.runner import run_search, run_training
     from trainables.store import AdapterStore
 
-    peft_movies = _peft_folder(tiny_bert, tmp_path / "lora" / "movies", seed=1)
-    peft_extra = _peft_folder(tiny_bert, tmp_path / "lora" / "extra", seed=2)
-    domains = {d: demo_domains[d] for d in ("books", "movies")}
-    path = write_config(tmp_path, base_model=tiny_bert, targets=["books"], domains=domains,
-                        adapter={"method": "lora", "rank": 4, "alpha": 8.0},
-                        search={"prune_ratios": [0.0], "num_mixtures": 4, "max_fsd": None})
-    raw = yaml.safe_load(path.read_text())
-    raw["domains"]["extra"] = {"adapter": {"peft": str(peft_extra)}}  # no data: a member, not a target
-    path.write_text(yaml.safe_dump(raw))
-    cfg = load_config(_with_adapters(path, {"movies": {"peft": "./lora/movies"}}))
+    """The README's worked example ("Bring your own adapters"), on the tiny BERT and the demo data."""
+    _peft_folder(tiny_bert, tmp_path / "lora" / "movies", seed=1)
+    _peft_folder(tiny_bert, tmp_path / "lora" / "extra", seed=2)
+    for domain in ("books", "movies"):
+        shutil.copytree(demo_domains[domain], tmp_path / "data" / domain)
+    (example,) = re.findall(r"## Bring your own adapters\n.*?```yml\n(.*?)```", README.read_text(), flags=re.S)
+    raw = yaml.safe_load(example)
+    assert raw["domains"]["extra"] == {"adapter": {"peft": "./lora/extra"}}
+    small = yaml.safe_load(write_config(tmp_path, base_model=tiny_bert, domains={}, targets=[]).read_text())
+    raw.update(base_model=tiny_bert, training=small["training"], ray=small["ray"], store=small["store"],
+               search={**raw["search"], "prune_ratios": [0.0], "max_fsd": None, "confirm": False})
+    (tmp_path / "byo.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "byo.yaml")
 
     summary = run_training(cfg)
     assert summary.imported == ["extra"] and sorted(summary.trained) == ["books", "movies"], summary
