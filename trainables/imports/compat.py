@@ -13,9 +13,9 @@ if TYPE_CHECKING:
 # (field of an `adapters` config, words for it, fix); compared in this order, first difference reported
 _FIELDS: tuple[tuple[str, str, str], ...] = (
     ("architecture", "method", "mix adapters of one method only"),
-    ("r", "LoRA rank r", "mix LoRA adapters of one rank, or merge on ΔW (lora_merge: delta), where ranks may differ"),
+    ("r", "LoRA rank r", "mix LoRA adapters of one rank (the merged update is factorised back to that rank)"),
     ("alpha", "LoRA alpha",
-     "mix LoRA adapters of one alpha, or merge on ΔW (lora_merge: delta), where alpha may differ"),
+     "mix LoRA adapters of one alpha (retrain or rescale one of them)"),
     ("reduction_factor", "reduction factor", "mix bottleneck adapters of one reduction factor"),
     ("non_linearity", "non-linearity", "mix adapters with one non-linearity"),
     ("selfattn_lora", "target modules (self-attention)", "mix LoRA adapters that adapt the same modules"),
