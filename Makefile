@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast bench bench-search-real study-amazon mixing-pays constraints clean
+.PHONY: install install-dev demo test test-fast bench bench-search-real study-amazon mixing-pays lora-merge-study constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,3 +62,7 @@ clean:
 # Issue 9's measurement on the 12 real review domains: does mixing pay? (about an hour on 2 cores)
 mixing-pays: install-dev
 	$(PY) tests/benchmarks/mixing_pays.py
+
+# Issue 11, item 4: LoRA mixtures merged on ΔW (delta_svd) against averaged factors, on the 4 Amazon domains
+lora-merge-study: install-dev
+	$(PY) tests/benchmarks/lora_merge_study.py
