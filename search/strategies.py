@@ -86,10 +86,13 @@ class Exhaustive(_ListStrategy):
 def greedy_path(space: MixtureSpace, index: SignIndex) -> list[dict]:
     """The paper's Greedy Adapter Mixing (Alg. 1) for l = 1..N, as parameter dicts: the l
     adapters with the smallest mean FSD to all others (targets first when they must be
-    members), unpruned (the space's first ratio)."""
+    members), unpruned (the space's first ratio). The path stops at ``max_members``: a longer
+    mixture is outside the space and would only be rejected."""
     ranked = rank_by_mean_fsd(index.row_means(), space.free_domains)
     start = 0 if space.require_targets else 1
-    return [space.params_for(ranked[:n]) for n in range(start, len(ranked) + 1)]
+    fixed = len(space.targets) if space.require_targets else 0
+    stop = len(ranked) if space.max_members is None else max(start, min(len(ranked), space.max_members - fixed))
+    return [space.params_for(ranked[:n]) for n in range(start, stop + 1)]
 
 
 class GreedyFsd(_ListStrategy):

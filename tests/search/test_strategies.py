@@ -72,6 +72,16 @@ def test_greedy_fsd_without_required_targets_is_algorithm_1_for_l_1_to_n(index):
     assert got == [("t",), ("c", "t"), ("a", "c", "t"), ("a", "c", "d", "t"), ("a", "b", "c", "d", "t")]
 
 
+@pytest.mark.parametrize("require_targets, expected", [
+    (True, [("b",), ("b", "t"), ("b", "c", "t")]),
+    (False, [("t",), ("c", "t"), ("a", "c", "t")]),
+])
+def test_greedy_fsd_stops_at_max_members(index, require_targets, expected):
+    # A longer mixture is outside the space: proposing it would only be rejected.
+    space = MixtureSpace(domains=NAMES, targets=("b",), require_targets=require_targets, max_members=3)
+    assert members_of(space, drain(GreedyFsd(space=space, index=index))) == expected
+
+
 def test_greedy_fsd_breaks_ties_by_name():
     names = ("z", "y", "x")
     index = SignIndex(names=names, signs=torch.zeros(3, 2, dtype=torch.int8),
