@@ -45,6 +45,7 @@ FDU = ("baby", "camera_photo", "health_personal_care", "imdb", "magazines", "spo
        "video")
 IN_DOMAIN_TARGETS = ("books", "dvd", "baby", "camera_photo")
 OPERATORS = ["average", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
+REPORT_ONLY = False  # --report-only: print the tables of the searches finished so far, run nothing
 
 
 def base_config(work: Path, *, max_train: int, name: str) -> dict:
@@ -94,6 +95,9 @@ def search(work: Path, config: dict, stem: str) -> dict:
         if row.get("search") == config["search"]:
             print(f"  {stem}: reused ({row['best_label']}, validation {row['val_accuracy']:.4f})", flush=True)
             return row
+    if REPORT_ONLY:
+        print(f"  {stem}: not run yet", flush=True)
+        return None
     cfg = load(work, {**config, "name": stem}, stem)  # one MLflow experiment per search
     started = time.perf_counter()
     s = run_search(cfg, progress=lambda line: None)
@@ -117,8 +121,11 @@ def per_target(row: dict, target: str) -> dict:
     soup = c["baselines"]["soup"]["targets"][target]
     t = c["targets"][target]
     alone = c["baselines"].get("alone", {}).get("targets", {}).get(target)
+    p_alone = t.get("p_vs_alone")
+    if alone is None and c.get("chosen_members") == [target]:
+        alone, p_alone = t, 1.0  # the exported mixture is the target alone
     return {"own": own, "soup": soup, "best": t, "lead": t["accuracy"] - own["accuracy"], "p": t["p_vs_own"],
-            "alone": alone, "p_alone": t.get("p_vs_alone")}
+            "alone": alone, "p_alone": p_alone}
 
 
 def fmt(iv: dict) -> str:
@@ -133,6 +140,9 @@ def in_domain(work: Path, base: dict, args) -> list[dict]:
             config = {**base, "search": search_block([target], head=head, num_mixtures=args.budget,
                                                      max_members=args.max_members, weights="searched")}
             pair.append(search(work, config, f"in-{target}-{head}"))
+        pair = [r for r in pair if r is not None]
+        if not pair:
+            continue
         chosen = max(pair, key=lambda r: r["val_accuracy"])  # selection on validation only
         rows.append({"target": target, "runs": pair, "chosen": chosen["head"]})
     print("\nIn-domain, test split (95% paired bootstrap intervals; p: exact McNemar of the best found "
@@ -167,6 +177,9 @@ def serving(work: Path, base: dict, args, targets, stem: str) -> dict:
                                                       max_members=None, weights="uniform"),
                                        "max_fsd": None}}
         runs.append(search(work, config, f"{stem}-{head}"))
+    runs = [r for r in runs if r is not None]
+    if not runs:
+        return {}
     chosen = max(runs, key=lambda r: r["val_accuracy"])
     c = chosen["confirmation"]
     own = sum(c["baselines"]["own"]["targets"][t]["accuracy"] for t in targets) / len(targets)
@@ -193,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serving-eval", type=int, default=100)
     parser.add_argument("--serving-refit", type=int, default=200)
     parser.add_argument("--parts", default="in-domain,serving-4,serving-12")
+    parser.add_argument("--report-only", action="store_true", help="print the finished searches' tables only")
     args = parser.parse_args(argv)
+    global REPORT_ONLY
+    REPORT_ONLY = args.report_only
     if not SHARED.is_dir():
         print(f"needs {SHARED}", file=sys.stderr)
         return 2
@@ -203,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     base = base_config(work, max_train=args.max_train, name=f"mixing-pays-{args.max_train}")
     started = time.perf_counter()
-    summary = run_training(load(work, base, "train"), progress=lambda line: None)
-    print(f"adapters: {len(summary.trained)} trained, {len(summary.skipped)} reused ({summary.seconds:.0f}s)",
-          flush=True)
+    if not REPORT_ONLY:
+        summary = run_training(load(work, base, "train"), progress=lambda line: None)
+        print(f"adapters: {len(summary.trained)} trained, {len(summary.skipped)} reused ({summary.seconds:.0f}s)",
+              flush=True)
     results: dict = {"args": vars(args)}
     parts = args.parts.split(",")
     if "in-domain" in parts:
@@ -214,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         results["serving_4"] = serving(work, base, args, list(AMAZON), "serve-amazon4")
     if "serving-12" in parts:
         results["serving_12"] = serving(work, base, args, list(AMAZON + FDU), "serve-all12")
+    if REPORT_ONLY:
+        return 0
     (work / f"results-{args.max_train}.json").write_text(json.dumps(results, indent=1, default=str),
                                                         encoding="utf-8")
     print(f"\ntook {time.perf_counter() - started:.0f}s; results in {work}/results-{args.max_train}.json")
