@@ -96,7 +96,12 @@ def test_a_mixture_that_keeps_failing_is_recorded_as_failed_with_its_error(tmp_p
                                    search={"strategy": "exhaustive", "targets": ["books"], "max_fsd": None,
                                            "prune_ratios": [0.0], "max_concurrent": 1, "max_failures": 1}))
     run_training(cfg)
-    (domains["books"] / "validation.jsonl").unlink()  # every evaluation of a books mixture now fails
+    # Every evaluation of a books mixture now fails inside its trial: the driver reads the
+    # adapters (and the validation sets, which a missing file would stop before any trial) but
+    # only a trial loads the target's head.
+    from trainables.store import HEAD_FILE
+
+    (Path(cfg.store_path) / "books" / HEAD_FILE).unlink()
 
     summary = run_search(cfg)
     assert summary.failed == 2 and summary.evaluated == 0
@@ -104,6 +109,15 @@ def test_a_mixture_that_keeps_failing_is_recorded_as_failed_with_its_error(tmp_p
     assert len(children) == 2
     for run in children:
         assert run.data.tags[STATUS_TAG] == "failed" and run.info.status == "FAILED"
-        assert "validation" in run.data.tags["signmix.error"]
+        assert HEAD_FILE in run.data.tags["signmix.error"] or "head" in run.data.tags["signmix.error"]
     (parent,) = mlflow_runs(cfg, f"tags.`{KIND_TAG}` = 'search'")
     assert parent.info.status == "FINISHED" and parent.data.metrics["failed"] == 2
+
+    # A target's validation file gone after training stops the next search before it starts,
+    # naming the file, with no search run left behind.
+    from spaces.errors import DataError
+
+    (domains["books"] / "validation.jsonl").unlink()
+    with pytest.raises(DataError, match="domain 'books', split 'validation'"):
+        run_search(cfg)
+    assert len(mlflow_runs(cfg, f"tags.`{KIND_TAG}` = 'search'")) == 1
