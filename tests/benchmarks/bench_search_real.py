@@ -226,7 +226,9 @@ def run_target(target: str, data: dict, index, tolerance: float, seeds: int) -> 
               for q in space.enumerate()}
     optima = {key for key, members in key_of.items() if accs[members] == optimum}
     budgets = sorted({math.ceil(f * size - 1e-9) for f in FRACTIONS})
-    out = {"size": size, "optimum": optimum, "budgets": budgets, "runs": {}}
+    out = {"size": size, "optimum": optimum, "budgets": budgets, "runs": {},
+           "optimum_members": sorted(m for m, a in accs.items() if a == optimum), "alone": accs[target],
+           "within_half": sum(optimum - a <= 0.005 + 1e-12 for a in accs.values())}
     for name, gate_mode in RUNS:
         cells = {b: [] for b in budgets}
         for seed in ([0] if name == "greedy_fsd" else range(seeds)):
@@ -258,10 +260,15 @@ def report(collection: str, results: dict, evidence: list[dict], cli_line: str, 
     print(f"\n=== {collection}: {len(targets)} targets, {first['size']} subsets each; budgets "
           f"{' / '.join(f'{f:.0%}={b}' for f, b in zip(FRACTIONS, fr))} evaluations; validation sizes "
           f"{sizes} ===")
+    for t in targets:
+        r = results[t]
+        print(f"  {t}: optimum {r['optimum'] * 100:.2f} ({' | '.join(r['optimum_members'])}), own adapter alone "
+              f"{r['alone'] * 100:.2f}; subsets within 0.5 points of the optimum: {r['within_half']} of {r['size']}")
     print("Regret (optimum - best found, accuracy points): mean [min, max] over seeds")
-    print(f"{'target':<22}{'run':<16}" + "".join(f"{f'{f:.0%} ({b})':>19}" for f, b in zip(FRACTIONS, fr)))
-    goals = {"tpe_within_half": True, "tpe_beats_random": True, "optimum_never_filtered": True,
-             "gate_never_worse": True}
+    print(f"{'target':<22}{'run':<16}" + "".join(f"{f'{f:.0%} ({b})':>19}" for f, b in zip(FRACTIONS, fr))
+          + f"{'evals made':>12}")
+    goals = {"tpe_within_half_at_15pct": True, "tpe_beats_random": True, "tpe_beats_random_without_gate": True,
+             "optimum_never_filtered": True, "gate_never_increases_regret": True}
     for t in targets + ["mean"]:
         for run in results[targets[0]]["runs"]:
             cells = []
@@ -273,16 +280,25 @@ def report(collection: str, results: dict, evidence: list[dict], cli_line: str, 
                 else:
                     r = [c["regret"] for c in results[t]["runs"][run][b]]
                     cells.append(f"{_mean(r):6.2f} [{min(r):4.1f},{max(r):4.1f}]")
-            print(f"{t:<22}{run:<16}" + "".join(f"{c:>19}" for c in cells))
+            last = math.ceil(FRACTIONS[-1] * first["size"] - 1e-9)
+            made = _mean([c["evaluated"] for x in (targets if t == "mean" else [t])
+                          for c in results[x]["runs"][run][last]])
+            print(f"{t:<22}{run:<16}" + "".join(f"{c:>19}" for c in cells) + f"{made:>12.1f}")
     for t in targets:
         runs = results[t]["runs"]
         means = {f: {run: _mean([c["regret"] for c in runs[run][math.ceil(f * first["size"] - 1e-9)]])
                      for run in runs} for f in FRACTIONS}
-        # Goal 1: tpe (product default: gate on) within 0.5 points at some budget <= 15%.
-        goals["tpe_within_half"] &= min(means[f]["tpe auto"] for f in FRACTIONS if f <= 0.15 + 1e-9) <= 0.5
+        # Goal 1: tpe (the product's default: gate on) within 0.5 points at some budget <= 15%.
+        goals["tpe_within_half_at_15pct"] &= min(means[f]["tpe auto"] for f in FRACTIONS if f <= 0.15 + 1e-9) <= 0.5
+
+        def beats(a: float, b: float) -> bool:  # lower mean regret, or both at the optimum
+            return a < b or a == b == 0
+
         for f, m in means.items():
-            goals["tpe_beats_random"] &= m["tpe auto"] < min(m["random auto"], m["random null"])
-            goals["gate_never_worse"] &= all(m[f"{s} auto"] <= m[f"{s} null"] + 1e-9 for s in ("tpe", "random"))
+            goals["tpe_beats_random"] &= beats(m["tpe auto"], m["random auto"])
+            goals["tpe_beats_random_without_gate"] &= beats(m["tpe null"], m["random null"])
+            goals["gate_never_increases_regret"] &= all(m[f"{s} auto"] <= m[f"{s} null"] + 1e-9
+                                                        for s in ("tpe", "random"))
         goals["optimum_never_filtered"] &= not any(c["optimum_filtered"] for cells in runs.values()
                                                    for per in cells.values() for c in per)
     print("\nFSD gate (max_fsd: auto) per target and budget: distinct mixtures rejected (= evaluations saved), "
