@@ -1,6 +1,6 @@
 """Search efficiency on real adapters: regret against the exhaustive table, and the FSD gate.
 
-The headline of BENCHMARKS.md' search-efficiency section (the generated problem,
+The headline of the search-efficiency section of BENCHMARKS.md (the generated problem,
 ``bench_search_efficiency.py``, stays as the unit-level check). Run: ``make bench-search-real``.
 
 Data (computed once through the product, then cached)
