@@ -99,6 +99,19 @@ def test_nothing_is_filtered_before_every_size_is_covered(index):
     assert set(gate.missing_sizes()) == set(possible_sizes(space())) - {2, 3}
 
 
+def test_exploration_for_the_gate_stops_once_the_evidence_says_no_signal(index):
+    # Exploring sizes only serves a signal that needs confirming: with none, the strategy
+    # gets its evaluations back (on real data, forced exploration cost TPE regret).
+    sp = space()
+    gate = FsdGate(mode="auto", space=sp, tolerance=0.0)
+    rng = random.Random(0)
+    assert gate.exploration(sp, set(), rng), "before any evidence the gate asks for missing sizes"
+    for i in range(10):  # accuracy unrelated to FSD, sizes 2 and 3 only
+        gate.record(f"m{i}", 0.05 * i, 2 + i % 2, 0.8 + (0.05 if i % 3 == 0 else 0.0))
+    assert gate.decision == "no_signal" and gate.missing_sizes()
+    assert gate.exploration(sp, set(), rng) == []
+
+
 def test_a_fixed_number_and_null_override_the_evidence(index):
     fixed, gate, _ = drive(index, lambda s: 0.8 + noise(s), mode="fixed", budget=10)
     assert gate.decision == "fixed" and gate.threshold == 0.1 and fixed.counts.filtered > 0
