@@ -66,6 +66,7 @@ class FsdGate:
         self.points: dict[str, tuple[float, int, float]] = {}  # mixture key -> (fsd, k, accuracy)
         self.requested: dict[int, int] = {}  # size -> mixtures asked of the strategy to cover it
         self.evidence: FsdEvidence | None = None
+        self.awaiting_sizes = False  # a signal waits for sizes (refresh)
 
     # What the searcher asks ------------------------------------------------------
     @property
@@ -113,7 +114,10 @@ class FsdGate:
         fsd, k, acc = (list(col) for col in zip(*self.points.values())) if self.points else ([], [], [])
         evidence = fsd_gate_evidence(fsd, k, acc, min_n=self.min_n, tolerance=self.tolerance)
         missing = self.missing_sizes()
-        if evidence.decision == "filter" and missing:
+        # A signal that the missing sizes must confirm before anything is filtered: the only
+        # case in which the gate asks the strategy for mixtures (``exploration``).
+        self.awaiting_sizes = evidence.decision == "filter" and bool(missing)
+        if self.awaiting_sizes:
             sizes = ", ".join(f"{n} more of size {s}" for s, n in sorted(missing.items()))
             evidence = dataclasses.replace(
                 evidence, decision="too_few", threshold=None,
@@ -147,12 +151,11 @@ class FsdGate:
         """Parameter dicts of unseen mixtures of the sizes ``auto`` still waits for, not yet
         asked; the searcher has the strategy propose them next.
 
-        Only while the evidence still looks like a signal that the missing sizes would have to
-        confirm: once it says ``no_signal`` (after ``min_n`` mixtures), exploring for the gate
-        would only take evaluations from the strategy (on the real-data benchmark, forced
-        exploration cost TPE 3.5 points of regret where FSD had no signal). A later signal
-        brings the exploration back."""
-        if self.mode != "auto" or (self.evidence is not None and self.evidence.decision in ("filter", "no_signal")):
+        Only while the evidence, over what the strategy chose to evaluate, shows a signal that
+        the missing sizes have to confirm before the gate filters. Otherwise exploring for the
+        gate only takes evaluations from the strategy: on the real-data benchmark, exploring
+        every size up front cost TPE 3.5 points of regret where FSD had no signal."""
+        if self.mode != "auto" or not self.awaiting_sizes:
             return []
         asks = []
         for size, need in sorted(self.missing_sizes().items()):
