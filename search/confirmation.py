@@ -75,9 +75,10 @@ def spec_from_run(run) -> MixtureSpec:
 
     p = run.data.params
     optional = {name: p[name] for name in ("merge_method", "head") if p.get(name) not in (None, "", "None")}
-    for name in ("density", "drop_rate", "lam"):
-        if p.get(name) not in (None, "", "None"):
-            optional[name] = float(p[name])
+    # Logged as search.tracking.tracker.spec_params names them (λ as "lambda").
+    for param, name in (("density", "density"), ("drop_rate", "drop_rate"), ("lambda", "lam")):
+        if p.get(param) not in (None, "", "None"):
+            optional[name] = float(p[param])
     if p.get("merge_seed") not in (None, "", "None"):
         optional["merge_seed"] = int(p["merge_seed"])
     return make_mixture_spec(members=p["members"].split(","), targets=p["targets"].split(","),

@@ -81,3 +81,22 @@ def test_the_targets_alone_under_the_search_head_protocol_are_a_test_baseline():
     assert "alone" not in decide_and_measure(correctness([1] * 95 + [0] * 5, [1] * 60 + [0] * 40), specs(),
                                              {"best": run("best"), "runner_up": run("ru")},
                                              rule="higher_accuracy")["baselines"]
+
+
+@pytest.mark.parametrize("fields", [
+    dict(members=["a", "t"]),
+    dict(members=["a", "b", "t"], merge_method="task_arithmetic", lam=2.0),
+    dict(members=["a", "t"], merge_method="ties", density=0.2, lam=0.5, head="refit"),
+    dict(members=["a", "b", "t"], merge_method="dare_ties", drop_rate=0.9, lam=2.0, merge_seed=3),
+    dict(members=["a", "b", "t"], weights=[0.2, 0.4, 0.4], merge_method="dare_linear", drop_rate=0.3),
+], ids=["average", "task_arithmetic-lambda-2", "ties-refit", "dare_ties-seed", "searched-weights"])
+def test_the_confirmation_rebuilds_exactly_the_mixture_the_run_evaluated(fields):
+    # The confirmation evaluates the run's mixture rebuilt from its MLflow params: a
+    # parameter read under the wrong name (λ is logged as "lambda") would confirm another one.
+    from search.confirmation import spec_from_run
+    from search.tracking.tracker import spec_params
+
+    spec = make_mixture_spec(targets=["t"], **fields)
+    logged = SimpleNamespace(data=SimpleNamespace(params=spec_params(spec, strategy="tpe", measure="mean_pairwise")))
+    rebuilt = spec_from_run(logged)
+    assert rebuilt.key == spec.key and rebuilt.label() == spec.label()
