@@ -103,11 +103,12 @@ def search_summary_lines(cfg: Config, best_run_id: str,
 
 def spec_of_record(record: Mapping, **changes) -> MixtureSpec:
     """The mixture an export's ``mixture.json`` describes (``changes`` replace its fields, e.g. ``head``)."""
-    names = {"lambda": "lam", "merge_seed": "merge_seed", "density": "density", "drop_rate": "drop_rate"}
+    from search.tracking.tracker import MERGE_PARAMS
+
     fields = dict(members=record["members"], weights=record["weights"], targets=record["targets"],
                   prune_method=record["prune_method"], prune_ratio=record["prune_ratio"],
                   prune_scope=record["prune_scope"], prune_when=record["prune_when"],
                   prune_layers=record.get("prune_layers", 0), merge_method=record.get("merge_method", "average"),
                   head=record.get("head", "own"),
-                  **{names[k]: v for k, v in record.get("merge_parameters", {}).items()})
+                  **{MERGE_PARAMS[k]: v for k, v in record.get("merge_parameters", {}).items()})
     return make_mixture_spec(**{**fields, **changes}, require_targets=False)

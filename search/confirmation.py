@@ -71,16 +71,12 @@ def small_validation_warnings(sizes: Mapping[str, int], max_half_width: float) -
 
 def spec_from_run(run) -> MixtureSpec:
     """The mixture a search's child run evaluated, rebuilt from its MLflow parameters."""
+    from search.tracking.tracker import merge_params_of
     from spaces.spec import make_mixture_spec
 
     p = run.data.params
     optional = {name: p[name] for name in ("merge_method", "head") if p.get(name) not in (None, "", "None")}
-    # Logged as search.tracking.tracker.spec_params names them (λ as "lambda").
-    for param, name in (("density", "density"), ("drop_rate", "drop_rate"), ("lambda", "lam")):
-        if p.get(param) not in (None, "", "None"):
-            optional[name] = float(p[param])
-    if p.get("merge_seed") not in (None, "", "None"):
-        optional["merge_seed"] = int(p["merge_seed"])
+    optional.update(merge_params_of(p))  # read under the names spec_params logs them with
     return make_mixture_spec(members=p["members"].split(","), targets=p["targets"].split(","),
                              weights=[float(w) for w in p["weights"].split(",")],
                              prune_method=p["prune_method"], prune_ratio=float(p["prune_ratio"]),

@@ -24,7 +24,7 @@ from pathlib import Path
 from mlflow_server.network import check_writable
 from search.config import Config
 from search.objectives import pick_from_pareto_front, selection_rule
-from search.tracking.tracker import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, open_experiment
+from search.tracking.tracker import KIND_TAG, MERGE_PARAMS, MIXTURE_ARTIFACT, STATUS_TAG, open_experiment
 from spaces.errors import TrackingError, UsageError
 from trainables.store import AdapterStore
 
@@ -121,7 +121,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         # operators existed are average / own).
         "merge_method": p.get("merge_method", "average"),
         "merge_parameters": {name: (int(p[name]) if name == "merge_seed" else float(p[name]))
-                             for name in ("density", "drop_rate", "lambda", "merge_seed") if name in p},
+                             for name in MERGE_PARAMS if name in p},
         "head": p.get("head", "own"),
         "fsd": metrics.get("fsd"), "fsd_measure": p["fsd_measure"], "strategy": p["strategy"],
         "metrics": {k: v for k, v in metrics.items()

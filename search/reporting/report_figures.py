@@ -6,7 +6,7 @@ import math
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from search.reporting.report_data import MissingData, ReportData, correlation, row_means
 from search.reporting.results import MixtureRun

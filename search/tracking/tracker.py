@@ -64,6 +64,16 @@ def _redact(uri: str) -> str:
     return redact_uri(uri)
 
 
+# The operator parameters a mixture run logs (spaces.operators): MLflow param -> MixtureSpec field.
+MERGE_PARAMS = {"density": "density", "drop_rate": "drop_rate", "lambda": "lam", "merge_seed": "merge_seed"}
+
+
+def merge_params_of(params: Mapping[str, str]) -> dict[str, float | int]:
+    """The MixtureSpec fields of the operator parameters logged in ``params`` (MLflow strings)."""
+    return {field: (int(params[name]) if field == "merge_seed" else float(params[name]))
+            for name, field in MERGE_PARAMS.items() if params.get(name) not in (None, "", "None")}
+
+
 def spec_params(spec: MixtureSpec, *, strategy: str, measure: str) -> dict[str, str]:
     """The child run's parameters, with names the MLflow UI can sort and filter on."""
     return {
@@ -74,9 +84,8 @@ def spec_params(spec: MixtureSpec, *, strategy: str, measure: str) -> dict[str, 
         "fsd_measure": measure, "strategy": strategy,
         "merge_method": spec.merge_method, "head": spec.head,
         # The operator's parameters, only those it takes (spaces.operators).
-        **{name: f"{value:g}" for name, value in (("density", spec.density), ("drop_rate", spec.drop_rate),
-                                                   ("lambda", spec.lam), ("merge_seed", spec.merge_seed))
-           if value is not None},
+        **{name: f"{getattr(spec, field):g}" for name, field in MERGE_PARAMS.items()
+           if getattr(spec, field) is not None},
     }
 
 
