@@ -124,16 +124,24 @@ class SearchTracker:
         self.client.log_batch(self.parent_id, params=_params(params))
         return self.parent_id
 
-    def _child(self, spec: MixtureSpec, fsd: float, status: str) -> str:
+    def _child(self, spec: MixtureSpec, fsd: float, tags: Mapping[str, str]) -> str:
+        """The mixture's run, created on first sight: two MLflow calls, or one to update its tags.
+
+        ``create_run`` carries the tags, one ``log_batch`` the parameters and the FSD. A crash
+        between the two leaves a run without parameters, which :meth:`reload` deletes."""
+        from mlflow.entities import Metric, RunTag
+
         key = spec.key
-        if key not in self.runs:
+        if key in self.runs:
+            self.client.log_batch(self.runs[key], tags=[RunTag(k, v) for k, v in tags.items()])
+        else:
             run = self.client.create_run(self.experiment_id, run_name=spec.label(), tags={
-                PARENT_TAG: self.parent_id, KIND_TAG: "mixture", KEY_TAG: key, STATUS_TAG: status})
+                PARENT_TAG: self.parent_id, KIND_TAG: "mixture", KEY_TAG: key, **tags})
             self.runs[key] = run.info.run_id
-            self.client.log_batch(run.info.run_id, params=_params(
-                spec_params(spec, strategy=self.strategy, measure=self.measure)))
-            self.client.log_metric(run.info.run_id, "fsd", fsd)
-        self.status[key] = status
+            self.client.log_batch(
+                run.info.run_id, params=_params(spec_params(spec, strategy=self.strategy, measure=self.measure)),
+                metrics=[Metric("fsd", float(fsd), _now_ms(), 0)])
+        self.status[key] = tags[STATUS_TAG]
         return self.runs[key]
 
     @_timed
@@ -141,38 +149,35 @@ class SearchTracker:
         """A proposal the pre-filter rejected: recorded, never run."""
         if spec.key in self.runs:
             return
-        run_id = self._child(spec, fsd, "filtered")
-        self.client.set_tag(run_id, "signmix.filter_reason", reason)
+        run_id = self._child(spec, fsd, {STATUS_TAG: "filtered", "signmix.filter_reason": reason})
         self.client.set_terminated(run_id, "FINISHED")
 
     @_timed
     def start_mixture(self, spec: MixtureSpec, fsd: float, trial_id: str) -> str:
-        run_id = self._child(spec, fsd, "running")
-        self.client.set_tag(run_id, STATUS_TAG, "running")
-        self.client.set_tag(run_id, "signmix.trial_id", trial_id)
-        return run_id
+        return self._child(spec, fsd, {STATUS_TAG: "running", "signmix.trial_id": trial_id})
 
     @_timed
     def log_progress(self, spec: MixtureSpec, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        self._log(self.runs[spec.key], metrics, step)
 
-        run_id = self.runs[spec.key]
+    def _log(self, run_id: str, metrics: Mapping[str, float], step: int, tags: Mapping[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, RunTag
+
         ts = _now_ms()
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
     @_timed
     def finish_mixture(self, spec: MixtureSpec, status: str, *, metrics: Mapping[str, float] | None = None,
                        step: int = 0, artifact_dir: str | None = None, error: str | None = None) -> None:
+        """The mixture's outcome: its artifacts first, then metrics and status in one batch, then its end."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         run_id = self.runs[spec.key]
-        if metrics:
-            self.log_progress(spec, metrics, step)
         if artifact_dir is not None:
             self.client.log_artifacts(run_id, artifact_dir, MIXTURE_ARTIFACT)
-        if error:
-            self.client.set_tag(run_id, "signmix.error", error[:5000])
-        self.client.set_tag(run_id, STATUS_TAG, status)
+        tags = {STATUS_TAG: status, **({"signmix.error": error[:5000]} if error else {})}
+        self._log(run_id, metrics or {}, step, tags)
         self.status[spec.key] = status
         self.client.set_terminated(run_id, _TERMINAL[status])
 
@@ -189,10 +194,16 @@ class SearchTracker:
         return self.client.search_runs([self.experiment_id], filter_string=where, max_results=50000)
 
     def reload(self) -> dict[str, tuple[str, dict[str, float]]]:
-        """Re-read this search's child runs from MLflow; returns key -> (status, metrics)."""
+        """Re-read this search's child runs from MLflow; returns key -> (status, metrics).
+
+        A run without parameters is what a crash between its two first calls leaves: it
+        records nothing, so it is deleted, and the mixture gets a whole run if proposed again."""
         found = {}
         for run in self.children():
             key = run.data.tags[KEY_TAG]
+            if not run.data.params:
+                self.client.delete_run(run.info.run_id)
+                continue
             self.runs[key] = run.info.run_id
             self.status[key] = run.data.tags.get(STATUS_TAG, "running")
             found[key] = (self.status[key], dict(run.data.metrics))
@@ -205,9 +216,9 @@ class SearchTracker:
         search did not run again (its budget was spent first)."""
         runs = [r for r in self.children() if r.info.status == "RUNNING"]
         for run in runs:
-            self.client.set_tag(run.info.run_id, "signmix.error", "interrupted: the driver stopped while this "
-                                "mixture was evaluated, and the resumed search did not run it again")
-            self.client.set_tag(run.info.run_id, STATUS_TAG, "failed")
+            self._log(run.info.run_id, {}, 0, {
+                STATUS_TAG: "failed", "signmix.error": "interrupted: the driver stopped while this mixture was "
+                "evaluated, and the resumed search did not run it again"})
             self.client.set_terminated(run.info.run_id, "KILLED")
         return len(runs)
 

@@ -63,8 +63,9 @@ def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_clust
     keys = [r.data.tags[KEY_TAG] for r in children]
     assert len(keys) == len(set(keys)), "one MLflow run per mixture"
     evaluated = [r for r in children if r.data.tags[STATUS_TAG] == "evaluated"]
-    statuses = sorted((r.data.tags[STATUS_TAG], r.data.params.get("members"), r.data.params.get("prune_ratio"))
+    statuses = sorted(str((r.data.tags[STATUS_TAG], r.data.params.get("members"), r.data.params.get("prune_ratio")))
                       for r in children)
+    assert all(r.data.params.get("members") for r in children), f"a run without its parameters: {statuses}"
     assert len(evaluated) == 9, (
         f"exactly the requested number of mixtures, across the crash: {statuses}\n{resumed.stdout[-2000:]}\n"
         f"{resumed.stderr[-3000:]}")

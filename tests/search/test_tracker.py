@@ -1,0 +1,97 @@
+"""The search's MLflow writes, on a real SQLite tracking store: few calls, nothing half-written."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.tracking.tracker import KEY_TAG, STATUS_TAG, SearchTracker
+from spaces.spec import make_mixture_spec
+
+
+class Crash(Exception):
+    pass
+
+
+def _tracker(tmp_path) -> SearchTracker:
+    return SearchTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", strategy="tpe",
+                         measure="mean_pairwise")
+
+
+def _counting(tracker: SearchTracker) -> list[str]:
+    """Records the name of every MLflow client call the tracker makes."""
+    calls: list[str] = []
+    client = tracker.client
+
+    class Counting:
+        def __getattr__(self, name):
+            attr = getattr(client, name)
+            if not callable(attr):
+                return attr
+
+            def call(*args, **kwargs):
+                calls.append(name)
+                return attr(*args, **kwargs)
+            return call
+
+    tracker.client = Counting()
+    return calls
+
+
+def test_a_mixture_costs_four_mlflow_calls_and_a_filtered_one_three(tmp_path):
+    tracker = _tracker(tmp_path)
+    tracker.start(params={"strategy": "tpe"}, run_name="search")
+    calls = _counting(tracker)
+    spec = make_mixture_spec(members=["books", "dvd"], targets=["books"])
+    tracker.start_mixture(spec, 0.25, "trial_1")
+    tracker.finish_mixture(spec, "evaluated", metrics={"accuracy_mean": 0.75})
+    assert calls == ["create_run", "log_batch", "log_batch", "set_terminated"]
+
+    calls.clear()
+    tracker.record_filtered(make_mixture_spec(members=["books", "kitchen"], targets=["books"]), 0.6, "max_fsd")
+    assert calls == ["create_run", "log_batch", "set_terminated"]
+
+    (run,) = [r for r in tracker.children("evaluated")]
+    assert run.data.params["members"] and run.data.metrics == {"fsd": 0.25, "accuracy_mean": 0.75}
+    assert run.data.tags["signmix.trial_id"] == "trial_1" and run.info.status == "FINISHED"
+    (filtered,) = tracker.children("filtered")
+    assert filtered.data.tags["signmix.filter_reason"] == "max_fsd" and filtered.info.status == "FINISHED"
+
+
+def test_a_run_the_crash_left_without_parameters_is_replaced_on_resume(tmp_path, monkeypatch):
+    tracker = _tracker(tmp_path)
+    parent = tracker.start(params={"strategy": "tpe"}, run_name="search")
+    spec = make_mixture_spec(members=["books", "dvd"], targets=["books"])
+
+    def crash(*args, **kwargs):  # the driver dies after create_run, before the parameters
+        raise Crash
+    monkeypatch.setattr(tracker.client, "log_batch", crash)
+    with pytest.raises(Crash):
+        tracker.start_mixture(spec, 0.25, "trial_1")
+    monkeypatch.undo()
+    (bare,) = tracker.children()
+    assert not bare.data.params
+
+    resumed = _tracker(tmp_path)
+    resumed.attach(parent)
+    assert resumed.children() == [] and spec.key not in resumed.runs
+    resumed.start_mixture(spec, 0.25, "trial_7")
+    resumed.finish_mixture(spec, "evaluated", metrics={"accuracy_mean": 0.75})
+    (run,) = resumed.children()
+    assert run.data.tags[KEY_TAG] == spec.key and run.data.tags[STATUS_TAG] == "evaluated"
+    assert run.data.params["members"] and run.data.tags["signmix.trial_id"] == "trial_7"
+
+
+def test_a_resumed_mixture_keeps_its_run(tmp_path):
+    tracker = _tracker(tmp_path)
+    parent = tracker.start(params={"strategy": "tpe"}, run_name="search")
+    spec = make_mixture_spec(members=["books", "dvd"], targets=["books"])
+    tracker.start_mixture(spec, 0.25, "trial_1")  # then the driver dies
+
+    resumed = _tracker(tmp_path)
+    resumed.attach(parent)
+    calls = _counting(resumed)
+    resumed.start_mixture(spec, 0.25, "trial_9")
+    resumed.finish_mixture(spec, "evaluated", metrics={"accuracy_mean": 0.7})
+    assert calls == ["log_batch", "log_batch", "set_terminated"]
+    (run,) = resumed.children()
+    assert run.data.tags["signmix.trial_id"] == "trial_9" and run.data.metrics["accuracy_mean"] == 0.7
