@@ -156,8 +156,11 @@ def load_sign_index(root: str | os.PathLike, domains: Iterable[str]):
         raise StoreError(f"the store {store.root} has no adapter for {missing}; run `signmix train CONFIG` first")
     store.check_mixable(domains)
     weights = {d: store.load_weights(d) for d in domains}
+    # One adapter's ΔW (LoRA) at a time: the index packs each to bits as it is made, so the
+    # ΔW of all adapters (much larger than their factors) never exist at once.
+    signed = ((d, sign_weights(store, {d: weights[d]})[d]) for d in domains)
     try:
-        return weights, SignIndex.from_weights(sign_weights(store, weights))
+        return weights, SignIndex.from_weights(signed)
     except ValueError as exc:
         raise StoreError(f"the stored adapters cannot be mixed: {exc}; retrain them with one config "
                          "(`signmix train CONFIG --force`)") from exc
