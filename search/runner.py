@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mlflow_server.network import sqlite_uri
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
 from search.objectives import OBJECTIVES, selection_rule
@@ -212,12 +211,15 @@ def _interrupted_search(cfg: Config, tracker) -> tuple[str, str]:
     return runs[0].info.run_id, runs[0].data.tags[RAY_EXPERIMENT_TAG]
 
 
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
 def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger.info,
                debug: bool = False) -> SearchSummary:
     """Run the mixture search of ``cfg.search`` and record it in MLflow.
 
     With ``resume``, continue the newest interrupted search of the experiment: the same Ray
-    Tune experiment (``Tuner.restore``), the same Optuna study (SQLite) and the same MLflow
+    Tune experiment (``Tuner.restore``), the same Optuna study (its journal file) and the same MLflow
     parent run, until ``num_mixtures`` distinct mixtures are evaluated in all.
     """
     return run_search_with(cfg, resume=resume, progress=progress, debug=debug)
@@ -271,6 +273,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         progress(f"resuming search {parent_id} from {path}")
         # Tune rebuilds the searcher and callbacks from its own snapshot: use those.
         with unpickled_searchers() as rebuilt:
+            os.environ.setdefault(NO_AUTO_LOGGERS, "1")  # _result_loggers: what it had, no more
             tuner = tune.Tuner.restore(path, trainable=_mixture_trainable(cfg, weights, trial, init),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
         (searcher,) = rebuilt
@@ -288,7 +291,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
-                                 storage=sqlite_uri(os.path.join(local, "optuna.db")),
+                                 storage=os.path.join(local, "optuna.journal"),
                                  n_objectives=len(cfg.search.objectives), warm_start=cfg.search.warm_start)
         tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
@@ -311,7 +314,8 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
                 reuse_actors=reuse_actors),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=storage, verbose=0,
-                callbacks=[MixtureTracking(tracker=tracker, searcher=searcher, progress=progress)],
+                callbacks=[MixtureTracking(tracker=tracker, searcher=searcher, progress=progress),
+                           *_result_loggers()],
                 failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)))
         tracker.start(run_name=run_name, params={
             **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
@@ -331,6 +335,17 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         _end_search(cfg, searcher, tracker, space, started, failed=True)
         raise
     return _end_search(cfg, searcher, tracker, space, started, failed=False)
+
+
+def _result_loggers() -> list:
+    """Ray Tune's per-trial JSON files (``params.json``, ``result.json``), and not its CSV and
+    TensorBoard copies of the same results, which a search's trials would write and flush
+    for nothing: MLflow holds every result (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0`` brings
+    them back). A resumed search restores the loggers it had."""
+    from ray.tune.logger import JsonLoggerCallback
+
+    os.environ.setdefault(NO_AUTO_LOGGERS, "1")
+    return [JsonLoggerCallback()]
 
 
 def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed: bool) -> SearchSummary:

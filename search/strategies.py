@@ -113,34 +113,6 @@ class SoupAll(_ListStrategy):
         super().__init__([space.params_for(space.free_domains)])
 
 
-def fast_storage(url: str | None):
-    """Optuna's storage for ``url``; a SQLite file in WAL mode without a sync per commit.
-
-    Optuna commits every suggested parameter: with SQLite's default journal each ask of 16
-    parameters cost 200-370 ms on a loaded 2-core machine, 40-80 ms in WAL mode with
-    ``synchronous=NORMAL`` (tests/benchmarks/bench_driver.py, BENCHMARKS.md). An application
-    crash loses nothing; a power loss may lose the last commits, which a resume re-asks.
-    """
-    from mlflow_server.network import sqlite_path
-
-    if not url or sqlite_path(url) is None:
-        return url
-    import optuna
-    from sqlalchemy import event
-
-    storage = optuna.storages.RDBStorage(url)
-
-    @event.listens_for(storage.engine, "connect")
-    def _wal(dbapi_connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    storage.engine.dispose()  # connections opened before the listener get the pragmas too
-    return storage
-
-
 class OptunaStrategy(Strategy):
     """Proposals from an Optuna study (ask/tell). Filtered proposals are told as infeasible
     through ``Trial.set_constraint``: TPE ranks every infeasible trial below every
@@ -151,10 +123,12 @@ class OptunaStrategy(Strategy):
                  study_name: str, storage: str | None = None, n_objectives: int = 1) -> None:
         import optuna
 
+        from search.optuna_storage import study_storage
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
         self.n_objectives = n_objectives
-        self.study = optuna.create_study(study_name=study_name, storage=fast_storage(storage), sampler=sampler,
+        self.study = optuna.create_study(study_name=study_name, storage=study_storage(storage), sampler=sampler,
                                          directions=["maximize"] * n_objectives, load_if_exists=True)
         self._trials: dict[int, optuna.Trial] = {}
 

@@ -30,6 +30,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from mlflow_server.network import sqlite_path, use_wal
 from spaces.errors import TrackingError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class RetryingClient:
 
         self.tracking_uri, self.retry_seconds = tracking_uri, retry_seconds
         self._client = MlflowClient(tracking_uri=tracking_uri)
+        if sqlite_path(tracking_uri) is not None:
+            use_wal(self._client._tracking_client.store.engine)
         self._down_since: float | None = None  # monotonic time of the first failure of this outage
         self._gave_up = False  # the window was exceeded: later calls try once, then raise
 

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-BLOCK = 500
+BLOCK = 250
 
 
 def fake_accuracy(members: list[str]) -> float:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     patch_inputs(weights)
     rec = Recorder()
     instrument(rec)
-    from search.runner import run_search
+    from search.runner import run_search_with
 
     with tempfile.TemporaryDirectory(prefix="signmix-driver-") as work:
         cfg = build_config(Path(work), args, weights)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
               f"load {os.getloadavg()[0]:.1f} at start", flush=True)
         rec.t0 = time.perf_counter()
         rec.start()
-        summary = run_search(cfg, progress=rec.progress, trial=trivial_trial)
+        summary = run_search_with(cfg, progress=rec.progress, trial=trivial_trial)
         rec.stop()
         db_mib = os.path.getsize(os.path.join(work, "mlflow.db")) / 2**20
 

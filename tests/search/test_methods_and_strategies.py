@@ -104,6 +104,7 @@ def test_random_search_stops_at_its_budget_of_distinct_mixtures(trained):
 def test_two_objective_search_records_robust_accuracy_and_exports_from_the_pareto_front(
         tmp_path, ray_cluster, tiny_bert, demo_domains, shared_store):
     import optuna
+    from optuna.storages.journal import JournalFileBackend
 
     from search.export import export_mixture
     from search.objectives import pareto_front
@@ -119,7 +120,8 @@ def test_two_objective_search_records_robust_accuracy_and_exports_from_the_paret
     assert summary.evaluated == 4
     children = _children(cfg, summary.parent_run_id)
     assert all({"robust_accuracy/books", "robust_accuracy_mean"} <= set(r.data.metrics) for r in children)
-    storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+    # The study's journal, read with Optuna's own reader.
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "optuna.journal")))
     (study,) = optuna.get_all_study_summaries(storage)
     loaded = optuna.load_study(study_name=study.study_name, storage=storage)
     assert len(loaded.directions) == 2

@@ -78,6 +78,11 @@ def test_prefilter_rejects_high_fsd_proposals_before_they_become_trials(pipeline
                   for p in Path(cfg.storage_path).glob("search-*/*/params.json")}
     assert len(trial_keys) == summary.evaluated
     assert not trial_keys & filtered_keys
+    # Ray Tune's JSON results, without its CSV and TensorBoard copies of them.
+    trial_dirs = list(Path(cfg.storage_path).glob("search-*/*/"))
+    assert all((d / "result.json").exists() for d in trial_dirs if (d / "params.json").exists())
+    assert not list(Path(cfg.storage_path).glob("search-*/*/progress.csv"))
+    assert not list(Path(cfg.storage_path).glob("search-*/*/events.out.tfevents*"))
 
 
 def test_every_evaluated_mixture_has_metrics_and_its_pruned_adapter(pipeline):

@@ -82,8 +82,11 @@ def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_clust
     # The same Optuna study: one study, every evaluated mixture told to it.
     import optuna
 
-    (study,) = optuna.get_all_study_summaries(f"sqlite:///{Path(cfg.storage_path) / 'optuna.db'}")
-    loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{Path(cfg.storage_path) / 'optuna.db'}")
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(Path(cfg.storage_path) / "optuna.journal")))
+    (study,) = optuna.get_all_study_summaries(storage)
+    loaded = optuna.load_study(study_name=study.study_name, storage=storage)
     complete = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
     # Every evaluated mixture told with all its objectives (a list of two with robustness).
     metrics = ["accuracy_mean"] + (["robust_accuracy_mean"] if "robust" in objectives else [])

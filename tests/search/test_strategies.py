@@ -217,9 +217,14 @@ def test_tpe_without_warm_start_enqueues_nothing(index):
     assert strategy.study.get_trials(states=(TrialState.WAITING,)) == []
 
 
-def test_the_warm_start_survives_a_restart_of_the_study(index, tmp_path):
+# Where a search keeps its study: the journal file, and SQLite (searches started before it).
+STORAGES = {"journal": lambda tmp: str(tmp / "optuna.journal"), "sqlite": lambda tmp: f"sqlite:///{tmp / 'optuna.db'}"}
+
+
+@pytest.mark.parametrize("kind", list(STORAGES))
+def test_the_warm_start_survives_a_restart_of_the_study(index, tmp_path, kind):
     space = MixtureSpace(domains=NAMES, targets=("t",))
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = STORAGES[kind](tmp_path)
     strategy = make_strategy("tpe", space=space, index=index, seed=0, budget=20, study_name="w", storage=storage)
     strategy.tell(*strategy.ask()[:1], "evaluated", value=0.5)
     again = OptunaStrategy(space=space, sampler=optuna.samplers.TPESampler(seed=0), study_name="w", storage=storage)
@@ -227,8 +232,9 @@ def test_the_warm_start_survives_a_restart_of_the_study(index, tmp_path):
     assert members_of(space, rest) == members_of(space, drain(GreedyFsd(space=space, index=index)))[1:]
 
 
-def test_a_trial_asked_before_a_restart_is_told_to_the_restarted_study(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+@pytest.mark.parametrize("kind", list(STORAGES))
+def test_a_trial_asked_before_a_restart_is_told_to_the_restarted_study(tmp_path, kind):
+    storage = STORAGES[kind](tmp_path)
     first = OptunaStrategy(space=SPACE, sampler=optuna.samplers.RandomSampler(seed=0), study_name="r", storage=storage)
     (lost, lost_params), (filtered, _) = first.ask(), first.ask()
     again = OptunaStrategy(space=SPACE, sampler=optuna.samplers.RandomSampler(seed=0), study_name="r", storage=storage)
@@ -242,6 +248,24 @@ def test_a_trial_asked_before_a_restart_is_told_to_the_restarted_study(tmp_path)
     assert (evaluated.params, evaluated.value, evaluated.user_attrs["signmix.outcome"]) == (lost_params, 0.7, "evaluated")
     assert list(evaluated.constraints.values()) == [0.0] and list(infeasible.constraints.values()) == [0.2]
     assert again.pending() == {}
+
+
+def test_a_journal_torn_by_a_power_loss_loses_its_last_record_and_nothing_else(tmp_path):
+    from optuna.storages.journal import JournalFileBackend
+
+    path = tmp_path / "optuna.journal"
+    first = OptunaStrategy(space=SPACE, sampler=optuna.samplers.RandomSampler(seed=0), study_name="j",
+                           storage=str(path))
+    for value in (0.5, 0.6):
+        first.tell(first.ask()[0], "evaluated", value=value)
+    with open(path, "ab") as fh:  # half of a third record, as a power loss mid-write leaves it
+        fh.write(b'{"op_code":4,"worker_id":"w","study_id":0')
+    again = OptunaStrategy(space=SPACE, sampler=optuna.samplers.RandomSampler(seed=0), study_name="j",
+                           storage=str(path))
+    again.tell(again.ask()[0], "evaluated", value=0.7)
+    # Optuna's own reader sees the whole study: the two records before the tear and the new one.
+    plain = optuna.load_study(study_name="j", storage=optuna.storages.JournalStorage(JournalFileBackend(str(path))))
+    assert [t.value for t in plain.trials] == [0.5, 0.6, 0.7]
 
 
 def test_tpe_learns_to_avoid_filtered_domain():
