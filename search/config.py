@@ -155,6 +155,9 @@ class SearchConfig(_Frozen):
     strategy: StrategyName = "tpe"
     # tpe only: start from the greedy FSD path (Alg. 1), then let TPE propose.
     warm_start: Literal["greedy_fsd", "none"] = "greedy_fsd"
+    # tpe only: past this many finished Optuna trials (filtered proposals and repeats count),
+    # NSGA-II takes over from TPE, whose ask grows with the study; null: TPE to the end.
+    tpe_switch_after: Optional[Annotated[int, Field(ge=1)]] = 2000
     targets: list[str]
     num_mixtures: Annotated[int, Field(ge=1)] = 16  # mixtures to evaluate (filtered ones do not count)
     require_targets: bool = True

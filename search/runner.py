@@ -292,7 +292,8 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
                                  storage=os.path.join(local, "optuna.journal"),
-                                 n_objectives=len(cfg.search.objectives), warm_start=cfg.search.warm_start)
+                                 n_objectives=len(cfg.search.objectives), warm_start=cfg.search.warm_start,
+                                 switch_after=cfg.search.tpe_switch_after)
         tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 Outcome = Literal["evaluated", "filtered", "stopped_early", "failed"]
 CONSTRAINT_NAME = "sign_conflict"
+# NSGA-II's generation size, once TPE hands over to it (OptunaStrategy._switch_to_genetic).
+GENETIC_POPULATION = 50
 
 
 class Strategy:
@@ -120,7 +122,8 @@ class OptunaStrategy(Strategy):
     is never used for ranking. Stopped-early proposals are told as pruned."""
 
     def __init__(self, *, space: MixtureSpace, sampler: optuna.samplers.BaseSampler,
-                 study_name: str, storage: str | None = None, n_objectives: int = 1) -> None:
+                 study_name: str, storage: str | None = None, n_objectives: int = 1,
+                 switch_after: int | None = None, seed: int = 0) -> None:
         import optuna
 
         from search.optuna_storage import study_storage
@@ -131,8 +134,11 @@ class OptunaStrategy(Strategy):
         self.study = optuna.create_study(study_name=study_name, storage=study_storage(storage), sampler=sampler,
                                          directions=["maximize"] * n_objectives, load_if_exists=True)
         self._trials: dict[int, optuna.Trial] = {}
+        self.switch_after, self.seed = switch_after, seed
 
     def ask(self) -> tuple[int, dict] | None:
+        if self.switch_after is not None and self._finished() >= self.switch_after:
+            self._switch_to_genetic()
         # The space's distributions (one definition), then those that depend on what was
         # drawn: the chosen operator's parameters (all categorical).
         trial = self.study.ask(self.space.distributions())
@@ -141,6 +147,31 @@ class OptunaStrategy(Strategy):
         self._trials[trial.number] = trial
         # Exactly what the distributions sampled; ``to_mixture_spec`` gives the rest its default.
         return trial.number, dict(trial.params)
+
+    def _finished(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    def _switch_to_genetic(self) -> None:
+        """Hand the study from TPE to NSGA-II, whose ask does not grow with the study.
+
+        TPE models every finished trial at each ask: 3.7 ms at 250 finished trials, 31 ms at
+        3,000 and on, linearly (BENCHMARKS.md, "Driver scale"); NSGA-II's stays near 1 ms. So
+        that nothing TPE learnt is lost, its best feasible trials (by the first objective) are
+        asked again first: they are NSGA-II's first generation, which it breeds from, and they
+        cost no trial (the searcher answers repeats from their results)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        self.switch_after = None
+        done = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if all(c <= 0 for c in t.constraints.values())]
+        distinct = {tuple(sorted(t.params.items())): t for t in done}  # repeats are trials too
+        best = sorted(distinct.values(), key=lambda t: t.values[0], reverse=True)[:GENETIC_POPULATION]
+        self.study.sampler = optuna.samplers.NSGAIISampler(seed=self.seed, population_size=GENETIC_POPULATION)
+        for trial in best:
+            self.study.enqueue_trial(trial.params)
 
     def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
         from optuna.trial import TrialState
@@ -207,14 +238,14 @@ class OptunaStrategy(Strategy):
 
 def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storage: str | None = None,
          n_objectives: int = 1, index: SignIndex | None = None, warm_start: str = "greedy_fsd",
-         **_: object) -> OptunaStrategy:
+         switch_after: int | None = None, **_: object) -> OptunaStrategy:
     import optuna
 
     # Few random start-up trials for small budgets: TPE needs a handful to model from.
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                          n_startup_trials=min(10, max(3, budget // 4)))
     strategy = OptunaStrategy(space=space, sampler=sampler, study_name=study_name, storage=storage,
-                              n_objectives=n_objectives)
+                              n_objectives=n_objectives, switch_after=switch_after, seed=seed)
     strategy.name = "tpe"
     if warm_start == "greedy_fsd" and index is not None:
         # The paper's greedy path first (N+1 mixtures of every size, least conflict first):

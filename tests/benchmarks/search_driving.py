@@ -26,16 +26,18 @@ if TYPE_CHECKING:
 
 def drive_search(name: str, space: MixtureSpace, index: SignIndex, oracle: Callable[[MixtureSpec], float],
                  seed: int, budget: int, checkpoints: list[int], study_name: str, warm_start: str = "greedy_fsd",
-                 good_enough: float = math.inf, gate: FsdGate | None = None) -> dict[int, dict]:
+                 good_enough: float = math.inf, gate: FsdGate | None = None,
+                 switch_after: int | None = None) -> dict[int, dict]:
     """Drives one SignConflictSearcher (strategy ``name``, optionally behind ``gate``) to
     ``budget`` evaluations; returns, for each checkpoint budget, a snapshot taken when it was
     reached (or at the end, when the search finished earlier): ``best`` accuracy, ``best_key``,
     ``evaluated``, ``filtered`` (rejected proposals), ``filtered_keys``, ``proposals``,
     ``reached`` (evaluations until ``best >= good_enough``, None if never), and with a gate
     its ``decision``, ``threshold``, ``rho``, ``p``, ``n`` and ``ever_filtered`` (the
-    evaluation count at which its decision first became ``filter``, None if never)."""
+    evaluation count at which its decision first became ``filter``, None if never).
+    ``switch_after``: tpe's ``search.tpe_switch_after`` (None: TPE to the end)."""
     strategy = make_strategy(name, space=space, index=index, seed=seed, budget=budget, study_name=study_name,
-                             warm_start=warm_start)
+                             warm_start=warm_start, switch_after=switch_after)
     searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=budget, gate=gate)
     best, best_key, snapshots, i, reached, first_filter = -math.inf, None, {}, 0, None, None
 

@@ -294,3 +294,44 @@ def test_unknown_strategy_name_lists_the_names():
     assert "'bayes'" in message
     for name in STRATEGIES:
         assert name in message
+
+
+# TPE hands over to NSGA-II past tpe_switch_after -------------------------------------------
+
+def test_past_the_switch_nsga2_breeds_from_the_best_feasible_mixtures_tpe_found(tmp_path):
+    space = MixtureSpace(domains=("a", "b", "bad", "c", "d", "e"), targets=("a",), prune_ratios=(0.0, 0.5))
+    strategy = make_strategy("tpe", space=space, index=None, seed=1, budget=100, study_name="switch",
+                             storage=str(tmp_path / "optuna.journal"), switch_after=20)
+    told: dict[tuple, float] = {}
+    for _ in range(20):
+        token, params = strategy.ask()
+        spec = space.to_mixture_spec(params)
+        if "bad" in spec.members:
+            strategy.tell(token, "filtered", violation=0.5)
+        else:
+            told[tuple(sorted(params.items()))] = objective(spec.members, spec.prune_ratio)
+            strategy.tell(token, "evaluated", value=told[tuple(sorted(params.items()))])
+    assert isinstance(strategy.study.sampler, optuna.samplers.TPESampler)
+
+    first = [strategy.ask() for _ in range(len(told))]
+    assert isinstance(strategy.study.sampler, optuna.samplers.NSGAIISampler)
+    # Its first generation: every distinct feasible mixture TPE evaluated, best first.
+    values = [told[tuple(sorted(params.items()))] for _, params in first]
+    assert values == sorted(told.values(), reverse=True)
+    for token, params in first:
+        strategy.tell(token, "evaluated", value=told[tuple(sorted(params.items()))])
+    # Then it proposes on its own, from a study that a fresh process can read back.
+    token, params = strategy.ask()
+    assert set(params) <= set(space.distributions()) | {"prune_ratio"}
+    again = OptunaStrategy(space=space, sampler=optuna.samplers.RandomSampler(seed=0), study_name="switch",
+                           storage=str(tmp_path / "optuna.journal"))
+    assert len(again.study.trials) == 20 + len(told) + 1
+
+
+def test_without_a_switch_tpe_proposes_to_the_end():
+    strategy = make_strategy("tpe", space=SPACE, index=None, seed=0, budget=30, study_name="no-switch",
+                             switch_after=None)
+    for _ in range(30):
+        token, params = strategy.ask()
+        strategy.tell(token, "evaluated", value=objective(SPACE.to_mixture_spec(params).members, 0.0))
+    assert isinstance(strategy.study.sampler, optuna.samplers.TPESampler)
