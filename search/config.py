@@ -337,6 +337,12 @@ class Config(_Frozen):
 
     # Resolved locations -------------------------------------------------------------
     @property
+    def study_targets(self) -> list[str]:
+        """The study's targets: ``study.targets``, by default every domain with data (a domain
+        that brings only an adapter is a member, never a target)."""
+        return sorted(self.study.targets or [d for d, c in self.domains.items() if c.has_data])
+
+    @property
     def storage_path(self) -> str:
         return self.ray.storage_path
 

@@ -37,8 +37,9 @@ class Strategy:
         """The next proposal as ``(token, params)``, or None when there is nothing left."""
         raise NotImplementedError
 
-    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
-        """What became of proposal ``token``."""
+    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0,
+             repeat: bool = False) -> None:
+        """What became of proposal ``token``; ``repeat``: it repeats a mixture told before."""
 
     def get_state(self) -> dict:
         """What a restored search needs to continue where this one was (see ``set_state``)."""
@@ -135,6 +136,7 @@ class OptunaStrategy(Strategy):
                                          directions=["maximize"] * n_objectives, load_if_exists=True)
         self._trials: dict[int, optuna.Trial] = {}
         self.switch_after, self.seed = switch_after, seed
+        self.genetic = False  # NSGA-II has taken over (_switch_to_genetic)
 
     def ask(self) -> tuple[int, dict] | None:
         if self.switch_after is not None and self._finished() >= self.switch_after:
@@ -164,7 +166,7 @@ class OptunaStrategy(Strategy):
         import optuna
         from optuna.trial import TrialState
 
-        self.switch_after = None
+        self.switch_after, self.genetic = None, True
         done = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if all(c <= 0 for c in t.constraints.values())]
         distinct = {tuple(sorted(t.params.items())): t for t in done}  # repeats are trials too
@@ -173,21 +175,27 @@ class OptunaStrategy(Strategy):
         for trial in best:
             self.study.enqueue_trial(trial.params)
 
-    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
+    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0,
+             repeat: bool = False) -> None:
         from optuna.trial import TrialState
 
-        trial = self._trials.pop(token, None)
-        running = {t.number: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        if token not in running:
-            return  # told already (twice, or before a crash): the storage knows
+        told = outcome
+        if repeat and self.genetic:
+            # A copy of a mixture already in the study would enter NSGA-II's generations as
+            # another individual and crowd them with clones of the best (measured: 8 new
+            # mixtures in 30 s): told as failed, which its populations leave out.
+            outcome, told = "failed", "repeat"
         state, values, intermediate = self._result(outcome, value)
         # Feasible when <= 0: TPE ranks every infeasible trial below every feasible one.
         constraint = violation if outcome == "filtered" else 0.0
-        if trial is None:
-            self._tell_lost(running[token], outcome, state, values, intermediate, constraint)
+        trial = self._trials.pop(token, None)
+        if trial is None:  # asked by a process that is gone, or told already
+            running = {t.number: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            if token in running:
+                self._tell_lost(running[token], told, state, values, intermediate, constraint)
             return
         trial.set_constraint(CONSTRAINT_NAME, constraint)
-        trial.set_user_attr("signmix.outcome", outcome)
+        trial.set_user_attr("signmix.outcome", told)
         if intermediate is not None:
             trial.report(intermediate, step=0)
         self.study.tell(trial, values, state=state)

@@ -57,10 +57,12 @@ def study_subset_count(n: int, n_targets: int, max_size: int | None = None) -> i
     return sum(comb(n, k) - comb(n - n_targets, k) for k in range(1, top + 1))
 
 
-def study_items(domains: Sequence[str], study: StudyConfig, index: SignIndex) -> list[StudyItem]:
-    """Every mixture of the study, each once (the first part that asks for it keeps it)."""
+def study_items(domains: Sequence[str], study: StudyConfig, index: SignIndex,
+                targets: Sequence[str] | None = None) -> list[StudyItem]:
+    """Every mixture of the study, each once (the first part that asks for it keeps it).
+    ``targets``: default ``study.targets``, else every domain."""
     domains = sorted(domains)
-    targets = sorted(study.targets or domains)
+    targets = sorted(targets or study.targets or domains)
     items: dict[str, StudyItem] = {}
 
     def add(item: StudyItem) -> None:
@@ -171,7 +173,7 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
     started = time.perf_counter()
     check_cluster_storage(cfg)
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
-    items = study_items(sorted(cfg.domains), cfg.study, index)
+    items = study_items(sorted(cfg.domains), cfg.study, index, cfg.study_targets)
     by_part = {p: sum(1 for i in items if i.part == p) for p in PARTS}
     connect_ray(cfg, debug=debug)
     tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name, strategy="study",
@@ -184,7 +186,7 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
     searcher = StudySearcher(items=items, index=index, tracker=tracker)
     # The study evaluates on its own targets, not on search.targets.
     experiment = cfg.model_copy(update={"search": cfg.search.model_copy(update={
-        "targets": sorted(cfg.study.targets or cfg.domains)})})
+        "targets": cfg.study_targets})})
     tuner = tune.Tuner(
         _mixture_trainable(experiment, weights),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),

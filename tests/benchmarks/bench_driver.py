@@ -170,7 +170,8 @@ def build_config(work: Path, args, weights: dict):
     data.mkdir(exist_ok=True)
     raw = {"name": "driver", "base_model": "synthetic", "domains": {n: {"path": str(data)} for n in names},
            "search": {"strategy": args.strategy, "targets": [names[0]], "num_mixtures": args.trials,
-                      "max_fsd": max_fsd, "max_concurrent": args.concurrent, "confirm": False},
+                      "max_fsd": max_fsd, "max_concurrent": args.concurrent, "confirm": False,
+                      **({} if args.switch_after < 0 else {"tpe_switch_after": args.switch_after or None})},
            "resources": {"cpu": 1}, "ray": {"storage_path": str(work / "runs"), "num_cpus": args.concurrent},
            "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}, "store": str(work / "adapters")}
     return validate_config(raw, base_dir=work)
@@ -200,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=4, help="trials at once (default 4)")
     parser.add_argument("--filter-fraction", type=float, default=0.2,
                         help="fraction of random mixtures over max_fsd (default 0.2; 0: no filter)")
+    parser.add_argument("--switch-after", type=int, default=-1,
+                        help="search.tpe_switch_after (default: the product's; 0: TPE to the end)")
     parser.add_argument("--out", help="write every measurement as JSON here")
     args = parser.parse_args(argv)
 

@@ -265,3 +265,13 @@ def test_a_name_outside_a_registry_is_refused_with_every_registered_name(field):
     assert problem.startswith(f"{field}") and "'bogus'" in problem
     for name in REGISTERED_CHOICES[field]:
         assert repr(name) in problem
+
+
+def test_the_study_targets_by_default_every_domain_with_data_not_an_adapter_alone(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "support").mkdir()
+    cfg = load_config(write(tmp_path, MINIMAL.replace("  dvd: {path: data/dvd}\n", "  dvd: {path: data/dvd}\n"
+                                                      "  support: {adapter: {path: support}}\n")))
+    assert cfg.study_targets == ["books", "dvd"]
+    pinned = cfg.model_copy(update={"study": cfg.study.model_copy(update={"targets": ["dvd"]})})
+    assert pinned.study_targets == ["dvd"]

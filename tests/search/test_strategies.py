@@ -335,3 +335,19 @@ def test_without_a_switch_tpe_proposes_to_the_end():
         token, params = strategy.ask()
         strategy.tell(token, "evaluated", value=objective(SPACE.to_mixture_spec(params).members, 0.0))
     assert isinstance(strategy.study.sampler, optuna.samplers.TPESampler)
+
+
+def test_after_the_switch_a_repeat_is_kept_out_of_nsga2s_generations():
+    strategy = make_strategy("tpe", space=SPACE, index=None, seed=0, budget=100, study_name="clones", switch_after=5)
+    for _ in range(5):
+        token, params = strategy.ask()
+        strategy.tell(token, "evaluated", value=objective(SPACE.to_mixture_spec(params).members, 0.0))
+    token, _ = strategy.ask()  # NSGA-II's first generation starts with TPE's best again
+    strategy.tell(token, "evaluated", value=0.5, repeat=True)
+    told = strategy.study.trials[token]
+    assert told.state == TrialState.FAIL and told.user_attrs["signmix.outcome"] == "repeat"
+    # Before the switch, TPE learns from repeats like from any other trial.
+    tpe = make_strategy("tpe", space=SPACE, index=None, seed=0, budget=100, study_name="tpe-repeat")
+    token, _ = tpe.ask()
+    tpe.tell(token, "evaluated", value=0.5, repeat=True)
+    assert tpe.study.trials[token].state == TrialState.COMPLETE
