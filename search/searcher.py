@@ -227,7 +227,7 @@ class SignConflictSearcher(Searcher):
     def _reconcile(self) -> None:
         """Bring the snapshot up to date with what happened after it was taken."""
         if self.tracker is not None:
-            for key, (status, metrics) in self.tracker.reload().items():
+            for key, (status, metrics, members) in self.tracker.reload().items():
                 if status == "filtered":
                     self.counts.filtered_keys.add(key)
                 elif status in ("evaluated", "failed", "stopped_early") and key not in self.outcomes:
@@ -236,6 +236,9 @@ class SignConflictSearcher(Searcher):
                     if status == "evaluated":
                         self.results[key] = metrics[METRIC]
                         self.counts.evaluated += 1
+                        if self.gate is not None:  # the gate's evidence includes it, as before the crash
+                            self.gate.record(key, self.index.subset_fsd(members, self.gate.measure),
+                                             len(members), metrics[METRIC])
                     else:
                         setattr(self.counts, status, getattr(self.counts, status) + 1)
         # Proposals the strategy made after the snapshot: run them first, same token.

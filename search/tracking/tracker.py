@@ -193,8 +193,8 @@ class SearchTracker:
             where += f" and tags.`{STATUS_TAG}` = '{status}'"
         return self.client.search_runs([self.experiment_id], filter_string=where, max_results=50000)
 
-    def reload(self) -> dict[str, tuple[str, dict[str, float]]]:
-        """Re-read this search's child runs from MLflow; returns key -> (status, metrics).
+    def reload(self) -> dict[str, tuple[str, dict[str, float], list[str]]]:
+        """Re-read this search's child runs from MLflow; returns key -> (status, metrics, members).
 
         A run without parameters is what a crash between its two first calls leaves: it
         records nothing, so it is deleted, and the mixture gets a whole run if proposed again."""
@@ -206,7 +206,7 @@ class SearchTracker:
                 continue
             self.runs[key] = run.info.run_id
             self.status[key] = run.data.tags.get(STATUS_TAG, "running")
-            found[key] = (self.status[key], dict(run.data.metrics))
+            found[key] = (self.status[key], dict(run.data.metrics), run.data.params["members"].split(","))
         return found
 
     def close_dangling(self) -> int:

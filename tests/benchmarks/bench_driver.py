@@ -56,6 +56,21 @@ def trivial_trial(config, *, adapter_weights, experiment, store_root) -> None:
     tune.report(metrics)
 
 
+def oracle_optimum(names: list[str], index, max_fsd: float | None) -> float:
+    """The best fake accuracy of a mixture that contains the target (``names[0]``) and passes
+    the FSD filter: what a perfect search would find."""
+    import itertools
+
+    target, others = names[0], names[1:]
+    best = -1.0
+    for k in range(len(others) + 1):
+        for rest in itertools.combinations(others, k):
+            members = [target, *rest]
+            if max_fsd is None or len(members) == 1 or index.subset_fsd(members) <= max_fsd:
+                best = max(best, fake_accuracy(sorted(members)))
+    return best
+
+
 def synthetic_weights(n: int, p: int, seed: int = 0) -> dict:
     import torch
 
@@ -235,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{summary.evaluated} evaluated, {summary.filtered} filtered, {summary.repeats} repeats in "
           f"{summary.seconds:.0f}s (first to last finished trial {total:.0f}s: "
           f"{len(rec.finished) / total:.1f} trials/s); driver peak {max(m for _, m, _ in rec.rss):.0f} MiB")
+    from spaces.fsd import SignIndex
+
+    optimum = oracle_optimum(sorted(weights), SignIndex.from_weights(weights), cfg.search.max_fsd)
+    print(f"best found {summary.best_accuracy:.4f}, optimum {optimum:.4f} (regret {100 * (optimum - summary.best_accuracy):.2f} "
+          f"points); search.tpe_switch_after {cfg.search.tpe_switch_after}")
     print(f"pre-filter: {summary.prefilter_seconds:.2f}s in all, "
           f"{1e3 * summary.prefilter_seconds / max(1, proposals):.2f} ms per proposal")
     print(f"strategy ask: {len(rec.asks)} calls, {sum(s for _, s in rec.asks):.1f}s in all")
@@ -248,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             "args": vars(args), "blocks": rows, "asks": rec.asks, "rss": rec.rss, "load": rec.load,
             "mlflow": {k: list(v) for k, v in rec.mlflow.items()}, "evaluated": summary.evaluated,
             "filtered": summary.filtered, "repeats": summary.repeats, "seconds": summary.seconds,
-            "prefilter_seconds": summary.prefilter_seconds}, indent=1))
+            "prefilter_seconds": summary.prefilter_seconds, "best": summary.best_accuracy, "optimum": optimum},
+            indent=1))
     return 0
 
 

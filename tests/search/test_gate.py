@@ -138,3 +138,27 @@ def test_the_gates_evidence_survives_a_searcher_snapshot(index, tmp_path):
     assert again.gate.points == gate.points
     assert again.gate.threshold == gate.threshold
     assert pickle.loads(pickle.dumps(gate)).threshold == gate.threshold
+
+
+def test_mixtures_evaluated_after_the_last_snapshot_rejoin_the_gates_evidence(index, tmp_path):
+    oracle = lambda s: 0.9 - 1.5 * index.subset_fsd(s.members)  # noqa: E731
+    searcher, gate, evaluated = drive(index, oracle, budget=20)
+    searcher.save(str(tmp_path / "state"))
+    # Five more mixtures finished after the snapshot, before the crash: MLflow has them.
+    sp = space()
+    later = [sp.to_mixture_spec(p) for p in sp.enumerate()]
+    later = [s for s in later if s.key not in evaluated][:5]
+
+    class Recorded:
+        def reload(self):
+            return {s.key: ("evaluated", {"accuracy_mean": oracle(s)}, list(s.members)) for s in later}
+
+    again = SignConflictSearcher(strategy=make_strategy("random", space=sp, index=index, seed=0, budget=30,
+                                                        study_name="gate3"),
+                                 space=sp, index=index, budget=30, tracker=Recorded(),
+                                 gate=FsdGate(mode="auto", space=sp, tolerance=0.01))
+    again.restore(str(tmp_path / "state"))
+    assert set(again.gate.points) == set(gate.points) | {s.key for s in later}
+    for s in later:
+        assert again.gate.points[s.key] == (index.subset_fsd(s.members), s.k, oracle(s))
+    assert again.counts.evaluated == searcher.counts.evaluated + 5
