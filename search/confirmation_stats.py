@@ -21,15 +21,16 @@ from typing import Mapping, Sequence
 from search.confirmation import CONFIDENCE
 
 
-def _pooled(correct: Mapping[str, Sequence[int]], targets: Sequence[str]) -> list[int]:
-    """Per-example correctness over every target's examples, one after the other."""
-    return [c for t in targets for c in correct[t]]
+def _mean_accuracy(correct: Mapping[str, Sequence[int]], targets: Sequence[str]) -> float:
+    """Accuracy averaged over targets: what the search ranked by (``accuracy_mean``)."""
+    return sum(sum(correct[t]) / len(correct[t]) for t in targets) / len(targets)
 
 
-def _diff(a, b, seed: int) -> dict:
-    from trainables.confidence import paired_difference
+def _diff(a: Mapping[str, Sequence[int]], b: Mapping[str, Sequence[int]], targets: Sequence[str], seed: int) -> dict:
+    """The lead in mean accuracy over ``targets``, stratified by target."""
+    from trainables.confidence import mean_difference
 
-    d = paired_difference(a, b, confidence=CONFIDENCE, seed=seed)
+    d = mean_difference({t: a[t] for t in targets}, {t: b[t] for t in targets}, confidence=CONFIDENCE, seed=seed)
     return {"lead": d.lead, "low": d.low, "high": d.high, "n": d.n, "tied": d.includes_zero}
 
 
@@ -52,22 +53,22 @@ def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule:
 
     best = specs["best"]
     targets = list(best.targets)
-    val = {name: _pooled(correct[name]["validation"], targets) for name in runs}
+    val = {name: correct[name]["validation"] for name in runs}
     validation: dict = {"vs_runner_up": None, "vs_alone": None, "vs_own": {}}
     notes: list[str] = []
     tied = ["best"]
     for name, key in (("runner_up", "vs_runner_up"), ("alone", "vs_alone")):
         if name in runs:
-            lead = _diff(val["best"], val[name], seed)
+            lead = _diff(val["best"], val[name], targets, seed)
             validation[key] = {**lead, "label": specs[name].label(), "run_id": runs[name].info.run_id}
             if lead["tied"]:
                 tied.append(name)
     for t in targets:
-        validation["vs_own"][t] = _diff(correct["best"]["validation"][t], correct[f"own/{t}"]["validation"][t], seed)
+        validation["vs_own"][t] = _diff(correct["best"]["validation"], correct[f"own/{t}"]["validation"], [t], seed)
 
     chosen = "best"
     if rule == "fewer_members":
-        chosen = min(tied, key=lambda n: (specs[n].k, -sum(val[n]), tied.index(n)))
+        chosen = min(tied, key=lambda n: (specs[n].k, -_mean_accuracy(val[n], targets), tied.index(n)))
     chosen_spec = specs[chosen]
 
     ru = validation["vs_runner_up"]

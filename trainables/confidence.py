@@ -203,6 +203,41 @@ def paired_difference(a: Correctness, b: Correctness, *, n_resamples: int = DEFA
     return Difference(lead=lead, low=min(low, lead), high=max(high, lead), n=n)
 
 
+def mean_difference(a: Mapping[str, Correctness], b: Mapping[str, Correctness], *,
+                    n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95, seed: int = 0) -> Difference:
+    """The lead of ``a`` over ``b`` in accuracy averaged over targets (what a search ranks by,
+    ``accuracy_mean``), with a paired bootstrap interval stratified by target.
+
+    Each target's examples are resampled on their own (seed ``seed + i`` for the i-th target
+    in sorted order), both candidates on the same draws; the lead of a resample is the mean
+    of the targets' leads. Pooling the examples instead would weigh a target by its size.
+    With one target this is :func:`paired_difference`.
+
+    Args:
+        a: target -> per-example correctness of one candidate.
+        b: target -> per-example correctness of the other, on the same examples.
+    """
+    if sorted(a) != sorted(b) or not a:
+        raise ValueError(f"a and b must name the same targets, got {sorted(a)} and {sorted(b)}")
+    targets = sorted(a)
+    if len(targets) == 1:
+        return paired_difference(a[targets[0]], b[targets[0]], n_resamples=n_resamples, confidence=confidence,
+                                 seed=seed)
+    _check_confidence(confidence)
+    _check_resampling(n_resamples, seed)
+    leads, resampled, total = [], np.zeros(n_resamples), 0
+    for i, t in enumerate(targets):
+        columns = {"a": _as_correctness(a[t], f"a[{t!r}]"), "b": _as_correctness(b[t], f"b[{t!r}]")}
+        n = _check_same_examples(columns)
+        sums = _resampled_sums([columns["a"], columns["b"]], n_resamples, seed + i)
+        leads.append((int(columns["a"].sum()) - int(columns["b"].sum())) / n)
+        resampled += (sums[:, 0] - sums[:, 1]) / n
+        total += n
+    lead = float(sum(leads) / len(targets))
+    low, high = _percentiles(resampled / len(targets), confidence)
+    return Difference(lead=lead, low=min(low, lead), high=max(high, lead), n=total)
+
+
 def mcnemar_exact(a_correct: Correctness, b_correct: Correctness) -> McNemar:
     """Returns McNemar's two-sided exact test of two candidates evaluated on the same examples.
 

@@ -100,3 +100,17 @@ def test_the_confirmation_rebuilds_exactly_the_mixture_the_run_evaluated(fields)
     logged = SimpleNamespace(data=SimpleNamespace(params=spec_params(spec, strategy="tpe", measure="mean_pairwise")))
     rebuilt = spec_from_run(logged)
     assert rebuilt.key == spec.key and rebuilt.label() == spec.label()
+
+
+def test_with_two_targets_the_validation_lead_is_in_mean_accuracy_not_pooled_examples():
+    two = lambda members: make_mixture_spec(members=members, targets=["t", "u"])  # noqa: E731
+    sp = {"best": two(["a", "t", "u"]), "runner_up": two(["t", "u"]), "own/t": make_mixture_spec(members=["t"], targets=["t"]),
+          "own/u": make_mixture_spec(members=["u"], targets=["u"]), "soup": two(["a", "b", "t", "u"]),
+          "greedy/3": two(["a", "t", "u"]), "greedy/2": two(["t", "u"])}
+    # t: 200 examples, best ahead by 0.05; u: 20 examples, runner-up ahead by 0.30.
+    val = {"best": {"t": [1] * 160 + [0] * 40, "u": [1] * 10 + [0] * 10},
+           "runner_up": {"t": [1] * 150 + [0] * 50, "u": [1] * 16 + [0] * 4}}
+    test = {"t": [1] * 200, "u": [1] * 20}
+    correct = {name: {"validation": val.get(name, val["runner_up"]), "test": test} for name in sp}
+    record = decide_and_measure(correct, sp, {"best": run("best"), "runner_up": run("ru")}, rule="higher_accuracy")
+    assert record["validation"]["vs_runner_up"]["lead"] == pytest.approx((0.05 - 0.30) / 2)

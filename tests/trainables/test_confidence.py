@@ -180,3 +180,29 @@ def test_half_width_for(n, accuracy, confidence, expected):
 def test_invalid_input_names_the_bad_value(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# mean_difference: the lead in accuracy averaged over targets ----------------------------------
+
+def test_the_mean_lead_weighs_each_target_once_not_by_its_size():
+    from trainables.confidence import mean_difference
+
+    # Target "big" (100 examples): a leads by 0.05. Target "small" (10 examples): b leads by 0.3.
+    a = {"big": [1] * 55 + [0] * 45, "small": [1] * 2 + [0] * 8}
+    b = {"big": [1] * 50 + [0] * 50, "small": [1] * 5 + [0] * 5}
+    d = mean_difference(a, b, seed=0)
+    assert d.lead == pytest.approx((0.05 - 0.3) / 2) and d.n == 110
+    assert d.low <= d.lead <= d.high
+    pooled = (57 - 55) / 110  # what pooling the examples would say: a ahead
+    assert pooled > 0 > d.lead
+
+
+def test_the_mean_lead_of_one_target_is_the_paired_difference_and_of_equals_zero():
+    from trainables.confidence import mean_difference, paired_difference
+
+    a, b = [1, 0, 1, 1, 0, 1, 0, 1], [1, 1, 0, 1, 0, 0, 0, 1]
+    assert mean_difference({"t": a}, {"t": b}, seed=3) == paired_difference(a, b, seed=3)
+    same = mean_difference({"t": a, "u": b}, {"t": a, "u": b})
+    assert (same.lead, same.low, same.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same targets"):
+        mean_difference({"t": a}, {"u": a})
