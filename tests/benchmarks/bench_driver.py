@@ -50,7 +50,7 @@ def trivial_trial(config, *, adapter_weights, experiment, store_root) -> None:
     members = sorted(spec["members"])
     acc = fake_accuracy(members)
     metrics = {"accuracy_mean": acc, "fsd": config.get("fsd", float("nan")), "k": len(members),
-               "evaluated_fraction": 1.0, "eval_seconds": 0.0}
+               "evaluated_fraction": 1.0, "eval_seconds": 0.0, "worker_pid": os.getpid()}
     for t in spec["targets"]:
         metrics[f"accuracy/{t}"] = acc
     tune.report(metrics)
@@ -90,6 +90,7 @@ class Recorder:
         self.finished: list[float] = []
         self.asks: list[tuple[int, float]] = []  # (finished Optuna trials, seconds)
         self.tells = 0
+        self.pids: set[int] = set()  # the trial worker processes that reported
         self.mlflow = collections.defaultdict(lambda: [0, 0.0])
         self.rss: list[tuple[float, float, int]] = []  # (seconds, MiB, finished)
         self.load: list[tuple[float, float]] = []
@@ -141,6 +142,18 @@ def instrument(rec: Recorder) -> None:
         return tell(self, *a, **k)
 
     strategies.OptunaStrategy.ask, strategies.OptunaStrategy.tell = timed_ask, counted_tell
+
+    from search.tracking.tracker import SearchTracker
+
+    finish = SearchTracker.finish_mixture
+
+    @functools.wraps(finish)
+    def finish_noting_pid(self, spec, status, *, metrics=None, **kwargs):
+        if metrics and "worker_pid" in metrics:
+            rec.pids.add(int(metrics["worker_pid"]))
+        return finish(self, spec, status, metrics=metrics, **kwargs)
+
+    SearchTracker.finish_mixture = finish_noting_pid
 
     call = mlflow_client.RetryingClient._call
 
@@ -237,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         rec.start()
         summary = run_search_with(cfg, progress=rec.progress, trial=trivial_trial)
         rec.stop()
+        actors = len(rec.pids)
         db_mib = os.path.getsize(os.path.join(work, "mlflow.db")) / 2**20
 
     rows = blocks(rec)
@@ -255,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     optimum = oracle_optimum(sorted(weights), SignIndex.from_weights(weights), cfg.search.max_fsd)
     print(f"best found {summary.best_accuracy:.4f}, optimum {optimum:.4f} (regret {100 * (optimum - summary.best_accuracy):.2f} "
           f"points); search.tpe_switch_after {cfg.search.tpe_switch_after}")
+    print(f"trial worker processes: {actors} (a new one each time Ray Tune could not reuse an actor)")
     print(f"pre-filter: {summary.prefilter_seconds:.2f}s in all, "
           f"{1e3 * summary.prefilter_seconds / max(1, proposals):.2f} ms per proposal")
     print(f"strategy ask: {len(rec.asks)} calls, {sum(s for _, s in rec.asks):.1f}s in all")
