@@ -156,7 +156,8 @@ class SearchConfig(_Frozen):
     # tpe only: start from the greedy FSD path (Alg. 1), then let TPE propose.
     warm_start: Literal["greedy_fsd", "none"] = "greedy_fsd"
     # tpe only: past this many finished Optuna trials (filtered proposals and repeats count),
-    # NSGA-II takes over from TPE, whose ask grows with the study; null: TPE to the end.
+    # mutations of the best mixtures propose instead of TPE, whose ask grows with the study
+    # (search/local_search.py); null: TPE to the end.
     tpe_switch_after: Optional[Annotated[int, Field(ge=1)]] = 2000
     targets: list[str]
     num_mixtures: Annotated[int, Field(ge=1)] = 16  # mixtures to evaluate (filtered ones do not count)

@@ -18,14 +18,13 @@ from spaces.space import MixtureSpace
 if TYPE_CHECKING:
     import optuna
 
+    from search.local_search import EliteMutation
     from spaces.fsd import SignIndex
 
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["evaluated", "filtered", "stopped_early", "failed"]
 CONSTRAINT_NAME = "sign_conflict"
-# NSGA-II's generation size, once TPE hands over to it (OptunaStrategy._switch_to_genetic).
-GENETIC_POPULATION = 50
 
 
 class Strategy:
@@ -136,11 +135,13 @@ class OptunaStrategy(Strategy):
                                          directions=["maximize"] * n_objectives, load_if_exists=True)
         self._trials: dict[int, optuna.Trial] = {}
         self.switch_after, self.seed = switch_after, seed
-        self.genetic = False  # NSGA-II has taken over (_switch_to_genetic)
+        self.local: EliteMutation | None = None  # proposes instead of the study past switch_after
 
     def ask(self) -> tuple[int, dict] | None:
-        if self.switch_after is not None and self._finished() >= self.switch_after:
-            self._switch_to_genetic()
+        if self.local is None and self.switch_after is not None and self._finished() >= self.switch_after:
+            self.local = self._hand_over()
+        if self.local is not None:
+            return self.local.ask()
         # The space's distributions (one definition), then those that depend on what was
         # drawn: the chosen operator's parameters (all categorical).
         trial = self.study.ask(self.space.distributions())
@@ -155,36 +156,31 @@ class OptunaStrategy(Strategy):
 
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
-    def _switch_to_genetic(self) -> None:
-        """Hand the study from TPE to NSGA-II, whose ask does not grow with the study.
-
-        TPE models every finished trial at each ask: 3.7 ms at 250 finished trials, 31 ms at
-        3,000 and on, linearly (BENCHMARKS.md, "Driver scale"); NSGA-II's stays near 1 ms. So
-        that nothing TPE learnt is lost, its best feasible trials (by the first objective) are
-        asked again first: they are NSGA-II's first generation, which it breeds from, and they
-        cost no trial (the searcher answers repeats from their results)."""
-        import optuna
+    def _hand_over(self) -> EliteMutation:
+        """Past ``switch_after`` finished trials, mutations of the best mixtures propose
+        (:mod:`search.local_search`): an ask costs the same at any length of the study, where
+        TPE's and Optuna's grow with it. It starts from the study's best distinct feasible
+        mixtures (by the first objective) and knows every mixture the study was asked. The
+        study keeps what it holds; what follows is in MLflow."""
         from optuna.trial import TrialState
 
-        self.switch_after, self.genetic = None, True
-        done = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if all(c <= 0 for c in t.constraints.values())]
-        distinct = {tuple(sorted(t.params.items())): t for t in done}  # repeats are trials too
-        best = sorted(distinct.values(), key=lambda t: t.values[0], reverse=True)[:GENETIC_POPULATION]
-        self.study.sampler = optuna.samplers.NSGAIISampler(seed=self.seed, population_size=GENETIC_POPULATION)
-        for trial in best:
-            self.study.enqueue_trial(trial.params)
+        from search.local_search import EliteMutation
+
+        trials = self.study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE
+                and all(c <= 0 for c in t.constraints.values())
+                and t.user_attrs.get("signmix.outcome") == "evaluated"]
+        logger.info("%d Optuna trials: mutations of the best mixtures propose from now on", len(trials))
+        return EliteMutation(space=self.space, elite=[(t.values[0], dict(t.params)) for t in done],
+                             seen=[t.params for t in trials], seed=self.seed)
 
     def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0,
              repeat: bool = False) -> None:
         from optuna.trial import TrialState
 
-        told = outcome
-        if repeat and self.genetic:
-            # A copy of a mixture already in the study would enter NSGA-II's generations as
-            # another individual and crowd them with clones of the best (measured: 8 new
-            # mixtures in 30 s): told as failed, which its populations leave out.
-            outcome, told = "failed", "repeat"
+        if self.local is not None and self.local.owns(token):
+            self.local.tell(token, outcome, value)
+            return
         state, values, intermediate = self._result(outcome, value)
         # Feasible when <= 0: TPE ranks every infeasible trial below every feasible one.
         constraint = violation if outcome == "filtered" else 0.0
@@ -192,10 +188,10 @@ class OptunaStrategy(Strategy):
         if trial is None:  # asked by a process that is gone, or told already
             running = {t.number: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
             if token in running:
-                self._tell_lost(running[token], told, state, values, intermediate, constraint)
+                self._tell_lost(running[token], outcome, state, values, intermediate, constraint)
             return
         trial.set_constraint(CONSTRAINT_NAME, constraint)
-        trial.set_user_attr("signmix.outcome", told)
+        trial.set_user_attr("signmix.outcome", outcome)
         if intermediate is not None:
             trial.report(intermediate, step=0)
         self.study.tell(trial, values, state=state)
@@ -241,7 +237,7 @@ class OptunaStrategy(Strategy):
         from optuna.trial import TrialState
 
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return {t.number: dict(t.params) for t in running}
+        return {t.number: dict(t.params) for t in running} | (self.local.pending() if self.local else {})
 
 
 def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storage: str | None = None,

@@ -227,6 +227,22 @@ class MixtureSpace:
                 return self.params_for(chosen, *rng.choice(self._pruning_choices()),
                                        rng.choice(self.merge.operator_choices()), weights)
 
+    def mutate_params(self, params: Mapping, rng: random.Random) -> dict:
+        """A neighbour of ``params``: each sampled parameter redrawn to another of its choices
+        with probability 1/n (at least one of the n is), then the chosen operator's own
+        parameters kept where they still apply and drawn where they are new. May name an
+        empty subset where targets are not required: :meth:`to_mixture_spec` refuses it."""
+        dists = self.distributions()
+        names = list(dists)
+        out = {name: params[name] for name in names if name in params}
+        for name in [n for n in names if rng.random() < 1 / len(names)] or [rng.choice(names)]:
+            others = [c for c in dists[name].choices if c != out.get(name)]
+            if others:
+                out[name] = rng.choice(others)
+        for name, dist in self.conditional_distributions(out).items():
+            out[name] = params[name] if params.get(name) in dist.choices else rng.choice(list(dist.choices))
+        return out
+
     def size(self) -> int:
         """How many distinct parameter dicts :meth:`enumerate` yields: subsets (x their weightings
         when weights are searched) x (1 for a ratio of 0.0 + positive ratios x (other methods +

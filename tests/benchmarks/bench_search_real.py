@@ -75,9 +75,9 @@ COLLECTIONS = {"fdu": ("realdata-fdu", "fdu_mtl8", FDU, ("baby", "camera_photo",
                "amazon": ("realdata-amazon", "amazon_multidomain", AMAZON, AMAZON)}
 FRACTIONS = (0.05, 0.10, 0.15, 0.20)
 RUNS = (("tpe", "auto"), ("tpe", "null"), ("random", "auto"), ("random", "null"), ("greedy_fsd", "null"))
-# TPE handing over to NSGA-II (search.tpe_switch_after) after this many Optuna trials, far
+# TPE handing over to mutations of the best mixtures (search.tpe_switch_after) after this many Optuna trials, far
 # earlier than the product's default of 2,000 so that the switch happens within these budgets:
-# what the switch costs in search quality, against "tpe null". Reported as "tpe>nsga2 null".
+# what the switch costs in search quality, against "tpe null". Reported as "tpe>mutate null".
 SWITCH_AFTER = 10
 
 
@@ -246,7 +246,7 @@ def run_target(target: str, data: dict, index, tolerance: float, seeds: int, swi
                                  "optimum_filtered": bool(optima & snap["filtered_keys"]),
                                  "decision": snap["decision"], "rho": snap["rho"], "p": snap["p"], "n": snap["n"],
                                  "threshold": snap["threshold"], "ever_filtered": snap["ever_filtered"]})
-        out["runs"][f"{'tpe>nsga2' if switch else name} {gate_mode}"] = cells
+        out["runs"][f"{'tpe>mutate' if switch else name} {gate_mode}"] = cells
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 
 import optuna
 import pytest
@@ -296,36 +297,65 @@ def test_unknown_strategy_name_lists_the_names():
         assert name in message
 
 
-# TPE hands over to NSGA-II past tpe_switch_after -------------------------------------------
+# Past tpe_switch_after, mutations of the best mixtures propose -------------------------------
 
-def test_past_the_switch_nsga2_breeds_from_the_best_feasible_mixtures_tpe_found(tmp_path):
-    space = MixtureSpace(domains=("a", "b", "bad", "c", "d", "e"), targets=("a",), prune_ratios=(0.0, 0.5))
-    strategy = make_strategy("tpe", space=space, index=None, seed=1, budget=100, study_name="switch",
-                             storage=str(tmp_path / "optuna.journal"), switch_after=20)
-    told: dict[tuple, float] = {}
-    for _ in range(20):
+def _drive(strategy, space, n, value_of):
+    for _ in range(n):
         token, params = strategy.ask()
         spec = space.to_mixture_spec(params)
         if "bad" in spec.members:
             strategy.tell(token, "filtered", violation=0.5)
         else:
-            told[tuple(sorted(params.items()))] = objective(spec.members, spec.prune_ratio)
-            strategy.tell(token, "evaluated", value=told[tuple(sorted(params.items()))])
-    assert isinstance(strategy.study.sampler, optuna.samplers.TPESampler)
+            strategy.tell(token, "evaluated", value=value_of(spec))
 
-    first = [strategy.ask() for _ in range(len(told))]
-    assert isinstance(strategy.study.sampler, optuna.samplers.NSGAIISampler)
-    # Its first generation: every distinct feasible mixture TPE evaluated, best first.
-    values = [told[tuple(sorted(params.items()))] for _, params in first]
-    assert values == sorted(told.values(), reverse=True)
-    for token, params in first:
-        strategy.tell(token, "evaluated", value=told[tuple(sorted(params.items()))])
-    # Then it proposes on its own, from a study that a fresh process can read back.
+
+SWITCH_SPACE = MixtureSpace(domains=("a", "b", "bad", "c", "d", "e"), targets=("a",), prune_ratios=(0.0, 0.5))
+
+
+def test_past_the_switch_mutations_of_the_best_mixtures_propose_and_the_study_stops_growing(tmp_path):
+    from search.local_search import TOKEN_BASE
+
+    value_of = lambda spec: objective(spec.members, spec.prune_ratio)  # noqa: E731
+    strategy = make_strategy("tpe", space=SWITCH_SPACE, index=None, seed=1, budget=100, study_name="switch",
+                             storage=str(tmp_path / "optuna.journal"), switch_after=20)
+    _drive(strategy, SWITCH_SPACE, 20, value_of)
+    assert strategy.local is None
+    asked_before = {tuple(sorted(t.params.items())) for t in strategy.study.trials}
     token, params = strategy.ask()
-    assert set(params) <= set(space.distributions()) | {"prune_ratio"}
-    again = OptunaStrategy(space=space, sampler=optuna.samplers.RandomSampler(seed=0), study_name="switch",
-                           storage=str(tmp_path / "optuna.journal"))
-    assert len(again.study.trials) == 20 + len(told) + 1
+    assert token >= TOKEN_BASE and strategy.local is not None
+    # It starts from every distinct feasible mixture TPE evaluated, never a filtered one.
+    evaluated = {tuple(sorted(t.params.items())) for t in strategy.study.trials
+                 if t.user_attrs.get("signmix.outcome") == "evaluated"}
+    assert set(strategy.local.elite) == evaluated
+    assert tuple(sorted(params.items())) not in asked_before, "an unseen mixture while there are some"
+    parents = [dict(k) for k in evaluated]
+    assert any(sum(params.get(k) != v for k, v in parent.items()) <= 2 for parent in parents)
+    strategy.tell(token, "evaluated", value=0.99)
+    assert max(v for v, _ in strategy.local.elite.values()) == 0.99  # it learns from what it proposed
+    _drive(strategy, SWITCH_SPACE, 30, value_of)
+    assert len(strategy.study.trials) == 20, "the Optuna study is asked nothing more"
+    # A snapshot (Ray Tune pickles the searcher) continues where it was.
+    again = pickle.loads(pickle.dumps(strategy))
+    assert again.ask() == strategy.ask()
+
+
+def test_the_mutations_are_reproducible_and_find_the_best_mixture_of_a_small_space():
+    value_of = lambda spec: objective(spec.members, spec.prune_ratio) + (0.5 if "e" in spec.members else 0.0)  # noqa: E731
+    runs = []
+    for _ in range(2):
+        strategy = make_strategy("tpe", space=SWITCH_SPACE, index=None, seed=4, budget=200, study_name="again",
+                                 switch_after=5, warm_start="none")
+        asked = []
+        for _ in range(60):
+            token, params = strategy.ask()
+            asked.append(params)
+            spec = SWITCH_SPACE.to_mixture_spec(params)
+            strategy.tell(token, *(("filtered", None) if "bad" in spec.members else ("evaluated", value_of(spec))))
+        runs.append(asked)
+    assert runs[0] == runs[1]
+    best = max((SWITCH_SPACE.to_mixture_spec(p) for p in SWITCH_SPACE.enumerate()
+                if "bad" not in SWITCH_SPACE.to_mixture_spec(p).members), key=value_of)
+    assert best.key in {SWITCH_SPACE.to_mixture_spec(p).key for p in runs[0]}
 
 
 def test_without_a_switch_tpe_proposes_to_the_end():
@@ -334,20 +364,4 @@ def test_without_a_switch_tpe_proposes_to_the_end():
     for _ in range(30):
         token, params = strategy.ask()
         strategy.tell(token, "evaluated", value=objective(SPACE.to_mixture_spec(params).members, 0.0))
-    assert isinstance(strategy.study.sampler, optuna.samplers.TPESampler)
-
-
-def test_after_the_switch_a_repeat_is_kept_out_of_nsga2s_generations():
-    strategy = make_strategy("tpe", space=SPACE, index=None, seed=0, budget=100, study_name="clones", switch_after=5)
-    for _ in range(5):
-        token, params = strategy.ask()
-        strategy.tell(token, "evaluated", value=objective(SPACE.to_mixture_spec(params).members, 0.0))
-    token, _ = strategy.ask()  # NSGA-II's first generation starts with TPE's best again
-    strategy.tell(token, "evaluated", value=0.5, repeat=True)
-    told = strategy.study.trials[token]
-    assert told.state == TrialState.FAIL and told.user_attrs["signmix.outcome"] == "repeat"
-    # Before the switch, TPE learns from repeats like from any other trial.
-    tpe = make_strategy("tpe", space=SPACE, index=None, seed=0, budget=100, study_name="tpe-repeat")
-    token, _ = tpe.ask()
-    tpe.tell(token, "evaluated", value=0.5, repeat=True)
-    assert tpe.study.trials[token].state == TrialState.COMPLETE
+    assert strategy.local is None and len(strategy.study.trials) == 30

@@ -372,3 +372,24 @@ def test_space_from_config_passes_methods_and_m(index):
     assert sp.size() == 8 * (1 + 1 * (2 + 1))
     defaults = space_from_config({"targets": ["a"], "max_fsd": None}, index.names, index)
     assert (defaults.prune_methods, defaults.prune_layers) == (("magnitude",), (2,))
+
+
+def test_a_mutation_changes_at_least_one_parameter_and_keeps_the_operators_parameters_consistent():
+    import random
+
+    from spaces.merge_choices import MergeChoices
+
+    sp = MixtureSpace(domains=("a", "b", "c", "d"), targets=("a",), prune_ratios=(0.0, 0.5),
+                      merge=MergeChoices(merge_methods=("average", "ties", "dare_linear"), densities=(0.2, 0.5),
+                                         drop_rates=(0.3, 0.6), lambdas=(1.0, 2.0)))
+    rng = random.Random(0)
+    parent = sp.random_params(rng)
+    for _ in range(300):
+        child = sp.mutate_params(parent, rng)
+        assert any(child.get(k) != v for k, v in parent.items()) or set(child) != set(parent)
+        # Exactly the sampled parameters and the chosen operator's own, each a valid choice.
+        expected = {**sp.distributions(), **sp.conditional_distributions(child)}
+        assert set(child) == set(expected)
+        assert all(child[k] in expected[k].choices for k in child)
+        sp.to_mixture_spec(child)  # targets required: every mutation is a mixture
+        parent = child
