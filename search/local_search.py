@@ -81,7 +81,13 @@ class EliteMutation:
                 continue
             candidate = child
             if _key(child) not in self.seen:
-                break
+                return child
+        # Late in a search the best mixtures' neighbours are all known: a random unseen
+        # mixture, else a known one (the searcher answers it from its result).
+        for _ in range(TRIES):
+            params = self.space.random_params(self.rng)
+            if _key(params) not in self.seen:
+                return params
         return candidate if candidate is not None else self.space.random_params(self.rng)
 
     def tell(self, token: int, outcome: str, value=None) -> None:
