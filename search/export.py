@@ -222,16 +222,24 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
         raise UsageError(f"{path} is not a signmix export (no {MIXTURE_FILE}); "
                          "create one with `signmix export CONFIG --out DIR`")
     record = json.loads((path / MIXTURE_FILE).read_text(encoding="utf-8"))
+    peft = record.get("format") == "peft"
     # Only safetensors are read: `adapters` would fall back to unpickling a .bin file.
-    needed = [path / "adapter.safetensors"] + [path / "heads" / t / "model_head.safetensors"
-                                               for t in record.get("targets", [])]
+    needed = [path / ("adapter_model.safetensors" if peft else "adapter.safetensors")] + [
+        path / "heads" / t / "model_head.safetensors" for t in record.get("targets", [])]
     missing = [str(f.relative_to(path)) for f in needed if not f.is_file()]
     if missing:
         raise UsageError(f"the export {path} lacks {', '.join(missing)}; signmix reads weights from safetensors "
                          "files only (never pickled .bin files): export the mixture again with `signmix export`")
     ev = record["evaluation"]
     model, tokenizer = load_encoder(record["base_model"], trust_remote_code=ev["trust_remote_code"])
-    adapter = model.load_adapter(str(path), use_safetensors=True, with_head=False)
+    with tempfile.TemporaryDirectory(prefix="signmix-eval-") as converted:
+        folder = path
+        if peft:  # PEFT's LoRA, converted exactly into `adapters`' form (trainables/imports/peft_lora.py)
+            from trainables.imports.peft_lora import read_peft_lora
+
+            folder = read_peft_lora(path, label=str(path), base_model=record["base_model"], check_name=False,
+                                    trust_remote_code=ev["trust_remote_code"]).write(converted)
+        adapter = model.load_adapter(str(folder), use_safetensors=True, with_head=False)
     model.set_active_adapters(adapter)
 
     def prepare(target: str):

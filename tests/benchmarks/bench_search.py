@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     s = run_search(exhaustive)
     from tests_support import mlflow_runs
 
-    children = mlflow_runs(exhaustive, f"tags.`mlflow.parentRunId` = '{s.parent_run_id}'")
+    children = mlflow_runs(exhaustive, f"tags.`mlflow.parentRunId` = '{s.parent_run_id}' and tags.`signmix.kind` = 'mixture'")
     examples = int(sum(r.data.metrics.get("examples", 0) for r in children))
     signmix_eps = examples / s.seconds
     raw_eps, layouts = raw_forward_eps(exhaustive, examples)

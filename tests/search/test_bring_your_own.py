@@ -160,6 +160,13 @@ def test_peft_lora_imports_and_is_merged_on_delta_w_in_a_search(tmp_path, ray_cl
         plain = base(input_ids=ids).last_hidden_state
     assert (expected - plain).abs().max() > 1e-3  # the mixture changes the output ...
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)  # ... and PEFT reproduces it
+    # `signmix evaluate` reads the PEFT export too, and scores it as the adapters export
+    from search.export import evaluate_export
+
+    ours_metrics = evaluate_export(ours, "validation")["metrics"]
+    peft_metrics = evaluate_export(peft_out, "validation")["metrics"]
+    assert peft_metrics == pytest.approx(ours_metrics, abs=1e-6)
+    assert ours_metrics["accuracy_mean"] == pytest.approx(best.data.metrics["accuracy_mean"], abs=1e-9)
 
 
 def test_lora_store_sign_index_is_on_delta_w(tmp_path):
