@@ -11,8 +11,7 @@ import json
 import os
 
 import optuna
-from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from mlflow_server.network import sqlite_path, use_wal
 
@@ -25,10 +24,18 @@ class UnsyncedJournalFile(JournalFileBackend):
     bytes), a power loss at most the last records, which a resumed search asks again.
     """
 
+    def __init__(self, path: str) -> None:
+        self.path, self.lock = path, JournalFileSymlinkLock(path)  # Optuna's default lock, held here
+        super().__init__(path, lock_obj=self.lock)
+
     def append_logs(self, logs: list[dict]) -> None:
         text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
-        with get_lock_file(self._lock), open(self._file_path, "ab") as fh:
-            fh.write(text.encode("utf-8"))
+        self.lock.acquire()
+        try:
+            with open(self.path, "ab") as fh:
+                fh.write(text.encode("utf-8"))
+        finally:
+            self.lock.release()
 
 
 def study_storage(location: str | None):

@@ -164,7 +164,7 @@ class SignConflictSearcher(Searcher):
                 continue
             if spec.key in self.outcomes:
                 self.counts.repeats += 1
-                self.strategy.tell(token, *self.outcomes[spec.key], repeat=True)
+                self.strategy.tell(token, *self.outcomes[spec.key])
                 continue
             if spec.key in self.waiting:
                 self.counts.repeats += 1
@@ -196,8 +196,8 @@ class SignConflictSearcher(Searcher):
                 self.gate.record(spec.key, self.index.subset_fsd(spec.members, self.gate.measure),
                                  spec.k, result[METRIC])
         self.outcomes[spec.key] = (outcome, value)
-        for i, t in enumerate(tokens):
-            self.strategy.tell(t, outcome, value=value, repeat=i > 0)
+        for t in tokens:
+            self.strategy.tell(t, outcome, value=value)
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

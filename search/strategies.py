@@ -36,9 +36,8 @@ class Strategy:
         """The next proposal as ``(token, params)``, or None when there is nothing left."""
         raise NotImplementedError
 
-    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0,
-             repeat: bool = False) -> None:
-        """What became of proposal ``token``; ``repeat``: it repeats a mixture told before."""
+    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
+        """What became of proposal ``token``."""
 
     def get_state(self) -> dict:
         """What a restored search needs to continue where this one was (see ``set_state``)."""
@@ -174,8 +173,7 @@ class OptunaStrategy(Strategy):
         return EliteMutation(space=self.space, elite=[(t.values[0], dict(t.params)) for t in done],
                              seen=[t.params for t in trials], seed=self.seed)
 
-    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0,
-             repeat: bool = False) -> None:
+    def tell(self, token: int, outcome: Outcome, value: float | None = None, violation: float = 0.0) -> None:
         from optuna.trial import TrialState
 
         if self.local is not None and self.local.owns(token):
