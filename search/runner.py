@@ -309,9 +309,9 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
             _mixture_trainable(cfg, weights, trial, init),
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
-                # The searcher stops at the budget of distinct evaluated mixtures; Ray's own
-                # sample count is only an upper bound (every mixture of the space once).
-                scheduler=scheduler, num_samples=space.size(), metric=METRIC, mode="max",
+                # The searcher stops at the budget of distinct evaluated mixtures (-1: Ray sets
+                # no count of its own; a mixture whose trial failed before it started runs again).
+                scheduler=scheduler, num_samples=-1, metric=METRIC, mode="max",
                 reuse_actors=reuse_actors),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=storage, verbose=0,

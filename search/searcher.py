@@ -39,9 +39,12 @@ logger = logging.getLogger(__name__)
 # Proposals in a row that start no trial (repeats, filtered) before the strategy is steered
 # to an unseen mixture (strategies that can be: Optuna's, through enqueue_trial).
 REPEATS_BEFORE_NOVELTY = 50
+# How often a mixture whose trial failed before it started (its worker died while Ray Tune
+# set it up, which Tune does not retry) is given a new trial before it counts as failed.
+RETRIES_BEFORE_START = 2
 # What :meth:`SignConflictSearcher.save` writes; the rest (space, index, strategy's
 # storage, tracker) is rebuilt or durable elsewhere.
-_STATE = ("counts", "results", "outcomes", "live", "waiting", "specs", "requeue", "exhausted")
+_STATE = ("counts", "results", "outcomes", "live", "waiting", "specs", "requeue", "retry", "retries", "exhausted")
 # Lists that collect the searchers unpickled inside :func:`unpickled_searchers` blocks.
 _COLLECTING: list[list] = []
 
@@ -89,6 +92,9 @@ class SignConflictSearcher(Searcher):
         self.waiting: dict[str, list[int]] = {}  # in-flight key -> tokens of repeated proposals
         self.specs: dict[str, MixtureSpec] = {}  # trial id -> spec, kept for callbacks
         self.requeue: list[tuple[int, dict]] = []  # proposals to run first (lost in a crash)
+        self.started: set[str] = set()  # live trials that began (the callbacks say so)
+        self.retry: list[tuple[int, MixtureSpec, float]] = []  # accepted, their trial never started
+        self.retries: dict[str, int] = {}  # key -> trials that failed before starting
         self.exhausted = False
 
     # Hooks: what is proposed, and whether it may run (the study overrides them).
@@ -127,6 +133,9 @@ class SignConflictSearcher(Searcher):
         return None
 
     def suggest(self, trial_id: str):
+        if self.retry:  # already counted in the budget, and proposed before the strategy ran out
+            token, spec, fsd = self.retry.pop(0)
+            return self._start(trial_id, token, spec, fsd)
         if self.exhausted or len(self.results) + len(self.live) >= self.budget:
             return None if self.live else Searcher.FINISHED
         if self.gate is not None and hasattr(self.strategy, "enqueue"):
@@ -171,16 +180,34 @@ class SignConflictSearcher(Searcher):
                 self.waiting[spec.key].append(token)
                 continue
             self.waiting[spec.key] = []
-            self.live[trial_id] = (token, spec)
-            self.specs[trial_id] = spec
-            self.counts.trials += 1
-            return {"spec": spec.to_dict(), "fsd": verdict.fsd, "mixture_key": spec.key}
+            return self._start(trial_id, token, spec, verdict.fsd)
         self.exhausted = True
         return None if self.live else Searcher.FINISHED
 
+    def _start(self, trial_id: str, token: int, spec: MixtureSpec, fsd: float) -> dict:
+        self.live[trial_id] = (token, spec)
+        self.specs[trial_id] = spec
+        self.counts.trials += 1
+        return {"spec": spec.to_dict(), "fsd": fsd, "mixture_key": spec.key}
+
+    def trial_started(self, trial_id: str) -> None:
+        """The trial began on its worker (from the callbacks' ``on_trial_start``)."""
+        if trial_id in self.live:
+            self.started.add(trial_id)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         token, spec = self.live.pop(trial_id, (None, None))
+        began = trial_id in self.started
+        self.started.discard(trial_id)
         if spec is None:
+            return
+        if error and not began and self.retries.get(spec.key, 0) < RETRIES_BEFORE_START:
+            # Its worker died before the mixture started (Ray Tune fails a trial whose reused
+            # worker dies while being reset, without retrying it): nothing was evaluated, so
+            # the mixture gets a new trial, first, and keeps its place and its waiting repeats.
+            self.retries[spec.key] = self.retries.get(spec.key, 0) + 1
+            self.retry.append((token, spec, self._verdict(spec).fsd))
+            logger.warning("the trial of %s failed before it started; it is run again", spec.label())
             return
         tokens = [token] + self.waiting.pop(spec.key, [])
         if spec.key in self.results:
@@ -243,7 +270,7 @@ class SignConflictSearcher(Searcher):
                         setattr(self.counts, status, getattr(self.counts, status) + 1)
         # Proposals the strategy made after the snapshot: run them first, same token.
         known = {token for token, _ in self.live.values()} | {t for ts in self.waiting.values() for t in ts}
-        known |= {token for token, _ in self.requeue}
+        known |= {token for token, _ in self.requeue} | {token for token, _, _ in self.retry}
         for token, params in self.strategy.pending().items():
             if token not in known:
                 self.requeue.append((token, params))

@@ -190,7 +190,7 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
     tuner = tune.Tuner(
         _mixture_trainable(experiment, weights),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
-                                    num_samples=len(items), metric=METRIC, mode="max", reuse_actors=True),
+                                    num_samples=-1, metric=METRIC, mode="max", reuse_actors=True),
         run_config=tune.RunConfig(name=run_name, storage_path=storage_uri(cfg), verbose=0,
                                   callbacks=[StudyTracking(tracker=tracker, searcher=searcher, progress=progress)],
                                   failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)))

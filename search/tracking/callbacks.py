@@ -42,6 +42,7 @@ class MixtureTracking(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         spec = self._spec(trial)
         if spec is not None:
+            self.searcher.trial_started(trial.trial_id)
             self.tracker.start_mixture(spec, trial.config.get("fsd", float("nan")), trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -68,8 +69,10 @@ class MixtureTracking(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         spec = self._spec(trial)
-        if spec is None:
-            return
+        if spec is None or spec.key not in self.searcher.outcomes:
+            return  # the searcher runs it again: its trial failed before it started
+        if spec.key not in self.tracker.runs:  # it never started, and never will
+            self.tracker.start_mixture(spec, trial.config.get("fsd", float("nan")), trial.trial_id)
         self.tracker.finish_mixture(spec, "failed", error=_error_text(trial))
         self._report(f"{'failed':<13} {spec.label():<40} ({_error_text(trial).splitlines()[-1][:80]})")
 

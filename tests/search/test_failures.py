@@ -45,7 +45,8 @@ def _trial_workers() -> list[int]:
     return pids
 
 
-def test_a_killed_worker_is_retried_and_the_search_completes(tmp_path, ray_cluster, tiny_bert, demo_domains,
+@pytest.mark.parametrize("moment", ["mid_trial", "between_trials"])
+def test_a_killed_worker_is_retried_and_the_search_completes(moment, tmp_path, ray_cluster, tiny_bert, demo_domains,
                                                              shared_store):
     from search.runner import run_search, run_training
 
@@ -56,24 +57,28 @@ def test_a_killed_worker_is_retried_and_the_search_completes(tmp_path, ray_clust
     run_training(cfg)
     killed: list[int] = []
 
-    def kill_the_worker_mid_trial():
+    def kill_the_worker():
         # After one mixture is evaluated (the worker holds its model), kill the one trial
-        # worker (max_concurrent 1) while a mixture is running on it: a trial in flight,
-        # not an idle cached actor between two trials.
+        # worker (max_concurrent 1): mid_trial, while a mixture is running on it; between_trials,
+        # the moment a mixture's result is recorded, while Ray Tune hands the worker to the
+        # next trial (a trial that fails then never started: Tune does not retry it, signmix does).
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
             try:
                 done = mlflow_runs(cfg, f"tags.`{STATUS_TAG}` = 'evaluated'")
-                running = mlflow_runs(cfg, f"tags.`{STATUS_TAG}` = 'running'") if done else []
+                if moment == "mid_trial":
+                    ready = bool(done) and bool(mlflow_runs(cfg, f"tags.`{STATUS_TAG}` = 'running'"))
+                else:
+                    ready = len(done) >= 2
             except Exception:
-                running = []
-            workers = _trial_workers() if running else []
+                ready = False
+            workers = _trial_workers() if ready else []
             if len(workers) == 1:
                 killed.append(workers[0])
                 os.kill(workers[0], signal.SIGKILL)
-            time.sleep(0.05)
+            time.sleep(0.05 if moment == "mid_trial" else 0.01)
 
-    killer = threading.Thread(target=kill_the_worker_mid_trial, daemon=True)
+    killer = threading.Thread(target=kill_the_worker, daemon=True)
     killer.start()
     summary = run_search(cfg)
     killer.join(timeout=5)

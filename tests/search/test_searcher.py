@@ -178,6 +178,7 @@ def test_repeat_of_a_filtered_mixture_is_filtered_again_and_recorded(index):
 def test_trial_outcome_is_told_and_counted(index, result, error, outcome, value):
     searcher, strategy = searcher_for(index, make_space(), ["t", "a"], ["t", "a"], ["t", "c"])
     config = searcher.suggest("trial_1")
+    searcher.trial_started("trial_1")
     searcher.on_trial_complete("trial_1", result, error=error)
     assert strategy.told == [(0, outcome, value, 0.0)]
     counts = searcher.counts
@@ -187,6 +188,43 @@ def test_trial_outcome_is_told_and_counted(index, result, error, outcome, value)
     # A later proposal of the same mixture hears the same outcome instead of running again.
     assert members(searcher.suggest("trial_2")) == ("c", "t")
     assert strategy.told[1] == (1, outcome, value, 0.0)
+
+
+def test_a_trial_that_failed_before_it_started_is_run_again_and_keeps_its_repeats(index):
+    # Ray Tune fails a trial whose reused worker died while being reset, without retrying it.
+    searcher, strategy = searcher_for(index, make_space(), ["t", "a"], ["t", "a"], ["t", "c"])
+    first = searcher.suggest("trial_1")
+    assert members(searcher.suggest("trial_2")) == ("c", "t")  # the repeat of (a, t) waits
+    searcher.on_trial_complete("trial_1", None, error=True)  # never started
+    assert strategy.told == [] and searcher.counts.failed == 0
+    again = searcher.suggest("trial_3")
+    assert again == first and strategy.asked == 3  # first, before asking the strategy again
+    searcher.trial_started("trial_3")
+    searcher.on_trial_complete("trial_3", {METRIC: 0.7})
+    assert sorted(strategy.told) == [(0, "evaluated", 0.7, 0.0), (1, "evaluated", 0.7, 0.0)]
+    assert searcher.counts.evaluated == 1 and searcher.counts.failed == 0
+
+
+def test_a_mixture_whose_trials_never_start_fails_after_its_retries(index):
+    from search.searcher import RETRIES_BEFORE_START
+
+    searcher, strategy = searcher_for(index, make_space(), ["t", "a"])
+    for attempt in range(RETRIES_BEFORE_START + 1):
+        config = searcher.suggest(f"trial_{attempt}")
+        assert members(config) == ("a", "t")
+        assert searcher.suggest("another_slot") is None  # the strategy has nothing more
+        searcher.on_trial_complete(f"trial_{attempt}", None, error=True)
+    assert strategy.told == [(0, "failed", None, 0.0)] and searcher.counts.failed == 1
+    assert searcher.suggest("trial_last") is Searcher.FINISHED
+    assert searcher.counts.trials == RETRIES_BEFORE_START + 1
+
+
+def test_a_trial_that_started_and_failed_is_not_run_again(index):
+    searcher, strategy = searcher_for(index, make_space(), ["t", "a"])
+    searcher.suggest("trial_1")
+    searcher.trial_started("trial_1")
+    searcher.on_trial_complete("trial_1", None, error=True)
+    assert strategy.told == [(0, "failed", None, 0.0)] and searcher.retry == []
 
 
 def test_completion_of_an_unknown_trial_is_ignored(index):

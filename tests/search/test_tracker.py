@@ -95,3 +95,40 @@ def test_a_resumed_mixture_keeps_its_run(tmp_path):
     assert calls == ["log_batch", "log_batch", "set_terminated"]
     (run,) = resumed.children()
     assert run.data.tags["signmix.trial_id"] == "trial_9" and run.data.metrics["accuracy_mean"] == 0.7
+
+
+class _Trial:
+    """What the tracking callback reads of a Ray Tune trial (a real one needs its experiment's storage)."""
+
+    def __init__(self, trial_id: str, config: dict) -> None:
+        self.trial_id, self.config, self.error_file = trial_id, config, None
+        self.error_msg, self.checkpoint, self.last_result = "ActorDiedError: the worker died", None, None
+
+
+def test_a_trial_failed_before_it_started_is_recorded_only_when_it_will_not_run_again(tmp_path):
+    import torch
+
+    from search.searcher import RETRIES_BEFORE_START, SignConflictSearcher
+    from search.strategies import Exhaustive
+    from search.tracking.callbacks import MixtureTracking
+    from spaces.fsd import SignIndex
+    from spaces.space import MixtureSpace
+
+    index = SignIndex(names=("a", "t"), signs=torch.zeros(2, 4, dtype=torch.int8),
+                      matrix=torch.tensor([[0.0, 0.1], [0.1, 0.0]], dtype=torch.float64))
+    space = MixtureSpace(domains=("a", "t"), targets=("t",), max_fsd=None)
+    tracker = _tracker(tmp_path)
+    tracker.start(params={"strategy": "exhaustive"}, run_name="search")
+    searcher = SignConflictSearcher(strategy=Exhaustive(space=space), space=space, index=index, tracker=tracker,
+                                    budget=10)
+    tracking = MixtureTracking(tracker=tracker, searcher=searcher)
+
+    for attempt in range(RETRIES_BEFORE_START + 1):  # Ray Tune's order: the searcher, then the callbacks
+        trial = _Trial(f"trial_{attempt}", searcher.suggest(f"trial_{attempt}"))
+        searcher.on_trial_complete(trial.trial_id, None, error=True)
+        tracking.on_trial_error(0, [], trial)
+        if attempt < RETRIES_BEFORE_START:
+            assert tracker.children() == []  # it runs again: nothing to record yet
+    (run,) = tracker.children()
+    assert run.data.tags[STATUS_TAG] == "failed" and run.info.status == "FAILED"
+    assert "ActorDiedError" in run.data.tags["signmix.error"] and run.data.params["members"] == "t"  # smallest first
