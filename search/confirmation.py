@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 if TYPE_CHECKING:
     from search.config import Config
@@ -84,18 +84,45 @@ def spec_from_run(run) -> MixtureSpec:
                              prune_layers=int(p.get("prune_layers", 0)), require_targets=False, **optional)
 
 
-def ranked_runs(client, experiment_id: str, parent_id: str | None) -> list:
-    """The evaluated mixture runs (of one search, or of the experiment), best validation accuracy first."""
+def ranked_runs(client, experiment_id: str, parent_id: str | None, *, page: int = 500) -> Iterator:
+    """The evaluated mixture runs (of one search, or of the experiment), best validation
+    accuracy first, read a page at a time (a search may have tens of thousands)."""
     from search.tracking.tracker import KIND_TAG, PARENT_TAG, STATUS_TAG
 
     where = f"tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'"
     if parent_id:
         where += f" and tags.`{PARENT_TAG}` = '{parent_id}'"
-    return client.search_runs([experiment_id], filter_string=where, max_results=50000,
-                              order_by=["metrics.accuracy_mean DESC", "metrics.k ASC", "attributes.start_time ASC"])
+    token = None
+    while True:
+        runs = client.search_runs([experiment_id], filter_string=where, max_results=page, page_token=token,
+                                  order_by=["metrics.accuracy_mean DESC", "metrics.k ASC",
+                                            "attributes.start_time ASC"])
+        yield from runs
+        token = runs.token
+        if not token:
+            return
 
 
-def candidates_for(cfg: Config, best, ranked: list, index) -> tuple[dict, dict]:
+def exportable_runs(best, ranked: Iterable) -> dict:
+    """``best``, ``runner_up`` (the next in ``ranked``) and ``alone`` (the first after them whose
+    members are the targets, unpruned), among runs of the same targets as ``best`` (a study's
+    runs may serve others). ``ranked`` (best first) is read only as far as these are found."""
+    runs = {"best": best}
+    targets = sorted(spec_from_run(best).targets)
+    for r in ranked:
+        if r.data.params.get("targets") != best.data.params.get("targets") or r.info.run_id == best.info.run_id:
+            continue
+        if "runner_up" not in runs:
+            runs["runner_up"] = r
+            continue
+        spec = spec_from_run(r)
+        if sorted(spec.members) == targets and spec.prune_ratio == 0.0:
+            runs["alone"] = r
+            break
+    return runs
+
+
+def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, dict]:
     """The confirmation's candidates: name -> (spec, splits), and name -> run for the exportable ones.
 
     Exportable (searched, with an MLflow run): ``best``, ``runner_up`` (the next best
@@ -106,20 +133,8 @@ def candidates_for(cfg: Config, best, ranked: list, index) -> tuple[dict, dict]:
     from spaces.space import space_from_config
     from spaces.spec import make_mixture_spec
 
-    runs = {"best": best}
-    # Only mixtures of the same targets are compared (a study's runs may serve others).
-    ranked = [r for r in ranked if r.data.params.get("targets") == best.data.params.get("targets")]
-    others = [r for r in ranked if r.info.run_id != best.info.run_id]
-    if others:
-        runs["runner_up"] = others[0]
-    best_spec = spec_from_run(best)
-    targets = list(best_spec.targets)
-    for r in ranked:
-        s = spec_from_run(r)
-        if sorted(s.members) == sorted(targets) and s.prune_ratio == 0.0 and r.info.run_id not in \
-                {x.info.run_id for x in runs.values()}:
-            runs["alone"] = r
-            break
+    runs = exportable_runs(best, ranked)
+    targets = list(spec_from_run(best).targets)
     both = ["test", "validation"]
     cands: dict[str, tuple] = {name: (spec_from_run(r), both) for name, r in runs.items()}
     for t in targets:
@@ -181,10 +196,9 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
 
     if weights is None or index is None:
         weights, index = load_sign_index(cfg.store_path, cfg.domains)
-    ranked = ranked_runs(client, experiment_id, parent_id)
     if best is None:
-        best = ranked[0]
-    candidates, runs = candidates_for(cfg, best, ranked, index)
+        best = next(ranked_runs(client, experiment_id, parent_id, page=1))
+    candidates, runs = candidates_for(cfg, best, ranked_runs(client, experiment_id, parent_id), index)
     progress(f"confirming on the test split: {len(candidates)} candidates in one trial")
     correct = run_confirmation_trial(cfg, candidates, weights, name=f"{cfg.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}")
     record = decide_and_measure(correct, {n: spec for n, (spec, _) in candidates.items()}, runs,

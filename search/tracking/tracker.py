@@ -187,10 +187,13 @@ class SearchTracker:
         self.client.update_run(parent_run_id, status="RUNNING")
         self.reload()
 
-    def children(self, status: str | None = None) -> list:
+    def children(self, status: str | None = None, *, running: bool = False) -> list:
+        """This search's mixture runs (of one status; ``running``: only those MLflow still has running)."""
         where = f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{KIND_TAG}` = 'mixture'"
         if status:
             where += f" and tags.`{STATUS_TAG}` = '{status}'"
+        if running:
+            where += " and attributes.status = 'RUNNING'"
         return self.client.search_runs([self.experiment_id], filter_string=where, max_results=50000)
 
     def reload(self) -> dict[str, tuple[str, dict[str, float], list[str]]]:
@@ -214,7 +217,7 @@ class SearchTracker:
 
         Only a crash leaves one: a mixture in flight when the driver died that the resumed
         search did not run again (its budget was spent first)."""
-        runs = [r for r in self.children() if r.info.status == "RUNNING"]
+        runs = self.children(running=True)  # not every run: a search may have tens of thousands
         for run in runs:
             self._log(run.info.run_id, {}, 0, {
                 STATUS_TAG: "failed", "signmix.error": "interrupted: the driver stopped while this mixture was "

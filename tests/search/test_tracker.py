@@ -132,3 +132,46 @@ def test_a_trial_failed_before_it_started_is_recorded_only_when_it_will_not_run_
     (run,) = tracker.children()
     assert run.data.tags[STATUS_TAG] == "failed" and run.info.status == "FAILED"
     assert "ActorDiedError" in run.data.tags["signmix.error"] and run.data.params["members"] == "t"  # smallest first
+
+
+def test_close_dangling_ends_only_the_runs_still_running(tmp_path):
+    tracker = _tracker(tmp_path)
+    tracker.start(params={"strategy": "tpe"}, run_name="search")
+    done, dangling = (make_mixture_spec(members=m, targets=["books"]) for m in (["books"], ["books", "dvd"]))
+    tracker.start_mixture(done, 0.1, "trial_1")
+    tracker.finish_mixture(done, "evaluated", metrics={"accuracy_mean": 0.7})
+    tracker.start_mixture(dangling, 0.2, "trial_2")  # then the driver died
+    calls = _counting(tracker)
+    assert tracker.close_dangling() == 1
+    assert calls == ["search_runs", "log_batch", "set_terminated"]
+    runs = {r.data.tags[KEY_TAG]: r for r in tracker.children()}
+    assert runs[dangling.key].data.tags[STATUS_TAG] == "failed" and runs[dangling.key].info.status == "KILLED"
+    assert runs[done.key].data.tags[STATUS_TAG] == "evaluated" and runs[done.key].info.status == "FINISHED"
+
+
+def test_the_confirmation_reads_a_search_best_first_a_page_at_a_time_and_stops_when_it_has_its_runs(tmp_path):
+    from search.confirmation import exportable_runs, ranked_runs
+
+    tracker = _tracker(tmp_path)
+    parent = tracker.start(params={"strategy": "tpe"}, run_name="search")
+    evaluated = [(["books", "dvd"], ["books"], 0.9), (["books", "kitchen"], ["books"], 0.8),
+                 (["dvd"], ["dvd"], 0.85),  # another target's run: never compared
+                 (["books", "dvd", "kitchen"], ["books"], 0.75), (["books"], ["books"], 0.7),
+                 (["books", "electronics"], ["books"], 0.6), (["books", "music"], ["books"], 0.5)]
+    for members, targets, accuracy in evaluated:
+        spec = make_mixture_spec(members=members, targets=targets, require_targets=False)
+        tracker.start_mixture(spec, 0.1, "trial")
+        tracker.finish_mixture(spec, "evaluated", metrics={"accuracy_mean": accuracy, "k": len(members)})
+    ranked = list(ranked_runs(tracker.client, tracker.experiment_id, parent, page=2))
+    assert [r.data.metrics["accuracy_mean"] for r in ranked] == [0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5]
+
+    read: list = []
+
+    def counted():
+        for run in ranked_runs(tracker.client, tracker.experiment_id, parent, page=2):
+            read.append(run)
+            yield run
+    runs = exportable_runs(ranked[0], counted())
+    assert {name: r.data.params["members"] for name, r in runs.items()} == {
+        "best": "books,dvd", "runner_up": "books,kitchen", "alone": "books"}
+    assert len(read) == 5  # the runs after the targets alone were never read
