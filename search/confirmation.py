@@ -56,13 +56,13 @@ def validation_sizes(cfg: Config) -> dict[str, int]:
 
 def small_validation_warnings(sizes: Mapping[str, int], max_half_width: float) -> list[str]:
     """One warning per target whose 95% validation interval is wider than ``±max_half_width``."""
-    from trainables.confidence import half_width_for
+    from trainables.confidence import examples_for, half_width_for
 
     out = []
     for t, n in sizes.items():
         hw = half_width_for(max(1, n))
         if hw > max_half_width:
-            needed = next(m for m in range(n, 10**7) if half_width_for(m) <= max_half_width)
+            needed = examples_for(max_half_width)
             out.append(f"target {t}: {n} validation examples give a 95% interval of about ±{hw:.3f} "
                        f"(search.max_interval_half_width {max_half_width:g}); mixtures closer than that "
                        f"cannot be told apart; about {needed} examples would be needed")

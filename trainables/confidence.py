@@ -265,6 +265,27 @@ def mcnemar_exact(a_correct: Correctness, b_correct: Correctness) -> McNemar:
     return McNemar(b01=b01, b10=b10, p_value=p_value)
 
 
+def examples_for(half_width: float, accuracy: float = 0.5, confidence: float = 0.95) -> int:
+    """Returns the fewest examples ``n`` with ``half_width_for(n, accuracy, confidence) <= half_width``.
+
+    The inverse of :func:`half_width_for`: ``ceil(z**2 * accuracy * (1 - accuracy) / half_width**2)``.
+
+    Args:
+        half_width: the interval half-width wanted, > 0.
+        accuracy: the expected accuracy, in [0, 1].
+        confidence: the interval's coverage, in (0, 1).
+    """
+    if isinstance(half_width, bool) or not isinstance(half_width, (int, float)) or not half_width > 0:
+        raise ValueError(f"half_width must be > 0, got {half_width!r}")
+    width_at_1 = half_width_for(1, accuracy, confidence)  # z * sqrt(p (1 - p)), validated there
+    n = max(1, math.ceil((width_at_1 / half_width) ** 2))
+    while n > 1 and half_width_for(n - 1, accuracy, confidence) <= half_width:  # float rounding, either way
+        n -= 1
+    while half_width_for(n, accuracy, confidence) > half_width:
+        n += 1
+    return n
+
+
 def half_width_for(n: int, accuracy: float = 0.5, confidence: float = 0.95) -> float:
     """Returns the normal-approximation half-width of an accuracy interval over ``n`` examples.
 

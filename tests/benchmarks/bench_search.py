@@ -163,6 +163,31 @@ def time_to_best(cfg, summary, best_members: str) -> float | None:
     return (hits[0].info.end_time - parent.info.start_time) / 1000 if hits else None
 
 
+def worker_timeline(cfg, summary, started_at: float) -> tuple[float, float, float]:
+    """Seconds from the search's start to each worker's first trial, between two trials on
+    one worker, and from each worker's last trial to the search's end (means over workers and
+    gaps), from Ray Tune's ``result.json`` of every trial (``timestamp``: whole seconds).
+    ``started_at``: the wall clock when ``run_search`` was called."""
+    import itertools
+    import json
+    import statistics
+
+    from tests_support import mlflow_runs
+
+    from search.runner import RAY_EXPERIMENT_TAG
+
+    (parent,) = mlflow_runs(cfg, f"attributes.run_id = '{summary.parent_run_id}'")
+    trials: dict[int, list[tuple[float, float]]] = {}
+    for path in Path(parent.data.tags[RAY_EXPERIMENT_TAG]).glob("*/result.json"):
+        last = json.loads(path.read_text().strip().splitlines()[-1])
+        trials.setdefault(last["pid"], []).append((last["timestamp"] - last["time_total_s"], last["timestamp"]))
+    spans = [sorted(v) for v in trials.values()]
+    gaps = [b[0] - a[1] for span in spans for a, b in itertools.pairwise(span)]
+    return (statistics.mean(span[0][0] for span in spans) - started_at,
+            statistics.mean(gaps) if gaps else float("nan"),
+            started_at + summary.seconds - statistics.mean(span[-1][1] for span in spans))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(ROOT / ".bench"), help="cache of data, adapters and runs")
@@ -186,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     run_training(exhaustive)
     connect_ray(exhaustive)  # the cluster's start is not part of a search's time
 
+    started_at = time.time()
     s = run_search(exhaustive)
     from tests_support import mlflow_runs
 
@@ -207,9 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    building the mixture (average, prune)          {m('build_seconds') / n:7.3f}")
     print(f"    evaluation (forward passes)                    {m('predict_seconds') / n:7.3f}")
     print(f"    rest of the trial (checkpoint, reporting)      {(trial_total - m('setup_seconds') - m('build_seconds') - m('predict_seconds')) / n:7.3f}")
-    print(f"    scheduling (Ray, outside the trials)           {(s.seconds * CPUS - trial_total) / n:7.3f}")
+    print(f"    outside the trials (start, Ray, end; below)    {(s.seconds * CPUS - trial_total) / n:7.3f}")
     print(f"    pre-filter and FSD (driver)                    {s.prefilter_seconds / n:7.3f}")
     print(f"    MLflow logging (driver)                        {s.mlflow_seconds / n:7.3f}")
+    before, between, after = worker_timeline(exhaustive, s, started_at)
+    print("  the time outside the trials, from the trial workers' own clocks (1 s resolution, averaged):")
+    print(f"    before a worker's first trial (search setup, Tune's start, the worker's start)  {before:6.2f} s")
+    print(f"    between two trials on one worker                                            {between:6.3f} s")
+    print(f"    after a worker's last trial (the search's end, a worker idle at the tail)    {after:6.2f} s")
     rss = [r.data.metrics["worker_peak_rss_mib"] for r in children if "worker_peak_rss_mib" in r.data.metrics]
     if rss:
         print(f"  peak memory of a trial worker (RSS): {max(rss):.0f} MiB (MiniLM-L6 + 6 adapters' weights mapped "

@@ -114,3 +114,12 @@ def test_with_two_targets_the_validation_lead_is_in_mean_accuracy_not_pooled_exa
     correct = {name: {"validation": val.get(name, val["runner_up"]), "test": test} for name in sp}
     record = decide_and_measure(correct, sp, {"best": run("best"), "runner_up": run("ru")}, rule="higher_accuracy")
     assert record["validation"]["vs_runner_up"]["lead"] == pytest.approx((0.05 - 0.30) / 2)
+
+
+def test_a_validation_set_too_small_to_separate_mixtures_is_warned_with_the_numbers():
+    from search.confirmation import small_validation_warnings
+
+    (warning,) = small_validation_warnings({"books": 100, "dvd": 2000}, 0.05)
+    assert warning.startswith("target books: 100 validation examples give a 95% interval of about ±0.098")
+    assert "about 385 examples would be needed" in warning  # 1.96² · 0.25 / 0.05² = 384.1
+    assert small_validation_warnings({"books": 385}, 0.05) == []

@@ -11,6 +11,7 @@ from scipy.stats import binomtest
 
 from trainables.confidence import (
     Difference,
+    examples_for,
     half_width_for,
     mcnemar_exact,
     paired_bootstrap,
@@ -152,6 +153,17 @@ def test_small_lead_lies_inside_the_interval():
 ])
 def test_half_width_for(n, accuracy, confidence, expected):
     assert half_width_for(n, accuracy, confidence) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("half_width, accuracy, confidence", [
+    (0.098, 0.5, 0.95), (0.05, 0.5, 0.95), (0.0196, 0.5, 0.95), (0.03, 0.8, 0.90), (0.2, 0.5, 0.99), (0.7, 0.5, 0.95),
+])
+def test_examples_for_is_the_fewest_examples_that_reach_the_half_width(half_width, accuracy, confidence):
+    n = examples_for(half_width, accuracy, confidence)
+    assert half_width_for(n, accuracy, confidence) <= half_width
+    assert n == 1 or half_width_for(n - 1, accuracy, confidence) > half_width
+    # What a scan finds: the first n from 1 up.
+    assert n == next(m for m in range(1, 10**5) if half_width_for(m, accuracy, confidence) <= half_width)
 
 
 # --- invalid input ---------------------------------------------------------------------
