@@ -228,6 +228,7 @@ class SignConflictSearcher(Searcher):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.started = set()  # unpickled by a resumed search: none of its trials has begun yet
         for found in _COLLECTING:
             found.append(self)
 

@@ -370,3 +370,17 @@ def test_random_params_never_draw_an_empty_subset(index):
     drawn = [space.to_mixture_spec(space.random_params(rng)) for _ in range(200)]
     assert all(spec.k >= 1 for spec in drawn)
     assert {spec.prune_ratio for spec in drawn} == {0.0, 0.9}
+
+
+def test_an_unpickled_searcher_counts_no_trial_as_started(index):
+    import pickle
+
+    searcher, strategy = searcher_for(index, make_space(), ["t", "a"])
+    searcher.suggest("trial_1")
+    searcher.trial_started("trial_1")
+    restored = pickle.loads(pickle.dumps(searcher))  # how Ray Tune snapshots it; the driver then dies
+    assert restored.live == searcher.live and restored.started == set()
+    # Restarted by the resumed search, the trial fails before it starts: it runs again.
+    restored.on_trial_complete("trial_1", None, error=True)
+    assert restored.counts.failed == 0 and [spec.key for _, spec, _ in restored.retry] == [
+        spec.key for _, spec in searcher.live.values()]
