@@ -186,6 +186,10 @@ class SearchConfig(_Frozen):
     eval_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: faster on CPUs with AVX-512 BF16
     eval_chunks: Annotated[int, Field(ge=1)] = 1  # >1 reports per chunk so ASHA can stop early
     early_stopping: bool = False
+    # Mixtures one Ray trial evaluates, one after the other: >1 divides Ray Tune's cost per
+    # trial (scheduling, actor reset, its loop over every trial) when mixtures are quick to
+    # evaluate; each mixture keeps its own MLflow run. Not with early stopping (ASHA stops trials).
+    mixtures_per_trial: Annotated[int, Field(ge=1)] = 1
     max_failures: Annotated[int, Field(ge=0)] = 1
     seed: int = 0
     # White-box FGSM on the input embeddings (the paper uses 0.01); None: not measured.
@@ -217,6 +221,13 @@ class SearchConfig(_Frozen):
         if len(set(v)) != len(v):
             raise ValueError(f"targets must be distinct, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _batches_are_not_stopped_early(self):
+        if self.mixtures_per_trial > 1 and self.early_stopping and self.eval_chunks > 1:
+            raise ValueError("early_stopping stops a trial, which would stop every mixture of its batch: "
+                             "set mixtures_per_trial: 1, or early_stopping: false")
+        return self
 
     @model_validator(mode="after")
     def _robust_objective_needs_fgsm(self):

@@ -38,6 +38,11 @@ DECISION_TAG = "signmix.fsd_gate"
 REASON_TAG = "signmix.fsd_gate_reason"
 
 
+# The gate refreshes its evidence after every evaluated mixture up to this many, then after
+# every 1% more (FsdGate.record); the search's end refreshes it once more over all of them.
+REFRESH_EACH_UNTIL = 500
+
+
 class FsdGate:
     """The search's FSD threshold and the evidence behind it.
 
@@ -67,6 +72,7 @@ class FsdGate:
         self.requested: dict[int, int] = {}  # size -> mixtures asked of the strategy to cover it
         self.evidence: FsdEvidence | None = None
         self.awaiting_sizes = False  # a signal waits for sizes (refresh)
+        self._refreshed_at = 0  # evaluated mixtures at the last refresh
 
     # What the searcher asks ------------------------------------------------------
     @property
@@ -95,11 +101,15 @@ class FsdGate:
                        violation=verdict.fsd - limit)
 
     def record(self, key: str, fsd: float, k: int, accuracy: float) -> None:
-        """Add one evaluated mixture and refresh the evidence."""
+        """Add one evaluated mixture and refresh the evidence: after each of the first
+        :data:`REFRESH_EACH_UNTIL`, then each time the mixtures grew by 1% (a refresh reads
+        them all: refreshing after each of 10,000 would cost the search's driver O(n²))."""
         if not all(math.isfinite(v) for v in (fsd, accuracy)):
             return
         self.points[key] = (float(fsd), int(k), float(accuracy))
-        self.refresh()
+        n = len(self.points)
+        if n <= REFRESH_EACH_UNTIL or n >= self._refreshed_at * 1.01:
+            self.refresh()
 
     def missing_sizes(self) -> dict[int, int]:
         """Size -> how many more evaluated mixtures of that size ``auto`` waits for."""
@@ -111,6 +121,7 @@ class FsdGate:
 
     def refresh(self) -> FsdEvidence:
         """Recompute the evidence over every evaluated mixture (and the decision under ``auto``)."""
+        self._refreshed_at = len(self.points)
         fsd, k, acc = (list(col) for col in zip(*self.points.values())) if self.points else ([], [], [])
         evidence = fsd_gate_evidence(fsd, k, acc, min_n=self.min_n, tolerance=self.tolerance)
         missing = self.missing_sizes()

@@ -29,12 +29,13 @@ def trial_outcome(result: Mapping | None, *, error: bool = False,
                   objectives: Sequence[str] = (METRIC,)) -> tuple[Outcome, Value]:
     """``(outcome, value)`` of a finished trial from its last result.
 
-    ``failed``: the trial raised, or did not report every objective. ``stopped_early``: it
+    ``failed``: the trial raised (or, in a batch, the mixture did: ``mixture_error``), or did
+    not report every objective. ``stopped_early``: it
     reported only part of its evaluation (``evaluated_fraction`` < 1, ASHA stopped it).
     ``evaluated``: everything else; a trial that reports no ``evaluated_fraction`` evaluated
     in one piece.
     """
-    value = None if error else objective_value(result, objectives)
+    value = None if error or (result or {}).get("mixture_error") else objective_value(result, objectives)
     if value is None:
         return "failed", None
     if float(result.get("evaluated_fraction", 1.0)) < 1.0:

@@ -299,7 +299,8 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,
                                         budget=cfg.search.num_mixtures,
                                         objectives=[OBJECTIVES[o] for o in cfg.search.objectives],
-                                        gate=make_gate(cfg, space, tolerance))
+                                        gate=make_gate(cfg, space, tolerance),
+                                        mixtures_per_trial=cfg.search.mixtures_per_trial)
         searcher.validation_warnings = warnings
         scheduler = None
         if cfg.search.early_stopping and cfg.search.eval_chunks > 1:

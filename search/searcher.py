@@ -44,7 +44,8 @@ REPEATS_BEFORE_NOVELTY = 50
 RETRIES_BEFORE_START = 2
 # What :meth:`SignConflictSearcher.save` writes; the rest (space, index, strategy's
 # storage, tracker) is rebuilt or durable elsewhere.
-_STATE = ("counts", "results", "outcomes", "live", "waiting", "specs", "requeue", "retry", "retries", "exhausted")
+_STATE = ("counts", "results", "outcomes", "live", "waiting", "specs", "requeue", "retry", "retries", "batches",
+          "exhausted")
 # Lists that collect the searchers unpickled inside :func:`unpickled_searchers` blocks.
 _COLLECTING: list[list] = []
 
@@ -79,12 +80,14 @@ class SignConflictSearcher(Searcher):
 
     def __init__(self, *, strategy: Strategy, space: MixtureSpace, index: SignIndex, budget: int,
                  tracker: SearchTracker | None = None, max_idle_proposals: int = 500,
-                 objectives: Sequence[str] = (METRIC,), gate: FsdGate | None = None) -> None:
+                 objectives: Sequence[str] = (METRIC,), gate: FsdGate | None = None,
+                 mixtures_per_trial: int = 1) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.gate = gate  # the FSD gate (search/gate.py); None: the space's own max_fsd only
         self.strategy, self.space, self.index, self.tracker = strategy, space, index, tracker
         self.objectives = tuple(objectives)  # metrics told to the strategy (several: multi-objective)
         self.budget, self.max_idle_proposals = budget, max_idle_proposals
+        self.mixtures_per_trial = mixtures_per_trial  # >1: a trial evaluates a batch (suggest)
         self.counts = SearchCounts()
         self.results: dict[str, float] = {}  # mixture key -> accuracy of an evaluated mixture
         self.outcomes: dict[str, tuple[str, float | None]] = {}  # key -> (outcome, value), any ended trial
@@ -95,6 +98,7 @@ class SignConflictSearcher(Searcher):
         self.started: set[str] = set()  # live trials that began (the callbacks say so)
         self.retry: list[tuple[int, MixtureSpec, float]] = []  # accepted, their trial never started
         self.retries: dict[str, int] = {}  # key -> trials that failed before starting
+        self.batches: dict[str, list[str]] = {}  # live batch trial id -> its mixtures' sub-trial ids
         self.exhausted = False
 
     # Hooks: what is proposed, and whether it may run (the study overrides them).
@@ -133,11 +137,30 @@ class SignConflictSearcher(Searcher):
         return None
 
     def suggest(self, trial_id: str):
-        if self.retry:  # already counted in the budget, and proposed before the strategy ran out
-            token, spec, fsd = self.retry.pop(0)
-            return self._start(trial_id, token, spec, fsd)
-        if self.exhausted or len(self.results) + len(self.live) >= self.budget:
+        """The next trial's config: one mixture (``spec``, ``fsd``, ``mixture_key``), or with
+        ``mixtures_per_trial`` > 1 a ``batch`` of up to that many, evaluated one after the
+        other by one trial. Each mixture of a batch is its own sub-trial ``<trial id>#<i>``
+        here: the budget, the strategy's tells and the retries count mixtures, not trials."""
+        configs = []
+        for i in range(self.mixtures_per_trial):
+            picked = self._next_mixture()
+            if picked is None:
+                break
+            configs.append(self._start(trial_id if self.mixtures_per_trial == 1 else f"{trial_id}#{i}", *picked))
+        if not configs:
             return None if self.live else Searcher.FINISHED
+        if self.mixtures_per_trial == 1:
+            return configs[0]
+        self.batches[trial_id] = [f"{trial_id}#{i}" for i in range(len(configs))]
+        return {"batch": configs}
+
+    def _next_mixture(self) -> tuple[int, MixtureSpec, float] | None:
+        """(token, spec, fsd) of the next mixture to run, or None (none may run now, or the
+        strategy ran out: then ``exhausted``)."""
+        if self.retry:  # already counted in the budget, and proposed before the strategy ran out
+            return self.retry.pop(0)
+        if self.exhausted or len(self.results) + len(self.live) >= self.budget:
+            return None
         if self.gate is not None and hasattr(self.strategy, "enqueue"):
             # The gate decides only once it has seen a few mixtures of every size: have the
             # strategy propose unseen ones of the sizes it still lacks.
@@ -180,9 +203,9 @@ class SignConflictSearcher(Searcher):
                 self.waiting[spec.key].append(token)
                 continue
             self.waiting[spec.key] = []
-            return self._start(trial_id, token, spec, verdict.fsd)
+            return token, spec, verdict.fsd
         self.exhausted = True
-        return None if self.live else Searcher.FINISHED
+        return None
 
     def _start(self, trial_id: str, token: int, spec: MixtureSpec, fsd: float) -> dict:
         self.live[trial_id] = (token, spec)
@@ -190,12 +213,33 @@ class SignConflictSearcher(Searcher):
         self.counts.trials += 1
         return {"spec": spec.to_dict(), "fsd": fsd, "mixture_key": spec.key}
 
+    def mixtures_of(self, trial_id: str) -> list[tuple[str, MixtureSpec]]:
+        """(sub-trial id, spec) of each mixture of a trial, in batch order (one: the trial itself)."""
+        subs = self.batches.get(trial_id, [trial_id])
+        return [(sub, self.specs[sub]) for sub in subs if sub in self.specs]
+
     def trial_started(self, trial_id: str) -> None:
         """The trial began on its worker (from the callbacks' ``on_trial_start``)."""
-        if trial_id in self.live:
-            self.started.add(trial_id)
+        for sub in self.batches.get(trial_id, [trial_id]):
+            if sub in self.live:
+                self.started.add(sub)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A batch reports each mixture as it is evaluated (``batch_index``): that mixture is done."""
+        if trial_id in self.batches and "batch_index" in result:
+            self._complete(self.batches[trial_id][int(result["batch_index"])], result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.batches:
+            self._complete(trial_id, result, error)
+            return
+        # The mixtures of the batch that reported are done; the rest fail with the trial (or,
+        # if it never started, run again), and did not report a result of their own.
+        for sub in self.batches[trial_id]:  # kept: the callbacks read the batch after this
+            if sub in self.live:
+                self._complete(sub, None, error=True)
+
+    def _complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         token, spec = self.live.pop(trial_id, (None, None))
         began = trial_id in self.started
         self.started.discard(trial_id)
@@ -227,6 +271,7 @@ class SignConflictSearcher(Searcher):
             self.strategy.tell(t, outcome, value=value)
 
     def __setstate__(self, state: dict) -> None:
+        state = {"mixtures_per_trial": 1, "batches": {}, **state}  # a snapshot from before batches
         self.__dict__.update(state)
         self.started = set()  # unpickled by a resumed search: none of its trials has begun yet
         for found in _COLLECTING:

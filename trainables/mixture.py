@@ -114,16 +114,52 @@ def _chunks(n: int, parts: int) -> list[list[int]]:
 
 def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: Mapping,
                      store_root: str) -> None:
-    """Build and evaluate the mixture ``config["spec"]``; reports metrics and a checkpoint."""
+    """Build and evaluate the mixture ``config["spec"]``; reports metrics and a checkpoint.
+
+    A ``config["batch"]`` of mixtures (``search.mixtures_per_trial`` > 1) is evaluated one
+    after the other, each reported whole with its ``batch_index`` and checkpoint; a mixture
+    that raises is reported with its ``mixture_error`` (it failed; the rest of the batch runs).
+    """
     import torch
     from ray import tune
 
     torch.set_num_threads(max(1, int(experiment["resources"]["cpu"])))
-    spec = MixtureSpec.from_dict(config["spec"])
     started = time.perf_counter()
     model = mixture_model(experiment, store_root)  # loaded once per worker process
     setup_seconds = time.perf_counter() - started
+    if "batch" not in config:
+        spec = MixtureSpec.from_dict(config["spec"])
+        metrics = _evaluate(model, spec, config.get("fsd", float("nan")), adapter_weights, experiment,
+                            started, setup_seconds, partial=tune.report)
+        _report_with_checkpoint(model, spec, metrics)
+        return
+    for i, item in enumerate(config["batch"]):
+        spec = MixtureSpec.from_dict(item["spec"])
+        try:
+            metrics = _evaluate(model, spec, item.get("fsd", float("nan")), adapter_weights, experiment,
+                                time.perf_counter(), setup_seconds if i == 0 else 0.0, partial=None)
+        except Exception:  # noqa: BLE001 - this mixture failed, not the batch: the driver records why
+            import traceback
 
+            # accuracy_mean: Ray Tune refuses a result without its metric; NaN, and the error, say failed.
+            tune.report({"accuracy_mean": float("nan"), "batch_index": i,
+                         "mixture_error": traceback.format_exc()[-5000:]})
+            continue
+        _report_with_checkpoint(model, spec, {**metrics, "batch_index": i})
+
+
+def _report_with_checkpoint(model, spec: MixtureSpec, metrics: dict) -> None:
+    from ray import tune
+
+    with tempfile.TemporaryDirectory(prefix="signmix-mixture-") as tmp:
+        model.save(tmp, list(spec.targets))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, experiment: Mapping,
+              started: float, setup_seconds: float, *, partial) -> dict:
+    """Build ``spec``'s mixture into ``model`` and evaluate it on its targets' validation
+    splits; ``partial`` (``tune.report``, or None) gets the metrics after each chunk but the last."""
     built = time.perf_counter()
     weights = load_mixture(model, spec, adapter_weights, experiment)
     refit_seconds = model.refit_seconds  # head: refit, the linear heads fitted on this mixture
@@ -148,7 +184,7 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
                 t0 = time.perf_counter()
                 preds[target].update(predict(model.model, enc, batch_size, indices=chunks[target][step]))
                 predict_seconds += time.perf_counter() - t0
-        metrics = {"fsd": config.get("fsd", float("nan")), "k": spec.k, "sparsity": sparsity(weights),
+        metrics = {"fsd": fsd, "k": spec.k, "sparsity": sparsity(weights),
                    "build_seconds": build_seconds, "setup_seconds": setup_seconds, "refit_seconds": refit_seconds,
                    "predict_seconds": predict_seconds, "examples": sum(len(p) for p in preds.values()),
                    "worker_peak_rss_mib": _peak_rss_mib(),
@@ -156,8 +192,8 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
         metrics.update(target_metrics(preds, per_target, model.num_labels))
         metrics["evaluated_fraction"] = sum(len(p) for p in preds.values()) / sum(len(e) for e in per_target.values())
         metrics["eval_seconds"] = time.perf_counter() - started
-        if metrics["evaluated_fraction"] < 1.0:
-            tune.report(metrics)
+        if metrics["evaluated_fraction"] < 1.0 and partial is not None:
+            partial(metrics)
 
     fgsm_step = experiment["search"].get("fgsm_step")
     if fgsm_step is not None:
@@ -170,7 +206,4 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
             metrics[f"robust_accuracy/{target}"] = classification_metrics(
                 robust, enc.labels, model.num_labels[target])["accuracy"]
         metrics["robust_accuracy_mean"] = sum(metrics[f"robust_accuracy/{t}"] for t in spec.targets) / len(spec.targets)
-
-    with tempfile.TemporaryDirectory(prefix="signmix-mixture-") as tmp:
-        model.save(tmp, list(spec.targets))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    return metrics

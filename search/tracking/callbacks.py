@@ -12,6 +12,7 @@ from search.outcomes import METRIC, trial_outcome
 
 if TYPE_CHECKING:
     from search.searcher import SignConflictSearcher
+    from spaces.spec import MixtureSpec
     from search.tracking.tracker import SearchTracker
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 # What a trial reports that is not a metric of the mixture.
 _NOT_METRICS = {"done", "training_iteration", "trial_id", "time_this_iter_s", "time_total_s", "pid",
                 "timestamp", "date", "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
-                "checkpoint_dir_name", "should_checkpoint", "config", "experiment_tag", "adapter_path"}
+                "checkpoint_dir_name", "should_checkpoint", "config", "experiment_tag", "adapter_path",
+                "batch_index"}
 
 
 def numeric_metrics(result: dict) -> dict[str, float]:
@@ -39,26 +41,73 @@ class MixtureTracking(Callback):
     def _spec(self, trial):
         return self.searcher.specs.get(trial.trial_id)
 
+    def _batch(self, trial) -> list[tuple[MixtureSpec, float]] | None:
+        """(spec, FSD) of each mixture of a batch trial (``mixtures_per_trial`` > 1), else None."""
+        if "batch" not in trial.config:
+            return None
+        fsd = [item.get("fsd", float("nan")) for item in trial.config["batch"]]
+        return [(spec, fsd[i]) for i, (_, spec) in enumerate(self.searcher.mixtures_of(trial.trial_id))]
+
+    def _open(self, spec) -> bool:
+        """Whether the mixture's run is open: a batch re-run by Ray Tune reports again what it
+        had already finished, and that must not touch the finished run."""
+        return self.tracker.status.get(spec.key) == "running"
+
     def on_trial_start(self, iteration, trials, trial, **info):
+        batch = self._batch(trial)
+        if batch is not None:
+            self.searcher.trial_started(trial.trial_id)
+            for spec, fsd in batch:
+                if self.tracker.status.get(spec.key) in (None, "running"):
+                    self.tracker.start_mixture(spec, fsd, trial.trial_id)
+            return
         spec = self._spec(trial)
         if spec is not None:
             self.searcher.trial_started(trial.trial_id)
             self.tracker.start_mixture(spec, trial.config.get("fsd", float("nan")), trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        batch = self._batch(trial)
+        if batch is not None:
+            # One result per mixture of the batch; with a checkpoint (an evaluated mixture's
+            # adapter and heads), Ray Tune hands that over after this call: on_checkpoint.
+            spec = batch[int(result["batch_index"])][0] if "batch_index" in result else None
+            if spec is not None and not result.get("should_checkpoint") and self._open(spec):
+                self._finish(spec, result)
+            return
         spec = self._spec(trial)
-        if spec is not None and not result.get("done"):
+        # A chunk of the evaluation (eval_chunks): logged now. The whole evaluation is logged
+        # once, with the mixture's status, by on_trial_complete.
+        if spec is not None and not result.get("done") and float(result.get("evaluated_fraction", 1.0)) < 1.0:
             self.tracker.log_progress(spec, numeric_metrics(result), result.get("training_iteration", 0))
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        batch, result = self._batch(trial), trial.last_result or {}
+        if batch is not None and "batch_index" in result:
+            spec = batch[int(result["batch_index"])][0]
+            if self._open(spec):
+                self._finish(spec, result, checkpoint)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        spec = self._spec(trial)
-        if spec is None:
+        batch = self._batch(trial)
+        if batch is not None:
+            for spec, _ in batch:  # every mixture reports before the trial ends; in case one did not:
+                if self._open(spec) and spec.key in self.searcher.outcomes:
+                    self.tracker.finish_mixture(spec, "failed", error="the trial ended without evaluating it")
             return
-        result = trial.last_result or {}
+        spec = self._spec(trial)
+        if spec is not None:
+            self._finish(spec, trial.last_result or {}, trial.checkpoint)
+
+    def _finish(self, spec, result: dict, checkpoint=None) -> None:
         status, _ = trial_outcome(result, objectives=self.searcher.objectives)
         metrics = numeric_metrics(result)
-        if status == "evaluated" and trial.checkpoint is not None:
-            with trial.checkpoint.as_directory() as path:
+        if result.get("mixture_error"):  # a mixture of a batch raised; the batch went on
+            self.tracker.finish_mixture(spec, status, error=str(result["mixture_error"]))
+            self._report(f"{status:<13} {spec.label():<40} ({str(result['mixture_error']).splitlines()[-1][:80]})")
+            return
+        if status == "evaluated" and checkpoint is not None:
+            with checkpoint.as_directory() as path:
                 self.tracker.finish_mixture(spec, status, metrics=metrics, artifact_dir=path,
                                             step=result.get("training_iteration", 0))
         else:
@@ -68,13 +117,17 @@ class MixtureTracking(Callback):
         self._report(f"{status:<13} {spec.label():<40} accuracy {result.get('accuracy_mean', float('nan')):.4f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        spec = self._spec(trial)
-        if spec is None or spec.key not in self.searcher.outcomes:
-            return  # the searcher runs it again: its trial failed before it started
-        if spec.key not in self.tracker.runs:  # it never started, and never will
-            self.tracker.start_mixture(spec, trial.config.get("fsd", float("nan")), trial.trial_id)
-        self.tracker.finish_mixture(spec, "failed", error=_error_text(trial))
-        self._report(f"{'failed':<13} {spec.label():<40} ({_error_text(trial).splitlines()[-1][:80]})")
+        batch = self._batch(trial)
+        mixtures = batch if batch is not None else [(self._spec(trial), trial.config.get("fsd", float("nan")))]
+        for spec, fsd in mixtures:
+            if spec is None or spec.key not in self.searcher.outcomes:
+                continue  # the searcher runs it again: its trial failed before it started
+            if self.tracker.status.get(spec.key, "running") != "running":
+                continue  # evaluated earlier in the batch
+            if spec.key not in self.tracker.runs:  # it never started, and never will
+                self.tracker.start_mixture(spec, fsd, trial.trial_id)
+            self.tracker.finish_mixture(spec, "failed", error=_error_text(trial))
+            self._report(f"{'failed':<13} {spec.label():<40} ({_error_text(trial).splitlines()[-1][:80]})")
 
     def _report(self, line: str) -> None:
         c = self.searcher.counts

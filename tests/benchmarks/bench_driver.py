@@ -43,17 +43,19 @@ def fake_accuracy(members: list[str]) -> float:
 
 
 def trivial_trial(config, *, adapter_weights, experiment, store_root) -> None:
-    """Reports the metrics a mixture trial reports, instantly, without a checkpoint."""
+    """Reports the metrics a mixture trial reports, instantly, without a checkpoint (each
+    mixture of a batch with its ``batch_index``, as the mixture trial does)."""
     from ray import tune
 
-    spec = config["spec"]
-    members = sorted(spec["members"])
-    acc = fake_accuracy(members)
-    metrics = {"accuracy_mean": acc, "fsd": config.get("fsd", float("nan")), "k": len(members),
-               "evaluated_fraction": 1.0, "eval_seconds": 0.0, "worker_pid": os.getpid()}
-    for t in spec["targets"]:
-        metrics[f"accuracy/{t}"] = acc
-    tune.report(metrics)
+    for i, item in enumerate(config.get("batch", [config])):
+        members = sorted(item["spec"]["members"])
+        acc = fake_accuracy(members)
+        metrics = {"accuracy_mean": acc, "fsd": item.get("fsd", float("nan")), "k": len(members),
+                   "evaluated_fraction": 1.0, "eval_seconds": 0.0, "worker_pid": os.getpid(),
+                   **({"batch_index": i} if "batch" in config else {})}
+        for t in item["spec"]["targets"]:
+            metrics[f"accuracy/{t}"] = acc
+        tune.report(metrics)
 
 
 def oracle_optimum(names: list[str], index, max_fsd: float | None) -> float:
@@ -199,6 +201,7 @@ def build_config(work: Path, args, weights: dict):
     raw = {"name": "driver", "base_model": "synthetic", "domains": {n: {"path": str(data)} for n in names},
            "search": {"strategy": args.strategy, "targets": [names[0]], "num_mixtures": args.trials,
                       "max_fsd": max_fsd, "max_concurrent": args.concurrent, "confirm": False,
+                      "mixtures_per_trial": args.mixtures_per_trial,
                       **({} if args.switch_after < 0 else {"tpe_switch_after": args.switch_after or None})},
            "resources": {"cpu": 1}, "ray": {"storage_path": str(work / "runs"), "num_cpus": args.concurrent},
            "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}, "store": str(work / "adapters")}
@@ -231,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fraction of random mixtures over max_fsd (default 0.2; 0: no filter)")
     parser.add_argument("--switch-after", type=int, default=-1,
                         help="search.tpe_switch_after (default: the product's; 0: TPE to the end)")
+    parser.add_argument("--mixtures-per-trial", type=int, default=1,
+                        help="search.mixtures_per_trial: mixtures one Ray trial evaluates (default 1)")
     parser.add_argument("--out", help="write every measurement as JSON here")
     args = parser.parse_args(argv)
 

@@ -367,6 +367,10 @@ CASES = [
          ("search", "{cfg}"), 2, "search.lambdas.1: got 0: Input should be greater than 0"),
     Case("searched-weights-with-exhaustive", lambda env: env.config(search={"weights": "searched"}),
          ("search", "{cfg}"), 2, "search.weights: got 'searched': exhaustive cannot enumerate a continuous space"),
+    Case("batches-with-early-stopping",
+         lambda env: env.config(search={"mixtures_per_trial": 4, "early_stopping": True, "eval_chunks": 2}),
+         ("search", "{cfg}"), 2, "early_stopping stops a trial, which would stop every mixture of its batch: "
+                                 "set mixtures_per_trial: 1, or early_stopping: false"),
     Case("refit-without-training-split", _refit_without_training_split, ("search", "{cfg}"), 2,
          "search.head: got 'refit', which fits each target's head on its training split, but target 'books' "
          "has no usable one"),

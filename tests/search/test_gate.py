@@ -162,3 +162,20 @@ def test_mixtures_evaluated_after_the_last_snapshot_rejoin_the_gates_evidence(in
     for s in later:
         assert again.gate.points[s.key] == (index.subset_fsd(s.members), s.k, oracle(s))
     assert again.counts.evaluated == searcher.counts.evaluated + 5
+
+
+def test_past_the_first_mixtures_the_evidence_is_refreshed_every_one_percent_and_at_the_end(index, monkeypatch):
+    from search import gate as gate_module
+
+    monkeypatch.setattr(gate_module, "REFRESH_EACH_UNTIL", 20)
+    gate = FsdGate(mode="auto", space=space(), tolerance=0.01)
+    refreshes = []
+    real_refresh = gate.refresh
+    monkeypatch.setattr(gate, "refresh", lambda: refreshes.append(len(gate.points)) or real_refresh())
+    for i in range(400):
+        gate.record(f"m{i}", 0.1 + i / 1000, 1 + i % 3, 0.7)
+    assert refreshes[:20] == list(range(1, 21)), "each of the first ones"
+    later = refreshes[20:]
+    assert all(b >= a * 1.01 for a, b in zip(refreshes[19:], later)) and 20 < len(later) < 200
+    real_refresh()
+    assert gate.evidence.n == 400, "an explicit refresh (the search's end) reads every mixture"

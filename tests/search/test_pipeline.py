@@ -141,6 +141,41 @@ def test_export_loads_with_plain_adapters_and_reproduces_the_logged_accuracy(pip
     assert 0.0 <= test["accuracy/books"] <= 1.0
 
 
+def test_a_search_in_batches_records_every_mixture_as_its_own_trial_did(pipeline, tmp_path, tiny_bert, demo_domains):
+    """mixtures_per_trial: 3 runs the 8 mixtures in 3 Ray trials; each mixture still gets its own
+    MLflow run, metrics and artifact (handed over by Ray Tune's on_checkpoint), equal to what
+    a trial of its own measured, and the best exports and reproduces its accuracy."""
+    from tests_support import write_config
+    from search.export import evaluate_export, export_mixture
+    from search.runner import run_search
+
+    cfg, _, _ = pipeline
+    domains = {d: demo_domains[d] for d in ("books", "electronics", "support")}
+    batched = load_config(write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],
+                                       store=cfg.store_path, search={"max_fsd": None, "mixtures_per_trial": 3}))
+    summary = run_search(batched)
+    assert (summary.evaluated, summary.failed) == (8, 0)
+    runs = mlflow_runs(batched, f"tags.`{STATUS_TAG}` = 'evaluated'")
+    assert len(runs) == 8 and not mlflow_runs(batched, "attributes.status = 'RUNNING'")
+    assert len({r.data.tags["signmix.trial_id"] for r in runs}) == 3, "8 mixtures in 3 trials of up to 3"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(batched.tracking_uri)
+    for run in runs:
+        files = {f.path for f in client.list_artifacts(run.info.run_id, "mixture")}
+        assert "mixture/adapter.safetensors" in files and "mixture/heads" in files
+    alone = {r.data.tags["signmix.mixture_key"]: r.data.metrics
+             for r in mlflow_runs(cfg, f"tags.`{STATUS_TAG}` = 'evaluated'")}
+    both = [r for r in runs if r.data.tags["signmix.mixture_key"] in alone]
+    assert len(both) >= 3
+    for run in both:
+        own = alone[run.data.tags["signmix.mixture_key"]]
+        assert (run.data.metrics["accuracy_mean"], run.data.metrics["sparsity"]) == (own["accuracy_mean"], own["sparsity"])
+    out, record = export_mixture(batched, tmp_path / "best")
+    assert record["mlflow_run_id"] == summary.best_run_id
+    assert evaluate_export(out, "validation")["metrics"]["accuracy/books"] == record["metrics"]["accuracy/books"]
+
+
 def test_export_refuses_a_non_empty_folder_and_leaves_it_untouched(pipeline, tmp_path):
     from search.export import export_mixture
     from spaces.errors import UsageError

@@ -174,7 +174,9 @@ def test_repeat_of_a_filtered_mixture_is_filtered_again_and_recorded(index):
     (None, True, "failed", None),
     (None, False, "failed", None),
     ({"fsd": 0.1}, False, "failed", None),
-], ids=["evaluated", "evaluated-full", "stopped-early", "error-with-result", "error", "no-result", "no-metric"])
+    ({METRIC: float("nan"), "mixture_error": "Traceback ..."}, False, "failed", None),  # a batch's mixture raised
+], ids=["evaluated", "evaluated-full", "stopped-early", "error-with-result", "error", "no-result", "no-metric",
+        "mixture-error"])
 def test_trial_outcome_is_told_and_counted(index, result, error, outcome, value):
     searcher, strategy = searcher_for(index, make_space(), ["t", "a"], ["t", "a"], ["t", "c"])
     config = searcher.suggest("trial_1")
@@ -384,3 +386,66 @@ def test_an_unpickled_searcher_counts_no_trial_as_started(index):
     restored.on_trial_complete("trial_1", None, error=True)
     assert restored.counts.failed == 0 and [spec.key for _, spec, _ in restored.retry] == [
         spec.key for _, spec in searcher.live.values()]
+
+
+# Batches: several mixtures per trial (search.mixtures_per_trial) ------------------------------
+
+def batch_searcher(index, *member_lists, budget=1000, per_trial=3):
+    strategy = ScriptedStrategy(make_space(), *member_lists)
+    return SignConflictSearcher(strategy=strategy, space=make_space(), index=index, budget=budget,
+                                mixtures_per_trial=per_trial), strategy
+
+
+def test_a_batch_trial_carries_up_to_mixtures_per_trial_mixtures_each_told_as_it_reports(index):
+    searcher, strategy = batch_searcher(index, ["t"], ["t", "a"], ["t", "c"], ["t", "a", "c"])
+    config = searcher.suggest("trial_1")
+    assert [tuple(m["spec"]["members"]) for m in config["batch"]] == [("t",), ("a", "t"), ("c", "t")]
+    assert [m["mixture_key"] for m in config["batch"]] == [s.key for _, s in searcher.mixtures_of("trial_1")]
+    searcher.trial_started("trial_1")
+    searcher.on_trial_result("trial_1", {METRIC: 0.5, "batch_index": 1})
+    assert strategy.told == [(1, "evaluated", 0.5, 0.0)], "told as soon as its own mixture is evaluated"
+    searcher.on_trial_result("trial_1", {METRIC: 0.6, "batch_index": 0})
+    searcher.on_trial_result("trial_1", {METRIC: float("nan"), "batch_index": 2, "mixture_error": "boom"})
+    searcher.on_trial_complete("trial_1", {METRIC: float("nan"), "batch_index": 2, "mixture_error": "boom"})
+    assert sorted(strategy.told) == [(0, "evaluated", 0.6, 0.0), (1, "evaluated", 0.5, 0.0), (2, "failed", None, 0.0)]
+    assert (searcher.counts.evaluated, searcher.counts.failed, searcher.counts.trials) == (2, 1, 3)
+    # A re-run of the batch (Ray Tune retries a trial) reports again what is done: ignored.
+    searcher.on_trial_result("trial_1", {METRIC: 0.9, "batch_index": 0})
+    assert len(strategy.told) == 3 and searcher.results[config["batch"][0]["mixture_key"]] == 0.6
+
+
+def test_a_batch_is_cut_by_the_budget_and_the_budget_counts_mixtures(index):
+    searcher, strategy = batch_searcher(index, ["t"], ["t", "a"], ["t", "c"], ["t", "a", "c"], budget=2)
+    config = searcher.suggest("trial_1")
+    assert len(config["batch"]) == 2 and strategy.asked == 2
+    assert searcher.suggest("trial_2") is None, "budget in flight: wait"
+    for i in range(2):
+        searcher.on_trial_result("trial_1", {METRIC: 0.5, "batch_index": i})
+    searcher.on_trial_complete("trial_1", {METRIC: 0.5, "batch_index": 1})
+    assert searcher.suggest("trial_3") is Searcher.FINISHED and searcher.counts.evaluated == 2
+
+
+def test_a_failed_batch_fails_the_mixtures_it_did_not_report_and_a_batch_that_never_started_runs_again(index):
+    searcher, strategy = batch_searcher(index, ["t"], ["t", "a"], ["t", "c"], ["t", "a", "c"], per_trial=2)
+    searcher.suggest("trial_1")
+    searcher.trial_started("trial_1")
+    searcher.on_trial_result("trial_1", {METRIC: 0.5, "batch_index": 0})
+    searcher.on_trial_complete("trial_1", None, error=True)  # its worker died during the second
+    assert strategy.told == [(0, "evaluated", 0.5, 0.0), (1, "failed", None, 0.0)]
+    first = searcher.suggest("trial_2")
+    searcher.on_trial_complete("trial_2", None, error=True)  # never started: both run again
+    assert len(strategy.told) == 2 and searcher.counts.failed == 1
+    again = searcher.suggest("trial_3")
+    assert again["batch"] == first["batch"] and strategy.asked == 4
+
+
+def test_a_batch_searcher_snapshot_restores_its_batches(index, tmp_path):
+    searcher, strategy = batch_searcher(index, ["t"], ["t", "a"], per_trial=2)
+    searcher.suggest("trial_1")
+    searcher.save(str(tmp_path / "snap"))
+    restored, _ = batch_searcher(index, per_trial=2)
+    restored.restore(str(tmp_path / "snap"))
+    restored.trial_started("trial_1")
+    restored.on_trial_result("trial_1", {METRIC: 0.4, "batch_index": 1})
+    restored.on_trial_complete("trial_1", None, error=True)
+    assert restored.counts.evaluated == 1 and restored.counts.failed == 1

@@ -175,3 +175,98 @@ def test_the_confirmation_reads_a_search_best_first_a_page_at_a_time_and_stops_w
     assert {name: r.data.params["members"] for name, r in runs.items()} == {
         "best": "books,dvd", "runner_up": "books,kitchen", "alone": "books"}
     assert len(read) == 5  # the runs after the targets alone were never read
+
+
+def _searcher_and_tracking(tmp_path, domains=("a", "b", "t"), per_trial=1):
+    import torch
+
+    from search.searcher import SignConflictSearcher
+    from search.strategies import Exhaustive
+    from search.tracking.callbacks import MixtureTracking
+    from spaces.fsd import SignIndex
+    from spaces.space import MixtureSpace
+
+    n = len(domains)
+    index = SignIndex(names=domains, signs=torch.zeros(n, 4, dtype=torch.int8),
+                      matrix=torch.full((n, n), 0.1, dtype=torch.float64).fill_diagonal_(0.0))
+    space = MixtureSpace(domains=domains, targets=("t",), max_fsd=None)
+    tracker = _tracker(tmp_path)
+    tracker.start(params={"strategy": "exhaustive"}, run_name="search")
+    searcher = SignConflictSearcher(strategy=Exhaustive(space=space), space=space, index=index, tracker=tracker,
+                                    budget=10, mixtures_per_trial=per_trial)
+    return searcher, MixtureTracking(tracker=tracker, searcher=searcher), tracker
+
+
+def test_a_chunk_of_an_evaluation_is_logged_as_progress_and_the_whole_one_once_with_its_status(tmp_path):
+    searcher, tracking, tracker = _searcher_and_tracking(tmp_path)
+    trial = _Trial("trial_1", searcher.suggest("trial_1"))
+    tracking.on_trial_start(0, [], trial)
+    calls = _counting(tracker)
+    chunk, whole = {"accuracy_mean": 0.5, "evaluated_fraction": 0.5}, {"accuracy_mean": 0.6, "evaluated_fraction": 1.0}
+    for result in (chunk, whole):
+        tracking.on_trial_result(0, [], trial, result)
+    assert calls == ["log_batch"], "the chunk only"
+    trial.last_result = whole
+    searcher.on_trial_complete("trial_1", whole)
+    tracking.on_trial_complete(0, [], trial)
+    assert calls == ["log_batch", "log_batch", "set_terminated"]
+    (run,) = tracker.children()
+    assert run.data.tags[STATUS_TAG] == "evaluated" and run.data.metrics["accuracy_mean"] == 0.6
+
+
+def test_a_batch_trial_records_each_mixture_as_it_reports_with_its_checkpoint(tmp_path):
+    """Ray Tune's order: searcher.on_trial_result, callbacks.on_trial_result, then (a result with a
+    checkpoint) callbacks.on_checkpoint with the trial's last result; a mixture that raised in the
+    batch is failed with its error; the batch's end fails what never reported."""
+    from ray import tune
+
+    searcher, tracking, tracker = _searcher_and_tracking(tmp_path, per_trial=4)
+    trial = _Trial("trial_1", searcher.suggest("trial_1"))
+    specs = [spec for _, spec in searcher.mixtures_of("trial_1")]
+    assert len(trial.config["batch"]) == len(specs) == 4
+    tracking.on_trial_start(0, [], trial)
+    assert {r.data.tags[STATUS_TAG] for r in tracker.children()} == {"running"} and len(tracker.children()) == 4
+
+    def report(result, checkpoint_dir=None):
+        result = {**result, **({"should_checkpoint": True} if checkpoint_dir else {})}
+        searcher.on_trial_result("trial_1", result)
+        tracking.on_trial_result(0, [], trial, result)
+        trial.last_result = result
+        if checkpoint_dir:
+            tracking.on_checkpoint(0, [], trial, tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    saved = tmp_path / "ckpt"
+    saved.mkdir()
+    (saved / "adapter.safetensors").write_bytes(b"weights")
+    report({"accuracy_mean": 0.7, "batch_index": 0}, saved)
+    report({"accuracy_mean": float("nan"), "batch_index": 1, "mixture_error": "Traceback\nValueError: bad spec"})
+    report({"accuracy_mean": 0.8, "batch_index": 2})  # a trial without checkpoints (benchmarks)
+    report({"accuracy_mean": 0.7, "batch_index": 0}, saved)  # Ray Tune re-ran the batch: ignored
+    searcher.on_trial_complete("trial_1", trial.last_result)
+    tracking.on_trial_complete(0, [], trial)
+
+    runs = {r.data.tags[KEY_TAG]: r for r in tracker.children()}
+    status = [runs[s.key].data.tags[STATUS_TAG] for s in specs]
+    assert status == ["evaluated", "failed", "evaluated", "failed"]
+    assert [runs[s.key].info.status for s in specs] == ["FINISHED", "FAILED", "FINISHED", "FAILED"]
+    assert "ValueError: bad spec" in runs[specs[1].key].data.tags["signmix.error"]
+    assert "without evaluating it" in runs[specs[3].key].data.tags["signmix.error"]
+    artifacts = [f.path for f in tracker.client.list_artifacts(runs[specs[0].key].info.run_id, "mixture")]
+    assert artifacts == ["mixture/adapter.safetensors"]
+    assert tracker.client.list_artifacts(runs[specs[2].key].info.run_id) == []
+    assert (searcher.counts.evaluated, searcher.counts.failed) == (2, 2)
+
+
+def test_a_batch_whose_worker_died_fails_only_the_mixtures_it_had_not_evaluated(tmp_path):
+    searcher, tracking, tracker = _searcher_and_tracking(tmp_path, per_trial=3)
+    trial = _Trial("trial_1", searcher.suggest("trial_1"))
+    specs = [spec for _, spec in searcher.mixtures_of("trial_1")]
+    tracking.on_trial_start(0, [], trial)
+    result = {"accuracy_mean": 0.7, "batch_index": 0}
+    searcher.on_trial_result("trial_1", result)
+    tracking.on_trial_result(0, [], trial, result)
+    searcher.on_trial_complete("trial_1", None, error=True)
+    tracking.on_trial_error(0, [], trial)
+    runs = {r.data.tags[KEY_TAG]: r.data.tags for r in tracker.children()}
+    assert [runs[s.key][STATUS_TAG] for s in specs] == ["evaluated", "failed", "failed"]
+    assert "ActorDiedError" in runs[specs[2].key]["signmix.error"]
