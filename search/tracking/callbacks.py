@@ -49,17 +49,15 @@ class MixtureTracking(Callback):
         return [(spec, fsd[i]) for i, (_, spec) in enumerate(self.searcher.mixtures_of(trial.trial_id))]
 
     def _open(self, spec) -> bool:
-        """Whether the mixture's run is open: a batch re-run by Ray Tune reports again what it
-        had already finished, and that must not touch the finished run."""
-        return self.tracker.status.get(spec.key) == "running"
+        """Whether the mixture is still to be recorded: a batch re-run by Ray Tune reports again
+        what it had already finished, and that must not touch the finished run."""
+        return self.tracker.status.get(spec.key) in (None, "running")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        batch = self._batch(trial)
-        if batch is not None:
+        if "batch" in trial.config:
+            # A batch's mixtures get their runs as each is evaluated (MixtureTracking._finish):
+            # three MLflow calls a mixture instead of four, for searches of quick mixtures.
             self.searcher.trial_started(trial.trial_id)
-            for spec, fsd in batch:
-                if self.tracker.status.get(spec.key) in (None, "running"):
-                    self.tracker.start_mixture(spec, fsd, trial.trial_id)
             return
         spec = self._spec(trial)
         if spec is not None:
@@ -71,9 +69,9 @@ class MixtureTracking(Callback):
         if batch is not None:
             # One result per mixture of the batch; with a checkpoint (an evaluated mixture's
             # adapter and heads), Ray Tune hands that over after this call: on_checkpoint.
-            spec = batch[int(result["batch_index"])][0] if "batch_index" in result else None
+            spec, fsd = batch[int(result["batch_index"])] if "batch_index" in result else (None, None)
             if spec is not None and not result.get("should_checkpoint") and self._open(spec):
-                self._finish(spec, result)
+                self._finish(spec, result, fsd=fsd, trial_id=trial.trial_id)
             return
         spec = self._spec(trial)
         # A chunk of the evaluation (eval_chunks): logged now. The whole evaluation is logged
@@ -84,34 +82,36 @@ class MixtureTracking(Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         batch, result = self._batch(trial), trial.last_result or {}
         if batch is not None and "batch_index" in result:
-            spec = batch[int(result["batch_index"])][0]
+            spec, fsd = batch[int(result["batch_index"])]
             if self._open(spec):
-                self._finish(spec, result, checkpoint)
+                self._finish(spec, result, checkpoint, fsd=fsd, trial_id=trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         batch = self._batch(trial)
         if batch is not None:
-            for spec, _ in batch:  # every mixture reports before the trial ends; in case one did not:
+            for spec, fsd in batch:  # every mixture reports before the trial ends; in case one did not:
                 if self._open(spec) and spec.key in self.searcher.outcomes:
-                    self.tracker.finish_mixture(spec, "failed", error="the trial ended without evaluating it")
+                    self.tracker.finish_mixture(spec, "failed", error="the trial ended without evaluating it",
+                                                fsd=fsd, trial_id=trial.trial_id)
             return
         spec = self._spec(trial)
         if spec is not None:
             self._finish(spec, trial.last_result or {}, trial.checkpoint)
 
-    def _finish(self, spec, result: dict, checkpoint=None) -> None:
+    def _finish(self, spec, result: dict, checkpoint=None, **new_run) -> None:
+        """Record the mixture's outcome; ``new_run`` (``fsd``, ``trial_id``) creates its run if it has none."""
         status, _ = trial_outcome(result, objectives=self.searcher.objectives)
         metrics = numeric_metrics(result)
         if result.get("mixture_error"):  # a mixture of a batch raised; the batch went on
-            self.tracker.finish_mixture(spec, status, error=str(result["mixture_error"]))
+            self.tracker.finish_mixture(spec, status, error=str(result["mixture_error"]), **new_run)
             self._report(f"{status:<13} {spec.label():<40} ({str(result['mixture_error']).splitlines()[-1][:80]})")
             return
+        step = result.get("training_iteration", 0)
         if status == "evaluated" and checkpoint is not None:
             with checkpoint.as_directory() as path:
-                self.tracker.finish_mixture(spec, status, metrics=metrics, artifact_dir=path,
-                                            step=result.get("training_iteration", 0))
+                self.tracker.finish_mixture(spec, status, metrics=metrics, artifact_dir=path, step=step, **new_run)
         else:
-            self.tracker.finish_mixture(spec, status, metrics=metrics, step=result.get("training_iteration", 0))
+            self.tracker.finish_mixture(spec, status, metrics=metrics, step=step, **new_run)
         if status == "evaluated" and (self.best is None or result[METRIC] > self.best[0]):
             self.best = (result[METRIC], spec.label())
         self._report(f"{status:<13} {spec.label():<40} accuracy {result.get('accuracy_mean', float('nan')):.4f}")
@@ -122,11 +122,10 @@ class MixtureTracking(Callback):
         for spec, fsd in mixtures:
             if spec is None or spec.key not in self.searcher.outcomes:
                 continue  # the searcher runs it again: its trial failed before it started
-            if self.tracker.status.get(spec.key, "running") != "running":
+            if not self._open(spec):
                 continue  # evaluated earlier in the batch
-            if spec.key not in self.tracker.runs:  # it never started, and never will
-                self.tracker.start_mixture(spec, fsd, trial.trial_id)
-            self.tracker.finish_mixture(spec, "failed", error=_error_text(trial))
+            # (a run is created if it has none: its trial never started, or it is a batch's)
+            self.tracker.finish_mixture(spec, "failed", error=_error_text(trial), fsd=fsd, trial_id=trial.trial_id)
             self._report(f"{'failed':<13} {spec.label():<40} ({_error_text(trial).splitlines()[-1][:80]})")
 
     def _report(self, line: str) -> None:

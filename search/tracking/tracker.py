@@ -135,14 +135,19 @@ class SearchTracker:
         if key in self.runs:
             self.client.log_batch(self.runs[key], tags=[RunTag(k, v) for k, v in tags.items()])
         else:
-            run = self.client.create_run(self.experiment_id, run_name=spec.label(), tags={
-                PARENT_TAG: self.parent_id, KIND_TAG: "mixture", KEY_TAG: key, **tags})
-            self.runs[key] = run.info.run_id
+            run_id = self._create(spec, tags)
             self.client.log_batch(
-                run.info.run_id, params=_params(spec_params(spec, strategy=self.strategy, measure=self.measure)),
+                run_id, params=_params(spec_params(spec, strategy=self.strategy, measure=self.measure)),
                 metrics=[Metric("fsd", float(fsd), _now_ms(), 0)])
         self.status[key] = tags[STATUS_TAG]
         return self.runs[key]
+
+    def _create(self, spec: MixtureSpec, tags: Mapping[str, str]) -> str:
+        """A new child run for ``spec`` (no parameters yet: the caller's next call logs them)."""
+        run = self.client.create_run(self.experiment_id, run_name=spec.label(), tags={
+            PARENT_TAG: self.parent_id, KIND_TAG: "mixture", KEY_TAG: spec.key, **tags})
+        self.runs[spec.key] = run.info.run_id
+        return run.info.run_id
 
     @_timed
     def record_filtered(self, spec: MixtureSpec, fsd: float, reason: str) -> None:
@@ -160,24 +165,36 @@ class SearchTracker:
     def log_progress(self, spec: MixtureSpec, metrics: Mapping[str, float], step: int) -> None:
         self._log(self.runs[spec.key], metrics, step)
 
-    def _log(self, run_id: str, metrics: Mapping[str, float], step: int, tags: Mapping[str, str] | None = None) -> None:
+    def _log(self, run_id: str, metrics: Mapping[str, float], step: int, tags: Mapping[str, str] | None = None,
+             params: list | None = None) -> None:
         from mlflow.entities import Metric, RunTag
 
         ts = _now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
-                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()], params=params or [])
 
     @_timed
     def finish_mixture(self, spec: MixtureSpec, status: str, *, metrics: Mapping[str, float] | None = None,
-                       step: int = 0, artifact_dir: str | None = None, error: str | None = None) -> None:
-        """The mixture's outcome: its artifacts first, then metrics and status in one batch, then its end."""
+                       step: int = 0, artifact_dir: str | None = None, error: str | None = None,
+                       fsd: float = float("nan"), trial_id: str | None = None) -> None:
+        """The mixture's outcome: its artifacts first, then metrics and status in one batch, then its end.
+
+        A mixture without a run (a batch's, recorded once evaluated; one whose trial never
+        started) gets its run here, its parameters and ``fsd`` in that one batch: three calls.
+        A crash before the batch leaves a run without parameters, which :meth:`reload` deletes."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        run_id = self.runs[spec.key]
+        tags = {STATUS_TAG: status, **({"signmix.error": error[:5000]} if error else {})}
+        params, metrics = [], dict(metrics or {})
+        if spec.key in self.runs:
+            run_id = self.runs[spec.key]
+        else:
+            run_id = self._create(spec, {**tags, **({"signmix.trial_id": trial_id} if trial_id else {})})
+            params = _params(spec_params(spec, strategy=self.strategy, measure=self.measure))
+            metrics.setdefault("fsd", float(fsd))
         if artifact_dir is not None:
             self.client.log_artifacts(run_id, artifact_dir, MIXTURE_ARTIFACT)
-        tags = {STATUS_TAG: status, **({"signmix.error": error[:5000]} if error else {})}
-        self._log(run_id, metrics or {}, step, tags)
+        self._log(run_id, metrics, step, tags, params)
         self.status[spec.key] = status
         self.client.set_terminated(run_id, _TERMINAL[status])
 

@@ -225,7 +225,8 @@ def test_a_batch_trial_records_each_mixture_as_it_reports_with_its_checkpoint(tm
     specs = [spec for _, spec in searcher.mixtures_of("trial_1")]
     assert len(trial.config["batch"]) == len(specs) == 4
     tracking.on_trial_start(0, [], trial)
-    assert {r.data.tags[STATUS_TAG] for r in tracker.children()} == {"running"} and len(tracker.children()) == 4
+    assert tracker.children() == [], "a batch's mixture gets its run once evaluated"
+    calls = _counting(tracker)
 
     def report(result, checkpoint_dir=None):
         result = {**result, **({"should_checkpoint": True} if checkpoint_dir else {})}
@@ -241,6 +242,7 @@ def test_a_batch_trial_records_each_mixture_as_it_reports_with_its_checkpoint(tm
     report({"accuracy_mean": 0.7, "batch_index": 0}, saved)
     report({"accuracy_mean": float("nan"), "batch_index": 1, "mixture_error": "Traceback\nValueError: bad spec"})
     report({"accuracy_mean": 0.8, "batch_index": 2})  # a trial without checkpoints (benchmarks)
+    assert calls[-3:] == ["create_run", "log_batch", "set_terminated"], "three calls a mixture"
     report({"accuracy_mean": 0.7, "batch_index": 0}, saved)  # Ray Tune re-ran the batch: ignored
     searcher.on_trial_complete("trial_1", trial.last_result)
     tracking.on_trial_complete(0, [], trial)
@@ -255,6 +257,9 @@ def test_a_batch_trial_records_each_mixture_as_it_reports_with_its_checkpoint(tm
     assert artifacts == ["mixture/adapter.safetensors"]
     assert tracker.client.list_artifacts(runs[specs[2].key].info.run_id) == []
     assert (searcher.counts.evaluated, searcher.counts.failed) == (2, 2)
+    assert runs[specs[2].key].data.params["members"] == ",".join(specs[2].members)
+    assert runs[specs[2].key].data.tags["signmix.trial_id"] == "trial_1"
+    assert runs[specs[2].key].data.metrics["fsd"] == pytest.approx(0.1)
 
 
 def test_a_batch_whose_worker_died_fails_only_the_mixtures_it_had_not_evaluated(tmp_path):
