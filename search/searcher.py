@@ -72,7 +72,7 @@ class SearchCounts:
     stopped_early: int = 0
     failed: int = 0
     filtered_keys: set = field(default_factory=set)
-    prefilter_seconds: float = 0.0  # building specs and deciding on them, in the driver
+    prefilter_seconds: float = 0.0  # deciding on proposals (FSD, constraints, the gate), in the driver
 
 
 class SignConflictSearcher(Searcher):
@@ -178,12 +178,12 @@ class SignConflictSearcher(Searcher):
                 if params is None:
                     break
                 self.strategy.enqueue([params])
-            t0 = time.perf_counter()
             proposal = self._propose()
             if proposal is None:
                 break
             token, spec = proposal
             self.counts.proposals += 1
+            t0 = time.perf_counter()
             verdict = self._verdict(spec)
             self.counts.prefilter_seconds += time.perf_counter() - t0
             if not verdict.accepted:

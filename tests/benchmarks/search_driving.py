@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 def drive_search(name: str, space: MixtureSpace, index: SignIndex, oracle: Callable[[MixtureSpec], float],
                  seed: int, budget: int, checkpoints: list[int], study_name: str, warm_start: str = "greedy_fsd",
                  good_enough: float = math.inf, gate: FsdGate | None = None,
-                 switch_after: int | None = None) -> dict[int, dict]:
+                 switch_after: int | None = None, mixtures_per_trial: int = 1) -> dict[int, dict]:
     """Drives one SignConflictSearcher (strategy ``name``, optionally behind ``gate``) to
     ``budget`` evaluations; returns, for each checkpoint budget, a snapshot taken when it was
     reached (or at the end, when the search finished earlier): ``best`` accuracy, ``best_key``,
@@ -35,10 +35,13 @@ def drive_search(name: str, space: MixtureSpace, index: SignIndex, oracle: Calla
     ``reached`` (evaluations until ``best >= good_enough``, None if never), and with a gate
     its ``decision``, ``threshold``, ``rho``, ``p``, ``n`` and ``ever_filtered`` (the
     evaluation count at which its decision first became ``filter``, None if never).
-    ``switch_after``: tpe's ``search.tpe_switch_after`` (None: TPE to the end)."""
+    ``switch_after``: tpe's ``search.tpe_switch_after`` (None: TPE to the end).
+    ``mixtures_per_trial``: ``search.mixtures_per_trial``, each batch proposed whole before any
+    of its mixtures is told, and told one by one as Ray Tune would report them."""
     strategy = make_strategy(name, space=space, index=index, seed=seed, budget=budget, study_name=study_name,
                              warm_start=warm_start, switch_after=switch_after)
-    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=budget, gate=gate)
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=budget, gate=gate,
+                                    mixtures_per_trial=mixtures_per_trial)
     best, best_key, snapshots, i, reached, first_filter = -math.inf, None, {}, 0, None, None
 
     def snapshot() -> dict:
@@ -57,16 +60,23 @@ def drive_search(name: str, space: MixtureSpace, index: SignIndex, oracle: Calla
         cfg = searcher.suggest(trial_id)
         if cfg is None or cfg is Searcher.FINISHED:
             break
-        spec = MixtureSpec.from_dict(cfg["spec"])
-        acc = oracle(spec)
-        searcher.on_trial_complete(trial_id, {"accuracy_mean": acc, "evaluated_fraction": 1.0})
-        if acc > best:
-            best, best_key = acc, spec.key
-        if reached is None and best >= good_enough:
-            reached = searcher.counts.evaluated
-        if gate is not None and first_filter is None and gate.decision == "filter":
-            first_filter = searcher.counts.evaluated
-        if searcher.counts.evaluated in checkpoints:
-            snapshots[searcher.counts.evaluated] = snapshot()
+        for position, item in enumerate(cfg.get("batch", [cfg])):
+            spec = MixtureSpec.from_dict(item["spec"])
+            acc = oracle(spec)
+            result = {"accuracy_mean": acc, "evaluated_fraction": 1.0}
+            if "batch" in cfg:
+                searcher.on_trial_result(trial_id, {**result, "batch_index": position})
+            else:
+                searcher.on_trial_complete(trial_id, result)
+            if acc > best:
+                best, best_key = acc, spec.key
+            if reached is None and best >= good_enough:
+                reached = searcher.counts.evaluated
+            if gate is not None and first_filter is None and gate.decision == "filter":
+                first_filter = searcher.counts.evaluated
+            if searcher.counts.evaluated in checkpoints:
+                snapshots[searcher.counts.evaluated] = snapshot()
+        if "batch" in cfg:
+            searcher.on_trial_complete(trial_id, result)
     final = snapshot()
     return {b: snapshots.get(b, final) for b in checkpoints}

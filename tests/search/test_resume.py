@@ -27,7 +27,9 @@ def _evaluated(cfg) -> int:
 
 
 OBJECTIVES = {"accuracy": {}, "accuracy+robust_accuracy": {"objectives": ["accuracy", "robust_accuracy"],
-                                                         "fgsm_step": 0.01}}
+                                                         "fgsm_step": 0.01},
+              # each Ray trial a batch of 2 mixtures (search.mixtures_per_trial): killed mid-batch
+              "accuracy,batches": {"mixtures_per_trial": 2}}
 
 
 @pytest.mark.parametrize("objectives", list(OBJECTIVES))
@@ -77,7 +79,8 @@ def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_clust
     # The same Ray Tune experiment, each of its trials a different mixture.
     experiments = list(Path(cfg.storage_path).glob("search-*/"))
     assert len(experiments) == 1
-    trial_keys = [json.loads(p.read_text())["mixture_key"] for p in experiments[0].glob("*/params.json")]
+    configs = [json.loads(p.read_text()) for p in experiments[0].glob("*/params.json")]
+    trial_keys = [item["mixture_key"] for c in configs for item in c.get("batch", [c])]
     assert len(trial_keys) == len(set(trial_keys))
     # The same Optuna study: one study, every evaluated mixture told to it.
     import optuna
