@@ -230,17 +230,24 @@ class SearchTracker:
         return found
 
     def close_dangling(self) -> int:
-        """Mark child runs still RUNNING at the end of a search as failed; returns how many.
+        """End the child runs still RUNNING at the end of a search; returns how many failed.
 
-        Only a crash leaves one: a mixture in flight when the driver died that the resumed
-        search did not run again (its budget was spent first)."""
-        runs = self.children(running=True)  # not every run: a search may have tens of thousands
-        for run in runs:
+        Only a crash leaves one. A run whose outcome was recorded (its status tag) lost only
+        its end: it ends as that outcome says. The others were in flight when the driver
+        died and the resumed search did not run them again (its budget was spent first):
+        they are failed."""
+        failed = 0
+        for run in self.children(running=True):  # not every run: a search may have tens of thousands
+            status = run.data.tags.get(STATUS_TAG)
+            if status in _TERMINAL:
+                self.client.set_terminated(run.info.run_id, _TERMINAL[status])
+                continue
             self._log(run.info.run_id, {}, 0, {
                 STATUS_TAG: "failed", "signmix.error": "interrupted: the driver stopped while this mixture was "
                 "evaluated, and the resumed search did not run it again"})
             self.client.set_terminated(run.info.run_id, "KILLED")
-        return len(runs)
+            failed += 1
+        return failed
 
     def end(self, *, summary: Mapping[str, float], failed: bool = False) -> None:
         if self.parent_id is None:

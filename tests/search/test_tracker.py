@@ -149,6 +149,32 @@ def test_close_dangling_ends_only_the_runs_still_running(tmp_path):
     assert runs[done.key].data.tags[STATUS_TAG] == "evaluated" and runs[done.key].info.status == "FINISHED"
 
 
+def test_close_dangling_ends_a_run_whose_outcome_was_recorded_as_that_outcome(tmp_path):
+    """The driver died between a mixture's outcome (its metrics and status) and its run's end
+    (found by the kill-and-resume test): the evaluation counts, so the run ends FINISHED."""
+    tracker = _tracker(tmp_path)
+    tracker.start(params={"strategy": "tpe"}, run_name="search")
+    spec = make_mixture_spec(members=["books", "dvd"], targets=["books"])
+    client = tracker.client
+
+    class DiesBeforeTheEnd:
+        def __getattr__(self, name):
+            if name == "set_terminated":
+                raise KeyboardInterrupt("the driver was killed")
+            return getattr(client, name)
+
+    tracker.client = DiesBeforeTheEnd()
+    with pytest.raises(KeyboardInterrupt):
+        tracker.finish_mixture(spec, "evaluated", metrics={"accuracy_mean": 0.7}, fsd=0.2, trial_id="trial_1")
+    resumed = _tracker(tmp_path)
+    resumed.attach(tracker.parent_id)
+    assert resumed.reload()[spec.key][0] == "evaluated"
+    assert resumed.close_dangling() == 0
+    (run,) = resumed.children()
+    assert run.data.tags[STATUS_TAG] == "evaluated" and run.info.status == "FINISHED"
+    assert run.data.metrics["accuracy_mean"] == 0.7
+
+
 def test_the_confirmation_reads_a_search_best_first_a_page_at_a_time_and_stops_when_it_has_its_runs(tmp_path):
     from search.confirmation import exportable_runs, ranked_runs
 
