@@ -12,8 +12,8 @@ from search.outcomes import METRIC, trial_outcome
 
 if TYPE_CHECKING:
     from search.searcher import SignConflictSearcher
-    from spaces.spec import MixtureSpec
     from search.tracking.tracker import SearchTracker
+    from spaces.spec import MixtureSpec
 
 logger = logging.getLogger(__name__)
 

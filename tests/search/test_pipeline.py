@@ -146,6 +146,7 @@ def test_a_search_in_batches_records_every_mixture_as_its_own_trial_did(pipeline
     MLflow run, metrics and artifact (handed over by Ray Tune's on_checkpoint), equal to what
     a trial of its own measured, and the best exports and reproduces its accuracy."""
     from tests_support import write_config
+
     from search.export import evaluate_export, export_mixture
     from search.runner import run_search
 

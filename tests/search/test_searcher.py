@@ -440,7 +440,7 @@ def test_a_failed_batch_fails_the_mixtures_it_did_not_report_and_a_batch_that_ne
 
 
 def test_a_batch_searcher_snapshot_restores_its_batches(index, tmp_path):
-    searcher, strategy = batch_searcher(index, ["t"], ["t", "a"], per_trial=2)
+    searcher, _ = batch_searcher(index, ["t"], ["t", "a"], per_trial=2)
     searcher.suggest("trial_1")
     searcher.save(str(tmp_path / "snap"))
     restored, _ = batch_searcher(index, per_trial=2)
