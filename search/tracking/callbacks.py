@@ -36,6 +36,7 @@ class MixtureTracking(Callback):
         self.tracker, self.searcher = tracker, searcher
         self.progress = progress or (lambda line: None)
         self.best: tuple[float, str] | None = None
+        self.awaiting: dict[str, dict] = {}  # batch mixture key -> its result, until its checkpoint comes
         self.started = time.perf_counter()
 
     def _spec(self, trial):
@@ -70,8 +71,11 @@ class MixtureTracking(Callback):
             # One result per mixture of the batch; with a checkpoint (an evaluated mixture's
             # adapter and heads), Ray Tune hands that over after this call: on_checkpoint.
             spec, fsd = batch[int(result["batch_index"])] if "batch_index" in result else (None, None)
-            if spec is not None and not result.get("should_checkpoint") and self._open(spec):
-                self._finish(spec, result, fsd=fsd, trial_id=trial.trial_id)
+            if spec is not None and self._open(spec):
+                if result.get("should_checkpoint"):
+                    self.awaiting[spec.key] = dict(result)  # recorded without artifacts if none comes
+                else:
+                    self._finish(spec, result, fsd=fsd, trial_id=trial.trial_id)
             return
         spec = self._spec(trial)
         # A chunk of the evaluation (eval_chunks): logged now. The whole evaluation is logged
@@ -83,20 +87,31 @@ class MixtureTracking(Callback):
         batch, result = self._batch(trial), trial.last_result or {}
         if batch is not None and "batch_index" in result:
             spec, fsd = batch[int(result["batch_index"])]
+            self.awaiting.pop(spec.key, None)
             if self._open(spec):
                 self._finish(spec, result, checkpoint, fsd=fsd, trial_id=trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         batch = self._batch(trial)
         if batch is not None:
-            for spec, fsd in batch:  # every mixture reports before the trial ends; in case one did not:
-                if self._open(spec) and spec.key in self.searcher.outcomes:
-                    self.tracker.finish_mixture(spec, "failed", error="the trial ended without evaluating it",
-                                                fsd=fsd, trial_id=trial.trial_id)
+            self._finish_batch(batch, trial)
             return
         spec = self._spec(trial)
         if spec is not None:
             self._finish(spec, trial.last_result or {}, trial.checkpoint)
+
+    def _finish_batch(self, batch, trial, error: str = "the trial ended without evaluating it") -> None:
+        """The end of a batch trial: a mixture whose checkpoint never came is recorded from its
+        result, without artifacts; one that never reported fails with ``error``."""
+        for spec, fsd in batch:
+            result = self.awaiting.pop(spec.key, None)
+            if not self._open(spec) or spec.key not in self.searcher.outcomes:
+                continue  # recorded already, or the searcher runs it again (never started)
+            if result is not None:
+                self._finish(spec, result, fsd=fsd, trial_id=trial.trial_id)
+            else:
+                self.tracker.finish_mixture(spec, "failed", error=error, fsd=fsd, trial_id=trial.trial_id)
+                self._report(f"{'failed':<13} {spec.label():<40} ({error.splitlines()[-1][:80]})")
 
     def _finish(self, spec, result: dict, checkpoint=None, **new_run) -> None:
         """Record the mixture's outcome; ``new_run`` (``fsd``, ``trial_id``) creates its run if it has none."""
@@ -118,15 +133,18 @@ class MixtureTracking(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         batch = self._batch(trial)
-        mixtures = batch if batch is not None else [(self._spec(trial), trial.config.get("fsd", float("nan")))]
-        for spec, fsd in mixtures:
-            if spec is None or spec.key not in self.searcher.outcomes:
-                continue  # the searcher runs it again: its trial failed before it started
-            if not self._open(spec):
-                continue  # evaluated earlier in the batch
-            # (a run is created if it has none: its trial never started, or it is a batch's)
-            self.tracker.finish_mixture(spec, "failed", error=_error_text(trial), fsd=fsd, trial_id=trial.trial_id)
-            self._report(f"{'failed':<13} {spec.label():<40} ({_error_text(trial).splitlines()[-1][:80]})")
+        if batch is not None:
+            self._finish_batch(batch, trial, error=_error_text(trial))
+            return
+        spec = self._spec(trial)
+        if spec is None or spec.key not in self.searcher.outcomes:
+            return  # the searcher runs it again: its trial failed before it started
+        if not self._open(spec):
+            return  # a trial re-run after a restore, whose mixture was recorded before the crash
+        # (a run is created if it has none: its trial never started)
+        self.tracker.finish_mixture(spec, "failed", error=_error_text(trial),
+                                    fsd=trial.config.get("fsd", float("nan")), trial_id=trial.trial_id)
+        self._report(f"{'failed':<13} {spec.label():<40} ({_error_text(trial).splitlines()[-1][:80]})")
 
     def _report(self, line: str) -> None:
         c = self.searcher.counts

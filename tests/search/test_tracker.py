@@ -301,3 +301,22 @@ def test_a_batch_whose_worker_died_fails_only_the_mixtures_it_had_not_evaluated(
     runs = {r.data.tags[KEY_TAG]: r.data.tags for r in tracker.children()}
     assert [runs[s.key][STATUS_TAG] for s in specs] == ["evaluated", "failed", "failed"]
     assert "ActorDiedError" in runs[specs[2].key]["signmix.error"]
+
+
+def test_a_batch_mixture_whose_checkpoint_never_came_is_recorded_from_its_result(tmp_path):
+    searcher, tracking, tracker = _searcher_and_tracking(tmp_path, per_trial=2)
+    trial = _Trial("trial_1", searcher.suggest("trial_1"))
+    specs = [spec for _, spec in searcher.mixtures_of("trial_1")]
+    tracking.on_trial_start(0, [], trial)
+    for i in range(2):
+        result = {"accuracy_mean": 0.6 + i / 10, "batch_index": i, "should_checkpoint": True}
+        searcher.on_trial_result("trial_1", result)
+        tracking.on_trial_result(0, [], trial, result)
+        trial.last_result = result
+    assert tracker.children() == [], "waiting for the checkpoints"
+    searcher.on_trial_complete("trial_1", trial.last_result)
+    tracking.on_trial_complete(0, [], trial)  # the checkpoints' save failed: no on_checkpoint
+    runs = {r.data.tags[KEY_TAG]: r for r in tracker.children()}
+    assert [runs[s.key].data.tags[STATUS_TAG] for s in specs] == ["evaluated", "evaluated"]
+    assert [runs[s.key].data.metrics["accuracy_mean"] for s in specs] == [0.6, 0.7]
+    assert tracking.awaiting == {}
