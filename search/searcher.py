@@ -141,17 +141,18 @@ class SignConflictSearcher(Searcher):
         ``mixtures_per_trial`` > 1 a ``batch`` of up to that many, evaluated one after the
         other by one trial. Each mixture of a batch is its own sub-trial ``<trial id>#<i>``
         here: the budget, the strategy's tells and the retries count mixtures, not trials."""
-        configs = []
+        subs, configs = [], []
         for i in range(self.mixtures_per_trial):
             picked = self._next_mixture()
             if picked is None:
                 break
-            configs.append(self._start(trial_id if self.mixtures_per_trial == 1 else f"{trial_id}#{i}", *picked))
+            subs.append(trial_id if self.mixtures_per_trial == 1 else f"{trial_id}#{i}")
+            configs.append(self._start(subs[-1], *picked))
         if not configs:
             return None if self.live else Searcher.FINISHED
         if self.mixtures_per_trial == 1:
             return configs[0]
-        self.batches[trial_id] = [f"{trial_id}#{i}" for i in range(len(configs))]
+        self.batches[trial_id] = subs
         return {"batch": configs}
 
     def _next_mixture(self) -> tuple[int, MixtureSpec, float] | None:

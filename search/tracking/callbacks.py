@@ -93,33 +93,37 @@ class MixtureTracking(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         batch = self._batch(trial)
-        if batch is not None:
-            self._finish_batch(batch, trial)
+        if batch is not None:  # every mixture reported before the trial ended; in case one did not:
+            self._close(batch, trial, "the trial ended without evaluating it")
             return
         spec = self._spec(trial)
         if spec is not None:
             self._finish(spec, trial.last_result or {}, trial.checkpoint)
 
-    def _finish_batch(self, batch, trial, error: str = "the trial ended without evaluating it") -> None:
-        """The end of a batch trial: a mixture whose checkpoint never came is recorded from its
-        result, without artifacts; one that never reported fails with ``error``."""
-        for spec, fsd in batch:
+    def _close(self, mixtures, trial, error: str) -> None:
+        """The end of a trial for its mixtures (spec, FSD) still to be recorded: one whose
+        checkpoint never came is recorded from its result, without artifacts; one that never
+        reported fails with ``error``. Skipped: what is recorded already (a trial re-run by Ray
+        Tune, or after a restore) and what the searcher runs again (its trial never started)."""
+        for spec, fsd in mixtures:
             result = self.awaiting.pop(spec.key, None)
             if not self._open(spec) or spec.key not in self.searcher.outcomes:
-                continue  # recorded already, or the searcher runs it again (never started)
+                continue
             if result is not None:
                 self._finish(spec, result, fsd=fsd, trial_id=trial.trial_id)
             else:
-                self.tracker.finish_mixture(spec, "failed", error=error, fsd=fsd, trial_id=trial.trial_id)
-                self._report(f"{'failed':<13} {spec.label():<40} ({error.splitlines()[-1][:80]})")
+                self._fail(spec, error, fsd=fsd, trial_id=trial.trial_id)
+
+    def _fail(self, spec, error: str, **new_run) -> None:
+        self.tracker.finish_mixture(spec, "failed", error=error, **new_run)
+        self._report(f"{'failed':<13} {spec.label():<40} ({error.splitlines()[-1][:80]})")
 
     def _finish(self, spec, result: dict, checkpoint=None, **new_run) -> None:
         """Record the mixture's outcome; ``new_run`` (``fsd``, ``trial_id``) creates its run if it has none."""
         status, _ = trial_outcome(result, objectives=self.searcher.objectives)
         metrics = numeric_metrics(result)
         if result.get("mixture_error"):  # a mixture of a batch raised; the batch went on
-            self.tracker.finish_mixture(spec, status, error=str(result["mixture_error"]), **new_run)
-            self._report(f"{status:<13} {spec.label():<40} ({str(result['mixture_error']).splitlines()[-1][:80]})")
+            self._fail(spec, str(result["mixture_error"]), **new_run)
             return
         step = result.get("training_iteration", 0)
         if status == "evaluated" and checkpoint is not None:
@@ -132,19 +136,10 @@ class MixtureTracking(Callback):
         self._report(f"{status:<13} {spec.label():<40} accuracy {result.get('accuracy_mean', float('nan')):.4f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        batch = self._batch(trial)
-        if batch is not None:
-            self._finish_batch(batch, trial, error=_error_text(trial))
-            return
+        # (a mixture that has no run gets one: a batch's, or one whose trial never started)
         spec = self._spec(trial)
-        if spec is None or spec.key not in self.searcher.outcomes:
-            return  # the searcher runs it again: its trial failed before it started
-        if not self._open(spec):
-            return  # a trial re-run after a restore, whose mixture was recorded before the crash
-        # (a run is created if it has none: its trial never started)
-        self.tracker.finish_mixture(spec, "failed", error=_error_text(trial),
-                                    fsd=trial.config.get("fsd", float("nan")), trial_id=trial.trial_id)
-        self._report(f"{'failed':<13} {spec.label():<40} ({_error_text(trial).splitlines()[-1][:80]})")
+        single = [] if spec is None else [(spec, trial.config.get("fsd", float("nan")))]
+        self._close(self._batch(trial) or single, trial, _error_text(trial))
 
     def _report(self, line: str) -> None:
         c = self.searcher.counts

@@ -136,9 +136,7 @@ class SearchTracker:
             self.client.log_batch(self.runs[key], tags=[RunTag(k, v) for k, v in tags.items()])
         else:
             run_id = self._create(spec, tags)
-            self.client.log_batch(
-                run_id, params=_params(spec_params(spec, strategy=self.strategy, measure=self.measure)),
-                metrics=[Metric("fsd", float(fsd), _now_ms(), 0)])
+            self.client.log_batch(run_id, params=self._params_of(spec), metrics=[Metric("fsd", float(fsd), _now_ms(), 0)])
         self.status[key] = tags[STATUS_TAG]
         return self.runs[key]
 
@@ -148,6 +146,9 @@ class SearchTracker:
             PARENT_TAG: self.parent_id, KIND_TAG: "mixture", KEY_TAG: spec.key, **tags})
         self.runs[spec.key] = run.info.run_id
         return run.info.run_id
+
+    def _params_of(self, spec: MixtureSpec) -> list:
+        return _params(spec_params(spec, strategy=self.strategy, measure=self.measure))
 
     @_timed
     def record_filtered(self, spec: MixtureSpec, fsd: float, reason: str) -> None:
@@ -190,7 +191,7 @@ class SearchTracker:
             run_id = self.runs[spec.key]
         else:
             run_id = self._create(spec, {**tags, **({"signmix.trial_id": trial_id} if trial_id else {})})
-            params = _params(spec_params(spec, strategy=self.strategy, measure=self.measure))
+            params = self._params_of(spec)
             metrics.setdefault("fsd", float(fsd))
         if artifact_dir is not None:
             self.client.log_artifacts(run_id, artifact_dir, MIXTURE_ARTIFACT)
