@@ -182,7 +182,8 @@ class SearchTracker:
 
         A mixture without a run (a batch's, recorded once evaluated; one whose trial never
         started) gets its run here, its parameters and ``fsd`` in that one batch: three calls.
-        A crash before the batch leaves a run without parameters, which :meth:`reload` deletes."""
+        A crash before the batch leaves a run without parameters, which :meth:`reload` deletes;
+        one within it, a run still "running", which :meth:`close_dangling` fails."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         tags = {STATUS_TAG: status, **({"signmix.error": error[:5000]} if error else {})}
@@ -190,7 +191,10 @@ class SearchTracker:
         if spec.key in self.runs:
             run_id = self.runs[spec.key]
         else:
-            run_id = self._create(spec, {**tags, **({"signmix.trial_id": trial_id} if trial_id else {})})
+            # "running" until the batch below: MLflow writes a batch's parameters, metrics and
+            # tags one after the other, so the status must come with the last of them, or a
+            # crash in between leaves an "evaluated" run without its metrics.
+            run_id = self._create(spec, {STATUS_TAG: "running", **({"signmix.trial_id": trial_id} if trial_id else {})})
             params = self._params_of(spec)
             metrics.setdefault("fsd", float(fsd))
         if artifact_dir is not None:

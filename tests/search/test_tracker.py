@@ -320,3 +320,33 @@ def test_a_batch_mixture_whose_checkpoint_never_came_is_recorded_from_its_result
     assert [runs[s.key].data.tags[STATUS_TAG] for s in specs] == ["evaluated", "evaluated"]
     assert [runs[s.key].data.metrics["accuracy_mean"] for s in specs] == [0.6, 0.7]
     assert tracking.awaiting == {}
+
+
+def test_a_batch_mixture_whose_recording_was_cut_short_is_never_taken_for_evaluated(tmp_path):
+    """MLflow's log_batch writes parameters, metrics and tags one after the other; the driver
+    died after the parameters (found by the batched kill-and-resume test, whose resume then
+    read an "evaluated" run without metrics). The status comes last, so the run stays
+    "running": the resumed search does not count it, and its end fails it."""
+    tracker = _tracker(tmp_path)
+    tracker.start(params={"strategy": "tpe"}, run_name="search")
+    spec = make_mixture_spec(members=["books", "dvd"], targets=["books"])
+    client = tracker.client
+
+    class DiesWithinTheBatch:
+        def __getattr__(self, name):
+            if name == "log_batch":
+                def cut_short(run_id, metrics=(), params=(), tags=()):
+                    client.log_batch(run_id, params=params)
+                    raise KeyboardInterrupt("the driver was killed")
+                return cut_short
+            return getattr(client, name)
+
+    tracker.client = DiesWithinTheBatch()
+    with pytest.raises(KeyboardInterrupt):
+        tracker.finish_mixture(spec, "evaluated", metrics={"accuracy_mean": 0.7}, fsd=0.2, trial_id="trial_1")
+    resumed = _tracker(tmp_path)
+    resumed.attach(tracker.parent_id)
+    assert resumed.reload()[spec.key][0] == "running"
+    assert resumed.close_dangling() == 1
+    (run,) = resumed.children()
+    assert run.data.tags[STATUS_TAG] == "failed" and run.info.status == "KILLED"
