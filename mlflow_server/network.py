@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -56,7 +57,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         # uvicorn sets SO_REUSEADDR too, so sockets in TIME_WAIT do not count as "in use".
@@ -82,7 +83,7 @@ def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
 
 
-def _health_error(base_url: str, timeout: float) -> str | None:
+def health_error(base_url: str, timeout: float) -> str | None:
     """Return why ``<base_url>/health`` is not OK, or None when it is (credentials in the
     URL are sent as basic auth)."""
     try:
@@ -111,7 +112,7 @@ def check_reachable(tracking_uri: str, timeout: float = 5) -> None:
         raise UsageError("mlflow.tracking_uri is empty; set it to e.g. http://127.0.0.1:5000 or sqlite:///mlflow.db")
     scheme = urllib.parse.urlsplit(tracking_uri).scheme.lower()
     if scheme in ("http", "https"):
-        reason = _health_error(tracking_uri, timeout)
+        reason = health_error(tracking_uri, timeout)
         if reason is not None:
             raise TrackingError(
                 f"the MLflow tracking server at {redact_uri(tracking_uri)} cannot be reached: {reason}; "
@@ -146,29 +147,43 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(db).expanduser() if db and db != ":memory:" else None
 
 
-def use_wal(engine) -> None:
-    """Open ``engine``'s SQLite connections in WAL mode without a sync per commit.
+_WAL_FILES: set[str] = set()  # SQLite files whose connections use_wal has put in WAL mode
+
+
+def use_wal(db: str | os.PathLike) -> None:
+    """Open every later SQLAlchemy connection to the SQLite file ``db`` in WAL mode without a sync per commit.
 
     With SQLite's default rollback journal every commit syncs the file: the MLflow and Optuna
     stores commit several times per trial, and the syncs were a fifth of a search driver's
     time (BENCHMARKS.md, "Driver scale"). In WAL mode an application crash loses nothing,
     a power loss at most the last commits; readers in other processes (``mlflow server``,
     ``mlflow ui``) keep working on the same machine. Not for a database on a network file
-    system, where SQLite's WAL does not work: use a server there."""
+    system, where SQLite's WAL does not work: use a server there.
+
+    Public APIs only: SQLAlchemy's ``connect`` event on the ``Engine`` class (every engine,
+    whoever builds it: MLflow's store, Optuna's RDBStorage) applies the pragmas to the
+    connections whose main database is one of the files given here; other databases are
+    left as they are.
+    """
     from sqlalchemy import event
+    from sqlalchemy.engine import Engine
 
-    if getattr(engine, "_signmix_wal", False):
+    if not _WAL_FILES:
+        event.listen(Engine, "connect", _wal_pragmas)
+    _WAL_FILES.add(os.path.realpath(db))
+
+
+def _wal_pragmas(dbapi_connection, _record) -> None:
+    if not isinstance(dbapi_connection, sqlite3.Connection):
         return
-
-    @event.listens_for(engine, "connect")
-    def _wal(dbapi_connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor = dbapi_connection.cursor()
+    try:
+        files = [row[2] for row in cursor.execute("PRAGMA database_list") if row[1] == "main"]
+        if files and files[0] and os.path.realpath(files[0]) in _WAL_FILES:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
         cursor.close()
-
-    engine._signmix_wal = True
-    engine.dispose()  # connections opened before the listener get the pragmas too
 
 
 def _check_store_folder(folder: Path, tracking_uri: str) -> None:

@@ -21,8 +21,8 @@ from types import TracebackType
 from typing import IO, NoReturn
 
 from mlflow_server.network import (  # noqa: F401  (re-exported: the server's public helpers)
-    _health_error,
-    _port_in_use,
+    health_error,
+    port_in_use,
     check_reachable,
     free_port,
     is_loopback,
@@ -191,7 +191,7 @@ class TrackingServer:
         except OSError as error:
             raise UsageError(f"cannot create the server root folder {root}: {error}; pass a writable --root") from error
         self._check_basic_auth_bootstrap(root)
-        if _port_in_use(settings.host, settings.port):
+        if port_in_use(settings.host, settings.port):
             raise TrackingError(
                 f"port {settings.port} on {settings.host} is already in use, so the MLflow server cannot start; "
                 f"choose another with --port (e.g. --port {free_port(settings.host)}) or stop the other server"
@@ -208,7 +208,7 @@ class TrackingServer:
         while True:
             if process.poll() is not None:
                 self._fail(f"the MLflow server exited with code {process.returncode} before it was ready")
-            reason = _health_error(self.url, timeout=1.0)
+            reason = health_error(self.url, timeout=1.0)
             if reason is None and process.poll() is None:
                 logger.debug("MLflow server ready at %s (pid %d)", self.url, process.pid)
                 return self

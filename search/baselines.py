@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from search.config import Config
+from search.tracking.layout import spec_from_params
 from spaces.spec import MixtureSpec, make_mixture_spec
 
 
@@ -103,12 +104,4 @@ def search_summary_lines(cfg: Config, best_run_id: str,
 
 def spec_of_record(record: Mapping, **changes) -> MixtureSpec:
     """The mixture an export's ``mixture.json`` describes (``changes`` replace its fields, e.g. ``head``)."""
-    from search.tracking.tracker import MERGE_PARAMS
-
-    fields = dict(members=record["members"], weights=record["weights"], targets=record["targets"],
-                  prune_method=record["prune_method"], prune_ratio=record["prune_ratio"],
-                  prune_scope=record["prune_scope"], prune_when=record["prune_when"],
-                  prune_layers=record.get("prune_layers", 0), merge_method=record.get("merge_method", "average"),
-                  head=record.get("head", "own"),
-                  **{MERGE_PARAMS[k]: v for k, v in record.get("merge_parameters", {}).items()})
-    return make_mixture_spec(**{**fields, **changes}, require_targets=False)
+    return spec_from_params({**record, **changes})

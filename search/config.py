@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from search.objectives import OBJECTIVES, PARETO_RULES
-from search.confirmation import TIE_RULES
+from search.confirmation_stats import TIE_RULES
 from search.strategies import STRATEGIES
 from spaces.errors import ConfigError
 from spaces.fsd import FSD_MEASURES

@@ -25,69 +25,21 @@ import os
 import time
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
+from search.tracking.layout import spec_from_run
+
 if TYPE_CHECKING:
     from search.config import Config
     from spaces.spec import MixtureSpec
 
 logger = logging.getLogger(__name__)
 
-TIE_RULES = ("fewer_members", "higher_accuracy")
 KIND = "confirmation"
-CHOSEN_TAG = "signmix.chosen_run_id"
-BEST_TAG = "signmix.best_run_id"
-RULE_TAG = "signmix.when_tied"
-NOTES_TAG = "signmix.confirmation_notes"
-BASELINES = ("own", "soup", "greedy", "alone")  # metric prefixes: own_test_accuracy/<t>, soup_..., greedy_..., alone_...
-CONFIDENCE = 0.95
-
-
-def validation_sizes(cfg: Config) -> dict[str, int]:
-    """Number of validation examples each search target is evaluated on (after ``max_eval_examples``)."""
-    from trainables.data import load_domain
-
-    sizes = {}
-    for t in cfg.search.targets:
-        data = load_domain(t, cfg.domains[t].model_dump(), splits=("validation",),
-                           max_eval_examples=cfg.training.max_eval_examples, seed=cfg.training.seed,
-                           trust_remote_code=cfg.trust_remote_code)
-        sizes[t] = len(data.splits["validation"])
-    return sizes
-
-
-def small_validation_warnings(sizes: Mapping[str, int], max_half_width: float) -> list[str]:
-    """One warning per target whose 95% validation interval is wider than ``±max_half_width``."""
-    from trainables.confidence import examples_for, half_width_for
-
-    out = []
-    for t, n in sizes.items():
-        hw = half_width_for(max(1, n))
-        if hw > max_half_width:
-            needed = examples_for(max_half_width)
-            out.append(f"target {t}: {n} validation examples give a 95% interval of about ±{hw:.3f} "
-                       f"(search.max_interval_half_width {max_half_width:g}); mixtures closer than that "
-                       f"cannot be told apart; about {needed} examples would be needed")
-    return out
-
-
-def spec_from_run(run) -> MixtureSpec:
-    """The mixture a search's child run evaluated, rebuilt from its MLflow parameters."""
-    from search.tracking.tracker import merge_params_of
-    from spaces.spec import make_mixture_spec
-
-    p = run.data.params
-    optional = {name: p[name] for name in ("merge_method", "head") if p.get(name) not in (None, "", "None")}
-    optional.update(merge_params_of(p))  # read under the names spec_params logs them with
-    return make_mixture_spec(members=p["members"].split(","), targets=p["targets"].split(","),
-                             weights=[float(w) for w in p["weights"].split(",")],
-                             prune_method=p["prune_method"], prune_ratio=float(p["prune_ratio"]),
-                             prune_scope=p["prune_scope"], prune_when=p["prune_when"],
-                             prune_layers=int(p.get("prune_layers", 0)), require_targets=False, **optional)
 
 
 def ranked_runs(client, experiment_id: str, parent_id: str | None, *, page: int = 500) -> Iterator:
     """The evaluated mixture runs (of one search, or of the experiment), best validation
     accuracy first, read a page at a time (a search may have tens of thousands)."""
-    from search.tracking.tracker import KIND_TAG, PARENT_TAG, STATUS_TAG
+    from search.tracking.layout import KIND_TAG, PARENT_TAG, STATUS_TAG
 
     where = f"tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'"
     if parent_id:
@@ -157,7 +109,7 @@ def run_confirmation_trial(cfg: Config, candidates: Mapping[str, tuple], weights
     from ray import tune
 
     from search.cluster import storage_uri
-    from search.runner import _resources, shared_initialisation
+    from search.trial import shared_initialisation, trial_resources
     from trainables.confirm import CORRECTNESS_FILE, confirm_candidates
     from trainables.mixture import share_adapter_weights
 
@@ -172,7 +124,7 @@ def run_confirmation_trial(cfg: Config, candidates: Mapping[str, tuple], weights
     trainable = tune.with_resources(tune.with_parameters(
         confirm_candidates, adapter_weights=share_adapter_weights(weights, shared_initialisation(cfg, weights)),
         experiment=experiment,
-        store_root=os.path.abspath(cfg.store_path)), _resources(cfg))
+        store_root=os.path.abspath(cfg.store_path)), trial_resources(cfg))
     grid = tune.Tuner(trainable, param_space={"candidates": by_key},
                       run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg), verbose=0,
                                                 failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures))
@@ -213,7 +165,7 @@ def log_confirmation(client, experiment_id: str, parent_id: str | None, record: 
     from mlflow.entities import Metric, Param
 
     from search.confirmation_stats import confirmation_metrics
-    from search.tracking.tracker import KIND_TAG, PARENT_TAG
+    from search.tracking.layout import KIND_TAG, PARENT_TAG
 
     tags = {KIND_TAG: KIND, CHOSEN_TAG: record["chosen_run_id"], BEST_TAG: record["best_run_id"],
             RULE_TAG: record["when_tied"], NOTES_TAG: " | ".join(record["notes"])[:5000]}
@@ -233,7 +185,7 @@ def log_confirmation(client, experiment_id: str, parent_id: str | None, record: 
 
 def find_confirmation(client, experiment_id: str, *, run_id: str) -> object | None:
     """The newest confirmation run that chose or started from mixture run ``run_id``; None if none."""
-    from search.tracking.tracker import KIND_TAG
+    from search.tracking.layout import KIND_TAG
 
     for tag in (CHOSEN_TAG, BEST_TAG):
         runs = client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{KIND}' and "
@@ -297,7 +249,7 @@ def latest_confirmation(cfg: Config) -> dict | None:
     """The newest confirmation record of the experiment (``signmix results``); None when none. Reads only."""
     from search.confirmation_stats import record_from_run
     from search.reporting.results import open_existing_experiment
-    from search.tracking.tracker import KIND_TAG
+    from search.tracking.layout import KIND_TAG
 
     client, experiment_id = open_existing_experiment(cfg)
     if experiment_id is None:

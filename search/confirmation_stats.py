@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from search.confirmation import CONFIDENCE
+CONFIDENCE = 0.95  # of every interval the confirmation reports
+# search.when_tied: which of two mixtures tied on validation is exported.
+TIE_RULES = ("fewer_members", "higher_accuracy")
 
 
 def _mean_accuracy(correct: Mapping[str, Sequence[int]], targets: Sequence[str]) -> float:
@@ -180,7 +182,7 @@ def confirmation_lines(record: Mapping) -> list[str]:
 
 def record_from_run(run) -> dict:
     """The essentials of a confirmation record, read back from its MLflow run (``signmix results``, export)."""
-    from search.confirmation import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG
+    from search.tracking.layout import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG
 
     m, tags, p = run.data.metrics, run.data.tags, run.data.params
     targets = sorted(k.split("/", 1)[1] for k in m if k.startswith("test_accuracy/"))

@@ -24,7 +24,9 @@ from pathlib import Path
 from mlflow_server.network import check_writable
 from search.config import Config
 from search.objectives import pick_from_pareto_front, selection_rule
-from search.tracking.tracker import KIND_TAG, MERGE_PARAMS, MIXTURE_ARTIFACT, STATUS_TAG, open_experiment
+from search.tracking.layout import (KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, merge_parameters_record,
+                                    spec_from_run)
+from search.tracking.tracker import open_experiment
 from spaces.errors import TrackingError, UsageError
 from trainables.store import AdapterStore
 
@@ -109,20 +111,18 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
     # The tie rule may export the runner-up or the targets alone; the test split confirms it.
     run, confirmation = confirmed_choice(cfg, client, experiment_id, run, explicit=run_id is not None)
     p, metrics = run.data.params, run.data.metrics
-    targets = p["targets"].split(",")
+    spec = spec_from_run(run)
+    targets = list(spec.targets)
     record = {
-        "members": p["members"].split(","),
-        "weights": [float(w) for w in p["weights"].split(",")],
+        # Logged weights are rounded to 6 digits: the record keeps them as logged, so that
+        # the export evaluates the very mixture whose metrics it reports.
+        "members": list(spec.members), "weights": [float(w) for w in p["weights"].split(",")],
         "targets": targets,
-        "prune_method": p["prune_method"], "prune_ratio": float(p["prune_ratio"]),
-        "prune_scope": p["prune_scope"], "prune_when": p["prune_when"],
-        "prune_layers": int(p.get("prune_layers", 0)),
-        # How the members were merged and which heads the export carries (runs logged before
-        # operators existed are average / own).
-        "merge_method": p.get("merge_method", "average"),
-        "merge_parameters": {name: (int(p[name]) if name == "merge_seed" else float(p[name]))
-                             for name in MERGE_PARAMS if name in p},
-        "head": p.get("head", "own"),
+        "prune_method": spec.prune_method, "prune_ratio": spec.prune_ratio,
+        "prune_scope": spec.prune_scope, "prune_when": spec.prune_when, "prune_layers": spec.prune_layers,
+        # How the members were merged and which heads the export carries.
+        "merge_method": spec.merge_method, "merge_parameters": merge_parameters_record(spec),
+        "head": spec.head,
         "fsd": metrics.get("fsd"), "fsd_measure": p["fsd_measure"], "strategy": p["strategy"],
         "metrics": {k: v for k, v in metrics.items()
                     if k.startswith(("accuracy", "robust_accuracy", "macro_f1", "sparsity"))},

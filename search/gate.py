@@ -235,7 +235,7 @@ def validation_tolerance(cfg, progress=logger.warning) -> tuple[float, list[str]
     """The widest 95% half-width of the targets' validation accuracies (the gate's tolerance),
     and a warning per target whose half-width exceeds ``search.max_interval_half_width``
     (each also sent to ``progress`` before the search starts)."""
-    from search.confirmation import small_validation_warnings, validation_sizes
+    from search.validation_size import small_validation_warnings, validation_sizes
     from trainables.confidence import half_width_for
 
     sizes = validation_sizes(cfg)
@@ -265,7 +265,7 @@ def evidence_from_mlflow(cfg) -> FsdEvidence | None:
     ``search.targets`` (its logged ``fsd``: the measure of the search that ran it), with the
     validation half-width as tolerance: what ``signmix fsd`` prints. None when the experiment
     has no such mixture. Reads only."""
-    from search.confirmation import validation_sizes
+    from search.validation_size import validation_sizes
     from search.reporting.results import mixture_runs, open_existing_experiment
     from trainables.confidence import half_width_for
 

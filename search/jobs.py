@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
 import yaml
@@ -70,6 +71,23 @@ def dashboard_url(address: str) -> str:
     return address
 
 
+def ray_token_headers() -> dict[str, str]:
+    """The Authorization header of a head started with ``RAY_AUTH_MODE=token``, else none.
+
+    The token is read where Ray's token authentication documents it ("Ray token
+    authentication", Ray 2.52+): ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH``,
+    else ``~/.ray/auth_token``; sent as a bearer token, as Ray's own clients do (Ray's own
+    helper for this is private to Ray, and may move without notice).
+    """
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+        token = path.read_text().strip() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def check_dashboard(url: str) -> str:
     """The Ray version of the dashboard at ``url``; raises :class:`UsageError` at once when
     nothing answers there, when what answers is not a Ray dashboard, or when it needs a token."""
@@ -79,12 +97,7 @@ def check_dashboard(url: str) -> str:
     if reason:
         raise UsageError(f"cannot reach the Ray dashboard at {url}: nothing answers at {hostport} ({reason}); "
                          "start the head with `ray start --head --dashboard-host 0.0.0.0` or fix --address")
-    headers = {}
-    if os.environ.get("RAY_AUTH_MODE") == "token":
-        from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
-
-        headers = get_auth_headers_if_auth_enabled({})
-    request = urllib.request.Request(f"{url}/api/version", headers=headers)
+    request = urllib.request.Request(f"{url}/api/version", headers=ray_token_headers())
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
             body = response.read(65536)

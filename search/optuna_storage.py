@@ -54,9 +54,8 @@ def study_storage(location: str | None):
         return optuna.storages.JournalStorage(UnsyncedJournalFile(location))
     if sqlite_path(location) is None:
         return location
-    storage = optuna.storages.RDBStorage(location)
-    use_wal(storage.engine)
-    return storage
+    use_wal(sqlite_path(location))
+    return optuna.storages.RDBStorage(location)
 
 
 def drop_torn_record(path: str) -> None:

@@ -13,16 +13,13 @@ from typing import Callable
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
 from search.objectives import OBJECTIVES, selection_rule
+from search.trial import mixture_trainable, shared_initialisation, trial_resources
 from spaces.errors import StoreError, TrackingError, UsageError
 from trainables.store import load_sign_index
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-
-
-def _resources(cfg: Config) -> dict:
-    return {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
 
 
 def fingerprint(cfg: Config, domain: str) -> str:
@@ -91,7 +88,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
                       "training": cfg.training.model_dump()})
     # recorded on the MLflow run of each head trained for an imported adapter
     run_params = {d: {"head_trained": True, "adapter_imported_from": source_text(imported[d])} for d in heads}
-    trainable = tune.with_resources(train_domain_adapter, _resources(cfg))
+    trainable = tune.with_resources(train_domain_adapter, trial_resources(cfg))
     tuner = tune.Tuner(
         trainable,
         param_space={"domain": tune.grid_search(todo), "fingerprints": prints, "run_params": run_params,
@@ -140,65 +137,11 @@ class SearchSummary:
     chosen_run_id: str | None = None  # what the tie rule exports (best_run_id when nothing is tied)
 
 
-RAY_EXPERIMENT_TAG = "signmix.ray_experiment"
-
-
-def shared_initialisation(cfg: Config, weights) -> dict | None:
-    """The adapters' shared initialisation when one of ``search.merge_methods`` merges deltas
-    from it (None otherwise), rebuilt once in the driver and cached in the store.
-
-    Raises:
-        StoreError: the store cannot provide it (imported adapters, which started elsewhere,
-            or adapters of another architecture than the config builds).
-    """
-    from spaces.operators import MERGE_OPERATORS
-    from trainables.initialisation import check_init_matches, initial_adapter_weights
-    from trainables.store import AdapterStore
-
-    from trainables.lora_merge import is_lora_weights
-
-    needs = [m for m in cfg.search.merge_methods if MERGE_OPERATORS[m].needs_init]
-    if not needs:
-        return None
-    if cfg.search.lora_merge == "delta_svd" and all(is_lora_weights(w) for w in weights.values()):
-        return None  # LoRA merged on ΔW: every member starts at ΔW = 0 (B = 0), whoever initialised A
-    why = (f"search.merge_methods {needs} merge deltas from the adapters' shared initialisation, which this "
-           "store cannot provide")
-    store = AdapterStore(cfg.store_path)
-    imported = [d for d in sorted(weights) if store.meta(d).get("source")]
-    if imported:
-        raise StoreError(f"{why}: {imported} were imported, not trained from the config's seed; "
-                         "use merge_methods: [average], or train every adapter with signmix (LoRA adapters "
-                         "merged on ΔW, search.lora_merge: delta_svd, need no shared initialisation)")
-    init = initial_adapter_weights(cfg.model_dump(), store)
-    try:
-        for domain in sorted(weights):
-            check_init_matches(init, weights[domain], domain)
-    except StoreError as exc:
-        raise StoreError(f"{why}: {exc}; or use merge_methods: [average]") from exc
-    return init
-
-
-def _mixture_trainable(cfg: Config, weights, trial: Callable | None = None, init=None):
-    """The mixture trial with its resources; adapter weights (and ``init``, the shared
-    initialisation, when an operator needs it) go into the Ray object store once.
-
-    ``trial`` replaces :func:`trainables.mixture.evaluate_mixture` (benchmarks, ablations).
-    """
-    from ray import tune
-
-    from trainables.mixture import evaluate_mixture, share_adapter_weights
-
-    return tune.with_resources(
-        tune.with_parameters(trial or evaluate_mixture, adapter_weights=share_adapter_weights(weights, init),
-                             experiment=cfg.model_dump(),
-                             store_root=os.path.abspath(cfg.store_path)),
-        _resources(cfg))
 
 
 def _interrupted_search(cfg: Config, tracker) -> tuple[str, str]:
     """The newest search of this experiment that did not finish: (parent run id, Ray path)."""
-    from search.tracking.tracker import KIND_TAG
+    from search.tracking.layout import KIND_TAG
 
     runs = tracker.client.search_runs(
         [tracker.experiment_id],
@@ -274,7 +217,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         # Tune rebuilds the searcher and callbacks from its own snapshot: use those.
         with unpickled_searchers() as rebuilt:
             os.environ.setdefault(NO_AUTO_LOGGERS, "1")  # _result_loggers: what it had, no more
-            tuner = tune.Tuner.restore(path, trainable=_mixture_trainable(cfg, weights, trial, init),
+            tuner = tune.Tuner.restore(path, trainable=mixture_trainable(cfg, weights, trial, init),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
         (searcher,) = rebuilt
         tracker = searcher.tracker
@@ -307,7 +250,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
                                       grace_period=1, reduction_factor=2)
         tuner = tune.Tuner(
-            _mixture_trainable(cfg, weights, trial, init),
+            mixture_trainable(cfg, weights, trial, init),
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
                 # The searcher stops at the budget of distinct evaluated mixtures (-1: Ray sets

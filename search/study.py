@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 from search.config import Config, StudyConfig
 from search.searcher import SignConflictSearcher
 from search.tracking.callbacks import MixtureTracking
+from search.tracking.layout import SPARSE_SIZE_TAG, STUDY_PART_TAG, STUDY_TARGET_TAG
 from spaces.fsd import FSD_MEASURES, greedy_members
 from spaces.space import Verdict
 from spaces.spec import MixtureSpec, make_mixture_spec
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PART_TAG = "signmix.study_part"
 PARTS = ("subsets", "sweep", "sparse_mixing")
 
 
@@ -78,7 +78,7 @@ def study_items(domains: Sequence[str], study: StudyConfig, index: SignIndex,
         for ratio in study.sweep_ratios:
             spec = make_mixture_spec(members=[target], targets=[target], prune_ratio=ratio,
                                      prune_method="magnitude" if ratio > 0 else "none")
-            add(StudyItem(spec, "sweep", {"signmix.target": target}))
+            add(StudyItem(spec, "sweep", {STUDY_TARGET_TAG: target}))
     for target in targets:
         for size in study.sparse_sizes:
             if size > len(domains):
@@ -87,7 +87,7 @@ def study_items(domains: Sequence[str], study: StudyConfig, index: SignIndex,
             for sparsity in study.sparsities:
                 spec = make_mixture_spec(members=members, targets=[target], prune_method="conflict_layers",
                                          prune_ratio=sparsity, prune_layers=study.sparse_layers)
-                add(StudyItem(spec, "sparse_mixing", {"signmix.target": target, "signmix.sparse_size": str(size)}))
+                add(StudyItem(spec, "sparse_mixing", {STUDY_TARGET_TAG: target, SPARSE_SIZE_TAG: str(size)}))
     return list(items.values())
 
 
@@ -145,7 +145,7 @@ class StudyTracking(MixtureTracking):
         index = self.searcher.index
         for name in FSD_MEASURES:  # every measure, so the report can compare them
             self.tracker.client.log_metric(run_id, f"fsd_{name}", index.subset_fsd(spec.members, name))
-        for key, value in {PART_TAG: item.part, **item.tags}.items():
+        for key, value in {STUDY_PART_TAG: item.part, **item.tags}.items():
             self.tracker.client.set_tag(run_id, key, value)
 
 
@@ -165,7 +165,7 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
     from ray.tune.search import ConcurrencyLimiter
 
     from search.cluster import check_cluster_storage, connect_ray, storage_uri
-    from search.runner import _mixture_trainable
+    from search.trial import mixture_trainable
     from trainables.store import load_sign_index
     from search.searcher import METRIC
     from search.tracking.tracker import SearchTracker, flatten
@@ -188,7 +188,7 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
     experiment = cfg.model_copy(update={"search": cfg.search.model_copy(update={
         "targets": cfg.study_targets})})
     tuner = tune.Tuner(
-        _mixture_trainable(experiment, weights),
+        mixture_trainable(experiment, weights),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
                                     num_samples=-1, metric=METRIC, mode="max", reuse_actors=True),
         run_config=tune.RunConfig(name=run_name, storage_path=storage_uri(cfg), verbose=0,

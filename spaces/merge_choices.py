@@ -18,21 +18,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from spaces.errors import SpecError
-from spaces.operators import MERGE_OPERATORS, check_merge_parameter, check_operator
+from spaces.operators import MERGE_OPERATORS, OPERATOR_PARAMETERS, check_operator
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
 MERGE_METHOD_PARAM = "merge_method"
-DENSITY_PARAM = "density"
-DROP_RATE_PARAM = "drop_rate"
-LAMBDA_PARAM = "lambda"
 WEIGHT_PREFIX = "weight."
 WEIGHTINGS = ("uniform", "searched")
 # The grid of a searched weight: relative weights 0.1, 0.2, ..., 1.0 (normalised in the spec).
 WEIGHT_LOW, WEIGHT_HIGH, WEIGHT_STEP = 0.1, 1.0, 0.1
-# Sampled parameter name -> the operator parameter (spaces.operators) it sets.
-_OPERATOR_PARAMS = {DENSITY_PARAM: "density", DROP_RATE_PARAM: "drop_rate", LAMBDA_PARAM: "lam"}
+# Sampled parameter name (the name MLflow logs it under) -> the operator parameter it sets; the
+# choices come from the config list of the same parameter (spaces.operators.OPERATOR_PARAMETERS).
+# DARE's merge_seed is one value, not a choice.
+_OPERATOR_PARAMS = {p.logged_as: p.name for p in OPERATOR_PARAMETERS.values() if not p.integer}
+_CHOICES_FIELD = {p.logged_as: p.config_key for p in OPERATOR_PARAMETERS.values() if not p.integer}
 
 
 def snap_weight(value: float, name: str) -> float:
@@ -64,11 +64,12 @@ class MergeChoices:
             raise SpecError(f"merge_methods must be a non-empty list of {list(MERGE_OPERATORS)}, got []")
         for name in self.merge_methods:
             check_operator(name, "merge_methods")
-        for field, param in (("densities", "density"), ("drop_rates", "drop_rate"), ("lambdas", "lam")):
+        for sampled, field in _CHOICES_FIELD.items():
             values = tuple(dict.fromkeys(getattr(self, field)))
             if not values:
                 raise SpecError(f"{field} must be a non-empty list")
-            object.__setattr__(self, field, tuple(check_merge_parameter(param, v) for v in values))
+            parameter = OPERATOR_PARAMETERS[_OPERATOR_PARAMS[sampled]]
+            object.__setattr__(self, field, tuple(parameter.check(v) for v in values))
         if self.weights not in WEIGHTINGS:
             raise SpecError(f"weights must be one of {list(WEIGHTINGS)}, got {self.weights!r}")
 
@@ -77,7 +78,7 @@ class MergeChoices:
         return self.weights == "searched"
 
     def _choices(self, param: str) -> tuple[float, ...]:
-        return {DENSITY_PARAM: self.densities, DROP_RATE_PARAM: self.drop_rates, LAMBDA_PARAM: self.lambdas}[param]
+        return getattr(self, _CHOICES_FIELD[param])
 
     def operator_params(self, method: str) -> tuple[str, ...]:
         """The sampled parameters ``method`` takes that have several choices (so are searched)."""

@@ -8,8 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from spaces.errors import SpecError
-from spaces.operators import (DEFAULT_HEAD_PROTOCOL, DEFAULT_MERGE_OPERATOR, HEAD_PROTOCOLS, PARAMETER_DEFAULTS,
-                              check_merge_parameter, check_operator)
+from spaces.operators import DEFAULT_HEAD_PROTOCOL, DEFAULT_MERGE_OPERATOR, HEAD_PROTOCOLS, operator_parameters
 
 # The registries of pruning: how (method), over what (scope) and when; every other list
 # of these names (config, search space, mixing, messages) is derived from them.
@@ -85,7 +84,7 @@ class MixtureSpec:
     @property
     def merge_parameters(self) -> dict:
         """The keyword arguments of ``trainables.merging.merge_adapters`` for this mixture's operator."""
-        return {"density": self.density, "drop_rate": self.drop_rate, "lam": self.lam, "seed": self.merge_seed}
+        return {"density": self.density, "drop_rate": self.drop_rate, "lam": self.lam, "merge_seed": self.merge_seed}
 
     @property
     def key(self) -> str:
@@ -219,19 +218,8 @@ def make_mixture_spec(
     else:
         prune_layers = 0
 
-    operator = check_operator(merge_method)
-    given = {"density": density, "drop_rate": drop_rate, "lam": lam, "seed": merge_seed}
-    kept: dict = {}
-    for name in operator.parameters:
-        value = given[name] if given[name] is not None else PARAMETER_DEFAULTS.get(name)
-        if value is None:
-            raise SpecError(f"merge method {merge_method!r} needs {name}; it takes {list(operator.parameters)}")
-        if name == "seed":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise SpecError(f"merge_seed must be an integer, got {value!r}")
-            kept[name] = int(value)
-        else:
-            kept[name] = check_merge_parameter(name, value)
+    kept = operator_parameters(merge_method, {"density": density, "drop_rate": drop_rate, "lam": lam,
+                                              "merge_seed": merge_seed})
     if head not in HEAD_PROTOCOLS:
         raise SpecError(f"head must be one of {list(HEAD_PROTOCOLS)}, got {head!r}")
 
@@ -250,6 +238,6 @@ def make_mixture_spec(
         density=kept.get("density"),
         drop_rate=kept.get("drop_rate"),
         lam=kept.get("lam"),
-        merge_seed=kept.get("seed"),
+        merge_seed=kept.get("merge_seed"),
         head=head,
     )

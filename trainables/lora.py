@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 
 from spaces.fsd import SignIndex, fraction_sign_difference, per_layer_fsd
+from spaces.operators import MERGE_OPERATORS
+from trainables.merging import average_weights, merge_adapters
 
 # adapters: "<module>.loras.<name>.lora_A"; PEFT: "<module>.lora_A.weight" or "<module>.lora_A.<name>.weight"
 _ADAPTERS_KEY = re.compile(r"^(?P<module>.+)\.loras\.[^.]+\.lora_(?P<factor>[AB])$")
@@ -116,20 +118,16 @@ def merge_lora_deltas(deltas: Sequence[Mapping[str, Tensor]], *, method: str = "
                       weights: Sequence[float] | None = None, **params) -> dict[str, Tensor]:
     """Returns the merged update ``{module: ΔW}`` of LoRA members, merged on ΔW.
 
-    ``average`` is :func:`trainables.mixing.average_weights`; the operators that merge
+    ``average`` is :func:`trainables.merging.average_weights`; the operators that merge
     deltas from a shared initialisation (``task_arithmetic``, ``ties``, ``dare_*`` of
     :mod:`trainables.merging`) get ``init = 0``: a LoRA starts with ``B = 0``, so every
     member's ΔW starts at zero whatever its ``A`` was (the zero-delta convention).
-    ``params`` are passed on (``density``, ``drop_rate``, ``lam``, ``seed``).
+    ``params`` are passed on (``density``, ``drop_rate``, ``lam``, ``merge_seed``).
     """
     if method == "average" and not params:
-        from trainables.mixing import average_weights
-
         return average_weights(list(deltas), weights)
-    from trainables.merging import MERGE_METHODS, merge_adapters
-
     init = None
-    if method in MERGE_METHODS and MERGE_METHODS[method].needs_init:
+    if method in MERGE_OPERATORS and MERGE_OPERATORS[method].needs_init:
         init = {k: torch.zeros_like(t) for k, t in deltas[0].items()}
     return merge_adapters(list(deltas), method=method, weights=weights, init=init, **params)
 

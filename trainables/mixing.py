@@ -15,62 +15,10 @@ from torch import Tensor
 from spaces.errors import SpecError
 from spaces.fsd import layer_of, per_layer_fsd
 from spaces.spec import PRUNE_SCOPES, PruneScope
+from trainables.merging import average_weights, check_same_parameters, merge_adapters
 
 if TYPE_CHECKING:
     from spaces.spec import MixtureSpec
-
-
-
-def _check_members(members: Sequence[Mapping[str, Tensor]]) -> None:
-    if len(members) == 0:
-        raise ValueError("cannot average an empty list of adapters")
-    keys = set(members[0])
-    for i, member in enumerate(members[1:], start=1):
-        if set(member) != keys:
-            first = min(keys ^ set(member))
-            raise ValueError(f"member {i} has different parameters from member 0: "
-                             f"{first!r} is only in one of them")
-        for key in sorted(keys):
-            if tuple(member[key].shape) != tuple(members[0][key].shape):
-                raise ValueError(f"parameter {key!r} has shape {tuple(member[key].shape)} in member {i} "
-                                 f"but {tuple(members[0][key].shape)} in member 0")
-
-
-def average_weights(members: Sequence[Mapping[str, Tensor]],
-                    weights: Sequence[float] | None = None) -> dict[str, Tensor]:
-    """Returns the (weighted) average of adapters, parameter by parameter.
-
-    Args:
-        members: adapters with identical parameter names and shapes.
-        weights: one non-negative weight per member, normalised to sum to 1;
-            uniform (the paper's Eq. 1) when omitted.
-
-    Returns:
-        A new dict with each parameter in the first member's dtype and device.
-    """
-    _check_members(members)
-    if weights is None:
-        weights = [1.0] * len(members)
-    weights = [float(w) for w in weights]
-    if len(weights) != len(members):
-        raise ValueError(f"got {len(weights)} weights for {len(members)} members")
-    if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
-    total = sum(weights)
-    coefficients = [w / total for w in weights]
-
-    out: dict[str, Tensor] = {}
-    for key, reference in members[0].items():
-        if not reference.is_floating_point():
-            raise ValueError(f"parameter {key!r} has non-float dtype {reference.dtype}; only float "
-                             "tensors can be averaged")
-        # Accumulate in at least float32 so that half-precision adapters do not lose mass.
-        acc_dtype = torch.float64 if reference.dtype == torch.float64 else torch.float32
-        acc = torch.zeros(reference.shape, dtype=acc_dtype, device=reference.device)
-        for c, member in zip(coefficients, members):
-            acc += c * member[key].detach().to(device=reference.device, dtype=acc_dtype)
-        out[key] = acc.to(reference.dtype)
-    return out
 
 
 def _prune_group(weights: Mapping[str, Tensor], keys: Sequence[str], ratio: float,
@@ -148,7 +96,7 @@ def conflict_layer_ranking(member_weights: Mapping[str, Mapping[str, Tensor]]) -
     if not names:
         raise ValueError("cannot rank the layers of an empty set of adapters")
     members = [member_weights[n] for n in names]
-    _check_members(members)
+    check_same_parameters(members)
     totals = {layer: 0.0 for layer in {layer_of(key) for key in members[0]}}
     pairs = list(itertools.combinations(members, 2))
     for a, b in pairs:
@@ -249,7 +197,5 @@ def _merge(members: Sequence[Mapping[str, Tensor]], spec: MixtureSpec,
         return lora.merge(members, spec)
     if spec.merge_method == "average":
         return average_weights(members, spec.weights)
-    from trainables.merging import merge_adapters  # merging builds on this module
-
     given = {k: v for k, v in spec.merge_parameters.items() if v is not None}
     return merge_adapters(members, method=spec.merge_method, weights=spec.weights, init=init, **given)

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
-from search.reporting.results import (STRATEGY_TAG, STUDY_PART_TAG, MixtureRun, mixture_runs, open_existing_experiment,
-                            search_parents)
+from search.reporting.results import MixtureRun, mixture_runs, open_existing_experiment, search_parents
+from search.tracking.layout import STRATEGY_TAG, STUDY_PART_TAG
 from spaces.errors import StoreError
 
 if TYPE_CHECKING:

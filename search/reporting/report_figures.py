@@ -11,6 +11,7 @@ from typing import Callable
 from search.reporting.report_data import MissingData, ReportData, correlation, row_means
 from search.reporting.results import MixtureRun
 from search.reporting.tables import write_csv
+from search.tracking.layout import SPARSE_SIZE_TAG, STUDY_TARGET_TAG
 from spaces.fsd import greedy_members
 
 
@@ -206,9 +207,9 @@ def fig_sparsity_curves(data: ReportData, out: Path) -> list[Path]:
         dense = data.subsets.get(frozenset([t]))
         if dense is not None and not any(r[1] == t and r[3] == 0.0 for r in rows):
             rows.append(["single adapter", t, 1, 0.0, dense.accuracy(t)])
-    sparse_targets = sorted({r.tags.get("signmix.target", "") for r in data.sparse} - {""})
+    sparse_targets = sorted({r.tags.get(STUDY_TARGET_TAG, "") for r in data.sparse} - {""})
     for run in data.sparse:
-        t, size = run.tags.get("signmix.target", ""), int(run.tags.get("signmix.sparse_size", run.k))
+        t, size = run.tags.get(STUDY_TARGET_TAG, ""), int(run.tags.get(SPARSE_SIZE_TAG, run.k))
         rows.append(["sparse mixing", t, size, run.prune_ratio, run.accuracy(t)])
         best = [a for s, a in _subset_acc(data, t) if len(s) == size]
         if best and not any(r[:4] == ["best dense mixture", t, size, None] for r in rows):

@@ -11,14 +11,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from mlflow_server.network import sqlite_path
-from search.tracking.tracker import KIND_TAG, KEY_TAG, PARENT_TAG, STATUS_TAG
+from search.tracking.layout import KIND_TAG, KEY_TAG, PARENT_TAG, STATUS_TAG
 from spaces.errors import TrackingError, UsageError
 
 if TYPE_CHECKING:
     from search.config import Config
 
-STRATEGY_TAG = "signmix.strategy"
-STUDY_PART_TAG = "signmix.study_part"
 
 
 @dataclass(frozen=True)

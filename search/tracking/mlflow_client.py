@@ -96,9 +96,9 @@ class RetryingClient:
         from mlflow import MlflowClient
 
         self.tracking_uri, self.retry_seconds = tracking_uri, retry_seconds
-        self._client = MlflowClient(tracking_uri=tracking_uri)
         if sqlite_path(tracking_uri) is not None:
-            use_wal(self._client._tracking_client.store.engine)
+            use_wal(sqlite_path(tracking_uri))  # before the client opens its first connection
+        self._client = MlflowClient(tracking_uri=tracking_uri)
         self._down_since: float | None = None  # monotonic time of the first failure of this outage
         self._gave_up = False  # the window was exceeded: later calls try once, then raise
 

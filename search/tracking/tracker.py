@@ -13,6 +13,8 @@ import logging
 from typing import TYPE_CHECKING, Mapping
 
 from mlflow_server.network import sqlite_path
+from search.tracking.layout import (ERROR_TAG, FILTER_REASON_TAG, KEY_TAG, KIND_TAG, MIXTURE_ARTIFACT, PARENT_TAG,
+                                    STATUS_TAG, STATUSES, STRATEGY_TAG, TRIAL_TAG, spec_params)
 from spaces.errors import TrackingError
 
 if TYPE_CHECKING:
@@ -22,12 +24,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STATUS_TAG = "signmix.status"
-KEY_TAG = "signmix.mixture_key"
-KIND_TAG = "signmix.kind"
-PARENT_TAG = "mlflow.parentRunId"
-STATUSES = ("evaluated", "filtered", "stopped_early", "failed")
-MIXTURE_ARTIFACT = "mixture"
 _TERMINAL = {"evaluated": "FINISHED", "filtered": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
 
 
@@ -64,31 +60,6 @@ def _redact(uri: str) -> str:
     return redact_uri(uri)
 
 
-# The operator parameters a mixture run logs (spaces.operators): MLflow param -> MixtureSpec field.
-MERGE_PARAMS = {"density": "density", "drop_rate": "drop_rate", "lambda": "lam", "merge_seed": "merge_seed"}
-
-
-def merge_params_of(params: Mapping[str, str]) -> dict[str, float | int]:
-    """The MixtureSpec fields of the operator parameters logged in ``params`` (MLflow strings)."""
-    return {field: (int(params[name]) if field == "merge_seed" else float(params[name]))
-            for name, field in MERGE_PARAMS.items() if params.get(name) not in (None, "", "None")}
-
-
-def spec_params(spec: MixtureSpec, *, strategy: str, measure: str) -> dict[str, str]:
-    """The child run's parameters, with names the MLflow UI can sort and filter on."""
-    return {
-        "members": ",".join(spec.members), "k": str(spec.k), "targets": ",".join(spec.targets),
-        "weights": ",".join(f"{w:.6g}" for w in spec.weights),
-        "prune_method": spec.prune_method, "prune_ratio": f"{spec.prune_ratio:g}",
-        "prune_scope": spec.prune_scope, "prune_when": spec.prune_when, "prune_layers": str(spec.prune_layers),
-        "fsd_measure": measure, "strategy": strategy,
-        "merge_method": spec.merge_method, "head": spec.head,
-        # The operator's parameters, only those it takes (spaces.operators).
-        **{name: f"{getattr(spec, field):g}" for name, field in MERGE_PARAMS.items()
-           if getattr(spec, field) is not None},
-    }
-
-
 def _timed(method):
     """Adds the method's wall time to ``self.seconds`` (what MLflow logging costs a search)."""
     import functools
@@ -119,7 +90,7 @@ class SearchTracker:
 
     def start(self, *, params: Mapping[str, object], run_name: str) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={KIND_TAG: "search", "signmix.strategy": self.strategy})
+                                     tags={KIND_TAG: "search", STRATEGY_TAG: self.strategy})
         self.parent_id = run.info.run_id
         self.client.log_batch(self.parent_id, params=_params(params))
         return self.parent_id
@@ -155,12 +126,12 @@ class SearchTracker:
         """A proposal the pre-filter rejected: recorded, never run."""
         if spec.key in self.runs:
             return
-        run_id = self._child(spec, fsd, {STATUS_TAG: "filtered", "signmix.filter_reason": reason})
+        run_id = self._child(spec, fsd, {STATUS_TAG: "filtered", FILTER_REASON_TAG: reason})
         self.client.set_terminated(run_id, "FINISHED")
 
     @_timed
     def start_mixture(self, spec: MixtureSpec, fsd: float, trial_id: str) -> str:
-        return self._child(spec, fsd, {STATUS_TAG: "running", "signmix.trial_id": trial_id})
+        return self._child(spec, fsd, {STATUS_TAG: "running", TRIAL_TAG: trial_id})
 
     @_timed
     def log_progress(self, spec: MixtureSpec, metrics: Mapping[str, float], step: int) -> None:
@@ -186,7 +157,7 @@ class SearchTracker:
         one within it, a run still "running", which :meth:`close_dangling` fails."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        tags = {STATUS_TAG: status, **({"signmix.error": error[:5000]} if error else {})}
+        tags = {STATUS_TAG: status, **({ERROR_TAG: error[:5000]} if error else {})}
         params, metrics = [], dict(metrics or {})
         if spec.key in self.runs:
             run_id = self.runs[spec.key]
@@ -194,7 +165,7 @@ class SearchTracker:
             # "running" until the batch below: MLflow writes a batch's parameters, metrics and
             # tags one after the other, so the status must come with the last of them, or a
             # crash in between leaves an "evaluated" run without its metrics.
-            run_id = self._create(spec, {STATUS_TAG: "running", **({"signmix.trial_id": trial_id} if trial_id else {})})
+            run_id = self._create(spec, {STATUS_TAG: "running", **({TRIAL_TAG: trial_id} if trial_id else {})})
             params = self._params_of(spec)
             metrics.setdefault("fsd", float(fsd))
         if artifact_dir is not None:
@@ -248,7 +219,7 @@ class SearchTracker:
                 self.client.set_terminated(run.info.run_id, _TERMINAL[status])
                 continue
             self._log(run.info.run_id, {}, 0, {
-                STATUS_TAG: "failed", "signmix.error": "interrupted: the driver stopped while this mixture was "
+                STATUS_TAG: "failed", ERROR_TAG: "interrupted: the driver stopped while this mixture was "
                 "evaluated, and the resumed search did not run it again"})
             self.client.set_terminated(run.info.run_id, "KILLED")
             failed += 1

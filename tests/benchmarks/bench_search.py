@@ -174,7 +174,7 @@ def worker_timeline(cfg, summary, started_at: float) -> tuple[float, float, floa
 
     from tests_support import mlflow_runs
 
-    from search.runner import RAY_EXPERIMENT_TAG
+    from search.tracking.layout import RAY_EXPERIMENT_TAG
 
     (parent,) = mlflow_runs(cfg, f"attributes.run_id = '{summary.parent_run_id}'")
     trials: dict[int, list[tuple[float, float]]] = {}

@@ -143,8 +143,9 @@ def read_table(cfg, targets, cache: Path) -> dict:
     or MLflow. Raises SystemExit naming the command when a target's table is incomplete."""
     if cache.exists():
         return json.loads(cache.read_text())
-    from search.confirmation import validation_sizes
-    from search.reporting.results import STUDY_PART_TAG, mixture_runs, open_existing_experiment
+    from search.validation_size import validation_sizes
+    from search.reporting.results import mixture_runs, open_existing_experiment
+    from search.tracking.layout import STUDY_PART_TAG
 
     client, experiment_id = open_existing_experiment(cfg)
     table: dict[str, dict[str, float]] = {t: {} for t in targets}

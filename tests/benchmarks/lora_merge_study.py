@@ -67,8 +67,8 @@ def write_config(work: Path, args: argparse.Namespace, merge: str) -> Path:
 def newest_study_runs(config_path: Path) -> list:
     """The evaluated ``subsets`` runs of the newest study of the config's experiment (MixtureRun)."""
     from search.config import load_config
-    from search.reporting.results import (STRATEGY_TAG, STUDY_PART_TAG, mixture_runs, open_existing_experiment,
-                                          search_parents)
+    from search.reporting.results import mixture_runs, open_existing_experiment, search_parents
+    from search.tracking.layout import STRATEGY_TAG, STUDY_PART_TAG
 
     cfg = load_config(config_path)
     client, experiment_id = open_existing_experiment(cfg)

@@ -12,7 +12,7 @@ import pytest
 
 from mlflow_server import ServerSettings, TrackingServer, free_port
 from search.config import load_config
-from search.tracking.tracker import KEY_TAG, KIND_TAG, STATUS_TAG
+from search.tracking.layout import KEY_TAG, KIND_TAG, STATUS_TAG
 
 pytestmark = pytest.mark.integration
 

@@ -93,8 +93,8 @@ def test_the_targets_alone_under_the_search_head_protocol_are_a_test_baseline():
 def test_the_confirmation_rebuilds_exactly_the_mixture_the_run_evaluated(fields):
     # The confirmation evaluates the run's mixture rebuilt from its MLflow params: a
     # parameter read under the wrong name (λ is logged as "lambda") would confirm another one.
-    from search.confirmation import spec_from_run
-    from search.tracking.tracker import spec_params
+    from search.tracking.layout import spec_from_run
+    from search.tracking.layout import spec_params
 
     spec = make_mixture_spec(targets=["t"], **fields)
     logged = SimpleNamespace(data=SimpleNamespace(params=spec_params(spec, strategy="tpe", measure="mean_pairwise")))
@@ -117,7 +117,7 @@ def test_with_two_targets_the_validation_lead_is_in_mean_accuracy_not_pooled_exa
 
 
 def test_a_validation_set_too_small_to_separate_mixtures_is_warned_with_the_numbers():
-    from search.confirmation import small_validation_warnings
+    from search.validation_size import small_validation_warnings
 
     (warning,) = small_validation_warnings({"books": 100, "dvd": 2000}, 0.05)
     assert warning.startswith("target books: 100 validation examples give a 95% interval of about ±0.098")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from search.config import load_config
-from search.tracking.tracker import KIND_TAG, STATUS_TAG
+from search.tracking.layout import KIND_TAG, STATUS_TAG
 from tests_support import mlflow_runs
 
 pytestmark = pytest.mark.integration

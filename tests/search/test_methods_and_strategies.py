@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from search.config import load_config
-from search.tracking.tracker import KIND_TAG, STATUS_TAG
+from search.tracking.layout import KIND_TAG, STATUS_TAG
 from tests_support import mlflow_runs, write_config
 
 pytestmark = pytest.mark.integration

@@ -77,8 +77,8 @@ def test_study_runs_every_part_on_ray_and_records_it(tmp_path, ray_cluster, tiny
     from tests_support import write_config
     from search.config import load_config
     from search.runner import run_training
-    from search.study import PART_TAG, run_study
-    from search.tracking.tracker import KIND_TAG, STATUS_TAG
+    from search.study import run_study
+    from search.tracking.layout import KIND_TAG, STATUS_TAG, STUDY_PART_TAG
     from tests_support import mlflow_runs
 
     domains = {d: demo_domains[d] for d in ("books", "movies", "support")}
@@ -94,7 +94,7 @@ def test_study_runs_every_part_on_ray_and_records_it(tmp_path, ray_cluster, tiny
     for run in children:
         members = run.data.params["members"].split(",")
         assert {"fsd_mean_pairwise", "fsd_any_conflict"} <= set(run.data.metrics)
-        if run.data.tags[PART_TAG] == "subsets":
+        if run.data.tags[STUDY_PART_TAG] == "subsets":
             assert all(f"accuracy/{m}" in run.data.metrics for m in members)  # every member is a target
     full = [r for r in children if r.data.params["members"] == "books,movies,support"]
     assert len(full) == 1 and full[0].data.metrics["fsd_mean_pairwise"] > 0

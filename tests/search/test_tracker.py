@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from search.tracking.tracker import KEY_TAG, STATUS_TAG, SearchTracker
+from search.tracking.tracker import SearchTracker
+
+from search.tracking.layout import KEY_TAG, STATUS_TAG
 from spaces.spec import make_mixture_spec
 
 

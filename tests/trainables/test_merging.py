@@ -10,8 +10,9 @@ import torch
 from peft.utils import merge_utils as peft
 
 from spaces.errors import SpecError
-from trainables.merging import (MERGE_METHODS, dare_seed, drop_and_rescale, elect_and_merge, merge_adapters,
-                                trim_by_magnitude)
+from spaces.merge_maths import dare_seed, drop_and_rescale, elect_and_merge, kept_count, trim_by_magnitude
+from spaces.operators import MERGE_OPERATORS
+from trainables.merging import merge_adapters
 
 # Three members of a one-parameter adapter, and their deltas from init = 1:
 #   d0 = [ 1, -1,  0.5, 0  ]
@@ -75,13 +76,13 @@ def test_dare_mask_depends_only_on_seed_key_and_member_index():
     gen = torch.Generator().manual_seed(0)
     members = [{k: torch.randn(6, 5, generator=gen) for k in ("a", "b")} for _ in range(3)]
     init = {"a": torch.zeros(6, 5), "b": torch.zeros(6, 5)}
-    merged = merge_adapters(members, method="dare_linear", init=init, drop_rate=0.5, seed=7)
-    again = merge_adapters(members, method="dare_linear", init=init, drop_rate=0.5, seed=7)
+    merged = merge_adapters(members, method="dare_linear", init=init, drop_rate=0.5, merge_seed=7)
+    again = merge_adapters(members, method="dare_linear", init=init, drop_rate=0.5, merge_seed=7)
     reordered = merge_adapters([{"b": m["b"], "a": m["a"]} for m in members], method="dare_linear",
-                               init=init, drop_rate=0.5, seed=7)
+                               init=init, drop_rate=0.5, merge_seed=7)
     only_b = merge_adapters([{"b": m["b"]} for m in members], method="dare_linear",
-                            init={"b": init["b"]}, drop_rate=0.5, seed=7)
-    other_seed = merge_adapters(members, method="dare_linear", init=init, drop_rate=0.5, seed=8)
+                            init={"b": init["b"]}, drop_rate=0.5, merge_seed=7)
+    other_seed = merge_adapters(members, method="dare_linear", init=init, drop_rate=0.5, merge_seed=8)
     for key in ("a", "b"):
         assert torch.equal(merged[key], again[key]) and torch.equal(merged[key], reordered[key])
     assert torch.equal(merged["b"], only_b["b"])
@@ -182,8 +183,9 @@ def test_dare_linear_and_dare_ties_match_peft_given_the_same_masks(drop_rate):
     # prune() is the identity: PEFT's formula, on exactly the masks ours drew.
     members, init = _random_adapters(seed=1)
     w = torch.tensor(WEIGHTS)
-    linear = merge_adapters(members, method="dare_linear", weights=WEIGHTS, init=init, drop_rate=drop_rate, seed=5)
-    tied = merge_adapters(members, method="dare_ties", init=init, drop_rate=drop_rate, seed=5, lam=1.5)
+    linear = merge_adapters(members, method="dare_linear", weights=WEIGHTS, init=init, drop_rate=drop_rate,
+                            merge_seed=5)
+    tied = merge_adapters(members, method="dare_ties", init=init, drop_rate=drop_rate, merge_seed=5, lam=1.5)
     for key in init:
         pruned = []
         for i, m in enumerate(members):
@@ -203,10 +205,10 @@ def test_elect_and_merge_is_zero_where_no_member_agrees():
 
 
 def test_registry_says_which_methods_need_init_and_which_parameters_they_take():
-    assert list(MERGE_METHODS) == ["average", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
-    assert [m.name for m in MERGE_METHODS.values() if not m.needs_init] == ["average"]
-    assert MERGE_METHODS["ties"].parameters == ("density", "lam")
-    assert MERGE_METHODS["dare_ties"].parameters == ("drop_rate", "lam", "seed")
+    assert list(MERGE_OPERATORS) == ["average", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
+    assert [m.name for m in MERGE_OPERATORS.values() if not m.needs_init] == ["average"]
+    assert MERGE_OPERATORS["ties"].parameters == ("density", "lam")
+    assert MERGE_OPERATORS["dare_ties"].parameters == ("drop_rate", "lam", "merge_seed")
 
 
 # Bad input ---------------------------------------------------------------------------------
@@ -228,7 +230,7 @@ BAD = [
     ({"method": "task_arithmetic", "init": INIT, "density": 0.5}, "density=0.5 does not apply to merge method "
                                                                   "'task_arithmetic'; it takes ['lam']"),
     ({"method": "average", "lam": 2.0}, "lam=2.0 does not apply to merge method 'average'; it takes no parameters"),
-    ({"method": "ties", "init": INIT, "density": 0.5, "seed": 1}, "seed=1 does not apply to merge method 'ties'"),
+    ({"method": "ties", "init": INIT, "density": 0.5, "merge_seed": 1}, "merge_seed=1 does not apply to merge method 'ties'"),
     ({"method": "average", "init": INIT}, "merge method 'average' does not use init"),
     ({"method": "task_arithmetic"}, "merge method 'task_arithmetic' merges deltas from the adapters' shared "
                                     "initialisation: pass init"),
@@ -237,7 +239,7 @@ BAD = [
     ({"method": "task_arithmetic", "init": INIT, "weights": [1, 2]}, "weights has 2 entries for 3 members"),
     ({"method": "task_arithmetic", "init": INIT, "weights": [1, -1, 1]}, "got [1, -1, 1]"),
     ({"method": "average", "weights": [0, 0, 0]}, "with a positive sum, got [0, 0, 0]"),
-    ({"method": "dare_linear", "init": INIT, "drop_rate": 0.5, "seed": 1.5}, "seed must be an integer, got 1.5"),
+    ({"method": "dare_linear", "init": INIT, "drop_rate": 0.5, "merge_seed": 1.5}, "merge_seed must be an integer, got 1.5"),
 ]
 
 
@@ -256,4 +258,21 @@ def test_members_with_different_shapes_are_refused():
 def test_trim_breaks_ties_in_magnitude_by_position():
     torch.testing.assert_close(trim_by_magnitude(torch.tensor([[0.5, 1.0], [-1.0, 1.0]]), 0.5),
                                torch.tensor([[0.0, 1.0], [-1.0, 0.0]]), atol=0, rtol=0)
-    torch.testing.assert_close(trim_by_magnitude(torch.tensor([2.0, -1.0, 3.0]), 0.1), torch.zeros(3))
+    # density * n = 0.3: the largest entry is kept rather than the whole tensor erased
+    torch.testing.assert_close(trim_by_magnitude(torch.tensor([2.0, -1.0, 3.0]), 0.1), torch.tensor([0.0, 0.0, 3.0]))
+
+
+@pytest.mark.parametrize(("n", "density", "expected"), [(6144, 0.2, 1228), (10, 0.25, 2), (10, 0.29, 2), (3, 0.1, 1),
+                                                         (4, 0.5, 2), (7, 1.0, 7), (1, 0.01, 1)])
+def test_ties_keeps_the_floor_of_density_times_n_and_never_nothing(n, density, expected):
+    assert kept_count(density, n) == expected
+    delta = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    assert int((trim_by_magnitude(delta, density) != 0).sum()) == expected
+
+
+@pytest.mark.parametrize(("n", "density"), [(6144, 0.2), (1000, 0.123), (37, 0.3)])
+def test_trim_equals_peft_where_density_times_n_is_not_whole(n, density):
+    # Distinct magnitudes (no ties): PEFT's int(density * n) and ours keep the same entries.
+    delta = torch.randn(n, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(trim_by_magnitude(delta, density), peft.magnitude_based_pruning(delta, density),
+                               atol=0, rtol=0)

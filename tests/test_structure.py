@@ -1,0 +1,127 @@
+"""The shape of the code: no import circles, arrows one way (spaces <- trainables <- search), and
+no module importing another module's private names. Imports anywhere in a file count."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("spaces", "trainables", "search", "mlflow_server")
+# What each package may import of the others (DESIGN.md: search uses spaces and trainables;
+# trainables uses spaces for the spec type; spaces uses neither; mlflow_server stands alone).
+ALLOWED = {"spaces": {"spaces"}, "trainables": {"spaces", "trainables"},
+           "search": {"spaces", "trainables", "search", "mlflow_server"}, "mlflow_server": {"mlflow_server", "spaces"}}
+
+
+def module_imports(root: Path, packages=PACKAGES) -> dict[str, set[tuple[str, str]]]:
+    """module -> {(imported module, imported name or "")} among the modules under ``root``'s packages."""
+    modules = {}
+    for package in packages:
+        for path in (root / package).rglob("*.py"):
+            name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+
+    def resolve(target: str) -> str | None:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    graph: dict[str, set[tuple[str, str]]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found = [(resolve(a.name), "") for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = name.split(".")[: len(name.split(".")) - node.level + (1 if is_package else 0)]
+                    base = ".".join(parts + ([base] if base else []))
+                found = []
+                for a in node.names:
+                    module = resolve(f"{base}.{a.name}")
+                    found.append((module, "" if module == f"{base}.{a.name}" else a.name))
+            else:
+                continue
+            graph[name] |= {(m, n) for m, n in found if m and m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def import_circles(graph: dict[str, set[tuple[str, str]]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    edges = {m: sorted({t for t, _ in targets}) for m, targets in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_there_is_no_import_circle_among_the_product_modules():
+    assert import_circles(module_imports(ROOT)) == []
+
+
+def test_arrows_point_one_way_between_the_packages():
+    wrong = sorted(f"{m} imports {t}" for m, targets in module_imports(ROOT).items() for t, _ in targets
+                   if t.split(".")[0] not in ALLOWED[m.split(".")[0]])
+    assert wrong == []
+
+
+def test_no_module_imports_a_private_name_of_another():
+    private = sorted(f"{m} imports {t}.{n}" for m, targets in module_imports(ROOT).items() for t, n in targets
+                     if n.startswith("_") and not n.startswith("__"))
+    assert private == []
+
+
+@pytest.fixture
+def planted(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("from pkg.b import thing\n")
+    (tmp_path / "pkg" / "b.py").write_text("def f():\n    from pkg.c import _helper  # inside a function: counts too\n")
+    (tmp_path / "pkg" / "c.py").write_text("import pkg.a\n_helper = 1\n")
+    return tmp_path
+
+
+def test_a_deliberate_circle_and_private_import_are_found(planted):
+    graph = module_imports(planted, ("pkg",))
+    assert import_circles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+    assert ("pkg.c", "_helper") in graph["pkg.b"]
+
+
+def test_no_private_internals_of_other_libraries():
+    # ray._private, MLflow's _tracking_client, attributes planted on third-party objects: each
+    # would break silently when the library moves it. Found: (file, line).
+    found = [(str(path.relative_to(ROOT)), line.strip()) for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+             for line in path.read_text(encoding="utf-8").splitlines()
+             if any(bad in line for bad in ("._private", "_tracking_client", "._signmix", "._client._"))]
+    assert found == []
