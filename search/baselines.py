@@ -50,7 +50,7 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
 
     if weights is None:
         weights, _ = load_sign_index(cfg.store_path, cfg.domains)
-    experiment = cfg.model_dump()
+    experiment = cfg.experiment()
     shared = dict(weights)
     if any(MERGE_OPERATORS[s.merge_method].needs_init for s in specs.values()):
         shared[INIT_KEY] = initial_adapter_weights(experiment, cfg.store_path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union, get_args
+from typing import Annotated, Literal, Optional, Sequence, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -26,7 +26,8 @@ from spaces.operators import HEAD_PROTOCOLS, MERGE_OPERATORS
 from spaces.space import SEARCH_PRUNE_METHODS
 from spaces.spec import PRUNE_SCOPES, PRUNE_WHEN
 from trainables.lora_merge import LORA_MERGES
-from trainables.model import ADAPTER_METHODS
+from trainables.settings import (ADAPTER_METHODS, AdapterConfig, DomainConfig, EvalDtype, EvaluationSettings,
+                                 Experiment, FrozenModel, ResourcesConfig, TrainingConfig)
 
 # Every enumeration a config names, with the registry that defines it (one grep:
 # REGISTERED_CHOICES). The config's Literals below, the CLI's choices, the validation
@@ -53,7 +54,6 @@ def _choice(field: str):
     return Literal[REGISTERED_CHOICES[field]]
 
 
-AdapterMethod = _choice("adapter.method")
 StrategyName = _choice("search.strategy")
 FsdMeasure = _choice("search.fsd_measure")
 SearchPruneMethod = _choice("search.prune_methods")
@@ -68,90 +68,7 @@ TieRule = _choice("search.when_tied")
 LoraMerge = _choice("search.lora_merge")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class AdapterConfig(_Frozen):
-    """The adapter architecture every domain adapter is trained with."""
-
-    method: AdapterMethod = "seq_bn"
-    reduction_factor: Annotated[int, Field(gt=0)] = 16  # bottleneck adapters
-    rank: Annotated[int, Field(gt=0)] = 8  # lora
-    alpha: Annotated[float, Field(gt=0)] = 8.0  # lora
-
-
-class TrainingConfig(_Frozen):
-    epochs: Annotated[int, Field(ge=1)] = 2
-    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
-    batch_size: Annotated[int, Field(ge=1)] = 16
-    max_length: Annotated[int, Field(ge=8, le=4096)] = 128
-    seed: int = 42
-    max_train_examples: Optional[Annotated[int, Field(ge=1)]] = None
-    max_eval_examples: Optional[Annotated[int, Field(ge=1)]] = None
-
-
-class AdapterSourceConfig(_Frozen):
-    """An existing adapter a domain brings instead of training one (trainables/imports)."""
-
-    path: Optional[str] = None  # a folder written by `adapters`' save_adapter
-    hub: Optional[str] = None  # an id resolved by `adapters`' own hub loading
-    peft: Optional[str] = None  # a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)
-    allow_pickle: bool = False  # read pytorch_adapter.bin / adapter_model.bin (unpickling runs code)
-    check_base_name: bool = True  # compare the base model name the adapter records
-    with_head: Optional[bool] = None  # path/hub: load its head when it has one (default true)
-    version: Optional[str] = None  # hub only
-    drop_modules_to_save: Optional[bool] = None  # peft only: drop modules_to_save instead of refusing
-
-    @model_validator(mode="after")
-    def _one_kind(self):
-        kinds = [k for k in ("path", "hub", "peft") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError(f"give exactly one of 'path' (an adapters folder), 'hub' (a hub id) or 'peft' "
-                             f"(a PEFT LoRA folder), got {kinds or 'none'}")
-        kind = kinds[0]
-        for option, kinds_allowed in (("with_head", ("path", "hub")), ("version", ("hub",)),
-                                      ("drop_modules_to_save", ("peft",))):
-            if getattr(self, option) is not None and kind not in kinds_allowed:
-                raise ValueError(f"{option} applies to {' and '.join(kinds_allowed)} adapters only, "
-                                 f"not to a {kind} adapter")
-        return self
-
-    def source(self) -> dict:
-        """Returns what :func:`trainables.imports.import_adapter` takes."""
-        return self.model_dump(exclude_none=True)
-
-
-class DomainConfig(_Frozen):
-    """One domain: a local folder of split files, or a dataset on the Hugging Face hub, and/or
-    an existing adapter (``adapter``) to use instead of training one."""
-
-    path: Optional[str] = None  # folder with train/validation/test .jsonl or .csv
-    hub: Optional[str] = None  # e.g. "glue"
-    subset: Optional[str] = None  # e.g. "sst2"
-    text_column: str = "text"
-    text_pair_column: Optional[str] = None
-    label_column: str = "label"
-    splits: dict[Literal["train", "validation", "test"], str] = Field(
-        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"})
-    adapter: Optional[AdapterSourceConfig] = None  # an existing adapter instead of training one
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if self.path is not None and self.hub is not None:
-            raise ValueError("give exactly one of 'path' (a local folder) or 'hub' (a hub dataset id)")
-        if self.path is None and self.hub is None and self.adapter is None:
-            raise ValueError("give exactly one of 'path' (a local folder) or 'hub' (a hub dataset id), "
-                             "or an existing adapter under 'adapter' (path, hub or peft)")
-        return self
-
-    @property
-    def has_data(self) -> bool:
-        """Whether the domain has data (a folder or a hub dataset), not only an adapter."""
-        return self.path is not None or self.hub is not None
-
-
-class SearchConfig(_Frozen):
+class SearchConfig(FrozenModel):
     strategy: StrategyName = "tpe"
     # tpe only: start from the greedy FSD path (Alg. 1), then let TPE propose.
     warm_start: Literal["greedy_fsd", "none"] = "greedy_fsd"
@@ -183,7 +100,7 @@ class SearchConfig(_Frozen):
     max_interval_half_width: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
     max_concurrent: Annotated[int, Field(ge=1)] = 2
     eval_batch_size: Annotated[int, Field(ge=1)] = 64
-    eval_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: faster on CPUs with AVX-512 BF16
+    eval_dtype: EvalDtype = "float32"  # bfloat16: faster on CPUs with AVX-512 BF16
     eval_chunks: Annotated[int, Field(ge=1)] = 1  # >1 reports per chunk so ASHA can stop early
     early_stopping: bool = False
     # Mixtures one Ray trial evaluates, one after the other: >1 divides Ray Tune's cost per
@@ -274,7 +191,7 @@ class SearchConfig(_Frozen):
         return sorted(set(v))
 
 
-class StudyConfig(_Frozen):
+class StudyConfig(FrozenModel):
     """``signmix study``: the paper's experiments on this config's adapters."""
 
     targets: Optional[list[str]] = None  # default: every domain
@@ -286,24 +203,19 @@ class StudyConfig(_Frozen):
     sparsities: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(default_factory=lambda: [0.8, 0.9])
 
 
-class ResourcesConfig(_Frozen):
-    cpu: Annotated[float, Field(gt=0)] = 1.0
-    gpu: Annotated[float, Field(ge=0)] = 0.0
-
-
-class RayConfig(_Frozen):
+class RayConfig(FrozenModel):
     address: Optional[str] = None  # None: start a local cluster; "auto" or "host:port" (from outside: signmix submit)
     storage_path: str = "signmix_runs"
     num_cpus: Optional[int] = None  # for a local cluster only
 
 
-class MlflowConfig(_Frozen):
+class MlflowConfig(FrozenModel):
     tracking_uri: Optional[str] = None  # default: sqlite:///<storage_path>/mlflow.db
     experiment: Optional[str] = None  # default: the config's name
     registered_model: Optional[str] = None  # default: the config's name
 
 
-class Config(_Frozen):
+class Config(FrozenModel):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     base_model: str
     trust_remote_code: bool = False
@@ -377,6 +289,17 @@ class Config(_Frozen):
     @property
     def registered_model_name(self) -> str:
         return self.mlflow.registered_model or self.name
+
+    def experiment(self, targets: Sequence[str] | None = None) -> Experiment:
+        """What a trial reads of this config (``targets``: the heads its model loads; default
+        ``search.targets``)."""
+        s = self.search
+        return Experiment(
+            base_model=self.base_model, trust_remote_code=self.trust_remote_code, adapter=self.adapter,
+            training=self.training, domains=self.domains, resources=self.resources, store=self.store_path,
+            evaluation=EvaluationSettings(targets=tuple(targets or s.targets), batch_size=s.eval_batch_size,
+                                          dtype=s.eval_dtype, chunks=s.eval_chunks, fgsm_step=s.fgsm_step,
+                                          lora_merge=s.lora_merge))
 
 
 def _is_uri(value: str) -> bool:

@@ -92,8 +92,7 @@ def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, di
     for t in targets:
         cands[f"own/{t}"] = (make_mixture_spec(members=[t], targets=[t], require_targets=False), both)
     cands["soup"] = (make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False), ["test"])
-    space = space_from_config({**cfg.search.model_dump(), "targets": targets, "max_fsd": None, "max_members": None},
-                              sorted(cfg.domains), index)
+    space = space_from_config(cfg.search, sorted(cfg.domains), targets=targets, max_members=None)
     path = [space.to_mixture_spec(p) for p in greedy_path(space, index)]
     for k in sorted({spec.k for spec, _ in (cands[n] for n in runs)}):
         pick = next((s for s in path if s.k == k), None)
@@ -118,9 +117,7 @@ def run_confirmation_trial(cfg: Config, candidates: Mapping[str, tuple], weights
     for cname, (spec, splits) in candidates.items():
         entry = by_key.setdefault(spec.key, {"spec": spec.to_dict(), "splits": []})
         entry["splits"] = sorted(set(entry["splits"]) | set(splits))
-    experiment = cfg.model_dump()
-    targets = sorted({t for spec, _ in candidates.values() for t in spec.targets})
-    experiment["search"] = {**experiment["search"], "targets": targets}
+    experiment = cfg.experiment(targets=sorted({t for spec, _ in candidates.values() for t in spec.targets}))
     trainable = tune.with_resources(tune.with_parameters(
         confirm_candidates, adapter_weights=share_adapter_weights(weights, shared_initialisation(cfg, weights)),
         experiment=experiment,

@@ -28,6 +28,7 @@ from search.tracking.layout import (KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, merg
                                     spec_from_run)
 from search.tracking.tracker import open_experiment
 from spaces.errors import TrackingError, UsageError
+from trainables.settings import DomainConfig
 from trainables.store import AdapterStore
 
 logger = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
         head = model.load_head(str(path / "heads" / target), load_as=f"head_{target}", use_safetensors=True)
         model.active_head = head if isinstance(head, str) else f"head_{target}"
         cast_model(model, ev.get("dtype", "float32"))
-        data = load_domain(target, record["domains"][target], splits=(split,),
+        data = load_domain(target, DomainConfig.model_validate(record["domains"][target]), splits=(split,),
                            max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
                            trust_remote_code=ev["trust_remote_code"],
                            label_names=record.get("label_names", {}).get(target))

@@ -52,7 +52,7 @@ def check_imports(cfg: Config) -> dict[str, ImportedAdapter]:
     configs = {d: a.config for d, a in imported.items()}
     trained = sorted(set(cfg.domains) - set(imported))
     if trained:  # the adapters signmix trains, as `adapters` describes them
-        configs[trained[0]] = adapter_config_for(cfg.adapter.model_dump()).to_dict()
+        configs[trained[0]] = adapter_config_for(cfg.adapter).to_dict()
     try:
         check_same_architecture(configs)
     except StoreError as exc:
@@ -93,7 +93,7 @@ def _head_labels(cfg: Config, adapter: ImportedAdapter) -> dict:
     if domain.has_data:
         from trainables.data import check_labels, load_domain
 
-        data = load_domain(adapter.label, domain.model_dump(), splits=("train", "validation"),
+        data = load_domain(adapter.label, domain, splits=("train", "validation"),
                            max_train_examples=cfg.training.max_train_examples,
                            max_eval_examples=cfg.training.max_eval_examples, seed=cfg.training.seed,
                            trust_remote_code=cfg.trust_remote_code)

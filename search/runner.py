@@ -12,6 +12,7 @@ from typing import Callable
 
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
+from search.gate import gate_mode, make_gate, validation_tolerance
 from search.objectives import OBJECTIVES, selection_rule
 from search.trial import mixture_trainable, shared_initialisation, trial_resources
 from spaces.errors import StoreError, TrackingError, UsageError
@@ -69,7 +70,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
     # Check every domain's data in the driver first: a bad column or an empty split is
     # a usage error that should stop everything before a single trial starts.
     for d in todo:
-        load_domain(d, cfg.domains[d].model_dump(), splits=("train", "validation"),
+        load_domain(d, cfg.domains[d], splits=("train", "validation"),
                     max_train_examples=1, max_eval_examples=1, trust_remote_code=cfg.trust_remote_code)
     client = experiment_id = None
     if imported:
@@ -93,7 +94,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
         trainable,
         param_space={"domain": tune.grid_search(todo), "fingerprints": prints, "run_params": run_params,
                      "imports": {d: cfg.domains[d].adapter.source() for d in heads},
-                     "experiment": cfg.model_dump(), "store": os.path.abspath(cfg.store_path)},
+                     "experiment": cfg.experiment(), "store": os.path.abspath(cfg.store_path)},
         tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(
             name=f"{cfg.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_uri(cfg),
@@ -225,12 +226,9 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
             tracker.attach(parent_id)
         space = searcher.space
     else:
-        from search.gate import make_gate, validation_tolerance
-
         tolerance, warnings = validation_tolerance(cfg, progress)
-        # max_fsd: auto is the gate's to resolve, from evidence gathered during the search.
-        search_section = {**cfg.search.model_dump(), **({"max_fsd": None} if cfg.search.max_fsd == "auto" else {})}
-        space = space_from_config(search_section, sorted(cfg.domains), index)
+        # max_fsd (fixed or auto) is the gate's alone: auto resolves from the evidence of the search.
+        space = space_from_config(cfg.search, sorted(cfg.domains))
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
@@ -265,11 +263,12 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         tracker.start(run_name=run_name, params={
             **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
             "max_fsd_resolved": "auto (FSD gate)" if cfg.search.max_fsd == "auto" else
-            "none" if space.max_fsd is None else f"{space.max_fsd:.6f}",
+            "none" if cfg.search.max_fsd is None else f"{cfg.search.max_fsd:.6f}",
             "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
         tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, f"{storage.rstrip('/')}/{run_name}")
         progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
-                 f"max_fsd {'none' if space.max_fsd is None else f'{space.max_fsd:.4f}'} ({cfg.search.fsd_measure})")
+                 f"max_fsd {cfg.search.max_fsd if isinstance(cfg.search.max_fsd, (str, type(None))) else f'{cfg.search.max_fsd:.4f}'}"
+                 f" ({cfg.search.fsd_measure})")
     try:
         tuner.fit()
     except TrackingError:
@@ -315,7 +314,7 @@ def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed
 def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchSummary:
     c = searcher.counts
     summary = SearchSummary(
-        strategy=cfg.search.strategy, max_fsd=space.max_fsd, evaluated=c.evaluated, filtered=c.filtered,
+        strategy=cfg.search.strategy, max_fsd=gate_mode(cfg.search.max_fsd)[1], evaluated=c.evaluated, filtered=c.filtered,
         filtered_mixtures=len(c.filtered_keys), repeats=c.repeats, stopped_early=c.stopped_early,
         failed=c.failed, best_label=None, best_accuracy=None, best_fsd=None, best_k=None, best_run_id=None,
         parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started,

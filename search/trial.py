@@ -41,7 +41,7 @@ def shared_initialisation(cfg: Config, weights) -> dict | None:
         raise StoreError(f"{why}: {imported} were imported, not trained from the config's seed; "
                          "use merge_methods: [average], or train every adapter with signmix (LoRA adapters "
                          "merged on ΔW, search.lora_merge: delta_svd, need no shared initialisation)")
-    init = initial_adapter_weights(cfg.model_dump(), store)
+    init = initial_adapter_weights(cfg.experiment(), store)
     try:
         for domain in sorted(weights):
             check_init_matches(init, weights[domain], domain)
@@ -60,6 +60,6 @@ def mixture_trainable(cfg: Config, weights, trial: Callable | None = None, init=
 
     return tune.with_resources(
         tune.with_parameters(trial or evaluate_mixture, adapter_weights=share_adapter_weights(weights, init),
-                             experiment=cfg.model_dump(),
+                             experiment=cfg.experiment(),
                              store_root=os.path.abspath(cfg.store_path)),
         trial_resources(cfg))

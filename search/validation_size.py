@@ -13,7 +13,7 @@ def validation_sizes(cfg: Config) -> dict[str, int]:
     """Number of validation examples each search target is evaluated on (after ``max_eval_examples``)."""
     sizes = {}
     for t in cfg.search.targets:
-        data = load_domain(t, cfg.domains[t].model_dump(), splits=("validation",),
+        data = load_domain(t, cfg.domains[t], splits=("validation",),
                            max_eval_examples=cfg.training.max_eval_examples, seed=cfg.training.seed,
                            trust_remote_code=cfg.trust_remote_code)
         sizes[t] = len(data.splits["validation"])

@@ -17,7 +17,7 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Mapping, Protocol, Sequence
 
 from spaces.errors import SpecError
 from spaces.merge_choices import MERGE_METHOD_PARAM, MergeChoices
@@ -308,26 +308,44 @@ def auto_max_fsd(space: MixtureSpace, index: SignIndex, percentile: float) -> fl
     return float(np.percentile(fsds, percentile)) if fsds else None
 
 
-def space_from_config(search: Mapping, domains: Sequence[str], index: SignIndex | None = None) -> MixtureSpace:
-    """The :class:`MixtureSpace` of a ``search:`` config section (``max_fsd: auto`` resolved
-    by :func:`auto_max_fsd`, which needs ``index``)."""
-    max_fsd = search.get("max_fsd")
-    space = MixtureSpace(
-        domains=tuple(domains), targets=tuple(search["targets"]),
-        prune_ratios=tuple(search.get("prune_ratios", (0.0,))),
-        prune_methods=tuple(search.get("prune_methods", ("magnitude",))),
-        prune_layers=tuple(search.get("prune_layers", (2,))),
-        prune_scope=search.get("prune_scope", "adapter"), prune_when=search.get("prune_when", "members"),
-        require_targets=search.get("require_targets", True), max_members=search.get("max_members"),
-        max_fsd=None, fsd_measure=search.get("fsd_measure", "mean_pairwise"),
-        merge=MergeChoices(merge_methods=tuple(search.get("merge_methods", ("average",))),
-                           densities=tuple(search.get("densities", (0.5,))),
-                           drop_rates=tuple(search.get("drop_rates", (0.5,))),
-                           lambdas=tuple(search.get("lambdas", (1.0,))),
-                           weights=search.get("weights", "uniform"), merge_seed=int(search.get("seed", 0))),
-        head=search.get("head", DEFAULT_HEAD_PROTOCOL))
-    if max_fsd == "auto":
-        if index is None:
-            raise SpecError("max_fsd: auto needs the adapters' FSD matrix; train the adapters first")
-        max_fsd = auto_max_fsd(space, index, search.get("max_fsd_percentile", 75.0))
-    return dataclasses.replace(space, max_fsd=None if max_fsd is None else float(max_fsd))
+class SearchSettings(Protocol):
+    """What :func:`space_from_config` reads of the config's ``search:`` section (its
+    ``SearchConfig``, which states every default; ``spaces`` does not import the search)."""
+
+    targets: Sequence[str]
+    prune_ratios: Sequence[float]
+    prune_methods: Sequence[str]
+    prune_layers: Sequence[int]
+    prune_scope: str
+    prune_when: str
+    require_targets: bool
+    max_members: int | None
+    fsd_measure: str
+    merge_methods: Sequence[str]
+    densities: Sequence[float]
+    drop_rates: Sequence[float]
+    lambdas: Sequence[float]
+    weights: str
+    seed: int
+    head: str
+
+
+def space_from_config(search: SearchSettings, domains: Sequence[str], *, targets: Sequence[str] | None = None,
+                      max_members: int | None | Literal["config"] = "config") -> MixtureSpace:
+    """The :class:`MixtureSpace` a ``search:`` section describes over ``domains``.
+
+    ``targets`` and ``max_members`` replace the section's (the confirmation's greedy
+    baseline walks the whole space). The space filters nothing on FSD: ``search.max_fsd``
+    (fixed, auto or off) is the FSD gate's alone (``search/gate.py``).
+    """
+    return MixtureSpace(
+        domains=tuple(domains), targets=tuple(targets or search.targets),
+        prune_ratios=tuple(search.prune_ratios), prune_methods=tuple(search.prune_methods),
+        prune_layers=tuple(search.prune_layers), prune_scope=search.prune_scope, prune_when=search.prune_when,
+        require_targets=search.require_targets,
+        max_members=search.max_members if max_members == "config" else max_members,
+        max_fsd=None, fsd_measure=search.fsd_measure,
+        merge=MergeChoices(merge_methods=tuple(search.merge_methods), densities=tuple(search.densities),
+                           drop_rates=tuple(search.drop_rates), lambdas=tuple(search.lambdas),
+                           weights=search.weights, merge_seed=search.seed),
+        head=search.head)

@@ -49,3 +49,18 @@ def two_layer_adapters(seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
     return {d: {f"bert.encoder.layer.{i}.output.adapters.signmix.adapter_down.0.weight": torch.randn(4, 6, generator=gen)
                 for i in range(2)} for d in ("a", "b", "c")}
+
+
+def make_experiment(base_model: str, store, *, seed: int = 0, reduction_factor: int = 4, targets=("books",),
+                    gpu: float = 0.0, domains: dict | None = None, dtype: str = "float32"):
+    """A trial's :class:`~trainables.settings.Experiment` with the config's defaults but these."""
+    from trainables.settings import (AdapterConfig, DomainConfig, EvaluationSettings, Experiment, ResourcesConfig,
+                                     TrainingConfig)
+
+    return Experiment(
+        base_model=base_model, trust_remote_code=False, store=str(store),
+        adapter=AdapterConfig(method="seq_bn", reduction_factor=reduction_factor), training=TrainingConfig(seed=seed),
+        domains={d: DomainConfig(path=str(p)) for d, p in (domains or {}).items()},
+        resources=ResourcesConfig(cpu=1, gpu=gpu),
+        evaluation=EvaluationSettings(targets=tuple(targets), batch_size=64, dtype=dtype, chunks=1, fgsm_step=None,
+                                      lora_merge="delta_svd"))

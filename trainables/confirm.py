@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Mapping
 
 from spaces.spec import MixtureSpec
+from trainables.settings import Experiment
 
 CORRECTNESS_FILE = "correctness.json"
 
 
-def confirm_candidates(config: Mapping, *, adapter_weights: Mapping, experiment: Mapping, store_root: str) -> None:
+def confirm_candidates(config: Mapping, *, adapter_weights: Mapping, experiment: Experiment, store_root: str) -> None:
     """Evaluate each of ``config["candidates"]`` (name -> ``{"spec": ..., "splits": [...]}``)
     once on its targets' splits; reports the per-example correctness as a checkpoint."""
     import torch
@@ -31,9 +32,9 @@ def confirm_candidates(config: Mapping, *, adapter_weights: Mapping, experiment:
     from trainables.evaluate import encoded_split, mixture_model, predict
     from trainables.mixture import load_mixture
 
-    torch.set_num_threads(max(1, int(experiment["resources"]["cpu"])))
+    torch.set_num_threads(max(1, int(experiment.resources.cpu)))
     model = mixture_model(experiment, store_root)  # cached per worker process, like the search's
-    batch_size = experiment["search"]["eval_batch_size"]
+    batch_size = experiment.evaluation.batch_size
     correctness: dict[str, dict[str, dict[str, list[int]]]] = {}
     for name, candidate in config["candidates"].items():
         spec = MixtureSpec.from_dict(candidate["spec"])

@@ -1,7 +1,7 @@
 """One domain's labelled text, loaded through ``datasets``, and its batches for the encoder.
 
-``load_domain(name, domain)`` takes one ``domains.<name>`` entry of the config (as the plain
-dict ``DomainConfig.model_dump()``) and returns a :class:`DomainData` whose splits all have
+``load_domain(name, domain)`` takes one ``domains.<name>`` entry of the config (a
+:class:`~trainables.settings.DomainConfig`) and returns a :class:`DomainData` whose splits all have
 the columns ``text``, optional ``text_pair`` and ``label`` (an int in ``range(num_labels)``).
 Every problem a user can fix (missing file, column or split, unusable labels) is a
 :class:`~spaces.errors.DataError` that names the domain, the split and the config key.
@@ -23,6 +23,8 @@ from spaces.errors import DataError
 
 if TYPE_CHECKING:
     import datasets
+
+    from trainables.settings import DomainConfig
     import torch
 
 SPLITS = ("train", "validation", "test")
@@ -43,7 +45,7 @@ class DomainData:
         return len(self.label_names)
 
 
-def load_domain(name: str, domain: Mapping[str, Any], *, splits: Sequence[str] = SPLITS,
+def load_domain(name: str, domain: DomainConfig, *, splits: Sequence[str] = SPLITS,
                 max_train_examples: int | None = None, max_eval_examples: int | None = None,
                 seed: int = 0, trust_remote_code: bool = False,
                 label_names: Sequence[str] | None = None) -> DomainData:
@@ -55,21 +57,20 @@ def load_domain(name: str, domain: Mapping[str, Any], *, splits: Sequence[str] =
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose among {list(SPLITS)}")
-    split_names = {**{s: s for s in SPLITS}, **(domain.get("splits") or {})}
+    split_names = {**{s: s for s in SPLITS}, **domain.splits}
     raw = {s: _load_split(name, domain, s, split_names[s], trust_remote_code) for s in splits}
-    return prepare_domain(name, raw, text_column=domain.get("text_column") or "text",
-                          text_pair_column=domain.get("text_pair_column"),
-                          label_column=domain.get("label_column") or "label",
+    return prepare_domain(name, raw, text_column=domain.text_column, text_pair_column=domain.text_pair_column,
+                          label_column=domain.label_column,
                           max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
                           seed=seed, label_names=label_names)
 
 
-def _load_split(name: str, domain: Mapping[str, Any], split: str, source_split: str,
+def _load_split(name: str, domain: DomainConfig, split: str, source_split: str,
                 trust_remote_code: bool) -> datasets.Dataset:
     import datasets
 
-    if domain.get("path"):
-        folder = str(domain["path"])
+    if domain.path:
+        folder = str(domain.path)
         if not os.path.isdir(folder):
             raise DataError(f"domain {name!r}: data folder {folder} does not exist; fix domains.{name}.path "
                             f"or create the folder with {source_split}.jsonl (or .json/.csv) files")
@@ -93,7 +94,7 @@ def _load_split(name: str, domain: Mapping[str, Any], split: str, source_split: 
                             f"({type(exc).__name__}: {exc}); check that it is valid "
                             f"{FILE_BUILDERS[os.path.splitext(file)[1]].upper()}") from exc
 
-    hub, subset = str(domain["hub"]), domain.get("subset")
+    hub, subset = str(domain.hub), domain.subset
     kwargs: dict[str, Any] = {}
     if trust_remote_code:
         # datasets >= 4 dropped dataset scripts (and the argument with them).

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from trainables.data import EncodedSplit, encode_split, iter_batches, load_domain
 from trainables.model import cached_tokenizer, load_encoder, model_device, trial_device
+from trainables.settings import Experiment
 from trainables.store import ADAPTER_NAME, HEAD_FILE, AdapterStore
 
 HEAD_FILES = ("head_config.json", HEAD_FILE)
@@ -70,7 +71,7 @@ def target_metrics(preds: Mapping[str, Mapping[int, int]], encoded: Mapping[str,
     return metrics
 
 
-def mixture_targets(model: MixtureModel, experiment: Mapping,
+def mixture_targets(model: MixtureModel, experiment: Experiment,
                     split: str = "validation") -> Callable[[str], tuple[EncodedSplit, int]]:
     """The ``prepare`` of :func:`evaluate_targets` for a :class:`MixtureModel`: the target's head
     (refit on the current mixture, or its own) and its ``split``, encoded once per process."""
@@ -99,24 +100,22 @@ _ENCODED: dict[tuple, EncodedSplit] = {}
 _MIXERS: dict[tuple, "MixtureModel"] = {}
 
 
-def encoded_split(experiment: Mapping, domain: str, split: str,
+def encoded_split(experiment: Experiment, domain: str, split: str,
                   label_names: Sequence[str] | None = None) -> EncodedSplit:
     """``domain``'s ``split`` tokenised for the experiment's base model, cached per process;
     string labels encoded in the order of the trained head's ``label_names``. The training
     split is capped by ``training.max_train_examples`` (the rows training used), the others
     by ``max_eval_examples``."""
-    training = experiment["training"]
-    dcfg = experiment["domains"][domain]
-    key = (experiment["base_model"], domain, split, repr(sorted(dcfg.items())),
-           training["max_length"], training["max_eval_examples"], training.get("max_train_examples"),
-           tuple(label_names or ()))
+    training = experiment.training
+    dcfg = experiment.domains[domain]
+    key = (experiment.base_model, domain, split, dcfg, training.max_length, training.max_eval_examples,
+           training.max_train_examples, tuple(label_names or ()))
     if key not in _ENCODED:
-        data = load_domain(domain, dcfg, splits=(split,), max_eval_examples=training["max_eval_examples"],
-                           max_train_examples=training.get("max_train_examples"),
-                           seed=training["seed"], trust_remote_code=experiment["trust_remote_code"],
-                           label_names=label_names)
-        tok = cached_tokenizer(experiment["base_model"], trust_remote_code=experiment["trust_remote_code"])
-        _ENCODED[key] = encode_split(tok, data.splits[split], training["max_length"])
+        data = load_domain(domain, dcfg, splits=(split,), max_eval_examples=training.max_eval_examples,
+                           max_train_examples=training.max_train_examples, seed=training.seed,
+                           trust_remote_code=experiment.trust_remote_code, label_names=label_names)
+        tok = cached_tokenizer(experiment.base_model, trust_remote_code=experiment.trust_remote_code)
+        _ENCODED[key] = encode_split(tok, data.splits[split], training.max_length)
     return _ENCODED[key]
 
 
@@ -174,7 +173,7 @@ class MixtureModel:
                 param.copy_(weights[name])
         self.refit = {}  # heads refit on the previous mixture do not fit this one
 
-    def refit_heads(self, experiment: Mapping, targets: Sequence[str], batch_size: int) -> float:
+    def refit_heads(self, experiment: Experiment, targets: Sequence[str], batch_size: int) -> float:
         """Fit a linear head for each target on the current mixture's [CLS] features of the
         target's training split (``search.head: refit``); :meth:`use_head` then uses it.
 
@@ -253,15 +252,15 @@ def cast_model(model, dtype: str, device=None) -> None:
     model.to(device=device, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
 
 
-def mixture_model(experiment: Mapping, store_root: str) -> MixtureModel:
+def mixture_model(experiment: Experiment, store_root: str) -> MixtureModel:
     """The worker's :class:`MixtureModel` for this experiment, built once per process, on
     the trial's device (the GPU Ray gave it when ``resources.gpu`` > 0 and CUDA is there)."""
-    dtype = experiment["search"].get("eval_dtype", "float32")
-    device = trial_device(experiment.get("resources", {}).get("gpu", 0))
-    key = (experiment["base_model"], store_root, dtype, str(device))
+    dtype = experiment.evaluation.dtype
+    device = trial_device(experiment.resources.gpu)
+    key = (experiment.base_model, store_root, dtype, str(device))
     if key not in _MIXERS:
-        _MIXERS[key] = MixtureModel(base_model=experiment["base_model"], store=AdapterStore(store_root),
-                                    heads=list(experiment["search"]["targets"]),
-                                    trust_remote_code=experiment["trust_remote_code"], dtype=dtype,
+        _MIXERS[key] = MixtureModel(base_model=experiment.base_model, store=AdapterStore(store_root),
+                                    heads=list(experiment.evaluation.targets),
+                                    trust_remote_code=experiment.trust_remote_code, dtype=dtype,
                                     device=device)
     return _MIXERS[key]

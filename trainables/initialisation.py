@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from spaces.errors import StoreError
+from trainables.settings import Experiment
 from trainables.store import ADAPTER_FILE, ADAPTER_NAME, AdapterStore
 
 if TYPE_CHECKING:
@@ -30,24 +31,23 @@ logger = logging.getLogger(__name__)
 INIT_DIR = ".init"
 
 
-def init_fingerprint(experiment: Mapping) -> dict:
+def init_fingerprint(experiment: Experiment) -> dict:
     """Returns what the initial adapter weights depend on: base model, adapter config, seed, versions."""
     import adapters
     import torch
 
-    return {"base_model": experiment["base_model"], "adapter": dict(experiment["adapter"]),
-            "seed": int(experiment["training"]["seed"]),
-            "trust_remote_code": bool(experiment.get("trust_remote_code", False)),
+    return {"base_model": experiment.base_model, "adapter": experiment.adapter.model_dump(),
+            "seed": experiment.training.seed, "trust_remote_code": experiment.trust_remote_code,
             "torch": torch.__version__.split("+")[0], "adapters": adapters.__version__}
 
 
-def init_cache_path(experiment: Mapping, store: str | os.PathLike | AdapterStore | None = None) -> Path:
+def init_cache_path(experiment: Experiment, store: str | os.PathLike | AdapterStore | None = None) -> Path:
     """Returns ``<store>/.init/<16 hex digits of the fingerprint's sha256>.safetensors``."""
     text = json.dumps(init_fingerprint(experiment), sort_keys=True)
     return _store_root(experiment, store) / INIT_DIR / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors"
 
 
-def build_initial_adapter(experiment: Mapping) -> dict[str, Tensor]:
+def build_initial_adapter(experiment: Experiment) -> dict[str, Tensor]:
     """Returns the adapter weights training starts from, rebuilt with training's exact steps (no cache).
 
     ``load_encoder(base_model)``, ``torch.manual_seed(training.seed)``, ``model.add_adapter``
@@ -61,20 +61,20 @@ def build_initial_adapter(experiment: Mapping) -> dict[str, Tensor]:
     from trainables.model import adapter_config_for, load_encoder
 
     with torch.random.fork_rng(devices=[]):
-        model, _ = load_encoder(experiment["base_model"], trust_remote_code=experiment["trust_remote_code"])
-        torch.manual_seed(int(experiment["training"]["seed"]))
-        model.add_adapter(ADAPTER_NAME, config=adapter_config_for(experiment["adapter"]))
+        model, _ = load_encoder(experiment.base_model, trust_remote_code=experiment.trust_remote_code)
+        torch.manual_seed(experiment.training.seed)
+        model.add_adapter(ADAPTER_NAME, config=adapter_config_for(experiment.adapter))
     with tempfile.TemporaryDirectory() as folder:
         model.save_adapter(folder, ADAPTER_NAME, use_safetensors=True)
         return load_file(os.path.join(folder, ADAPTER_FILE))
 
 
-def initial_adapter_weights(experiment: Mapping,
+def initial_adapter_weights(experiment: Experiment,
                             store: str | os.PathLike | AdapterStore | None = None) -> dict[str, Tensor]:
     """Returns the shared initial adapter weights of ``experiment``, from the store's cache or rebuilt.
 
     Args:
-        experiment: ``Config.model_dump()`` (reads ``base_model``, ``adapter``,
+        experiment: the trials' :class:`~trainables.settings.Experiment` (reads ``base_model``, ``adapter``,
             ``training.seed``, ``trust_remote_code``, and ``store``/``ray.storage_path``
             when ``store`` is not given).
         store: the adapter store; default: the experiment's (``store``, else
@@ -123,11 +123,7 @@ def check_init_matches(init: Mapping[str, Tensor], stored: Mapping[str, Tensor],
                              "config or retrain the store (`signmix train CONFIG --force`)")
 
 
-def _store_root(experiment: Mapping, store: str | os.PathLike | AdapterStore | None) -> Path:
+def _store_root(experiment: Experiment, store: str | os.PathLike | AdapterStore | None) -> Path:
     if isinstance(store, AdapterStore):
         return store.root
-    if store is not None:
-        return Path(store)
-    if experiment.get("store"):
-        return Path(experiment["store"])
-    return Path(experiment["ray"]["storage_path"]) / "adapters"
+    return Path(store if store is not None else experiment.store)

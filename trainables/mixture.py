@@ -17,10 +17,14 @@ import tempfile
 import time
 from typing import Mapping
 
+from spaces.errors import SpecError
+from spaces.operators import MERGE_OPERATORS
 from spaces.spec import MixtureSpec
 from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict, target_metrics
+from trainables.lora_merge import LoraSlot, is_lora_weights
 from trainables.mixing import build_mixture, sparsity
 from trainables.robustness import fgsm_predict
+from trainables.settings import Experiment
 
 
 # The key of the adapters' shared initialisation beside the adapters (no domain name starts
@@ -65,19 +69,14 @@ def fetch_members(adapter_weights: Mapping, members) -> dict[str, dict]:
                 for m, w in weights.items()}
 
 
-def load_mixture(model, spec: MixtureSpec, adapter_weights: Mapping, experiment: Mapping | None = None) -> dict:
+def load_mixture(model, spec: MixtureSpec, adapter_weights: Mapping, experiment: Experiment | None = None) -> dict:
     """Build ``spec``'s mixture from the shared adapter weights and write it into the worker's
     model; with ``spec.head == "refit"`` also refit the targets' heads on it (which needs
     ``experiment``). Returns the mixed weights. The search trial and the confirmation trial
     (:mod:`trainables.confirm`) both go through here, so they evaluate the same mixture."""
-    from spaces.errors import SpecError
-    from spaces.operators import MERGE_OPERATORS
-
-    from trainables.lora_merge import LoraSlot, is_lora_weights
-
     members = fetch_members(adapter_weights, spec.members)
     lora = None
-    if (experiment or {}).get("search", {}).get("lora_merge", "delta_svd") == "delta_svd" \
+    if (experiment is None or experiment.evaluation.lora_merge == "delta_svd") \
             and is_lora_weights(members[spec.members[0]]):
         lora = LoraSlot.from_store(model.store, spec.members, members[spec.members[0]])
     init = None
@@ -93,7 +92,7 @@ def load_mixture(model, spec: MixtureSpec, adapter_weights: Mapping, experiment:
     if spec.head == "refit":
         if experiment is None:
             raise SpecError("head 'refit' fits each target's head on its training split: pass the experiment")
-        model.refit_seconds = model.refit_heads(experiment, spec.targets, experiment["search"]["eval_batch_size"])
+        model.refit_seconds = model.refit_heads(experiment, spec.targets, experiment.evaluation.batch_size)
     return weights
 
 
@@ -112,7 +111,7 @@ def _chunks(n: int, parts: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(parts)]
 
 
-def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: Mapping,
+def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: Experiment,
                      store_root: str) -> None:
     """Build and evaluate the mixture ``config["spec"]``; reports metrics and a checkpoint.
 
@@ -123,7 +122,7 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: M
     import torch
     from ray import tune
 
-    torch.set_num_threads(max(1, int(experiment["resources"]["cpu"])))
+    torch.set_num_threads(max(1, int(experiment.resources.cpu)))
     started = time.perf_counter()
     model = mixture_model(experiment, store_root)  # loaded once per worker process
     setup_seconds = time.perf_counter() - started
@@ -156,7 +155,7 @@ def _report_with_checkpoint(model, spec: MixtureSpec, metrics: dict) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, experiment: Mapping,
+def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, experiment: Experiment,
               started: float, setup_seconds: float, *, partial) -> dict:
     """Build ``spec``'s mixture into ``model`` and evaluate it on its targets' validation
     splits; ``partial`` (``tune.report``, or None) gets the metrics after each chunk but the last."""
@@ -166,8 +165,8 @@ def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, ex
     lora_svd_error = model.lora_svd_error  # LoRA merged on ΔW: ||ΔW - B·A·s|| / ||ΔW|| of the refactorisation
     build_seconds = time.perf_counter() - built - refit_seconds
 
-    batch_size = experiment["search"]["eval_batch_size"]
-    n_chunks = experiment["search"]["eval_chunks"]
+    batch_size = experiment.evaluation.batch_size
+    n_chunks = experiment.evaluation.chunks
     for t in spec.targets:
         model.add_head(t)
     per_target = {t: encoded_split(experiment, t, "validation", model.label_names[t])  # cached per process
@@ -195,7 +194,7 @@ def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, ex
         if metrics["evaluated_fraction"] < 1.0 and partial is not None:
             partial(metrics)
 
-    fgsm_step = experiment["search"].get("fgsm_step")
+    fgsm_step = experiment.evaluation.fgsm_step
     if fgsm_step is not None:
         # Robust accuracy (the paper's FGSM attack): the same rows, chunks and batches as above.
         for target, enc in per_target.items():

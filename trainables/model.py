@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from spaces.errors import UsageError
+from trainables.settings import ADAPTER_METHODS, AdapterConfig
 
 if TYPE_CHECKING:
     import torch
@@ -15,38 +16,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _seq_bn(adapter: Mapping):
-    from adapters import SeqBnConfig
-
-    return SeqBnConfig(reduction_factor=adapter["reduction_factor"])
-
-
-def _double_seq_bn(adapter: Mapping):
-    from adapters import DoubleSeqBnConfig
-
-    return DoubleSeqBnConfig(reduction_factor=adapter["reduction_factor"])
-
-
-def _lora(adapter: Mapping):
-    from adapters import LoRAConfig
-
-    return LoRAConfig(r=adapter["rank"], alpha=adapter["alpha"])
-
-
-# The adapter methods (``adapter.method``): name -> the ``adapters`` config it builds.
-ADAPTER_METHODS: dict[str, Callable[[Mapping], object]] = {
-    "seq_bn": _seq_bn,  # Pfeiffer
-    "double_seq_bn": _double_seq_bn,  # Houlsby
-    "lora": _lora,
-}
-
-
-def adapter_config_for(adapter: Mapping):
-    """The ``adapters`` config object for our adapter settings (``Config.adapter`` dumped)."""
-    method = adapter["method"]
-    if method not in ADAPTER_METHODS:
-        raise UsageError(f"adapter.method must be one of {', '.join(ADAPTER_METHODS)}; got {method!r}")
-    return ADAPTER_METHODS[method](adapter)
+def adapter_config_for(adapter: AdapterConfig):
+    """The ``adapters`` config object for our adapter settings (``Config.adapter``)."""
+    return ADAPTER_METHODS[adapter.method](adapter)
 
 
 def trial_device(gpu: float | None = None) -> "torch.device":

@@ -131,7 +131,7 @@ def check_refit_data(cfg: Config) -> None:
         return
     for target in cfg.search.targets:
         try:
-            load_domain(target, cfg.domains[target].model_dump(), splits=("train",), max_train_examples=1,
+            load_domain(target, cfg.domains[target], splits=("train",), max_train_examples=1,
                         seed=cfg.training.seed, trust_remote_code=cfg.trust_remote_code)
         except DataError as exc:
             raise UsageError(f"search.head: got 'refit', which fits each target's head on its training split, "
@@ -165,7 +165,7 @@ def check_store_for_search(cfg: Config) -> None:
                          "(`signmix train CONFIG --force`)")
     for target in cfg.search.targets:
         store.load_head(target)  # raises StoreError naming a missing or truncated head file
-        data = load_domain(target, cfg.domains[target].model_dump(), splits=("validation",),
+        data = load_domain(target, cfg.domains[target], splits=("validation",),
                            max_eval_examples=cfg.training.max_eval_examples, seed=cfg.training.seed,
                            trust_remote_code=cfg.trust_remote_code)
         check_labels(data, int(metas[target]["num_labels"]))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
 from spaces.errors import SpecError
 from spaces.fsd import SignIndex
-from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace, conflict_candidates, space_from_config
+from spaces.space import PRUNE_PARAM, USE_PREFIX, MixtureSpace, auto_max_fsd, conflict_candidates, space_from_config
 
 RATIOS = (0.0, 0.5, 0.9)
 
@@ -212,29 +213,22 @@ def test_singletons_are_always_accepted(index, measure, member):
 
 # space_from_config ----------------------------------------------------------------------
 
-def test_space_from_config_resolves_auto_to_the_percentile_of_the_spaces_subsets(index):
-    sp = space_from_config({"targets": ["a"], "max_fsd": "auto", "max_fsd_percentile": 50.0},
-                           index.names, index)
+def _search(**overrides):
+    """A config's ``search:`` section with its defaults (search/config.py states them)."""
+    from search.config import SearchConfig
+
+    return SearchConfig(**{"targets": ["a"], **overrides})
+
+
+@pytest.mark.parametrize("percentile", [50.0, 75.0, 100.0])
+def test_auto_max_fsd_is_the_percentile_of_the_spaces_subsets(index, percentile):
+    sp = space()
+    fsds = [index.subset_fsd(m, sp.fsd_measure) for m in conflict_candidates(sp)]
     # The member sets with a conflict to measure: a+b .2, a+c .6, a+d .1, a+b+c .5333,
-    # a+b+d .1333, a+c+d .4667, a+b+c+d .4167; sorted, the median is .4167.
-    assert sp.max_fsd == pytest.approx(2.5 / 6)
-
-
-def test_auto_filters_the_most_conflicting_quarter_of_the_space_by_default(index):
-    sp = space_from_config({"targets": ["a"], "max_fsd": "auto"}, index.names, index)
-    candidates = conflict_candidates(sp)
-    assert len(candidates) == 7
-    rejected = [m for m in candidates if not sp.check(sp.to_mixture_spec(sp.params_for(m[1:])), index).accepted]
-    assert sorted(rejected) == [("a", "b", "c"), ("a", "c")]  # the two of 7 above the 75th percentile
-
-
-@pytest.mark.parametrize("measure", ["mean_pairwise", "any_conflict"])
-def test_auto_uses_the_spaces_measure(index, measure):
-    sp = space(fsd_measure=measure)
-    fsds = sorted(index.subset_fsd(m, measure) for m in conflict_candidates(sp))
-    resolved = space_from_config({"targets": ["a"], "max_fsd": "auto", "max_fsd_percentile": 100.0,
-                                  "fsd_measure": measure}, index.names, index)
-    assert resolved.max_fsd == pytest.approx(fsds[-1])
+    # a+b+d .1333, a+c+d .4667, a+b+c+d .4167.
+    assert len(fsds) == 7
+    assert auto_max_fsd(sp, index, percentile) == pytest.approx(float(np.percentile(fsds, percentile)))
+    assert auto_max_fsd(sp, index, 50.0) == pytest.approx(2.5 / 6)
 
 
 def test_conflict_candidates_respect_max_members_and_free_targets(index):
@@ -251,32 +245,23 @@ def test_conflict_candidates_are_sampled_distinct_and_seeded_in_large_spaces():
     assert drawn == conflict_candidates(sp, limit=64, seed=1)
 
 
-def test_auto_filters_nothing_when_no_proposal_has_two_members(index):
-    sp = space_from_config({"targets": ["a"], "max_fsd": "auto", "max_members": 1}, index.names, index)
-    assert sp.max_fsd is None
+def test_auto_max_fsd_filters_nothing_when_no_proposal_has_two_members(index):
+    assert auto_max_fsd(space(max_members=1), index, 75.0) is None
 
 
-def test_space_from_config_auto_needs_an_index():
-    with pytest.raises(SpecError, match="auto"):
-        space_from_config({"targets": ["a"], "max_fsd": "auto"}, ["a", "b"], None)
-
-
-def test_space_from_config_copies_the_search_section(index):
-    sp = space_from_config({"targets": ["b"], "max_fsd": 0.25, "prune_ratios": [0.9, 0.0],
-                            "max_members": 3, "fsd_measure": "any_conflict", "require_targets": False,
-                            "prune_scope": "layer", "prune_when": "mixture"},
-                           ["d", "b", "a", "c"], index)
+def test_space_from_config_copies_the_search_section_and_leaves_max_fsd_to_the_gate(index):
+    search = _search(targets=["b"], max_fsd=0.25, prune_ratios=[0.9, 0.0], max_members=3, fsd_measure="any_conflict",
+                     require_targets=False, prune_scope="layer", prune_when="mixture")
+    sp = space_from_config(search, ["d", "b", "a", "c"])
     assert sp.domains == ("a", "b", "c", "d")
     assert sp.targets == ("b",)
-    assert sp.max_fsd == 0.25
+    assert sp.max_fsd is None  # a fixed max_fsd is enforced once, by the FSD gate
     assert sp.prune_ratios == (0.0, 0.9)
     assert (sp.max_members, sp.fsd_measure, sp.require_targets) == (3, "any_conflict", False)
     s = sp.to_mixture_spec(sp.params_for(["a"], 0.9))
     assert (s.prune_scope, s.prune_when) == ("layer", "mixture")
-
-
-def test_space_from_config_without_max_fsd_filters_nothing(index):
-    assert space_from_config({"targets": ["a"]}, index.names, index).max_fsd is None
+    wider = space_from_config(search, ["a", "b"], targets=["a"], max_members=None)
+    assert (wider.targets, wider.max_members) == (("a",), None)
 
 
 # Pruning methods and Alg. 4's m as search dimensions --------------------------------------
@@ -364,13 +349,12 @@ def test_space_rejects_bad_methods_and_m(overrides, named):
 
 
 def test_space_from_config_passes_methods_and_m(index):
-    sp = space_from_config({"targets": ["a"], "max_fsd": None, "prune_ratios": [0.0, 0.9],
-                            "prune_methods": ["conflict_layers", "magnitude"], "prune_layers": [4, 2]},
-                           index.names, index)
+    sp = space_from_config(_search(prune_ratios=[0.0, 0.9], prune_methods=["conflict_layers", "magnitude"],
+                                   prune_layers=[4, 2]), index.names)
     assert sp.prune_methods == ("conflict_layers", "magnitude")
     assert sp.prune_layers == (2, 4)
     assert sp.size() == 8 * (1 + 1 * (2 + 1))
-    defaults = space_from_config({"targets": ["a"], "max_fsd": None}, index.names, index)
+    defaults = space_from_config(_search(), index.names)
     assert (defaults.prune_methods, defaults.prune_layers) == (("magnitude",), (2,))
 
 

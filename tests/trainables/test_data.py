@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from spaces.errors import DataError, UsageError
+from trainables.settings import DomainConfig
 from trainables.data import (
     DomainData,
     EncodedSplit,
@@ -54,11 +55,11 @@ def rows(labels: list, prefix: str = "text") -> list[dict]:
     return [{"text": f"{prefix} number {i}", "label": label} for i, label in enumerate(labels)]
 
 
-def domain(path: Path | str | None = None, **overrides) -> dict:
+def domain(path: Path | str | None = None, **overrides) -> DomainConfig:
     base = {"path": None if path is None else str(path), "hub": None, "subset": None, "text_column": "text",
             "text_pair_column": None, "label_column": "label",
             "splits": {"train": "train", "validation": "validation", "test": "test"}}
-    return {**base, **overrides}
+    return DomainConfig.model_validate({**base, **overrides})
 
 
 def make_folder(folder: Path, ext: str, train: list, validation: list, test: list) -> Path:

@@ -17,7 +17,9 @@ from trainables import evaluate  # noqa: E402
 from trainables.data import encode_split, iter_batches, load_domain  # noqa: E402
 from trainables.evaluate import MixtureModel, cast_model, mixture_model, predict  # noqa: E402
 from trainables.model import adapter_config_for, load_encoder, model_device, trial_device  # noqa: E402
+from tests_support import make_experiment  # noqa: E402
 from trainables.robustness import fgsm_predict  # noqa: E402
+from trainables.settings import AdapterConfig, DomainConfig  # noqa: E402
 from trainables.store import ADAPTER_NAME, AdapterStore  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -71,7 +73,7 @@ class DeviceRecorder(torch.nn.Module):
 def encoded_books(tiny_bert, demo_domains):
     from transformers import AutoTokenizer
 
-    data = load_domain("books", {"path": str(demo_domains["books"])}, splits=("validation",))
+    data = load_domain("books", DomainConfig(path=str(demo_domains["books"])), splits=("validation",))
     return encode_split(AutoTokenizer.from_pretrained(tiny_bert), data.splits["validation"], 32), data
 
 
@@ -90,10 +92,10 @@ def test_predict_sends_every_batch_to_the_models_device_mocked_gpu(encoded_books
 @pytest.fixture(scope="module")
 def adapter_model(tiny_bert, demo_domains):
     """The tiny BERT with a seeded seq_bn adapter and head (untrained), on the CPU."""
-    data = load_domain("books", {"path": str(demo_domains["books"])}, splits=("validation",))
+    data = load_domain("books", DomainConfig(path=str(demo_domains["books"])), splits=("validation",))
     model, _ = load_encoder(tiny_bert)
     torch.manual_seed(0)
-    model.add_adapter(ADAPTER_NAME, config=adapter_config_for({"method": "seq_bn", "reduction_factor": 4}))
+    model.add_adapter(ADAPTER_NAME, config=adapter_config_for(AdapterConfig(method="seq_bn", reduction_factor=4)))
     model.add_classification_head(ADAPTER_NAME, num_labels=data.num_labels,
                                   id2label=dict(enumerate(data.label_names)))
     model.set_active_adapters(ADAPTER_NAME)
@@ -148,8 +150,7 @@ def test_mixture_model_stays_on_the_cpu_for_a_cpu_trial_mocked_gpu(monkeypatch, 
     """gpu: 0 on a machine with CUDA: the worker's model stays on the CPU."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(evaluate, "_MIXERS", {})
-    experiment = {"base_model": tiny_bert, "trust_remote_code": False, "resources": {"cpu": 1, "gpu": 0},
-                  "search": {"targets": ["books"], "eval_dtype": "float32"}}
+    experiment = make_experiment(tiny_bert, one_adapter_store.root, gpu=0)
     mixer = mixture_model(experiment, str(one_adapter_store.root))
     assert mixer.device == CPU and model_device(mixer.model) == CPU
 
@@ -164,8 +165,7 @@ def test_mixture_model_asks_for_the_trials_gpu_mocked_gpu(monkeypatch, tiny_bert
 
     monkeypatch.setattr(evaluate, "trial_device", fake_trial_device)
     monkeypatch.setattr(evaluate, "_MIXERS", {})
-    experiment = {"base_model": tiny_bert, "trust_remote_code": False, "resources": {"cpu": 1, "gpu": 0.25},
-                  "search": {"targets": ["books"], "eval_dtype": "float32"}}
+    experiment = make_experiment(tiny_bert, one_adapter_store.root, gpu=0.25)
     first = mixture_model(experiment, str(one_adapter_store.root))
     assert asked == [0.25]
     assert mixture_model(experiment, str(one_adapter_store.root)) is first

@@ -9,24 +9,24 @@ import pytest
 import torch
 
 from spaces.errors import StoreError
+from tests_support import make_experiment
 from trainables.initialisation import check_init_matches, init_cache_path, initial_adapter_weights
 
 
-def _experiment(base_model: str, store, *, seed: int = 0, reduction_factor: int = 4) -> dict:
-    return {"base_model": base_model, "adapter": {"method": "seq_bn", "reduction_factor": reduction_factor},
-            "training": {"seed": seed}, "trust_remote_code": False, "store": str(store)}
+def _experiment(base_model: str, store, *, seed: int = 0, reduction_factor: int = 4):
+    return make_experiment(base_model, store, seed=seed, reduction_factor=reduction_factor)
 
 
-def _adapter_as_training_starts_it(experiment: dict) -> dict:
+def _adapter_as_training_starts_it(experiment) -> dict:
     """trainables/train.py's steps up to the first optimizer step, then saved as training saves it."""
     from safetensors.torch import load_file
 
     from trainables.model import adapter_config_for, load_encoder
     from trainables.store import ADAPTER_FILE, ADAPTER_NAME
 
-    model, _ = load_encoder(experiment["base_model"])
-    torch.manual_seed(experiment["training"]["seed"])
-    model.add_adapter(ADAPTER_NAME, config=adapter_config_for(experiment["adapter"]))
+    model, _ = load_encoder(experiment.base_model)
+    torch.manual_seed(experiment.training.seed)
+    model.add_adapter(ADAPTER_NAME, config=adapter_config_for(experiment.adapter))
     model.add_classification_head(ADAPTER_NAME, num_labels=2, id2label={0: "a", 1: "b"})
     model.train_adapter(ADAPTER_NAME)
     with tempfile.TemporaryDirectory() as folder:
@@ -68,8 +68,11 @@ def test_unreadable_cache_is_rebuilt(tiny_bert, tmp_path):
 
 
 def test_store_defaults_to_the_experiments_store_path(tiny_bert, tmp_path):
-    experiment = {**_experiment(tiny_bert, tmp_path), "store": None, "ray": {"storage_path": str(tmp_path / "runs")}}
-    assert init_cache_path(experiment).parent == tmp_path / "runs" / "adapters" / ".init"
+    from search.config import validate_config
+
+    cfg = validate_config({"name": "x", "base_model": tiny_bert, "domains": {"books": {"path": str(tmp_path)}},
+                           "search": {"targets": ["books"]}, "ray": {"storage_path": str(tmp_path / "runs")}})
+    assert init_cache_path(cfg.experiment()).parent == tmp_path / "runs" / "adapters" / ".init"
 
 
 def test_init_of_another_architecture_is_refused_with_a_store_error(tiny_bert, tmp_path):

@@ -8,6 +8,7 @@ from trainables.data import encode_split, load_domain, shuffled_batches
 from trainables.evaluate import classification_metrics, predict
 from trainables.model import adapter_config_for, load_encoder
 from trainables.robustness import fgsm_predict
+from trainables.settings import AdapterConfig, DomainConfig
 from trainables.store import ADAPTER_NAME
 
 STEPS = [0.0, 0.01, 0.05, 0.2]
@@ -22,11 +23,11 @@ def trained(tiny_bert, demo_domains):
     chance (a constant prediction), which any perturbation can only flip to wrong."""
     import torch
 
-    data = load_domain("books", {"path": str(demo_domains["books"])}, splits=("train",))
+    data = load_domain("books", DomainConfig(path=str(demo_domains["books"])), splits=("train",))
     model, tokenizer = load_encoder(tiny_bert)
     encoded = encode_split(tokenizer, data.splits["train"], 32)
     torch.manual_seed(0)
-    model.add_adapter(ADAPTER_NAME, config=adapter_config_for({"method": "seq_bn", "reduction_factor": 4}))
+    model.add_adapter(ADAPTER_NAME, config=adapter_config_for(AdapterConfig(method="seq_bn", reduction_factor=4)))
     model.add_classification_head(ADAPTER_NAME, num_labels=data.num_labels)
     model.train_adapter(ADAPTER_NAME)
     for p in model.parameters():

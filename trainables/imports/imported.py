@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from spaces.errors import StoreError, UsageError
+from trainables.settings import AdapterConfig
 from trainables.store import ADAPTER_FILE, ADAPTER_NAME, HEAD_FILE, AdapterStore
 
 if TYPE_CHECKING:
@@ -104,9 +105,9 @@ def signmix_settings(config: Mapping[str, Any]) -> dict:
         guess = None
     if guess is not None:
         try:
-            if adapter_config_for(guess).to_dict() == dict(config):
+            if adapter_config_for(AdapterConfig(**guess)).to_dict() == dict(config):
                 return guess
-        except (TypeError, ValueError, UsageError):
+        except (TypeError, ValueError, UsageError):  # pydantic's ValidationError is a ValueError
             pass  # not one of signmix's own settings: described in full below
     return {"method": "custom", "config": dict(config)}
 

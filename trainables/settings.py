@@ -1,0 +1,162 @@
+"""What a trial is given: the typed settings of the experiment that trainables read.
+
+The config (``search/config.py``) validates the YAML once into frozen models; the parts a
+trial needs are defined here, where ``trainables`` can read them without knowing the search,
+and the config composes them. A trial receives an :class:`Experiment` (built once by
+``Config.experiment()``), never a dict read back with string keys: every default is stated
+once, in these models or the config's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trainables.lora_merge import LORA_MERGES
+
+
+# Building blocks of the adapter methods (the `adapters` library is imported only when one is built).
+
+def _seq_bn(adapter: AdapterConfig):
+    from adapters import SeqBnConfig
+
+    return SeqBnConfig(reduction_factor=adapter.reduction_factor)
+
+
+def _double_seq_bn(adapter: AdapterConfig):
+    from adapters import DoubleSeqBnConfig
+
+    return DoubleSeqBnConfig(reduction_factor=adapter.reduction_factor)
+
+
+def _lora(adapter: AdapterConfig):
+    from adapters import LoRAConfig
+
+    return LoRAConfig(r=adapter.rank, alpha=adapter.alpha)
+
+
+# The adapter methods (``adapter.method``): name -> the ``adapters`` config it builds.
+ADAPTER_METHODS: dict[str, Callable[[AdapterConfig], object]] = {
+    "seq_bn": _seq_bn,  # Pfeiffer
+    "double_seq_bn": _double_seq_bn,  # Houlsby
+    "lora": _lora,
+}
+AdapterMethod = Literal[tuple(ADAPTER_METHODS)]
+LoraMerge = Literal[tuple(LORA_MERGES)]
+EvalDtype = Literal["float32", "bfloat16"]
+
+
+class FrozenModel(BaseModel):
+    """A settings model: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AdapterConfig(FrozenModel):
+    """The adapter architecture every domain adapter is trained with."""
+
+    method: AdapterMethod = "seq_bn"
+    reduction_factor: Annotated[int, Field(gt=0)] = 16  # bottleneck adapters
+    rank: Annotated[int, Field(gt=0)] = 8  # lora
+    alpha: Annotated[float, Field(gt=0)] = 8.0  # lora
+
+
+class TrainingConfig(FrozenModel):
+    epochs: Annotated[int, Field(ge=1)] = 2
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    max_length: Annotated[int, Field(ge=8, le=4096)] = 128
+    seed: int = 42
+    max_train_examples: Optional[Annotated[int, Field(ge=1)]] = None
+    max_eval_examples: Optional[Annotated[int, Field(ge=1)]] = None
+
+
+class AdapterSourceConfig(FrozenModel):
+    """An existing adapter a domain brings instead of training one (trainables/imports)."""
+
+    path: Optional[str] = None  # a folder written by `adapters`' save_adapter
+    hub: Optional[str] = None  # an id resolved by `adapters`' own hub loading
+    peft: Optional[str] = None  # a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)
+    allow_pickle: bool = False  # read pytorch_adapter.bin / adapter_model.bin (unpickling runs code)
+    check_base_name: bool = True  # compare the base model name the adapter records
+    with_head: Optional[bool] = None  # path/hub: load its head when it has one (default true)
+    version: Optional[str] = None  # hub only
+    drop_modules_to_save: Optional[bool] = None  # peft only: drop modules_to_save instead of refusing
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in ("path", "hub", "peft") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of 'path' (an adapters folder), 'hub' (a hub id) or 'peft' "
+                             f"(a PEFT LoRA folder), got {kinds or 'none'}")
+        kind = kinds[0]
+        for option, kinds_allowed in (("with_head", ("path", "hub")), ("version", ("hub",)),
+                                      ("drop_modules_to_save", ("peft",))):
+            if getattr(self, option) is not None and kind not in kinds_allowed:
+                raise ValueError(f"{option} applies to {' and '.join(kinds_allowed)} adapters only, "
+                                 f"not to a {kind} adapter")
+        return self
+
+    def source(self) -> dict:
+        """Returns what :func:`trainables.imports.import_adapter` takes."""
+        return self.model_dump(exclude_none=True)
+
+
+class DomainConfig(FrozenModel):
+    """One domain: a local folder of split files, or a dataset on the Hugging Face hub, and/or
+    an existing adapter (``adapter``) to use instead of training one."""
+
+    path: Optional[str] = None  # folder with train/validation/test .jsonl or .csv
+    hub: Optional[str] = None  # e.g. "glue"
+    subset: Optional[str] = None  # e.g. "sst2"
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    splits: dict[Literal["train", "validation", "test"], str] = Field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"})
+    adapter: Optional[AdapterSourceConfig] = None  # an existing adapter instead of training one
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.path is not None and self.hub is not None:
+            raise ValueError("give exactly one of 'path' (a local folder) or 'hub' (a hub dataset id)")
+        if self.path is None and self.hub is None and self.adapter is None:
+            raise ValueError("give exactly one of 'path' (a local folder) or 'hub' (a hub dataset id), "
+                             "or an existing adapter under 'adapter' (path, hub or peft)")
+        return self
+
+    @property
+    def has_data(self) -> bool:
+        """Whether the domain has data (a folder or a hub dataset), not only an adapter."""
+        return self.path is not None or self.hub is not None
+
+
+class ResourcesConfig(FrozenModel):
+    cpu: Annotated[float, Field(gt=0)] = 1.0
+    gpu: Annotated[float, Field(ge=0)] = 0.0
+
+
+
+class EvaluationSettings(FrozenModel):
+    """How a trial evaluates a mixture (from ``search:``; the defaults are stated there)."""
+
+    targets: tuple[str, ...]  # the domains whose heads the trial's model loads
+    batch_size: Annotated[int, Field(ge=1)]
+    dtype: EvalDtype
+    chunks: Annotated[int, Field(ge=1)]  # >1: report per chunk, so ASHA can stop early
+    fgsm_step: Optional[float]  # None: robust accuracy is not measured
+    lora_merge: LoraMerge
+
+
+class Experiment(FrozenModel):
+    """Everything a training, mixture or confirmation trial reads of the experiment."""
+
+    base_model: str
+    trust_remote_code: bool
+    adapter: AdapterConfig
+    training: TrainingConfig
+    domains: dict[str, DomainConfig]
+    resources: ResourcesConfig
+    evaluation: EvaluationSettings
+    store: str  # the adapter store's root
