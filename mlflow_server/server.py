@@ -21,11 +21,11 @@ from types import TracebackType
 from typing import IO, NoReturn
 
 from mlflow_server.network import (  # noqa: F401  (re-exported: the server's public helpers)
-    health_error,
-    port_in_use,
     check_reachable,
     free_port,
+    health_error,
     is_loopback,
+    port_in_use,
     redact_uri,
     sqlite_uri,
 )

@@ -45,7 +45,7 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
     from spaces.operators import MERGE_OPERATORS
     from trainables.evaluate import evaluate_targets, mixture_model, mixture_targets
     from trainables.initialisation import initial_adapter_weights
-    from trainables.mixture import INIT_KEY, load_mixture
+    from trainables.mixture_trial import INIT_KEY, load_mixture
     from trainables.store import load_sign_index
 
     if weights is None:

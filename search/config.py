@@ -8,26 +8,35 @@ trials is ``config.model_dump()``, plain data.
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Sequence, Union, get_args
+from typing import Annotated, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from search.objectives import OBJECTIVES, PARETO_RULES
-from search.confirmation_stats import TIE_RULES
-from search.strategies import STRATEGIES
+from search.config_loading import cross_field_problems, describe_error, resolve_paths
+from search.confirmation_decision import TIE_RULES
+from search.proposals.objectives import OBJECTIVES, PARETO_RULES
+from search.proposals.strategies import STRATEGIES
 from spaces.errors import ConfigError
 from spaces.fsd import FSD_MEASURES
-from spaces.merge_choices import WEIGHTINGS
+from spaces.merge_dimensions import WEIGHTINGS
 from spaces.operators import HEAD_PROTOCOLS, MERGE_OPERATORS
 from spaces.space import SEARCH_PRUNE_METHODS
 from spaces.spec import PRUNE_SCOPES, PRUNE_WHEN
-from trainables.lora_merge import LORA_MERGES
-from trainables.settings import (ADAPTER_METHODS, AdapterConfig, DomainConfig, EvalDtype, EvaluationSettings,
-                                 Experiment, FrozenModel, ResourcesConfig, TrainingConfig)
+from trainables.lora_mixture import LORA_MERGES, MERGE_ON_DELTA
+from trainables.settings import (
+    ADAPTER_METHODS,
+    AdapterConfig,
+    DomainConfig,
+    EvalDtype,
+    EvaluationSettings,
+    Experiment,
+    FrozenModel,
+    ResourcesConfig,
+    TrainingConfig,
+)
 
 # Every enumeration a config names, with the registry that defines it (one grep:
 # REGISTERED_CHOICES). The config's Literals below, the CLI's choices, the validation
@@ -74,7 +83,7 @@ class SearchConfig(FrozenModel):
     warm_start: Literal["greedy_fsd", "none"] = "greedy_fsd"
     # tpe only: past this many finished Optuna trials (filtered proposals and repeats count),
     # mutations of the best mixtures propose instead of TPE, whose ask grows with the study
-    # (search/local_search.py); null: TPE to the end.
+    # (search/proposals/local_search.py); null: TPE to the end.
     tpe_switch_after: Optional[Annotated[int, Field(ge=1)]] = 2000
     targets: list[str]
     num_mixtures: Annotated[int, Field(ge=1)] = 16  # mixtures to evaluate (filtered ones do not count)
@@ -88,7 +97,7 @@ class SearchConfig(FrozenModel):
     prune_scope: PruneScope = "adapter"
     prune_when: PruneWhen = "members"
     fsd_measure: FsdMeasure = "mean_pairwise"
-    # auto: filter only once the evaluated mixtures show FSD predicts accuracy here (search/gate.py);
+    # auto: filter only once the evaluated mixtures show FSD predicts accuracy here (search/proposals/gate.py);
     # a number: a fixed threshold; null: no FSD filter.
     max_fsd: Union[Annotated[float, Field(ge=0.0, le=1.0)], Literal["auto"], None] = "auto"
     # Confirm the chosen mixture and the baselines once on the test split (search/confirmation.py).
@@ -128,7 +137,7 @@ class SearchConfig(FrozenModel):
     head: HeadProtocol = "own"
     # LoRA stores: merge the updates ΔW = B·A·alpha/r and factorise back to the members' rank
     # (delta_svd), or average the factors A and B separately (factors, the old behaviour).
-    lora_merge: LoraMerge = "delta_svd"
+    lora_merge: LoraMerge = MERGE_ON_DELTA
 
     @field_validator("targets")
     @classmethod
@@ -302,87 +311,11 @@ class Config(FrozenModel):
                                           lora_merge=s.lora_merge))
 
 
-def _is_uri(value: str) -> bool:
-    return "://" in value
-
-
-def _resolve(value: Optional[str], base: Path) -> Optional[str]:
-    """A relative local path is taken relative to the config file; URIs and hub ids are kept."""
-    if value is None or _is_uri(value) or os.path.isabs(value):
-        return value
-    return str((base / value).resolve())
-
-
-def _resolve_paths(raw: dict, base: Path) -> dict:
-    raw = dict(raw)
-    bm = raw.get("base_model")
-    # A hub id ("roberta-base", "org/model") is kept; an existing or ./-relative folder is resolved.
-    if isinstance(bm, str) and (bm.startswith((".", "/", "~")) or (base / bm).exists()):
-        raw["base_model"] = _resolve(os.path.expanduser(bm), base)
-    if isinstance(raw.get("store"), str):
-        raw["store"] = _resolve(raw["store"], base)
-    if isinstance(raw.get("ray"), dict) and isinstance(raw["ray"].get("storage_path"), str):
-        raw["ray"] = {**raw["ray"], "storage_path": _resolve(raw["ray"]["storage_path"], base)}
-    elif not isinstance(raw.get("ray"), dict) or "storage_path" not in raw.get("ray", {}):
-        raw["ray"] = {**(raw.get("ray") or {}), "storage_path": str((base / "signmix_runs").resolve())}
-    if isinstance(raw.get("domains"), dict):
-        domains = {}
-        for name, d in raw["domains"].items():
-            if isinstance(d, dict) and isinstance(d.get("path"), str):
-                d = {**d, "path": _resolve(os.path.expanduser(d["path"]), base)}
-            if isinstance(d, dict) and isinstance(d.get("adapter"), dict):
-                # adapter folders (path, peft) are relative to the config file; hub ids are kept
-                d = {**d, "adapter": {k: (_resolve(os.path.expanduser(v), base)
-                                          if k in ("path", "peft") and isinstance(v, str) else v)
-                                      for k, v in d["adapter"].items()}}
-            domains[name] = d
-        raw["domains"] = domains
-    return raw
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names allowed at ``loc`` (a pydantic error location), for did-you-mean."""
-    for part in loc[:-1]:
-        if not isinstance(part, str) or part not in model.model_fields:
-            if model is Config and part in ("domains",):
-                model = DomainConfig
-                continue
-            if model is DomainConfig:
-                continue
-            return []
-        ann = model.model_fields[part].annotation
-        ann = next((a for a in (ann, *get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        elif part == "domains":
-            model = DomainConfig
-        else:
-            return []
-    return list(model.model_fields)
-
-
-def _describe(err: dict) -> str:
-    loc = tuple(err["loc"])
-    field = ".".join(str(p) for p in loc) or "(top level)"
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(Config, loc)
-        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean {guess[0]!r}?" if guess else (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
-        return f"{field}: unknown key{hint}"
-    if kind == "missing":
-        return f"{field}: required, but missing"
-    msg = err["msg"].removeprefix("Value error, ")
-    if "input" in err and kind not in ("model_type", "dict_type") and loc:
-        return f"{field}: got {err['input']!r}: {msg}"
-    return f"{field}: {msg}"
-
-
 def validate_config(raw: object, *, source: str = "config", base_dir: str | Path = ".") -> Config:
     """Validate a parsed YAML document into a :class:`Config` (every problem reported at once)."""
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"the file must hold a YAML mapping of settings, got {type(raw).__name__}"])
-    raw = _resolve_paths(raw, Path(base_dir))
+    raw = resolve_paths(raw, Path(base_dir))
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -390,26 +323,14 @@ def validate_config(raw: object, *, source: str = "config", base_dir: str | Path
         problems, seen = [], set()
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("literal[", "float", "constrained"))))
-            line = _describe({**err, "loc": loc})
+            line = describe_error({**err, "loc": loc}, Config, DomainConfig)
             if loc in seen and err["type"] != "extra_forbidden":
                 continue
             seen.add(loc)
             problems.append(line)
         if all(err["loc"] for err in exc.errors()):  # the model-level checks did not run
-            problems.extend(_cross_field_problems(raw))
+            problems.extend(cross_field_problems(raw))
         raise ConfigError(source, problems) from None
-
-
-def _cross_field_problems(raw: dict) -> list[str]:
-    """Checks that span sections. Pydantic runs them only once every field is valid; when
-    other fields are invalid we run them here, so that every problem is listed at once."""
-    domains, search = raw.get("domains"), raw.get("search")
-    if not isinstance(domains, dict) or not isinstance(search, dict) or not isinstance(search.get("targets"), list):
-        return []
-    unknown = [t for t in search["targets"] if t not in domains]
-    if unknown:
-        return [f"search.targets: got {unknown!r}: not domains; the domains are {sorted(domains)}"]
-    return []
 
 
 def load_config(path: str | os.PathLike) -> Config:

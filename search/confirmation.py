@@ -1,7 +1,7 @@
 """Results you can trust: the chosen mixture confirmed once on the test split, and ties said aloud.
 
 At the end of a search (and in ``signmix export`` when the search did not confirm), one
-Ray Tune trial (:func:`trainables.confirm.confirm_candidates`) evaluates, example by example:
+Ray Tune trial (:func:`trainables.correctness_trial.confirm_candidates`) evaluates, example by example:
 
 - on each target's **test** split: the best mixture of the search, its runner-up, the
   targets-alone mixture when the search evaluated it, each target's own adapter, the
@@ -12,7 +12,7 @@ Ray Tune trial (:func:`trainables.confirm.confirm_candidates`) evaluates, exampl
 Selection reads validation only: the tie rule (``search.when_tied``) decides which
 mixture is exported from the validation correctness; the test numbers are reported for
 that mixture and the baselines, never used to choose. The statistics are
-:mod:`trainables.confidence`'s (paired bootstrap, exact McNemar).
+:mod:`trainables.significance`'s (paired bootstrap, exact McNemar).
 
 MLflow: one child run under the search, tagged ``signmix.kind = confirmation`` (names in
 :func:`confirmation_metrics`).
@@ -25,11 +25,10 @@ import os
 import time
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
-from search.tracking.layout import spec_from_run
+from search.tracking.layout import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG, spec_from_run
 
 if TYPE_CHECKING:
     from search.config import Config
-    from spaces.spec import MixtureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, di
     validation accuracy) and ``alone`` (the targets without other members, when evaluated).
     Baselines: ``own/<target>``, ``soup`` and ``greedy/<k>`` for the sizes of the exportable ones.
     """
-    from search.strategies import greedy_path
+    from search.proposals.strategies import greedy_path
     from spaces.space import space_from_config
     from spaces.spec import make_mixture_spec
 
@@ -109,8 +108,8 @@ def run_confirmation_trial(cfg: Config, candidates: Mapping[str, tuple], weights
 
     from search.cluster import storage_uri
     from search.trial import shared_initialisation, trial_resources
-    from trainables.confirm import CORRECTNESS_FILE, confirm_candidates
-    from trainables.mixture import share_adapter_weights
+    from trainables.correctness_trial import CORRECTNESS_FILE, confirm_candidates
+    from trainables.mixture_trial import share_adapter_weights
 
     # One evaluation per distinct mixture, however many names it has.
     by_key: dict[str, dict] = {}
@@ -140,7 +139,7 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
                    best=None, rule: str | None = None, progress=logger.info) -> dict:
     """Confirm a search (or the experiment, ``parent_id=None``): the trial, the statistics, the
     MLflow run. Returns the confirmation record (what ``mixture.json`` stores)."""
-    from search.confirmation_stats import decide_and_measure
+    from search.confirmation_decision import decide_and_measure
     from trainables.store import load_sign_index
 
     if weights is None or index is None:
@@ -161,7 +160,7 @@ def log_confirmation(client, experiment_id: str, parent_id: str | None, record: 
     """Log ``record`` as the ``confirmation`` child run of ``parent_id``; returns its run id."""
     from mlflow.entities import Metric, Param
 
-    from search.confirmation_stats import confirmation_metrics
+    from search.confirmation_decision import confirmation_metrics
     from search.tracking.layout import KIND_TAG, PARENT_TAG
 
     tags = {KIND_TAG: KIND, CHOSEN_TAG: record["chosen_run_id"], BEST_TAG: record["best_run_id"],
@@ -195,7 +194,7 @@ def find_confirmation(client, experiment_id: str, *, run_id: str) -> object | No
 def finish_search(cfg: Config, searcher, tracker, summary) -> None:
     """The end of a search: the FSD gate's evidence and the test-split confirmation, into
     ``summary`` and MLflow."""
-    from search.gate import log_gate
+    from search.proposals.gate import log_gate
 
     summary.validation_warnings = list(getattr(searcher, "validation_warnings", []))
     gate = getattr(searcher, "gate", None)
@@ -222,7 +221,7 @@ def confirmed_choice(cfg: Config, client, experiment_id: str, run, *, explicit: 
     ``higher_accuracy``, which keeps it, when none exists). None when ``search.confirm`` is off
     and nothing was confirmed.
     """
-    from search.confirmation_stats import record_from_run
+    from search.confirmation_decision import record_from_run
 
     found = find_confirmation(client, experiment_id, run_id=run.info.run_id)
     if found is not None and explicit and found.data.tags.get(CHOSEN_TAG) != run.info.run_id:
@@ -244,7 +243,7 @@ def confirmed_choice(cfg: Config, client, experiment_id: str, run, *, explicit: 
 
 def latest_confirmation(cfg: Config) -> dict | None:
     """The newest confirmation record of the experiment (``signmix results``); None when none. Reads only."""
-    from search.confirmation_stats import record_from_run
+    from search.confirmation_decision import record_from_run
     from search.reporting.results import open_existing_experiment
     from search.tracking.layout import KIND_TAG
 

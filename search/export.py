@@ -23,9 +23,8 @@ from pathlib import Path
 
 from mlflow_server.network import check_writable
 from search.config import Config
-from search.objectives import pick_from_pareto_front, selection_rule
-from search.tracking.layout import (KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, merge_parameters_record,
-                                    spec_from_run)
+from search.proposals.objectives import pick_from_pareto_front, selection_rule
+from search.tracking.layout import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, merge_parameters_record, spec_from_run
 from search.tracking.tracker import open_experiment
 from spaces.errors import TrackingError, UsageError
 from trainables.settings import DomainConfig
@@ -148,7 +147,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "mlflow_experiment": cfg.experiment_name,
         "mixture_key": run.data.tags.get("signmix.mixture_key"),
         # Test accuracies with 95% intervals, McNemar vs each target's own adapter, baselines
-        # (search/confirmation_stats.py); None when search.confirm is off.
+        # (search/confirmation_decision.py); None when search.confirm is off.
         "confirmation": confirmation,
     }
     # Build in a sibling temp folder, then rename: no half-written export on any failure.

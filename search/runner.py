@@ -12,10 +12,11 @@ from typing import Callable
 
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
-from search.gate import gate_mode, make_gate, validation_tolerance
-from search.objectives import OBJECTIVES, selection_rule
+from search.proposals.gate import gate_mode, make_gate, validation_tolerance
+from search.proposals.objectives import OBJECTIVES, selection_rule
+from search.tracking.layout import RAY_EXPERIMENT_TAG
 from search.trial import mixture_trainable, shared_initialisation, trial_resources
-from spaces.errors import StoreError, TrackingError, UsageError
+from spaces.errors import TrackingError, UsageError
 from trainables.store import load_sign_index
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
     none when their domain has data."""
     from ray import tune
 
-    from search.imported import check_imports, commit_imports, head_trained, import_fingerprint, source_text
+    from search.store_imports import check_imports, commit_imports, head_trained, import_fingerprint, source_text
     from search.tracking.callbacks import TrainingTracking
     from search.tracking.tracker import flatten, open_experiment
     from trainables.data import load_domain
@@ -131,10 +132,10 @@ class SearchSummary:
     seconds: float
     prefilter_seconds: float = 0.0
     mlflow_seconds: float = 0.0
-    fsd_gate: str = ""  # the FSD gate's evidence and decision, one sentence (search/gate.py)
+    fsd_gate: str = ""  # the FSD gate's evidence and decision, one sentence (search/proposals/gate.py)
     fsd_gate_decision: str = ""  # filter | no_signal | too_few | fixed | off
     validation_warnings: list = field(default_factory=list)  # validation sets too small to separate mixtures
-    confirmation: dict | None = None  # the test-split confirmation (search/confirmation_stats.py)
+    confirmation: dict | None = None  # the test-split confirmation (search/confirmation_decision.py)
     chosen_run_id: str | None = None  # what the tie rule exports (best_run_id when nothing is tied)
 
 
@@ -174,7 +175,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
     """:func:`run_search` with another trial or actor setting (benchmarks and ablations:
     ``tests/benchmarks/bench_optimisations.py``).
 
-    ``trial`` replaces :func:`trainables.mixture.evaluate_mixture` and must take the same
+    ``trial`` replaces :func:`trainables.mixture_trial.evaluate_mixture` and must take the same
     arguments and report the same metrics and checkpoint; ``reuse_actors=False`` gives every
     trial a fresh Ray actor (a fresh worker process), so nothing is kept across trials. A
     resumed search keeps the actor setting of the experiment it restores.
@@ -183,9 +184,9 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from search.proposals.searcher import METRIC, SignConflictSearcher, unpickled_searchers
+    from search.proposals.strategies import make_strategy
     from search.tracking.callbacks import MixtureTracking
-    from search.searcher import METRIC, SignConflictSearcher, unpickled_searchers
-    from search.strategies import make_strategy
     from search.tracking.tracker import SearchTracker, flatten
     from spaces.space import space_from_config
 
@@ -194,7 +195,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     check_cluster_storage(cfg)
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
-    from search.imported import initialisation_lines
+    from search.store_imports import initialisation_lines
 
     for line in initialisation_lines(cfg, weights):  # adapters that did not start from one initialisation
         progress(line)

@@ -23,11 +23,10 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from math import comb
 from typing import TYPE_CHECKING, Sequence
 
 from search.config import Config, StudyConfig
-from search.searcher import SignConflictSearcher
+from search.proposals.searcher import SignConflictSearcher
 from search.tracking.callbacks import MixtureTracking
 from search.tracking.layout import SPARSE_SIZE_TAG, STUDY_PART_TAG, STUDY_TARGET_TAG
 from spaces.fsd import FSD_MEASURES, greedy_members
@@ -49,12 +48,6 @@ class StudyItem:
     spec: MixtureSpec
     part: str
     tags: dict = field(default_factory=dict)
-
-
-def study_subset_count(n: int, n_targets: int, max_size: int | None = None) -> int:
-    """How many subsets of n domains (size <= max_size) contain at least one of n_targets."""
-    top = n if max_size is None else min(max_size, n)
-    return sum(comb(n, k) - comb(n - n_targets, k) for k in range(1, top + 1))
 
 
 def study_items(domains: Sequence[str], study: StudyConfig, index: SignIndex,
@@ -165,10 +158,10 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
     from ray.tune.search import ConcurrencyLimiter
 
     from search.cluster import check_cluster_storage, connect_ray, storage_uri
+    from search.proposals.searcher import METRIC
+    from search.tracking.tracker import SearchTracker, flatten
     from search.trial import mixture_trainable
     from trainables.store import load_sign_index
-    from search.searcher import METRIC
-    from search.tracking.tracker import SearchTracker, flatten
 
     started = time.perf_counter()
     check_cluster_storage(cfg)

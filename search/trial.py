@@ -10,8 +10,8 @@ from search.config import Config
 from spaces.errors import StoreError
 from spaces.operators import MERGE_OPERATORS
 from trainables.initialisation import check_init_matches, initial_adapter_weights
-from trainables.lora_merge import is_lora_weights
-from trainables.mixture import evaluate_mixture, share_adapter_weights
+from trainables.lora_mixture import MERGE_ON_DELTA, is_lora_weights
+from trainables.mixture_trial import evaluate_mixture, share_adapter_weights
 from trainables.store import AdapterStore
 
 
@@ -31,7 +31,7 @@ def shared_initialisation(cfg: Config, weights) -> dict | None:
     needs = [m for m in cfg.search.merge_methods if MERGE_OPERATORS[m].needs_init]
     if not needs:
         return None
-    if cfg.search.lora_merge == "delta_svd" and all(is_lora_weights(w) for w in weights.values()):
+    if cfg.search.lora_merge == MERGE_ON_DELTA and all(is_lora_weights(w) for w in weights.values()):
         return None  # LoRA merged on ΔW: every member starts at ΔW = 0 (B = 0), whoever initialised A
     why = (f"search.merge_methods {needs} merge deltas from the adapters' shared initialisation, which this "
            "store cannot provide")
@@ -54,7 +54,7 @@ def mixture_trainable(cfg: Config, weights, trial: Callable | None = None, init=
     """The mixture trial with its resources; adapter weights (and ``init``, the shared
     initialisation, when an operator needs it) go into the Ray object store once.
 
-    ``trial`` replaces :func:`trainables.mixture.evaluate_mixture` (benchmarks, ablations).
+    ``trial`` replaces :func:`trainables.mixture_trial.evaluate_mixture` (benchmarks, ablations).
     """
     from ray import tune  # in the driver only: a trial's worker never imports this module
 

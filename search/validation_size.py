@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from search.config import Config
-from trainables.confidence import examples_for, half_width_for
+from trainables.significance import examples_for, half_width_for
 from trainables.data import load_domain
 
 

@@ -3,7 +3,7 @@
 A sampled parameter dict looks like ``{"use.books": True, "use.dvd": False, ...,
 "prune_ratio": 0.5}``, with ``"prune_method"`` when more than one pruning method is a
 choice and ``"prune_layers"`` (Alg. 4's m) when ``conflict_layers`` is one of several
-choices of m, and the merge dimensions of :mod:`spaces.merge_choices` (operator, its
+choices of m, and the merge dimensions of :mod:`spaces.merge_dimensions` (operator, its
 parameters, ``"weight.<domain>"``). :meth:`MixtureSpace.distributions` gives them as Optuna
 distributions. :meth:`MixtureSpace.to_mixture_spec` is the one function that
 turns it into a :class:`MixtureSpec`; the pre-filter (:meth:`MixtureSpace.check`) and the
@@ -12,7 +12,6 @@ trial both start from its result, so they can never disagree about what was prop
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import random
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Literal, Mapping, Protocol, Sequence
 
 from spaces.errors import SpecError
-from spaces.merge_choices import MERGE_METHOD_PARAM, MergeChoices
+from spaces.merge_dimensions import MERGE_METHOD_PARAM, MergeChoices
 from spaces.operators import DEFAULT_HEAD_PROTOCOL, HEAD_PROTOCOLS
 from spaces.spec import PRUNE_METHODS, MixtureSpec, make_mixture_spec
 
@@ -336,7 +335,7 @@ def space_from_config(search: SearchSettings, domains: Sequence[str], *, targets
 
     ``targets`` and ``max_members`` replace the section's (the confirmation's greedy
     baseline walks the whole space). The space filters nothing on FSD: ``search.max_fsd``
-    (fixed, auto or off) is the FSD gate's alone (``search/gate.py``).
+    (fixed, auto or off) is the FSD gate's alone (``search/proposals/gate.py``).
     """
     return MixtureSpace(
         domains=tuple(domains), targets=tuple(targets or search.targets),

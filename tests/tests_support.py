@@ -54,8 +54,14 @@ def two_layer_adapters(seed: int = 0) -> dict:
 def make_experiment(base_model: str, store, *, seed: int = 0, reduction_factor: int = 4, targets=("books",),
                     gpu: float = 0.0, domains: dict | None = None, dtype: str = "float32"):
     """A trial's :class:`~trainables.settings.Experiment` with the config's defaults but these."""
-    from trainables.settings import (AdapterConfig, DomainConfig, EvaluationSettings, Experiment, ResourcesConfig,
-                                     TrainingConfig)
+    from trainables.settings import (
+        AdapterConfig,
+        DomainConfig,
+        EvaluationSettings,
+        Experiment,
+        ResourcesConfig,
+        TrainingConfig,
+    )
 
     return Experiment(
         base_model=base_model, trust_remote_code=False, store=str(store),

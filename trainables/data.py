@@ -23,9 +23,9 @@ from spaces.errors import DataError
 
 if TYPE_CHECKING:
     import datasets
+    import torch
 
     from trainables.settings import DomainConfig
-    import torch
 
 SPLITS = ("train", "validation", "test")
 # Local split files, by extension, and the `datasets` builder that reads each.

@@ -24,7 +24,6 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from spaces.fsd import SignIndex, fraction_sign_difference, per_layer_fsd
 from spaces.operators import MERGE_OPERATORS
 from trainables.merging import average_weights, merge_adapters
 
@@ -85,33 +84,6 @@ def lora_delta_weights(state_dict: Mapping[str, Tensor], *,
         dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
         out[module] = (b.detach().to(dtype) @ a.detach().to(dtype)) * _scaling_of(scaling, module)
     return out
-
-
-def lora_fsd(a: Mapping[str, Tensor], b: Mapping[str, Tensor], *, scaling_a: float | Mapping[str, float],
-             scaling_b: float | Mapping[str, float]) -> float:
-    """Returns the FSD of two LoRA adapters on their updates ΔW (:func:`spaces.fsd.fraction_sign_difference`)."""
-    return fraction_sign_difference(lora_delta_weights(a, scaling=scaling_a), lora_delta_weights(b, scaling=scaling_b))
-
-
-def lora_per_layer_fsd(a: Mapping[str, Tensor], b: Mapping[str, Tensor], *, scaling_a: float | Mapping[str, float],
-                       scaling_b: float | Mapping[str, float]) -> dict[str, float]:
-    """Returns the per-layer FSD of two LoRA adapters on ΔW (:func:`spaces.fsd.per_layer_fsd`)."""
-    return per_layer_fsd(lora_delta_weights(a, scaling=scaling_a), lora_delta_weights(b, scaling=scaling_b))
-
-
-def lora_sign_index(weights_by_name: Mapping[str, Mapping[str, Tensor]], *,
-                    scaling: float | Mapping[str, float | Mapping[str, float]]) -> SignIndex:
-    """Returns the :class:`~spaces.fsd.SignIndex` (FSD matrix, subset measures) of LoRA adapters on ΔW.
-
-    ``scaling`` is one value for all adapters, or a mapping adapter name -> its scaling.
-    """
-    def of(name: str):
-        if isinstance(scaling, Mapping) and name in scaling:
-            return scaling[name]
-        return scaling
-
-    deltas = {name: lora_delta_weights(w, scaling=of(name)) for name, w in weights_by_name.items()}
-    return SignIndex.from_weights(deltas)
 
 
 def merge_lora_deltas(deltas: Sequence[Mapping[str, Tensor]], *, method: str = "average",
@@ -201,7 +173,7 @@ def concatenate_factors(members: Sequence[Mapping[str, Tensor]], *, scalings: Se
     ``Σ_i w_i s_i B_i A_i = [w_1 s_1 B_1 | … | w_k s_k B_k] / scaling · [A_1; …; A_k] · scaling``,
     so the merged adapter has rank ``Σ r_i`` and reproduces the weighted average of ΔW
     exactly (error 0). Weights are normalised to sum to 1 (uniform when omitted), as in
-    :func:`trainables.mixing.average_weights`; only linear merges can be kept exact.
+    :func:`trainables.mixture_weights.average_weights`; only linear merges can be kept exact.
 
     Args:
         members: LoRA state dicts with the same adapted modules (ranks may differ).

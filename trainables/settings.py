@@ -13,8 +13,7 @@ from typing import Annotated, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainables.lora_merge import LORA_MERGES
-
+from trainables.lora_mixture import LORA_MERGES
 
 # Building blocks of the adapter methods (the `adapters` library is imported only when one is built).
 

@@ -169,7 +169,7 @@ def load_sign_index(root: str | os.PathLike, domains: Iterable[str]):
 def sign_weights(store: AdapterStore, weights: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
     """What FSD compares: each LoRA's update ΔW = B·A·alpha/r per adapted module (the signs of
     A and B alone are not determined: B·A = (-B)·(-A)); any other adapter's own weights."""
-    from trainables.lora_merge import is_lora_weights, stored_lora_scaling
+    from trainables.lora_mixture import is_lora_weights, stored_lora_scaling
 
     if not weights or not all(is_lora_weights(w) for w in weights.values()):
         return weights

@@ -75,7 +75,7 @@ def cmd_fsd(args) -> int:
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
     rows = [[name] + [float(index.matrix[i, j]) for j in range(len(index.names))] for i, name in enumerate(index.names)]
     print(format_table(rows, ["FSD"] + list(index.names)))
-    from search.gate import evidence_from_mlflow
+    from search.proposals.gate import evidence_from_mlflow
 
     evidence = evidence_from_mlflow(cfg)
     print()
@@ -85,7 +85,7 @@ def cmd_fsd(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, ["adapter", *index.names], [[r[0], *(f"{x:.6f}" for x in r[1:])] for r in rows])
     print(f"written: {out}")
-    from search.imported import initialisation_lines
+    from search.store_imports import initialisation_lines
 
     for line in initialisation_lines(cfg, weights):
         print(line)
@@ -121,7 +121,7 @@ def cmd_search(args) -> int:
         print(f"best: {s.best_label}  accuracy {s.best_accuracy:.4f}  (MLflow run {s.best_run_id})")
         for line in search_summary_lines(cfg, s.best_run_id):
             print(line)
-    from search.confirmation_stats import trust_lines
+    from search.confirmation_decision import trust_lines
 
     for line in trust_lines(s):
         print(line)
@@ -225,7 +225,7 @@ def cmd_demo(args) -> int:
         for line in search_summary_lines(cfg, s.best_run_id, baselines):
             print(line)
     if s.confirmation is not None:
-        from search.confirmation_stats import confirmation_table
+        from search.confirmation_decision import confirmation_table
 
         print()
         print(confirmation_table(s.confirmation))
@@ -234,7 +234,7 @@ def cmd_demo(args) -> int:
     print(f"proposals: {s.evaluated} evaluated, {s.filtered} filtered by the pre-filter "
           f"({s.filtered_mixtures} distinct mixtures, max_fsd {limit}), {s.repeats} repeats answered "
           f"from earlier results; search took {s.seconds:.0f}s")
-    from search.confirmation_stats import trust_lines
+    from search.confirmation_decision import trust_lines
 
     for line in trust_lines(s):
         if not line.startswith("confirmed on the test split") and not line.startswith("  "):
@@ -264,7 +264,7 @@ def cmd_results(args) -> int:
     cfg = _load(args)
     print(format_results(top_mixtures(cfg, n=args.top, sort=args.sort), sort=args.sort))
     from search.confirmation import latest_confirmation
-    from search.confirmation_stats import confirmation_lines
+    from search.confirmation_decision import confirmation_lines
 
     record = latest_confirmation(cfg)
     if record is not None:
@@ -313,7 +313,7 @@ def cmd_server(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from search.strategies import STRATEGIES
+    from search.proposals.strategies import STRATEGIES
 
     parser = argparse.ArgumentParser(prog="signmix", description=(
         "Find the best mixture of domain adapters: Ray Tune trials, Optuna proposals behind a "

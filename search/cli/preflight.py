@@ -16,8 +16,8 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from search.cluster import CONNECT_TIMEOUT_S, check_ray_address, tcp_unreachable
 from mlflow_server.network import check_writable
+from search.cluster import CONNECT_TIMEOUT_S, check_ray_address, tcp_unreachable
 from search.config import Config
 from spaces.errors import StoreError, TrackingError, UsageError
 
@@ -46,7 +46,7 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
     if command == "train":
         check_writable(cfg.store_path, what="the adapter store", fix="set `store` to a writable folder")
         check_base_model(cfg.base_model)
-        from search.imported import check_imports
+        from search.store_imports import check_imports
 
         check_imports(cfg)  # domains.<d>.adapter: files, pickle, base model, architectures
     if command == "fsd":
@@ -101,9 +101,9 @@ def check_tracking_uri(uri: str) -> None:
 
 
 def _check_database(uri: str, scheme: str) -> None:
-    from mlflow_server.server import redact_uri
-
     import sqlalchemy
+
+    from mlflow_server.server import redact_uri
 
     try:
         sqlalchemy.create_engine(uri).dispose()

@@ -14,7 +14,6 @@ from search.reporting.tables import write_csv
 from search.tracking.layout import SPARSE_SIZE_TAG, STUDY_TARGET_TAG
 from spaces.fsd import greedy_members
 
-
 # -- writing files ------------------------------------------------------------------------------
 
 def _save_figure(fig, path: Path) -> Path:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from mlflow_server.network import sqlite_path
-from search.tracking.layout import KIND_TAG, KEY_TAG, PARENT_TAG, STATUS_TAG
+from search.tracking.layout import KEY_TAG, KIND_TAG, PARENT_TAG, STATUS_TAG
 from spaces.errors import TrackingError, UsageError
 
 if TYPE_CHECKING:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from ray.tune import Callback
 
-from search.outcomes import METRIC, trial_outcome
+from search.proposals.outcomes import METRIC, trial_outcome
 
 if TYPE_CHECKING:
-    from search.searcher import SignConflictSearcher
+    from search.proposals.searcher import SignConflictSearcher
     from search.tracking.tracker import SearchTracker
     from spaces.spec import MixtureSpec
 

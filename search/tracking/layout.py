@@ -37,7 +37,7 @@ RULE_TAG = "signmix.when_tied"
 NOTES_TAG = "signmix.confirmation_notes"
 
 RUN_KINDS = ("training", "search", "mixture", "confirmation")
-STATUSES = ("evaluated", "filtered", "stopped_early", "failed")  # what became of a mixture (search/outcomes.py)
+STATUSES = ("evaluated", "filtered", "stopped_early", "failed")  # what became of a mixture (search/proposals/outcomes.py)
 MIXTURE_ARTIFACT = "mixture"  # an evaluated mixture's adapter and heads
 
 # The operator parameters a mixture run logs: MLflow parameter -> MixtureSpec field

@@ -13,8 +13,19 @@ import logging
 from typing import TYPE_CHECKING, Mapping
 
 from mlflow_server.network import sqlite_path
-from search.tracking.layout import (ERROR_TAG, FILTER_REASON_TAG, KEY_TAG, KIND_TAG, MIXTURE_ARTIFACT, PARENT_TAG,
-                                    STATUS_TAG, STATUSES, STRATEGY_TAG, TRIAL_TAG, spec_params)
+from search.tracking.layout import (
+    ERROR_TAG,
+    FILTER_REASON_TAG,
+    KEY_TAG,
+    KIND_TAG,
+    MIXTURE_ARTIFACT,
+    PARENT_TAG,
+    STATUS_TAG,
+    STATUSES,
+    STRATEGY_TAG,
+    TRIAL_TAG,
+    spec_params,
+)
 from spaces.errors import TrackingError
 
 if TYPE_CHECKING:

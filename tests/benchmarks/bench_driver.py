@@ -126,7 +126,7 @@ class Recorder:
 
 def instrument(rec: Recorder) -> None:
     """Wrap the strategy's ask/tell and the MLflow client's calls (this process only)."""
-    from search import strategies
+    from search.proposals import strategies
     from search.tracking import mlflow_client
 
     ask, tell = strategies.OptunaStrategy.ask, strategies.OptunaStrategy.tell
@@ -173,13 +173,12 @@ def instrument(rec: Recorder) -> None:
 
 def patch_inputs(weights: dict) -> None:
     """The synthetic store and no validation data: what this benchmark does not measure."""
-    import search.gate
     import search.runner
     from spaces.fsd import SignIndex
 
     index = SignIndex.from_weights(weights)
     search.runner.load_sign_index = lambda root, domains: (weights, index)
-    search.gate.validation_tolerance = lambda cfg, progress: (0.05, [])
+    search.runner.validation_tolerance = lambda cfg, progress: (0.05, [])
 
 
 def build_config(work: Path, args, weights: dict):

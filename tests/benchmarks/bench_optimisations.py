@@ -13,7 +13,7 @@ exhaustive search through ``run_search_with`` (``run_search`` with a trial of it
   does in every trial (load the base model, ``load_adapter`` each member from disk,
   ``average_adapter``, tokenise the target's validation split, evaluate unsorted batches,
   one report), with ``reuse_actors=False``;
-- *after*: signmix's own trial (``trainables.mixture.evaluate_mixture``).
+- *after*: signmix's own trial (``trainables.mixture_trial.evaluate_mixture``).
 
 Part 2, one row per optimisation, each before and after on the same data in this run:
 actor reuse, object store vs disk, in-place mixtures, the tokenisation cache,
@@ -238,10 +238,10 @@ def fetch_costs(weights: Mapping, store_root: str, member_sets: list[list[str]],
     (safetensors); the first version's object store path (``ray.get`` of one dict of
     every adapter's torch tensors, unpickled into a private copy); and signmix's path
     (one object per adapter as numpy arrays, only the members fetched, zero-copy:
-    ``trainables.mixture.share_adapter_weights`` / ``fetch_members``)."""
+    ``trainables.mixture_trial.share_adapter_weights`` / ``fetch_members``)."""
     import ray
 
-    from trainables.mixture import share_adapter_weights
+    from trainables.mixture_trial import share_adapter_weights
 
     holder = [ray.put(dict(weights)), share_adapter_weights(weights)]
 
@@ -251,7 +251,7 @@ def fetch_costs(weights: Mapping, store_root: str, member_sets: list[list[str]],
 
         import ray
 
-        from trainables.mixture import fetch_members
+        from trainables.mixture_trial import fetch_members
         from trainables.store import AdapterStore
 
         store = AdapterStore(store_root)
@@ -280,7 +280,7 @@ def fetch_costs(weights: Mapping, store_root: str, member_sets: list[list[str]],
 def mixture_build_costs(mm, weights: Mapping, store, specs, repeat: int) -> tuple[float, float]:
     """Seconds per mixture on one loaded model: load_adapter x k + average_adapter + activate +
     delete_adapter (before) vs build_mixture + MixtureModel.set_weights (after)."""
-    from trainables.mixing import build_mixture
+    from trainables.mixture_weights import build_mixture
     from trainables.store import ADAPTER_NAME
 
     model = mm.model
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                          os.path.abspath(after_cfg.store_path))
     mm16.use_head("books")
     soup = max(specs, key=lambda s: s.k)
-    from trainables.mixing import build_mixture
+    from trainables.mixture_weights import build_mixture
 
     mixed = build_mixture({m: weights[m] for m in soup.members}, soup)
     mm.set_weights(mixed)

@@ -143,9 +143,9 @@ def read_table(cfg, targets, cache: Path) -> dict:
     or MLflow. Raises SystemExit naming the command when a target's table is incomplete."""
     if cache.exists():
         return json.loads(cache.read_text())
-    from search.validation_size import validation_sizes
     from search.reporting.results import mixture_runs, open_existing_experiment
     from search.tracking.layout import STUDY_PART_TAG
+    from search.validation_size import validation_sizes
 
     client, experiment_id = open_existing_experiment(cfg)
     table: dict[str, dict[str, float]] = {t: {} for t in targets}
@@ -220,7 +220,7 @@ def cli_fsd_line(config: Path, out: Path) -> str:
 
 def run_target(target: str, data: dict, index, tolerance: float, seeds: int, switch_after: int = SWITCH_AFTER) -> dict:
     """Every run of :data:`RUNS` for one target: per run, budget and seed, the numbers reported."""
-    from search.gate import FsdGate
+    from search.proposals.gate import FsdGate
     from spaces.space import MixtureSpace
 
     accs = data["table"][target]
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     import torch
 
-    from trainables.confidence import half_width_for
+    from trainables.significance import half_width_for
     from trainables.store import load_sign_index
 
     torch.set_num_threads(1)

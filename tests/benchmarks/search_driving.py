@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Callable
 
 from ray.tune.search import Searcher
 
-from search.searcher import SignConflictSearcher
-from search.strategies import make_strategy
+from search.proposals.searcher import SignConflictSearcher
+from search.proposals.strategies import make_strategy
 from spaces.spec import MixtureSpec
 
 if TYPE_CHECKING:
-    from search.gate import FsdGate
+    from search.proposals.gate import FsdGate
     from spaces.fsd import SignIndex
     from spaces.space import MixtureSpace
 

@@ -180,8 +180,8 @@ def _outage(settings: ServerSettings, first: TrackingServer, experiment: str, lo
 def test_a_search_rides_out_a_server_restart_and_loses_nothing(tmp_path, server_settings, ray_cluster, tiny_bert,
                                                                demo_domains, caplog, shared_store):
     from mlflow import MlflowClient
-
     from tests_support import write_config
+
     from search.config import load_config
     from search.runner import run_search, run_training
     from search.tracking.layout import KEY_TAG, KIND_TAG, STATUS_TAG

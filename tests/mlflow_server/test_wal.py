@@ -7,7 +7,7 @@ import sqlite3
 import optuna
 
 from mlflow_server.network import use_wal
-from search.optuna_storage import study_storage
+from search.proposals.optuna_storage import study_storage
 from search.tracking.mlflow_client import make_client
 
 

@@ -172,7 +172,7 @@ def test_peft_lora_imports_and_is_merged_on_delta_w_in_a_search(tmp_path, ray_cl
 def test_lora_store_sign_index_is_on_delta_w(tmp_path):
     """B -> -B, A -> -A changes no update: FSD 0 on ΔW (it would be 1 on the factors)."""
     from spaces.fsd import SignIndex
-    from trainables.imports.imported import ImportedAdapter
+    from trainables.imports.store_form import ImportedAdapter
     from trainables.store import AdapterStore, load_sign_index
 
     gen = torch.Generator().manual_seed(0)

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tests_support import mlflow_runs, write_config
 
 from search.config import load_config
 from search.tracking.layout import KIND_TAG, STATUS_TAG
-from tests_support import mlflow_runs, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests_support import mlflow_runs
 
 from search.config import load_config
 from search.tracking.layout import KIND_TAG, STATUS_TAG
-from tests_support import mlflow_runs
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +19,7 @@ OPERATORS = {"average", "ties", "dare_ties"}
 @pytest.fixture(scope="module")
 def merged_search(tmp_path_factory, ray_cluster, tiny_bert, demo_domains, shared_store):
     from tests_support import write_config
+
     from search.runner import run_search
 
     folder = tmp_path_factory.mktemp("merge-pipeline")

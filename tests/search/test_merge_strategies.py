@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from search.strategies import make_strategy
+from search.proposals.strategies import make_strategy
 from spaces.errors import SpecError
-from spaces.merge_choices import MergeChoices
+from spaces.merge_dimensions import MergeChoices
 from spaces.space import MixtureSpace
 
 DOMAINS = ("books", "dvd", "kitchen")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from tests_support import mlflow_runs, write_config
 
 from search.config import load_config
 from search.tracking.layout import KIND_TAG, STATUS_TAG
-from tests_support import mlflow_runs, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +107,7 @@ def test_two_objective_search_records_robust_accuracy_and_exports_from_the_paret
     from optuna.storages.journal import JournalFileBackend
 
     from search.export import export_mixture
-    from search.objectives import pareto_front
+    from search.proposals.objectives import pareto_front
     from search.runner import run_search, run_training
 
     domains = {d: demo_domains[d] for d in ("books", "kitchen", "movies")}

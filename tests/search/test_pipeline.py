@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tests_support import mlflow_runs
 
 from search.config import load_config
 from search.tracking.layout import KIND_TAG, STATUS_TAG
-from tests_support import mlflow_runs
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, ray_cluster, tiny_bert, demo_domains):
     from tests_support import write_config
+
     from search.runner import run_search, run_training
 
     folder = tmp_path_factory.mktemp("pipeline")
@@ -25,7 +26,7 @@ def pipeline(tmp_path_factory, ray_cluster, tiny_bert, demo_domains):
     cfg = load_config(write_config(folder, base_model=tiny_bert, domains=domains, targets=["books"]))
     training = run_training(cfg)
     # A fixed max_fsd (the median FSD of the mixtures with 2+ members) filters whatever the
-    # evidence; `auto` would not filter in a space this small (tests/search/test_gate.py).
+    # evidence; `auto` would not filter in a space this small (tests/search/proposals/test_gate.py).
     from trainables.store import load_sign_index
 
     _, index = load_sign_index(cfg.store_path, cfg.domains)

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tests_support import mlflow_runs, write_config
 
 from search.config import load_config
 from search.tracking.layout import KEY_TAG, KIND_TAG, STATUS_TAG
-from tests_support import mlflow_runs, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,6 @@ def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_clust
     assert len(trial_keys) == len(set(trial_keys))
     # The same Optuna study: one study, every evaluated mixture told to it.
     import optuna
-
     from optuna.storages.journal import JournalFileBackend
 
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(Path(cfg.storage_path) / "optuna.journal")))

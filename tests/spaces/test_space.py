@@ -361,7 +361,7 @@ def test_space_from_config_passes_methods_and_m(index):
 def test_a_mutation_changes_at_least_one_parameter_and_keeps_the_operators_parameters_consistent():
     import random
 
-    from spaces.merge_choices import MergeChoices
+    from spaces.merge_dimensions import MergeChoices
 
     sp = MixtureSpace(domains=("a", "b", "c", "d"), targets=("a",), prune_ratios=(0.0, 0.5),
                       merge=MergeChoices(merge_methods=("average", "ties", "dare_linear"), densities=(0.2, 0.5),

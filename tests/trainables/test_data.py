@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import datasets
@@ -10,7 +9,6 @@ import pytest
 import torch
 
 from spaces.errors import DataError, UsageError
-from trainables.settings import DomainConfig
 from trainables.data import (
     DomainData,
     EncodedSplit,
@@ -21,6 +19,7 @@ from trainables.data import (
     prepare_domain,
     shuffled_batches,
 )
+from trainables.settings import DomainConfig
 
 BOOKS = Path("/work/shared/data/amazon_multidomain/books")
 

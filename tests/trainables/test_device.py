@@ -13,11 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tests_support import make_experiment  # noqa: E402
+
 from trainables import evaluate  # noqa: E402
 from trainables.data import encode_split, iter_batches, load_domain  # noqa: E402
 from trainables.evaluate import MixtureModel, cast_model, mixture_model, predict  # noqa: E402
 from trainables.model import adapter_config_for, load_encoder, model_device, trial_device  # noqa: E402
-from tests_support import make_experiment  # noqa: E402
 from trainables.robustness import fgsm_predict  # noqa: E402
 from trainables.settings import AdapterConfig, DomainConfig  # noqa: E402
 from trainables.store import ADAPTER_NAME, AdapterStore  # noqa: E402

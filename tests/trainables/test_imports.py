@@ -445,7 +445,7 @@ def test_lora_adapters_from_two_initialisations_are_flagged_on_their_a_factors(b
 
     from spaces.fsd import SignIndex
     from trainables.imports import initialisation_weights
-    from trainables.lora import lora_sign_index
+    from trainables.lora import lora_delta_weights
 
     def lora(init_seed: int, data_seed: int) -> dict[str, torch.Tensor]:
         model = _adapters_model(base)
@@ -465,5 +465,5 @@ def test_lora_adapters_from_two_initialisations_are_flagged_on_their_a_factors(b
     assert {frozenset((a, b)) for a, b, _ in report.suspects} == {frozenset(("books", "kitchen")),
                                                                   frozenset(("dvd", "kitchen"))}
     # On ΔW every pair looks independent: ΔW cannot tell one initialisation from two.
-    delta = lora_sign_index(adapters_, scaling=2.0).matrix
+    delta = SignIndex.from_weights({n: lora_delta_weights(w, scaling=2.0) for n, w in adapters_.items()}).matrix
     assert float(delta[0, 1]) > 0.4

@@ -7,9 +7,9 @@ import tempfile
 
 import pytest
 import torch
+from tests_support import make_experiment
 
 from spaces.errors import StoreError
-from tests_support import make_experiment
 from trainables.initialisation import check_init_matches, init_cache_path, initial_adapter_weights
 
 

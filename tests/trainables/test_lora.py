@@ -7,17 +7,8 @@ import math
 import pytest
 import torch
 
-from spaces.fsd import fraction_sign_difference
-from trainables.lora import (
-    concatenate_factors,
-    factorise_svd,
-    lora_delta_weights,
-    lora_factors,
-    lora_fsd,
-    lora_per_layer_fsd,
-    lora_sign_index,
-    merge_lora_deltas,
-)
+from spaces.fsd import SignIndex, fraction_sign_difference, per_layer_fsd
+from trainables.lora import concatenate_factors, factorise_svd, lora_delta_weights, lora_factors, merge_lora_deltas
 
 MODULES = ("bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.output.dense")
 SHAPES = {MODULES[0]: (12, 10), MODULES[1]: (10, 16)}  # [out, in]
@@ -75,9 +66,10 @@ def test_fsd_of_factors_negated_together_is_zero_on_delta_but_one_on_factors():
     a = lora(0)
     b = negated(a)  # B -> -B and A -> -A: the same update
     assert fraction_sign_difference(a, b) == 1.0  # factor-wise FSD: every sign differs
-    assert lora_fsd(a, b, scaling_a=2.0, scaling_b=2.0) == 0.0
-    assert set(lora_per_layer_fsd(a, b, scaling_a=2.0, scaling_b=2.0).values()) == {0.0}
-    index = lora_sign_index({"x": a, "y": b, "z": lora(5)}, scaling=2.0)
+    deltas = {name: lora_delta_weights(w, scaling=2.0) for name, w in (("x", a), ("y", b), ("z", lora(5)))}
+    assert fraction_sign_difference(deltas["x"], deltas["y"]) == 0.0
+    assert set(per_layer_fsd(deltas["x"], deltas["y"]).values()) == {0.0}
+    index = SignIndex.from_weights(deltas)  # what the store indexes for LoRA adapters
     assert float(index.matrix[0, 1]) == 0.0
     assert 0.3 < float(index.matrix[0, 2]) < 0.7  # an unrelated random update: about half the signs
 

@@ -22,7 +22,7 @@ from trainables.imports.compat import (
     initialisation_weights,
     shared_initialisation_check,
 )
-from trainables.imports.imported import (
+from trainables.imports.store_form import (
     BaseModelFacts,
     ImportedAdapter,
     base_model_facts,

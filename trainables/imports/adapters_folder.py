@@ -8,7 +8,7 @@ from pathlib import Path
 
 from spaces.errors import StoreError
 from trainables.imports.files import check_folder, file_hashes, load_tensors, read_config, weights_file
-from trainables.imports.imported import (
+from trainables.imports.store_form import (
     BaseModelFacts,
     ImportedAdapter,
     base_model_facts,

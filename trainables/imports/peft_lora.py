@@ -19,7 +19,7 @@ from pathlib import Path
 
 from spaces.errors import StoreError
 from trainables.imports.files import check_folder, file_hashes, load_tensors, read_config, weights_file
-from trainables.imports.imported import ImportedAdapter, base_model_facts, check_base_model, from_model, layers_of
+from trainables.imports.store_form import ImportedAdapter, base_model_facts, check_base_model, from_model, layers_of
 from trainables.store import ADAPTER_NAME
 
 _FACTOR = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.[^.]+)?\.weight$")

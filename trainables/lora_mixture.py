@@ -26,7 +26,7 @@ LORA_MERGES: dict[str, str] = {
     "delta_svd": "merge ΔW = B·A·alpha/r per module, factorise back to the members' rank by truncated SVD",
     "factors": "merge the factors A and B separately, like any other weights",
 }
-DEFAULT_LORA_MERGE = "delta_svd"
+MERGE_ON_DELTA = "delta_svd"  # the LORA_MERGES entry that merges ΔW (the default)
 
 
 def is_lora_weights(weights: Mapping[str, Tensor]) -> bool:

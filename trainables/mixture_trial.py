@@ -21,11 +21,10 @@ from spaces.errors import SpecError
 from spaces.operators import MERGE_OPERATORS
 from spaces.spec import MixtureSpec
 from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict, target_metrics
-from trainables.lora_merge import LoraSlot, is_lora_weights
-from trainables.mixing import build_mixture, sparsity
+from trainables.lora_mixture import MERGE_ON_DELTA, LoraSlot, is_lora_weights
+from trainables.mixture_weights import build_mixture, sparsity
 from trainables.robustness import fgsm_predict
 from trainables.settings import Experiment
-
 
 # The key of the adapters' shared initialisation beside the adapters (no domain name starts
 # with a dot): the operators that merge deltas (spaces.operators) need it.
@@ -73,10 +72,10 @@ def load_mixture(model, spec: MixtureSpec, adapter_weights: Mapping, experiment:
     """Build ``spec``'s mixture from the shared adapter weights and write it into the worker's
     model; with ``spec.head == "refit"`` also refit the targets' heads on it (which needs
     ``experiment``). Returns the mixed weights. The search trial and the confirmation trial
-    (:mod:`trainables.confirm`) both go through here, so they evaluate the same mixture."""
+    (:mod:`trainables.correctness_trial`) both go through here, so they evaluate the same mixture."""
     members = fetch_members(adapter_weights, spec.members)
     lora = None
-    if (experiment is None or experiment.evaluation.lora_merge == "delta_svd") \
+    if (experiment is None or experiment.evaluation.lora_merge == MERGE_ON_DELTA) \
             and is_lora_weights(members[spec.members[0]]):
         lora = LoraSlot.from_store(model.store, spec.members, members[spec.members[0]])
     init = None

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.tracking.tracker import SearchTracker
-
 from search.tracking.layout import KEY_TAG, STATUS_TAG
+from search.tracking.tracker import SearchTracker
 from spaces.spec import make_mixture_spec
 
 
@@ -110,8 +109,8 @@ class _Trial:
 def test_a_trial_failed_before_it_started_is_recorded_only_when_it_will_not_run_again(tmp_path):
     import torch
 
-    from search.searcher import RETRIES_BEFORE_START, SignConflictSearcher
-    from search.strategies import Exhaustive
+    from search.proposals.searcher import RETRIES_BEFORE_START, SignConflictSearcher
+    from search.proposals.strategies import Exhaustive
     from search.tracking.callbacks import MixtureTracking
     from spaces.fsd import SignIndex
     from spaces.space import MixtureSpace
@@ -208,8 +207,8 @@ def test_the_confirmation_reads_a_search_best_first_a_page_at_a_time_and_stops_w
 def _searcher_and_tracking(tmp_path, domains=("a", "b", "t"), per_trial=1):
     import torch
 
-    from search.searcher import SignConflictSearcher
-    from search.strategies import Exhaustive
+    from search.proposals.searcher import SignConflictSearcher
+    from search.proposals.strategies import Exhaustive
     from search.tracking.callbacks import MixtureTracking
     from spaces.fsd import SignIndex
     from spaces.space import MixtureSpace

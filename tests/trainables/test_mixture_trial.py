@@ -1,4 +1,4 @@
-"""The search trial's side of mixing (trainables/mixture.py): adapter weights shared through
+"""The search trial's side of mixing (trainables/mixture_trial.py): adapter weights shared through
 Ray's object store, fetched per member."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tests_support import two_layer_adapters
 def test_shared_weights_come_back_equal_and_only_the_members_are_fetched(ray_cluster):
     import ray
 
-    from trainables.mixture import fetch_members, share_adapter_weights
+    from trainables.mixture_trial import fetch_members, share_adapter_weights
 
     weights = two_layer_adapters()
     shared = share_adapter_weights(weights)
@@ -21,7 +21,7 @@ def test_shared_weights_come_back_equal_and_only_the_members_are_fetched(ray_clu
 
     @ray.remote(num_cpus=0)
     def mix_in_a_worker(shared, members):
-        from trainables.mixture import fetch_members
+        from trainables.mixture_trial import fetch_members
 
         got = fetch_members(shared, members)
         return sorted(got), {m: {k: t.clone() for k, t in w.items()} for m, w in got.items()}

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from spaces.errors import SpecError
-from spaces.merge_choices import MergeChoices
+from spaces.merge_dimensions import MergeChoices
 from spaces.space import MixtureSpace
 
 DOMAINS = ("books", "dvd", "kitchen")

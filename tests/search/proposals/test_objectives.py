@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from search.objectives import PARETO_RULES, pareto_front, pick_from_pareto_front
+from search.proposals.objectives import PARETO_RULES, pareto_front, pick_from_pareto_front
 
 
 def run(name, acc, rob, k=2, start=0):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from trainables.confidence import (
+from trainables.significance import (
     Difference,
     examples_for,
     half_width_for,
@@ -197,7 +197,7 @@ def test_invalid_input_names_the_bad_value(call, message):
 # mean_difference: the lead in accuracy averaged over targets ----------------------------------
 
 def test_the_mean_lead_weighs_each_target_once_not_by_its_size():
-    from trainables.confidence import mean_difference
+    from trainables.significance import mean_difference
 
     # Target "big" (100 examples): a leads by 0.05. Target "small" (10 examples): b leads by 0.3.
     a = {"big": [1] * 55 + [0] * 45, "small": [1] * 2 + [0] * 8}
@@ -210,7 +210,7 @@ def test_the_mean_lead_weighs_each_target_once_not_by_its_size():
 
 
 def test_the_mean_lead_of_one_target_is_the_paired_difference_and_of_equals_zero():
-    from trainables.confidence import mean_difference, paired_difference
+    from trainables.significance import mean_difference, paired_difference
 
     a, b = [1, 0, 1, 1, 0, 1, 0, 1], [1, 1, 0, 1, 0, 0, 0, 1]
     assert mean_difference({"t": a}, {"t": b}, seed=3) == paired_difference(a, b, seed=3)

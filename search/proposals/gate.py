@@ -236,7 +236,7 @@ def validation_tolerance(cfg, progress=logger.warning) -> tuple[float, list[str]
     and a warning per target whose half-width exceeds ``search.max_interval_half_width``
     (each also sent to ``progress`` before the search starts)."""
     from search.validation_size import small_validation_warnings, validation_sizes
-    from trainables.confidence import half_width_for
+    from trainables.significance import half_width_for
 
     sizes = validation_sizes(cfg)
     warnings = small_validation_warnings(sizes, cfg.search.max_interval_half_width)
@@ -265,9 +265,9 @@ def evidence_from_mlflow(cfg) -> FsdEvidence | None:
     ``search.targets`` (its logged ``fsd``: the measure of the search that ran it), with the
     validation half-width as tolerance: what ``signmix fsd`` prints. None when the experiment
     has no such mixture. Reads only."""
-    from search.validation_size import validation_sizes
     from search.reporting.results import mixture_runs, open_existing_experiment
-    from trainables.confidence import half_width_for
+    from search.validation_size import validation_sizes
+    from trainables.significance import half_width_for
 
     client, experiment_id = open_existing_experiment(cfg)
     if experiment_id is None:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from search.confirmation_stats import confirmation_lines, confirmation_metrics, decide_and_measure
+from search.confirmation_decision import confirmation_lines, confirmation_metrics, decide_and_measure
 from spaces.spec import make_mixture_spec
 
 
@@ -93,8 +93,7 @@ def test_the_targets_alone_under_the_search_head_protocol_are_a_test_baseline():
 def test_the_confirmation_rebuilds_exactly_the_mixture_the_run_evaluated(fields):
     # The confirmation evaluates the run's mixture rebuilt from its MLflow params: a
     # parameter read under the wrong name (λ is logged as "lambda") would confirm another one.
-    from search.tracking.layout import spec_from_run
-    from search.tracking.layout import spec_params
+    from search.tracking.layout import spec_from_run, spec_params
 
     spec = make_mixture_spec(targets=["t"], **fields)
     logged = SimpleNamespace(data=SimpleNamespace(params=spec_params(spec, strategy="tpe", measure="mean_pairwise")))

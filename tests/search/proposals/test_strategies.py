@@ -10,7 +10,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.strategies import STRATEGIES, Exhaustive, GreedyFsd, OptunaStrategy, SoupAll, make_strategy
+from search.proposals.strategies import STRATEGIES, Exhaustive, GreedyFsd, OptunaStrategy, SoupAll, make_strategy
 from spaces.fsd import SignIndex
 from spaces.space import MixtureSpace
 
@@ -313,7 +313,7 @@ SWITCH_SPACE = MixtureSpace(domains=("a", "b", "bad", "c", "d", "e"), targets=("
 
 
 def test_past_the_switch_mutations_of_the_best_mixtures_propose_and_the_study_stops_growing(tmp_path):
-    from search.local_search import TOKEN_BASE
+    from search.proposals.local_search import TOKEN_BASE
 
     value_of = lambda spec: objective(spec.members, spec.prune_ratio)  # noqa: E731
     strategy = make_strategy("tpe", space=SWITCH_SPACE, index=None, seed=1, budget=100, study_name="switch",

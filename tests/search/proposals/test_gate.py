@@ -11,9 +11,9 @@ import pytest
 import torch
 from ray.tune.search import Searcher
 
-from search.gate import FsdGate, possible_sizes
-from search.searcher import SignConflictSearcher
-from search.strategies import make_strategy
+from search.proposals.gate import FsdGate, possible_sizes
+from search.proposals.searcher import SignConflictSearcher
+from search.proposals.strategies import make_strategy
 from spaces.fsd import SignIndex
 from spaces.space import MixtureSpace
 from spaces.spec import MixtureSpec
@@ -165,7 +165,7 @@ def test_mixtures_evaluated_after_the_last_snapshot_rejoin_the_gates_evidence(in
 
 
 def test_past_the_first_mixtures_the_evidence_is_refreshed_every_one_percent_and_at_the_end(index, monkeypatch):
-    from search import gate as gate_module
+    from search.proposals import gate as gate_module
 
     monkeypatch.setattr(gate_module, "REFRESH_EACH_UNTIL", 20)
     gate = FsdGate(mode="auto", space=space(), tolerance=0.01)

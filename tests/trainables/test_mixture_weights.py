@@ -7,7 +7,7 @@ import torch
 
 from spaces.spec import make_mixture_spec
 from tests_support import two_layer_adapters
-from trainables.mixing import (average_weights, build_mixture, conflict_layer_ranking, prune_by_magnitude,
+from trainables.mixture_weights import (average_weights, build_mixture, conflict_layer_ranking, prune_by_magnitude,
                                prune_conflict_layers, sparsity)
 
 

@@ -164,7 +164,7 @@ def build_mixture(member_weights: Mapping[str, Mapping[str, Tensor]],
             The (pruned) members are merged with ``spec.merge_method`` and its parameters
             (:func:`trainables.merging.merge_adapters`; ``average`` is the paper's Eq. 1).
         init: the adapters' shared initialisation, needed by every operator but ``average``.
-        lora: a :class:`trainables.lora_merge.LoraSlot`: LoRA members are merged on ΔW and
+        lora: a :class:`trainables.lora_mixture.LoraSlot`: LoRA members are merged on ΔW and
             factorised back into the slot (``search.lora_merge: delta_svd``); pruning acts on
             the factors, before (members) or after (mixture) the merge.
 

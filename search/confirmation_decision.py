@@ -30,7 +30,7 @@ def _mean_accuracy(correct: Mapping[str, Sequence[int]], targets: Sequence[str])
 
 def _diff(a: Mapping[str, Sequence[int]], b: Mapping[str, Sequence[int]], targets: Sequence[str], seed: int) -> dict:
     """The lead in mean accuracy over ``targets``, stratified by target."""
-    from trainables.confidence import mean_difference
+    from trainables.significance import mean_difference
 
     d = mean_difference({t: a[t] for t in targets}, {t: b[t] for t in targets}, confidence=CONFIDENCE, seed=seed)
     return {"lead": d.lead, "low": d.low, "high": d.high, "n": d.n, "tied": d.includes_zero}
@@ -51,7 +51,7 @@ def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule:
         rule: ``fewer_members`` or ``higher_accuracy`` (``search.when_tied``).
         seed: the bootstrap's seed.
     """
-    from trainables.confidence import mcnemar_exact, paired_bootstrap
+    from trainables.significance import mcnemar_exact, paired_bootstrap
 
     best = specs["best"]
     targets = list(best.targets)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from ray.tune.search import Searcher
 
-from search.searcher import METRIC, SignConflictSearcher
-from search.strategies import Exhaustive, Strategy
+from search.proposals.searcher import METRIC, SignConflictSearcher
+from search.proposals.strategies import Exhaustive, Strategy
 from spaces.fsd import SignIndex
 from spaces.space import MixtureSpace
 from spaces.spec import MixtureSpec
@@ -208,7 +208,7 @@ def test_a_trial_that_failed_before_it_started_is_run_again_and_keeps_its_repeat
 
 
 def test_a_mixture_whose_trials_never_start_fails_after_its_retries(index):
-    from search.searcher import RETRIES_BEFORE_START
+    from search.proposals.searcher import RETRIES_BEFORE_START
 
     searcher, strategy = searcher_for(index, make_space(), ["t", "a"])
     for attempt in range(RETRIES_BEFORE_START + 1):
@@ -327,7 +327,7 @@ def _run_to_the_end(searcher: SignConflictSearcher, objective) -> list[str]:
 
 
 def test_tpe_stuck_on_repeats_is_steered_to_unseen_mixtures_until_the_budget(index):
-    from search.strategies import make_strategy
+    from search.proposals.strategies import make_strategy
 
     space = make_space(max_fsd=None, prune_ratios=(0.0, 0.5))  # 8 subsets x 2 ratios
     budget = space.size()

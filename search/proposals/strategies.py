@@ -18,7 +18,7 @@ from spaces.space import MixtureSpace
 if TYPE_CHECKING:
     import optuna
 
-    from search.local_search import EliteMutation
+    from search.proposals.local_search import EliteMutation
     from spaces.fsd import SignIndex
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class OptunaStrategy(Strategy):
                  switch_after: int | None = None, seed: int = 0) -> None:
         import optuna
 
-        from search.optuna_storage import study_storage
+        from search.proposals.optuna_storage import study_storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
@@ -157,13 +157,13 @@ class OptunaStrategy(Strategy):
 
     def _hand_over(self) -> EliteMutation:
         """Past ``switch_after`` finished trials, mutations of the best mixtures propose
-        (:mod:`search.local_search`): an ask costs the same at any length of the study, where
+        (:mod:`search.proposals.local_search`): an ask costs the same at any length of the study, where
         TPE's and Optuna's grow with it. It starts from the study's best distinct feasible
         mixtures (by the first objective) and knows every mixture the study was asked. The
         study keeps what it holds; what follows is in MLflow."""
         from optuna.trial import TrialState
 
-        from search.local_search import EliteMutation
+        from search.proposals.local_search import EliteMutation
 
         trials = self.study.get_trials(deepcopy=False)
         done = [t for t in trials if t.state == TrialState.COMPLETE

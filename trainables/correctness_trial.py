@@ -3,7 +3,7 @@
 At the end of a search the driver asks for the chosen mixture and the baselines (each
 target's own adapter, the soup of all, greedy's pick) on each target's *test* split, and
 for the mixtures the tie rule compares on the *validation* split. This trial builds each
-mixture with the search trial's own code (:func:`trainables.mixture.load_mixture`) and
+mixture with the search trial's own code (:func:`trainables.mixture_trial.load_mixture`) and
 predicts with :func:`trainables.evaluate.predict`, so its numbers are the search's numbers
 on another split. It reports per-example correctness (1 right, 0 wrong) in a checkpoint
 file, ``correctness.json``: ``{candidate: {split: {target: [0/1, ...]}}}``; the statistics
@@ -30,7 +30,7 @@ def confirm_candidates(config: Mapping, *, adapter_weights: Mapping, experiment:
     from ray import tune
 
     from trainables.evaluate import encoded_split, mixture_model, predict
-    from trainables.mixture import load_mixture
+    from trainables.mixture_trial import load_mixture
 
     torch.set_num_threads(max(1, int(experiment.resources.cpu)))
     model = mixture_model(experiment, store_root)  # cached per worker process, like the search's
