@@ -108,7 +108,7 @@ def encoded_split(experiment: Experiment, domain: str, split: str,
     by ``max_eval_examples``."""
     training = experiment.training
     dcfg = experiment.domains[domain]
-    key = (experiment.base_model, domain, split, dcfg, training.max_length, training.max_eval_examples,
+    key = (experiment.base_model, domain, split, dcfg.model_dump_json(), training.max_length, training.max_eval_examples,
            training.max_train_examples, tuple(label_names or ()))
     if key not in _ENCODED:
         data = load_domain(domain, dcfg, splits=(split,), max_eval_examples=training.max_eval_examples,
