@@ -11,7 +11,13 @@ from typing import Mapping
 
 from search.config import Config
 from search.tracking.layout import spec_from_params
+from search.tracking.tracker import open_experiment
+from spaces.operators import MERGE_OPERATORS
 from spaces.spec import MixtureSpec, make_mixture_spec
+from trainables.evaluate import evaluate_targets, mixture_model, mixture_targets
+from trainables.initialisation import initial_adapter_weights
+from trainables.mixture_trial import INIT_KEY, load_mixture
+from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore, load_sign_index
 
 
 def baseline_specs(cfg: Config, *, every_single: bool = False) -> dict[str, MixtureSpec]:
@@ -42,11 +48,6 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
     shared initialisation when an operator needs it) and headed (own or refit) as in a trial."""
     import os
 
-    from spaces.operators import MERGE_OPERATORS
-    from trainables.evaluate import evaluate_targets, mixture_model, mixture_targets
-    from trainables.initialisation import initial_adapter_weights
-    from trainables.mixture_trial import INIT_KEY, load_mixture
-    from trainables.store import load_sign_index
 
     if weights is None:
         weights, _ = load_sign_index(cfg.store_path, cfg.domains)
@@ -71,7 +72,6 @@ def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str
     target with its own adapter. Serving: one adapter body plus one head per target, against
     one adapter (with its head) per target, in bytes of the stored safetensors files.
     """
-    from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
 
     targets = list(cfg.search.targets)
     mean = sum(best[f"accuracy/{t}"] for t in targets) / len(targets)
@@ -93,7 +93,6 @@ def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str
 def search_summary_lines(cfg: Config, best_run_id: str,
                          baselines: Mapping[str, Mapping[str, float]] | None = None) -> list[str]:
     """:func:`serving_lines` for a search's best MLflow run (baselines evaluated when not given)."""
-    from search.tracking.tracker import open_experiment
 
     client, _ = open_experiment(cfg.tracking_uri, cfg.experiment_name)
     best = client.get_run(best_run_id).data.metrics

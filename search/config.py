@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Optional, Sequence, Union
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from mlflow_server.network import sqlite_uri
 from search.config_loading import cross_field_problems, describe_error, resolve_paths
 from search.confirmation_decision import TIE_RULES
 from search.proposals.objectives import OBJECTIVES, PARETO_RULES
@@ -287,7 +288,6 @@ class Config(FrozenModel):
     def tracking_uri(self) -> str:
         if self.mlflow.tracking_uri:
             return self.mlflow.tracking_uri
-        from mlflow_server.network import sqlite_uri
 
         return sqlite_uri(os.path.join(self.ray.storage_path, "mlflow.db"))
 

@@ -25,7 +25,28 @@ import os
 import time
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
-from search.tracking.layout import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG, spec_from_run
+from search.cluster import connect_ray, storage_uri
+from search.confirmation_decision import confirmation_metrics, decide_and_measure, record_from_run
+from search.proposals.gate import log_gate
+from search.proposals.strategies import greedy_path
+from search.reporting.results import open_existing_experiment
+from search.tracking.layout import (
+    BEST_TAG,
+    CHOSEN_TAG,
+    KIND_TAG,
+    NOTES_TAG,
+    PARENT_TAG,
+    RULE_TAG,
+    STATUS_TAG,
+    spec_from_run,
+)
+from search.trial import shared_initialisation, trial_resources
+from spaces.errors import SignmixError
+from spaces.space import space_from_config
+from spaces.spec import make_mixture_spec
+from trainables.correctness_trial import CORRECTNESS_FILE, confirm_candidates
+from trainables.mixture_trial import share_adapter_weights
+from trainables.store import load_sign_index
 
 if TYPE_CHECKING:
     from search.config import Config
@@ -38,7 +59,6 @@ KIND = "confirmation"
 def ranked_runs(client, experiment_id: str, parent_id: str | None, *, page: int = 500) -> Iterator:
     """The evaluated mixture runs (of one search, or of the experiment), best validation
     accuracy first, read a page at a time (a search may have tens of thousands)."""
-    from search.tracking.layout import KIND_TAG, PARENT_TAG, STATUS_TAG
 
     where = f"tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'"
     if parent_id:
@@ -80,9 +100,6 @@ def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, di
     validation accuracy) and ``alone`` (the targets without other members, when evaluated).
     Baselines: ``own/<target>``, ``soup`` and ``greedy/<k>`` for the sizes of the exportable ones.
     """
-    from search.proposals.strategies import greedy_path
-    from spaces.space import space_from_config
-    from spaces.spec import make_mixture_spec
 
     runs = exportable_runs(best, ranked)
     targets = list(spec_from_run(best).targets)
@@ -106,10 +123,6 @@ def run_confirmation_trial(cfg: Config, candidates: Mapping[str, tuple], weights
 
     from ray import tune
 
-    from search.cluster import storage_uri
-    from search.trial import shared_initialisation, trial_resources
-    from trainables.correctness_trial import CORRECTNESS_FILE, confirm_candidates
-    from trainables.mixture_trial import share_adapter_weights
 
     # One evaluation per distinct mixture, however many names it has.
     by_key: dict[str, dict] = {}
@@ -127,7 +140,6 @@ def run_confirmation_trial(cfg: Config, candidates: Mapping[str, tuple], weights
                       ).fit()
     result = grid[0]
     if result.error is not None:
-        from spaces.errors import SignmixError
 
         raise SignmixError(f"the confirmation trial failed: {str(result.error).strip().splitlines()[-1]}")
     with result.checkpoint.as_directory() as folder:
@@ -139,8 +151,6 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
                    best=None, rule: str | None = None, progress=logger.info) -> dict:
     """Confirm a search (or the experiment, ``parent_id=None``): the trial, the statistics, the
     MLflow run. Returns the confirmation record (what ``mixture.json`` stores)."""
-    from search.confirmation_decision import decide_and_measure
-    from trainables.store import load_sign_index
 
     if weights is None or index is None:
         weights, index = load_sign_index(cfg.store_path, cfg.domains)
@@ -160,8 +170,6 @@ def log_confirmation(client, experiment_id: str, parent_id: str | None, record: 
     """Log ``record`` as the ``confirmation`` child run of ``parent_id``; returns its run id."""
     from mlflow.entities import Metric, Param
 
-    from search.confirmation_decision import confirmation_metrics
-    from search.tracking.layout import KIND_TAG, PARENT_TAG
 
     tags = {KIND_TAG: KIND, CHOSEN_TAG: record["chosen_run_id"], BEST_TAG: record["best_run_id"],
             RULE_TAG: record["when_tied"], NOTES_TAG: " | ".join(record["notes"])[:5000]}
@@ -181,7 +189,6 @@ def log_confirmation(client, experiment_id: str, parent_id: str | None, record: 
 
 def find_confirmation(client, experiment_id: str, *, run_id: str) -> object | None:
     """The newest confirmation run that chose or started from mixture run ``run_id``; None if none."""
-    from search.tracking.layout import KIND_TAG
 
     for tag in (CHOSEN_TAG, BEST_TAG):
         runs = client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{KIND}' and "
@@ -194,7 +201,6 @@ def find_confirmation(client, experiment_id: str, *, run_id: str) -> object | No
 def finish_search(cfg: Config, searcher, tracker, summary) -> None:
     """The end of a search: the FSD gate's evidence and the test-split confirmation, into
     ``summary`` and MLflow."""
-    from search.proposals.gate import log_gate
 
     summary.validation_warnings = list(getattr(searcher, "validation_warnings", []))
     gate = getattr(searcher, "gate", None)
@@ -221,7 +227,6 @@ def confirmed_choice(cfg: Config, client, experiment_id: str, run, *, explicit: 
     ``higher_accuracy``, which keeps it, when none exists). None when ``search.confirm`` is off
     and nothing was confirmed.
     """
-    from search.confirmation_decision import record_from_run
 
     found = find_confirmation(client, experiment_id, run_id=run.info.run_id)
     if found is not None and explicit and found.data.tags.get(CHOSEN_TAG) != run.info.run_id:
@@ -229,7 +234,6 @@ def confirmed_choice(cfg: Config, client, experiment_id: str, run, *, explicit: 
     if found is not None:
         record = record_from_run(found)
     elif cfg.search.confirm:
-        from search.cluster import connect_ray
 
         connect_ray(cfg)
         record = confirm_search(cfg, client=client, experiment_id=experiment_id, parent_id=None, best=run,
@@ -243,9 +247,6 @@ def confirmed_choice(cfg: Config, client, experiment_id: str, run, *, explicit: 
 
 def latest_confirmation(cfg: Config) -> dict | None:
     """The newest confirmation record of the experiment (``signmix results``); None when none. Reads only."""
-    from search.confirmation_decision import record_from_run
-    from search.reporting.results import open_existing_experiment
-    from search.tracking.layout import KIND_TAG
 
     client, experiment_id = open_existing_experiment(cfg)
     if experiment_id is None:

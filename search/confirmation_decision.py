@@ -18,6 +18,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from search.reporting.tables import format_table
+from search.tracking.layout import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG
+from trainables.significance import mcnemar_exact, mean_difference, paired_bootstrap
+
 CONFIDENCE = 0.95  # of every interval the confirmation reports
 # search.when_tied: which of two mixtures tied on validation is exported.
 TIE_RULES = ("fewer_members", "higher_accuracy")
@@ -30,7 +34,6 @@ def _mean_accuracy(correct: Mapping[str, Sequence[int]], targets: Sequence[str])
 
 def _diff(a: Mapping[str, Sequence[int]], b: Mapping[str, Sequence[int]], targets: Sequence[str], seed: int) -> dict:
     """The lead in mean accuracy over ``targets``, stratified by target."""
-    from trainables.significance import mean_difference
 
     d = mean_difference({t: a[t] for t in targets}, {t: b[t] for t in targets}, confidence=CONFIDENCE, seed=seed)
     return {"lead": d.lead, "low": d.low, "high": d.high, "n": d.n, "tied": d.includes_zero}
@@ -51,7 +54,6 @@ def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule:
         rule: ``fewer_members`` or ``higher_accuracy`` (``search.when_tied``).
         seed: the bootstrap's seed.
     """
-    from trainables.significance import mcnemar_exact, paired_bootstrap
 
     best = specs["best"]
     targets = list(best.targets)
@@ -182,7 +184,6 @@ def confirmation_lines(record: Mapping) -> list[str]:
 
 def record_from_run(run) -> dict:
     """The essentials of a confirmation record, read back from its MLflow run (``signmix results``, export)."""
-    from search.tracking.layout import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG
 
     m, tags, p = run.data.metrics, run.data.tags, run.data.params
     targets = sorted(k.split("/", 1)[1] for k in m if k.startswith("test_accuracy/"))
@@ -218,7 +219,6 @@ def trust_lines(summary) -> list[str]:
 
 def confirmation_table(record: Mapping) -> str:
     """A table of test accuracies with 95% intervals: the chosen mixture and each baseline, per target."""
-    from search.reporting.tables import format_table
 
     rows = []
     for t, v in record["targets"].items():

@@ -23,10 +23,16 @@ from pathlib import Path
 
 from mlflow_server.network import check_writable
 from search.config import Config
+from search.confirmation import confirmed_choice
 from search.proposals.objectives import pick_from_pareto_front, selection_rule
 from search.tracking.layout import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, merge_parameters_record, spec_from_run
 from search.tracking.tracker import open_experiment
 from spaces.errors import TrackingError, UsageError
+from trainables.data import encode_split, load_domain
+from trainables.evaluate import cast_model, evaluate_targets
+from trainables.imports.peft_lora import read_peft_lora
+from trainables.model import load_encoder
+from trainables.peft_export import write_peft_lora
 from trainables.settings import DomainConfig
 from trainables.store import AdapterStore
 
@@ -106,7 +112,6 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         if run.data.tags.get(STATUS_TAG) != "evaluated":
             raise UsageError(f"run {run_id} is a {run.data.tags.get(STATUS_TAG, 'non-mixture')!r} run; "
                              "only evaluated mixtures have weights to export")
-    from search.confirmation import confirmed_choice
 
     # The tie rule may export the runner-up or the targets alone; the test split confirms it.
     run, confirmation = confirmed_choice(cfg, client, experiment_id, run, explicit=run_id is not None)
@@ -159,7 +164,6 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
             shutil.move(str(item), staging / item.name)
         Path(local).rmdir()
         if format == "peft":  # the adapter's files are replaced by PEFT's; the heads stay under heads/
-            from trainables.peft_export import write_peft_lora
 
             adapters_form = staging / ".adapters"
             adapters_form.mkdir()
@@ -213,9 +217,6 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
     Loads the export with plain ``adapters`` calls (``load_adapter``, ``load_head``) and
     evaluates with the same code, batches and settings as the search trial.
     """
-    from trainables.data import encode_split, load_domain
-    from trainables.evaluate import cast_model, evaluate_targets
-    from trainables.model import load_encoder
 
     path = Path(path)
     if not (path / MIXTURE_FILE).is_file():
@@ -235,7 +236,6 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
     with tempfile.TemporaryDirectory(prefix="signmix-eval-") as converted:
         folder = path
         if peft:  # PEFT's LoRA, converted exactly into `adapters`' form (trainables/imports/peft_lora.py)
-            from trainables.imports.peft_lora import read_peft_lora
 
             folder = read_peft_lora(path, label=str(path), base_model=record["base_model"], check_name=False,
                                     trust_remote_code=ev["trust_remote_code"]).write(converted)

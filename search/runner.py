@@ -12,12 +12,29 @@ from typing import Callable
 
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
+from search.confirmation import finish_search
+from search.export import find_best_run
 from search.proposals.gate import gate_mode, make_gate, validation_tolerance
 from search.proposals.objectives import OBJECTIVES, selection_rule
-from search.tracking.layout import RAY_EXPERIMENT_TAG
+from search.proposals.searcher import METRIC, SignConflictSearcher, unpickled_searchers
+from search.proposals.strategies import make_strategy
+from search.store_imports import (
+    check_imports,
+    commit_imports,
+    head_trained,
+    import_fingerprint,
+    initialisation_lines,
+    source_text,
+)
+from search.tracking.callbacks import MixtureTracking, TrainingTracking
+from search.tracking.layout import KIND_TAG, RAY_EXPERIMENT_TAG
+from search.tracking.tracker import SearchTracker, flatten, open_experiment
 from search.trial import mixture_trainable, shared_initialisation, trial_resources
 from spaces.errors import TrackingError, UsageError
-from trainables.store import load_sign_index
+from spaces.space import space_from_config
+from trainables.data import load_domain
+from trainables.store import AdapterStore, load_sign_index
+from trainables.train import train_domain_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +66,6 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
     none when their domain has data."""
     from ray import tune
 
-    from search.store_imports import check_imports, commit_imports, head_trained, import_fingerprint, source_text
-    from search.tracking.callbacks import TrainingTracking
-    from search.tracking.tracker import flatten, open_experiment
-    from trainables.data import load_domain
-    from trainables.store import AdapterStore
-    from trainables.train import train_domain_adapter
 
     started = time.perf_counter()
     check_cluster_storage(cfg)
@@ -143,7 +154,6 @@ class SearchSummary:
 
 def _interrupted_search(cfg: Config, tracker) -> tuple[str, str]:
     """The newest search of this experiment that did not finish: (parent run id, Ray path)."""
-    from search.tracking.layout import KIND_TAG
 
     runs = tracker.client.search_runs(
         [tracker.experiment_id],
@@ -184,18 +194,12 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.proposals.searcher import METRIC, SignConflictSearcher, unpickled_searchers
-    from search.proposals.strategies import make_strategy
-    from search.tracking.callbacks import MixtureTracking
-    from search.tracking.tracker import SearchTracker, flatten
-    from spaces.space import space_from_config
 
     started = time.perf_counter()
     # Snapshot the experiment (trials + searcher) every 2 s at most: what a crash can lose.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     check_cluster_storage(cfg)
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
-    from search.store_imports import initialisation_lines
 
     for line in initialisation_lines(cfg, weights):  # adapters that did not start from one initialisation
         progress(line)
@@ -305,7 +309,6 @@ def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed
         "best_accuracy_mean": summary.best_accuracy if summary.best_accuracy is not None else float("nan"),
         "search_seconds": summary.seconds})
     if not failed:
-        from search.confirmation import finish_search
 
         # After the parent run is closed: the FSD gate's evidence, then the test-split confirmation.
         finish_search(cfg, searcher, tracker, summary)
@@ -321,7 +324,6 @@ def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchS
         parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started,
         prefilter_seconds=c.prefilter_seconds, mlflow_seconds=tracker.seconds)
     if searcher.results:
-        from search.export import find_best_run
 
         best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id,
                              rule=selection_rule(cfg.search.objectives, cfg.search.pareto_rule))

@@ -13,7 +13,17 @@ import logging
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from search.config import Config
+from search.tracking.tracker import log_training_run
 from spaces.errors import StoreError
+from spaces.fsd import SignIndex
+from trainables.data import check_labels, load_domain
+from trainables.imports import (
+    check_same_architecture,
+    import_adapter,
+    initialisation_weights,
+    shared_initialisation_check,
+)
+from trainables.model import adapter_config_for
 
 if TYPE_CHECKING:
     from trainables.imports import ImportedAdapter, InitialisationReport
@@ -29,7 +39,6 @@ def imported_domains(cfg: Config) -> list[str]:
 
 def import_all(cfg: Config) -> dict[str, ImportedAdapter]:
     """Returns every named adapter, read and checked (files, pickle, base model); writes nothing."""
-    from trainables.imports import import_adapter
 
     return {d: import_adapter(d, cfg.domains[d].adapter.source(), base_model=cfg.base_model,
                               trust_remote_code=cfg.trust_remote_code) for d in imported_domains(cfg)}
@@ -43,8 +52,6 @@ def check_imports(cfg: Config) -> dict[str, ImportedAdapter]:
             or two members (imported, or imported and trained with ``adapter``) whose
             architectures differ, named with both values and the fix.
     """
-    from trainables.imports import check_same_architecture
-    from trainables.model import adapter_config_for
 
     imported = import_all(cfg)
     if not imported:
@@ -91,7 +98,6 @@ def _head_labels(cfg: Config, adapter: ImportedAdapter) -> dict:
         [f"LABEL_{i}" for i in range(num_labels)]
     domain = cfg.domains[adapter.label]
     if domain.has_data:
-        from trainables.data import check_labels, load_domain
 
         data = load_domain(adapter.label, domain, splits=("train", "validation"),
                            max_train_examples=cfg.training.max_train_examples,
@@ -129,7 +135,6 @@ def commit_imports(cfg: Config, store: AdapterStore, imported: Mapping[str, Impo
         progress(f"{domain}: imported {source_text(adapter)}" + ("" if adapter.has_head else " (no head: a member only)"))
         imported_now.append(domain)
         if client is not None:
-            from search.tracking.tracker import log_training_run
 
             run_id = log_training_run(client, experiment_id, domain=domain, params={
                 "domain": domain, "fingerprint": fp, "adapter_imported_from": source_text(adapter),
@@ -142,8 +147,6 @@ def commit_imports(cfg: Config, store: AdapterStore, imported: Mapping[str, Impo
 def initialisation_report(weights: Mapping[str, Mapping]) -> InitialisationReport:
     """Whether the adapters look like they started from one initialisation (FSD of their
     :func:`~trainables.imports.initialisation_weights`: a LoRA's A factors, any other adapter whole)."""
-    from spaces.fsd import SignIndex
-    from trainables.imports import initialisation_weights, shared_initialisation_check
 
     index = SignIndex.from_weights({d: initialisation_weights(w) for d, w in weights.items()})
     return shared_initialisation_check(index.matrix, list(index.names))

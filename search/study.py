@@ -25,13 +25,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+from search.cluster import check_cluster_storage, connect_ray, storage_uri
 from search.config import Config, StudyConfig
-from search.proposals.searcher import SignConflictSearcher
+from search.proposals.searcher import METRIC, SignConflictSearcher
 from search.tracking.callbacks import MixtureTracking
 from search.tracking.layout import SPARSE_SIZE_TAG, STUDY_PART_TAG, STUDY_TARGET_TAG
+from search.tracking.tracker import SearchTracker, flatten
+from search.trial import mixture_trainable
 from spaces.fsd import FSD_MEASURES, greedy_members
 from spaces.space import Verdict
 from spaces.spec import MixtureSpec, make_mixture_spec
+from trainables.store import load_sign_index
 
 if TYPE_CHECKING:
     from spaces.fsd import SignIndex
@@ -157,11 +161,6 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.cluster import check_cluster_storage, connect_ray, storage_uri
-    from search.proposals.searcher import METRIC
-    from search.tracking.tracker import SearchTracker, flatten
-    from search.trial import mixture_trainable
-    from trainables.store import load_sign_index
 
     started = time.perf_counter()
     check_cluster_storage(cfg)

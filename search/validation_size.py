@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from search.config import Config
-from trainables.significance import examples_for, half_width_for
 from trainables.data import load_domain
+from trainables.significance import examples_for, half_width_for
 
 
 def validation_sizes(cfg: Config) -> dict[str, int]:

@@ -23,10 +23,10 @@ Conventions, where PEFT 0.17 and mergekit 0.1.5 differ or leave a choice open:
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where it is used: the config reads this registry's names, not its maths
+    from torch import Tensor
 
 
 def kept_count(density: float, n: int) -> int:
@@ -50,6 +50,8 @@ def trim_by_magnitude(tensor: Tensor, density: float) -> Tensor:
 
 def trim_rows(rows: Tensor, density: float) -> Tensor:
     """:func:`trim_by_magnitude` of each row of a ``[members, n]`` matrix, in one pass."""
+    import torch
+
     keep = kept_count(density, rows.shape[1])
     if keep >= rows.shape[1]:
         return rows.clone()
@@ -82,6 +84,8 @@ def drop_and_rescale(tensor: Tensor, drop_rate: float, seed: int) -> Tensor:
     from a CPU generator seeded with ``seed``: the same draw as PEFT's ``random_pruning``
     after ``torch.manual_seed(seed)``, on any device.
     """
+    import torch
+
     if drop_rate == 0.0:
         return tensor.clone()
     generator = torch.Generator().manual_seed(seed)
@@ -101,6 +105,8 @@ def elect_and_merge(deltas: Tensor, weights: Tensor) -> Tensor:
         as PEFT's ``calculate_majority_sign_mask``); the non-zero weighted values of that
         sign are summed and divided by their members' total weight; 0 where none agrees.
     """
+    import torch
+
     w = weights.reshape(weights.shape + (1,) * (deltas.dim() - 1)).to(deltas.dtype)
     weighted = deltas * w
     elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
@@ -116,6 +122,8 @@ def elect_and_merge(deltas: Tensor, weights: Tensor) -> Tensor:
 
 def task_arithmetic_delta(deltas: Tensor, weights: Tensor, key: str, params: Mapping) -> Tensor:
     """The weighted mean of the deltas (Ilharco et al. 2023, weights normalised)."""
+    import torch
+
     return torch.tensordot(weights.to(deltas.dtype), deltas, dims=1)
 
 
@@ -127,12 +135,16 @@ def ties_delta(deltas: Tensor, weights: Tensor, key: str, params: Mapping) -> Te
 
 def dropped(deltas: Tensor, key: str, params: Mapping) -> Tensor:
     """Each member's delta after DARE's drop and rescale, its mask a function of (merge_seed, key, member)."""
+    import torch
+
     return torch.stack([drop_and_rescale(d, params["drop_rate"], dare_seed(params["merge_seed"], key, i))
                         for i, d in enumerate(deltas)])
 
 
 def dare_linear_delta(deltas: Tensor, weights: Tensor, key: str, params: Mapping) -> Tensor:
     """DARE (Yu et al. 2024): drop and rescale, then the weighted mean."""
+    import torch
+
     return torch.tensordot(weights.to(deltas.dtype), dropped(deltas, key, params), dims=1)
 
 

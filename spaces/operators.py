@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from spaces.errors import SpecError
 from spaces.merge_maths import dare_linear_delta, dare_ties_delta, task_arithmetic_delta, ties_delta
 
-MergeDelta = Callable[[Tensor, Tensor, str, Mapping], Tensor]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+MergeDelta = Callable[["Tensor", "Tensor", str, Mapping], "Tensor"]
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,10 @@ def module_imports(root: Path, packages=PACKAGES) -> dict[str, set[tuple[str, st
                     found.append((module, "" if module == f"{base}.{a.name}" else a.name))
             else:
                 continue
-            graph[name] |= {(m, n) for m, n in found if m and m != name and not name.startswith(m + ".")}
+            # Importing a.b.c runs the package a.b's __init__ first: an edge to it too.
+            parents = {(".".join(m.split(".")[:i]), "") for m, _ in found if m for i in range(1, m.count(".") + 1)}
+            graph[name] |= {(m, n) for m, n in {*found, *parents}
+                            if m and m in modules and m != name and not name.startswith(m + ".")}
     return graph
 
 
@@ -109,12 +112,17 @@ def planted(tmp_path):
     (tmp_path / "pkg" / "a.py").write_text("from pkg.b import thing\n")
     (tmp_path / "pkg" / "b.py").write_text("def f():\n    from pkg.c import _helper  # inside a function: counts too\n")
     (tmp_path / "pkg" / "c.py").write_text("import pkg.a\n_helper = 1\n")
+    # A circle through a package's __init__: sub imports pkg.sub.leaf, whose package runs back into d.
+    (tmp_path / "pkg" / "d.py").write_text("from pkg.sub.leaf import x\n")
+    (tmp_path / "pkg" / "sub").mkdir()
+    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("from pkg.d import y\n")
+    (tmp_path / "pkg" / "sub" / "leaf.py").write_text("x = 1\n")
     return tmp_path
 
 
 def test_a_deliberate_circle_and_private_import_are_found(planted):
     graph = module_imports(planted, ("pkg",))
-    assert import_circles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+    assert sorted(import_circles(graph)) == [["pkg.a", "pkg.b", "pkg.c"], ["pkg.d", "pkg.sub"]]
     assert ("pkg.c", "_helper") in graph["pkg.b"]
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Mapping
 
 from spaces.spec import MixtureSpec
+from trainables.evaluate import encoded_split, mixture_model, predict
+from trainables.mixture_trial import load_mixture
 from trainables.settings import Experiment
 
 CORRECTNESS_FILE = "correctness.json"
@@ -29,8 +31,6 @@ def confirm_candidates(config: Mapping, *, adapter_weights: Mapping, experiment:
     import torch
     from ray import tune
 
-    from trainables.evaluate import encoded_split, mixture_model, predict
-    from trainables.mixture_trial import load_mixture
 
     torch.set_num_threads(max(1, int(experiment.resources.cpu)))
     model = mixture_model(experiment, store_root)  # cached per worker process, like the search's

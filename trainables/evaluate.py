@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from trainables.data import EncodedSplit, encode_split, iter_batches, load_domain
+from trainables.heads import cls_features, fit_linear_head, install_linear_head
 from trainables.model import cached_tokenizer, load_encoder, model_device, trial_device
 from trainables.settings import Experiment
 from trainables.store import ADAPTER_NAME, HEAD_FILE, AdapterStore
@@ -183,7 +184,6 @@ class MixtureModel:
         """
         import torch
 
-        from trainables.heads import cls_features, fit_linear_head, install_linear_head
 
         started = time.perf_counter()
         for domain in targets:
@@ -229,7 +229,6 @@ class MixtureModel:
 
     def _save_refit_head(self, domain: str, directory: Path) -> None:
         """Save ``domain``'s refit head into ``directory`` under the adapter's name (float32)."""
-        from trainables.heads import install_linear_head
 
         weight, bias = self.refit[domain]
         active = self.model.active_head

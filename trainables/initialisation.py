@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from spaces.errors import StoreError
+from trainables.model import adapter_config_for, load_encoder
 from trainables.settings import Experiment
 from trainables.store import ADAPTER_FILE, ADAPTER_NAME, AdapterStore
 
@@ -58,7 +59,6 @@ def build_initial_adapter(experiment: Experiment) -> dict[str, Tensor]:
     import torch
     from safetensors.torch import load_file
 
-    from trainables.model import adapter_config_for, load_encoder
 
     with torch.random.fork_rng(devices=[]):
         model, _ = load_encoder(experiment.base_model, trust_remote_code=experiment.trust_remote_code)

@@ -63,6 +63,7 @@ def build_lora_mixture(member_weights: Sequence[Mapping[str, Tensor]], spec: Mix
     (every LoRA starts with ``B = 0``: the zero-delta convention of
     :func:`trainables.lora.merge_lora_deltas`), so they need no stored initialisation here.
     """
+    # torch, imported on use: the config imports this module for LORA_MERGES alone.
     from trainables.lora import factorise_svd, lora_delta_weights, merge_lora_deltas
 
     name = _adapter_name(member_weights[0])

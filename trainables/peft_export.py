@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from spaces.errors import UsageError
+from trainables.lora import lora_factors
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -30,7 +31,6 @@ def write_peft_lora(adapter_folder: str | Path, out: str | Path, *, base_model: 
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig
 
-    from trainables.lora import lora_factors
 
     adapter_folder, out = Path(adapter_folder), Path(out)
     config = json.loads((adapter_folder / "adapter_config.json").read_text(encoding="utf-8"))["config"]

@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from spaces.errors import StoreError
+from spaces.fsd import SignIndex
+from trainables.architecture import check_same_architecture
+from trainables.lora import lora_delta_weights
+from trainables.lora_mixture import is_lora_weights, stored_lora_scaling
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -109,7 +113,6 @@ class AdapterStore:
                         f"({first.get(key)} vs {m.get(key)}); retrain them with one config "
                         "(`signmix train CONFIG --force`)")
         if len(trained) < len(domains):
-            from trainables.imports.compat import check_same_architecture
 
             check_same_architecture({d: self.adapter_config(d) for d in domains})
         return metas
@@ -147,7 +150,6 @@ class AdapterStore:
 def load_sign_index(root: str | os.PathLike, domains: Iterable[str]):
     """The adapters' weights and their :class:`~spaces.fsd.SignIndex`, from the store at ``root``
     (checked mixable); raises StoreError naming a missing adapter or why they cannot be mixed."""
-    from spaces.fsd import SignIndex
 
     store = AdapterStore(root)
     domains = sorted(domains)
@@ -169,11 +171,9 @@ def load_sign_index(root: str | os.PathLike, domains: Iterable[str]):
 def sign_weights(store: AdapterStore, weights: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
     """What FSD compares: each LoRA's update ΔW = B·A·alpha/r per adapted module (the signs of
     A and B alone are not determined: B·A = (-B)·(-A)); any other adapter's own weights."""
-    from trainables.lora_mixture import is_lora_weights, stored_lora_scaling
 
     if not weights or not all(is_lora_weights(w) for w in weights.values()):
         return weights
-    from trainables.lora import lora_delta_weights
 
     return {d: lora_delta_weights(w, scaling=stored_lora_scaling(store.path(d))) for d, w in weights.items()}
 

@@ -13,6 +13,7 @@ from typing import Mapping
 
 from trainables.data import encode_split, load_domain, shuffled_batches
 from trainables.evaluate import classification_metrics, predict
+from trainables.imports import import_adapter
 from trainables.model import adapter_config_for, load_encoder, trial_device
 from trainables.settings import Experiment
 from trainables.store import ADAPTER_NAME, AdapterStore
@@ -112,7 +113,6 @@ def _load_imported(model, domain: str, source: Mapping, experiment: Experiment):
     returns the :class:`~trainables.imports.ImportedAdapter` (its source goes into ``signmix.json``)."""
     import tempfile
 
-    from trainables.imports import import_adapter
 
     imported = import_adapter(domain, source, base_model=experiment.base_model,
                               trust_remote_code=experiment.trust_remote_code)

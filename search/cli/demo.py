@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from mlflow_server.network import sqlite_uri
+from search.cli.demo_data import write_demo_domains
 from search.config import Config, load_config
 
 DEMO_TARGETS = ["books"]
@@ -32,7 +33,6 @@ def write_demo_config(out: Path, *, seed: int = 0, tracking_uri: str | None = No
 
     60 training examples per domain is deliberately low-resource: the setting where mixing
     a related domain's adapter helps, and a conflicting one hurts."""
-    from search.cli.demo_data import write_demo_domains
 
     folders = write_demo_domains(out / "data", seed=seed, n_train=n_train)
     config = {

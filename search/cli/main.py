@@ -155,8 +155,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from search.reporting.tables import format_table
     from search.export import evaluate_export
+    from search.reporting.tables import format_table
 
     result = evaluate_export(args.export_dir, args.split)
     record, metrics = result["record"], result["metrics"]
@@ -177,10 +177,10 @@ def cmd_evaluate(args) -> int:
 def cmd_demo(args) -> int:
     from mlflow_server.server import redact_uri
     from search.baselines import baseline_specs, evaluate_specs
-    from search.reporting.tables import format_table
     from search.cli.demo import prepare_demo
-    from search.export import export_mixture
     from search.cli.preflight import check_tracking_uri, check_writable
+    from search.export import export_mixture
+    from search.reporting.tables import format_table
     from search.runner import run_search, run_training
     from trainables.store import load_sign_index
 

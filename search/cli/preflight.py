@@ -17,9 +17,13 @@ import urllib.parse
 from pathlib import Path
 
 from mlflow_server.network import check_writable
+from mlflow_server.server import check_reachable, redact_uri
 from search.cluster import CONNECT_TIMEOUT_S, check_ray_address, tcp_unreachable
 from search.config import Config
-from spaces.errors import StoreError, TrackingError, UsageError
+from search.store_imports import check_imports
+from spaces.errors import DataError, StoreError, TrackingError, UsageError
+from trainables.data import check_labels, load_domain
+from trainables.store import AdapterStore
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +50,6 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
     if command == "train":
         check_writable(cfg.store_path, what="the adapter store", fix="set `store` to a writable folder")
         check_base_model(cfg.base_model)
-        from search.store_imports import check_imports
 
         check_imports(cfg)  # domains.<d>.adapter: files, pickle, base model, architectures
     if command == "fsd":
@@ -73,7 +76,6 @@ def check_base_model(base_model: str) -> None:
 
 def _scrub(text: str, uri: str) -> str:
     """``text`` without the password of ``uri``."""
-    from mlflow_server.server import redact_uri
 
     password = urllib.parse.urlsplit(uri).password
     text = text.replace(uri, redact_uri(uri))
@@ -83,7 +85,6 @@ def _scrub(text: str, uri: str) -> str:
 def check_tracking_uri(uri: str) -> None:
     """Raise unless the MLflow tracking store answers (http), can be created (sqlite, file),
     or its database server answers and its driver is installed (postgresql, mysql, mssql)."""
-    from mlflow_server.server import check_reachable, redact_uri
 
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.lower().split("+", 1)[0]
@@ -103,7 +104,6 @@ def check_tracking_uri(uri: str) -> None:
 def _check_database(uri: str, scheme: str) -> None:
     import sqlalchemy
 
-    from mlflow_server.server import redact_uri
 
     try:
         sqlalchemy.create_engine(uri).dispose()
@@ -124,8 +124,6 @@ def _check_database(uri: str, scheme: str) -> None:
 
 def check_refit_data(cfg: Config) -> None:
     """With ``search.head: refit``, every target must have a training split to refit its head on."""
-    from spaces.errors import DataError
-    from trainables.data import load_domain
 
     if cfg.search.head != "refit":
         return
@@ -144,8 +142,6 @@ def check_store_for_search(cfg: Config) -> None:
 
     A missing adapter is left to the search itself (it says to run ``signmix train``).
     """
-    from trainables.data import check_labels, load_domain
-    from trainables.store import AdapterStore
 
     store = AdapterStore(cfg.store_path)
     domains = sorted(cfg.domains)

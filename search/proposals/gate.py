@@ -24,8 +24,11 @@ import random
 from math import comb
 from typing import TYPE_CHECKING, Literal, Mapping
 
+from search.reporting.results import mixture_runs, open_existing_experiment
+from search.validation_size import small_validation_warnings, validation_sizes
 from spaces.evidence import DEFAULT_MIN_N, FsdEvidence, fsd_gate_evidence
 from spaces.space import Verdict
+from trainables.significance import half_width_for
 
 if TYPE_CHECKING:
     from spaces.space import MixtureSpace
@@ -235,8 +238,6 @@ def validation_tolerance(cfg, progress=logger.warning) -> tuple[float, list[str]
     """The widest 95% half-width of the targets' validation accuracies (the gate's tolerance),
     and a warning per target whose half-width exceeds ``search.max_interval_half_width``
     (each also sent to ``progress`` before the search starts)."""
-    from search.validation_size import small_validation_warnings, validation_sizes
-    from trainables.significance import half_width_for
 
     sizes = validation_sizes(cfg)
     warnings = small_validation_warnings(sizes, cfg.search.max_interval_half_width)
@@ -265,9 +266,6 @@ def evidence_from_mlflow(cfg) -> FsdEvidence | None:
     ``search.targets`` (its logged ``fsd``: the measure of the search that ran it), with the
     validation half-width as tolerance: what ``signmix fsd`` prints. None when the experiment
     has no such mixture. Reads only."""
-    from search.reporting.results import mixture_runs, open_existing_experiment
-    from search.validation_size import validation_sizes
-    from trainables.significance import half_width_for
 
     client, experiment_id = open_existing_experiment(cfg)
     if experiment_id is None:

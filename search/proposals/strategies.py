@@ -125,7 +125,7 @@ class OptunaStrategy(Strategy):
                  switch_after: int | None = None, seed: int = 0) -> None:
         import optuna
 
-        from search.proposals.optuna_storage import study_storage
+        from search.proposals.optuna_storage import study_storage  # optuna: on use (the config reads STRATEGIES)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
@@ -163,7 +163,7 @@ class OptunaStrategy(Strategy):
         study keeps what it holds; what follows is in MLflow."""
         from optuna.trial import TrialState
 
-        from search.proposals.local_search import EliteMutation
+        from search.proposals.local_search import EliteMutation  # optuna: on use (the config reads STRATEGIES)
 
         trials = self.study.get_trials(deepcopy=False)
         done = [t for t in trials if t.state == TrialState.COMPLETE

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 from search.reporting.results import MixtureRun, mixture_runs, open_existing_experiment, search_parents
 from search.tracking.layout import STRATEGY_TAG, STUDY_PART_TAG
 from spaces.errors import StoreError
+from trainables.store import load_sign_index
 
 if TYPE_CHECKING:
     from search.config import Config
@@ -102,7 +103,6 @@ def read_report_data(cfg: Config, notes: list[str]) -> tuple[ReportData, object,
 
 
 def _fsd_matrix(cfg: Config, data: ReportData, notes: list[str]):
-    from trainables.store import load_sign_index
 
     try:
         _, index = load_sign_index(cfg.store_path, cfg.domains)

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from mlflow_server.network import sqlite_path
+from search.reporting.tables import format_table
 from search.tracking.layout import KEY_TAG, KIND_TAG, PARENT_TAG, STATUS_TAG
+from search.tracking.mlflow_client import make_client
 from spaces.errors import TrackingError, UsageError
 
 if TYPE_CHECKING:
@@ -63,7 +65,6 @@ def open_existing_experiment(cfg: Config):
     """The MLflow client and the id of the config's experiment, or ``None`` when there is none yet.
 
     A local SQLite store that does not exist is not created (reading must not write)."""
-    from search.tracking.mlflow_client import make_client
 
     uri = cfg.tracking_uri
     if sqlite_path(uri) is not None and not sqlite_path(uri).is_file():
@@ -137,7 +138,6 @@ def _row(run: MixtureRun) -> dict:
 
 def format_results(rows: Sequence[dict], sort: str = "accuracy_mean") -> str:
     """A text table of :func:`top_mixtures` rows: one line per mixture, best first."""
-    from search.reporting.tables import format_table
 
     def num(value):
         return "-" if value is None else float(value)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ray.tune import Callback
 
 from search.proposals.outcomes import METRIC, trial_outcome
+from search.tracking.tracker import log_training_run
 
 if TYPE_CHECKING:
     from search.proposals.searcher import SignConflictSearcher
@@ -152,7 +153,6 @@ class TrainingTracking(Callback):
     """One MLflow run per domain adapter: params, per-epoch metrics, the adapter as artifact."""
 
     def __init__(self, *, client, experiment_id: str, params: dict, progress=None) -> None:
-        from search.tracking.tracker import log_training_run
 
         self._log_run = log_training_run
         self.client, self.experiment_id, self.params = client, experiment_id, params

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from mlflow_server.network import sqlite_path, use_wal
+from mlflow_server.server import redact_uri
 from spaces.errors import TrackingError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -290,7 +291,6 @@ def _reason(exc: BaseException) -> str:
 
 
 def _redact(uri: str) -> str:
-    from mlflow_server.server import redact_uri
 
     return redact_uri(uri)
 

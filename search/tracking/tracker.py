@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Mapping
 
 from mlflow_server.network import sqlite_path
+from mlflow_server.server import redact_uri
 from search.tracking.layout import (
     ERROR_TAG,
     FILTER_REASON_TAG,
@@ -26,6 +27,7 @@ from search.tracking.layout import (
     TRIAL_TAG,
     spec_params,
 )
+from search.tracking.mlflow_client import make_client
 from spaces.errors import TrackingError
 
 if TYPE_CHECKING:
@@ -48,7 +50,6 @@ def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
     """The MLflow client and the id of experiment ``name`` (created when missing)."""
     from mlflow.exceptions import MlflowException
 
-    from search.tracking.mlflow_client import make_client
 
     if sqlite_path(tracking_uri) is not None:
         sqlite_path(tracking_uri).parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,6 @@ def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
 
 
 def _redact(uri: str) -> str:
-    from mlflow_server.server import redact_uri
 
     return redact_uri(uri)
 

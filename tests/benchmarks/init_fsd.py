@@ -17,7 +17,7 @@ Run (a few minutes on 2 CPUs)::
 
     .venv/bin/python tests/benchmarks/init_fsd.py --steps 60
 
-The numbers it printed for the threshold in ``trainables/imports/compat.py`` are in the
+The numbers it printed for the threshold in ``trainables/architecture.py`` are in the
 docstring there and in the helper's report.
 """
 

@@ -20,7 +20,6 @@ from typing import Callable
 
 import pytest
 import yaml
-
 from tests_support import write_config
 
 DOMAINS = ("books", "support")

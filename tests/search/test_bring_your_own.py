@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from tests_support import mlflow_runs, write_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -25,8 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from search.cluster import (PACKAGES, check_cluster_storage, check_trial_fits, connect_ray,
-                            runtime_env_for_packages, storage_uri)
+from search.cluster import (
+    PACKAGES,
+    check_cluster_storage,
+    check_trial_fits,
+    connect_ray,
+    runtime_env_for_packages,
+    storage_uri,
+)
 from search.config import validate_config
 from spaces.errors import UsageError
 

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tests_support import mlflow_runs
 
 from search.config import load_config
-from tests_support import mlflow_runs
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +28,7 @@ def flip_labels(folder: Path, split: str) -> None:
 def search_on(folder: Path, demo_domains, tiny_bert, store: str, poison: str | None):
     """An exhaustive search over copies of the domains (books the target), adapters from ``store``."""
     from tests_support import write_config
+
     from search.runner import run_search
 
     domains = {}

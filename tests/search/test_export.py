@@ -7,8 +7,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-
 from tests_support import write_config
+
 from search.config import load_config
 from search.export import export_mixture, register_version
 from search.tracking.mlflow_client import RETRY_ENV, make_client

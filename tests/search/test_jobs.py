@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_cluster import _free_ports, _node_args, _processes_with_token, _start_node, _stop_node
+from tests_support import mlflow_runs
 
 from search.config import load_config
 from search.jobs import dashboard_url, job_config
 from spaces.errors import UsageError
-from test_cluster import _free_ports, _node_args, _processes_with_token, _start_node, _stop_node
-from tests_support import mlflow_runs
 
 REPO = Path(__file__).resolve().parents[2]
 

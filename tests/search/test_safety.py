@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tests_support import write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,8 +189,8 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
     store, hold no tracking URI (with its password), Ray address or store location."""
     import mlflow
 
-    import search.tracking.callbacks
     import search.runner
+    import search.tracking.callbacks
     import search.tracking.tracker
     from search.config import load_config
     from spaces.fsd import SignIndex

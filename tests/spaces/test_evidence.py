@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import pearsonr, rankdata, spearmanr
 from scipy.stats import t as t_dist
 
-from spaces.evidence import FsdEvidence, fsd_gate_evidence, partial_spearman
+from spaces.evidence import fsd_gate_evidence, partial_spearman
 
 WITHIN = (0, 1, 2, 3)  # four mixtures of each size
 

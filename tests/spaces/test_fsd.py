@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -212,7 +211,8 @@ def test_sign_index_errors_name_the_bad_value():
 
 @pytest.mark.parametrize("n, p", [(2, 1), (3, 13), (5, 64), (7, 1001)])
 def test_packed_any_conflict_equals_the_int8_computation(n, p):
-    from spaces.fsd import PackedSigns, any_conflict_fraction
+    from spaces.fsd import any_conflict_fraction
+    from spaces.signbits import PackedSigns
 
     gen = torch.Generator().manual_seed(n * 1000 + p)
     signs = torch.randint(-1, 2, (n, p), generator=gen, dtype=torch.int8)

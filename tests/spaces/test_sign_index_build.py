@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from spaces.fsd import PackedSigns, SignIndex, fsd_matrix, pack_adapters, sign_vector
+from spaces.fsd import SignIndex, fsd_matrix, sign_vector
+from spaces.signbits import PackedSigns, pack_adapters
 
 LAYOUT = {"layer.0.a": (5, 7), "layer.1.b": (11,), "layer.1.c": (3, 3, 2), "z.big": (35, 27)}
 P = 35 + 11 + 18 + 35 * 27  # 1009: not a multiple of 64 (or of 8)
@@ -66,11 +67,11 @@ def test_word_boundaries_and_padding(p):
 
 
 def test_conflicts_accumulate_across_word_chunks(monkeypatch):
-    from spaces import fsd
+    from spaces import signbits
 
     adapters = {f"d{i}": _adapter(i) for i in range(5)}
     expected = _reference(adapters)[2]
-    monkeypatch.setattr(fsd, "_CHUNK_WORDS", 3)  # 16 words a row: six chunks, the last one short
+    monkeypatch.setattr(signbits, "_CHUNK_WORDS", 3)  # 16 words a row: six chunks, the last one short
     assert torch.equal(SignIndex.from_weights(adapters).matrix, expected)
 
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests_support import two_layer_adapters
 
 from spaces.spec import make_mixture_spec
-from tests_support import two_layer_adapters
-from trainables.mixture_weights import (average_weights, build_mixture, conflict_layer_ranking, prune_by_magnitude,
-                               prune_conflict_layers, sparsity)
+from trainables.mixture_weights import (
+    average_weights,
+    build_mixture,
+    conflict_layer_ranking,
+    prune_by_magnitude,
+    prune_conflict_layers,
+    sparsity,
+)
 
 
 def t(*values: float) -> torch.Tensor:

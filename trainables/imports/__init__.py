@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from spaces.errors import UsageError
-from trainables.imports.adapters_folder import read_adapters_folder, read_hub_adapter
-from trainables.imports.compat import (
+from trainables.architecture import (
     INDEPENDENT_INIT_FSD,
     SHARED_INIT_THRESHOLD,
     InitialisationReport,
@@ -22,6 +21,8 @@ from trainables.imports.compat import (
     initialisation_weights,
     shared_initialisation_check,
 )
+from trainables.imports.adapters_folder import read_adapters_folder, read_hub_adapter
+from trainables.imports.peft_lora import read_peft_lora
 from trainables.imports.store_form import (
     BaseModelFacts,
     ImportedAdapter,
@@ -29,7 +30,6 @@ from trainables.imports.store_form import (
     check_base_model,
     signmix_settings,
 )
-from trainables.imports.peft_lora import read_peft_lora
 
 SOURCE_KINDS = ("path", "hub", "peft")
 _OPTIONS = {"path": {"allow_pickle", "with_head", "check_base_name"},

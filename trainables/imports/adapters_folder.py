@@ -16,6 +16,7 @@ from trainables.imports.store_form import (
     from_model,
     layers_of,
 )
+from trainables.model import load_encoder
 from trainables.store import ADAPTER_FILE, ADAPTER_NAME, HEAD_FILE
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ def read_adapters_folder(folder: str | Path, *, label: str, base_model: str, all
     Raises:
         StoreError: a missing or corrupt file, a refused pickle, another base model.
     """
-    from trainables.model import load_encoder
 
     folder = check_folder(folder, label)
     base = base_model_facts(base_model, trust_remote_code=trust_remote_code)

@@ -20,6 +20,7 @@ from pathlib import Path
 from spaces.errors import StoreError
 from trainables.imports.files import check_folder, file_hashes, load_tensors, read_config, weights_file
 from trainables.imports.store_form import ImportedAdapter, base_model_facts, check_base_model, from_model, layers_of
+from trainables.model import load_encoder
 from trainables.store import ADAPTER_NAME
 
 _FACTOR = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.[^.]+)?\.weight$")
@@ -121,7 +122,6 @@ def read_peft_lora(folder: str | Path, *, label: str, base_model: str, allow_pic
     import torch
     from adapters import LoRAConfig
 
-    from trainables.model import load_encoder
 
     folder = check_folder(folder, label)
     config = read_config(folder / "adapter_config.json", label)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from spaces.errors import StoreError, UsageError
+from trainables.model import adapter_config_for
 from trainables.settings import AdapterConfig
 from trainables.store import ADAPTER_FILE, ADAPTER_NAME, HEAD_FILE, AdapterStore
 
@@ -93,7 +94,6 @@ def signmix_settings(config: Mapping[str, Any]) -> dict:
     "reduction_factor"}`` when the config is exactly what signmix would train; otherwise
     ``{"method": "custom", "config": ...}``. The store compares these across members.
     """
-    from trainables.model import adapter_config_for
 
     arch = config.get("architecture")
     if arch == "lora":

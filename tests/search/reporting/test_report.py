@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from tests_support import write_config
 
 P = 20  # parameters per adapter

@@ -1,4 +1,7 @@
-"""Can these adapters be mixed? Same architecture, and (for averaging) one shared initialisation."""
+"""Can these adapters be mixed? Same architecture, and (for averaging) one shared initialisation.
+
+The store checks it on every load and the imports before they write; it sits beside both.
+"""
 
 from __future__ import annotations
 
