@@ -25,7 +25,14 @@ from mlflow_server.network import check_writable
 from search.config import Config
 from search.confirmation import confirmed_choice
 from search.proposals.objectives import pick_from_pareto_front, selection_rule
-from search.tracking.layout import KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG, merge_parameters_record, spec_from_run
+from search.tracking.layout import (
+    KEY_TAG,
+    KIND_TAG,
+    MIXTURE_ARTIFACT,
+    STATUS_TAG,
+    merge_parameters_record,
+    spec_from_run,
+)
 from search.tracking.tracker import open_experiment
 from spaces.errors import TrackingError, UsageError
 from trainables.data import encode_split, load_domain
@@ -150,7 +157,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "signmix_version": signmix_version(),
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment": cfg.experiment_name,
-        "mixture_key": run.data.tags.get("signmix.mixture_key"),
+        "mixture_key": run.data.tags.get(KEY_TAG),
         # Test accuracies with 95% intervals, McNemar vs each target's own adapter, baselines
         # (search/confirmation_decision.py); None when search.confirm is off.
         "confirmation": confirmation,
@@ -206,8 +213,7 @@ def register_version(client, name: str, run_id: str) -> dict:
         client.create_registered_model(name, description="signmix adapter mixtures")
     source = f"{client.get_run(run_id).info.artifact_uri}/{MIXTURE_ARTIFACT}"
     mv = client.create_model_version(name, source=source, run_id=run_id,
-                                     tags={"signmix.mixture_key": client.get_run(run_id).data.tags.get(
-                                         "signmix.mixture_key", "")})
+                                     tags={KEY_TAG: client.get_run(run_id).data.tags.get(KEY_TAG, "")})
     return {"name": name, "version": int(mv.version)}
 
 

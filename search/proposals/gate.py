@@ -25,6 +25,7 @@ from math import comb
 from typing import TYPE_CHECKING, Literal, Mapping
 
 from search.reporting.results import mixture_runs, open_existing_experiment
+from search.tracking.layout import GATE_DECISION_TAG, GATE_REASON_TAG
 from search.validation_size import small_validation_warnings, validation_sizes
 from spaces.evidence import DEFAULT_MIN_N, FsdEvidence, fsd_gate_evidence
 from spaces.space import Verdict
@@ -37,8 +38,7 @@ logger = logging.getLogger(__name__)
 
 GATE_PER_SIZE = 2  # evaluated mixtures of each size before ``auto`` may filter
 GateMode = Literal["auto", "fixed", "off"]
-DECISION_TAG = "signmix.fsd_gate"
-REASON_TAG = "signmix.fsd_gate_reason"
+DECISION_TAG, REASON_TAG = GATE_DECISION_TAG, GATE_REASON_TAG
 
 
 # The gate refreshes its evidence after every evaluated mixture up to this many, then after

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Literal, Mapping, Sequence, Union
 
 METRIC = "accuracy_mean"  # what Ray Tune ranks trials by; the first objective
-Outcome = Literal["evaluated", "filtered", "stopped_early", "failed"]
+OUTCOMES = ("evaluated", "filtered", "stopped_early", "failed")
+Outcome = Literal[OUTCOMES]
 Value = Union[float, list, None]  # one objective: a float; several: a list in objective order
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ray.tune import Callback
 
 from search.proposals.outcomes import METRIC, trial_outcome
+from search.tracking.layout import ADAPTER_PATH_TAG, ERROR_TAG
 from search.tracking.tracker import log_training_run
 
 if TYPE_CHECKING:
@@ -185,13 +186,13 @@ class TrainingTracking(Callback):
         path = (trial.last_result or {}).get("adapter_path")
         if path:
             self.client.log_artifacts(run_id, path, "adapter")
-            self.client.set_tag(run_id, "signmix.adapter_path", path)
+            self.client.set_tag(run_id, ADAPTER_PATH_TAG, path)
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
-            self.client.set_tag(run_id, "signmix.error", _error_text(trial)[:5000])
+            self.client.set_tag(run_id, ERROR_TAG, _error_text(trial)[:5000])
             self.client.set_terminated(run_id, "FAILED")
         self.progress(f"training {trial.config['domain']} failed: {_error_text(trial).splitlines()[-1][:200]}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from search.proposals.outcomes import OUTCOMES
 from spaces.operators import OPERATOR_PARAMETERS
 from spaces.spec import MixtureSpec, make_mixture_spec
 
@@ -27,6 +28,7 @@ STUDY_PART_TAG = "signmix.study_part"  # subsets | sweep | sparse_mixing
 STUDY_TARGET_TAG = "signmix.target"
 SPARSE_SIZE_TAG = "signmix.sparse_size"
 # Tags of a training run.
+DOMAIN_TAG = "signmix.domain"
 ADAPTER_PATH_TAG = "signmix.adapter_path"
 # Tags of a search's parent run, set by the FSD gate and the confirmation.
 GATE_DECISION_TAG = "signmix.fsd_gate"
@@ -37,7 +39,7 @@ RULE_TAG = "signmix.when_tied"
 NOTES_TAG = "signmix.confirmation_notes"
 
 RUN_KINDS = ("training", "search", "mixture", "confirmation")
-STATUSES = ("evaluated", "filtered", "stopped_early", "failed")  # what became of a mixture (search/proposals/outcomes.py)
+STATUSES = OUTCOMES  # what became of a mixture: the one outcome rule's names
 MIXTURE_ARTIFACT = "mixture"  # an evaluated mixture's adapter and heads
 
 # The operator parameters a mixture run logs: MLflow parameter -> MixtureSpec field

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Mapping
 from mlflow_server.network import sqlite_path
 from mlflow_server.server import redact_uri
 from search.tracking.layout import (
+    DOMAIN_TAG,
     ERROR_TAG,
     FILTER_REASON_TAG,
     KEY_TAG,
@@ -272,7 +273,7 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, object]:
 def log_training_run(client: MlflowClient, experiment_id: str, *, domain: str, params: Mapping[str, object]) -> str:
     """Start the training run of one domain adapter; returns its id."""
     run = client.create_run(experiment_id, run_name=f"train-{domain}",
-                            tags={KIND_TAG: "training", "signmix.domain": domain})
+                            tags={KIND_TAG: "training", DOMAIN_TAG: domain})
     client.log_batch(run.info.run_id, params=_params(params))
     return run.info.run_id
 
