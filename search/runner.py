@@ -55,6 +55,7 @@ class TrainingSummary:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     imported: list[str] = field(default_factory=list)  # domains.<d>.adapter written into the store as is
+    heads_trained: list[str] = field(default_factory=list)  # imported adapters whose head signmix trained
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -119,7 +120,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
         if result.error is not None:
             summary.failed[domain] = str(result.error).strip().splitlines()[-1]
         else:
-            summary.trained.append(domain)
+            (summary.heads_trained if domain in heads else summary.trained).append(domain)
     summary.seconds = time.perf_counter() - started
     return summary
 

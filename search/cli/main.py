@@ -58,12 +58,24 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     _preflight(cfg, "train")
     summary = run_training(cfg, force=args.force, progress=_progress, debug=args.debug)
-    print(f"trained {len(summary.trained)} adapter(s) {summary.trained}, "
-          + (f"imported {len(summary.imported)} {summary.imported}, " if summary.imported else "")
-          + f"skipped {len(summary.skipped)} {summary.skipped} in {summary.seconds:.1f}s; store: {cfg.store_path}")
+    print(f"{training_outcome(summary)}; store: {cfg.store_path}")
     for domain, err in summary.failed.items():
         print(f"failed: {domain}: {err}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def training_outcome(summary) -> str:
+    """What ``signmix train`` did to each domain: trained, imported (head trained or as is), skipped, failed."""
+    parts = [f"trained {len(summary.trained)} adapter(s) {sorted(summary.trained)}"]
+    if summary.heads_trained:
+        parts.append(f"imported {len(summary.heads_trained)} with a head trained on their data "
+                     f"{sorted(summary.heads_trained)}")
+    if summary.imported:
+        parts.append(f"imported {len(summary.imported)} as they are {sorted(summary.imported)}")
+    parts.append(f"skipped {len(summary.skipped)} {sorted(summary.skipped)}")
+    if summary.failed:
+        parts.append(f"failed {len(summary.failed)} {sorted(summary.failed)}")
+    return ", ".join(parts) + f" in {summary.seconds:.1f}s"
 
 
 def cmd_fsd(args) -> int:

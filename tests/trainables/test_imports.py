@@ -314,7 +314,7 @@ def _config(kind: str, **kw) -> dict:
 
 @pytest.mark.parametrize("other, message", [
     (_config("seq_bn", reduction_factor=4), r"method \(architecture\) is 'lora' in 'a' but 'bottleneck' in 'b'"),
-    (_config("lora", r=8, alpha=8), r"LoRA rank r \(r\) is 4 in 'a' but 8 in 'b'"),
+    (_config("lora", r=8, alpha=8), r"their LoRA rank \(r\) is 4 in 'a' but 8 in 'b'"),
     (_config("lora", r=4, alpha=16), r"LoRA alpha \(alpha\) is 8 in 'a' but 16 in 'b'"),
     (_config("lora", r=4, alpha=8, attn_matrices=["q", "k", "v"]),
      r"target modules \(attention matrices\) \(attn_matrices\) is \['q', 'v'\] in 'a' but \['q', 'k', 'v'\]"),
