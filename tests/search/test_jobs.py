@@ -145,7 +145,7 @@ def test_a_submitted_search_streams_its_log_exits_0_and_its_runs_land_in_mlflow(
     # The job's own output, streamed: the search's summary line, then ours.
     assert "exhaustive: 3 evaluated" in run.stdout
     cfg = load_config(job_config_file)
-    assert f"the job reads these paths on the head, which must have them: data " in run.stderr
+    assert "the job reads these paths on the head, which must have them: data " in run.stderr
     assert f"store {cfg.store_path}; ray.storage_path {cfg.storage_path}" in run.stderr
     assert "succeeded" in run.stdout.splitlines()[-1]
     cfg = load_config(job_config_file)
