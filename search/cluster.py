@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 
+from search import interrupts
 from search.config import Config
 from spaces.errors import UsageError
 
@@ -138,6 +139,7 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
             raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}; "
                              f"{_connection_hint(address or '', exc)}") from None
         started_here = True
+        interrupts.stop_on_sigterm()  # ray.init made SIGTERM sys.exit(15): a stopped Ray Job failed the search
     try:
         check_trial_fits(cfg.resources.cpu, cfg.resources.gpu, ray.nodes())
     except UsageError:

@@ -25,6 +25,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
+from search import interrupts
 from search.cluster import connect_ray, storage_uri
 from search.confirmation_decision import confirmation_metrics, decide_and_measure, record_from_run
 from search.proposals.gate import log_gate
@@ -134,10 +135,10 @@ def run_confirmation_trial(cfg: Config, candidates: Mapping[str, tuple], weights
         confirm_candidates, adapter_weights=share_adapter_weights(weights, shared_initialisation(cfg, weights)),
         experiment=experiment,
         store_root=os.path.abspath(cfg.store_path)), trial_resources(cfg))
-    grid = tune.Tuner(trainable, param_space={"candidates": by_key},
-                      run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg), verbose=0,
-                                                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures))
-                      ).fit()
+    grid = interrupts.fit(tune.Tuner(
+        trainable, param_space={"candidates": by_key},
+        run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures))))
     result = grid[0]
     if result.error is not None:
 
@@ -198,9 +199,9 @@ def find_confirmation(client, experiment_id: str, *, run_id: str) -> object | No
     return None
 
 
-def finish_search(cfg: Config, searcher, tracker, summary) -> None:
+def finish_search(cfg: Config, searcher, tracker, summary, *, progress=logger.info) -> None:
     """The end of a search: the FSD gate's evidence and the test-split confirmation, into
-    ``summary`` and MLflow."""
+    ``summary`` and MLflow; ``progress`` says when the confirmation starts."""
 
     summary.validation_warnings = list(getattr(searcher, "validation_warnings", []))
     gate = getattr(searcher, "gate", None)
@@ -214,7 +215,7 @@ def finish_search(cfg: Config, searcher, tracker, summary) -> None:
         return
     best = tracker.client.get_run(summary.best_run_id)
     record = confirm_search(cfg, client=tracker.client, experiment_id=tracker.experiment_id,
-                            parent_id=tracker.parent_id, best=best)
+                            parent_id=tracker.parent_id, best=best, progress=progress)
     summary.confirmation, summary.chosen_run_id = record, record["chosen_run_id"]
 
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from search import interrupts
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
 from search.config import Config
 from search.confirmation import finish_search
@@ -55,6 +56,7 @@ class TrainingSummary:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     imported: list[str] = field(default_factory=list)  # domains.<d>.adapter written into the store as is
+    heads_trained: list[str] = field(default_factory=list)  # imported adapters whose head signmix trained
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -113,13 +115,18 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
             verbose=0, failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
             callbacks=[TrainingTracking(client=client, experiment_id=experiment_id, params=params,
                                         progress=progress)]))
-    grid = tuner.fit()
+    try:
+        grid = interrupts.fit(tuner)
+    except KeyboardInterrupt:
+        raise interrupts.Interrupted(
+            "training stopped: the adapters already in the store are kept; run `signmix train CONFIG` again to "
+            "train the others") from None
     for result in grid:
         domain = result.config["domain"]
         if result.error is not None:
             summary.failed[domain] = str(result.error).strip().splitlines()[-1]
         else:
-            summary.trained.append(domain)
+            (summary.heads_trained if domain in heads else summary.trained).append(domain)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -275,15 +282,23 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
                  f"max_fsd {cfg.search.max_fsd if isinstance(cfg.search.max_fsd, (str, type(None))) else f'{cfg.search.max_fsd:.4f}'}"
                  f" ({cfg.search.fsd_measure})")
     try:
-        tuner.fit()
+        interrupts.fit(tuner)
     except TrackingError:
         # The tracking server stayed away past the retry window: the MLflow calls below
         # would fail the same way. The parent run stays RUNNING; `--resume` finishes it.
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C, SIGTERM, `signmix submit --stop`: the search was stopped, not failed.
+        summary = _end_search(cfg, searcher, tracker, space, started, failed=False, stopped=True)
+        raise interrupts.Interrupted(
+            f"the search stopped: {summary.evaluated} mixture(s) evaluated are kept in MLflow run "
+            f"{summary.parent_run_id} (KILLED)" + (f", best so far {summary.best_label} "
+                                                   f"{summary.best_accuracy:.4f}" if summary.best_label else "")
+            + "; continue it with `signmix search CONFIG --resume`") from None
     except BaseException:
         _end_search(cfg, searcher, tracker, space, started, failed=True)
         raise
-    return _end_search(cfg, searcher, tracker, space, started, failed=False)
+    return _end_search(cfg, searcher, tracker, space, started, failed=False, progress=progress)
 
 
 def _result_loggers() -> list:
@@ -297,21 +312,29 @@ def _result_loggers() -> list:
     return [JsonLoggerCallback()]
 
 
-def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed: bool) -> SearchSummary:
-    """Close the search's MLflow records and summarise it."""
-    if not failed:
+def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed: bool,
+                stopped: bool = False, progress: Progress = logger.info) -> SearchSummary:
+    """Close the search's MLflow records and summarise it. A ``stopped`` search's parent run
+    is KILLED and its mixtures in flight stay open: ``--resume`` runs them again."""
+    if not failed and not stopped:
         tracker.close_dangling()
     summary = _summarise(cfg, searcher, tracker, space, started)
     c = searcher.counts
-    tracker.end(failed=failed, summary={
+    tracker.end(failed=failed, stopped=stopped, summary={
         "evaluated": c.evaluated, "filtered": c.filtered, "filtered_mixtures": len(c.filtered_keys),
         "repeats": c.repeats, "stopped_early": c.stopped_early, "failed": c.failed,
         "best_accuracy_mean": summary.best_accuracy if summary.best_accuracy is not None else float("nan"),
         "search_seconds": summary.seconds})
-    if not failed:
+    if not failed and not stopped:
 
         # After the parent run is closed: the FSD gate's evidence, then the test-split confirmation.
-        finish_search(cfg, searcher, tracker, summary)
+        try:
+            finish_search(cfg, searcher, tracker, summary, progress=progress)
+        except KeyboardInterrupt:
+            raise interrupts.Interrupted(
+                f"the search finished ({summary.evaluated} mixture(s) evaluated, best {summary.best_label} in MLflow "
+                f"run {summary.parent_run_id}); its test-split confirmation was stopped: `signmix export CONFIG` "
+                "confirms the mixture it exports") from None
     return summary
 
 

@@ -38,10 +38,25 @@ def imported_domains(cfg: Config) -> list[str]:
 
 
 def import_all(cfg: Config) -> dict[str, ImportedAdapter]:
-    """Returns every named adapter, read and checked (files, pickle, base model); writes nothing."""
+    """Returns every named adapter, read and checked (files, pickle, base model); writes nothing.
 
-    return {d: import_adapter(d, cfg.domains[d].adapter.source(), base_model=cfg.base_model,
-                              trust_remote_code=cfg.trust_remote_code) for d in imported_domains(cfg)}
+    Raises:
+        StoreError: one message listing every adapter that cannot be imported (not only the
+            first), each with its own problem and fix, so that one run shows them all.
+    """
+
+    adapters, problems = {}, []
+    for d in imported_domains(cfg):
+        try:
+            adapters[d] = import_adapter(d, cfg.domains[d].adapter.source(), base_model=cfg.base_model,
+                                         trust_remote_code=cfg.trust_remote_code)
+        except StoreError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise StoreError(problems[0])
+    if problems:
+        raise StoreError(f"{len(problems)} adapters cannot be imported:\n" + "\n".join(f"  - {p}" for p in problems))
+    return adapters
 
 
 def check_imports(cfg: Config) -> dict[str, ImportedAdapter]:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+from search import interrupts
 from search.cluster import check_cluster_storage, connect_ray, storage_uri
 from search.config import Config, StudyConfig
 from search.proposals.searcher import METRIC, SignConflictSearcher
@@ -186,13 +187,17 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
         run_config=tune.RunConfig(name=run_name, storage_path=storage_uri(cfg), verbose=0,
                                   callbacks=[StudyTracking(tracker=tracker, searcher=searcher, progress=progress)],
                                   failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)))
-    failed = True
+    failed, stopped = True, False
     try:
-        tuner.fit()
+        interrupts.fit(tuner)
         failed = False
+    except KeyboardInterrupt:
+        failed, stopped = False, True
+        raise interrupts.Interrupted(f"the study stopped: {searcher.counts.evaluated} mixture(s) evaluated are kept in "
+                                     f"MLflow run {tracker.parent_id} (KILLED)") from None
     finally:
         c = searcher.counts
-        tracker.end(failed=failed, summary={"evaluated": c.evaluated, "failed": c.failed,
-                                            "study_seconds": time.perf_counter() - started})
+        tracker.end(failed=failed, stopped=stopped, summary={"evaluated": c.evaluated, "failed": c.failed,
+                                                             "study_seconds": time.perf_counter() - started})
     return StudySummary(mixtures=len(items), by_part=by_part, evaluated=c.evaluated, failed=c.failed,
                         parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started)

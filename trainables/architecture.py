@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # (field of an `adapters` config, words for it, fix); compared in this order, first difference reported
 _FIELDS: tuple[tuple[str, str, str], ...] = (
     ("architecture", "method", "mix adapters of one method only"),
-    ("r", "LoRA rank r", "mix LoRA adapters of one rank (the merged update is factorised back to that rank)"),
+    ("r", "LoRA rank", "mix LoRA adapters of one rank (the merged update is factorised back to that rank)"),
     ("alpha", "LoRA alpha",
      "mix LoRA adapters of one alpha (retrain or rescale one of them)"),
     ("reduction_factor", "reduction factor", "mix bottleneck adapters of one reduction factor"),

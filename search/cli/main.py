@@ -15,6 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from search.interrupts import EXIT_STATUS, Interrupted, stop_on_sigterm
 from spaces.errors import SignmixError, UsageError
 
 logger = logging.getLogger("signmix")
@@ -58,12 +59,24 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     _preflight(cfg, "train")
     summary = run_training(cfg, force=args.force, progress=_progress, debug=args.debug)
-    print(f"trained {len(summary.trained)} adapter(s) {summary.trained}, "
-          + (f"imported {len(summary.imported)} {summary.imported}, " if summary.imported else "")
-          + f"skipped {len(summary.skipped)} {summary.skipped} in {summary.seconds:.1f}s; store: {cfg.store_path}")
+    print(f"{training_outcome(summary)}; store: {cfg.store_path}")
     for domain, err in summary.failed.items():
         print(f"failed: {domain}: {err}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def training_outcome(summary) -> str:
+    """What ``signmix train`` did to each domain: trained, imported (head trained or as is), skipped, failed."""
+    parts = [f"trained {len(summary.trained)} adapter(s) {sorted(summary.trained)}"]
+    if summary.heads_trained:
+        parts.append(f"imported {len(summary.heads_trained)} with a head trained on their data "
+                     f"{sorted(summary.heads_trained)}")
+    if summary.imported:
+        parts.append(f"imported {len(summary.imported)} as they are {sorted(summary.imported)}")
+    parts.append(f"skipped {len(summary.skipped)} {sorted(summary.skipped)}")
+    if summary.failed:
+        parts.append(f"failed {len(summary.failed)} {sorted(summary.failed)}")
+    return ", ".join(parts) + f" in {summary.seconds:.1f}s"
 
 
 def cmd_fsd(args) -> int:
@@ -119,7 +132,13 @@ def cmd_search(args) -> int:
         from search.baselines import search_summary_lines
 
         print(f"best: {s.best_label}  accuracy {s.best_accuracy:.4f}  (MLflow run {s.best_run_id})")
-        for line in search_summary_lines(cfg, s.best_run_id):
+        try:
+            lines = search_summary_lines(cfg, s.best_run_id)
+        except KeyboardInterrupt:
+            raise Interrupted(f"the search is complete in MLflow run {s.parent_run_id}"
+                              + (" with its test-split confirmation" if s.confirmation else "")
+                              + "; only the comparison with the baselines was stopped") from None
+        for line in lines:
             print(line)
     from search.confirmation_decision import trust_lines
 
@@ -279,6 +298,14 @@ def cmd_submit(args) -> int:
 
     if sum(x is not None for x in (args.config, args.status, args.stop)) != 1:
         raise UsageError("give exactly one of CONFIG (submit it), --status JOB or --stop JOB")
+    if args.resume and (args.config is None or args.command != "search"):
+        raise UsageError("--resume continues a stopped search: give it with CONFIG and --command search")
+    cfg = None
+    if args.config:
+        from search.job_paths import check_local_paths, head_paths
+
+        cfg = _load(argparse.Namespace(config=args.config))
+        check_local_paths(args.config, command=args.command)
     client = connect_jobs(args.address)
     if args.stop:
         print(f"job {args.stop}: {stop_job(client, args.stop, progress=_progress)}")
@@ -287,9 +314,9 @@ def cmd_submit(args) -> int:
         o = job_outcome(client, args.status)
         print(f"job {o.job_id}: {o.status}" + (f" ({o.message.splitlines()[0]})" if o.message else ""))
         print("\n".join(o.last_lines))
-        return 0
-    cfg = _load(argparse.Namespace(config=args.config))
-    job_id = submit_job(client, cfg, command=args.command)
+        return o.exit_status  # 0 succeeded, 1 failed or stopped, 3 still pending or running
+    _progress(f"the job reads these paths on the head, which must have them: {head_paths(cfg)}")
+    job_id = submit_job(client, cfg, command=args.command, extra_args=["--resume"] if args.resume else None)
     if args.no_wait:
         print(f"submitted job {job_id}; follow it with `signmix submit --status {job_id} --address {args.address}`")
         return 0
@@ -298,7 +325,7 @@ def cmd_submit(args) -> int:
         outcome = follow_job(client, job_id)
     except KeyboardInterrupt:
         print(f"signmix: interrupted: job {job_id} stopped", file=sys.stderr)
-        return 130
+        return EXIT_STATUS
     if outcome.succeeded:
         print(f"job {job_id} succeeded")
         return 0
@@ -375,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", choices=["search", "train", "study"], default="search",
                    help="the signmix command the job runs (default: search)")
     p.add_argument("--no-wait", action="store_true", help="submit and return the job id (the job keeps running)")
-    p.add_argument("--status", metavar="JOB", help="show a job's status and last lines")
+    p.add_argument("--resume", action="store_true", help="the job continues the newest stopped search of CONFIG")
+    p.add_argument("--status", metavar="JOB", help="show a job's status and last lines (exit 0: succeeded, 1: "
+                                                   "failed or stopped, 3: pending or running)")
     p.add_argument("--stop", metavar="JOB", help="stop a job")
     p.set_defaults(func=cmd_submit)
     p = sub.add_parser("server", help="start an MLflow tracking server (loopback by default)")
@@ -398,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         # adapters warns "none are activated" while heads are swapped; it is not a problem.
         logging.getLogger("adapters").setLevel(logging.ERROR)
+    stop_on_sigterm()  # SIGTERM stops a command as Ctrl-C does: what was kept is said, exit 130
     try:
         return args.func(args)
     except SignmixError as exc:
@@ -411,9 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"signmix: error: {exc}; run `signmix --debug ...` for the traceback", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("signmix: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM: an Interrupted says what was kept; a bare one came before anything started.
+        print("signmix: interrupted" + (f": {exc}" if isinstance(exc, Interrupted) else ""), file=sys.stderr)
+        return EXIT_STATUS
 
 
 if __name__ == "__main__":

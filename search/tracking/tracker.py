@@ -237,14 +237,16 @@ class SearchTracker:
             failed += 1
         return failed
 
-    def end(self, *, summary: Mapping[str, float], failed: bool = False) -> None:
+    def end(self, *, summary: Mapping[str, float], failed: bool = False, stopped: bool = False) -> None:
+        """Log ``summary`` on the parent run and end it: FAILED, KILLED (``stopped``: Ctrl-C,
+        SIGTERM, a stopped Ray Job; ``--resume`` continues it) or FINISHED."""
         if self.parent_id is None:
             return
         from mlflow.entities import Metric
 
         ts = _now_ms()
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])
-        self.client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
+        self.client.set_terminated(self.parent_id, "FAILED" if failed else "KILLED" if stopped else "FINISHED")
 
 
 def _params(params: Mapping[str, object]) -> list:

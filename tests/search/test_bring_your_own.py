@@ -76,7 +76,8 @@ def test_adapters_folders_with_and_without_head_train_and_search(tmp_path, ray_c
     cfg = load_config(_with_adapters(path, {"books": {"path": "./users/books"}, "movies": {"path": str(no_head)}}))
 
     summary = run_training(cfg)
-    assert summary.imported == ["books"] and sorted(summary.trained) == ["kitchen", "movies"], summary
+    assert summary.imported == ["books"] and summary.trained == ["kitchen"], summary
+    assert summary.heads_trained == ["movies"], summary  # imported: only its head was trained
     store = AdapterStore(cfg.store_path)
     books, movies = store.meta("books"), store.meta("movies")
     assert books["source"]["kind"] == "adapters" and books["source"]["location"] == str(with_head)
@@ -94,6 +95,7 @@ def test_adapters_folders_with_and_without_head_train_and_search(tmp_path, ray_c
 
     again = run_training(cfg)  # fingerprinted by the source files' hashes: nothing to do
     assert sorted(again.skipped) == ["books", "kitchen", "movies"] and not again.trained and not again.imported
+    assert not again.heads_trained
 
     lines: list[str] = []
     s = run_search(cfg, progress=lines.append)
@@ -123,7 +125,12 @@ def test_peft_lora_imports_and_is_merged_on_delta_w_in_a_search(tmp_path, ray_cl
     cfg = load_config(tmp_path / "byo.yaml")
 
     summary = run_training(cfg)
-    assert summary.imported == ["extra"] and sorted(summary.trained) == ["books", "movies"], summary
+    assert summary.imported == ["extra"] and summary.trained == ["books"], summary
+    assert summary.heads_trained == ["movies"], summary  # the PEFT LoRA imported, its head trained
+    from search.cli.main import training_outcome
+
+    assert training_outcome(summary).startswith("trained 1 adapter(s) ['books'], imported 1 with a head trained on "
+                                                "their data ['movies'], imported 1 as they are ['extra'], skipped 0 []")
     store = AdapterStore(cfg.store_path)
     assert store.meta("extra")["has_head"] is False and store.meta("movies")["source"]["kind"] == "peft"
 
@@ -190,3 +197,33 @@ def test_lora_store_sign_index_is_on_delta_w(tmp_path):
     weights, index = load_sign_index(store.root, ["a", "b"])
     assert float(index.matrix[0, 1]) == 0.0
     assert float(SignIndex.from_weights(weights).matrix[0, 1]) == 1.0
+
+
+def _peft_classifier_folder(base: str, folder: Path) -> Path:
+    """A PEFT LoRA saved from a sequence classifier: its classifier is in modules_to_save."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertForSequenceClassification
+
+    model = get_peft_model(BertForSequenceClassification.from_pretrained(base, num_labels=2),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def test_every_adapter_with_a_problem_is_named_in_one_run(tmp_path, tiny_bert, demo_domains):
+    import subprocess
+    import sys
+
+    domains = ("books", "kitchen", "movies")
+    for d in domains:
+        _peft_classifier_folder(tiny_bert, tmp_path / "lora" / d)
+    path = write_config(tmp_path, base_model=tiny_bert, targets=["books"],
+                        domains={d: demo_domains[d] for d in domains}, adapter={"method": "lora", "rank": 4, "alpha": 8})
+    _with_adapters(path, {d: {"peft": f"./lora/{d}"} for d in domains})
+    run = subprocess.run([sys.executable, "-m", "search.cli.main", "train", str(path)], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "3 adapters cannot be imported" in run.stderr
+    for d in domains:  # each one named, with its own problem and fix
+        assert re.search(rf"adapter '{d}': modules_to_save = .*drop_modules_to_save: true", run.stderr), run.stderr
+    assert not (tmp_path / "adapters").exists()  # nothing written

@@ -7,6 +7,7 @@ and every check has a failing case whose message is asserted.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -207,6 +208,33 @@ def test_malicious_pickle_never_runs(tmp_path, base, lora_folder, source_kind, w
     assert not marker.exists()
 
 
+class _CallsSystem:
+    """A pickle payload: loading it runs os.system('touch MARKER') (pickled as posix.system)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_a_harmful_pickle_allowed_by_the_user_is_refused_saying_what_it_would_call(tmp_path, base, protocol):
+    marker = tmp_path / "pwned.txt"
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    with (folder / "adapter_model.bin").open("wb") as fh:
+        pickle.dump(_CallsSystem(marker), fh, protocol=protocol)
+    with pytest.raises(StoreError) as refused:
+        import_adapter("books", {"peft": str(folder), "allow_pickle": True}, base_model=base)
+    message = str(refused.value)
+    assert "is a pickle that would call posix.system on load: not plain tensors, refused" in message
+    # torch's advice to turn the safe reader off is never passed on, nor a wrong diagnosis.
+    assert "weights_only" not in message and "copy the adapter again" not in message
+    assert not marker.exists()
+
+
 # --- missing and corrupt files ----------------------------------------------------------------
 
 
@@ -286,7 +314,7 @@ def _config(kind: str, **kw) -> dict:
 
 @pytest.mark.parametrize("other, message", [
     (_config("seq_bn", reduction_factor=4), r"method \(architecture\) is 'lora' in 'a' but 'bottleneck' in 'b'"),
-    (_config("lora", r=8, alpha=8), r"LoRA rank r \(r\) is 4 in 'a' but 8 in 'b'"),
+    (_config("lora", r=8, alpha=8), r"their LoRA rank \(r\) is 4 in 'a' but 8 in 'b'"),
     (_config("lora", r=4, alpha=16), r"LoRA alpha \(alpha\) is 8 in 'a' but 16 in 'b'"),
     (_config("lora", r=4, alpha=8, attn_matrices=["q", "k", "v"]),
      r"target modules \(attention matrices\) \(attn_matrices\) is \['q', 'v'\] in 'a' but \['q', 'k', 'v'\]"),

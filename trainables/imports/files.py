@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spaces.errors import StoreError
+from trainables.imports.pickle_scan import pickle_calls
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -76,9 +77,24 @@ def load_tensors(path: Path, label: str) -> dict[str, Tensor]:
             return load_file(str(path), device="cpu")
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except (SafetensorError, OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StoreError(f"adapter {label!r}: {path} cannot be read ({reason}); the file is truncated, corrupt "
+        if path.suffix != ".safetensors":
+            calls = pickle_calls(path)
+            if calls:
+                raise StoreError(
+                    f"adapter {label!r}: {path} is a pickle that would call {', '.join(calls)} on load: not plain "
+                    "tensors, refused (signmix opens pickles with torch's safe reader only, allow_pickle or not). "
+                    "Fix: get the adapter's weights as safetensors from a source you trust, or leave it out") from None
+        raise StoreError(f"adapter {label!r}: {path} cannot be read ({_reason(exc)}); the file is truncated, corrupt "
                          "or not plain tensors: copy the adapter again from its source") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The line of a load error that says what is wrong; torch's advice to load unsafely is left out."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # torch's refusal: the words before it tell users to disable it
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return f"torch's safe reader: {detail[0].strip()}" if detail else "refused by torch's safe reader"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def sha256_of(path: Path) -> str:
