@@ -1,0 +1,186 @@
+"""The search over partitions: agglomerative start, then moves, within a budget of group evaluations.
+
+A group's accuracy does not depend on the other groups, so each group is scored once
+(``score_group``, which searches the group's body) and cached; a plan's value is the mean
+accuracy over every domain of its groups. A group of one domain is that domain's own
+adapter: its accuracies are given (``singles``) and cost no evaluation, so the plan with
+one group per domain (G = N) is the bound by construction.
+
+1. The agglomerative clustering on the distances gives one partition per G, from N down to
+   1 (N - 1 group evaluations: each level merges two groups into one new group).
+2. Local search, best first: among the untried neighbours of every best plan so far
+   (:func:`search.plan.partition.neighbours`: move one domain, swap two, split, merge),
+   score the one expected to gain most over the best plan of its own number of bodies:
+   what each pair of domains cost each other in the groups scored so far predicts a new
+   group (:meth:`PlanSearch.estimate`); among equals the fewest new group evaluations,
+   then the most compact by the distances (:func:`search.plan.partition.spread`). A neighbour that
+   beats the best plan of its own G replaces it. Neighbours whose groups are all scored
+   cost nothing; the search stops when no best plan has an untried neighbour that the
+   remaining budget of group evaluations can pay for.
+
+Pure: ``score_group`` is a plain callable, so this runs on numbers in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from search.plan.partition import Distances, Group, Partition, agglomerative, neighbours, spread
+
+logger = logging.getLogger(__name__)
+
+ScoreGroup = Callable[[Group], Mapping[str, float]]
+IMPROVEMENT = 1e-12  # a neighbour must beat the best plan of its G by more than rounding
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One plan the search scored: how it was reached and its mean validation accuracy."""
+
+    move: str  # "agglomerative" | one of search.plan.partition.MOVES
+    partition: Partition
+    accuracy: float
+    new_groups: int  # group evaluations it cost
+    improved: bool  # it became the best plan of its number of bodies
+
+
+@dataclass
+class PlanSearch:
+    """The state of one plan search; :meth:`run` fills :attr:`best` and :attr:`steps`.
+
+    Args:
+        domains: the domains to serve (at least 2).
+        distances: pairwise distances between them (smaller: more likely to share a body).
+        singles: each domain's accuracy with its own adapter (a group of one).
+        score_group: a group of two or more -> each member's accuracy with the group's body.
+        budget: how many groups of two or more may be scored (group evaluations).
+    """
+
+    domains: Sequence[str]
+    distances: Distances
+    singles: Mapping[str, float]
+    score_group: ScoreGroup
+    budget: int
+    groups: dict[Group, dict[str, float]] = field(default_factory=dict)  # scored groups (the cache)
+    best: dict[int, Partition] = field(default_factory=dict)  # G -> best partition found
+    steps: list[PlanStep] = field(default_factory=list)
+    tried: set[Partition] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if len(set(self.domains)) < 2:
+            raise ValueError(f"a plan needs at least 2 domains, got {list(self.domains)}")
+        missing = [d for d in self.domains if d not in self.singles]
+        if missing:
+            raise ValueError(f"singles lacks the own-adapter accuracy of {missing}")
+        if self.budget < 0:
+            raise ValueError(f"budget must be >= 0, got {self.budget}")
+        self.domains = tuple(sorted(self.domains))
+
+    @property
+    def evaluations(self) -> int:
+        """Group evaluations spent (groups of two or more scored)."""
+        return len(self.groups)
+
+    def _unscored(self, partition: Partition) -> list[Group]:
+        return [g for g in partition if len(g) > 1 and g not in self.groups]
+
+    def accuracies(self, partition: Partition) -> dict[str, float]:
+        """Each domain's accuracy under ``partition`` (its groups must be scored already)."""
+        out: dict[str, float] = {}
+        for g in partition:
+            out.update({g[0]: float(self.singles[g[0]])} if len(g) == 1 else self.groups[g])
+        return out
+
+    def value(self, partition: Partition) -> float:
+        """Mean accuracy over the domains (every group scored already)."""
+        acc = self.accuracies(partition)
+        return sum(acc[d] for d in self.domains) / len(self.domains)
+
+    def _score(self, move: str, partition: Partition) -> float | None:
+        """Score ``partition`` (its new groups cost budget); None when the budget cannot pay."""
+        new = self._unscored(partition)
+        if len(new) > self.budget - self.evaluations:
+            return None
+        for g in new:
+            scored = dict(self.score_group(g))
+            missing = [d for d in g if d not in scored]
+            if missing:
+                raise ValueError(f"score_group({g}) gave no accuracy for {missing}")
+            self.groups[g] = {d: float(scored[d]) for d in g}
+        self.tried.add(partition)
+        value = self.value(partition)
+        bodies = len(partition)
+        improved = bodies not in self.best or value > self.value(self.best[bodies]) + IMPROVEMENT
+        if improved:
+            self.best[bodies] = partition
+        self.steps.append(PlanStep(move=move, partition=partition, accuracy=value, new_groups=len(new),
+                                   improved=improved))
+        return value
+
+    def run(self, progress: Callable[[str], None] = logger.info) -> PlanSearch:
+        """Agglomerative start, then local search, until the budget is spent; returns self."""
+        for partition in agglomerative(self.domains, self.distances):
+            if self._score("agglomerative", partition) is None:
+                progress(f"plan: the budget of {self.budget} group evaluations ended the agglomerative start "
+                         f"at {len(partition) + 1} bodies")
+                return self
+            progress(f"plan: {len(partition)} bodies (agglomerative) {self.value(partition):.4f}, "
+                     f"{self.evaluations}/{self.budget} group evaluations")
+        while True:  # ends: every pass scores or discards one more untried neighbour
+            step = self._next_neighbour()
+            if step is None:
+                return self
+            move, partition = step
+            value = self._score(move, partition)
+            if value is None:  # the budget cannot pay for it
+                self.tried.add(partition)
+            elif self.steps[-1].improved:
+                progress(f"plan: {len(partition)} bodies improved by a {move} to {value:.4f}, "
+                         f"{self.evaluations}/{self.budget} group evaluations")
+
+    def _pair_losses(self) -> dict[tuple[str, str], float]:
+        """What sharing a body with ``e`` cost ``d``, as seen so far: ``d``'s own accuracy minus
+        its accuracy, averaged over the scored groups that hold both (ordered pairs)."""
+        seen: dict[tuple[str, str], list[float]] = {}
+        for g, acc in self.groups.items():
+            for d in g:
+                for e in g:
+                    if d != e:
+                        seen.setdefault((d, e), []).append(self.singles[d] - acc[d])
+        return {pair: sum(v) / len(v) for pair, v in seen.items()}
+
+    def estimate(self, partition: Partition, losses: Mapping[tuple[str, str], float] | None = None) -> float:
+        """The mean accuracy ``partition`` is expected to reach: exact for scored groups; for a
+        new group, each member's own accuracy minus its mean pair loss with the others
+        (:meth:`_pair_losses`; a pair not seen yet counts the mean of the pairs seen)."""
+        losses = self._pair_losses() if losses is None else losses
+        unknown = sum(losses.values()) / len(losses) if losses else 0.0
+        total = 0.0
+        for g in partition:
+            if len(g) == 1 or g in self.groups:
+                acc = self.accuracies((g,))
+                total += sum(acc.values())
+                continue
+            for d in g:
+                pair = [losses.get((d, e), unknown) for e in g if e != d]
+                total += self.singles[d] - sum(pair) / len(pair)
+        return total / len(self.domains)
+
+    def _next_neighbour(self) -> tuple[str, Partition] | None:
+        """Among the untried neighbours of every best plan, the one expected to gain most over
+        the best plan of its own number of bodies (:meth:`estimate`); among equals the one
+        needing the fewest new group evaluations, then the most compact. None when none is left."""
+        losses = self._pair_losses()
+        options = []
+        for best in list(self.best.values()):
+            for move, p in neighbours(best):
+                if p in self.tried:
+                    continue
+                gain = self.estimate(p, losses) - (self.value(self.best[len(p)]) if len(p) in self.best else 0.0)
+                options.append((-gain, len(self._unscored(p)), spread(self.distances, p), p, move))
+        if not options:
+            return None
+        *_, p, move = min(options)
+        return move, p

@@ -1,0 +1,137 @@
+"""The pure planning logic: partitions, the agglomerative start, moves, the local search,
+the front, the chosen plan and the plan's interval, on numbers (no models, no Ray)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from search.plan.compatibility import cross_head_distances, fsd_distances
+from search.plan.front import choose_plan, front_points, mean_accuracy_interval
+from search.plan.partition import agglomerative, make_partition, neighbours, spread
+from search.plan.planner import PlanSearch
+
+# Two families: reviews (a, b, c) share well, tasks (x, y) share with each other only.
+FAMILY = {"a": "review", "b": "review", "c": "review", "x": "task", "y": "task"}
+DOMAINS = sorted(FAMILY)
+DIST = {(p, q): (0.1 if FAMILY[p] == FAMILY[q] else 0.9) for p, q in itertools.combinations(DOMAINS, 2)}
+OWN = {d: 0.80 for d in DOMAINS}
+
+
+def family_score(group):
+    """A body serves a group of one family at its own adapters' level (+1 point for sharing),
+    and costs every member 20 points when families mix."""
+    one_family = len({FAMILY[d] for d in group}) == 1
+    return {d: OWN[d] + (0.01 if one_family else -0.20) for d in group}
+
+
+def test_make_partition_is_canonical_and_refuses_overlaps():
+    assert make_partition([["b", "a"], ["x"]]) == make_partition([["x"], ["a", "b"]]) == (("a", "b"), ("x",))
+    with pytest.raises(ValueError, match="one group only"):
+        make_partition([["a", "b"], ["b"]])
+    with pytest.raises(ValueError, match="non-empty"):
+        make_partition([["a"], []])
+
+
+def test_agglomerative_merges_the_closest_groups_first_down_to_one_body():
+    levels = agglomerative(DOMAINS, DIST)
+    assert [len(p) for p in levels] == [5, 4, 3, 2, 1]
+    assert levels[0] == tuple((d,) for d in DOMAINS)
+    assert levels[3] == (("a", "b", "c"), ("x", "y"))  # the two families
+    assert levels[4] == (tuple(DOMAINS),)
+
+
+def test_neighbours_are_every_move_split_swap_and_merge_once():
+    p = make_partition([["a", "b"], ["x"]])
+    got = list(neighbours(p))
+    parts = [q for _, q in got]
+    assert len(parts) == len(set(parts)) and p not in parts
+    moves = {q: m for m, q in got}
+    assert moves[make_partition([["a"], ["b", "x"]])] == "move"
+    assert moves[make_partition([["a"], ["b"], ["x"]])] == "split"
+    assert moves[make_partition([["a", "b", "x"]])] == "merge"
+    assert {len(q) for q in parts} == {1, 2, 3}
+    # a swap that no single move reaches
+    assert dict((q, m) for m, q in neighbours(make_partition([["a", "b"], ["x", "y"]])))[
+        make_partition([["a", "y"], ["b", "x"]])] == "swap"
+
+
+def test_spread_is_zero_for_singletons_and_grows_with_mixed_families():
+    assert spread(DIST, tuple((d,) for d in DOMAINS)) == 0.0
+    assert spread(DIST, make_partition([["a", "b", "c"], ["x", "y"]])) < spread(
+        DIST, make_partition([["a", "b", "x"], ["c", "y"]]))
+
+
+def test_the_plan_search_finds_the_families_from_a_misleading_start_within_its_budget():
+    # Distances that point the wrong way: the clustering starts by pairing across families.
+    wrong = {(p, q): (0.9 if FAMILY[p] == FAMILY[q] else 0.1) for p, q in itertools.combinations(DOMAINS, 2)}
+    calls = []
+
+    def score(group):
+        calls.append(group)
+        return family_score(group)
+
+    search = PlanSearch(domains=DOMAINS, distances=wrong, singles=OWN, score_group=score, budget=20).run()
+    assert search.best[2] == (("a", "b", "c"), ("x", "y"))  # found by moves, not by the start
+    assert search.value(search.best[2]) == pytest.approx(0.81)
+    assert search.value(search.best[5]) == pytest.approx(0.80)  # G = N: the own adapters, the bound
+    assert len(calls) == len(set(calls)) == search.evaluations <= 20  # each group scored once
+    assert any(s.move != "agglomerative" and s.improved for s in search.steps)
+
+
+def test_the_plan_search_stops_at_its_budget_and_reuses_scored_groups():
+    calls = []
+
+    def score(group):
+        calls.append(group)
+        return family_score(group)
+
+    search = PlanSearch(domains=DOMAINS, distances=DIST, singles=OWN, score_group=score, budget=6).run()
+    assert search.evaluations == len(calls) == 6
+    assert search.best[2] == (("a", "b", "c"), ("x", "y"))  # the right start needs no move
+    starved = PlanSearch(domains=DOMAINS, distances=DIST, singles=OWN, score_group=family_score, budget=2).run()
+    assert sorted(starved.best) == [3, 4, 5] and starved.evaluations == 2
+
+
+def test_a_plan_needs_two_domains_and_every_own_accuracy():
+    with pytest.raises(ValueError, match="at least 2 domains"):
+        PlanSearch(domains=["a"], distances={}, singles={"a": 0.8}, score_group=family_score, budget=4)
+    with pytest.raises(ValueError, match="own-adapter accuracy"):
+        PlanSearch(domains=["a", "b"], distances=DIST, singles={"a": 0.8}, score_group=family_score, budget=4)
+
+
+def test_the_front_marks_pareto_points_and_the_choice_follows_tolerance_and_max_bodies():
+    best = {1: (("a", "b", "c", "x", "y"),), 2: (("a", "b", "c"), ("x", "y")), 3: (("a", "b"), ("c",), ("x", "y")),
+            5: tuple((d,) for d in DOMAINS)}
+    acc = {best[1]: 0.60, best[2]: 0.795, best[3]: 0.79, best[5]: 0.80}
+    points = front_points(best, acc)
+    assert [(p.bodies, p.pareto) for p in points] == [(1, True), (2, True), (3, False), (5, True)]
+    pick, why = choose_plan(points, bound=0.80, tolerance=0.01)
+    assert pick.bodies == 2 and "within 1.0 points" in why
+    assert choose_plan(points, bound=0.80, tolerance=0.0)[0].bodies == 5
+    assert choose_plan(points, bound=0.80, tolerance=0.30)[0].bodies == 1
+    assert choose_plan(points, bound=0.80, tolerance=0.0, max_bodies=3)[0].bodies == 2
+    assert choose_plan(points, bound=0.80, tolerance=0.0, max_bodies=1)[0].bodies == 1
+    with pytest.raises(ValueError, match=">= 0"):
+        choose_plan(points, bound=0.8, tolerance=-0.01)
+
+
+def test_the_mean_accuracy_interval_weighs_domains_equally_and_holds_the_mean():
+    correct = {"a": [1] * 90 + [0] * 10, "b": [1] * 5 + [0] * 5}
+    iv = mean_accuracy_interval(correct)
+    assert iv.accuracy == pytest.approx((0.9 + 0.5) / 2)  # not pooled (95 / 110)
+    assert iv.low < iv.accuracy < iv.high
+    assert mean_accuracy_interval(correct) == iv  # seeded
+    perfect = mean_accuracy_interval({"a": [1] * 20, "b": [1] * 20})
+    assert (perfect.low, perfect.accuracy, perfect.high) == (1.0, 1.0, 1.0)
+
+
+def test_distances_from_fsd_and_from_cross_heads():
+    assert fsd_distances(["a", "b", "c"], [[0, 0.2, 0.3], [0.2, 0, 0.4], [0.3, 0.4, 0]]) == {
+        ("a", "b"): 0.2, ("a", "c"): 0.3, ("b", "c"): 0.4}
+    own = {"a": 0.9, "b": 0.8}
+    # a's adapter under b's head keeps b's accuracy; b's under a's head loses 0.3
+    assert cross_head_distances(own, {("a", "b"): 0.85, ("b", "a"): 0.6}) == {("a", "b"): pytest.approx(0.15)}
+    with pytest.raises(ValueError, match="lacks"):
+        cross_head_distances(own, {("a", "b"): 0.85})
