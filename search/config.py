@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from mlflow_server.network import sqlite_uri
 from search.config_loading import cross_field_problems, describe_error, resolve_paths
 from search.confirmation_decision import TIE_RULES
+from search.plan.compatibility import COMPATIBILITY_MEASURES
 from search.proposals.objectives import OBJECTIVES, PARETO_RULES
 from search.proposals.strategies import STRATEGIES
 from spaces.errors import ConfigError
@@ -56,6 +57,7 @@ REGISTERED_CHOICES: dict[str, tuple[str, ...]] = {
     "search.head": tuple(HEAD_PROTOCOLS),
     "search.when_tied": tuple(TIE_RULES),
     "search.lora_merge": tuple(LORA_MERGES),
+    "plan.compatibility": tuple(COMPATIBILITY_MEASURES),
 }
 
 
@@ -213,6 +215,29 @@ class StudyConfig(FrozenModel):
     sparsities: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(default_factory=lambda: [0.8, 0.9])
 
 
+class PlanConfig(FrozenModel):
+    """``signmix plan``: which domains share which merged body (search/plan/)."""
+
+    domains: Optional[list[str]] = None  # the domains to serve (default: every domain with data)
+    # The chosen plan: the fewest bodies within this much mean validation accuracy (0.01 = 1 point)
+    # of the N own adapters under the same head protocol ...
+    tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    max_bodies: Optional[Annotated[int, Field(ge=1)]] = None  # ... or the best plan of at most this many bodies
+    group_evaluations: Optional[Annotated[int, Field(ge=1)]] = None  # groups whose body is searched (default 4N)
+    mixtures_per_group: Annotated[int, Field(ge=1)] = 4  # evaluations of one group's body search
+    compatibility: _choice("plan.compatibility") = "cross_heads"  # the clustering's start (search/plan/compatibility.py)
+
+    @field_validator("domains")
+    @classmethod
+    def _two_or_more(cls, v):
+        if v is not None and len(set(v)) < 2:
+            raise ValueError(f"a plan serves at least 2 domains, got {v}; name 2 or more, or leave plan.domains "
+                             "out to serve every domain with data")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"plan.domains must be distinct, got {v}")
+        return v
+
+
 class RayConfig(FrozenModel):
     address: Optional[str] = None  # None: start a local cluster; "auto" or "host:port" (from outside: signmix submit)
     storage_path: str = "signmix_runs"
@@ -234,6 +259,7 @@ class Config(FrozenModel):
     domains: dict[str, DomainConfig]
     search: SearchConfig
     study: StudyConfig = StudyConfig()
+    plan: PlanConfig = PlanConfig()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
@@ -263,11 +289,32 @@ class Config(FrozenModel):
             raise ValueError(f"targets {no_data} name an adapter but no data; a target needs data to be "
                              f"evaluated: give domains.{no_data[0]}.path (or hub), or take {no_data[0]!r} out "
                              "of the targets (a domain with only an adapter can still be a member)")
+        self._check_plan()
         if self.search.max_members is not None and self.search.require_targets \
                 and self.search.max_members < len(self.search.targets):
             raise ValueError(f"search.max_members={self.search.max_members} is smaller than the "
                              f"{len(self.search.targets)} targets that every mixture must contain")
         return self
+
+    def _check_plan(self) -> None:
+        """plan.domains are domains with data; plan.max_bodies is at most their number."""
+        unknown = [d for d in self.plan.domains or [] if d not in self.domains]
+        if unknown:
+            raise ValueError(f"plan.domains {unknown} are not domains; the domains are {sorted(self.domains)}")
+        no_data = [d for d in self.plan.domains or [] if not self.domains[d].has_data]
+        if no_data:
+            raise ValueError(f"plan.domains {no_data} name an adapter but no data; a served domain needs data to be "
+                             f"evaluated: give domains.{no_data[0]}.path (or hub), or take {no_data[0]!r} out of "
+                             "plan.domains")
+        n = len(self.plan_domains)
+        if self.plan.max_bodies is not None and n >= 2 and self.plan.max_bodies > n:
+            raise ValueError(f"plan.max_bodies: got {self.plan.max_bodies}, but the plan serves {n} domains; "
+                             f"set plan.max_bodies between 1 and {n}, or leave it out")
+
+    @property
+    def plan_domains(self) -> list[str]:
+        """The domains a plan serves: ``plan.domains``, by default every domain with data."""
+        return sorted(self.plan.domains or [d for d, c in self.domains.items() if c.has_data])
 
     # Resolved locations -------------------------------------------------------------
     @property

@@ -159,6 +159,17 @@ def cmd_study(args) -> int:
     return 1 if s.failed and not s.evaluated else 0
 
 
+def cmd_plan(args) -> int:
+    from search.plan.run import plan_lines, preflight_config, run_plan
+
+    cfg = _load(args)
+    _preflight(preflight_config(cfg), "search")
+    outcome = run_plan(cfg, progress=_progress, debug=args.debug)
+    for line in plan_lines(outcome):
+        print(line)
+    return 0
+
+
 def cmd_export(args) -> int:
     from search.export import check_output_dir, export_mixture
 
@@ -369,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the newest interrupted search of this config (after a crash or kill)")
     p = with_config("study", "run the paper's experiments: every subset, the sparsity sweep, sparse mixing (Alg. 4)",
                     cmd_study)
+    p.add_argument("--address", help="Ray cluster address (overrides ray.address)")
+    p = with_config("plan", "find the few merged bodies that serve every domain (a serving plan per number of "
+                    "bodies, against the N own adapters)", cmd_plan)
     p.add_argument("--address", help="Ray cluster address (overrides ray.address)")
     p = with_config("export", "export the best (or a given) mixture as an adapters adapter", cmd_export)
     p.add_argument("--out", required=True, help="new folder to write the export into")

@@ -1,0 +1,144 @@
+"""A group's merged body, searched as Ray Tune trials recorded in MLflow; and the fixed candidates
+a plan evaluates example by example (own adapters under both head protocols, cross heads,
+the soup and TIES of all, the plan's bodies on test).
+
+A group's body is a search like ``signmix search`` (the same trainable, searcher, strategy
+and tracking), over the group's domains only, with every one of them a target and a member
+(``require_targets``): what is searched is the operator, its parameters, the weights and the
+pruning of ``search``, for ``plan.mixtures_per_group`` evaluations. Its MLflow parent run is
+tagged with the plan's run and the group, so a plan is read back from MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from search.config import Config
+from search.plan.partition import Group
+from spaces.spec import MixtureSpec, make_mixture_spec
+
+logger = logging.getLogger(__name__)
+
+PLAN_RUN_TAG = "signmix.plan_run_id"
+PLAN_GROUP_TAG = "signmix.plan_group"
+
+
+@dataclass(frozen=True)
+class GroupBody:
+    """The best body found for a group: its MLflow run, mixture and each member's validation accuracy."""
+
+    group: Group
+    run_id: str
+    search_run_id: str
+    spec: MixtureSpec
+    accuracy: dict[str, float]
+
+
+def group_config(cfg: Config, group: Sequence[str]) -> Config:
+    """``cfg`` for the search of one group's body: the group's domains only, each a target and a
+    member; ``plan.mixtures_per_group`` evaluations; no test confirmation (the plan confirms)."""
+    raw = cfg.model_dump()
+    raw["domains"] = {d: raw["domains"][d] for d in group}
+    raw["search"] = {**raw["search"], "targets": list(group), "require_targets": True, "max_members": None,
+                     "num_mixtures": cfg.plan.mixtures_per_group, "confirm": False, "max_fsd": None}
+    raw["study"] = {**raw["study"], "targets": None}
+    raw["plan"] = {}
+    return Config.model_validate(raw)
+
+
+def group_name(group: Sequence[str]) -> str:
+    return "+".join(group)
+
+
+class BodySearch:
+    """Searches each group's body once (the planner caches the result) and tags its MLflow runs."""
+
+    def __init__(self, cfg: Config, *, plan_run_id: str, client, progress: Callable[[str], None] = logger.info,
+                 debug: bool = False) -> None:
+        self.cfg, self.plan_run_id, self.client, self.progress, self.debug = cfg, plan_run_id, client, progress, debug
+        self.bodies: dict[Group, GroupBody] = {}
+        self._last_second = ""
+
+    def __call__(self, group: Group) -> dict[str, float]:
+        """Each member's validation accuracy with the best body found for ``group``."""
+        from search.confirmation import spec_from_run
+        from search.runner import run_search
+
+        # A search's Optuna study and Ray experiment are named by the second it starts at.
+        while time.strftime("%Y%m%d-%H%M%S") == self._last_second:
+            time.sleep(0.05)
+        self._last_second = time.strftime("%Y%m%d-%H%M%S")
+        name = group_name(group)
+        self.progress(f"plan: searching one body for {name} ({self.cfg.plan.mixtures_per_group} evaluations)")
+        summary = run_search(group_config(self.cfg, group), progress=lambda line: self.progress(f"  [{name}] {line}"),
+                             debug=self.debug)
+        if summary.parent_run_id:
+            self.client.set_tag(summary.parent_run_id, PLAN_RUN_TAG, self.plan_run_id)
+            self.client.set_tag(summary.parent_run_id, PLAN_GROUP_TAG, ",".join(group))
+        if summary.best_run_id is None:
+            from spaces.errors import SignmixError
+
+            raise SignmixError(f"no mixture of {name} could be evaluated ({summary.failed} failed); "
+                               "run `signmix --debug plan CONFIG` for the workers' errors")
+        run = self.client.get_run(summary.best_run_id)
+        accuracy = {d: float(run.data.metrics[f"accuracy/{d}"]) for d in group}
+        self.bodies[group] = GroupBody(group=group, run_id=summary.best_run_id, search_run_id=summary.parent_run_id,
+                                       spec=spec_from_run(run), accuracy=accuracy)
+        return accuracy
+
+
+def own_spec(domain: str, head: str) -> MixtureSpec:
+    """``domain``'s own adapter, scored on ``domain`` with ``head`` (own: its trained head; refit)."""
+    return make_mixture_spec(members=[domain], targets=[domain], require_targets=False, head=head)
+
+
+def baseline_candidates(cfg: Config, domains: Sequence[str], *, cross_heads: bool,
+                        ties: bool) -> dict[str, tuple[MixtureSpec, list[str]]]:
+    """What a plan compares against, for one Ray trial of per-example correctness:
+
+    - ``own/<d>`` and ``refit/<d>``: each own adapter with its trained head and with a head
+      refit on it, on validation and test (the bound under both head protocols);
+    - ``cross/<a>/<b>``: a's adapter with b's head on b's validation split (``cross_heads``);
+    - ``soup``: the uniform average of all, ``ties``: TIES of all (first density and lambda),
+      every domain with its head under ``search.head``, on validation and test.
+    """
+    both = ["validation", "test"]
+    out: dict[str, tuple[MixtureSpec, list[str]]] = {}
+    for d in domains:
+        out[f"own/{d}"] = (own_spec(d, "own"), both)
+        out[f"refit/{d}"] = (own_spec(d, "refit"), both)
+    if cross_heads:
+        for a in domains:
+            for b in domains:
+                if a != b:
+                    out[f"cross/{a}/{b}"] = (make_mixture_spec(members=[a], targets=[b], require_targets=False),
+                                             ["validation"])
+    head = cfg.search.head
+    out["soup"] = (make_mixture_spec(members=list(domains), targets=list(domains), require_targets=False, head=head),
+                   both)
+    if ties:
+        out["ties"] = (make_mixture_spec(members=list(domains), targets=list(domains), require_targets=False,
+                                         head=head, merge_method="ties", density=cfg.search.densities[0],
+                                         lam=cfg.search.lambdas[0]), both)
+    return out
+
+
+def correctness(cfg: Config, candidates: Mapping[str, tuple[MixtureSpec, list[str]]], weights, *,
+                name: str) -> dict:
+    """name -> split -> domain -> [0/1, ...] of ``candidates``, in one Ray Tune trial
+    (:func:`search.confirmation.run_confirmation_trial`: each distinct mixture once)."""
+    from search.confirmation import run_confirmation_trial
+
+    if any(spec.merge_method != "average" for spec, _ in candidates.values()) and "ties" not in cfg.search.merge_methods:
+        # the trial rebuilds the shared initialisation only when the config's operators need it
+        raw = cfg.model_dump()
+        raw["search"] = {**raw["search"], "merge_methods": [*cfg.search.merge_methods, "ties"]}
+        cfg = Config.model_validate(raw)
+    return run_confirmation_trial(cfg, candidates, weights, name=name)
+
+
+def accuracy(correct: Sequence[int]) -> float:
+    return sum(correct) / len(correct) if correct else float("nan")

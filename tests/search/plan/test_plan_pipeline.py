@@ -1,0 +1,72 @@
+"""A serving plan end to end on real parts: tiny BERT adapters of the demo's five domains, a real
+local Ray cluster, real Optuna, a real MLflow SQLite store; then its bundle, loaded with plain
+``adapters`` calls and evaluated again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests_support import mlflow_runs, write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def plan_cfg(tmp_path_factory, shared_store, tiny_bert, demo_domains):
+    from search.config import load_config
+
+    folder = tmp_path_factory.mktemp("plan")
+    return load_config(write_config(
+        folder, base_model=tiny_bert, domains=dict(demo_domains), targets=["books"], store=shared_store,
+        search={"strategy": "tpe", "merge_methods": ["ties", "average"], "densities": [0.5], "lambdas": [1.0],
+                "prune_ratios": [0.0], "warm_start": "greedy_fsd"},
+        plan={"group_evaluations": 5, "mixtures_per_group": 2, "tolerance": 0.01}))
+
+
+@pytest.fixture(scope="module")
+def planned(plan_cfg):
+    from search.plan.run import run_plan
+
+    return run_plan(plan_cfg)
+
+
+def test_the_plan_has_one_best_plan_per_number_of_bodies_and_the_bound_at_n(planned, plan_cfg):
+    rec = planned.record
+    domains = sorted(plan_cfg.domains)
+    bodies = [r["bodies"] for r in rec["front"]]
+    assert bodies == sorted(bodies) and bodies[0] == 1 and bodies[-1] == len(domains)
+    for r in rec["front"]:
+        assert sorted(d for g in r["groups"] for d in g) == domains
+        assert r["test_low"] <= r["test"] <= r["test_high"]
+    at_n = rec["front"][-1]
+    bound = rec["references"]["own adapters, trained heads (bound)"]
+    assert at_n["validation"] == pytest.approx(bound["validation"]) and at_n["test"] == pytest.approx(bound["test"])
+    assert "own adapters, refit heads (bound)" in rec["references"] and "TIES of all" in rec["references"]
+    assert 4 <= rec["group_evaluations"] <= 5  # the agglomerative start alone needs N - 1 = 4
+    # chosen: the fewest bodies within the tolerance of the bound on validation
+    within = [r["bodies"] for r in rec["front"] if r["validation"] >= bound["validation"] - 0.01 - 1e-12]
+    assert rec["chosen"]["bodies"] == min(within)
+
+
+def test_each_group_body_is_a_search_recorded_in_mlflow_and_the_plan_run_holds_table_figure_and_record(
+        planned, plan_cfg):
+    from mlflow import MlflowClient
+
+    from search.plan.bodies import PLAN_RUN_TAG
+
+    rec = planned.record
+    searches = mlflow_runs(plan_cfg, f"tags.`{PLAN_RUN_TAG}` = '{planned.run_id}'")
+    assert len(searches) == rec["group_evaluations"] == len(rec["group_runs"])
+    for group, body in rec["group_runs"].items():
+        children = mlflow_runs(plan_cfg, f"tags.`mlflow.parentRunId` = '{body['search_run_id']}' and "
+                                         "tags.`signmix.status` = 'evaluated'")
+        assert 1 <= len(children) <= 2 and body["run_id"] in {c.info.run_id for c in children}
+        assert all(c.data.params["members"] == group.replace("+", ",") for c in children)
+    client = MlflowClient(plan_cfg.tracking_uri)
+    files = {f.path for f in client.list_artifacts(planned.run_id, "plan")}
+    assert files == {"plan/plan.json", "plan/plan_front.csv", "plan/plan_front.png"}
+    run = client.get_run(planned.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["signmix.kind"] == "plan"
+    assert run.data.metrics["chosen_bodies"] == rec["chosen"]["bodies"]
