@@ -193,8 +193,8 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
     return out, record
 
 
-def register_version(client, name: str, run_id: str) -> dict:
-    """Register the run's mixture artifact as a new version of model ``name``.
+def register_version(client, name: str, run_id: str, artifact: str = MIXTURE_ARTIFACT) -> dict:
+    """Register the run's ``artifact`` (a mixture; a plan's bundle) as a new version of model ``name``.
 
     Raises:
         UsageError: MLflow refuses ``name`` (``mlflow.registered_model``).
@@ -211,7 +211,7 @@ def register_version(client, name: str, run_id: str) -> dict:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise TrackingError(f"MLflow could not read registered model {name!r}: {_first_line(exc)}") from exc
         client.create_registered_model(name, description="signmix adapter mixtures")
-    source = f"{client.get_run(run_id).info.artifact_uri}/{MIXTURE_ARTIFACT}"
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact}"
     mv = client.create_model_version(name, source=source, run_id=run_id,
                                      tags={KEY_TAG: client.get_run(run_id).data.tags.get(KEY_TAG, "")})
     return {"name": name, "version": int(mv.version)}

@@ -176,6 +176,14 @@ def cmd_export(args) -> int:
     cfg = _load(args)
     check_output_dir(Path(args.out).resolve())
     _preflight(cfg, "export")
+    if args.plan:
+        from search.plan.bundle import export_bundle
+
+        out, record = export_bundle(cfg, args.out, run_id=args.run_id, register=not args.no_register)
+        reg, chosen = record.get("registered_model"), record["chosen"]
+        print(f"exported the plan of {chosen['bodies']} bodies for {len(record['domains'])} domains (test accuracy "
+              f"{chosen['test']:.4f}) to {out}" + (f"; registered as {reg['name']} version {reg['version']}" if reg else ""))
+        return 0
     out, record = export_mixture(cfg, args.out, run_id=args.run_id, register=not args.no_register,
                                  format=args.format)
     reg = record.get("registered_model")
@@ -187,6 +195,9 @@ def cmd_export(args) -> int:
 def cmd_evaluate(args) -> int:
     from search.export import evaluate_export
     from search.reporting.tables import format_table
+
+    if (Path(args.export_dir) / "routing.json").is_file():
+        return _evaluate_bundle(args)
 
     result = evaluate_export(args.export_dir, args.split)
     record, metrics = result["record"], result["metrics"]
@@ -201,6 +212,24 @@ def cmd_evaluate(args) -> int:
             print(f"the accuracy on {mismatched} differs from the logged value", file=sys.stderr)
             return 1
         print("reproduces the logged validation accuracy exactly")
+    return 0
+
+
+def _evaluate_bundle(args) -> int:
+    from search.plan.bundle import evaluate_bundle, logged_accuracy
+    from search.reporting.tables import format_table
+
+    result = evaluate_bundle(args.export_dir, args.split)
+    logged, metrics, routing = logged_accuracy(result["plan"], args.split), result["metrics"], result["routing"]
+    rows = [[d, routing["domains"][d]["body"], metrics[f"accuracy/{d}"], metrics[f"macro_f1/{d}"], logged.get(d, "-")]
+            for d in sorted(routing["domains"])]
+    print(format_table(rows, ["domain", "body", f"{args.split} accuracy", "macro-F1", "logged accuracy"]))
+    # the same examples counted the same way: a real difference is at least one example (1/n)
+    mismatched = [d for d in routing["domains"] if abs(logged[d] - metrics[f"accuracy/{d}"]) > 1e-9]
+    if mismatched:
+        print(f"the accuracy on {mismatched} differs from the logged value", file=sys.stderr)
+        return 1
+    print(f"reproduces every domain's logged {args.split} accuracy")
     return 0
 
 
@@ -386,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (overrides ray.address)")
     p = with_config("export", "export the best (or a given) mixture as an adapters adapter", cmd_export)
     p.add_argument("--out", required=True, help="new folder to write the export into")
-    p.add_argument("--run-id", help="export this MLflow run instead of the best")
+    p.add_argument("--run-id", help="export this MLflow run instead of the best (with --plan: this plan run)")
+    p.add_argument("--plan", action="store_true",
+                   help="export the newest serving plan (`signmix plan`) as a bundle: bodies, heads, routing.json")
     p.add_argument("--format", choices=("adapters", "peft"), default="adapters",
                    help="adapters (default): an `adapters` folder; peft: a PEFT LoRA folder (LoRA mixtures)")
     p.add_argument("--no-register", action="store_true", help="do not register a model version")
@@ -397,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", default="accuracy_mean", metavar="METRIC",
                    help="an MLflow metric: accuracy_mean (default), accuracy/<target>, fsd, sparsity, ...; "
                         "highest first, FSD and times lowest first")
-    p = sub.add_parser("evaluate", help="evaluate an exported mixture on its targets")
+    p = sub.add_parser("evaluate", help="evaluate an exported mixture on its targets, or a plan's bundle on every domain")
     p.add_argument("export_dir")
     p.add_argument("--split", choices=["validation", "test"], default="validation")
     p.set_defaults(func=cmd_evaluate)

@@ -18,12 +18,11 @@ from typing import Callable, Mapping, Sequence
 
 from search.config import Config
 from search.plan.partition import Group
+from search.tracking.layout import PLAN_GROUP_TAG, PLAN_RUN_TAG
 from spaces.spec import MixtureSpec, make_mixture_spec
 
 logger = logging.getLogger(__name__)
 
-PLAN_RUN_TAG = "signmix.plan_run_id"
-PLAN_GROUP_TAG = "signmix.plan_group"
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class BodySearch:
 
     def __call__(self, group: Group) -> dict[str, float]:
         """Each member's validation accuracy with the best body found for ``group``."""
-        from search.confirmation import spec_from_run
+        from search.tracking.layout import spec_from_run
         from search.runner import run_search
 
         # A search's Optuna study and Ray experiment are named by the second it starts at.

@@ -27,12 +27,11 @@ from search.plan.bodies import (BodySearch, accuracy, baseline_candidates, corre
 from search.plan.compatibility import cross_head_distances, fsd_distances
 from search.plan.front import FrontPoint, choose_plan, front_points, mean_accuracy_interval
 from search.plan.planner import PlanSearch
+from search.tracking.layout import KIND_TAG, PLAN_ARTIFACT
 from spaces.errors import StoreError, UsageError
 
 logger = logging.getLogger(__name__)
 
-PLAN_KIND = "plan"
-PLAN_ARTIFACT = "plan"
 PLAN_FILE = "plan.json"
 TABLE_FILE = "plan_front.csv"
 FIGURE_FILE = "plan_front.png"
@@ -74,7 +73,7 @@ def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debu
     """Search, choose and confirm the serving plan of ``cfg``; record it in MLflow."""
     from search.cluster import check_cluster_storage, connect_ray
     from search.runner import shared_initialisation
-    from search.tracking.tracker import KIND_TAG, open_experiment
+    from search.tracking.tracker import open_experiment
     from trainables.store import load_sign_index
 
     started = time.perf_counter()
@@ -90,7 +89,7 @@ def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debu
     connect_ray(cfg, debug=debug)
     client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run = client.create_run(experiment_id, run_name=f"plan-{stamp}", tags={KIND_TAG: PLAN_KIND})
+    run = client.create_run(experiment_id, run_name=f"plan-{stamp}", tags={KIND_TAG: "plan"})
     run_id = run.info.run_id
     budget = cfg.plan.group_evaluations or 4 * len(domains)
     client.log_batch(run_id, params=_params(cfg, domains, budget))

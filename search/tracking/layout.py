@@ -37,10 +37,15 @@ CHOSEN_TAG = "signmix.chosen_run_id"
 BEST_TAG = "signmix.best_run_id"
 RULE_TAG = "signmix.when_tied"
 NOTES_TAG = "signmix.confirmation_notes"
+# Tags of a group body's search in a serving plan (search/plan/).
+PLAN_RUN_TAG = "signmix.plan_run_id"  # the plan run it belongs to
+PLAN_GROUP_TAG = "signmix.plan_group"  # its domains, joined by ","
 
-RUN_KINDS = ("training", "search", "mixture", "confirmation")
+RUN_KINDS = ("training", "search", "mixture", "confirmation", "plan")
 STATUSES = OUTCOMES  # what became of a mixture: the one outcome rule's names
 MIXTURE_ARTIFACT = "mixture"  # an evaluated mixture's adapter and heads
+PLAN_ARTIFACT = "plan"  # a plan run's table, figure and plan.json
+BUNDLE_ARTIFACT = "bundle"  # an exported plan's bundle (its registered model version points here)
 
 # The operator parameters a mixture run logs: MLflow parameter -> MixtureSpec field
 # (spaces.operators.OPERATOR_PARAMETERS; "lambda" is the spec's lam).

@@ -5,6 +5,9 @@ local Ray cluster, real Optuna, a real MLflow SQLite store; then its bundle, loa
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,15 +17,20 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def plan_cfg(tmp_path_factory, shared_store, tiny_bert, demo_domains):
-    from search.config import load_config
-
+def plan_config_path(tmp_path_factory, shared_store, tiny_bert, demo_domains):
     folder = tmp_path_factory.mktemp("plan")
-    return load_config(write_config(
+    return str(write_config(
         folder, base_model=tiny_bert, domains=dict(demo_domains), targets=["books"], store=shared_store,
         search={"strategy": "tpe", "merge_methods": ["ties", "average"], "densities": [0.5], "lambdas": [1.0],
                 "prune_ratios": [0.0], "warm_start": "greedy_fsd"},
         plan={"group_evaluations": 5, "mixtures_per_group": 2, "tolerance": 0.01}))
+
+
+@pytest.fixture(scope="module")
+def plan_cfg(plan_config_path):
+    from search.config import load_config
+
+    return load_config(plan_config_path)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +62,7 @@ def test_each_group_body_is_a_search_recorded_in_mlflow_and_the_plan_run_holds_t
         planned, plan_cfg):
     from mlflow import MlflowClient
 
-    from search.plan.bodies import PLAN_RUN_TAG
+    from search.tracking.layout import PLAN_RUN_TAG
 
     rec = planned.record
     searches = mlflow_runs(plan_cfg, f"tags.`{PLAN_RUN_TAG}` = '{planned.run_id}'")
@@ -70,3 +78,67 @@ def test_each_group_body_is_a_search_recorded_in_mlflow_and_the_plan_run_holds_t
     run = client.get_run(planned.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["signmix.kind"] == "plan"
     assert run.data.metrics["chosen_bodies"] == rec["chosen"]["bodies"]
+
+
+def signmix(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli.main", *args], capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def bundle(planned, plan_config_path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle-parent") / "bundle"
+    done = signmix("export", plan_config_path, "--plan", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "registered as test-exp version" in done.stdout
+    return out
+
+
+def test_the_bundle_holds_every_body_every_head_and_the_routing(bundle, planned):
+    chosen = planned.record["chosen"]
+    routing = json.loads((bundle / "routing.json").read_text())["domains"]
+    assert sorted(routing) == planned.record["domains"]
+    bodies = sorted(p.name for p in (bundle / "bodies").iterdir())
+    assert len(bodies) == chosen["bodies"] == len({r["body"] for r in routing.values()})
+    for d, route in routing.items():
+        assert (bundle / route["body"] / "adapter.safetensors").is_file()
+        assert (bundle / route["head"] / "model_head.safetensors").is_file()
+        assert d in route["body"].split("/")[-1].split("+")
+    plan = json.loads((bundle / "plan.json").read_text())
+    assert plan["chosen"] == chosen and plan["registered_model"]["version"] >= 1
+    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_the_bundle_is_one_registered_model_version_of_the_plan_run(bundle, planned, plan_cfg):
+    from mlflow import MlflowClient
+
+    plan = json.loads((bundle / "plan.json").read_text())
+    version = MlflowClient(plan_cfg.tracking_uri).get_model_version(plan["registered_model"]["name"],
+                                                                    str(plan["registered_model"]["version"]))
+    assert version.run_id == planned.run_id and version.source.endswith("/bundle")
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_evaluating_the_bundle_reproduces_every_domains_logged_accuracy(bundle, split):
+    done = signmix("evaluate", str(bundle), "--split", split)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert f"reproduces every domain's logged {split} accuracy" in done.stdout
+
+
+def test_the_readme_snippet_loads_the_bundle_with_plain_adapters_calls(bundle, planned):
+    """The README's loading example, run as it is written there (paths replaced)."""
+    import re
+
+    import torch
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    snippet = re.search(r"```python\n(# a serving bundle.*?)```", readme, flags=re.S).group(1)
+    scope: dict = {}
+    exec(snippet.replace('"bundle/', f'"{bundle}/'), scope)
+    routing = scope["routing"]["domains"]
+    for domain in planned.record["domains"]:
+        model = scope["use"](domain)
+        with torch.no_grad():
+            logits = model(**scope["tokenizer"](["It is excellent."], return_tensors="pt")).logits
+        head = json.loads((bundle / routing[domain]["head"] / "head_config.json").read_text())
+        assert logits.shape[-1] == head["config"]["num_labels"]

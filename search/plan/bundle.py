@@ -1,0 +1,203 @@
+"""A serving plan as one bundle to ship, and evaluating a bundle again.
+
+``export_bundle`` writes the chosen plan of a ``plan`` run (DESIGN.md, "Export format")::
+
+    DIR/bodies/<body>/...      one folder per body, the export format of one mixture
+                               (adapter_config.json, adapter.safetensors, heads/<d>/, mixture.json);
+                               a group of one domain is that domain's own adapter
+    DIR/heads/<domain>/...     every domain's head (head_config.json, model_head.safetensors)
+    DIR/routing.json           domain -> {"body": "bodies/<body>", "head": "heads/<domain>"}
+    DIR/plan.json              the plan run's record (groups, specs, validation and test
+                               accuracies, the config) and the registered model version
+
+It is built in a hidden sibling folder and renamed into place, logged under ``bundle/`` of
+the plan run and registered as one model version. ``evaluate_bundle`` loads it with plain
+``adapters`` calls (``load_adapter`` per body, ``load_head`` per domain) and scores every
+domain through its routed body and head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from search.config import Config
+from search.plan.bodies import group_name
+from search.tracking.layout import BUNDLE_ARTIFACT, KIND_TAG, MIXTURE_ARTIFACT, PLAN_ARTIFACT
+from spaces.errors import TrackingError, UsageError
+
+ROUTING_FILE = "routing.json"
+PLAN_FILE = "plan.json"
+HEAD_FILES = ("head_config.json", "model_head.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter.safetensors")
+
+
+def find_plan_run(client, experiment_id: str, run_id: str | None = None):
+    """The newest finished plan run of the experiment, or the plan run ``run_id``."""
+    if run_id is not None:
+        run = client.get_run(run_id)
+        if run.data.tags.get(KIND_TAG) != "plan":
+            raise UsageError(f"run {run_id} is not a plan run (signmix.kind is "
+                             f"{run.data.tags.get(KIND_TAG)!r}); give the run id that `signmix plan` printed")
+        return run
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'plan' and "
+                              "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise TrackingError("the experiment has no finished serving plan yet; run `signmix plan CONFIG` first")
+    return runs[0]
+
+
+def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = None,
+                  register: bool = True) -> tuple[Path, dict]:
+    """Write the chosen plan of the newest (or the given) plan run as a bundle; returns the folder
+    and its ``plan.json`` record."""
+    from search.export import check_output_dir, register_version, signmix_version
+    from search.tracking.tracker import open_experiment
+    from trainables.store import AdapterStore
+
+    out = Path(out).resolve()
+    check_output_dir(out)
+    client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    run = find_plan_run(client, experiment_id, run_id)
+    store = AdapterStore(cfg.store_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        record = json.loads(Path(client.download_artifacts(run.info.run_id, f"{PLAN_ARTIFACT}/{PLAN_FILE}",
+                                                           str(staging))).read_text(encoding="utf-8"))
+        shutil.rmtree(staging / PLAN_ARTIFACT)
+        chosen = record["chosen"]
+        own_refit = [g["domains"][0] for g in chosen["groups"] if g["kind"] == "own" and record["head"] == "refit"]
+        if own_refit:
+            raise UsageError(f"the plan serves {own_refit} with their own adapters under refit heads, which the plan "
+                             "run does not store; plan with search.head: own, or with plan.max_bodies small enough "
+                             "that every domain shares a body")
+        routing = {}
+        for group in chosen["groups"]:
+            body = group_name(group["domains"])
+            folder = staging / "bodies" / body
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if group["kind"] == "merged":
+                local = Path(client.download_artifacts(group["run_id"], MIXTURE_ARTIFACT, str(staging)))
+                os.replace(local, folder)
+            else:
+                d = group["domains"][0]
+                (folder / "heads" / d).mkdir(parents=True)
+                for name in ADAPTER_FILES + HEAD_FILES:
+                    shutil.copyfile(store.path(d) / name, folder / name)
+                for name in HEAD_FILES:
+                    shutil.copyfile(store.path(d) / name, folder / "heads" / d / name)
+            (folder / "mixture.json").write_text(json.dumps(_body_record(cfg, record, group, store), indent=2),
+                                                 encoding="utf-8")
+            for d in group["domains"]:
+                shutil.copytree(folder / "heads" / d, staging / "heads" / d)
+                routing[d] = {"body": f"bodies/{body}", "head": f"heads/{d}"}
+        (staging / ROUTING_FILE).write_text(json.dumps({"base_model": cfg.base_model, "domains": routing}, indent=2),
+                                            encoding="utf-8")
+        record = {**record, "signmix_version": signmix_version(), "bundle_of_plan_run": run.info.run_id}
+        (staging / PLAN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        if register:  # the registered version points at the bundle logged on the plan run
+            client.log_artifacts(run.info.run_id, str(staging), BUNDLE_ARTIFACT)
+            record["registered_model"] = register_version(client, cfg.registered_model_name, run.info.run_id,
+                                                          artifact=BUNDLE_ARTIFACT)
+            (staging / PLAN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out, record
+
+
+def _body_record(cfg: Config, record: dict, group: dict, store) -> dict:
+    """One body's ``mixture.json``: what it mixes, how, which domains it serves and how they scored."""
+    spec = group["spec"]
+    domains = group["domains"]
+    chosen = record["chosen"]
+    return {
+        **spec, "targets": domains, "kind": group["kind"], "mlflow_run_id": group.get("run_id"),
+        "metrics": {f"accuracy/{d}": chosen["validation_by_domain"][d] for d in domains},
+        "test_metrics": {f"accuracy/{d}": chosen["test_by_domain"][d] for d in domains},
+        "base_model": cfg.base_model, "adapter": cfg.adapter.model_dump(), "adapter_method": cfg.adapter.method,
+        "domains": {d: cfg.domains[d].model_dump() for d in domains},
+        "label_names": {d: store.meta(d)["label_names"] for d in domains},
+        "evaluation": {"max_length": cfg.training.max_length, "batch_size": cfg.search.eval_batch_size,
+                       "max_eval_examples": cfg.training.max_eval_examples, "seed": cfg.training.seed,
+                       "dtype": cfg.search.eval_dtype, "trust_remote_code": cfg.trust_remote_code},
+        "format": "adapters",
+    }
+
+
+def read_bundle(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``routing.json`` and ``plan.json`` of a bundle, every routed body and head checked present.
+
+    Raises:
+        UsageError: not a bundle, or its routing names a body or head that is not there.
+    """
+    path = Path(path)
+    if not (path / ROUTING_FILE).is_file() or not (path / PLAN_FILE).is_file():
+        raise UsageError(f"{path} is not a signmix bundle (no {ROUTING_FILE} and {PLAN_FILE}); "
+                         "create one with `signmix export CONFIG --plan --out DIR`")
+    routing = json.loads((path / ROUTING_FILE).read_text(encoding="utf-8"))
+    plan = json.loads((path / PLAN_FILE).read_text(encoding="utf-8"))
+    for domain, route in routing["domains"].items():
+        for what, files in (("body", ADAPTER_FILES + ("mixture.json",)), ("head", HEAD_FILES)):
+            folder = path / route[what]
+            missing = [f for f in files if not (folder / f).is_file()]
+            if missing:
+                raise UsageError(f"{ROUTING_FILE}: domains.{domain}.{what} is {route[what]!r}, but {folder} lacks "
+                                 f"{', '.join(missing)}; export the plan again with `signmix export CONFIG --plan "
+                                 "--out DIR`, or fix the routing")
+    return routing, plan
+
+
+def evaluate_bundle(path: str | os.PathLike, split: str = "validation") -> dict:
+    """Accuracy and macro-F1 of every domain of a bundle on ``split``, through its routed body and
+    head, loaded with plain ``adapters`` calls and evaluated as the search trial does.
+
+    Returns ``{"routing": ..., "plan": ..., "metrics": {"accuracy/<d>": ..., "macro_f1/<d>": ...}}``.
+    """
+    from trainables.data import encode_split, load_domain
+    from trainables.evaluate import cast_model, evaluate_targets
+    from trainables.model import load_encoder
+
+    path = Path(path)
+    routing, plan = read_bundle(path)
+    metrics: dict[str, float] = {}
+    by_body: dict[str, list[str]] = {}
+    for domain, route in sorted(routing["domains"].items()):
+        by_body.setdefault(route["body"], []).append(domain)
+    model = tokenizer = None
+    for i, (body, domains) in enumerate(by_body.items()):
+        record = json.loads((path / body / "mixture.json").read_text(encoding="utf-8"))
+        ev = record["evaluation"]
+        if model is None:
+            model, tokenizer = load_encoder(record["base_model"], trust_remote_code=ev["trust_remote_code"])
+        name = model.load_adapter(str(path / body), use_safetensors=True, with_head=False,
+                                  load_as=f"body_{i}")
+        model.set_active_adapters(name)
+
+        def prepare(domain: str, record=record, ev=ev):
+            head = model.load_head(str(path / routing["domains"][domain]["head"]), load_as=f"head_{domain}",
+                                   use_safetensors=True)
+            model.active_head = head if isinstance(head, str) else f"head_{domain}"
+            cast_model(model, ev.get("dtype", "float32"))
+            data = load_domain(domain, record["domains"][domain], splits=(split,),
+                               max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
+                               trust_remote_code=ev["trust_remote_code"],
+                               label_names=record.get("label_names", {}).get(domain))
+            return encode_split(tokenizer, data.splits[split], ev["max_length"]), data.num_labels
+
+        found = evaluate_targets(model, domains, prepare, ev["batch_size"])
+        metrics.update({k: v for k, v in found.items() if k.startswith(("accuracy/", "macro_f1/"))})
+        model.delete_adapter(name)
+    return {"routing": routing, "plan": plan, "metrics": metrics}
+
+
+def logged_accuracy(plan: dict, split: str) -> dict[str, float]:
+    """Each domain's accuracy the plan run logged for the chosen plan on ``split``."""
+    return dict(plan["chosen"]["validation_by_domain" if split == "validation" else "test_by_domain"])
