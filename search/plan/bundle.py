@@ -28,6 +28,7 @@ from search.config import Config
 from search.plan.bodies import group_name
 from search.tracking.layout import BUNDLE_ARTIFACT, KIND_TAG, MIXTURE_ARTIFACT, PLAN_ARTIFACT
 from spaces.errors import TrackingError, UsageError
+from trainables.settings import DomainConfig
 
 ROUTING_FILE = "routing.json"
 PLAN_FILE = "plan.json"
@@ -186,7 +187,7 @@ def evaluate_bundle(path: str | os.PathLike, split: str = "validation") -> dict:
                                    use_safetensors=True)
             model.active_head = head if isinstance(head, str) else f"head_{domain}"
             cast_model(model, ev.get("dtype", "float32"))
-            data = load_domain(domain, record["domains"][domain], splits=(split,),
+            data = load_domain(domain, DomainConfig.model_validate(record["domains"][domain]), splits=(split,),
                                max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
                                trust_remote_code=ev["trust_remote_code"],
                                label_names=record.get("label_names", {}).get(domain))

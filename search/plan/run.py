@@ -72,7 +72,7 @@ def _with_ties(cfg: Config) -> Config:
 def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debug: bool = False) -> PlanOutcome:
     """Search, choose and confirm the serving plan of ``cfg``; record it in MLflow."""
     from search.cluster import check_cluster_storage, connect_ray
-    from search.runner import shared_initialisation
+    from search.trial import shared_initialisation
     from search.tracking.tracker import open_experiment
     from trainables.store import load_sign_index
 
