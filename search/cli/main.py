@@ -173,14 +173,17 @@ def cmd_plan(args) -> int:
 def cmd_export(args) -> int:
     from search.export import check_output_dir, export_mixture
 
+    if args.bodies is not None and not args.plan:
+        raise UsageError("--bodies chooses a plan of the front: use it with --plan")
     cfg = _load(args)
     check_output_dir(Path(args.out).resolve())
     _preflight(cfg, "export")
     if args.plan:
         from search.plan.bundle import export_bundle
 
-        out, record = export_bundle(cfg, args.out, run_id=args.run_id, register=not args.no_register)
-        reg, chosen = record.get("registered_model"), record["chosen"]
+        out, record = export_bundle(cfg, args.out, run_id=args.run_id, bodies=args.bodies,
+                                    register=not args.no_register)
+        reg, chosen = record.get("registered_model"), record["served"]
         print(f"exported the plan of {chosen['bodies']} bodies for {len(record['domains'])} domains (test accuracy "
               f"{chosen['test']:.4f}) to {out}" + (f"; registered as {reg['name']} version {reg['version']}" if reg else ""))
         return 0
@@ -418,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="export this MLflow run instead of the best (with --plan: this plan run)")
     p.add_argument("--plan", action="store_true",
                    help="export the newest serving plan (`signmix plan`) as a bundle: bodies, heads, routing.json")
+    p.add_argument("--bodies", type=int, help="with --plan: the front's best plan of this many bodies, not the chosen one")
     p.add_argument("--format", choices=("adapters", "peft"), default="adapters",
                    help="adapters (default): an `adapters` folder; peft: a PEFT LoRA folder (LoRA mixtures)")
     p.add_argument("--no-register", action="store_true", help="do not register a model version")

@@ -51,10 +51,37 @@ def find_plan_run(client, experiment_id: str, run_id: str | None = None):
     return runs[0]
 
 
-def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = None,
+def served_plan(record: dict, bodies: int | None = None) -> dict:
+    """The plan a bundle serves: the plan run's chosen plan, or its best plan of ``bodies`` bodies
+    (a point of the front), with its groups, their bodies and its logged accuracies."""
+    if bodies is None:
+        return record["chosen"]
+    row = next((r for r in record["front"] if r["bodies"] == bodies), None)
+    if row is None:
+        raise UsageError(f"--bodies: got {bodies}, but the plan's front has plans of "
+                         f"{[r['bodies'] for r in record['front']]} bodies; choose one of them")
+    groups = []
+    for g in row["groups"]:
+        if len(g) == 1:
+            groups.append({"domains": g, "kind": "own", "spec": _own_spec(g[0], record["head"])})
+        else:
+            body = record["group_runs"][group_name(g)]
+            groups.append({"domains": g, "kind": "merged", "run_id": body["run_id"], "spec": body["spec"]})
+    return {"bodies": bodies, "groups": groups, **{k: row[k] for k in (
+        "validation", "test", "test_low", "test_high", "validation_by_domain", "test_by_domain")}}
+
+
+def _own_spec(domain: str, head: str) -> dict:
+    from search.plan.bodies import own_spec
+
+    return own_spec(domain, head).to_dict()
+
+
+def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = None, bodies: int | None = None,
                   register: bool = True) -> tuple[Path, dict]:
-    """Write the chosen plan of the newest (or the given) plan run as a bundle; returns the folder
-    and its ``plan.json`` record."""
+    """Write the chosen plan (or the best plan of ``bodies`` bodies) of the newest (or the given)
+    plan run as a bundle; returns the folder and its ``plan.json`` record, whose ``served`` is
+    the plan the bundle serves."""
     from search.export import check_output_dir, register_version, signmix_version
     from search.tracking.tracker import open_experiment
     from trainables.store import AdapterStore
@@ -67,10 +94,10 @@ def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = N
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        record = json.loads(Path(client.download_artifacts(run.info.run_id, f"{PLAN_ARTIFACT}/{PLAN_FILE}",
-                                                           str(staging))).read_text(encoding="utf-8"))
-        shutil.rmtree(staging / PLAN_ARTIFACT)
-        chosen = record["chosen"]
+        with tempfile.TemporaryDirectory(prefix="signmix-plan-") as tmp:
+            record = json.loads(Path(client.download_artifacts(run.info.run_id, f"{PLAN_ARTIFACT}/{PLAN_FILE}",
+                                                               tmp)).read_text(encoding="utf-8"))
+        chosen = record["served"] = served_plan(record, bodies)
         own_refit = [g["domains"][0] for g in chosen["groups"] if g["kind"] == "own" and record["head"] == "refit"]
         if own_refit:
             raise UsageError(f"the plan serves {own_refit} with their own adapters under refit heads, which the plan "
@@ -118,7 +145,7 @@ def _body_record(cfg: Config, record: dict, group: dict, store) -> dict:
     """One body's ``mixture.json``: what it mixes, how, which domains it serves and how they scored."""
     spec = group["spec"]
     domains = group["domains"]
-    chosen = record["chosen"]
+    chosen = record["served"]
     return {
         **spec, "targets": domains, "kind": group["kind"], "mlflow_run_id": group.get("run_id"),
         "metrics": {f"accuracy/{d}": chosen["validation_by_domain"][d] for d in domains},
@@ -200,5 +227,5 @@ def evaluate_bundle(path: str | os.PathLike, split: str = "validation") -> dict:
 
 
 def logged_accuracy(plan: dict, split: str) -> dict[str, float]:
-    """Each domain's accuracy the plan run logged for the chosen plan on ``split``."""
-    return dict(plan["chosen"]["validation_by_domain" if split == "validation" else "test_by_domain"])
+    """Each domain's accuracy the plan run logged for the bundle's plan on ``split``."""
+    return dict(plan["served"]["validation_by_domain" if split == "validation" else "test_by_domain"])

@@ -329,6 +329,30 @@ def _imported_target_without_data(env):
     return cfg
 
 
+# --- serving plans and their bundles (issue 17) ----------------------------------------------
+
+def _plan_domain_without_data(env):
+    cfg = env.config(plan={"domains": ["books", "support"]})
+    raw = yaml.safe_load(cfg.read_text())
+    raw["domains"]["support"] = {"adapter": {"path": str(env.tmp / "users" / "support")}}
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg
+
+
+def _bundle(env, *, body: str = "bodies/books", head: str = "heads/books") -> Path:
+    """A bundle whose routing names ``body`` and ``head`` for books; only bodies/books and heads/books exist."""
+    folder = env.tmp / "bundle"
+    for sub, files in (("bodies/books", ("adapter_config.json", "adapter.safetensors", "mixture.json")),
+                       ("heads/books", ("head_config.json", "model_head.safetensors"))):
+        (folder / sub).mkdir(parents=True)
+        for name in files:
+            (folder / sub / name).write_text("{}")
+    (folder / "routing.json").write_text(json.dumps({"base_model": env.tiny_bert,
+                                                     "domains": {"books": {"body": body, "head": head}}}))
+    (folder / "plan.json").write_text(json.dumps({"served": {}}))
+    return env.config()
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -454,6 +478,28 @@ CASES = [
          "the file is truncated, corrupt or not plain tensors: copy the adapter again from its source"),
     Case("imported-target-without-data", _imported_target_without_data, ("search", "{cfg}"), 2,
          "targets ['support'] name an adapter but no data"),
+    # serving plans and bundles (issue 17)
+    Case("plan-of-one-domain", lambda env: env.config(plan={"domains": ["books"]}), ("plan", "{cfg}"), 2,
+         "plan.domains: got ['books']: a plan serves at least 2 domains, got ['books']; name 2 or more, or leave "
+         "plan.domains out to serve every domain with data"),
+    Case("plan-max-bodies-above-the-domains", lambda env: env.config(plan={"max_bodies": 3}), ("plan", "{cfg}"), 2,
+         "plan.max_bodies: got 3, but the plan serves 2 domains; set plan.max_bodies between 1 and 2, or leave it out"),
+    Case("plan-max-bodies-0", lambda env: env.config(plan={"max_bodies": 0}), ("plan", "{cfg}"), 2,
+         "plan.max_bodies: got 0: Input should be greater than or equal to 1"),
+    Case("plan-tolerance-below-0", lambda env: env.config(plan={"tolerance": -0.01}), ("plan", "{cfg}"), 2,
+         "plan.tolerance: got -0.01: Input should be greater than or equal to 0"),
+    Case("plan-domain-without-data", _plan_domain_without_data, ("plan", "{cfg}"), 2,
+         "plan.domains ['support'] name an adapter but no data; a served domain needs data to be evaluated: give "
+         "domains.support.path (or hub), or take 'support' out of plan.domains"),
+    Case("bundle-routing-names-a-missing-body", lambda env: _bundle(env, body="bodies/books+kitchen"),
+         ("evaluate", "{tmp}/bundle"), 2,
+         "routing.json: domains.books.body is 'bodies/books+kitchen', but "),
+    Case("bundle-routing-names-a-missing-head", lambda env: _bundle(env, head="heads/kitchen"),
+         ("evaluate", "{tmp}/bundle", "--split", "test"), 2,
+         "lacks head_config.json, model_head.safetensors; export the plan again with `signmix export CONFIG --plan "
+         "--out DIR`, or fix the routing"),
+    Case("export-bodies-without-plan", _a_valid_config, ("export", "{cfg}", "--out", "{tmp}/b", "--bodies", "2"), 2,
+         "--bodies chooses a plan of the front: use it with --plan"),
 ]
 
 

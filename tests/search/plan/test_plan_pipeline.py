@@ -87,25 +87,28 @@ def signmix(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def bundle(planned, plan_config_path, tmp_path_factory) -> Path:
+    """The front's plan of 4 bodies (one merged pair, three own adapters): both kinds of body."""
     out = tmp_path_factory.mktemp("bundle-parent") / "bundle"
-    done = signmix("export", plan_config_path, "--plan", "--out", str(out))
+    done = signmix("export", plan_config_path, "--plan", "--bodies", "4", "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "registered as test-exp version" in done.stdout
     return out
 
 
 def test_the_bundle_holds_every_body_every_head_and_the_routing(bundle, planned):
-    chosen = planned.record["chosen"]
+    front = next(r for r in planned.record["front"] if r["bodies"] == 4)
     routing = json.loads((bundle / "routing.json").read_text())["domains"]
     assert sorted(routing) == planned.record["domains"]
     bodies = sorted(p.name for p in (bundle / "bodies").iterdir())
-    assert len(bodies) == chosen["bodies"] == len({r["body"] for r in routing.values()})
+    assert bodies == sorted("+".join(g) for g in front["groups"]) and len({r["body"] for r in routing.values()}) == 4
     for d, route in routing.items():
         assert (bundle / route["body"] / "adapter.safetensors").is_file()
         assert (bundle / route["head"] / "model_head.safetensors").is_file()
         assert d in route["body"].split("/")[-1].split("+")
     plan = json.loads((bundle / "plan.json").read_text())
-    assert plan["chosen"] == chosen and plan["registered_model"]["version"] >= 1
+    assert plan["chosen"] == planned.record["chosen"] and plan["served"]["bodies"] == 4
+    assert plan["served"]["test_by_domain"] == front["test_by_domain"] and plan["registered_model"]["version"] >= 1
+    assert [g["kind"] for g in plan["served"]["groups"]].count("merged") == 1
     assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 

@@ -1,0 +1,42 @@
+"""The plan: section of the config, and the domains a plan serves."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.config import validate_config
+from search.plan.run import check_plan_domains
+from spaces.errors import ConfigError, UsageError
+
+RAW = {"name": "demo", "base_model": "roberta-base", "search": {"targets": ["books"]},
+       "domains": {"books": {"path": "/data/books"}, "dvd": {"path": "/data/dvd"},
+                   "extra": {"adapter": {"path": "/adapters/extra"}}}}
+
+
+def test_a_plan_serves_every_domain_with_data_by_default_and_defaults_to_one_point_of_tolerance():
+    cfg = validate_config(RAW)
+    assert cfg.plan_domains == check_plan_domains(cfg) == ["books", "dvd"]  # extra: an adapter, no data
+    assert cfg.plan.tolerance == 0.01 and cfg.plan.max_bodies is None and cfg.plan.compatibility == "cross_heads"
+
+
+def test_a_config_with_one_domain_of_data_cannot_plan():
+    cfg = validate_config({**RAW, "domains": {"books": {"path": "/data/books"},
+                                              "extra": {"adapter": {"path": "/adapters/extra"}}}})
+    with pytest.raises(UsageError, match=r"a plan serves at least 2 domains with data, but this config has \['books'\]"):
+        check_plan_domains(cfg)
+
+
+@pytest.mark.parametrize("plan, problem", [
+    ({"domains": ["books", "books"]}, "plan.domains: got ['books', 'books']: a plan serves at least 2 domains"),
+    ({"domains": ["books", "cd"]}, "plan.domains ['cd'] are not domains"),
+    ({"max_bodies": 2, "domains": ["books", "dvd"]}, None),
+    ({"tolerance": 1.5}, "plan.tolerance: got 1.5: Input should be less than or equal to 1"),
+    ({"compatibility": "vibes"}, "plan.compatibility: got 'vibes'"),
+])
+def test_plan_settings_are_checked(plan, problem):
+    if problem is None:
+        assert validate_config({**RAW, "plan": plan}).plan.max_bodies == 2
+        return
+    with pytest.raises(ConfigError) as info:
+        validate_config({**RAW, "plan": plan})
+    assert any(problem in p for p in info.value.problems), info.value.problems
