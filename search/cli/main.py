@@ -253,18 +253,26 @@ def cmd_demo(args) -> int:
     _progress(f"signmix demo: data, adapters, MLflow store and export under {out}")
     cfg = prepare_demo(out, seed=args.seed, tracking_uri=args.tracking_uri, base_model=args.base_model,
                        num_mixtures=args.num_mixtures)
-    _progress("1/4 training one adapter per domain")
+    _progress("1/5 training one adapter per domain")
     run_training(cfg, progress=_progress, debug=args.debug)
-    _progress("2/4 searching mixtures (TPE behind the sign-conflict pre-filter)")
+    _progress("2/5 serving plan: how few merged bodies serve the four review domains and the support task?")
+    from search.cli.demo_plan import serve_demo_domains
+
+    served = serve_demo_domains(cfg, out, progress=_progress, debug=args.debug)
+    print("part 1, serving: which domains share a merged body\n")
+    for line in served:
+        print(line)
+    print("\npart 2, in-domain: the best mixture for books alone\n")
+    _progress("3/5 searching mixtures for books (TPE behind the sign-conflict pre-filter)")
     s = run_search(cfg, progress=_progress, debug=args.debug)
-    _progress("3/4 exporting the best mixture")
+    _progress("4/5 exporting the best mixture")
     staged = out / ".best-new"
     shutil.rmtree(staged, ignore_errors=True)
     export_mixture(cfg, staged, run_id=s.chosen_run_id or s.best_run_id)
     if (out / "best").exists():
         shutil.rmtree(out / "best")
     os.replace(staged, out / "best")
-    _progress("4/4 comparing with single adapters and the soup of all")
+    _progress("5/5 comparing with single adapters and the soup of all")
     specs = baseline_specs(cfg, every_single=True)
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
     baselines = evaluate_specs(cfg, specs, weights)

@@ -101,6 +101,12 @@ def test_demo_command_runs_end_to_end_and_again(tmp_path, tiny_bert):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "soup of all" in out.stdout and "single books" in out.stdout
     assert "filtered by the pre-filter" in out.stdout
+    # part 1: the serving plan over the five domains, what it saves, and its bundle
+    assert out.stdout.index("part 1, serving") < out.stdout.index("part 2, in-domain")
+    assert "own adapters, refit heads (bound)" in out.stdout and "chosen: " in out.stdout
+    assert re.search(r"what it saves: 5 domains served by \d adapter bod(y|ies) instead of 5 adapters", out.stdout)
+    routing = json.loads((tmp_path / "demo" / "bundle" / "routing.json").read_text())
+    assert sorted(routing["domains"]) == ["books", "electronics", "kitchen", "movies", "support"]
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'demo' / 'mlflow.db'}" in out.stdout
     record = json.loads((tmp_path / "demo" / "best" / "mixture.json").read_text())
     assert "books" in record["members"]
@@ -113,4 +119,4 @@ def test_demo_command_runs_end_to_end_and_again(tmp_path, tiny_bert):
     again = signmix("demo", "--out", str(tmp_path / "demo"), "--base-model", tiny_bert, "--num-mixtures", "4")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("already in the store with these settings, skipped") == 5
-    assert not list((tmp_path / "demo").glob(".best-new*"))
+    assert not list((tmp_path / "demo").glob(".best-new*")) and not list((tmp_path / "demo").glob(".bundle-new*"))
