@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Callable
 
 from search.config import Config
+from search.plan.bundle import export_bundle
+from search.plan.run import plan_lines, run_plan
+from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
 
 
 def bundle_bytes(bundle: Path) -> int:
@@ -22,17 +25,12 @@ def bundle_bytes(bundle: Path) -> int:
 
 def separate_bytes(cfg: Config, domains) -> int:
     """Bytes of serving each domain with its own adapter and head (the stored files)."""
-    from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
-
     store = AdapterStore(cfg.store_path)
     return sum((store.path(d) / name).stat().st_size for d in domains for name in (ADAPTER_FILE, HEAD_FILE))
 
 
 def serve_demo_domains(cfg: Config, out: Path, *, progress: Callable[[str], None], debug: bool = False) -> list[str]:
     """Plan the demo's domains, export the chosen plan to ``out/bundle``; returns the lines to print."""
-    from search.plan.bundle import export_bundle
-    from search.plan.run import plan_lines, run_plan
-
     outcome = run_plan(cfg, progress=progress, debug=debug)
     staged = out / ".bundle-new"
     shutil.rmtree(staged, ignore_errors=True)

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from search.config import Config
+from search.confirmation import run_confirmation_trial
 from search.plan.partition import Group
-from search.tracking.layout import PLAN_GROUP_TAG, PLAN_RUN_TAG
+from search.runner import run_search
+from search.tracking.layout import PLAN_GROUP_TAG, PLAN_RUN_TAG, spec_from_run
+from spaces.errors import SignmixError
 from spaces.spec import MixtureSpec, make_mixture_spec
 
 logger = logging.getLogger(__name__)
@@ -63,9 +66,6 @@ class BodySearch:
 
     def __call__(self, group: Group) -> dict[str, float]:
         """Each member's validation accuracy with the best body found for ``group``."""
-        from search.tracking.layout import spec_from_run
-        from search.runner import run_search
-
         # A search's Optuna study and Ray experiment are named by the second it starts at.
         while time.strftime("%Y%m%d-%H%M%S") == self._last_second:
             time.sleep(0.05)
@@ -78,8 +78,6 @@ class BodySearch:
             self.client.set_tag(summary.parent_run_id, PLAN_RUN_TAG, self.plan_run_id)
             self.client.set_tag(summary.parent_run_id, PLAN_GROUP_TAG, ",".join(group))
         if summary.best_run_id is None:
-            from spaces.errors import SignmixError
-
             raise SignmixError(f"no mixture of {name} could be evaluated ({summary.failed} failed); "
                                "run `signmix --debug plan CONFIG` for the workers' errors")
         run = self.client.get_run(summary.best_run_id)
@@ -129,8 +127,6 @@ def correctness(cfg: Config, candidates: Mapping[str, tuple[MixtureSpec, list[st
                 name: str) -> dict:
     """name -> split -> domain -> [0/1, ...] of ``candidates``, in one Ray Tune trial
     (:func:`search.confirmation.run_confirmation_trial`: each distinct mixture once)."""
-    from search.confirmation import run_confirmation_trial
-
     if any(spec.merge_method != "average" for spec, _ in candidates.values()) and "ties" not in cfg.search.merge_methods:
         # the trial rebuilds the shared initialisation only when the config's operators need it
         raw = cfg.model_dump()

@@ -25,10 +25,16 @@ import tempfile
 from pathlib import Path
 
 from search.config import Config
-from search.plan.bodies import group_name
+from search.export import check_output_dir, register_version, signmix_version
+from search.plan.bodies import group_name, own_spec
 from search.tracking.layout import BUNDLE_ARTIFACT, KIND_TAG, MIXTURE_ARTIFACT, PLAN_ARTIFACT
+from search.tracking.tracker import open_experiment
 from spaces.errors import TrackingError, UsageError
+from trainables.data import encode_split, load_domain
+from trainables.evaluate import cast_model, evaluate_targets
+from trainables.model import load_encoder
 from trainables.settings import DomainConfig
+from trainables.store import AdapterStore
 
 ROUTING_FILE = "routing.json"
 PLAN_FILE = "plan.json"
@@ -63,7 +69,7 @@ def served_plan(record: dict, bodies: int | None = None) -> dict:
     groups = []
     for g in row["groups"]:
         if len(g) == 1:
-            groups.append({"domains": g, "kind": "own", "spec": _own_spec(g[0], record["head"])})
+            groups.append({"domains": g, "kind": "own", "spec": own_spec(g[0], record["head"]).to_dict()})
         else:
             body = record["group_runs"][group_name(g)]
             groups.append({"domains": g, "kind": "merged", "run_id": body["run_id"], "spec": body["spec"]})
@@ -71,21 +77,11 @@ def served_plan(record: dict, bodies: int | None = None) -> dict:
         "validation", "test", "test_low", "test_high", "validation_by_domain", "test_by_domain")}}
 
 
-def _own_spec(domain: str, head: str) -> dict:
-    from search.plan.bodies import own_spec
-
-    return own_spec(domain, head).to_dict()
-
-
 def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = None, bodies: int | None = None,
                   register: bool = True) -> tuple[Path, dict]:
     """Write the chosen plan (or the best plan of ``bodies`` bodies) of the newest (or the given)
     plan run as a bundle; returns the folder and its ``plan.json`` record, whose ``served`` is
     the plan the bundle serves."""
-    from search.export import check_output_dir, register_version, signmix_version
-    from search.tracking.tracker import open_experiment
-    from trainables.store import AdapterStore
-
     out = Path(out).resolve()
     check_output_dir(out)
     client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
@@ -189,10 +185,6 @@ def evaluate_bundle(path: str | os.PathLike, split: str = "validation") -> dict:
 
     Returns ``{"routing": ..., "plan": ..., "metrics": {"accuracy/<d>": ..., "macro_f1/<d>": ...}}``.
     """
-    from trainables.data import encode_split, load_domain
-    from trainables.evaluate import cast_model, evaluate_targets
-    from trainables.model import load_encoder
-
     path = Path(path)
     routing, plan = read_bundle(path)
     metrics: dict[str, float] = {}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from search.plan.partition import Partition
-from trainables.confidence import Interval, mean_difference
+from trainables.significance import Interval, mean_difference
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+from search.cluster import check_cluster_storage, connect_ray
 from search.config import Config
-from search.plan.bodies import (BodySearch, accuracy, baseline_candidates, correctness, group_name, own_spec)
+from search.plan.bodies import BodySearch, accuracy, baseline_candidates, correctness, group_name, own_spec
 from search.plan.compatibility import cross_head_distances, fsd_distances
+from search.plan.figure import draw_plan_front
 from search.plan.front import FrontPoint, choose_plan, front_points, mean_accuracy_interval
 from search.plan.planner import PlanSearch
+from search.reporting.tables import format_table, write_csv
 from search.tracking.layout import KIND_TAG, PLAN_ARTIFACT
+from search.tracking.tracker import open_experiment
+from search.trial import shared_initialisation
 from spaces.errors import StoreError, UsageError
+from trainables.store import load_sign_index
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +77,6 @@ def _with_ties(cfg: Config) -> Config:
 
 def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debug: bool = False) -> PlanOutcome:
     """Search, choose and confirm the serving plan of ``cfg``; record it in MLflow."""
-    from search.cluster import check_cluster_storage, connect_ray
-    from search.trial import shared_initialisation
-    from search.tracking.tracker import open_experiment
-    from trainables.store import load_sign_index
-
     started = time.perf_counter()
     domains = check_plan_domains(cfg)
     check_cluster_storage(cfg)
@@ -220,8 +221,6 @@ def _log(client, run_id: str, outcome: PlanOutcome) -> None:
     """Metrics per number of bodies, and the table, figure and plan.json as artifacts under ``plan/``."""
     from mlflow.entities import Metric
 
-    from search.plan.figure import draw_plan_front
-    from search.reporting.tables import write_csv
 
     rec, ts = outcome.record, int(time.time() * 1000)
     metrics = {"group_evaluations": rec["group_evaluations"], "plan_seconds": outcome.seconds,
@@ -247,8 +246,6 @@ def _log(client, run_id: str, outcome: PlanOutcome) -> None:
 
 def plan_lines(outcome: PlanOutcome) -> list[str]:
     """The plan's summary for the command line: the front against the references, and the choice."""
-    from search.reporting.tables import format_table
-
     rec = outcome.record
     rows = [[r["bodies"], " | ".join("+".join(g) for g in r["groups"]), r["validation"], r["test"],
              f"[{r['test_low']:.4f}, {r['test_high']:.4f}]", "*" if r["chosen"] else ""] for r in rec["front"]]
