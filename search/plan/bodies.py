@@ -6,11 +6,14 @@ A group's body is a search like ``signmix search`` (the same trainable, searcher
 and tracking), over the group's domains only, with every one of them a target and a member
 (``require_targets``): what is searched is the operator, its parameters, the weights and the
 pruning of ``search``, for ``plan.mixtures_per_group`` evaluations. Its MLflow parent run is
-tagged with the plan's run and the group, so a plan is read back from MLflow.
+tagged with the plan's run, the group and a hash of its settings, so a later plan of the
+same experiment reuses it instead of searching the group again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +23,8 @@ from search.config import Config
 from search.confirmation import run_confirmation_trial
 from search.plan.partition import Group
 from search.runner import run_search
-from search.tracking.layout import PLAN_GROUP_TAG, PLAN_RUN_TAG, spec_from_run
+from search.export import find_best_run
+from search.tracking.layout import PLAN_BODY_KEY_TAG, PLAN_GROUP_TAG, PLAN_RUN_TAG, spec_from_run
 from spaces.errors import SignmixError
 from spaces.spec import MixtureSpec, make_mixture_spec
 
@@ -55,34 +59,67 @@ def group_name(group: Sequence[str]) -> str:
     return "+".join(group)
 
 
-class BodySearch:
-    """Searches each group's body once (the planner caches the result) and tags its MLflow runs."""
+def body_key(group_cfg: Config) -> str:
+    """A hash of everything a group's body search depends on: its search settings (operators,
+    budget, seed, ...), the base model, the adapters' and training settings and the domains' data."""
+    blob = json.dumps({"search": group_cfg.search.model_dump(), "base_model": group_cfg.base_model,
+                       "adapter": group_cfg.adapter.model_dump(), "training": group_cfg.training.model_dump(),
+                       "domains": {d: c.model_dump() for d, c in sorted(group_cfg.domains.items())}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def __init__(self, cfg: Config, *, plan_run_id: str, client, progress: Callable[[str], None] = logger.info,
-                 debug: bool = False) -> None:
+
+class BodySearch:
+    """Searches each group's body once and tags its MLflow runs; a group whose body an earlier
+    plan of the experiment searched with the same settings (:func:`body_key`) is read back
+    from MLflow instead of searched again (the planner caches within a plan)."""
+
+    def __init__(self, cfg: Config, *, plan_run_id: str, client, experiment_id: str,
+                 progress: Callable[[str], None] = logger.info, debug: bool = False) -> None:
         self.cfg, self.plan_run_id, self.client, self.progress, self.debug = cfg, plan_run_id, client, progress, debug
+        self.experiment_id = experiment_id
         self.bodies: dict[Group, GroupBody] = {}
+        self.reused: set[Group] = set()
         self._last_second = ""
+
+    def _searched_before(self, key: str):
+        """The finished body search of this key, newest first; None when there is none."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PLAN_BODY_KEY_TAG}` = '{key}' and "
+                                       "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+        return runs[0] if runs else None
 
     def __call__(self, group: Group) -> dict[str, float]:
         """Each member's validation accuracy with the best body found for ``group``."""
+        name = group_name(group)
+        group_cfg = group_config(self.cfg, group)
+        key = body_key(group_cfg)
+        earlier = self._searched_before(key)
+        if earlier is not None:
+            best = find_best_run(self.client, self.experiment_id, earlier.info.run_id)
+            self.progress(f"plan: the body of {name} was searched before with these settings (MLflow run "
+                          f"{earlier.info.run_id}): reused")
+            self.reused.add(group)
+            return self._record(group, best, earlier.info.run_id)
         # A search's Optuna study and Ray experiment are named by the second it starts at.
         while time.strftime("%Y%m%d-%H%M%S") == self._last_second:
             time.sleep(0.05)
         self._last_second = time.strftime("%Y%m%d-%H%M%S")
-        name = group_name(group)
         self.progress(f"plan: searching one body for {name} ({self.cfg.plan.mixtures_per_group} evaluations)")
-        summary = run_search(group_config(self.cfg, group), progress=lambda line: self.progress(f"  [{name}] {line}"),
-                             debug=self.debug)
+        summary = run_search(group_cfg, progress=lambda line: self.progress(f"  [{name}] {line}"), debug=self.debug)
         if summary.parent_run_id:
-            self.client.set_tag(summary.parent_run_id, PLAN_RUN_TAG, self.plan_run_id)
-            self.client.set_tag(summary.parent_run_id, PLAN_GROUP_TAG, ",".join(group))
+            for tag, value in ((PLAN_RUN_TAG, self.plan_run_id), (PLAN_GROUP_TAG, ",".join(group))):
+                self.client.set_tag(summary.parent_run_id, tag, value)
         if summary.best_run_id is None:
             raise SignmixError(f"no mixture of {name} could be evaluated ({summary.failed} failed); "
                                "run `signmix --debug plan CONFIG` for the workers' errors")
-        run = self.client.get_run(summary.best_run_id)
+        # tagged last: only a search that found a body is ever reused
+        self.client.set_tag(summary.parent_run_id, PLAN_BODY_KEY_TAG, key)
+        return self._record(group, self.client.get_run(summary.best_run_id), summary.parent_run_id)
+
+    def _record(self, group: Group, run, search_run_id: str) -> dict[str, float]:
         accuracy = {d: float(run.data.metrics[f"accuracy/{d}"]) for d in group}
-        self.bodies[group] = GroupBody(group=group, run_id=summary.best_run_id, search_run_id=summary.parent_run_id,
+        self.bodies[group] = GroupBody(group=group, run_id=run.info.run_id, search_run_id=search_run_id,
                                        spec=spec_from_run(run), accuracy=accuracy)
         return accuracy
 

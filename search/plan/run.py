@@ -95,7 +95,8 @@ def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debu
     budget = cfg.plan.group_evaluations or 4 * len(domains)
     client.log_batch(run_id, params=_params(cfg, domains, budget))
     try:
-        outcome = _plan(cfg, domains, weights, index, budget, ties, client, run_id, stamp, progress, debug)
+        outcome = _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run_id, stamp, progress,
+                        debug)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -116,7 +117,8 @@ def _params(cfg: Config, domains, budget: int) -> list:
     return [Param(k, str(v)) for k, v in values.items()]
 
 
-def _plan(cfg, domains, weights, index, budget, ties, client, run_id, stamp, progress, debug) -> PlanOutcome:
+def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run_id, stamp, progress,
+          debug) -> PlanOutcome:
     head = cfg.search.head
     progress(f"plan: {len(domains)} domains; the bound (own adapters, trained and refit heads), soup and TIES of all"
              + (", cross heads" if cfg.plan.compatibility == "cross_heads" else "") + " in one trial")
@@ -131,7 +133,8 @@ def _plan(cfg, domains, weights, index, budget, ties, client, run_id, stamp, pro
         names = list(index.names)
         sub = [names.index(d) for d in domains]
         distances = fsd_distances(domains, [[float(index.matrix[i, j]) for j in sub] for i in sub])
-    bodies = BodySearch(cfg, plan_run_id=run_id, client=client, progress=progress, debug=debug)
+    bodies = BodySearch(cfg, plan_run_id=run_id, client=client, experiment_id=experiment_id, progress=progress,
+                        debug=debug)
     search = PlanSearch(domains=domains, distances=distances, singles=singles, score_group=bodies,
                         budget=budget).run(progress)
     values = {p: search.value(p) for p in search.best.values()}
@@ -169,13 +172,15 @@ def _plan(cfg, domains, weights, index, budget, ties, client, run_id, stamp, pro
         "plan_run_id": run_id, "experiment": cfg.experiment_name, "domains": domains, "head": head,
         "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies, "why": why,
         "group_evaluations": search.evaluations, "group_evaluations_budget": budget,
+        "group_searches_reused": len(bodies.reused),
         "compatibility": cfg.plan.compatibility, "distances": {f"{a},{b}": v for (a, b), v in distances.items()},
         "chosen": _chosen(chosen, bodies, rows, head),
         "front": rows, "references": references,
         "steps": [{"move": s.move, "groups": [list(g) for g in s.partition], "validation": s.accuracy,
                    "new_groups": s.new_groups, "improved": s.improved} for s in search.steps],
         "group_runs": {group_name(g): {"run_id": b.run_id, "search_run_id": b.search_run_id,
-                                        "spec": b.spec.to_dict(), "validation": b.accuracy}
+                                        "spec": b.spec.to_dict(), "validation": b.accuracy,
+                                        "reused": g in bodies.reused}
                        for g, b in sorted(bodies.bodies.items())},
         "config": cfg.model_dump(),
     }
@@ -257,7 +262,8 @@ def plan_lines(outcome: PlanOutcome) -> list[str]:
              f"served: {g} adapter bodies + {n} heads instead of {n} adapters ({n - g} fewer bodies); "
              f"test accuracy {rec['chosen']['test']:.4f} [{rec['chosen']['test_low']:.4f}, "
              f"{rec['chosen']['test_high']:.4f}]",
-             f"{rec['group_evaluations']} group evaluations (budget {rec['group_evaluations_budget']}) in "
+             f"{rec['group_evaluations']} group evaluations (budget {rec['group_evaluations_budget']}; "
+             f"{rec['group_searches_reused']} reused from earlier plans) in "
              f"{outcome.seconds:.0f}s; MLflow run {outcome.run_id}; export it with "
              f"`signmix export CONFIG --plan --out bundle/`"]
     return lines

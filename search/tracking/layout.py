@@ -40,6 +40,7 @@ NOTES_TAG = "signmix.confirmation_notes"
 # Tags of a group body's search in a serving plan (search/plan/).
 PLAN_RUN_TAG = "signmix.plan_run_id"  # the plan run it belongs to
 PLAN_GROUP_TAG = "signmix.plan_group"  # its domains, joined by ","
+PLAN_BODY_KEY_TAG = "signmix.plan_body_key"  # a hash of what the body search depends on (reused when equal)
 
 RUN_KINDS = ("training", "search", "mixture", "confirmation", "plan")
 STATUSES = OUTCOMES  # what became of a mixture: the one outcome rule's names

@@ -80,6 +80,19 @@ def test_each_group_body_is_a_search_recorded_in_mlflow_and_the_plan_run_holds_t
     assert run.data.metrics["chosen_bodies"] == rec["chosen"]["bodies"]
 
 
+def test_a_second_plan_reuses_every_group_body_searched_with_the_same_settings(planned, plan_cfg):
+    from search.plan.run import run_plan
+    from search.tracking.layout import PLAN_GROUP_TAG
+
+    searches_before = len(mlflow_runs(plan_cfg, f"tags.`{PLAN_GROUP_TAG}` != ''"))
+    again = run_plan(plan_cfg).record
+    assert again["group_searches_reused"] == again["group_evaluations"] == planned.record["group_evaluations"]
+    assert len(mlflow_runs(plan_cfg, f"tags.`{PLAN_GROUP_TAG}` != ''")) == searches_before  # nothing searched again
+    assert [r["groups"] for r in again["front"]] == [r["groups"] for r in planned.record["front"]]
+    assert {g: b["run_id"] for g, b in again["group_runs"].items()} == {
+        g: b["run_id"] for g, b in planned.record["group_runs"].items()}
+
+
 def signmix(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "search.cli.main", *args], capture_output=True, text=True,
                           timeout=900)
