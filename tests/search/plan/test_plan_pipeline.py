@@ -100,9 +100,10 @@ def signmix(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def bundle(planned, plan_config_path, tmp_path_factory) -> Path:
-    """The front's plan of 4 bodies (one merged pair, three own adapters): both kinds of body."""
+    """The front's plan of 4 bodies (one merged pair, three own adapters: both kinds of body) of
+    the module's plan run (named: a later test plans again)."""
     out = tmp_path_factory.mktemp("bundle-parent") / "bundle"
-    done = signmix("export", plan_config_path, "--plan", "--bodies", "4", "--out", str(out))
+    done = signmix("export", plan_config_path, "--plan", "--run-id", planned.run_id, "--bodies", "4", "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "registered as test-exp version" in done.stdout
     return out
