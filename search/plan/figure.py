@@ -45,7 +45,7 @@ def draw_plan_front(path: str | os.PathLike, rows: Sequence[Mapping], references
     ax.set_ylabel("mean accuracy over domains (%)")
     ax.set_xticks(xs)
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
