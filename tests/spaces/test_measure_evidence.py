@@ -42,7 +42,7 @@ def test_no_measure_with_evidence_filters_nothing_and_says_which_was_strongest()
 def test_a_measure_that_only_tracks_size_has_no_partial_coefficient():
     k, accuracy, values = _mixtures()
     e = measure_evidence("size_only", values["size_only"], k, accuracy)
-    assert math.isnan(e.partial) and e.spearman < -0.5  # plain Spearman is fooled by size
+    assert math.isnan(e.partial) and e.spearman < -0.4 and e.spearman_p < 0.01  # plain Spearman is fooled by size
     assert e.gate.decision == "no_signal"
 
 
