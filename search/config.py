@@ -22,6 +22,7 @@ from search.proposals.objectives import OBJECTIVES, PARETO_RULES
 from search.proposals.strategies import STRATEGIES
 from spaces.errors import ConfigError
 from spaces.fsd import FSD_MEASURES
+from spaces.measures import DEFAULT_PROBE_SIZE, PAIRWISE_MEASURES, PROBE_SIZE_RANGE
 from spaces.merge_dimensions import WEIGHTINGS
 from spaces.operators import HEAD_PROTOCOLS, MERGE_OPERATORS
 from spaces.space import SEARCH_PRUNE_METHODS
@@ -46,6 +47,7 @@ REGISTERED_CHOICES: dict[str, tuple[str, ...]] = {
     "adapter.method": tuple(ADAPTER_METHODS),
     "search.strategy": tuple(STRATEGIES),
     "search.fsd_measure": tuple(FSD_MEASURES),
+    "search.conflict_measure": ("auto", *PAIRWISE_MEASURES),
     "search.prune_methods": tuple(SEARCH_PRUNE_METHODS),
     "search.prune_scope": tuple(PRUNE_SCOPES),
     "search.prune_when": tuple(PRUNE_WHEN),
@@ -66,6 +68,7 @@ def _choice(field: str):
 
 StrategyName = _choice("search.strategy")
 FsdMeasure = _choice("search.fsd_measure")
+ConflictMeasure = _choice("search.conflict_measure")
 SearchPruneMethod = _choice("search.prune_methods")
 PruneScope = _choice("search.prune_scope")
 PruneWhen = _choice("search.prune_when")
@@ -101,6 +104,13 @@ class SearchConfig(FrozenModel):
     # auto: filter only once the evaluated mixtures show FSD predicts accuracy here (search/proposals/gate.py);
     # a number: a fixed threshold; null: no FSD filter.
     max_fsd: Union[Annotated[float, Field(ge=0.0, le=1.0)], Literal["auto"], None] = "auto"
+    # What the gate measures conflict with (spaces/measures.py): weight_fsd (the FSD above),
+    # delta_fsd, activation_fsd, cross_head; auto: every one of them is tracked and the one whose
+    # evidence is strongest filters (search/measure_gate.py). The probe measures read probe_size
+    # rows of each domain's probe_split.
+    conflict_measure: ConflictMeasure = "weight_fsd"
+    probe_size: Annotated[int, Field(ge=PROBE_SIZE_RANGE[0], le=PROBE_SIZE_RANGE[1])] = DEFAULT_PROBE_SIZE
+    probe_split: Literal["train", "validation", "test"] = "train"
     # Confirm the chosen mixture and the baselines once on the test split (search/confirmation.py).
     confirm: bool = True
     # Which mixture is exported when the validation data cannot separate the best from the
