@@ -106,7 +106,7 @@ class SearchConfig(FrozenModel):
     max_fsd: Union[Annotated[float, Field(ge=0.0, le=1.0)], Literal["auto"], None] = "auto"
     # What the gate measures conflict with (spaces/measures.py): weight_fsd (the FSD above),
     # delta_fsd, activation_fsd, cross_head; auto: every one of them is tracked and the one whose
-    # evidence is strongest filters (search/measure_gate.py). The probe measures read probe_size
+    # evidence is strongest filters (search/proposals/measure_gate.py). The probe measures read probe_size
     # rows of each domain's probe_split.
     conflict_measure: ConflictMeasure = "weight_fsd"
     probe_size: Annotated[int, Field(ge=PROBE_SIZE_RANGE[0], le=PROBE_SIZE_RANGE[1])] = DEFAULT_PROBE_SIZE
@@ -164,6 +164,14 @@ class SearchConfig(FrozenModel):
         if self.mixtures_per_trial > 1 and self.early_stopping and self.eval_chunks > 1:
             raise ValueError("early_stopping stops a trial, which would stop every mixture of its batch: "
                              "set mixtures_per_trial: 1, or early_stopping: false")
+        return self
+
+    @model_validator(mode="after")
+    def _auto_measure_has_no_fixed_threshold(self):
+        if self.conflict_measure == "auto" and isinstance(self.max_fsd, float):
+            raise ValueError(f"conflict_measure: auto chooses its measure from the evidence, so a fixed max_fsd "
+                             f"({self.max_fsd}) has no measure to apply to: set max_fsd: auto (or null), or name "
+                             "the measure in conflict_measure")
         return self
 
     @model_validator(mode="after")

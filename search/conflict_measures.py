@@ -26,8 +26,7 @@ from trainables.store import AdapterStore, load_sign_index, sign_weights
 logger = logging.getLogger(__name__)
 
 MEASURES_DIR = ".measures"
-MEASURES_KIND = "measures"
-FINGERPRINT_TAG = "signmix.measures_fingerprint"
+MEASURES_KIND = "measures"  # a run kind of search/tracking/layout.py
 
 Progress = Callable[[str], None]
 
@@ -208,7 +207,7 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
     import numpy as np
 
     from search.cluster import connect_ray
-    from search.runner import shared_initialisation
+    from search.trial import shared_initialisation
     from spaces.measures import merge_gap
     from trainables.mixture import INIT_KEY
     from trainables.probes import probe_mixtures
@@ -248,7 +247,8 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
 def _log_measures(cfg: Config, fingerprint: str, probe: Mapping, measures: Mapping[str, PairwiseMeasure]) -> None:
     """One MLflow run per measures fingerprint: the probe settings, each measure's cost in seconds,
     and the matrices as ``measures.json``."""
-    from search.tracking.tracker import KIND_TAG, open_experiment
+    from search.tracking.layout import KIND_TAG, MEASURES_FINGERPRINT_TAG as FINGERPRINT_TAG
+    from search.tracking.tracker import open_experiment
 
     client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'",

@@ -107,6 +107,7 @@ def choose_measure(evidence: Sequence[MeasureEvidence]) -> tuple[MeasureEvidence
 
 
 def evidence_table(values: Mapping[str, Sequence[float]], k: Sequence[int], accuracy: Sequence[float], *,
-                   tolerance: float = DEFAULT_TOLERANCE) -> list[MeasureEvidence]:
+                   tolerance: float = DEFAULT_TOLERANCE, min_n: int = DEFAULT_MIN_N) -> list[MeasureEvidence]:
     """:func:`measure_evidence` of every measure in ``values`` (measure -> one value per mixture), best first."""
-    return rank_measures([measure_evidence(name, v, k, accuracy, tolerance=tolerance) for name, v in values.items()])
+    return rank_measures([measure_evidence(name, v, k, accuracy, tolerance=tolerance, min_n=min_n)
+                          for name, v in values.items()])

@@ -33,12 +33,15 @@ ADAPTER_PATH_TAG = "signmix.adapter_path"
 # Tags of a search's parent run, set by the FSD gate and the confirmation.
 GATE_DECISION_TAG = "signmix.fsd_gate"
 GATE_REASON_TAG = "signmix.fsd_gate_reason"
+GATE_MEASURE_TAG = "signmix.gate_measure"  # the conflict measure the gate filters with (search/proposals/measure_gate.py)
+# Tags of a measures run (search/conflict_measures.py).
+MEASURES_FINGERPRINT_TAG = "signmix.measures_fingerprint"
 CHOSEN_TAG = "signmix.chosen_run_id"
 BEST_TAG = "signmix.best_run_id"
 RULE_TAG = "signmix.when_tied"
 NOTES_TAG = "signmix.confirmation_notes"
 
-RUN_KINDS = ("training", "search", "mixture", "confirmation")
+RUN_KINDS = ("training", "search", "mixture", "confirmation", "measures")
 STATUSES = OUTCOMES  # what became of a mixture: the one outcome rule's names
 MIXTURE_ARTIFACT = "mixture"  # an evaluated mixture's adapter and heads
 
