@@ -49,6 +49,13 @@ def _fingerprint(cfg: Config, domains: Sequence[str], probe: Mapping) -> str:
                                  "max_eval_examples": cfg.training.max_eval_examples, "probe": dict(probe)})
 
 
+def _no_shared_initialisation(imported: Sequence[str]) -> StoreError:
+    return StoreError(f"measure delta_fsd compares each adapter's delta from the adapters' shared initialisation, "
+                      f"but {list(imported)} were imported and did not start from the config's seed; leave delta_fsd "
+                      "out (e.g. --measures weight_fsd,activation_fsd,cross_head, or search.conflict_measure: "
+                      "activation_fsd), or train every adapter with signmix")
+
+
 def delta_initialisation(cfg: Config, weights: Mapping) -> dict | None:
     """What ``delta_fsd`` subtracts: the adapters' shared initialisation, rebuilt from the config
     (None for LoRA, whose ΔW starts at 0). Raises StoreError when the store has imported
@@ -61,14 +68,36 @@ def delta_initialisation(cfg: Config, weights: Mapping) -> dict | None:
     store = AdapterStore(cfg.store_path)
     imported = [d for d in sorted(weights) if store.meta(d).get("source")]
     if imported:
-        raise StoreError(f"measure delta_fsd compares each adapter's delta from the adapters' shared "
-                         f"initialisation, but {imported} were imported and did not start from the config's seed; "
-                         "leave delta_fsd out (e.g. --measures weight_fsd,activation_fsd,cross_head), or train "
-                         "every adapter with signmix")
+        raise _no_shared_initialisation(imported)
     init = initial_adapter_weights(cfg.model_dump(), store)
     for domain in sorted(weights):
         check_init_matches(init, weights[domain], domain)
     return init
+
+
+def check_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[str] | None = None) -> None:
+    """Refuse, before anything is computed or written, measures the store or the data cannot give:
+    ``delta_fsd`` on imported bottleneck adapters (no shared initialisation), or a
+    ``search.probe_split`` that a probed domain does not have."""
+    from spaces.errors import DataError
+    from trainables.data import load_domain
+    from trainables.lora_merge import is_lora_weights
+
+    store = AdapterStore(cfg.store_path)
+    if "delta_fsd" in names:
+        imported = [d for d in sorted(cfg.domains) if d in store.domains() and store.meta(d).get("source")]
+        # LoRA: delta_fsd is on ΔW, which every LoRA starts at 0; no initialisation needed
+        if imported and not all(is_lora_weights(store.load_weights(d)) for d in imported):
+            raise _no_shared_initialisation(imported)
+    if set(names) & {"activation_fsd", "cross_head", "merge_gap"}:
+        probe = probe_settings(cfg, list(targets or cfg.search.targets))
+        for d in dict.fromkeys([*probe["activation_domains"], *probe["head_domains"]]):
+            try:
+                load_domain(d, cfg.domains[d].model_dump(), splits=(probe["split"],), max_train_examples=1,
+                            max_eval_examples=1, trust_remote_code=cfg.trust_remote_code)
+            except DataError as exc:
+                raise DataError(f"search.probe_split is {probe['split']!r}, but domain {d!r} cannot give it ({exc}); "
+                                "set search.probe_split to a split every domain has (train by default)") from None
 
 
 def conflict_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[str] | None = None,

@@ -140,15 +140,6 @@ def gate_candidates(conflict_measure: str) -> list[str]:
     return list(PAIRWISE_MEASURES) if conflict_measure == "auto" else [conflict_measure]
 
 
-def make_measure_gate(cfg, space: MixtureSpace, tolerance: float,
-                      measures: Mapping[str, PairwiseMeasure]) -> MeasureGate:
-    """The gate of ``cfg.search.conflict_measure`` and ``max_fsd`` over ``space`` (``measures``:
-    :func:`search.conflict_measures.conflict_measures` of the candidates)."""
-    mode, fixed = gate_mode(cfg.search.max_fsd)
-    return MeasureGate(measures=measures, candidates=gate_candidates(cfg.search.conflict_measure), mode=mode,
-                       space=space, tolerance=tolerance, fixed_threshold=fixed)
-
-
 def warm_start_order(measures: Mapping[str, PairwiseMeasure], evidence: Sequence[MeasureEvidence],
                      conflict_measure: str) -> tuple[PairwiseMeasure | None, str]:
     """The measure whose row means order the greedy warm start, and why: the configured one, or
@@ -175,13 +166,30 @@ def gate_for_search(cfg, space: MixtureSpace, tolerance: float, index: SignIndex
         return make_gate(cfg, space, tolerance), index
     from search.conflict_measures import conflict_measures
 
-    measures = conflict_measures(cfg, gate_candidates(cfg.search.conflict_measure), progress=progress, debug=debug)
-    gate = make_measure_gate(cfg, space, tolerance, measures)
+    candidates = gate_candidates(cfg.search.conflict_measure)
+    if cfg.search.conflict_measure == "auto":  # track what this store and data can measure
+        candidates = [c for c in candidates if _measurable(cfg, c, progress)]
+    measures = conflict_measures(cfg, candidates, progress=progress, debug=debug)
+    mode, fixed = gate_mode(cfg.search.max_fsd)
+    gate = MeasureGate(measures=measures, candidates=candidates, mode=mode, space=space, tolerance=tolerance,
+                       fixed_threshold=fixed)
     order, why = warm_start_order(measures, experiment_evidence(cfg, measures, tolerance),
                                   cfg.search.conflict_measure)
     if cfg.search.strategy == "tpe" and cfg.search.warm_start == "greedy_fsd":
         progress(f"conflict gate: tracks {', '.join(gate.candidates)}; {why}")
     return gate, order or index
+
+
+def _measurable(cfg, name: str, progress) -> bool:
+    from search.conflict_measures import check_measures
+    from spaces.errors import UsageError
+
+    try:
+        check_measures(cfg, [name])
+    except UsageError as exc:
+        progress(f"conflict gate: {name} is not tracked: {exc}")
+        return False
+    return True
 
 
 def experiment_evidence(cfg, measures: Mapping[str, PairwiseMeasure], tolerance: float,
@@ -190,28 +198,32 @@ def experiment_evidence(cfg, measures: Mapping[str, PairwiseMeasure], tolerance:
     ``search.targets`` (``extra``: measure -> mixture key -> value, e.g. ``merge_gap``), best
     first; empty when there is none. Reads only."""
     points = experiment_points(cfg)
-    values = {name: [m.subset(members) for members, _, _ in points] for name, m in measures.items()}
+    values = {name: [m.subset(members) for members, _, _, _ in points] for name, m in measures.items()}
     for name, by_key in (extra or {}).items():
-        values[name] = [by_key[key] for _, key, _ in points]
+        values[name] = [by_key[key] for _, key, _, _ in points]
     if not points:
         return []
-    k = [len(members) for members, _, _ in points]
-    return evidence_table(values, k, [acc for _, _, acc in points], tolerance=tolerance)
+    k = [len(members) for members, _, _, _ in points]
+    return evidence_table(values, k, [acc for _, _, acc, _ in points], tolerance=tolerance)
 
 
-def experiment_points(cfg) -> list[tuple[tuple[str, ...], str, float]]:
-    """(members, mixture key, mean validation accuracy) of each distinct evaluated mixture of the
-    experiment whose targets are exactly ``search.targets`` (its first run when repeated)."""
-    from search.reporting.results import mixture_runs, open_existing_experiment
-    from search.tracking.layout import KEY_TAG
+def experiment_points(cfg) -> list[tuple[tuple[str, ...], str, float, object]]:
+    """(members, mixture key, mean validation accuracy, MixtureSpec) of each distinct evaluated
+    mixture of the experiment whose targets are exactly ``search.targets``. Reads only."""
+    from search.reporting.results import open_existing_experiment
+    from search.tracking.layout import KIND_TAG, STATUS_TAG, spec_from_run
 
     client, experiment_id = open_existing_experiment(cfg)
     if experiment_id is None:
         return []
+    runs = client.search_runs([experiment_id], max_results=50000, order_by=["attributes.start_time ASC"],
+                              filter_string=f"tags.`{KIND_TAG}` = 'mixture' and tags.`{STATUS_TAG}` = 'evaluated'")
     targets, seen, points = set(cfg.search.targets), set(), []
-    for r in mixture_runs(client, experiment_id, status="evaluated"):
-        key = r.tags.get(KEY_TAG, r.run_id)
-        if set(r.targets) == targets and "accuracy_mean" in r.metrics and key not in seen:
-            seen.add(key)
-            points.append((tuple(r.members), key, r.metrics["accuracy_mean"]))
+    for run in runs:
+        if "accuracy_mean" not in run.data.metrics:
+            continue
+        spec = spec_from_run(run)
+        if set(spec.targets) == targets and spec.key not in seen:
+            seen.add(spec.key)
+            points.append((tuple(spec.members), spec.key, run.data.metrics["accuracy_mean"], spec))
     return points
