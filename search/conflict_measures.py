@@ -61,7 +61,7 @@ def delta_initialisation(cfg: Config, weights: Mapping) -> dict | None:
     (None for LoRA, whose ΔW starts at 0). Raises StoreError when the store has imported
     bottleneck adapters, which did not start from it."""
     from trainables.initialisation import check_init_matches, initial_adapter_weights
-    from trainables.lora_merge import is_lora_weights
+    from trainables.lora_mixture import is_lora_weights
 
     if all(is_lora_weights(w) for w in weights.values()):
         return None
@@ -69,7 +69,7 @@ def delta_initialisation(cfg: Config, weights: Mapping) -> dict | None:
     imported = [d for d in sorted(weights) if store.meta(d).get("source")]
     if imported:
         raise _no_shared_initialisation(imported)
-    init = initial_adapter_weights(cfg.model_dump(), store)
+    init = initial_adapter_weights(cfg.experiment(), store)
     for domain in sorted(weights):
         check_init_matches(init, weights[domain], domain)
     return init
@@ -81,7 +81,7 @@ def check_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[str] 
     ``search.probe_split`` that a probed domain does not have."""
     from spaces.errors import DataError
     from trainables.data import load_domain
-    from trainables.lora_merge import is_lora_weights
+    from trainables.lora_mixture import is_lora_weights
 
     store = AdapterStore(cfg.store_path)
     if "delta_fsd" in names:
@@ -93,7 +93,7 @@ def check_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[str] 
         probe = probe_settings(cfg, list(targets or cfg.search.targets))
         for d in dict.fromkeys([*probe["activation_domains"], *probe["head_domains"]]):
             try:
-                load_domain(d, cfg.domains[d].model_dump(), splits=(probe["split"],), max_train_examples=1,
+                load_domain(d, cfg.domains[d], splits=(probe["split"],), max_train_examples=1,
                             max_eval_examples=1, trust_remote_code=cfg.trust_remote_code)
             except DataError as exc:
                 raise DataError(f"search.probe_split is {probe['split']!r}, but domain {d!r} cannot give it ({exc}); "
@@ -158,15 +158,16 @@ def _write(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _tuner(cfg: Config, trainable: Callable, weights: Mapping, grid: list, name: str, extra: Mapping):
+def _tuner(cfg: Config, trainable: Callable, weights: Mapping, grid: list, name: str, extra: Mapping,
+           targets: Sequence[str]):
     from ray import tune
 
     from search.cluster import storage_uri
-    from trainables.mixture import share_adapter_weights
+    from trainables.mixture_trial import share_adapter_weights
 
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, adapter_weights=share_adapter_weights(weights),
-                                                 experiment=cfg.model_dump(),
+                                                 experiment=cfg.experiment(targets),
                                                  store_root=os.path.abspath(cfg.store_path)),
                             {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}),
         param_space={**extra, "item": tune.grid_search(grid)},
@@ -192,7 +193,7 @@ def run_probe_trials(cfg: Config, weights: Mapping, probe: Mapping, out: Path, *
 
     connect_ray(cfg, debug=debug)
     grid = _tuner(cfg, _item_trial(probe_adapter, "adapter"), weights, sorted(weights), "probes",
-                  {"probe": dict(probe), "out": str(out)}).fit()
+                  {"probe": dict(probe), "out": str(out)}, probe["activation_domains"]).fit()
     failed = [r for r in grid if r.error is not None]
     if failed:
         raise StoreError(f"the probe pass of adapter {failed[0].config['item']!r} failed: "
@@ -238,7 +239,7 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
     from search.cluster import connect_ray
     from search.trial import shared_initialisation
     from spaces.measures import merge_gap
-    from trainables.mixture import INIT_KEY
+    from trainables.mixture_trial import INIT_KEY
     from trainables.probes import probe_mixtures
 
     targets = list(targets or cfg.search.targets)
@@ -257,7 +258,7 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
         parts = max(1, cfg.search.max_concurrent)
         batches = [[s.to_dict() for s in todo[i::parts]] for i in range(parts) if todo[i::parts]]
         grid = _tuner(cfg, _item_trial(probe_mixtures, "specs"), shared, batches, "merge-gap",
-                      {"probe": dict(probe), "out": str(folder / "mixtures")}).fit()
+                      {"probe": dict(probe), "out": str(folder / "mixtures")}, targets).fit()
         failed = [r for r in grid if r.error is not None]
         if failed:
             raise StoreError(f"a merge_gap pass failed: {str(failed[0].error).strip().splitlines()[-1]}")

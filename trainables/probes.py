@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from trainables.data import EncodedSplit
+    from trainables.settings import Experiment
 
 
-def probe_examples(experiment: Mapping, domain: str, probe: Mapping,
+def probe_examples(experiment: Experiment, domain: str, probe: Mapping,
                    label_names: Sequence[str] | None = None) -> tuple[EncodedSplit, list[int]]:
     """``domain``'s probe split, encoded (cached per process), and the probe rows drawn from it."""
     encoded = encoded_split(experiment, domain, probe["split"], label_names)
@@ -67,24 +68,25 @@ def _forward(model, encoded: EncodedSplit, rows: Sequence[int], batch_size: int,
     return probs, layers
 
 
-def probe_adapter(config: Mapping, *, adapter_weights: Mapping, experiment: Mapping, store_root: str) -> dict:
+def probe_adapter(config: Mapping, *, adapter_weights: Mapping, experiment: Experiment, store_root: str) -> dict:
     """Ray Tune trial: one adapter's probe pass (see the module), written to
     ``config["out"]/<adapter>.safetensors``; reports ``probe_seconds`` and ``cross/<domain>``
     (accuracy with that domain's head on its probe rows)."""
     import torch
     from safetensors.torch import save_file
 
-    from trainables.mixture import fetch_members
+    from trainables.mixture_trial import fetch_members
 
     started = time.perf_counter()
     domain, probe = config["adapter"], config["probe"]
-    batch_size = experiment["search"]["eval_batch_size"]
+    batch_size = experiment.evaluation.batch_size
     model = mixture_model(experiment, store_root)
     weights = fetch_members(adapter_weights, [domain])[domain]
     tensors: dict[str, Tensor] = {}
     metrics: dict[str, float] = {}
     for d in probe["activation_domains"]:
-        encoded, rows = probe_examples(experiment, d, probe, _labels(model, d))
+        model.add_head(d)
+        encoded, rows = probe_examples(experiment, d, probe, model.label_names[d])
         model.model.set_active_adapters(None)  # the base model's hidden states
         model.use_head(d)
         _, base = _forward(model.model, encoded, rows, batch_size, hidden=True)
@@ -115,26 +117,18 @@ def probe_adapter(config: Mapping, *, adapter_weights: Mapping, experiment: Mapp
     return result
 
 
-def _labels(model, domain: str) -> list[str] | None:
-    """The trained head's label order of ``domain``, when ``domain`` has a head in the store."""
-    try:
-        model.add_head(domain)
-    except (OSError, KeyError, ValueError):
-        return None
-    return model.label_names.get(domain)
-
-
-def probe_mixtures(config: Mapping, *, adapter_weights: Mapping, experiment: Mapping, store_root: str) -> dict:
+def probe_mixtures(config: Mapping, *, adapter_weights: Mapping, experiment: Experiment,
+                   store_root: str) -> dict:
     """Ray Tune trial: for each mixture of ``config["specs"]`` (MixtureSpec dicts), the merged
     model's class probabilities with each target's head on the target's probe rows, written
     to ``config["out"]/<mixture key>.safetensors``; reports ``merge_gap_seconds`` per mixture."""
     from safetensors.torch import save_file
 
     from spaces.spec import MixtureSpec
-    from trainables.mixture import load_mixture
+    from trainables.mixture_trial import load_mixture
 
     probe = config["probe"]
-    batch_size = experiment["search"]["eval_batch_size"]
+    batch_size = experiment.evaluation.batch_size
     model = mixture_model(experiment, store_root)
     out = Path(config["out"])
     out.mkdir(parents=True, exist_ok=True)
