@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast bench bench-search-real study-amazon mixing-pays lora-merge-study constraints clean
+.PHONY: install install-dev demo test test-fast bench bench-search-real study-amazon mixing-pays lora-merge-study measures-real constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,3 +66,9 @@ mixing-pays: install-dev
 # Issue 11, item 4: LoRA mixtures merged on ΔW (delta_svd) against averaged factors, on the 4 Amazon domains
 lora-merge-study: install-dev
 	$(PY) tests/benchmarks/lora_merge_study.py
+
+# Issue 18: which conflict measure predicts a merge's accuracy on the real adapters (the Amazon in-domain
+# study and the FDU-MTL serving groups of 2; SIZES="2 3" adds the groups of 3); tables in BENCHMARKS.md
+SIZES ?= 2
+measures-real: install-dev
+	$(PY) tests/benchmarks/measures_real.py --serving-sizes $(SIZES)

@@ -52,8 +52,14 @@ def serving_table(paths, sizes, out: Path):
     from search.baselines import evaluate_specs
     from search.config import load_config
     from spaces.spec import make_mixture_spec
+    from trainables.store import AdapterStore
 
     cfg = load_config(paths["fdu"])
+    if set(cfg.domains) - set(AdapterStore(cfg.store_path).domains()):
+        from search.runner import run_training
+
+        print("training the adapters the store lacks", flush=True)
+        run_training(load_config(paths["train"]), progress=print)
     cache = out / f"serving-{'-'.join(map(str, sizes))}.json"
     done = json.loads(cache.read_text()) if cache.exists() else {}
     groups = [g for s in sizes for g in itertools.combinations(sorted(real.FDU), s)]
