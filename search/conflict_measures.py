@@ -141,6 +141,17 @@ def conflict_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[st
     return {n: have[n] for n in names}
 
 
+def cached_measures(cfg: Config) -> dict[str, PairwiseMeasure]:
+    """The pairwise measures last cached for this config's adapters (the newest cache file of the
+    store whose adapters are this config's domains); empty when none was computed. Reads only."""
+    root = Path(cfg.store_path) / MEASURES_DIR
+    for path in sorted(root.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []:
+        found = {k: PairwiseMeasure.from_json(v) for k, v in _read(path).items()}
+        if found and all(set(m.names) == set(cfg.domains) for m in found.values()):
+            return found
+    return {}
+
+
 def _read(path: Path) -> dict:
     if not path.is_file():
         return {}

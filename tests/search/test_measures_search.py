@@ -58,3 +58,17 @@ def test_fsd_measures_all_prints_every_matrix_and_the_evidence_best_first(search
     table = out.split("best first):")[1]
     assert all(name in table for name in ("weight_fsd", "delta_fsd", "activation_fsd", "cross_head", "merge_gap"))
     assert "Conflict gate (conflict_measure: auto) would choose: " in out
+
+
+def test_the_report_draws_one_scatter_per_cached_measure(searched, tmp_path):
+    import csv
+
+    from search.reporting.report import build_report
+
+    _, cfg, _ = searched
+    written = build_report(cfg, tmp_path / "report")
+    assert tmp_path / "report" / "measures_vs_accuracy.png" in written
+    with open(tmp_path / "report" / "measures_vs_accuracy.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["measure"] for r in rows} == {"weight_fsd", "delta_fsd", "activation_fsd", "cross_head"}
+    assert all(int(r["k"]) >= 2 for r in rows)
