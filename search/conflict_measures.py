@@ -12,15 +12,27 @@ settings, and to an MLflow run of the experiment (``signmix.kind = measures``).
 from __future__ import annotations
 
 import json
+import numpy as np
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from search.cluster import connect_ray, storage_uri
 from search.config import Config
-from spaces.errors import StoreError
-from spaces.measures import PAIRWISE_MEASURES, PairwiseMeasure, measures_fingerprint
+from search.tracking.layout import KIND_TAG
+from search.tracking.layout import MEASURES_FINGERPRINT_TAG as FINGERPRINT_TAG
+from search.tracking.tracker import open_experiment
+from search.trial import shared_initialisation
+from spaces import measures as m
+from spaces.errors import DataError, StoreError
+from spaces.measures import PAIRWISE_MEASURES, PairwiseMeasure, measures_fingerprint, merge_gap
+from trainables.data import load_domain
+from trainables.initialisation import check_init_matches, initial_adapter_weights
+from trainables.lora_mixture import is_lora_weights
+from trainables.mixture_trial import INIT_KEY, share_adapter_weights
+from trainables.probes import probe_adapter, probe_mixtures
 from trainables.store import AdapterStore, load_sign_index, sign_weights
 
 logger = logging.getLogger(__name__)
@@ -60,8 +72,6 @@ def delta_initialisation(cfg: Config, weights: Mapping) -> dict | None:
     """What ``delta_fsd`` subtracts: the adapters' shared initialisation, rebuilt from the config
     (None for LoRA, whose ΔW starts at 0). Raises StoreError when the store has imported
     bottleneck adapters, which did not start from it."""
-    from trainables.initialisation import check_init_matches, initial_adapter_weights
-    from trainables.lora_mixture import is_lora_weights
 
     if all(is_lora_weights(w) for w in weights.values()):
         return None
@@ -79,9 +89,6 @@ def check_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[str] 
     """Refuse, before anything is computed or written, measures the store or the data cannot give:
     ``delta_fsd`` on imported bottleneck adapters (no shared initialisation), or a
     ``search.probe_split`` that a probed domain does not have."""
-    from spaces.errors import DataError
-    from trainables.data import load_domain
-    from trainables.lora_mixture import is_lora_weights
 
     store = AdapterStore(cfg.store_path)
     if "delta_fsd" in names:
@@ -105,7 +112,6 @@ def conflict_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[st
     """The pairwise measures ``names`` (of :data:`~spaces.measures.PAIRWISE_MEASURES`) over the
     config's adapters, probing ``targets`` (default ``search.targets``): read from the store's
     cache, the missing ones computed and cached (and logged to MLflow)."""
-    from spaces import measures as m
 
     names = [n for n in PAIRWISE_MEASURES if n in names]
     targets = list(targets or cfg.search.targets)
@@ -171,10 +177,8 @@ def _write(path: Path, data: dict) -> None:
 
 def _tuner(cfg: Config, trainable: Callable, weights: Mapping, grid: list, name: str, extra: Mapping,
            targets: Sequence[str]):
-    from ray import tune
+    from ray import tune  # Ray: heavy, loaded by the trial or the Tuner that needs it
 
-    from search.cluster import storage_uri
-    from trainables.mixture_trial import share_adapter_weights
 
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, adapter_weights=share_adapter_weights(weights),
@@ -199,8 +203,6 @@ def _item_trial(trial: Callable, key: str) -> Callable:
 def run_probe_trials(cfg: Config, weights: Mapping, probe: Mapping, out: Path, *, debug: bool = False) -> float:
     """One Ray Tune trial per adapter (:func:`trainables.probes.probe_adapter`); returns the
     seconds the trials took together (their own time, the cost of the probe measures)."""
-    from search.cluster import connect_ray
-    from trainables.probes import probe_adapter
 
     connect_ray(cfg, debug=debug)
     grid = _tuner(cfg, _item_trial(probe_adapter, "adapter"), weights, sorted(weights), "probes",
@@ -215,8 +217,8 @@ def run_probe_trials(cfg: Config, weights: Mapping, probe: Mapping, out: Path, *
 def read_probes(folder: Path, domains: Sequence[str], probe: Mapping):
     """Effects (adapter -> layer -> [rows, width]) and the cross-head score matrix (adapter i with
     domain j's head on j's probe rows; NaN where j has no head) from the probe trials' files."""
-    import numpy as np
-    from safetensors.torch import load_file
+
+    from safetensors.torch import load_file  # heavy: loaded when the files are read or written
 
     effects, scores = {}, np.full((len(domains), len(domains)), np.nan)
     for i, d in enumerate(domains):
@@ -231,7 +233,7 @@ def read_probes(folder: Path, domains: Sequence[str], probe: Mapping):
 
 def member_probabilities(folder: Path, members: Sequence[str], target: str):
     """Each member's class probabilities with ``target``'s head on its probe rows (probe files)."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # heavy: loaded when the files are read or written
 
     out = {}
     for m in members:
@@ -245,13 +247,8 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
     """``merge_gap`` of each mixture (key -> value) and the mean seconds one mixture's forward
     pass cost, in batches of mixtures run as Ray Tune trials (:func:`trainables.probes.probe_mixtures`).
     The members' own probabilities come from the probe trials (run first when missing)."""
-    import numpy as np
 
-    from search.cluster import connect_ray
-    from search.trial import shared_initialisation
-    from spaces.measures import merge_gap
-    from trainables.mixture_trial import INIT_KEY
-    from trainables.probes import probe_mixtures
+
 
     targets = list(targets or cfg.search.targets)
     conflict_measures(cfg, ["cross_head"], targets=targets, debug=debug)  # the members' probe passes
@@ -274,7 +271,7 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
         if failed:
             raise StoreError(f"a merge_gap pass failed: {str(failed[0].error).strip().splitlines()[-1]}")
         seconds = [r.metrics["merge_gap_seconds"] for r in grid for _ in range(r.metrics["mixtures"])]
-    from safetensors import safe_open
+    from safetensors import safe_open  # heavy: loaded when the files are read or written
 
     gaps = {}
     for spec in specs:
@@ -288,8 +285,6 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
 def _log_measures(cfg: Config, fingerprint: str, probe: Mapping, measures: Mapping[str, PairwiseMeasure]) -> None:
     """One MLflow run per measures fingerprint: the probe settings, each measure's cost in seconds,
     and the matrices as ``measures.json``."""
-    from search.tracking.layout import KIND_TAG, MEASURES_FINGERPRINT_TAG as FINGERPRINT_TAG
-    from search.tracking.tracker import open_experiment
 
     client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'",

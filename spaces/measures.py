@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from spaces.fsd import fsd_matrix, layer_of
+from spaces.fsd import fsd_matrix, layer_of, sign_vector
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -148,9 +148,8 @@ def sign_fsd_by_layer(tensors: Mapping[str, Mapping[str, Tensor]]) -> tuple[tupl
     Returns:
         ``(names, matrix, per_layer)``: the sorted names, the [N, N] FSD and layer -> [N, N] FSD.
     """
-    import torch
+    import torch  # torch: heavy, only where tensors are made
 
-    from spaces.fsd import sign_vector
 
     names = tuple(sorted(tensors))
     if not names:

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from spaces.measures import probe_rows
+from spaces.spec import MixtureSpec
 from trainables.data import iter_batches
 from trainables.evaluate import encoded_split, mixture_model
+from trainables.mixture_trial import fetch_members, load_mixture
 from trainables.model import model_device
 from trainables.store import ADAPTER_NAME
 
@@ -43,7 +45,7 @@ def _forward(model, encoded: EncodedSplit, rows: Sequence[int], batch_size: int,
              hidden: bool) -> tuple[Tensor, list[Tensor] | None]:
     """Class probabilities [rows, classes] and (``hidden``) each layer's token-mean hidden state
     [rows, width] (layers 1..L, not the embeddings), in the order of ``rows``."""
-    import torch
+    import torch  # torch: heavy, only where tensors are made
 
     device = model_device(model)
     position = {row: i for i, row in enumerate(rows)}
@@ -72,10 +74,9 @@ def probe_adapter(config: Mapping, *, adapter_weights: Mapping, experiment: Expe
     """Ray Tune trial: one adapter's probe pass (see the module), written to
     ``config["out"]/<adapter>.safetensors``; reports ``probe_seconds`` and ``cross/<domain>``
     (accuracy with that domain's head on its probe rows)."""
-    import torch
-    from safetensors.torch import save_file
+    import torch  # torch: heavy, only where tensors are made
+    from safetensors.torch import save_file  # heavy: loaded when the files are read or written
 
-    from trainables.mixture_trial import fetch_members
 
     started = time.perf_counter()
     domain, probe = config["adapter"], config["probe"]
@@ -111,7 +112,7 @@ def probe_adapter(config: Mapping, *, adapter_weights: Mapping, experiment: Expe
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, out / f"{domain}.safetensors")
     result = {**metrics, "probe_seconds": time.perf_counter() - started}
-    from ray import tune
+    from ray import tune  # Ray: heavy, loaded by the trial or the Tuner that needs it
 
     tune.report(result)
     return result
@@ -122,10 +123,8 @@ def probe_mixtures(config: Mapping, *, adapter_weights: Mapping, experiment: Exp
     """Ray Tune trial: for each mixture of ``config["specs"]`` (MixtureSpec dicts), the merged
     model's class probabilities with each target's head on the target's probe rows, written
     to ``config["out"]/<mixture key>.safetensors``; reports ``merge_gap_seconds`` per mixture."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # heavy: loaded when the files are read or written
 
-    from spaces.spec import MixtureSpec
-    from trainables.mixture_trial import load_mixture
 
     probe = config["probe"]
     batch_size = experiment.evaluation.batch_size
@@ -147,7 +146,7 @@ def probe_mixtures(config: Mapping, *, adapter_weights: Mapping, experiment: Exp
         os.replace(tmp, out / f"{spec.key}.safetensors")
         seconds.append(time.perf_counter() - started)
     result = {"merge_gap_seconds": sum(seconds) / max(len(seconds), 1), "mixtures": len(seconds)}
-    from ray import tune
+    from ray import tune  # Ray: heavy, loaded by the trial or the Tuner that needs it
 
     tune.report(result)
     return result

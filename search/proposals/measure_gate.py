@@ -17,14 +17,19 @@ import logging
 import math
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from search.proposals.gate import FsdGate, gate_mode
+from search.conflict_measures import check_measures, conflict_measures
+from search.proposals.gate import FsdGate, gate_mode, make_gate
+from search.reporting.results import open_existing_experiment
 from search.tracking.layout import GATE_MEASURE_TAG as MEASURE_TAG
+from search.tracking.layout import KIND_TAG, STATUS_TAG, spec_from_run
+from spaces.errors import UsageError
 from spaces.measure_evidence import MeasureEvidence, choose_measure, evidence_table
 from spaces.measures import PAIRWISE_MEASURES, PairwiseMeasure
+from spaces.space import Verdict
 
 if TYPE_CHECKING:
     from spaces.fsd import SignIndex
-    from spaces.space import MixtureSpace, Verdict
+    from spaces.space import MixtureSpace
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +65,7 @@ class MeasureGate(FsdGate):
 
     def check(self, verdict: Verdict, members: Sequence[str] = ()) -> Verdict:
         """The space's verdict, rejected too when the chosen measure of ``members`` is over :attr:`threshold`."""
-        from spaces.space import Verdict
-
+    
         limit = self.threshold
         if not verdict.accepted or limit is None or self.chosen is None:
             return verdict
@@ -160,11 +164,9 @@ def gate_for_search(cfg, space: MixtureSpace, tolerance: float, index: SignIndex
 
     ``conflict_measure: weight_fsd`` is today's FSD gate on the sign index. Any other measure
     (or ``auto``) computes the pairwise measures it needs once (cached in the store)."""
-    from search.proposals.gate import make_gate
 
     if cfg.search.conflict_measure == WEIGHT_FSD:
         return make_gate(cfg, space, tolerance), index
-    from search.conflict_measures import conflict_measures
 
     candidates = gate_candidates(cfg.search.conflict_measure)
     if cfg.search.conflict_measure == "auto":  # track what this store and data can measure
@@ -181,8 +183,6 @@ def gate_for_search(cfg, space: MixtureSpace, tolerance: float, index: SignIndex
 
 
 def _measurable(cfg, name: str, progress) -> bool:
-    from search.conflict_measures import check_measures
-    from spaces.errors import UsageError
 
     try:
         check_measures(cfg, [name])
@@ -210,8 +210,6 @@ def experiment_evidence(cfg, measures: Mapping[str, PairwiseMeasure], tolerance:
 def experiment_points(cfg) -> list[tuple[tuple[str, ...], str, float, object]]:
     """(members, mixture key, mean validation accuracy, MixtureSpec) of each distinct evaluated
     mixture of the experiment whose targets are exactly ``search.targets``. Reads only."""
-    from search.reporting.results import open_existing_experiment
-    from search.tracking.layout import KIND_TAG, STATUS_TAG, spec_from_run
 
     client, experiment_id = open_existing_experiment(cfg)
     if experiment_id is None:

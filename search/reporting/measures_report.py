@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from search.config import Config
+from search.conflict_measures import conflict_measures, merge_gaps
+from search.proposals.gate import validation_tolerance
+from search.proposals.measure_gate import experiment_evidence, experiment_points
+from search.reporting.tables import format_table, write_csv
 from spaces.measure_evidence import choose_measure, format_p
 from spaces.measures import MEASURES, PAIRWISE_MEASURES
 
@@ -29,10 +33,6 @@ def measures_report(cfg: Config, names: Sequence[str], *, out: Path, per_layer: 
                     progress: Callable[[str], None] = logger.info, debug: bool = False) -> list[str]:
     """The lines ``signmix fsd --measures`` prints; writes ``<out stem>_<measure>.csv`` per
     measure (and ``..._per_layer.csv`` with ``per_layer``). The caller has checked ``names``."""
-    from search.conflict_measures import conflict_measures, merge_gaps
-    from search.proposals.gate import validation_tolerance
-    from search.proposals.measure_gate import experiment_evidence, experiment_points
-    from search.reporting.tables import format_table, write_csv
 
     measures = conflict_measures(cfg, [n for n in names if n in PAIRWISE_MEASURES], progress=progress, debug=debug)
     lines: list[str] = []
