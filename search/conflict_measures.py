@@ -12,12 +12,13 @@ settings, and to an MLflow run of the experiment (``signmix.kind = measures``).
 from __future__ import annotations
 
 import json
-import numpy as np
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
+
+import numpy as np
 
 from search.cluster import connect_ray, storage_uri
 from search.config import Config
