@@ -218,7 +218,6 @@ def run_probe_trials(cfg: Config, weights: Mapping, probe: Mapping, out: Path, *
 def read_probes(folder: Path, domains: Sequence[str], probe: Mapping):
     """Effects (adapter -> layer -> [rows, width]) and the cross-head score matrix (adapter i with
     domain j's head on j's probe rows; NaN where j has no head) from the probe trials' files."""
-
     from safetensors.torch import load_file  # heavy: loaded when the files are read or written
 
     effects, scores = {}, np.full((len(domains), len(domains)), np.nan)
