@@ -120,14 +120,14 @@ def gate_rejections(values, rows, tolerance: float, draws: int) -> tuple[int, in
 
 
 def report(title: str, rows, values, cost, tolerance: float, draws: int, eval_seconds: float) -> list[dict]:
-    from spaces.measure_evidence import measure_evidence
+    from spaces.measure_evidence import format_p, measure_evidence
 
     tables = sorted({t for t, _, _ in rows})
     groups = [100 * tables.index(t) + len(m) for t, m, _ in rows]  # within each target and size
     acc = [a for _, _, a in rows]
     out = []
     print(f"\n=== {title}: {len(rows)} mixtures in {len(tables)} table(s); gate tolerance {tolerance:.3f} ===")
-    print(f"{'measure':<16}{'Spearman (p)':>18}{'partial within size [95%]':>34}{'p':>8}{'n':>5}  {'gate':<10}"
+    print(f"{'measure':<16}{'Spearman (p)':>18}{'partial within size [95%]':>34}{'p':>9}{'n':>5}  {'gate':<10}"
           f"{'filters':>9}{'rejects optimum':>17}{'cost s':>9}")
     for name, v in values.items():
         e = measure_evidence(name, v, groups, acc, tolerance=tolerance)
@@ -139,7 +139,7 @@ def report(title: str, rows, values, cost, tolerance: float, draws: int, eval_se
         out.append(row)
         sp = "-" if math.isnan(e.spearman) else f"{e.spearman:+.2f} ({e.spearman_p:.2g})"
         part = "-" if math.isnan(e.partial) else f"{e.partial:+.2f} [{e.low:+.2f}, {e.high:+.2f}]"
-        print(f"{name:<16}{sp:>18}{part:>34}{e.partial_p:>8.3g}{e.n:>5}  {e.gate.decision:<10}"
+        print(f"{name:<16}{sp:>18}{part:>34}{format_p(e.partial_p):>9}{e.n:>5}  {e.gate.decision:<10}"
               f"{f'{filtering}/{runs}':>9}{f'{rejecting}/{runs}':>17}{cost.get(name, float('nan')):>9.2f}")
     if "merge_gap" in cost and eval_seconds == eval_seconds:
         print(f"merge_gap costs {cost['merge_gap']:.2f} s a mixture against {eval_seconds:.2f} s for a full "
