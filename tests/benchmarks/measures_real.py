@@ -160,7 +160,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from trainables.confidence import half_width_for
+    from trainables.significance import half_width_for
 
     torch.set_num_threads(2)
     logging.getLogger("search").setLevel(logging.WARNING)
