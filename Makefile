@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast bench bench-search-real study-amazon mixing-pays lora-merge-study constraints clean plan-real
+.PHONY: install install-dev demo test test-fast bench bench-search-real study-amazon mixing-pays lora-merge-study plan-real measures-real constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -72,3 +72,9 @@ lora-merge-study: install-dev
 # (hours on 2 cores the first time: 16 adapters are trained into .bench/plan-real)
 plan-real: install-dev
 	$(PY) tests/benchmarks/plan_real.py
+
+# Issue 18: which conflict measure predicts a merge's accuracy on the real adapters (the Amazon in-domain
+# study and the FDU-MTL serving groups of 2; SIZES="2 3" adds the groups of 3); tables in BENCHMARKS.md
+SIZES ?= 2
+measures-real: install-dev
+	$(PY) tests/benchmarks/measures_real.py --serving-sizes $(SIZES)

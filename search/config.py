@@ -23,6 +23,7 @@ from search.proposals.objectives import OBJECTIVES, PARETO_RULES
 from search.proposals.strategies import STRATEGIES
 from spaces.errors import ConfigError
 from spaces.fsd import FSD_MEASURES
+from spaces.measures import DEFAULT_PROBE_SIZE, PAIRWISE_MEASURES, PROBE_SIZE_RANGE
 from spaces.merge_dimensions import WEIGHTINGS
 from spaces.operators import HEAD_PROTOCOLS, MERGE_OPERATORS
 from spaces.space import SEARCH_PRUNE_METHODS
@@ -47,6 +48,7 @@ REGISTERED_CHOICES: dict[str, tuple[str, ...]] = {
     "adapter.method": tuple(ADAPTER_METHODS),
     "search.strategy": tuple(STRATEGIES),
     "search.fsd_measure": tuple(FSD_MEASURES),
+    "search.conflict_measure": ("auto", *PAIRWISE_MEASURES),
     "search.prune_methods": tuple(SEARCH_PRUNE_METHODS),
     "search.prune_scope": tuple(PRUNE_SCOPES),
     "search.prune_when": tuple(PRUNE_WHEN),
@@ -68,6 +70,7 @@ def _choice(field: str):
 
 StrategyName = _choice("search.strategy")
 FsdMeasure = _choice("search.fsd_measure")
+ConflictMeasure = _choice("search.conflict_measure")
 SearchPruneMethod = _choice("search.prune_methods")
 PruneScope = _choice("search.prune_scope")
 PruneWhen = _choice("search.prune_when")
@@ -103,6 +106,13 @@ class SearchConfig(FrozenModel):
     # auto: filter only once the evaluated mixtures show FSD predicts accuracy here (search/proposals/gate.py);
     # a number: a fixed threshold; null: no FSD filter.
     max_fsd: Union[Annotated[float, Field(ge=0.0, le=1.0)], Literal["auto"], None] = "auto"
+    # What the gate measures conflict with (spaces/measures.py): weight_fsd (the FSD above),
+    # delta_fsd, activation_fsd, cross_head; auto: every one of them is tracked and the one whose
+    # evidence is strongest filters (search/proposals/measure_gate.py). The probe measures read probe_size
+    # rows of each domain's probe_split.
+    conflict_measure: ConflictMeasure = "weight_fsd"
+    probe_size: Annotated[int, Field(ge=PROBE_SIZE_RANGE[0], le=PROBE_SIZE_RANGE[1])] = DEFAULT_PROBE_SIZE
+    probe_split: Literal["train", "validation", "test"] = "train"
     # Confirm the chosen mixture and the baselines once on the test split (search/confirmation.py).
     confirm: bool = True
     # Which mixture is exported when the validation data cannot separate the best from the
@@ -156,6 +166,14 @@ class SearchConfig(FrozenModel):
         if self.mixtures_per_trial > 1 and self.early_stopping and self.eval_chunks > 1:
             raise ValueError("early_stopping stops a trial, which would stop every mixture of its batch: "
                              "set mixtures_per_trial: 1, or early_stopping: false")
+        return self
+
+    @model_validator(mode="after")
+    def _auto_measure_has_no_fixed_threshold(self):
+        if self.conflict_measure == "auto" and isinstance(self.max_fsd, float):
+            raise ValueError(f"conflict_measure: auto chooses its measure from the evidence, so a fixed max_fsd "
+                             f"({self.max_fsd}) has no measure to apply to: set max_fsd: auto (or null), or name "
+                             "the measure in conflict_measure")
         return self
 
     @model_validator(mode="after")

@@ -15,7 +15,8 @@ from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_u
 from search.config import Config
 from search.confirmation import finish_search
 from search.export import find_best_run
-from search.proposals.gate import gate_mode, make_gate, validation_tolerance
+from search.proposals.gate import gate_mode, validation_tolerance
+from search.proposals.measure_gate import gate_for_search
 from search.proposals.objectives import OBJECTIVES, selection_rule
 from search.proposals.searcher import METRIC, SignConflictSearcher, unpickled_searchers
 from search.proposals.strategies import make_strategy
@@ -242,7 +243,8 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         # max_fsd (fixed or auto) is the gate's alone: auto resolves from the evidence of the search.
         space = space_from_config(cfg.search, sorted(cfg.domains))
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
-        strategy = make_strategy(cfg.search.strategy, space=space, index=index, seed=cfg.search.seed,
+        gate, warm_start_order = gate_for_search(cfg, space, tolerance, index, progress=progress, debug=debug)
+        strategy = make_strategy(cfg.search.strategy, space=space, index=warm_start_order, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
                                  storage=os.path.join(local, "optuna.journal"),
                                  n_objectives=len(cfg.search.objectives), warm_start=cfg.search.warm_start,
@@ -252,7 +254,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,
                                         budget=cfg.search.num_mixtures,
                                         objectives=[OBJECTIVES[o] for o in cfg.search.objectives],
-                                        gate=make_gate(cfg, space, tolerance),
+                                        gate=gate,
                                         mixtures_per_trial=cfg.search.mixtures_per_trial)
         searcher.validation_warnings = warnings
         scheduler = None

@@ -85,7 +85,12 @@ def cmd_fsd(args) -> int:
 
     cfg = _load(args)
     _preflight(cfg, "fsd", out=args.out)
+    measures = _measure_names(args.measures)
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    if measures:  # before anything is written: what the store or the data cannot give
+        from search.conflict_measures import check_measures
+
+        check_measures(cfg, measures)
     rows = [[name] + [float(index.matrix[i, j]) for j in range(len(index.names))] for i, name in enumerate(index.names)]
     print(format_table(rows, ["FSD"] + list(index.names)))
     from search.proposals.gate import evidence_from_mlflow
@@ -117,7 +122,25 @@ def cmd_fsd(args) -> int:
         layer_csv = write_csv(out.with_name(out.stem + "_per_layer.csv"), ["pair", *layers],
                               [[r[0], *(f"{x:.6f}" for x in r[1:])] for r in rows])
         print(f"written: {layer_csv}")
+    if measures:
+        from search.reporting.measures_report import measures_report
+
+        for line in measures_report(cfg, measures, out=out, per_layer=args.per_layer, progress=_progress,
+                                    debug=args.debug):
+            print(line)
     return 0
+
+
+def _measure_names(text: str | None) -> list[str]:
+    """``--measures`` as measure names (``all``: every one); a usage error naming the choices."""
+    if text is None:
+        return []
+    from spaces.measures import check_measure_names
+
+    try:
+        return check_measure_names([t.strip() for t in text.split(",") if t.strip()], field_name="--measures")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_search(args) -> int:
@@ -411,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("fsd", "print the pairwise FSD matrix of the stored adapters and write it as CSV", cmd_fsd)
     p.add_argument("--out", help="CSV path (default: <storage_path>/fsd_matrix.csv)")
     p.add_argument("--per-layer", action="store_true", help="also the FSD of every pair per layer (<out>_per_layer.csv)")
+    p.add_argument("--measures", metavar="NAMES",
+                   help="also these conflict measures, comma-separated, or all (weight_fsd, delta_fsd, activation_fsd, "
+                        "cross_head, merge_gap): each matrix and, over the evaluated mixtures, its correlation with "
+                        "accuracy, best first")
     p = with_config("search", "search mixtures with Ray Tune, behind the sign-conflict pre-filter", cmd_search)
     p.add_argument("--strategy", choices=list(STRATEGIES),
                    help="overrides search.strategy")

@@ -65,6 +65,10 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
         check_base_model(cfg.base_model)
         check_refit_data(cfg)
         check_store_for_search(cfg)
+        if cfg.search.conflict_measure not in ("weight_fsd", "auto"):  # auto leaves out what cannot be measured
+            from search.conflict_measures import check_measures
+
+            check_measures(cfg, [cfg.search.conflict_measure])
 
 
 def check_base_model(base_model: str) -> None:

@@ -22,7 +22,7 @@ import logging
 import math
 import random
 from math import comb
-from typing import TYPE_CHECKING, Literal, Mapping
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
 from search.reporting.results import mixture_runs, open_existing_experiment
 from search.tracking.layout import GATE_DECISION_TAG, GATE_REASON_TAG
@@ -32,6 +32,7 @@ from spaces.space import Verdict
 from trainables.significance import half_width_for
 
 if TYPE_CHECKING:
+    from spaces.fsd import SignIndex
     from spaces.space import MixtureSpace
 
 logger = logging.getLogger(__name__)
@@ -94,14 +95,23 @@ class FsdGate:
             return self.mode
         return self.evidence.decision if self.evidence is not None else "too_few"
 
-    def check(self, verdict: Verdict) -> Verdict:
-        """The space's verdict, rejected too when its FSD is over :attr:`threshold`."""
+    def check(self, verdict: Verdict, members: Sequence[str] = ()) -> Verdict:
+        """The space's verdict, rejected too when its FSD is over :attr:`threshold` (``members``:
+        the mixture's, for gates that measure conflict otherwise, ``search/proposals/measure_gate.py``)."""
         limit = self.threshold
         if not verdict.accepted or limit is None or verdict.fsd <= limit:
             return verdict
         why = "fixed max_fsd" if self.mode == "fixed" else "the FSD gate's fitted threshold"
         return Verdict(False, verdict.fsd, f"{self.measure} FSD {verdict.fsd:.4f} > {limit:.4f} ({why})",
                        violation=verdict.fsd - limit)
+
+    def observe(self, key: str, members: Sequence[str], accuracy: float, index: SignIndex) -> None:
+        """:meth:`record` one evaluated mixture, its FSD measured on ``index``."""
+        self.record(key, index.subset_fsd(members, self.measure), len(members), accuracy)
+
+    def mlflow_tags(self) -> dict[str, str]:
+        """Tags beside ``signmix.fsd_gate`` and its reason on the search's run (none here)."""
+        return {}
 
     def record(self, key: str, fsd: float, k: int, accuracy: float) -> None:
         """Add one evaluated mixture and refresh the evidence: after each of the first
@@ -259,6 +269,8 @@ def log_gate(tracker, gate: FsdGate) -> None:
                                                          for k, v in gate.mlflow_metrics().items()])
     tracker.client.set_tag(tracker.parent_id, DECISION_TAG, gate.decision)
     tracker.client.set_tag(tracker.parent_id, REASON_TAG, gate.summary()[:5000])
+    for tag, value in gate.mlflow_tags().items():
+        tracker.client.set_tag(tracker.parent_id, tag, value)
 
 
 def evidence_from_mlflow(cfg) -> FsdEvidence | None:

@@ -117,7 +117,7 @@ class SignConflictSearcher(Searcher):
 
     def _verdict(self, spec: MixtureSpec) -> Verdict:
         verdict = self.space.check(spec, self.index)
-        return verdict if self.gate is None else self.gate.check(verdict)
+        return verdict if self.gate is None else self.gate.check(verdict, spec.members)
 
     def _unseen_params(self) -> dict | None:
         """A mixture of the space that was never proposed to a trial nor filtered, drawn at
@@ -265,8 +265,7 @@ class SignConflictSearcher(Searcher):
         if outcome == "evaluated" and spec.key not in self.results:
             self.results[spec.key] = result[METRIC]
             if self.gate is not None:
-                self.gate.record(spec.key, self.index.subset_fsd(spec.members, self.gate.measure),
-                                 spec.k, result[METRIC])
+                self.gate.observe(spec.key, spec.members, result[METRIC], self.index)
         self.outcomes[spec.key] = (outcome, value)
         for t in tokens:
             self.strategy.tell(t, outcome, value=value)
@@ -311,8 +310,7 @@ class SignConflictSearcher(Searcher):
                         self.results[key] = metrics[METRIC]
                         self.counts.evaluated += 1
                         if self.gate is not None:  # the gate's evidence includes it, as before the crash
-                            self.gate.record(key, self.index.subset_fsd(members, self.gate.measure),
-                                             len(members), metrics[METRIC])
+                            self.gate.observe(key, members, metrics[METRIC], self.index)
                     else:
                         setattr(self.counts, status, getattr(self.counts, status) + 1)
         # Proposals the strategy made after the snapshot: run them first, same token.

@@ -11,6 +11,8 @@ greedy_vs_bounds   Greedy Adapter Mixing (and its mirror) vs the best and worst 
 sparsity_curves    single adapters vs sparsity; sparse mixing vs the best dense mixture  Fig. 8
 search_progress    best mean accuracy so far vs mixtures evaluated, per search strategy  -
 soup_drop          the uniform soup of all adapters vs each target's own adapter         Table 1
+measures_vs_       each cached conflict measure vs accuracy, partial Spearman within     -
+accuracy           target and size (``signmix fsd --measures``)
 =================  ====================================================================  ===========
 
 Nothing is evaluated here: every number comes from MLflow runs (the newest study's

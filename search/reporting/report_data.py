@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+from search.conflict_measures import cached_measures
 from search.reporting.results import MixtureRun, mixture_runs, open_existing_experiment, search_parents
 from search.tracking.layout import STRATEGY_TAG, STUDY_PART_TAG
 from spaces.errors import StoreError
@@ -38,6 +39,7 @@ class ReportData:
     sparse: list[MixtureRun] = field(default_factory=list)
     searches: dict[str, list[MixtureRun]] = field(default_factory=dict)  # strategy -> evaluated children
     fsd: tuple[list[str], list[list[float]], str] | None = None  # names, matrix, where it came from
+    measures: dict = field(default_factory=dict)  # the store's cached conflict measures (search/conflict_measures.py)
 
 
 # -- pure helpers (tested directly) -----------------------------------------------------------
@@ -99,6 +101,7 @@ def read_report_data(cfg: Config, notes: list[str]) -> tuple[ReportData, object,
                 data.searches[strategy] = sorted((r for r in runs if "accuracy_mean" in r.metrics),
                                                  key=lambda r: (r.end_time is None, r.end_time or 0, r.start_time))
     data.fsd = _fsd_matrix(cfg, data, notes)
+    data.measures = cached_measures(cfg)
     return data, client, log_to
 
 

@@ -13,6 +13,7 @@ from search.reporting.results import MixtureRun
 from search.reporting.tables import write_csv
 from search.tracking.layout import SPARSE_SIZE_TAG, STUDY_TARGET_TAG
 from spaces.fsd import greedy_members
+from spaces.measure_evidence import measure_evidence
 
 # -- writing files ------------------------------------------------------------------------------
 
@@ -299,8 +300,49 @@ def fig_soup_drop(data: ReportData, out: Path) -> list[Path]:
     return [_save_figure(fig, out / "soup_drop.png"), write_csv(out / "soup_drop.csv", header, rows)]
 
 
+def _measure_points(data: ReportData) -> list[tuple[str, tuple[str, ...], float]]:
+    """(target or "search", members, accuracy) of the mixtures of two or more adapters."""
+    points = [(t, tuple(sorted(s)), r.accuracy(t)) for s, r in data.subsets.items() for t in sorted(s)
+              if len(s) >= 2 and r.accuracy(t) is not None]
+    if not points:
+        points = [("search", tuple(r.members), r.metrics["accuracy_mean"])
+                  for runs in data.searches.values() for r in runs if r.k >= 2]
+    return points
+
+
+def fig_measures_vs_accuracy(data: ReportData, out: Path) -> list[Path]:
+    """One panel per cached conflict measure: its value vs accuracy of each study subset of two or
+    more adapters (per target holding it), or else of each evaluated search mixture, with the
+    partial Spearman within each target and size that the gate decides on."""
+    if not data.measures:
+        raise MissingData("no conflict measure cached in the store; run `signmix fsd CONFIG --measures all`")
+    points = _measure_points(data)
+    if not points:
+        raise MissingData("no evaluated mixture of two or more adapters")
+    tables = sorted({t for t, _, _ in points})
+    groups = [100 * tables.index(t) + len(m) for t, m, _ in points]
+    acc = [a for _, _, a in points]
+    fig, axes = _panels(len(data.measures), "Conflict measures vs accuracy (k >= 2; partial Spearman within "
+                                           "target and size)")
+    rows = []
+    for ax, (name, measure) in zip(axes, data.measures.items()):
+        values = [measure.subset(m) for _, m, _ in points]
+        e = measure_evidence(name, values, groups, acc)
+        for t in tables:
+            ax.scatter([v for v, p in zip(values, points) if p[0] == t],
+                       [100 * p[2] for p in points if p[0] == t], s=12, alpha=0.7, label=t)
+        ax.set(title=name, xlabel=f"{name} (mean over the subset's pairs)", ylabel="accuracy (%)")
+        ax.plot([], [], " ", label=e.numbers())
+        ax.legend(fontsize=6)
+        rows += [[t, "+".join(m), len(m), name, v, a] for (t, m, a), v in zip(points, values)]
+    return [_save_figure(fig, out / "measures_vs_accuracy.png"),
+            write_csv(out / "measures_vs_accuracy.csv", ["target", "members", "k", "measure", "value", "accuracy"],
+                      rows)]
+
+
 FIGURES: dict[str, Callable[[ReportData, Path], list[Path]]] = {
     "fsd_heatmap": fig_fsd_heatmap, "accuracy_vs_k": fig_accuracy_vs_k, "fsd_vs_accuracy": fig_fsd_vs_accuracy,
     "greedy_vs_bounds": fig_greedy_vs_bounds, "sparsity_curves": fig_sparsity_curves,
     "search_progress": fig_search_progress, "soup_drop": fig_soup_drop,
+    "measures_vs_accuracy": fig_measures_vs_accuracy,
 }

@@ -33,6 +33,9 @@ ADAPTER_PATH_TAG = "signmix.adapter_path"
 # Tags of a search's parent run, set by the FSD gate and the confirmation.
 GATE_DECISION_TAG = "signmix.fsd_gate"
 GATE_REASON_TAG = "signmix.fsd_gate_reason"
+GATE_MEASURE_TAG = "signmix.gate_measure"  # the conflict measure the gate filters with (search/proposals/measure_gate.py)
+# Tags of a measures run (search/conflict_measures.py).
+MEASURES_FINGERPRINT_TAG = "signmix.measures_fingerprint"
 CHOSEN_TAG = "signmix.chosen_run_id"
 BEST_TAG = "signmix.best_run_id"
 RULE_TAG = "signmix.when_tied"
@@ -42,7 +45,7 @@ PLAN_RUN_TAG = "signmix.plan_run_id"  # the plan run it belongs to
 PLAN_GROUP_TAG = "signmix.plan_group"  # its domains, joined by ","
 PLAN_BODY_KEY_TAG = "signmix.plan_body_key"  # a hash of what the body search depends on (reused when equal)
 
-RUN_KINDS = ("training", "search", "mixture", "confirmation", "plan")
+RUN_KINDS = ("training", "search", "mixture", "confirmation", "plan", "measures")
 STATUSES = OUTCOMES  # what became of a mixture: the one outcome rule's names
 MIXTURE_ARTIFACT = "mixture"  # an evaluated mixture's adapter and heads
 PLAN_ARTIFACT = "plan"  # a plan run's table, figure and plan.json

@@ -100,12 +100,60 @@ def bench(n: int, p: int, seed: int = 0, *, int8: bool = False, lazy: bool = Fal
     return row
 
 
+def bench_measure_gate(n: int, *, p: int = 100_000, members: int = 8, evaluated: int = 200, seed: int = 0) -> dict:
+    """The conflict gate over the cached measures (``conflict_measure: auto``) at ``n`` adapters:
+    one decision (``MixtureSpace.check`` then ``MeasureGate.check`` on the chosen measure, a
+    subset of ``members``) and one evaluated mixture recorded (every measure's subset value and
+    the refreshed evidence of all of them), after ``evaluated`` mixtures."""
+    import random
+
+    import numpy as np
+
+    from search.proposals.measure_gate import MeasureGate
+    from spaces.measures import PAIRWISE_MEASURES, PairwiseMeasure
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(p, generator=gen)
+    index = SignIndex.from_weights(((f"d{i:03d}", {"w": base + 1.5 * torch.randn(p, generator=gen)})
+                                    for i in range(n)))
+    measures = {}
+    for name in PAIRWISE_MEASURES[1:]:
+        m = rng.uniform(0, 1, (n, n))
+        m = (m + m.T) / 2
+        np.fill_diagonal(m, 0)
+        measures[name] = PairwiseMeasure(name, index.names, m)
+    space = MixtureSpace(domains=index.names, targets=(index.names[0],), max_fsd=None, max_members=members)
+    gate = MeasureGate(measures=measures, candidates=list(PAIRWISE_MEASURES), mode="auto", space=space,
+                       tolerance=0.01, per_size=0)
+    pick = random.Random(seed)
+    specs = [space.to_mixture_spec(space.params_for(pick.sample(index.names[1:], pick.randint(1, members - 1))))
+             for _ in range(evaluated + 1)]
+    for spec in specs[:-1]:  # accuracy that the cross_head measure predicts: the gate filters on it
+        gate.observe(spec.key, spec.members, 0.9 - 0.3 * measures["cross_head"].subset(spec.members), index)
+    spec = specs[-1]
+    decision_s, verdict = _timed(lambda: gate.check(space.check(spec, index), spec.members), repeat=50)
+    record_s, _ = _timed(lambda: gate.observe(spec.key, spec.members, 0.5, index), repeat=5)
+    return {"N": n, "chosen": gate.chosen, "decision": gate.decision, "decision_ms": decision_s * 1e3,
+            "record_ms": record_s * 1e3, "evaluated": evaluated}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--adapters", type=int, help="one row: this many adapters (made lazily; e.g. 200)")
     parser.add_argument("--params", type=int, default=10_000_000, help="... of this many weights (default 10M)")
+    parser.add_argument("--measure-gate", type=int, metavar="N",
+                        help="only the conflict gate over the cached measures at N adapters (e.g. 200)")
     args = parser.parse_args(argv)
+    if args.measure_gate:
+        torch.set_num_threads(2)
+        r = bench_measure_gate(args.measure_gate)
+        print(f"conflict gate (auto over 4 cached measures) at {r['N']} adapters after {r['evaluated']} evaluated "
+              f"mixtures: chose {r['chosen']} ({r['decision']}); one decision {r['decision_ms']:.3f} ms; one "
+              f"evaluated mixture recorded (4 subset values, the evidence of 4 measures refreshed) "
+              f"{r['record_ms']:.1f} ms; load {__import__('os').getloadavg()[0]:.1f}")
+        return
     if args.adapters:
         import resource
 

@@ -353,6 +353,20 @@ def _bundle(env, *, body: str = "bodies/books", head: str = "heads/books") -> Pa
     return env.config()
 
 
+# --- conflict measures (issue 18) ----------------------------------------------------------------
+
+def _delta_fsd_on_imported(env):
+    cfg = env.trained()
+    env.edit_meta("support", source={"kind": "path", "location": "/elsewhere/support"})
+    return cfg
+
+
+def _probe_split_missing(env):
+    env.trained()
+    (env.data("support") / "test.jsonl").unlink()
+    return env.config(search={"probe_split": "test", "conflict_measure": "activation_fsd"})
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -464,6 +478,30 @@ CASES = [
          "no MLflow run '0123456789abcdef'", needs_store=True),
     Case("fsd-out-unwritable", _fsd_out_unwritable, ("fsd", "{cfg}", "--out", "{tmp}/file.txt/fsd.csv"), 2,
          "file.txt is a file, not a folder; pass --out with a writable path", needs_store=True),
+    # conflict measures (issue 18)
+    Case("unknown-measure", _a_valid_config, ("fsd", "{cfg}", "--measures", "weight_fsd,cka"), 2,
+         "--measures: unknown measure 'cka'; the measures are weight_fsd, delta_fsd, activation_fsd, cross_head, "
+         "merge_gap (or all)"),
+    Case("unknown-conflict-measure", lambda env: env.config(search={"conflict_measure": "cka"}), ("search", "{cfg}"),
+         2, "search.conflict_measure: got 'cka': Input should be 'auto', 'weight_fsd', 'delta_fsd', 'activation_fsd' "
+            "or 'cross_head'"),
+    Case("probe-size-out-of-range", lambda env: env.config(search={"probe_size": 4}), ("fsd", "{cfg}"), 2,
+         "search.probe_size: got 4: Input should be greater than or equal to 8"),
+    Case("probe-size-too-large", lambda env: env.config(search={"probe_size": 100000}), ("search", "{cfg}"), 2,
+         "search.probe_size: got 100000: Input should be less than or equal to 4096"),
+    Case("auto-measure-with-a-fixed-threshold",
+         lambda env: env.config(search={"conflict_measure": "auto", "max_fsd": 0.3}), ("search", "{cfg}"), 2,
+         "conflict_measure: auto chooses its measure from the evidence, so a fixed max_fsd (0.3) has no measure to "
+         "apply to: set max_fsd: auto (or null), or name the measure in conflict_measure"),
+    Case("probe-split-unknown", lambda env: env.config(search={"probe_split": "unlabelled"}), ("fsd", "{cfg}"), 2,
+         "search.probe_split: got 'unlabelled': Input should be 'train', 'validation' or 'test'"),
+    Case("delta-fsd-on-imported-adapters", _delta_fsd_on_imported, ("fsd", "{cfg}", "--measures", "delta_fsd"), 2,
+         "measure delta_fsd compares each adapter's delta from the adapters' shared initialisation, but ['support'] "
+         "were imported and did not start from the config's seed; leave delta_fsd out", needs_store=True),
+    Case("probe-split-a-domain-lacks", _probe_split_missing, ("fsd", "{cfg}", "--measures", "activation_fsd"), 2,
+         "search.probe_split is 'test', but domain 'support' cannot give it", needs_store=True),
+    Case("probe-split-a-domain-lacks-at-search", _probe_split_missing, ("search", "{cfg}"), 2,
+         "search.probe_split is 'test', but domain 'support' cannot give it", needs_store=True),
     # bring your own adapters (issue 11): refused by `signmix train` before anything is written
     Case("imported-pickle-only", _imported_pickle_only, ("train", "{cfg}"), 2,
          "pytorch_adapter.bin (no adapter.safetensors); opening a pickle can run any code it carries, so signmix "

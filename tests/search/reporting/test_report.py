@@ -11,6 +11,7 @@ domain, the subset's FSD and k, so every expected number is recomputed here.
 from __future__ import annotations
 
 import csv
+import json
 import itertools
 import math
 from pathlib import Path
@@ -50,6 +51,7 @@ def write_store(root: Path) -> None:
     from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
 
     store = AdapterStore(root)
+    every = {}
     for domain, negative in NEGATIVE.items():
         torch.manual_seed(len(domain))
         magnitude = torch.rand(P) + 0.1
@@ -62,6 +64,13 @@ def write_store(root: Path) -> None:
         for name in ("adapter_config.json", "head_config.json"):
             (staged / name).write_text("{}", encoding="utf-8")
         store.commit(domain, staged, {"base_model": "tiny", "adapter": {"method": "seq_bn"}, "labels": [0, 1]})
+        every[domain] = weights
+    # a conflict measure cached as `signmix fsd --measures` leaves it (the report reads, never computes)
+    from search.conflict_measures import MEASURES_DIR
+    from spaces.measures import weight_fsd
+
+    (root / MEASURES_DIR).mkdir()
+    (root / MEASURES_DIR / "cached.json").write_text(json.dumps({"weight_fsd": weight_fsd(every).to_json()}))
 
 
 class Clock:
@@ -178,7 +187,18 @@ def read_csv(path: Path) -> list[dict]:
 
 
 FIGURES = ["fsd_heatmap", "accuracy_vs_k", "fsd_vs_accuracy", "greedy_vs_bounds", "sparsity_curves",
-           "search_progress", "soup_drop"]
+           "search_progress", "soup_drop", "measures_vs_accuracy"]
+
+
+def test_each_cached_measure_is_drawn_against_the_studys_accuracy(report):
+    written, _ = report
+    rows = read_csv(written[0].parent / "measures_vs_accuracy.csv")
+    assert rows and {r["measure"] for r in rows} == {"weight_fsd"}
+    for r in rows:  # one point per study subset of two or more and per target in it
+        members = r["members"].split("+")
+        assert int(r["k"]) == len(members) >= 2 and r["target"] in members
+        assert float(r["value"]) == pytest.approx(mean_fsd(members), abs=1e-12)
+        assert float(r["accuracy"]) == pytest.approx(subset_accuracy(r["target"], members))
 
 
 def test_every_figure_and_its_csv_is_written(report):
