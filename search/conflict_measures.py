@@ -26,9 +26,17 @@ from search.tracking.layout import KIND_TAG
 from search.tracking.layout import MEASURES_FINGERPRINT_TAG as FINGERPRINT_TAG
 from search.tracking.tracker import open_experiment
 from search.trial import shared_initialisation
-from spaces import measures as m
 from spaces.errors import DataError, StoreError
-from spaces.measures import PAIRWISE_MEASURES, PairwiseMeasure, measures_fingerprint, merge_gap
+from spaces.measures import (
+    PAIRWISE_MEASURES,
+    PairwiseMeasure,
+    activation_fsd,
+    cross_head,
+    delta_fsd,
+    measures_fingerprint,
+    merge_gap,
+    weight_fsd,
+)
 from trainables.data import load_domain
 from trainables.initialisation import check_init_matches, initial_adapter_weights
 from trainables.lora_mixture import is_lora_weights
@@ -130,19 +138,19 @@ def conflict_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[st
     if "weight_fsd" in missing:
         started = time.perf_counter()
         signed = sign_weights(store, weights)
-        have["weight_fsd"] = m.weight_fsd(signed, seconds=time.perf_counter() - started)
+        have["weight_fsd"] = weight_fsd(signed, seconds=time.perf_counter() - started)
     if "delta_fsd" in missing:
         started = time.perf_counter()
         init = delta_initialisation(cfg, weights)
-        have["delta_fsd"] = m.delta_fsd(sign_weights(store, weights) if init is None else weights, init,
-                                        seconds=time.perf_counter() - started)
+        have["delta_fsd"] = delta_fsd(sign_weights(store, weights) if init is None else weights, init,
+                                      seconds=time.perf_counter() - started)
     if {"activation_fsd", "cross_head"} & set(missing):
         progress(f"measures: probe passes of {len(domains)} adapters on {probe['size']} examples per domain "
                  f"(one Ray trial each)")
         seconds = run_probe_trials(cfg, weights, probe, root / fingerprint / "probes", debug=debug)
         effects, scores = read_probes(root / fingerprint / "probes", domains, probe)
-        have["activation_fsd"] = m.activation_fsd(effects, seconds=seconds)
-        have["cross_head"] = m.cross_head(scores, domains, seconds=seconds)
+        have["activation_fsd"] = activation_fsd(effects, seconds=seconds)
+        have["cross_head"] = cross_head(scores, domains, seconds=seconds)
     _write(cache, {k: v.to_json() for k, v in have.items()})
     _log_measures(cfg, fingerprint, probe, have)
     return {n: have[n] for n in names}
