@@ -246,7 +246,8 @@ class MixtureSpace:
         """How many distinct parameter dicts :meth:`enumerate` yields: subsets (x their weightings
         when weights are searched) x (1 for a ratio of 0.0 + positive ratios x (other methods +
         choices of m)) x operator choices. With searched weights, weightings that are multiples
-        of one another are one mixture: there are fewer distinct mixtures than dicts."""
+        of one another are one mixture, and operator choices may merge alike (task arithmetic at
+        λ 1 is the average: ``spaces/canonical.py``): there may be fewer distinct mixtures than dicts."""
         fixed = len(self.targets) if self.require_targets else 0
         free = len(self.free_domains)
         subsets = sum(math.comb(free, n) * self.merge.weightings(fixed + n)

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from spaces.canonical import canonical_merge
 from spaces.errors import SpecError
 from spaces.operators import DEFAULT_HEAD_PROTOCOL, DEFAULT_MERGE_OPERATOR, HEAD_PROTOCOLS, operator_parameters
 
@@ -159,7 +160,9 @@ def make_mixture_spec(
         merge_method: one of ``spaces.operators.MERGE_OPERATORS``. Its parameters (``density``,
             ``drop_rate``, ``lam``, ``merge_seed``: DARE's seed) are kept only where the operator
             takes them, others are dropped; ``lam`` defaults to 1.0 and ``merge_seed`` to 0 there,
-            ``density`` (ties) and ``drop_rate`` (dare_*) are required.
+            ``density`` (ties) and ``drop_rate`` (dare_*) are required. The operator is
+            rewritten into its canonical form when another one provably merges the same
+            (``spaces.canonical``: task arithmetic at λ 1 is the average, ...).
         head: the head protocol, one of ``spaces.operators.HEAD_PROTOCOLS``.
         known_domains: when given, every member and target must be one of them.
         require_targets: every target must be a member (the paper's in-domain setting).
@@ -222,6 +225,8 @@ def make_mixture_spec(
                                               "merge_seed": merge_seed})
     if head not in HEAD_PROTOCOLS:
         raise SpecError(f"head must be one of {list(HEAD_PROTOCOLS)}, got {head!r}")
+    # One name per merged function (task arithmetic at λ 1 is the average, ...): a repeat is one mixture.
+    merge_method, kept = canonical_merge(merge_method, kept, len(members))
 
     total = sum(weights)
     order = sorted(range(len(members)), key=lambda i: members[i])

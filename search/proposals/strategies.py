@@ -9,7 +9,7 @@ Every strategy is in ``STRATEGIES``, found by one grep.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal
 
 from spaces.errors import SpecError
 from spaces.fsd import rank_by_mean_fsd
@@ -81,7 +81,18 @@ class Exhaustive(_ListStrategy):
         if space.merge.searched_weights:
             raise SpecError("exhaustive cannot enumerate a continuous space: search.weights is 'searched' "
                             "(one continuous weight per member); use strategy tpe or random, or weights: uniform")
-        super().__init__(space.enumerate())
+        super().__init__(_distinct(space))
+
+
+def _distinct(space: MixtureSpace) -> Iterator[dict]:
+    """:meth:`MixtureSpace.enumerate` without the dicts that name a mixture already listed
+    (operator choices that merge alike are one mixture: ``spaces/canonical.py``)."""
+    seen: set[str] = set()
+    for params in space.enumerate():
+        key = space.to_mixture_spec(params).key
+        if key not in seen:
+            seen.add(key)
+            yield params
 
 
 def greedy_path(space: MixtureSpace, index: SignIndex) -> list[dict]:

@@ -24,7 +24,7 @@ def test_keys_of_average_own_mixtures_are_those_recorded_before_operators_existe
 
 
 @pytest.mark.parametrize("a, b", [
-    (dict(), dict(merge_method="task_arithmetic")),  # λ=1 equals the average numerically, not as a spec
+    (dict(), dict(merge_method="task_arithmetic", lam=2.0)),
     (dict(merge_method="ties", density=0.5), dict(merge_method="ties", density=0.2)),
     (dict(merge_method="ties", density=0.5), dict(merge_method="ties", density=0.5, lam=2.0)),
     (dict(merge_method="ties", density=0.5), dict(merge_method="dare_ties", drop_rate=0.5)),
@@ -44,6 +44,7 @@ def test_different_operators_parameters_or_heads_give_different_keys(a, b):
                                                             merge_seed=0)),
     (dict(), dict(density=0.5, drop_rate=0.5, lam=3.0, merge_seed=4)),  # average takes no parameter
     (dict(merge_method="task_arithmetic", lam=2), dict(merge_method="task_arithmetic", lam=2.0, density=0.1)),
+    (dict(), dict(merge_method="task_arithmetic")),  # λ 1 is the average: one mixture (spaces/canonical.py)
 ])
 def test_parameters_the_operator_does_not_take_are_ignored(a, b):
     assert spec(**a).key == spec(**b).key
@@ -65,7 +66,8 @@ def test_canonical_form_keeps_exactly_the_operators_parameters_and_round_trips(n
     (dict(merge_method="ties", density=0.5, head="refit"), "books+dvd ties d=0.5 λ=1 [refit]"),
     (dict(merge_method="dare_ties", drop_rate=0.3), "books+dvd dare_ties p=0.3 λ=1"),
     (dict(merge_method="dare_linear", drop_rate=0.3, merge_seed=5, lam=2), "books+dvd dare_linear p=0.3 λ=2 seed=5"),
-    (dict(merge_method="task_arithmetic", weights=[2, 1]), "books×0.67+dvd×0.33 task_arithmetic λ=1"),
+    (dict(merge_method="task_arithmetic", weights=[2, 1], lam=1.5), "books×0.67+dvd×0.33 task_arithmetic λ=1.5"),
+    (dict(merge_method="task_arithmetic", weights=[2, 1]), "books×0.67+dvd×0.33"),  # λ 1: the average
     (dict(prune_method="magnitude", prune_ratio=0.9, head="refit"), "books+dvd @ magnitude 0.9 [refit]"),
     (dict(), "books+dvd"),
 ])

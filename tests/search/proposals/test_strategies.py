@@ -115,6 +115,21 @@ def test_exhaustive_yields_every_element_once_then_none(require_targets):
     assert strategy.ask() is None
 
 
+def test_exhaustive_proposes_a_mixture_once_however_many_operator_choices_merge_like_it():
+    from spaces.merge_choices import MergeChoices
+
+    # task arithmetic at λ 1 is the average: 4 subsets x (average, TA λ 1, TA λ 2) name 8 mixtures
+    space = MixtureSpace(domains=("a", "b", "c"), targets=("b",),
+                         merge=MergeChoices(merge_methods=("average", "task_arithmetic"), lambdas=(1.0, 2.0)))
+    strategy = make_strategy("exhaustive", space=space, index=None, seed=0, budget=1, study_name="x")
+    specs = [space.to_mixture_spec(params) for _, params in drain(strategy)]
+    assert space.size() == 12
+    assert len(specs) == len({s.key for s in specs}) == 8
+    assert sorted((s.members, s.merge_method) for s in specs) == sorted(
+        (members, method) for members in (("b",), ("a", "b"), ("b", "c"), ("a", "b", "c"))
+        for method in ("average", "task_arithmetic"))
+
+
 @pytest.mark.parametrize("require_targets", [True, False])
 def test_soup_all_proposes_every_domain_once(require_targets):
     space = MixtureSpace(domains=("c", "a", "b"), targets=("b",), prune_ratios=(0.5, 0.0),
