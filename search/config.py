@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mlflow_server.network import sqlite_uri
 from search.config_loading import cross_field_problems, describe_error, resolve_paths
@@ -83,6 +83,11 @@ TieRule = _choice("search.when_tied")
 LoraMerge = _choice("search.lora_merge")
 
 
+# search.merge_methods when the config does not say: average first (the warm start's greedy
+# path and soup_all are the paper's averages), then the operators that served best on real data.
+DEFAULT_MERGE_METHODS = ("average", "ties", "task_arithmetic", "dare_ties")
+
+
 class SearchConfig(FrozenModel):
     strategy: StrategyName = "tpe"
     # tpe only: start from the greedy FSD path (Alg. 1), then let TPE propose.
@@ -91,6 +96,9 @@ class SearchConfig(FrozenModel):
     # mutations of the best mixtures propose instead of TPE, whose ask grows with the study
     # (search/proposals/local_search.py); null: TPE to the end.
     tpe_switch_after: Optional[Annotated[int, Field(ge=1)]] = 2000
+    # The domains a mixture is scored on, each with its own head. Default (left out or null):
+    # every domain with data, so one merged body serves them all (serving); one target is the
+    # in-domain search (e.g. [books]). Filled in by Config from its domains (serving_defaults).
     targets: list[str]
     num_mixtures: Annotated[int, Field(ge=1)] = 16  # mixtures to evaluate (filtered ones do not count)
     require_targets: bool = True
@@ -140,10 +148,14 @@ class SearchConfig(FrozenModel):
     # How the members are merged (spaces/operators.py): a choice among operators, each
     # parameter a choice list (density: ties; drop_rate: dare_*; lambda: all but average);
     # weights equal, or searched (one per member, on a grid of 0.1 to 1.0, normalised).
-    merge_methods: list[MergeMethodName] = Field(default_factory=lambda: ["average"])
-    densities: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=lambda: [0.5])
+    # The defaults are the operators and scales that served real domains best (BENCHMARKS.md,
+    # "When does mixing pay?"); the first of each list is what the warm start, soup_all and
+    # the "TIES of all" baseline use.
+    merge_methods: list[MergeMethodName] = Field(default_factory=lambda: list(DEFAULT_MERGE_METHODS))
+    densities: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=lambda: [0.1, 0.2])
     drop_rates: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=lambda: [0.5])
-    lambdas: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(default_factory=lambda: [1.0])
+    lambdas: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
+        default_factory=lambda: [1.0, 1.5, 2.0])
     weights: Weighting = "uniform"
     # Which heads score a mixture: each target's trained head (own), or a linear head refit
     # on the mixed adapter's features of the target's training split (refit).
@@ -275,13 +287,19 @@ class Config(FrozenModel):
     adapter: AdapterConfig = AdapterConfig()
     training: TrainingConfig = TrainingConfig()
     domains: dict[str, DomainConfig]
-    search: SearchConfig
+    search: SearchConfig  # may be left out: serving_defaults fills it in
     study: StudyConfig = StudyConfig()
     plan: PlanConfig = PlanConfig()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
     store: Optional[str] = None  # adapter store; default: <storage_path>/adapters
+
+    @model_validator(mode="before")
+    @classmethod
+    def _serving_defaults(cls, raw):
+        """What the search section leaves out, from the domains: see :func:`serving_defaults`."""
+        return serving_defaults(raw)
 
     @field_validator("domains")
     @classmethod
@@ -374,6 +392,37 @@ class Config(FrozenModel):
             evaluation=EvaluationSettings(targets=tuple(targets or s.targets), batch_size=s.eval_batch_size,
                                           dtype=s.eval_dtype, chunks=s.eval_chunks, fgsm_step=s.fgsm_step,
                                           lora_merge=s.lora_merge))
+
+
+def serving_defaults(raw):
+    """The raw config with the search section's defaults that depend on the domains filled in.
+
+    - ``search.targets`` left out (or null): every domain with data (a folder or a hub
+      dataset), so the search looks for one merged body that serves them all, each domain
+      through its own head. ``search:`` may be left out entirely.
+    - ``search.merge_methods`` left out while a domain brings its own adapter that is not a
+      LoRA merged on ΔW: ``[average]``, the one operator that needs no shared initialisation
+      (imported adapters did not start from the config's seed).
+    Anything the file says is kept; malformed input is left for validation to report.
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("domains"), dict):
+        return raw
+    search = raw.get("search", {})
+    if not isinstance(search, dict):
+        return raw
+    search = dict(search)
+    domains = {name: (d.model_dump() if isinstance(d, BaseModel) else d) for name, d in raw["domains"].items()}
+    with_data = [name for name, d in domains.items()
+                 if isinstance(d, dict) and (d.get("path") is not None or d.get("hub") is not None)]
+    if search.get("targets") is None and with_data:
+        search["targets"] = with_data
+    if "merge_methods" not in search:
+        adapter = raw.get("adapter")
+        adapter = adapter.model_dump() if isinstance(adapter, BaseModel) else adapter if isinstance(adapter, dict) else {}
+        on_delta = adapter.get("method", "seq_bn") == "lora" and search.get("lora_merge", MERGE_ON_DELTA) == MERGE_ON_DELTA
+        if not on_delta and any(isinstance(d, dict) and d.get("adapter") for d in domains.values()):
+            search["merge_methods"] = ["average"]
+    return {**raw, "search": search}
 
 
 def validate_config(raw: object, *, source: str = "config", base_dir: str | Path = ".") -> Config:

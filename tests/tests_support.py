@@ -10,18 +10,23 @@ import yaml
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon_multidomain"
 
 
-def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], targets: list[str],
+def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], targets: list[str] | None,
                  **overrides) -> Path:
-    """Write a signmix YAML config into ``folder``; ``overrides`` replace whole sections."""
+    """Write a signmix YAML config into ``folder``; ``overrides`` replace whole sections.
+
+    The search averages (``merge_methods: [average]``), the operator the tests of subsets,
+    pruning and the pre-filter were written for; tests of the operators and of the product's
+    defaults say what they want. ``targets=None`` leaves the targets out (serving: every domain)."""
     config = {
         "name": "test-exp",
         "base_model": base_model,
         "adapter": {"method": "seq_bn", "reduction_factor": 4},
         "training": {"epochs": 1, "learning_rate": 5e-3, "batch_size": 16, "max_length": 32, "seed": 0},
         "domains": {name: {"path": str(p)} for name, p in domains.items()},
-        "search": {"strategy": "exhaustive", "targets": targets, "num_mixtures": 20, "prune_ratios": [0.0, 0.5],
-                   "max_fsd": "auto", "max_concurrent": 2,
-                   "confirm": False},  # tests of the test-split confirmation turn it on
+        "search": {"strategy": "exhaustive", "num_mixtures": 20, "prune_ratios": [0.0, 0.5],
+                   "max_fsd": "auto", "max_concurrent": 2, "merge_methods": ["average"],
+                   "confirm": False,  # tests of the test-split confirmation turn it on
+                   **({} if targets is None else {"targets": targets})},
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(folder / "runs")},
         "store": str(folder / "adapters"),

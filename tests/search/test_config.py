@@ -275,3 +275,50 @@ def test_the_study_targets_by_default_every_domain_with_data_not_an_adapter_alon
     assert cfg.study_targets == ["books", "dvd"]
     pinned = cfg.model_copy(update={"study": cfg.study.model_copy(update={"targets": ["dvd"]})})
     assert pinned.study_targets == ["dvd"]
+
+
+# Serving by default --------------------------------------------------------------------------
+
+SERVING = """\
+name: demo
+base_model: roberta-base
+domains:
+  books: {path: data/books}
+  dvd: {path: data/dvd}
+  support: {path: data/support}
+"""
+
+
+@pytest.mark.parametrize("search", ["", "search: {num_mixtures: 4}\n", "search: {targets: null}\n"],
+                         ids=["no-search-section", "no-targets", "null-targets"])
+def test_a_config_without_targets_serves_every_domain_with_data(tmp_path, search):
+    (tmp_path / "extra").mkdir()
+    cfg = load_config(write(tmp_path, SERVING + "  extra: {adapter: {path: extra}}\n" + search))
+    # every domain with data is a target, so every mixture holds them all: one body serves them
+    assert cfg.search.targets == ["books", "dvd", "support"]
+    assert cfg.model_dump()["search"]["targets"] == ["books", "dvd", "support"]  # what trials receive
+
+
+def test_the_default_operators_are_those_that_served_best_and_in_domain_is_one_setting_away(tmp_path):
+    cfg = load_config(write(tmp_path, SERVING))
+    assert cfg.search.merge_methods == ["average", "ties", "task_arithmetic", "dare_ties"]
+    assert cfg.search.lambdas == [1.0, 1.5, 2.0] and cfg.search.densities == [0.1, 0.2]
+    in_domain = load_config(write(tmp_path, SERVING + "search: {targets: [books]}\n"))
+    assert in_domain.search.targets == ["books"]
+    chosen = load_config(write(tmp_path, SERVING + "search: {merge_methods: [ties], lambdas: [2]}\n"))
+    assert chosen.search.merge_methods == ["ties"] and chosen.search.lambdas == [2.0]
+
+
+@pytest.mark.parametrize("adapter, lora_merge, expected", [
+    ("", "", ["average"]),  # imported bottleneck adapters: no shared initialisation to merge deltas from
+    ("adapter: {method: lora}\n", "", ["average", "ties", "task_arithmetic", "dare_ties"]),  # ΔW starts at 0
+    ("adapter: {method: lora}\n", "  lora_merge: factors\n", ["average"]),
+], ids=["seq_bn", "lora-delta-svd", "lora-factors"])
+def test_imported_adapters_default_to_the_operators_they_can_use(tmp_path, adapter, lora_merge, expected):
+    (tmp_path / "mine").mkdir()
+    text = SERVING.replace("base_model: roberta-base\n", "base_model: roberta-base\n" + adapter)
+    cfg = load_config(write(tmp_path, text + "  mine: {adapter: {path: mine}}\nsearch:\n  num_mixtures: 2\n"
+                            + lora_merge))
+    assert cfg.search.merge_methods == expected
+    pinned = load_config(write(tmp_path, text + "  mine: {adapter: {path: mine}}\nsearch: {merge_methods: [ties]}\n"))
+    assert pinned.search.merge_methods == ["ties"]  # what the file says is kept
