@@ -68,7 +68,9 @@ def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str
     """What one mixed adapter gives against the alternatives, in points of mean validation accuracy.
 
     ``best`` holds the best mixture's ``accuracy/<target>`` metrics; ``baselines`` is
-    :func:`evaluate_specs` of :func:`baseline_specs`. The N-adapter upper bound scores each
+    :func:`evaluate_specs` of :func:`baseline_specs`, or the confirmation's validation splits
+    (``validation_baselines`` of its record; without ``ties of all`` where it had no shared
+    initialisation). The N-adapter upper bound scores each
     target with its own adapter. Serving: one adapter body plus one head per target, against
     one adapter (with its head) per target, in bytes of the stored safetensors files.
     """
@@ -77,9 +79,10 @@ def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str
     mean = sum(best[f"accuracy/{t}"] for t in targets) / len(targets)
     bound = sum(baselines[f"single {t}"][f"accuracy/{t}"] for t in targets) / len(targets)
     lines = [f"best found {mean:.4f} on {len(targets)} target(s) ({cfg.search.head} heads):"]
-    for name, value in (("each target's own adapter (N-adapter bound)", bound),
-                        ("soup of all", baselines["soup of all"]["accuracy_mean"]),
-                        ("TIES of all", baselines["ties of all"]["accuracy_mean"])):
+    others = [("each target's own adapter (N-adapter bound)", bound)]
+    others += [(label, baselines[name]["accuracy_mean"]) for name, label in
+               (("soup of all", "soup of all"), ("ties of all", "TIES of all")) if name in baselines]
+    for name, value in others:
         lines.append(f"  {100 * (mean - value):+.1f} points against {name} ({value:.4f})")
     store = AdapterStore(cfg.store_path)
     body = (store.path(targets[0]) / ADAPTER_FILE).stat().st_size

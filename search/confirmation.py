@@ -1,18 +1,20 @@
 """Results you can trust: the chosen mixture confirmed once on the test split, and ties said aloud.
 
-At the end of a search (and in ``signmix export`` when the search did not confirm), one
-Ray Tune trial (:func:`trainables.correctness_trial.confirm_candidates`) evaluates, example by example:
+At the end of a search (and in ``signmix export`` when the search did not confirm):
 
-- on each target's **test** split: the best mixture of the search, its runner-up, the
-  targets-alone mixture when the search evaluated it, each target's own adapter, the
-  uniform soup of all adapters, and greedy FSD's pick of the same size;
-- on the **validation** split: the mixtures the tie rule compares (best, runner-up,
-  targets alone) and each target's own adapter.
+- the tie rule (``search.when_tied``) compares the best mixture on **validation** with its
+  runner-up and the targets-alone mixture when the search evaluated it (never in serving,
+  where every mixture holds exactly the targets), reading the per-example validation
+  correctness each search trial kept (:mod:`search.confirmation_trials`);
+- then, in parallel Ray Tune trials (:func:`trainables.correctness_trial.confirm_candidates`,
+  one per mixture), on each target's **test** split: the chosen mixture, the targets alone,
+  each target's own adapter (and its validation split), the uniform soup of all adapters and
+  greedy FSD's pick of the same size; and on validation the baselines of the search summary
+  (soup and TIES of all) that no search run kept.
 
-Selection reads validation only: the tie rule (``search.when_tied``) decides which
-mixture is exported from the validation correctness; the test numbers are reported for
-that mixture and the baselines, never used to choose. The statistics are
-:mod:`trainables.significance`'s (paired bootstrap, exact McNemar).
+Selection reads validation only: the test numbers are reported for the chosen mixture and the
+baselines, never used to choose. The statistics are :mod:`trainables.significance`'s (paired
+bootstrap, exact McNemar).
 
 MLflow: one child run under the search, tagged ``signmix.kind = confirmation`` (names in
 :func:`confirmation_metrics`).
@@ -21,13 +23,18 @@ MLflow: one child run under the search, tagged ``signmix.kind = confirmation`` (
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
-from search import interrupts
-from search.cluster import connect_ray, storage_uri
-from search.confirmation_decision import confirmation_metrics, decide_and_measure, record_from_run
+from search.cluster import connect_ray
+from search.confirmation_decision import (
+    confirmation_metrics,
+    decide_and_measure,
+    record_from_run,
+    tie_rule_choice,
+    validation_baselines,
+)
+from search.confirmation_trials import run_confirmation_trials, stored_validation
 from search.proposals.gate import log_gate
 from search.proposals.strategies import greedy_path
 from search.reporting.results import open_existing_experiment
@@ -41,12 +48,9 @@ from search.tracking.layout import (
     STATUS_TAG,
     spec_from_run,
 )
-from search.trial import shared_initialisation, trial_resources
-from spaces.errors import SignmixError
+from spaces.operators import MERGE_OPERATORS
 from spaces.space import space_from_config
 from spaces.spec import make_mixture_spec
-from trainables.correctness_trial import CORRECTNESS_FILE, confirm_candidates
-from trainables.mixture_trial import share_adapter_weights
 from trainables.store import load_sign_index
 
 if TYPE_CHECKING:
@@ -75,10 +79,12 @@ def ranked_runs(client, experiment_id: str, parent_id: str | None, *, page: int 
             return
 
 
-def exportable_runs(best, ranked: Iterable) -> dict:
+def exportable_runs(best, ranked: Iterable, *, serving: bool = False) -> dict:
     """``best``, ``runner_up`` (the next in ``ranked``) and ``alone`` (the first after them whose
     members are the targets, unpruned), among runs of the same targets as ``best`` (a study's
-    runs may serve others). ``ranked`` (best first) is read only as far as these are found."""
+    runs may serve others). ``ranked`` (best first) is read only as far as these are found.
+    ``serving``: every mixture holds exactly the targets, so "the targets alone" names no
+    mixture of its own (any unpruned one would match): there is no ``alone``."""
     runs = {"best": best}
     targets = sorted(spec_from_run(best).targets)
     for r in ranked:
@@ -86,6 +92,8 @@ def exportable_runs(best, ranked: Iterable) -> dict:
             continue
         if "runner_up" not in runs:
             runs["runner_up"] = r
+            if serving:
+                break
             continue
         spec = spec_from_run(r)
         if sorted(spec.members) == targets and spec.prune_ratio == 0.0:
@@ -94,21 +102,34 @@ def exportable_runs(best, ranked: Iterable) -> dict:
     return runs
 
 
+def is_serving(cfg: Config, targets) -> bool:
+    """Whether every mixture of the search holds exactly ``targets``: they must be members and
+    every domain is one of them (serving: one body for all, each domain's head)."""
+    return cfg.search.require_targets and set(targets) == set(cfg.domains)
+
+
 def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, dict]:
     """The confirmation's candidates: name -> (spec, splits), and name -> run for the exportable ones.
 
     Exportable (searched, with an MLflow run): ``best``, ``runner_up`` (the next best
-    validation accuracy) and ``alone`` (the targets without other members, when evaluated).
-    Baselines: ``own/<target>``, ``soup`` and ``greedy/<k>`` for the sizes of the exportable ones.
+    validation accuracy) and ``alone`` (the targets without other members, when evaluated;
+    never in serving, :func:`is_serving`). Baselines: ``own/<target>``, ``soup`` and
+    ``greedy/<k>`` for the sizes of the exportable ones, and ``ties_all`` (TIES of every domain
+    at the first configured density and λ, when the operators' shared initialisation is at hand),
+    whose validation splits are the search summary's baselines.
     """
-
-    runs = exportable_runs(best, ranked)
     targets = list(spec_from_run(best).targets)
+    runs = exportable_runs(best, ranked, serving=is_serving(cfg, targets))
     both = ["test", "validation"]
     cands: dict[str, tuple] = {name: (spec_from_run(r), both) for name, r in runs.items()}
     for t in targets:
         cands[f"own/{t}"] = (make_mixture_spec(members=[t], targets=[t], require_targets=False), both)
-    cands["soup"] = (make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False), ["test"])
+    every = sorted(cfg.domains)
+    cands["soup"] = (make_mixture_spec(members=every, targets=targets, require_targets=False), both)
+    if any(MERGE_OPERATORS[m].needs_init for m in cfg.search.merge_methods):
+        cands["ties_all"] = (make_mixture_spec(members=every, targets=targets, require_targets=False,
+                                               merge_method="ties", density=cfg.search.densities[0],
+                                               lam=cfg.search.lambdas[0]), ["validation"])
     space = space_from_config(cfg.search, sorted(cfg.domains), targets=targets, max_members=None)
     path = [space.to_mixture_spec(p) for p in greedy_path(space, index)]
     for k in sorted({spec.k for spec, _ in (cands[n] for n in runs)}):
@@ -118,50 +139,47 @@ def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, di
     return cands, runs
 
 
-def run_confirmation_trial(cfg: Config, candidates: Mapping[str, tuple], weights, *, name: str) -> dict:
-    """Evaluate the candidates in one Ray Tune trial; returns name -> split -> target -> [0/1 ...]."""
-    import json
-
-    from ray import tune
-
-
-    # One evaluation per distinct mixture, however many names it has.
-    by_key: dict[str, dict] = {}
-    for cname, (spec, splits) in candidates.items():
-        entry = by_key.setdefault(spec.key, {"spec": spec.to_dict(), "splits": []})
-        entry["splits"] = sorted(set(entry["splits"]) | set(splits))
-    experiment = cfg.experiment(targets=sorted({t for spec, _ in candidates.values() for t in spec.targets}))
-    trainable = tune.with_resources(tune.with_parameters(
-        confirm_candidates, adapter_weights=share_adapter_weights(weights, shared_initialisation(cfg, weights)),
-        experiment=experiment,
-        store_root=os.path.abspath(cfg.store_path)), trial_resources(cfg))
-    grid = interrupts.fit(tune.Tuner(
-        trainable, param_space={"candidates": by_key},
-        run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures))))
-    result = grid[0]
-    if result.error is not None:
-
-        raise SignmixError(f"the confirmation trial failed: {str(result.error).strip().splitlines()[-1]}")
-    with result.checkpoint.as_directory() as folder:
-        by_key_correct = json.loads(open(os.path.join(folder, CORRECTNESS_FILE), encoding="utf-8").read())
-    return {cname: by_key_correct[spec.key] for cname, (spec, _) in candidates.items()}
-
-
 def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | None, weights=None, index=None,
                    best=None, rule: str | None = None, progress=logger.info) -> dict:
-    """Confirm a search (or the experiment, ``parent_id=None``): the trial, the statistics, the
-    MLflow run. Returns the confirmation record (what ``mixture.json`` stores)."""
+    """Confirm a search (or the experiment, ``parent_id=None``): the evaluations, the statistics,
+    the MLflow run. Returns the confirmation record (what ``mixture.json`` stores).
 
+    The tie rule reads validation only, and the searched mixtures' validation correctness was
+    kept when they were evaluated: it decides first, mostly without evaluating anything. Then
+    one parallel round evaluates what is left: the chosen mixture (and the targets alone) on
+    test, each target's own adapter on both splits, the soup and greedy's pick on test, and
+    the baselines' validation splits that no search run kept."""
     if weights is None or index is None:
         weights, index = load_sign_index(cfg.store_path, cfg.domains)
     if best is None:
         best = next(ranked_runs(client, experiment_id, parent_id, page=1))
+    rule = rule or cfg.search.when_tied
     candidates, runs = candidates_for(cfg, best, ranked_runs(client, experiment_id, parent_id), index)
-    progress(f"confirming on the test split: {len(candidates)} candidates in one trial")
-    correct = run_confirmation_trial(cfg, candidates, weights, name=f"{cfg.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}")
-    record = decide_and_measure(correct, {n: spec for n, (spec, _) in candidates.items()}, runs,
-                                rule=rule or cfg.search.when_tied, seed=cfg.search.seed)
+    specs = {n: spec for n, (spec, _) in candidates.items()}
+    name = f"{cfg.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
+    validation = stored_validation(client, experiment_id, candidates, runs)
+    unknown = {n: (specs[n], ["validation"]) for n in runs if n not in validation}
+    if unknown:  # searched before their correctness was kept
+        progress(f"confirmation: {len(unknown)} searched mixture(s) evaluated on validation for the tie rule")
+        validation.update({n: c["validation"] for n, c in run_confirmation_trials(
+            cfg, unknown, weights, name=f"{name}-validation", progress=progress).items()})
+    chosen = tie_rule_choice(validation, specs, runs, rule=rule, seed=cfg.search.seed)
+    todo = {}
+    for cname, (spec, splits) in candidates.items():
+        if cname in runs and cname not in (chosen, "alone"):
+            continue  # the rule has read its validation; its test split would choose nothing
+        if cname.startswith("greedy/") and cname != f"greedy/{specs[chosen].k}":
+            continue
+        needed = [s for s in splits if not (s == "validation" and cname in validation)]
+        if needed:
+            todo[cname] = (spec, needed)
+    progress(f"confirming on the test split: {len({s.key for s, _ in todo.values()})} evaluations in parallel "
+             f"({len(validation)} validation splits read from the search's runs)")
+    evaluated = run_confirmation_trials(cfg, todo, weights, name=name, progress=progress)
+    correct = {cname: {**({"validation": validation[cname]} if cname in validation else {}), **evaluated.get(cname, {})}
+               for cname in candidates}
+    record = decide_and_measure(correct, specs, runs, rule=rule, seed=cfg.search.seed)
+    record["validation_baselines"] = validation_baselines(correct, list(specs["best"].targets))
     record["mlflow_run_id"] = log_confirmation(client, experiment_id, parent_id or best.data.tags.get(
         "mlflow.parentRunId"), record)
     return record

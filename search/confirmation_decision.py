@@ -43,6 +43,40 @@ def _interval(lead: Mapping) -> str:
     return f"{lead['lead']:+.3f} (95% interval [{lead['low']:+.3f}, {lead['high']:+.3f}], n {lead['n']})"
 
 
+def _chosen(tied: Sequence[str], val: Mapping, specs: Mapping, rule: str) -> str:
+    """The tie rule: among the candidates tied with the best on validation, the one exported."""
+    if rule != "fewer_members":
+        return "best"
+    targets = list(specs["best"].targets)
+    return min(tied, key=lambda n: (specs[n].k, -_mean_accuracy(val[n], targets), tied.index(n)))
+
+
+def tie_rule_choice(val: Mapping, specs: Mapping, runs: Mapping, *, rule: str, seed: int = 0) -> str:
+    """Which exportable candidate (``best``, ``runner_up``, ``alone``) the tie rule exports, from
+    their validation correctness alone (``val``: name -> target -> 0/1): what
+    :func:`decide_and_measure` chooses, known before any test split is evaluated."""
+    targets = list(specs["best"].targets)
+    tied = ["best"] + [n for n in ("runner_up", "alone") if n in runs
+                       and _diff(val["best"], val[n], targets, seed)["tied"]]
+    return _chosen(tied, val, specs, rule)
+
+
+def validation_baselines(correct: Mapping, targets: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The search summary's baselines from the confirmation's validation splits, as
+    ``search.baselines.evaluate_specs`` gives them: ``single <t>`` (each target's own
+    adapter), ``soup of all`` and, when confirmed, ``ties of all``."""
+    out: dict[str, dict[str, float]] = {}
+    for t in targets:
+        rows = correct[f"own/{t}"]["validation"][t]
+        out[f"single {t}"] = {f"accuracy/{t}": sum(rows) / len(rows), "accuracy_mean": sum(rows) / len(rows)}
+    for name, label in (("soup", "soup of all"), ("ties_all", "ties of all")):
+        if "validation" in correct.get(name, {}):
+            per = {f"accuracy/{t}": sum(correct[name]["validation"][t]) / len(correct[name]["validation"][t])
+                   for t in targets}
+            out[label] = {**per, "accuracy_mean": sum(per.values()) / len(per)}
+    return out
+
+
 def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule: str, seed: int = 0) -> dict:
     """Apply the tie rule on validation, then measure the chosen mixture and the baselines on test.
 
@@ -70,9 +104,7 @@ def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule:
     for t in targets:
         validation["vs_own"][t] = _diff(correct["best"]["validation"], correct[f"own/{t}"]["validation"], [t], seed)
 
-    chosen = "best"
-    if rule == "fewer_members":
-        chosen = min(tied, key=lambda n: (specs[n].k, -_mean_accuracy(val[n], targets), tied.index(n)))
+    chosen = _chosen(tied, val, specs, rule)
     chosen_spec = specs[chosen]
 
     ru = validation["vs_runner_up"]

@@ -35,6 +35,7 @@ from search.tracking.layout import (
 )
 from search.tracking.tracker import open_experiment
 from spaces.errors import TrackingError, UsageError
+from trainables.correctness import VALIDATION_CORRECTNESS_FILE
 from trainables.data import encode_split, load_domain
 from trainables.evaluate import cast_model, evaluate_targets
 from trainables.imports.peft_lora import read_peft_lora
@@ -170,6 +171,8 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         for item in Path(local).iterdir():
             shutil.move(str(item), staging / item.name)
         Path(local).rmdir()
+        # The search's per-example validation record is the run's, not the adapter's: not shipped.
+        (staging / VALIDATION_CORRECTNESS_FILE).unlink(missing_ok=True)
         if format == "peft":  # the adapter's files are replaced by PEFT's; the heads stay under heads/
 
             adapters_form = staging / ".adapters"

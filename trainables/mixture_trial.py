@@ -20,6 +20,7 @@ from typing import Mapping
 from spaces.errors import SpecError
 from spaces.operators import MERGE_OPERATORS
 from spaces.spec import MixtureSpec
+from trainables.correctness import correct_rows, write_correctness
 from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict, target_metrics
 from trainables.lora_mixture import MERGE_ON_DELTA, LoraSlot, is_lora_weights
 from trainables.mixture_weights import build_mixture, sparsity
@@ -127,15 +128,15 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: E
     setup_seconds = time.perf_counter() - started
     if "batch" not in config:
         spec = MixtureSpec.from_dict(config["spec"])
-        metrics = _evaluate(model, spec, config.get("fsd", float("nan")), adapter_weights, experiment,
-                            started, setup_seconds, partial=tune.report)
-        _report_with_checkpoint(model, spec, metrics)
+        metrics, correct = _evaluate(model, spec, config.get("fsd", float("nan")), adapter_weights, experiment,
+                                     started, setup_seconds, partial=tune.report)
+        _report_with_checkpoint(model, spec, metrics, correct)
         return
     for i, item in enumerate(config["batch"]):
         spec = MixtureSpec.from_dict(item["spec"])
         try:
-            metrics = _evaluate(model, spec, item.get("fsd", float("nan")), adapter_weights, experiment,
-                                time.perf_counter(), setup_seconds if i == 0 else 0.0, partial=None)
+            metrics, correct = _evaluate(model, spec, item.get("fsd", float("nan")), adapter_weights, experiment,
+                                         time.perf_counter(), setup_seconds if i == 0 else 0.0, partial=None)
         except Exception:  # noqa: BLE001 - this mixture failed, not the batch: the driver records why
             import traceback
 
@@ -143,21 +144,25 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: E
             tune.report({"accuracy_mean": float("nan"), "batch_index": i,
                          "mixture_error": traceback.format_exc()[-5000:]})
             continue
-        _report_with_checkpoint(model, spec, {**metrics, "batch_index": i})
+        _report_with_checkpoint(model, spec, {**metrics, "batch_index": i}, correct)
 
 
-def _report_with_checkpoint(model, spec: MixtureSpec, metrics: dict) -> None:
+def _report_with_checkpoint(model, spec: MixtureSpec, metrics: dict, correct: Mapping[str, list[int]]) -> None:
+    """Report the mixture's metrics with its checkpoint: the adapter, the targets' heads and
+    its per-example validation correctness (read back by the confirmation, never re-evaluated)."""
     from ray import tune
 
     with tempfile.TemporaryDirectory(prefix="signmix-mixture-") as tmp:
         model.save(tmp, list(spec.targets))
+        write_correctness(tmp, "validation", correct)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, experiment: Experiment,
-              started: float, setup_seconds: float, *, partial) -> dict:
+              started: float, setup_seconds: float, *, partial) -> tuple[dict, dict[str, list[int]]]:
     """Build ``spec``'s mixture into ``model`` and evaluate it on its targets' validation
-    splits; ``partial`` (``tune.report``, or None) gets the metrics after each chunk but the last."""
+    splits; ``partial`` (``tune.report``, or None) gets the metrics after each chunk but the last.
+    Returns the metrics and each target's per-example correctness."""
     built = time.perf_counter()
     weights = load_mixture(model, spec, adapter_weights, experiment)
     refit_seconds = model.refit_seconds  # head: refit, the linear heads fitted on this mixture
@@ -204,4 +209,4 @@ def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, ex
             metrics[f"robust_accuracy/{target}"] = classification_metrics(
                 robust, enc.labels, model.num_labels[target])["accuracy"]
         metrics["robust_accuracy_mean"] = sum(metrics[f"robust_accuracy/{t}"] for t in spec.targets) / len(spec.targets)
-    return metrics
+    return metrics, {t: correct_rows(preds[t], enc.labels) for t, enc in per_target.items()}

@@ -155,8 +155,10 @@ def cmd_search(args) -> int:
         from search.baselines import search_summary_lines
 
         print(f"best: {s.best_label}  accuracy {s.best_accuracy:.4f}  (MLflow run {s.best_run_id})")
+        # The baselines' validation accuracies come from the confirmation when it ran: not evaluated twice.
+        confirmed = (s.confirmation or {}).get("validation_baselines")
         try:
-            lines = search_summary_lines(cfg, s.best_run_id)
+            lines = search_summary_lines(cfg, s.best_run_id, confirmed)
         except KeyboardInterrupt:
             raise Interrupted(f"the search is complete in MLflow run {s.parent_run_id}"
                               + (" with its test-split confirmation" if s.confirmation else "")
