@@ -33,7 +33,7 @@ def canonical_merge(method: str, parameters: Mapping[str, float | int], members:
     Args:
         method: a registered merge operator (``spaces.operators.MERGE_OPERATORS``).
         parameters: the operator's parameters, already checked and completed with their
-            defaults (``density``, ``drop_rate``, ``lam``, ``seed``, as the operator takes them).
+            defaults (``density``, ``drop_rate``, ``lam``, ``merge_seed``, as the operator takes them).
         members: the number of members merged.
 
     Returns:

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from spaces.canonical import canonical_merge
-from spaces.merge_choices import MergeChoices
+from spaces.merge_dimensions import MergeChoices
 from spaces.space import MixtureSpace
 from spaces.spec import make_mixture_spec
-from trainables.mixing import build_mixture
+from trainables.mixture_weights import build_mixture
 
 DOMAINS = ("books", "dvd", "kitchen")
 SHAPES = {"layer.0.down.weight": (6, 4), "layer.0.up.weight": (4, 6), "layer.1.down.bias": (6,)}
@@ -62,8 +62,8 @@ DIFFERENT = [
 
 def _raw_merge(spec_kwargs, init, members):
     """The adapter the *proposed* operator computes, merged without the spec's rewriting."""
-    from trainables.mixing import prune_by_magnitude
     from trainables.merging import merge_adapters
+    from trainables.mixture_weights import prune_by_magnitude
 
     names = sorted(spec_kwargs["members"])
     order = [spec_kwargs["members"].index(n) for n in names]
@@ -71,7 +71,7 @@ def _raw_merge(spec_kwargs, init, members):
     weights = None if weights is None else [weights[i] for i in order]
     method = spec_kwargs.get("merge_method", "average")
     params = {k: spec_kwargs[name] for k, name in (("density", "density"), ("drop_rate", "drop_rate"),
-                                                    ("lam", "lam"), ("seed", "merge_seed")) if name in spec_kwargs}
+                                                    ("lam", "lam"), ("merge_seed", "merge_seed")) if name in spec_kwargs}
     merged = merge_adapters([members[n] for n in names], method=method, weights=weights,
                             init=None if method == "average" else init, **params)
     if spec_kwargs.get("prune_when") == "mixture":

@@ -214,10 +214,11 @@ def test_singletons_are_always_accepted(index, measure, member):
 # space_from_config ----------------------------------------------------------------------
 
 def _search(**overrides):
-    """A config's ``search:`` section with its defaults (search/config.py states them)."""
+    """A config's ``search:`` section with its defaults (search/config.py states them), averaging
+    (the operator these tests of subsets and pruning count with) unless told otherwise."""
     from search.config import SearchConfig
 
-    return SearchConfig(**{"targets": ["a"], **overrides})
+    return SearchConfig(**{"targets": ["a"], "merge_methods": ["average"], **overrides})
 
 
 @pytest.mark.parametrize("percentile", [50.0, 75.0, 100.0])

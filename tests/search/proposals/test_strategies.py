@@ -116,7 +116,7 @@ def test_exhaustive_yields_every_element_once_then_none(require_targets):
 
 
 def test_exhaustive_proposes_a_mixture_once_however_many_operator_choices_merge_like_it():
-    from spaces.merge_choices import MergeChoices
+    from spaces.merge_dimensions import MergeChoices
 
     # task arithmetic at λ 1 is the average: 4 subsets x (average, TA λ 1, TA λ 2) name 8 mixtures
     space = MixtureSpace(domains=("a", "b", "c"), targets=("b",),
