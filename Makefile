@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast bench bench-search-real study-amazon mixing-pays lora-merge-study plan-real measures-real constraints clean
+.PHONY: install install-dev demo test test-fast bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real measures-real constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -78,3 +78,12 @@ plan-real: install-dev
 SIZES ?= 2
 measures-real: install-dev
 	$(PY) tests/benchmarks/measures_real.py --serving-sizes $(SIZES)
+
+# Issue 17: serving N domains from a mixed request stream, N switched adapters against one or G
+# merged bodies (examples/s on 2 threads, bytes held), N = 4, 8, 12, 16. Not part of `make test`.
+bench-serving: install-dev
+	$(PY) tests/benchmarks/bench_serving.py
+
+# Issue 17: the end of a real-data serving search (confirmation, summary) against the search itself.
+bench-search-end: install-dev
+	$(PY) tests/benchmarks/bench_search_end.py --work .bench/search-end
