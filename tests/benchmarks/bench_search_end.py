@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("SIGNMIX_SHARED_DATA", ROOT.parent / "shared" / "data"))  # a snapshot elsewhere: set it
 AMAZON = ("books", "dvd", "electronics", "kitchen")
 
 

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("SIGNMIX_SHARED_DATA", ROOT.parent / "shared" / "data"))  # a snapshot elsewhere: set it
 
 
 def texts(count: int, seed: int) -> list[str]:
