@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from search.config import Config
-from search.confirmation import run_confirmation_trial
+from search.confirmation_trials import run_confirmation_trials
 from search.plan.partition import Group
 from search.runner import run_search
 from search.export import find_best_run
@@ -162,14 +162,14 @@ def baseline_candidates(cfg: Config, domains: Sequence[str], *, cross_heads: boo
 
 def correctness(cfg: Config, candidates: Mapping[str, tuple[MixtureSpec, list[str]]], weights, *,
                 name: str) -> dict:
-    """name -> split -> domain -> [0/1, ...] of ``candidates``, in one Ray Tune trial
-    (:func:`search.confirmation.run_confirmation_trial`: each distinct mixture once)."""
+    """name -> split -> domain -> [0/1, ...] of ``candidates``, one parallel Ray Tune trial per
+    distinct mixture (:func:`search.confirmation_trials.run_confirmation_trials`)."""
     if any(spec.merge_method != "average" for spec, _ in candidates.values()) and "ties" not in cfg.search.merge_methods:
         # the trial rebuilds the shared initialisation only when the config's operators need it
         raw = cfg.model_dump()
         raw["search"] = {**raw["search"], "merge_methods": [*cfg.search.merge_methods, "ties"]}
         cfg = Config.model_validate(raw)
-    return run_confirmation_trial(cfg, candidates, weights, name=name)
+    return run_confirmation_trials(cfg, candidates, weights, name=name)
 
 
 def accuracy(correct: Sequence[int]) -> float:
