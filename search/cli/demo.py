@@ -9,12 +9,15 @@ best mixture it exports; it prints a summary of both.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import yaml
 
 from mlflow_server.network import sqlite_uri
+from search.cli.console import progress
 from search.cli.demo_data import write_demo_domains
 from search.config import Config, load_config
 
@@ -66,3 +69,81 @@ def prepare_demo(out: str | os.PathLike, **kwargs) -> Config:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return load_config(write_demo_config(out, **kwargs))
+
+
+def run_demo(args) -> int:
+    """``signmix demo``: the serving plan, then the in-domain search, on the embedded data."""
+    from mlflow_server.server import redact_uri
+    from search.baselines import baseline_specs, evaluate_specs
+    from search.cli.preflight import check_tracking_uri, check_writable
+    from search.export import export_mixture
+    from search.reporting.tables import format_table
+    from search.runner import run_search, run_training
+    from trainables.store import load_sign_index
+
+    out = Path(args.out).resolve()
+    check_writable(out, what="the demo folder", fix="choose a writable --out")
+    if args.tracking_uri:
+        check_tracking_uri(args.tracking_uri)
+    progress(f"signmix demo: data, adapters, MLflow store and export under {out}")
+    cfg = prepare_demo(out, seed=args.seed, tracking_uri=args.tracking_uri, base_model=args.base_model,
+                       num_mixtures=args.num_mixtures)
+    progress("1/5 training one adapter per domain")
+    run_training(cfg, progress=progress, debug=args.debug)
+    progress("2/5 serving plan: how few merged bodies serve the four review domains and the support task?")
+    from search.cli.demo_plan import serve_demo_domains
+
+    served = serve_demo_domains(cfg, out, progress=progress, debug=args.debug)
+    print("part 1, serving: which domains share a merged body\n")
+    for line in served:
+        print(line)
+    print("\npart 2, in-domain: the best mixture for books alone\n")
+    progress("3/5 searching mixtures for books (TPE behind the sign-conflict pre-filter)")
+    s = run_search(cfg, progress=progress, debug=args.debug)
+    progress("4/5 exporting the best mixture")
+    staged = out / ".best-new"
+    shutil.rmtree(staged, ignore_errors=True)
+    export_mixture(cfg, staged, run_id=s.chosen_run_id or s.best_run_id)
+    if (out / "best").exists():
+        shutil.rmtree(out / "best")
+    os.replace(staged, out / "best")
+    progress("5/5 comparing with single adapters and the soup of all")
+    specs = baseline_specs(cfg, every_single=True)
+    weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    baselines = evaluate_specs(cfg, specs, weights)
+    targets = ",".join(cfg.search.targets)
+    rows = [[f"best: {s.best_label}", s.best_k, s.best_fsd, s.best_accuracy]]
+    rows += [[name, specs[name].k, index.subset_fsd(specs[name].members, cfg.search.fsd_measure), r["accuracy_mean"]]
+             for name, r in baselines.items()]
+    if cfg.search.head == "own":  # what the best mixture scores with heads refit on it
+        from search.baselines import spec_of_record
+
+        record = json.loads((out / "best" / "mixture.json").read_text(encoding="utf-8"))
+        refit = evaluate_specs(cfg, {"best, refit heads": spec_of_record(record, head="refit")}, weights)
+        rows.insert(1, ["best, refit heads", s.best_k, s.best_fsd, refit["best, refit heads"]["accuracy_mean"]])
+    print()
+    print(format_table(rows, ["mixture", "k", "FSD", f"validation accuracy ({targets})"]))
+    if s.best_run_id is not None:
+        from search.baselines import search_summary_lines
+
+        print()
+        for line in search_summary_lines(cfg, s.best_run_id, baselines):
+            print(line)
+    if s.confirmation is not None:
+        from search.confirmation_decision import confirmation_table
+
+        print()
+        print(confirmation_table(s.confirmation))
+    print()
+    limit = "none" if s.max_fsd is None else f"{s.max_fsd:.4f}"
+    print(f"proposals: {s.evaluated} evaluated, {s.filtered} filtered by the pre-filter "
+          f"({s.filtered_mixtures} distinct mixtures, max_fsd {limit}), {s.repeats} repeats answered "
+          f"from earlier results; search took {s.seconds:.0f}s")
+    from search.confirmation_decision import trust_lines
+
+    for line in trust_lines(s):
+        if not line.startswith("confirmed on the test split") and not line.startswith("  "):
+            print(line)
+    print(f"best mixture exported to {out / 'best'}")
+    print(f"browse the runs:  mlflow ui --backend-store-uri {redact_uri(cfg.tracking_uri)} --port 5000")
+    return 0

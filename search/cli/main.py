@@ -7,58 +7,25 @@ runtime failures exit with 1; ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import sys
 import traceback
 from pathlib import Path
 
+from search.cli.console import load, preflight, progress
 from search.interrupts import EXIT_STATUS, Interrupted, stop_on_sigterm
 from spaces.errors import SignmixError, UsageError
 
 logger = logging.getLogger("signmix")
 
 
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _load(args):
-    """The validated config, with the command-line overrides validated like the file."""
-    from search.config import load_config, validate_config
-
-    cfg = load_config(args.config)
-    updates: dict[str, dict] = {}
-    if getattr(args, "address", None):
-        updates["ray"] = {"address": args.address}
-    search = {k: v for k, v in (("strategy", getattr(args, "strategy", None)),
-                                ("num_mixtures", getattr(args, "num_mixtures", None))) if v is not None}
-    if search:
-        updates["search"] = search
-    if not updates:
-        return cfg
-    raw = cfg.model_dump()
-    for section, values in updates.items():
-        raw[section] = {**raw[section], **values}
-    return validate_config(raw, source=f"{args.config} with the command-line options",
-                           base_dir=Path(args.config).resolve().parent)
-
-
-def _preflight(cfg, command: str, **kwargs) -> None:
-    """Fail before anything starts (Ray, MLflow runs, files) when the run could not succeed."""
-    from search.cli.preflight import check_before_run
-
-    check_before_run(cfg, command=command, **kwargs)
-
-
 def cmd_train(args) -> int:
     from search.runner import run_training
 
-    cfg = _load(args)
-    _preflight(cfg, "train")
-    summary = run_training(cfg, force=args.force, progress=_progress, debug=args.debug)
+    cfg = load(args)
+    preflight(cfg, "train")
+    summary = run_training(cfg, force=args.force, progress=progress, debug=args.debug)
     print(f"{training_outcome(summary)}; store: {cfg.store_path}")
     for domain, err in summary.failed.items():
         print(f"failed: {domain}: {err}", file=sys.stderr)
@@ -83,8 +50,8 @@ def cmd_fsd(args) -> int:
     from search.reporting.tables import format_table, write_csv
     from trainables.store import load_sign_index
 
-    cfg = _load(args)
-    _preflight(cfg, "fsd", out=args.out)
+    cfg = load(args)
+    preflight(cfg, "fsd", out=args.out)
     measures = _measure_names(args.measures)
     weights, index = load_sign_index(cfg.store_path, cfg.domains)
     if measures:  # before anything is written: what the store or the data cannot give
@@ -125,7 +92,7 @@ def cmd_fsd(args) -> int:
     if measures:
         from search.reporting.measures_report import measures_report
 
-        for line in measures_report(cfg, measures, out=out, per_layer=args.per_layer, progress=_progress,
+        for line in measures_report(cfg, measures, out=out, per_layer=args.per_layer, progress=progress,
                                     debug=args.debug):
             print(line)
     return 0
@@ -146,9 +113,9 @@ def _measure_names(text: str | None) -> list[str]:
 def cmd_search(args) -> int:
     from search.runner import run_search
 
-    cfg = _load(args)
-    _preflight(cfg, "search")
-    s = run_search(cfg, resume=args.resume, progress=_progress, debug=args.debug)
+    cfg = load(args)
+    preflight(cfg, "search")
+    s = run_search(cfg, resume=args.resume, progress=progress, debug=args.debug)
     print(f"{s.strategy}: {s.evaluated} evaluated, {s.filtered} proposals filtered ({s.filtered_mixtures} mixtures), "
           f"{s.repeats} repeats, {s.stopped_early} stopped early, {s.failed} failed in {s.seconds:.1f}s")
     if s.best_label is not None:
@@ -175,9 +142,9 @@ def cmd_search(args) -> int:
 def cmd_study(args) -> int:
     from search.study import run_study
 
-    cfg = _load(args)
-    _preflight(cfg, "study")
-    s = run_study(cfg, progress=_progress, debug=args.debug)
+    cfg = load(args)
+    preflight(cfg, "study")
+    s = run_study(cfg, progress=progress, debug=args.debug)
     parts = ", ".join(f"{n} {p}" for p, n in s.by_part.items())
     print(f"study: {s.mixtures} mixtures ({parts}): {s.evaluated} evaluated, {s.failed} failed in {s.seconds:.1f}s "
           f"(MLflow run {s.parent_run_id}); figures and statistics: `signmix report {args.config}`")
@@ -187,9 +154,9 @@ def cmd_study(args) -> int:
 def cmd_plan(args) -> int:
     from search.plan.run import plan_lines, preflight_config, run_plan
 
-    cfg = _load(args)
-    _preflight(preflight_config(cfg), "search")
-    outcome = run_plan(cfg, progress=_progress, debug=args.debug)
+    cfg = load(args)
+    preflight(preflight_config(cfg), "search")
+    outcome = run_plan(cfg, progress=progress, debug=args.debug)
     for line in plan_lines(outcome):
         print(line)
     return 0
@@ -200,9 +167,9 @@ def cmd_export(args) -> int:
 
     if args.bodies is not None and not args.plan:
         raise UsageError("--bodies chooses a plan of the front: use it with --plan")
-    cfg = _load(args)
+    cfg = load(args)
     check_output_dir(Path(args.out).resolve())
-    _preflight(cfg, "export")
+    preflight(cfg, "export")
     if args.plan:
         from search.plan.bundle import export_bundle
 
@@ -261,90 +228,12 @@ def _evaluate_bundle(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from mlflow_server.server import redact_uri
-    from search.baselines import baseline_specs, evaluate_specs
-    from search.cli.demo import prepare_demo
-    from search.cli.preflight import check_tracking_uri, check_writable
-    from search.export import export_mixture
-    from search.reporting.tables import format_table
-    from search.runner import run_search, run_training
-    from trainables.store import load_sign_index
-
-    out = Path(args.out).resolve()
-    check_writable(out, what="the demo folder", fix="choose a writable --out")
-    if args.tracking_uri:
-        check_tracking_uri(args.tracking_uri)
-    _progress(f"signmix demo: data, adapters, MLflow store and export under {out}")
-    cfg = prepare_demo(out, seed=args.seed, tracking_uri=args.tracking_uri, base_model=args.base_model,
-                       num_mixtures=args.num_mixtures)
-    _progress("1/5 training one adapter per domain")
-    run_training(cfg, progress=_progress, debug=args.debug)
-    _progress("2/5 serving plan: how few merged bodies serve the four review domains and the support task?")
-    from search.cli.demo_plan import serve_demo_domains
-
-    served = serve_demo_domains(cfg, out, progress=_progress, debug=args.debug)
-    print("part 1, serving: which domains share a merged body\n")
-    for line in served:
-        print(line)
-    print("\npart 2, in-domain: the best mixture for books alone\n")
-    _progress("3/5 searching mixtures for books (TPE behind the sign-conflict pre-filter)")
-    s = run_search(cfg, progress=_progress, debug=args.debug)
-    _progress("4/5 exporting the best mixture")
-    staged = out / ".best-new"
-    shutil.rmtree(staged, ignore_errors=True)
-    export_mixture(cfg, staged, run_id=s.chosen_run_id or s.best_run_id)
-    if (out / "best").exists():
-        shutil.rmtree(out / "best")
-    os.replace(staged, out / "best")
-    _progress("5/5 comparing with single adapters and the soup of all")
-    specs = baseline_specs(cfg, every_single=True)
-    weights, index = load_sign_index(cfg.store_path, cfg.domains)
-    baselines = evaluate_specs(cfg, specs, weights)
-    targets = ",".join(cfg.search.targets)
-    rows = [[f"best: {s.best_label}", s.best_k, s.best_fsd, s.best_accuracy]]
-    rows += [[name, specs[name].k, index.subset_fsd(specs[name].members, cfg.search.fsd_measure), r["accuracy_mean"]]
-             for name, r in baselines.items()]
-    if cfg.search.head == "own":  # what the best mixture scores with heads refit on it
-        from search.baselines import spec_of_record
-
-        record = json.loads((out / "best" / "mixture.json").read_text(encoding="utf-8"))
-        refit = evaluate_specs(cfg, {"best, refit heads": spec_of_record(record, head="refit")}, weights)
-        rows.insert(1, ["best, refit heads", s.best_k, s.best_fsd, refit["best, refit heads"]["accuracy_mean"]])
-    print()
-    print(format_table(rows, ["mixture", "k", "FSD", f"validation accuracy ({targets})"]))
-    if s.best_run_id is not None:
-        from search.baselines import search_summary_lines
-
-        print()
-        for line in search_summary_lines(cfg, s.best_run_id, baselines):
-            print(line)
-    if s.confirmation is not None:
-        from search.confirmation_decision import confirmation_table
-
-        print()
-        print(confirmation_table(s.confirmation))
-    print()
-    limit = "none" if s.max_fsd is None else f"{s.max_fsd:.4f}"
-    print(f"proposals: {s.evaluated} evaluated, {s.filtered} filtered by the pre-filter "
-          f"({s.filtered_mixtures} distinct mixtures, max_fsd {limit}), {s.repeats} repeats answered "
-          f"from earlier results; search took {s.seconds:.0f}s")
-    from search.confirmation_decision import trust_lines
-
-    for line in trust_lines(s):
-        if not line.startswith("confirmed on the test split") and not line.startswith("  "):
-            print(line)
-    print(f"best mixture exported to {out / 'best'}")
-    print(f"browse the runs:  mlflow ui --backend-store-uri {redact_uri(cfg.tracking_uri)} --port 5000")
-    return 0
-
-
 def cmd_report(args) -> int:
     from search.reporting.report import build_report
 
-    cfg = _load(args)
+    cfg = load(args)
     out = Path(args.out or os.path.join(cfg.storage_path, "report"))
-    written = build_report(cfg, out, progress=_progress)
+    written = build_report(cfg, out, progress=progress)
     for path in written:
         print(f"written: {path}")
     if not written:
@@ -356,7 +245,7 @@ def cmd_report(args) -> int:
 def cmd_results(args) -> int:
     from search.reporting.results import format_results, top_mixtures
 
-    cfg = _load(args)
+    cfg = load(args)
     print(format_results(top_mixtures(cfg, n=args.top, sort=args.sort), sort=args.sort))
     from search.confirmation import latest_confirmation
     from search.confirmation_decision import confirmation_lines
@@ -369,44 +258,16 @@ def cmd_results(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from search.cli.demo import run_demo  # on use: the demo's imports (the config, the runner) are heavy
+
+    return run_demo(args)
+
+
 def cmd_submit(args) -> int:
-    from search.jobs import JobError, connect_jobs, follow_job, job_outcome, stop_job, submit_job
+    from search.cli.submit import run_submit  # on use: Ray's job client is heavy
 
-    if sum(x is not None for x in (args.config, args.status, args.stop)) != 1:
-        raise UsageError("give exactly one of CONFIG (submit it), --status JOB or --stop JOB")
-    if args.resume and (args.config is None or args.command != "search"):
-        raise UsageError("--resume continues a stopped search: give it with CONFIG and --command search")
-    cfg = None
-    if args.config:
-        from search.job_paths import check_local_paths, head_paths
-
-        cfg = _load(argparse.Namespace(config=args.config))
-        check_local_paths(args.config, command=args.command)
-    client = connect_jobs(args.address)
-    if args.stop:
-        print(f"job {args.stop}: {stop_job(client, args.stop, progress=_progress)}")
-        return 0
-    if args.status:
-        o = job_outcome(client, args.status)
-        print(f"job {o.job_id}: {o.status}" + (f" ({o.message.splitlines()[0]})" if o.message else ""))
-        print("\n".join(o.last_lines))
-        return o.exit_status  # 0 succeeded, 1 failed or stopped, 3 still pending or running
-    _progress(f"the job reads these paths on the head, which must have them: {head_paths(cfg)}")
-    job_id = submit_job(client, cfg, command=args.command, extra_args=["--resume"] if args.resume else None)
-    if args.no_wait:
-        print(f"submitted job {job_id}; follow it with `signmix submit --status {job_id} --address {args.address}`")
-        return 0
-    _progress(f"submitted job {job_id} (signmix {args.command}); Ctrl-C stops it")
-    try:
-        outcome = follow_job(client, job_id)
-    except KeyboardInterrupt:
-        print(f"signmix: interrupted: job {job_id} stopped", file=sys.stderr)
-        return EXIT_STATUS
-    if outcome.succeeded:
-        print(f"job {job_id} succeeded")
-        return 0
-    why = outcome.error_line() or (outcome.message.splitlines()[0] if outcome.message else "")
-    raise JobError(f"job {job_id} {outcome.status.lower()}: {why}\n  " + "\n  ".join(outcome.last_lines[-10:]))
+    return run_submit(args)
 
 
 def cmd_server(args) -> int:

@@ -128,7 +128,8 @@ def test_trust_remote_code_is_off_unless_the_config_says_so(tmp_path, demo_domai
 
 
 def test_trust_remote_code_is_never_switched_on_in_code_only_passed_through():
-    allowed = {"trust_remote_code", "cfg.trust_remote_code", "experiment['trust_remote_code']",
+    # passed through from the config (self: Config.experiment), the typed experiment or an export's record
+    allowed = {"trust_remote_code", "cfg.trust_remote_code", "self.trust_remote_code", "experiment.trust_remote_code",
                "ev['trust_remote_code']"}
     passed = []
     for path in PRODUCT:
@@ -190,7 +191,6 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
     import mlflow
 
     import search.runner
-    import search.tracking.callbacks
     import search.tracking.tracker
     from search.config import load_config
     from spaces.fsd import SignIndex
@@ -224,9 +224,11 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
     weights = {d: {"layer.0.w": torch.randn(8, generator=torch.Generator().manual_seed(i))}
                for i, d in enumerate(("books", "kitchen"))}
     real_open = search.tracking.tracker.open_experiment
-    monkeypatch.setattr(search.tracking.tracker, "SearchTracker", Tracker)
+    # The runner imports these names at its top: they are replaced where the runner reads them.
+    monkeypatch.setattr(search.runner, "SearchTracker", Tracker)
+    monkeypatch.setattr(search.runner, "open_experiment", lambda uri, name: real_open(sqlite, name))
     monkeypatch.setattr(search.tracking.tracker, "open_experiment", lambda uri, name: real_open(sqlite, name))
-    monkeypatch.setattr(search.tracking.callbacks, "TrainingTracking", Tracking)
+    monkeypatch.setattr(search.runner, "TrainingTracking", Tracking)
     monkeypatch.setattr(search.runner, "connect_ray", lambda cfg, debug=False: None)
     monkeypatch.setattr(search.runner, "load_sign_index", lambda root, domains: (weights, SignIndex.from_weights(weights)))
 
