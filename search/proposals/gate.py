@@ -137,6 +137,12 @@ class FsdGate:
         self._refreshed_at = len(self.points)
         fsd, k, acc = (list(col) for col in zip(*self.points.values())) if self.points else ([], [], [])
         evidence = fsd_gate_evidence(fsd, k, acc, min_n=self.min_n, tolerance=self.tolerance)
+        return self.settle(evidence, self.decision)
+
+    def settle(self, evidence: FsdEvidence, previous: str | None, *, label: str = "FSD gate",
+               why: str = "") -> FsdEvidence:
+        """Keep ``evidence`` as the gate's, holding a decision to filter until every size has its
+        mixtures; under ``auto``, log a decision that differs from ``previous``."""
         missing = self.missing_sizes()
         # A signal that the missing sizes must confirm before anything is filtered: the only
         # case in which the gate asks the strategy for mixtures (``exploration``).
@@ -146,11 +152,10 @@ class FsdGate:
             evidence = dataclasses.replace(
                 evidence, decision="too_few", threshold=None,
                 reason=f"Waiting for mixtures of every size before the gate decides ({sizes}; "
-                       f"n {evidence.n} so far): nothing is filtered yet")
-        previous = self.decision
+                       f"n {evidence.n} so far{why}): nothing is filtered yet")
         self.evidence = evidence
         if self.mode == "auto" and self.decision != previous:
-            logger.info("FSD gate: %s", evidence.reason)
+            logger.info("%s: %s", label, evidence.reason)
         return evidence
 
     def summary(self) -> str:

@@ -99,18 +99,7 @@ class MeasureGate(FsdGate):
         if self.chosen is not None:  # the points' first column follows the chosen measure
             self.points = {key: (self.values[key][self.chosen], kk, a) if key in self.values else (f, kk, a)
                            for key, (f, kk, a) in self.points.items()}
-        missing = self.missing_sizes()
-        self.awaiting_sizes = evidence.decision == "filter" and bool(missing)
-        if self.awaiting_sizes:
-            sizes = ", ".join(f"{n} more of size {s}" for s, n in sorted(missing.items()))
-            evidence = dataclasses.replace(
-                evidence, decision="too_few", threshold=None,
-                reason=f"Waiting for mixtures of every size before the gate decides ({sizes}; "
-                       f"n {evidence.n} so far; {evidence.reason}): nothing is filtered yet")
-        self.evidence = evidence
-        if self.mode == "auto" and self.decision != previous:
-            logger.info("conflict gate: %s", evidence.reason)
-        return evidence
+        return self.settle(evidence, previous, label="conflict gate", why=f"; {evidence.reason}")
 
     def summary(self) -> str:
         ev = self.evidence or self.refresh()
