@@ -226,7 +226,7 @@ def finish_search(cfg: Config, searcher, tracker, summary, *, progress=logger.in
     if gate is not None:
         gate.refresh()
         log_gate(tracker, gate)
-        summary.fsd_gate, summary.fsd_gate_decision = gate.summary(), gate.decision
+        summary.fsd_gate, summary.fsd_gate_decision, summary.fsd_gate_label = gate.summary(), gate.decision, gate.label
         summary.max_fsd = gate.threshold
     summary.chosen_run_id = summary.best_run_id
     if not cfg.search.confirm or summary.best_run_id is None:

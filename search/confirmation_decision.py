@@ -243,7 +243,7 @@ def trust_lines(summary) -> list[str]:
     """What a search summary adds about trust: small validation sets, the FSD gate, ties, the test split."""
     lines = [f"warning: {w}" for w in summary.validation_warnings]
     if summary.fsd_gate:
-        lines.append(f"FSD gate ({summary.fsd_gate_decision}): {summary.fsd_gate}")
+        lines.append(f"{summary.fsd_gate_label} ({summary.fsd_gate_decision}): {summary.fsd_gate}")
     if summary.confirmation is not None:
         lines.extend(confirmation_lines(summary.confirmation))
     return lines

@@ -153,6 +153,7 @@ class SearchSummary:
     mlflow_seconds: float = 0.0
     fsd_gate: str = ""  # the FSD gate's evidence and decision, one sentence (search/proposals/gate.py)
     fsd_gate_decision: str = ""  # filter | no_signal | too_few | fixed | off
+    fsd_gate_label: str = "FSD gate"  # "conflict gate" when it chooses among measures (measure_gate.py)
     validation_warnings: list = field(default_factory=list)  # validation sets too small to separate mixtures
     confirmation: dict | None = None  # the test-split confirmation (search/confirmation_decision.py)
     chosen_run_id: str | None = None  # what the tie rule exports (best_run_id when nothing is tied)

@@ -61,6 +61,8 @@ class FsdGate:
         min_n: fewest evaluated mixtures for a decision.
     """
 
+    label = "FSD gate"  # how summaries and logs name this gate
+
     def __init__(self, *, mode: GateMode, space: MixtureSpace, tolerance: float,
                  fixed_threshold: float | None = None, per_size: int = GATE_PER_SIZE,
                  min_n: int = DEFAULT_MIN_N) -> None:
@@ -139,8 +141,7 @@ class FsdGate:
         evidence = fsd_gate_evidence(fsd, k, acc, min_n=self.min_n, tolerance=self.tolerance)
         return self.settle(evidence, self.decision)
 
-    def settle(self, evidence: FsdEvidence, previous: str | None, *, label: str = "FSD gate",
-               why: str = "") -> FsdEvidence:
+    def settle(self, evidence: FsdEvidence, previous: str | None, *, why: str = "") -> FsdEvidence:
         """Keep ``evidence`` as the gate's, holding a decision to filter until every size has its
         mixtures; under ``auto``, log a decision that differs from ``previous``."""
         missing = self.missing_sizes()
@@ -155,7 +156,7 @@ class FsdGate:
                        f"n {evidence.n} so far{why}): nothing is filtered yet")
         self.evidence = evidence
         if self.mode == "auto" and self.decision != previous:
-            logger.info("%s: %s", label, evidence.reason)
+            logger.info("%s: %s", self.label, evidence.reason)
         return evidence
 
     def summary(self) -> str:

@@ -47,6 +47,8 @@ class MeasureGate(FsdGate):
         mode, space, tolerance, fixed_threshold: as :class:`~search.gate.FsdGate`.
     """
 
+    label = "conflict gate"
+
     def __init__(self, *, measures: Mapping[str, PairwiseMeasure], candidates: Sequence[str], **kwargs) -> None:
         super().__init__(**kwargs)
         unknown = [c for c in candidates if c != WEIGHT_FSD and c not in measures]
@@ -99,7 +101,7 @@ class MeasureGate(FsdGate):
         if self.chosen is not None:  # the points' first column follows the chosen measure
             self.points = {key: (self.values[key][self.chosen], kk, a) if key in self.values else (f, kk, a)
                            for key, (f, kk, a) in self.points.items()}
-        return self.settle(evidence, previous, label="conflict gate", why=f"; {evidence.reason}")
+        return self.settle(evidence, previous, why=f"; {evidence.reason}")
 
     def summary(self) -> str:
         ev = self.evidence or self.refresh()

@@ -4,12 +4,15 @@ Optuna strategy, driven by hand as Ray Tune would, with accuracy oracles over pa
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from ray.tune.search import Searcher
 
+from search.confirmation_decision import trust_lines
+from search.proposals.gate import FsdGate
 from search.proposals.measure_gate import MEASURE_TAG, MeasureGate, warm_start_order
 from search.proposals.searcher import SignConflictSearcher
 from search.proposals.strategies import greedy_path, make_strategy
@@ -144,3 +147,12 @@ def test_the_warm_start_orders_by_the_chosen_measure():
     assert path[1] == space().params_for([best_other])
     none, why = warm_start_order(MEASURES, evidence_table({"cross_head": values["cross_head"]}, k, accuracy), "auto")
     assert none is None and "weight_fsd" in why
+
+
+def test_the_summary_names_the_conflict_gate_and_its_measure(index):
+    _, gate = drive(index, predicted_by("cross_head"), candidates=["weight_fsd", "activation_fsd", "cross_head"])
+    summary = SimpleNamespace(validation_warnings=[], fsd_gate=gate.summary(), fsd_gate_decision=gate.decision,
+                              fsd_gate_label=gate.label, confirmation=None)
+    (line,) = trust_lines(summary)
+    assert line.startswith("conflict gate (filter): cross_head predicts accuracy here")
+    assert FsdGate.label == "FSD gate"
