@@ -161,7 +161,7 @@ def baseline_candidates(cfg: Config, domains: Sequence[str], *, cross_heads: boo
 
 
 def correctness(cfg: Config, candidates: Mapping[str, tuple[MixtureSpec, list[str]]], weights, *,
-                name: str) -> dict:
+                name: str, progress: Callable[[str], None] = logger.info) -> dict:
     """name -> split -> domain -> [0/1, ...] of ``candidates``, one parallel Ray Tune trial per
     distinct mixture (:func:`search.confirmation_trials.run_confirmation_trials`)."""
     if any(spec.merge_method != "average" for spec, _ in candidates.values()) and "ties" not in cfg.search.merge_methods:
@@ -169,7 +169,7 @@ def correctness(cfg: Config, candidates: Mapping[str, tuple[MixtureSpec, list[st
         raw = cfg.model_dump()
         raw["search"] = {**raw["search"], "merge_methods": [*cfg.search.merge_methods, "ties"]}
         cfg = Config.model_validate(raw)
-    return run_confirmation_trials(cfg, candidates, weights, name=name)
+    return run_confirmation_trials(cfg, candidates, weights, name=name, progress=progress)
 
 
 def accuracy(correct: Sequence[int]) -> float:

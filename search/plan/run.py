@@ -123,7 +123,7 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
     progress(f"plan: {len(domains)} domains; the bound (own adapters, trained and refit heads), soup and TIES of all"
              + (", cross heads" if cfg.plan.compatibility == "cross_heads" else "") + " in one trial")
     base = correctness(cfg, baseline_candidates(cfg, domains, cross_heads=cfg.plan.compatibility == "cross_heads",
-                                                ties=ties), weights, name=f"{cfg.name}-plan-baselines-{stamp}")
+                                                ties=ties), weights, name=f"{cfg.name}-plan-baselines-{stamp}", progress=progress)
     val = {name: {d: accuracy(v) for d, v in c.get("validation", {}).items()} for name, c in base.items()}
     singles = {d: val[f"{head}/{d}"][d] for d in domains}  # a group of one: its own adapter, same protocol
     if cfg.plan.compatibility == "cross_heads":
@@ -144,7 +144,8 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
     progress(f"plan: chosen {why}; confirming the front on the test split")
     merged = {g for p in points for g in p.partition if len(g) > 1}
     test_cands = {f"group/{group_name(g)}": (bodies.bodies[g].spec, ["test"]) for g in sorted(merged)}
-    tested = correctness(cfg, test_cands, weights, name=f"{cfg.name}-plan-test-{stamp}") if test_cands else {}
+    tested = (correctness(cfg, test_cands, weights, name=f"{cfg.name}-plan-test-{stamp}", progress=progress)
+              if test_cands else {})
 
     def test_correct(partition) -> dict[str, list[int]]:
         out = {}
