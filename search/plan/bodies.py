@@ -135,7 +135,8 @@ def baseline_candidates(cfg: Config, domains: Sequence[str], *, cross_heads: boo
 
     - ``own/<d>`` and ``refit/<d>``: each own adapter with its trained head and with a head
       refit on it, on validation and test (the bound under both head protocols);
-    - ``cross/<a>/<b>``: a's adapter with b's head on b's validation split (``cross_heads``);
+    - ``cross/<a>``: a's adapter with each other domain b's head on b's validation split
+      (``cross_heads``), one trial;
     - ``soup``: the uniform average of all, ``ties``: TIES of all (first density and lambda),
       every domain with its head under ``search.head``, on validation and test.
     """
@@ -144,12 +145,10 @@ def baseline_candidates(cfg: Config, domains: Sequence[str], *, cross_heads: boo
     for d in domains:
         out[f"own/{d}"] = (own_spec(d, "own"), both)
         out[f"refit/{d}"] = (own_spec(d, "refit"), both)
-    if cross_heads:
+    if cross_heads:  # one trial per adapter: a's adapter under every other domain's head, on its data
         for a in domains:
-            for b in domains:
-                if a != b:
-                    out[f"cross/{a}/{b}"] = (make_mixture_spec(members=[a], targets=[b], require_targets=False),
-                                             ["validation"])
+            out[f"cross/{a}"] = (make_mixture_spec(members=[a], targets=[b for b in domains if b != a],
+                                                   require_targets=False), ["validation"])
     head = cfg.search.head
     out["soup"] = (make_mixture_spec(members=list(domains), targets=list(domains), require_targets=False, head=head),
                    both)

@@ -128,7 +128,7 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
     singles = {d: val[f"{head}/{d}"][d] for d in domains}  # a group of one: its own adapter, same protocol
     if cfg.plan.compatibility == "cross_heads":
         distances = cross_head_distances({d: val[f"own/{d}"][d] for d in domains},
-                                         {(a, b): val[f"cross/{a}/{b}"][b] for a in domains for b in domains if a != b})
+                                         {(a, b): val[f"cross/{a}"][b] for a in domains for b in domains if a != b})
     else:
         names = list(index.names)
         sub = [names.index(d) for d in domains]

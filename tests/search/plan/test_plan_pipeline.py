@@ -4,6 +4,8 @@ local Ray cluster, real Optuna, a real MLflow SQLite store; then its bundle, loa
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import subprocess
 import sys
@@ -53,6 +55,9 @@ def test_the_plan_has_one_best_plan_per_number_of_bodies_and_the_bound_at_n(plan
     assert at_n["validation"] == pytest.approx(bound["validation"]) and at_n["test"] == pytest.approx(bound["test"])
     assert "own adapters, refit heads (bound)" in rec["references"] and "TIES of all" in rec["references"]
     assert 4 <= rec["group_evaluations"] <= 5  # the agglomerative start alone needs N - 1 = 4
+    # the start's cross-head distances (one trial per adapter, every other domain's head): every pair
+    assert sorted(rec["distances"]) == [f"{a},{b}" for a, b in itertools.combinations(domains, 2)]
+    assert all(0.0 <= v <= 1.0 for v in rec["distances"].values())
     # chosen: the fewest bodies within the tolerance of the bound on validation
     within = [r["bodies"] for r in rec["front"] if r["validation"] >= bound["validation"] - 0.01 - 1e-12]
     assert rec["chosen"]["bodies"] == min(within)
