@@ -77,3 +77,43 @@ def shared_store(tmp_path_factory, ray_cluster, tiny_bert, demo_domains) -> str:
     summary = run_training(cfg)
     assert not summary.failed, summary.failed
     return cfg.store_path
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_books(tiny_bert, demo_domains):
+    """The tiny BERT with a seq_bn adapter and head trained a few epochs on 60 "books"
+    reviews (``split``), those reviews encoded, and the tokenizer: a model that is right on
+    most rows, to attack (FGSM, tests/trainables/test_robustness.py; the black-box attack).
+
+    The body is trained too: behind a frozen random 32-wide body, adapter and head stay at
+    chance (a constant prediction), which any perturbation can only flip to wrong."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from trainables.data import encode_split, load_domain, shuffled_batches
+    from trainables.model import adapter_config_for, load_encoder
+    from trainables.settings import AdapterConfig, DomainConfig
+    from trainables.store import ADAPTER_NAME
+
+    data = load_domain("books", DomainConfig(path=str(demo_domains["books"])), splits=("train",))
+    model, tokenizer = load_encoder(tiny_bert)
+    encoded = encode_split(tokenizer, data.splits["train"], 32)
+    torch.manual_seed(0)
+    model.add_adapter(ADAPTER_NAME, config=adapter_config_for(AdapterConfig(method="seq_bn", reduction_factor=4)))
+    model.add_classification_head(ADAPTER_NAME, num_labels=data.num_labels)
+    model.train_adapter(ADAPTER_NAME)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for epoch in range(10):
+        for _, batch in shuffled_batches(encoded, 16, seed=0, epoch=epoch):
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return SimpleNamespace(model=model, tokenizer=tokenizer, split=data.splits["train"], encoded=encoded,
+                           num_labels=data.num_labels)

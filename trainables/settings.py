@@ -13,7 +13,9 @@ from typing import Annotated, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from spaces.errors import UsageError
 from trainables.lora_mixture import LORA_MERGES
+from trainables.synonyms import DEFAULT_WORDNET_FOLDER, SYNONYM_SOURCES, wordnet_folder
 
 # Building blocks of the adapter methods (the `adapters` library is imported only when one is built).
 
@@ -137,6 +139,31 @@ class ResourcesConfig(FrozenModel):
 
 
 
+class BlackboxAttack(FrozenModel):
+    """``search.blackbox_attack``: the black-box word-substitution attack run on each evaluated
+    mixture (:mod:`trainables.blackbox_attack`); the defaults cost about a second per attacked
+    example with MiniLM-L6 on 2 cores (BENCHMARKS.md)."""
+
+    synonyms: Literal[SYNONYM_SOURCES] = "embedding"
+    # The WordNet database (synonyms: wordnet): Debian's wordnet-base, or an NLTK data folder.
+    wordnet_folder: str = DEFAULT_WORDNET_FOLDER
+    examples: Annotated[int, Field(ge=1, le=100_000)] = 50  # attacked per target (a seeded sample)
+    candidates: Annotated[int, Field(ge=1, le=200)] = 20  # substitutes tried per word (one batched query)
+    max_word_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25  # of a text's words that may change
+    query_budget: Annotated[int, Field(ge=2, le=100_000)] = 300  # forward passes per example
+    similarity_floor: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.5  # cosine, embedding source
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _wordnet_is_there(self):
+        if self.synonyms == "wordnet":
+            try:
+                wordnet_folder(self.wordnet_folder)
+            except UsageError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+
 class EvaluationSettings(FrozenModel):
     """How a trial evaluates a mixture (from ``search:``; the defaults are stated there)."""
 
@@ -145,6 +172,7 @@ class EvaluationSettings(FrozenModel):
     dtype: EvalDtype
     chunks: Annotated[int, Field(ge=1)]  # >1: report per chunk, so ASHA can stop early
     fgsm_step: Optional[float]  # None: robust accuracy is not measured
+    blackbox_attack: Optional[BlackboxAttack] = None  # None: black-box robust accuracy is not measured
     lora_merge: LoraMerge
 
 

@@ -4,45 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.data import encode_split, load_domain, shuffled_batches
 from trainables.evaluate import classification_metrics, predict
-from trainables.model import adapter_config_for, load_encoder
 from trainables.robustness import fgsm_predict
-from trainables.settings import AdapterConfig, DomainConfig
-from trainables.store import ADAPTER_NAME
 
 STEPS = [0.0, 0.01, 0.05, 0.2]
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_bert, demo_domains):
-    """The tiny BERT with a seq_bn adapter and head trained a few epochs on 60 "books"
-    reviews, and those reviews encoded: a model that is right on most rows to attack.
-
-    The body is trained too: behind a frozen random 32-wide body, adapter and head stay at
-    chance (a constant prediction), which any perturbation can only flip to wrong."""
-    import torch
-
-    data = load_domain("books", DomainConfig(path=str(demo_domains["books"])), splits=("train",))
-    model, tokenizer = load_encoder(tiny_bert)
-    encoded = encode_split(tokenizer, data.splits["train"], 32)
-    torch.manual_seed(0)
-    model.add_adapter(ADAPTER_NAME, config=adapter_config_for(AdapterConfig(method="seq_bn", reduction_factor=4)))
-    model.add_classification_head(ADAPTER_NAME, num_labels=data.num_labels)
-    model.train_adapter(ADAPTER_NAME)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for epoch in range(10):
-        for _, batch in shuffled_batches(encoded, 16, seed=0, epoch=epoch):
-            loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    return model, encoded, data.num_labels
+def trained(trained_tiny_books):
+    return trained_tiny_books.model, trained_tiny_books.encoded, trained_tiny_books.num_labels
 
 
 def accuracy(preds, encoded, num_labels) -> float:
