@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real measures-real constraints clean
+.PHONY: install install-dev demo test test-fast bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real measures-real blackbox-real constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -87,3 +87,10 @@ bench-serving: install-dev
 # Issue 17: the end of a real-data serving search (confirmation, summary) against the search itself.
 bench-search-end: install-dev
 	$(PY) tests/benchmarks/bench_search_end.py --work .bench/search-end
+
+# Issue 21: clean, FGSM and black-box (word substitution, embedding and WordNet synonyms) accuracy on test
+# for books and dvd: own adapter, soup of all, TIES of the Amazon 4 (about 40 minutes on 2 cores;
+# needs ../main/.bench/plan-real/adapters from `make plan-real`, and WordNet at /usr/share/wordnet)
+EXAMPLES ?= 100
+blackbox-real: install-dev
+	$(PY) tests/benchmarks/blackbox_real.py --examples $(EXAMPLES)
