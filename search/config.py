@@ -32,6 +32,7 @@ from trainables.lora_mixture import LORA_MERGES, MERGE_ON_DELTA
 from trainables.settings import (
     ADAPTER_METHODS,
     AdapterConfig,
+    BlackboxAttack,
     DomainConfig,
     EvalDtype,
     EvaluationSettings,
@@ -141,6 +142,9 @@ class SearchConfig(FrozenModel):
     seed: int = 0
     # White-box FGSM on the input embeddings (the paper uses 0.01); None: not measured.
     fgsm_step: Optional[Annotated[float, Field(ge=0.0)]] = None
+    # Black-box word-substitution attack (TextFooler-style, trainables/blackbox_attack.py) on a
+    # seeded sample of each target's validation rows; None: not run. `{}` runs it with its defaults.
+    blackbox_attack: Optional[BlackboxAttack] = None
     # What the search maximises; both: Optuna's multi-objective samplers, and the export
     # picks from the Pareto front by `pareto_rule`.
     objectives: list[Objective] = Field(default_factory=lambda: ["accuracy"])
@@ -192,6 +196,13 @@ class SearchConfig(FrozenModel):
     def _robust_objective_needs_fgsm(self):
         if "robust_accuracy" in self.objectives and self.fgsm_step is None:
             raise ValueError("objectives includes robust_accuracy, which needs search.fgsm_step (e.g. 0.01)")
+        if "bb_robust_accuracy" in self.objectives and self.blackbox_attack is None:
+            raise ValueError("objectives includes bb_robust_accuracy, which needs search.blackbox_attack "
+                             "(e.g. blackbox_attack: {synonyms: embedding})")
+        robustness = [o for o in self.objectives if o != "accuracy"]
+        if len(robustness) > 1:
+            raise ValueError(f"objectives can hold accuracy and one robustness measure (the Pareto choice weighs "
+                             f"the two), got {self.objectives}: keep one of {robustness}")
         if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
             raise ValueError(f"objectives must be distinct and non-empty, got {self.objectives}")
         return self
@@ -391,6 +402,7 @@ class Config(FrozenModel):
             training=self.training, domains=self.domains, resources=self.resources, store=self.store_path,
             evaluation=EvaluationSettings(targets=tuple(targets or s.targets), batch_size=s.eval_batch_size,
                                           dtype=s.eval_dtype, chunks=s.eval_chunks, fgsm_step=s.fgsm_step,
+                                          blackbox_attack=s.blackbox_attack,
                                           lora_merge=s.lora_merge))
 
 

@@ -35,6 +35,12 @@ def resolve_paths(raw: dict, base: Path) -> dict:
         raw["ray"] = {**raw["ray"], "storage_path": _resolve(raw["ray"]["storage_path"], base)}
     elif not isinstance(raw.get("ray"), dict) or "storage_path" not in raw.get("ray", {}):
         raw["ray"] = {**(raw.get("ray") or {}), "storage_path": str((base / "signmix_runs").resolve())}
+    search = raw.get("search")
+    if isinstance(search, dict) and isinstance(search.get("blackbox_attack"), dict) \
+            and isinstance(search["blackbox_attack"].get("wordnet_folder"), str):
+        attack = search["blackbox_attack"]
+        raw["search"] = {**search, "blackbox_attack": {
+            **attack, "wordnet_folder": _resolve(os.path.expanduser(attack["wordnet_folder"]), base)}}
     if isinstance(raw.get("domains"), dict):
         domains = {}
         for name, d in raw["domains"].items():

@@ -24,7 +24,7 @@ from pathlib import Path
 from mlflow_server.network import check_writable
 from search.config import Config
 from search.confirmation import confirmed_choice
-from search.proposals.objectives import pick_from_pareto_front, selection_rule
+from search.proposals.objectives import DEFAULT_ROBUSTNESS, pick_from_pareto_front, robustness_metric, selection_rule
 from search.tracking.layout import (
     KEY_TAG,
     KIND_TAG,
@@ -56,12 +56,14 @@ def signmix_version() -> str:
         return "unknown"
 
 
-def find_best_run(client, experiment_id: str, parent_run_id: str | None = None, *, rule: str = "accuracy"):
+def find_best_run(client, experiment_id: str, parent_run_id: str | None = None, *, rule: str = "accuracy",
+                  robustness: str = DEFAULT_ROBUSTNESS):
     """The best evaluated mixture of an experiment (or of one search).
 
     ``rule`` "accuracy": the highest mean accuracy. With robustness as a second objective,
-    the choice is made on the Pareto front of (accuracy, robust accuracy): "robust_accuracy"
-    takes its most robust mixture, "balanced" the one with the highest mean of the two.
+    the choice is made on the Pareto front of (accuracy, ``robustness``: FGSM's or the black-box
+    attack's mean robust accuracy): "robust_accuracy" takes its most robust mixture, "balanced"
+    the one with the highest mean of the two.
     Among equals: the fewest members, then the earliest.
     """
     where = f"tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'"
@@ -72,7 +74,7 @@ def find_best_run(client, experiment_id: str, parent_run_id: str | None = None, 
         runs = client.search_runs([experiment_id], filter_string=where, order_by=order, max_results=1)
     else:
         runs = client.search_runs([experiment_id], filter_string=where, order_by=order, max_results=50000)
-        runs = [pick_from_pareto_front(runs, rule)] if runs else []
+        runs = [pick_from_pareto_front(runs, rule, robustness)] if runs else []
     if not runs or runs[0] is None:
         raise TrackingError("the experiment has no evaluated mixture yet; run `signmix search CONFIG` first")
     return runs[0]
@@ -105,7 +107,8 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
     check_output_dir(out)
     client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
     if run_id is None:
-        run = find_best_run(client, experiment_id, rule=selection_rule(cfg.search.objectives, cfg.search.pareto_rule))
+        run = find_best_run(client, experiment_id, rule=selection_rule(cfg.search.objectives, cfg.search.pareto_rule),
+                            robustness=robustness_metric(cfg.search.objectives))
     else:
         from mlflow.exceptions import MlflowException
 
@@ -138,7 +141,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         "head": spec.head,
         "fsd": metrics.get("fsd"), "fsd_measure": p["fsd_measure"], "strategy": p["strategy"],
         "metrics": {k: v for k, v in metrics.items()
-                    if k.startswith(("accuracy", "robust_accuracy", "macro_f1", "sparsity"))},
+                    if k.startswith(("accuracy", "robust_accuracy", "bb_", "macro_f1", "sparsity"))},
         "objectives": list(cfg.search.objectives),
         "selected_by": selection_rule(cfg.search.objectives, cfg.search.pareto_rule),
         "base_model": cfg.base_model,

@@ -17,7 +17,7 @@ from search.confirmation import finish_search
 from search.export import find_best_run
 from search.proposals.gate import gate_mode, validation_tolerance
 from search.proposals.measure_gate import gate_for_search
-from search.proposals.objectives import OBJECTIVES, selection_rule
+from search.proposals.objectives import OBJECTIVES, robustness_metric, selection_rule
 from search.proposals.searcher import METRIC, SignConflictSearcher, unpickled_searchers
 from search.proposals.strategies import make_strategy
 from search.store_imports import (
@@ -352,7 +352,8 @@ def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchS
     if searcher.results:
 
         best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id,
-                             rule=selection_rule(cfg.search.objectives, cfg.search.pareto_rule))
+                             rule=selection_rule(cfg.search.objectives, cfg.search.pareto_rule),
+                             robustness=robustness_metric(cfg.search.objectives))
         summary.best_run_id, summary.best_accuracy = best.info.run_id, best.data.metrics["accuracy_mean"]
         summary.best_label, summary.best_fsd = best.info.run_name, best.data.metrics.get("fsd")
         summary.best_k = int(best.data.params["k"])

@@ -24,8 +24,10 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-from trainables.settings import BlackboxAttack
-from trainables.synonyms import STOP_WORDS, SynonymSource
+from trainables.evaluate import encoded_split, split_texts
+from trainables.model import cached_tokenizer, model_device
+from trainables.settings import BlackboxAttack, Experiment
+from trainables.synonyms import STOP_WORDS, EmbeddingSynonyms, SynonymSource, wordnet_synonyms
 
 # texts -> one probability vector per text
 Classify = Callable[[list[str]], list[list[float]]]
@@ -135,8 +137,6 @@ def text_classifier(model, tokenizer, *, max_length: int, batch_size: int,
     tokenised like the evaluation (truncated to ``max_length``; ``text_pair`` beside each text)."""
     import torch
 
-    from trainables.model import model_device
-
     device = model_device(model)
 
     def classify(texts: list[str]) -> list[list[float]]:
@@ -194,3 +194,45 @@ def attack_metrics(outcomes: Sequence[AttackOutcome], target: str) -> dict[str, 
         f"bb_queries/{target}": sum(o.queries for o in outcomes) / n if n else nan,
         f"bb_words_changed/{target}": sum(o.words_changed for o in correct) / len(correct) if correct else nan,
     }
+
+
+# Examples of attacked texts kept per target for the MLflow artifact (a few, for reading).
+EXAMPLES_LOGGED = 5
+_EMBEDDING_SOURCES: dict[str, EmbeddingSynonyms] = {}
+
+
+def synonym_source(settings: BlackboxAttack, model, tokenizer, base_model: str) -> SynonymSource:
+    """The configured synonym source, built once per process (``model``: the base encoder whose
+    input embeddings the ``embedding`` source reads; the adapters never change them)."""
+    if settings.synonyms == "wordnet":
+        return wordnet_synonyms(settings.wordnet_folder)
+    if base_model not in _EMBEDDING_SOURCES:
+        _EMBEDDING_SOURCES[base_model] = EmbeddingSynonyms.from_model(model, tokenizer)
+    return _EMBEDDING_SOURCES[base_model]
+
+
+def attack_targets(model, targets: Sequence[str], experiment: Experiment,
+                   split: str = "validation") -> tuple[dict[str, float], dict[str, list[dict]]]:
+    """The attack of ``experiment.evaluation.blackbox_attack`` on each target's ``split`` with its
+    head, on a :class:`~trainables.evaluate.MixtureModel`: :func:`attack_metrics` per target and
+    their ``bb_robust_accuracy_mean``, and a few attacked examples per target (original, attacked,
+    label, both predictions as class names)."""
+    settings = experiment.evaluation.blackbox_attack
+    tokenizer = cached_tokenizer(experiment.base_model, trust_remote_code=experiment.trust_remote_code)
+    synonyms = synonym_source(settings, model.model, tokenizer, experiment.base_model)
+    metrics: dict[str, float] = {}
+    examples: dict[str, list[dict]] = {}
+    for target in targets:
+        model.use_head(target)
+        names = model.label_names[target]
+        texts, pairs = split_texts(experiment, target, split, names)
+        labels = encoded_split(experiment, target, split, names).labels
+        outcomes = attack_split(model.model, tokenizer, texts, labels, synonyms, settings,
+                                max_length=experiment.training.max_length,
+                                batch_size=experiment.evaluation.batch_size, text_pairs=pairs)
+        metrics.update(attack_metrics(outcomes, target))
+        changed = [o for o in outcomes if o.words_changed] or list(outcomes)
+        examples[target] = [{**o.as_dict(), "label": names[o.label], "original_prediction": names[o.original_prediction],
+                             "attacked_prediction": names[o.attacked_prediction]} for o in changed[:EXAMPLES_LOGGED]]
+    metrics["bb_robust_accuracy_mean"] = sum(metrics[f"bb_robust_accuracy/{t}"] for t in targets) / len(targets)
+    return metrics, examples

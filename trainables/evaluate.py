@@ -120,6 +120,27 @@ def encoded_split(experiment: Experiment, domain: str, split: str,
     return _ENCODED[key]
 
 
+_TEXTS: dict[tuple, tuple[list[str], list[str | None] | None]] = {}
+
+
+def split_texts(experiment: Experiment, domain: str, split: str,
+                label_names: Sequence[str] | None = None) -> tuple[list[str], list[str | None] | None]:
+    """The raw texts (and text pairs, or None) of the rows :func:`encoded_split` encodes, cached
+    per process: what a word-level attack (:mod:`trainables.blackbox_attack`) changes."""
+    training = experiment.training
+    dcfg = experiment.domains[domain]
+    key = (domain, split, dcfg.model_dump_json(), training.max_eval_examples, training.max_train_examples,
+           tuple(label_names or ()))
+    if key not in _TEXTS:
+        data = load_domain(domain, dcfg, splits=(split,), max_eval_examples=training.max_eval_examples,
+                           max_train_examples=training.max_train_examples, seed=training.seed,
+                           trust_remote_code=experiment.trust_remote_code, label_names=label_names)
+        rows = data.splits[split]
+        pairs = list(rows["text_pair"]) if "text_pair" in rows.column_names else None
+        _TEXTS[key] = (list(rows["text"]), pairs)
+    return _TEXTS[key]
+
+
 class MixtureModel:
     """A base model holding one adapter slot and the heads of the target domains.
 

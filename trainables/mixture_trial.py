@@ -13,13 +13,16 @@ The final report carries a checkpoint: the mixed, pruned adapter and the targets
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+from pathlib import Path
 from typing import Mapping
 
 from spaces.errors import SpecError
 from spaces.operators import MERGE_OPERATORS
 from spaces.spec import MixtureSpec
+from trainables.blackbox_attack import attack_targets
 from trainables.correctness import correct_rows, write_correctness
 from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict, target_metrics
 from trainables.lora_mixture import MERGE_ON_DELTA, LoraSlot, is_lora_weights
@@ -30,6 +33,8 @@ from trainables.settings import Experiment
 # The key of the adapters' shared initialisation beside the adapters (no domain name starts
 # with a dot): the operators that merge deltas (spaces.operators) need it.
 INIT_KEY = ".init"
+# The attacked texts of search.blackbox_attack, in a mixture's checkpoint (so in its MLflow artifacts).
+BLACKBOX_EXAMPLES_FILE = "blackbox_examples.json"
 
 
 def share_adapter_weights(weights: Mapping[str, Mapping], init: Mapping | None = None) -> dict:
@@ -128,15 +133,16 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: E
     setup_seconds = time.perf_counter() - started
     if "batch" not in config:
         spec = MixtureSpec.from_dict(config["spec"])
-        metrics, correct = _evaluate(model, spec, config.get("fsd", float("nan")), adapter_weights, experiment,
-                                     started, setup_seconds, partial=tune.report)
-        _report_with_checkpoint(model, spec, metrics, correct)
+        metrics, correct, attacked = _evaluate(model, spec, config.get("fsd", float("nan")), adapter_weights,
+                                               experiment, started, setup_seconds, partial=tune.report)
+        _report_with_checkpoint(model, spec, metrics, correct, attacked)
         return
     for i, item in enumerate(config["batch"]):
         spec = MixtureSpec.from_dict(item["spec"])
         try:
-            metrics, correct = _evaluate(model, spec, item.get("fsd", float("nan")), adapter_weights, experiment,
-                                         time.perf_counter(), setup_seconds if i == 0 else 0.0, partial=None)
+            metrics, correct, attacked = _evaluate(model, spec, item.get("fsd", float("nan")), adapter_weights,
+                                                   experiment, time.perf_counter(), setup_seconds if i == 0 else 0.0,
+                                                   partial=None)
         except Exception:  # noqa: BLE001 - this mixture failed, not the batch: the driver records why
             import traceback
 
@@ -144,25 +150,30 @@ def evaluate_mixture(config: Mapping, *, adapter_weights: Mapping, experiment: E
             tune.report({"accuracy_mean": float("nan"), "batch_index": i,
                          "mixture_error": traceback.format_exc()[-5000:]})
             continue
-        _report_with_checkpoint(model, spec, {**metrics, "batch_index": i}, correct)
+        _report_with_checkpoint(model, spec, {**metrics, "batch_index": i}, correct, attacked)
 
 
-def _report_with_checkpoint(model, spec: MixtureSpec, metrics: dict, correct: Mapping[str, list[int]]) -> None:
+def _report_with_checkpoint(model, spec: MixtureSpec, metrics: dict, correct: Mapping[str, list[int]],
+                            attacked: Mapping[str, list[dict]] | None) -> None:
     """Report the mixture's metrics with its checkpoint: the adapter, the targets' heads and
-    its per-example validation correctness (read back by the confirmation, never re-evaluated)."""
+    its per-example validation correctness (read back by the confirmation, never re-evaluated),
+    and a few texts the black-box attack changed when it ran."""
     from ray import tune
 
     with tempfile.TemporaryDirectory(prefix="signmix-mixture-") as tmp:
         model.save(tmp, list(spec.targets))
         write_correctness(tmp, "validation", correct)
+        if attacked is not None:
+            Path(tmp, BLACKBOX_EXAMPLES_FILE).write_text(json.dumps(attacked, indent=1), encoding="utf-8")
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, experiment: Experiment,
-              started: float, setup_seconds: float, *, partial) -> tuple[dict, dict[str, list[int]]]:
+              started: float, setup_seconds: float, *, partial) -> tuple[dict, dict[str, list[int]], dict | None]:
     """Build ``spec``'s mixture into ``model`` and evaluate it on its targets' validation
     splits; ``partial`` (``tune.report``, or None) gets the metrics after each chunk but the last.
-    Returns the metrics and each target's per-example correctness."""
+    Returns the metrics, each target's per-example correctness, and the black-box attack's
+    example texts per target (None when the attack is off)."""
     built = time.perf_counter()
     weights = load_mixture(model, spec, adapter_weights, experiment)
     refit_seconds = model.refit_seconds  # head: refit, the linear heads fitted on this mixture
@@ -209,4 +220,10 @@ def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, ex
             metrics[f"robust_accuracy/{target}"] = classification_metrics(
                 robust, enc.labels, model.num_labels[target])["accuracy"]
         metrics["robust_accuracy_mean"] = sum(metrics[f"robust_accuracy/{t}"] for t in spec.targets) / len(spec.targets)
-    return metrics, {t: correct_rows(preds[t], enc.labels) for t, enc in per_target.items()}
+    attacked = None
+    if experiment.evaluation.blackbox_attack is not None:
+        # The black-box word-substitution attack on a seeded sample of the same validation rows.
+        t0 = time.perf_counter()
+        bb_metrics, attacked = attack_targets(model, spec.targets, experiment)
+        metrics.update(bb_metrics, blackbox_seconds=time.perf_counter() - t0)
+    return metrics, {t: correct_rows(preds[t], enc.labels) for t, enc in per_target.items()}, attacked

@@ -378,7 +378,28 @@ class Case:
     traceback: bool = False
 
 
+def _wordnet_folder_not_a_database(env):
+    (env.tmp / "wordnet").mkdir()
+    return env.config(search={"blackbox_attack": {"synonyms": "wordnet", "wordnet_folder": "wordnet"}})
+
+
 CASES = [
+    # the black-box attack (issue 21)
+    Case("blackbox-unknown-synonyms", lambda env: env.config(search={"blackbox_attack": {"synonyms": "glove"}}),
+         ("search", "{cfg}"), 2, "search.blackbox_attack.synonyms: got 'glove': Input should be 'embedding' or 'wordnet'"),
+    Case("blackbox-wordnet-missing", lambda env: env.config(search={"blackbox_attack": {
+        "synonyms": "wordnet", "wordnet_folder": "/no/such/wordnet"}}), ("search", "{cfg}"), 2, "search.blackbox_attack.wordnet_folder '/no/such/wordnet' does not exist: "
+         "install it with 'apt-get install wordnet-base wordnet-sense-index'"),
+    Case("blackbox-wordnet-not-a-database", _wordnet_folder_not_a_database, ("search", "{cfg}"), 2, "wordnet' is not a WordNet database (it needs index.noun, "),
+    Case("blackbox-query-budget", lambda env: env.config(search={"blackbox_attack": {"query_budget": 1}}),
+         ("search", "{cfg}"), 2, "search.blackbox_attack.query_budget: got 1: Input should be greater than or equal to 2"),
+    Case("blackbox-word-share", lambda env: env.config(search={"blackbox_attack": {"max_word_share": 0}}),
+         ("search", "{cfg}"), 2, "search.blackbox_attack.max_word_share: got 0: Input should be greater than 0"),
+    Case("blackbox-objective-without-attack", lambda env: env.config(search={
+        "objectives": ["accuracy", "bb_robust_accuracy"]}), ("search", "{cfg}"), 2, "objectives includes bb_robust_accuracy, which needs search.blackbox_attack"),
+    Case("blackbox-two-robustness-objectives", lambda env: env.config(search={
+        "fgsm_step": 0.01, "blackbox_attack": {}, "objectives": ["accuracy", "robust_accuracy", "bb_robust_accuracy"]}),
+         ("search", "{cfg}"), 2, "keep one of ['robust_accuracy', 'bb_robust_accuracy']"),
     # the config file
     Case("target-not-a-domain", _target_not_a_domain, ("search", "{cfg}"), 2,
          "search.targets ['dvd'] are not domains; the domains are ['books', 'support']"),
