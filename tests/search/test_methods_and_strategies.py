@@ -130,3 +130,43 @@ def test_two_objective_search_records_robust_accuracy_and_exports_from_the_paret
     assert record["selected_by"] == "balanced"
     assert record["mlflow_run_id"] in {r.info.run_id for r in pareto_front(children)}
     assert record["mlflow_run_id"] == summary.best_run_id
+
+
+def test_blackbox_attack_is_logged_for_each_mixture_and_can_be_the_second_objective(
+        tmp_path, ray_cluster, tiny_bert, demo_domains, shared_store):
+    import json
+
+    from mlflow import MlflowClient
+
+    from search.export import export_mixture
+    from search.proposals.objectives import pareto_front
+    from search.runner import run_search, run_training
+    from search.tracking.layout import MIXTURE_ARTIFACT
+    from trainables.mixture_trial import BLACKBOX_EXAMPLES_FILE
+
+    domains = {d: demo_domains[d] for d in ("books", "kitchen", "movies")}
+    cfg = load_config(write_config(
+        tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], store=shared_store,
+        search={"strategy": "tpe", "targets": ["books"], "num_mixtures": 3, "prune_ratios": [0.0], "max_fsd": None,
+                "blackbox_attack": {"examples": 4, "candidates": 4, "query_budget": 40, "similarity_floor": 0.0},
+                "objectives": ["accuracy", "bb_robust_accuracy"], "pareto_rule": "robust_accuracy",
+                "confirm": False}))
+    run_training(cfg)
+    summary = run_search(cfg)
+    assert summary.evaluated == 3
+    children = _children(cfg, summary.parent_run_id)
+    names = {"bb_robust_accuracy/books", "bb_attack_success/books", "bb_queries/books", "bb_words_changed/books",
+             "bb_robust_accuracy_mean"}
+    assert all(names <= set(r.data.metrics) for r in children)
+    assert all(0 < r.data.metrics["bb_queries/books"] <= 40 for r in children)
+    # a few attacked texts, readable, beside the mixture's adapter
+    client = MlflowClient(cfg.tracking_uri)
+    path = client.download_artifacts(children[0].info.run_id, f"{MIXTURE_ARTIFACT}/{BLACKBOX_EXAMPLES_FILE}",
+                                     str(tmp_path / "dl"))
+    examples = json.loads(open(path, encoding="utf-8").read())["books"]
+    assert examples and {"original", "attacked", "label", "attacked_prediction"} <= set(examples[0])
+    # the export picks the most robust mixture of the (accuracy, black-box robust accuracy) front
+    _, record = export_mixture(cfg, tmp_path / "best", register=False)
+    front = pareto_front(children, "bb_robust_accuracy_mean")
+    assert record["mlflow_run_id"] in {r.info.run_id for r in front}
+    assert record["metrics"]["bb_robust_accuracy_mean"] == max(r.data.metrics["bb_robust_accuracy_mean"] for r in front)

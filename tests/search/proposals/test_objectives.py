@@ -46,3 +46,16 @@ def test_runs_without_robust_accuracy_are_not_on_the_front():
     assert pick_from_pareto_front([plain], "balanced") is None
     with pytest.raises(ValueError, match=r"rule must be one of \['balanced', 'accuracy', 'robust_accuracy'\], got 'median'"):
         pick_from_pareto_front(RUNS, "median")
+
+
+def test_the_front_weighs_accuracy_against_the_searchs_robustness_measure():
+    from search.proposals.objectives import robustness_metric
+
+    assert robustness_metric(["accuracy"]) == "robust_accuracy_mean"
+    assert robustness_metric(["accuracy", "bb_robust_accuracy"]) == "bb_robust_accuracy_mean"
+    # the black-box measure reverses RUNS' FGSM robustness: a (0.90, 0.60) and f (0.88, 0.70) are the front
+    runs = [SimpleNamespace(name=r.name, info=r.info, data=SimpleNamespace(metrics={
+        **r.data.metrics, "bb_robust_accuracy_mean": 1.0 - r.data.metrics["robust_accuracy_mean"]})) for r in RUNS]
+    assert sorted(r.name for r in pareto_front(runs, "bb_robust_accuracy_mean")) == ["a", "f"]
+    assert pick_from_pareto_front(runs, "robust_accuracy", "bb_robust_accuracy_mean").name == "f"
+    assert pick_from_pareto_front(runs, "robust_accuracy").name == "c"
