@@ -328,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("results", "print the best evaluated mixtures of the experiment", cmd_results)
     p.add_argument("--top", type=int, default=10, help="how many mixtures (default 10)")
     p.add_argument("--sort", default="accuracy_mean", metavar="METRIC",
-                   help="an MLflow metric: accuracy_mean (default), accuracy/<target>, fsd, sparsity, ...; "
-                        "highest first, FSD and times lowest first")
+                   help="an MLflow metric: accuracy_mean (default), accuracy/<target>, fsd, sparsity, "
+                        "robust_accuracy_mean, bb_robust_accuracy_mean, ...; highest first, FSD, times and "
+                        "bb_attack_success lowest first")
     p = sub.add_parser("evaluate", help="evaluate an exported mixture on its targets, or a plan's bundle on every domain")
     p.add_argument("export_dir")
     p.add_argument("--split", choices=["validation", "test"], default="validation")

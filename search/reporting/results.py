@@ -95,8 +95,9 @@ def mixture_runs(client, experiment_id: str, *, status: str | None = None,
 
 
 def lower_is_better(metric: str) -> bool:
-    """FSD (sign conflict) and times are better small; accuracies, F1 and sparsity big."""
-    return metric.startswith("fsd") or metric.endswith("seconds")
+    """FSD (sign conflict), times and the black-box attack's success are better small; accuracies
+    (robust ones too), F1, sparsity and the queries or words an attack needs big."""
+    return metric.startswith(("fsd", "bb_attack_success")) or metric.endswith("seconds")
 
 
 def top_mixtures(cfg: Config, n: int = 10, sort: str = "accuracy_mean") -> list[dict]:
