@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 from search.cluster import connect_ray
 from search.confirmation_decision import (
+    blackbox_measure,
     confirmation_metrics,
     decide_and_measure,
     record_from_run,
@@ -179,6 +180,8 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
     correct = {cname: {**({"validation": validation[cname]} if cname in validation else {}), **evaluated.get(cname, {})}
                for cname in candidates}
     record = decide_and_measure(correct, specs, runs, rule=rule, seed=cfg.search.seed)
+    if cfg.search.blackbox_attack is not None:
+        record["blackbox"] = blackbox_measure(correct, chosen, list(record["targets"]), seed=cfg.search.seed)
     record["validation_baselines"] = validation_baselines(correct, list(specs["best"].targets))
     record["mlflow_run_id"] = log_confirmation(client, experiment_id, parent_id or best.data.tags.get(
         "mlflow.parentRunId"), record)

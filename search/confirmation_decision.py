@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 from search.reporting.tables import format_table
 from search.tracking.layout import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG
+from trainables.correctness import BLACKBOX_TEST
 from trainables.significance import mcnemar_exact, mean_difference, paired_bootstrap
 
 CONFIDENCE = 0.95  # of every interval the confirmation reports
@@ -175,7 +176,9 @@ def confirmation_metrics(record: Mapping) -> dict[str, float]:
     ``p_vs_own/<t>``, ``test_n/<t>``, ``test_accuracy_mean``. Each baseline with its prefix
     (``own_``, ``soup_``, ``greedy_``, ``alone_``: the targets alone with the search's head
     protocol, when the search evaluated them): ``<prefix>test_accuracy/<t>``, ``<prefix>test_ci_low/<t>``,
-    ``<prefix>test_ci_high/<t>``. Validation leads: ``val_lead_vs_runner_up`` (+ ``_low``,
+    ``<prefix>test_ci_high/<t>``. With the black-box attack on, ``<prefix>bb_test_robust_accuracy/<t>``,
+    ``<prefix>bb_test_ci_low/<t>``, ``<prefix>bb_test_ci_high/<t>`` (no prefix: the chosen mixture) and the
+    attacked rows ``bb_test_n/<t>``. Validation leads: ``val_lead_vs_runner_up`` (+ ``_low``,
     ``_high``), ``val_lead_vs_own/<t>`` (+ ``val_lead_vs_own_low/<t>``, ``..._high/<t>``).
     """
     m: dict[str, float] = {"test_accuracy_mean": record["test_accuracy_mean"]}
@@ -188,6 +191,11 @@ def confirmation_metrics(record: Mapping) -> dict[str, float]:
         for t, v in base["targets"].items():
             m.update({f"{b}_test_accuracy/{t}": v["accuracy"], f"{b}_test_ci_low/{t}": v["ci_low"],
                       f"{b}_test_ci_high/{t}": v["ci_high"]})
+    for b, per_target in record.get("blackbox", {}).items():
+        prefix = "" if b == "chosen" else f"{b}_"
+        for t, v in per_target.items():
+            m.update({f"{prefix}bb_test_robust_accuracy/{t}": v["accuracy"], f"{prefix}bb_test_ci_low/{t}": v["ci_low"],
+                      f"{prefix}bb_test_ci_high/{t}": v["ci_high"], "bb_test_n/" + t: v["n"]})
     ru = record["validation"]["vs_runner_up"]
     if ru is not None:
         m.update({"val_lead_vs_runner_up": ru["lead"], "val_lead_vs_runner_up_low": ru["low"],
@@ -196,6 +204,22 @@ def confirmation_metrics(record: Mapping) -> dict[str, float]:
         m.update({f"val_lead_vs_own/{t}": v["lead"], f"val_lead_vs_own_low/{t}": v["low"],
                   f"val_lead_vs_own_high/{t}": v["high"]})
     return m
+
+
+def blackbox_measure(correct: Mapping, chosen: str, targets: Sequence[str], *, seed: int) -> dict:
+    """Black-box robust accuracy on the attacked test rows (``search.blackbox_attack``): the chosen
+    mixture and each baseline attacked on test (own, soup, greedy, alone), per target, with 95%
+    paired bootstrap intervals (every candidate is attacked on the same rows).
+    Returns candidate -> target -> {accuracy, ci_low, ci_high, n}."""
+    out: dict[str, dict] = {}
+    for t in targets:
+        named = [(chosen, "chosen"), (f"own/{t}", "own"), ("soup", "soup"), ("alone", "alone")]
+        named += [(n, "greedy") for n in correct if n.startswith("greedy/")]
+        columns = {label: correct[name][BLACKBOX_TEST][t] for name, label in named
+                   if (label == "chosen" or name != chosen) and t in correct.get(name, {}).get(BLACKBOX_TEST, {})}
+        for label, iv in paired_bootstrap(columns, confidence=CONFIDENCE, seed=seed).items():
+            out.setdefault(label, {})[t] = {"accuracy": iv.accuracy, "ci_low": iv.low, "ci_high": iv.high, "n": iv.n}
+    return out
 
 
 def confirmation_lines(record: Mapping) -> list[str]:
@@ -210,6 +234,10 @@ def confirmation_lines(record: Mapping) -> list[str]:
                 parts.append(f"{b} {bv['accuracy']:.3f} [{bv['ci_low']:.3f}, {bv['ci_high']:.3f}]")
         parts.append(f"p vs own {v['p_vs_own']:.3g} (n {v['n']})")
         lines.append(", ".join(parts))
+        if t in record.get("blackbox", {}).get("chosen", {}):
+            lines.append(f"  {t} under the black-box attack: " + ", ".join(
+                f"{b} {bv[t]['accuracy']:.3f} [{bv[t]['ci_low']:.3f}, {bv[t]['ci_high']:.3f}]"
+                for b, bv in record["blackbox"].items() if t in bv) + f" (n {record['blackbox']['chosen'][t]['n']})")
     lines.extend(record["notes"])
     return lines
 
@@ -236,6 +264,13 @@ def record_from_run(run) -> dict:
         if per:
             record["baselines"][b] = {"members": p.get(f"{b}_members", "").split(",") if f"{b}_members" in p else [],
                                       "targets": per}
+    for b in ("chosen", "own", "soup", "greedy", "alone"):
+        prefix = "" if b == "chosen" else f"{b}_"
+        per = {t: {"accuracy": m[f"{prefix}bb_test_robust_accuracy/{t}"], "ci_low": m[f"{prefix}bb_test_ci_low/{t}"],
+                   "ci_high": m[f"{prefix}bb_test_ci_high/{t}"], "n": int(m.get(f"bb_test_n/{t}", 0))}
+               for t in targets if f"{prefix}bb_test_robust_accuracy/{t}" in m}
+        if per:
+            record.setdefault("blackbox", {})[b] = per
     return record
 
 

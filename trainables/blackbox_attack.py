@@ -211,17 +211,19 @@ def synonym_source(settings: BlackboxAttack, model, tokenizer, base_model: str) 
     return _EMBEDDING_SOURCES[base_model]
 
 
-def attack_targets(model, targets: Sequence[str], experiment: Experiment,
-                   split: str = "validation") -> tuple[dict[str, float], dict[str, list[dict]]]:
+def attack_targets(model, targets: Sequence[str], experiment: Experiment, split: str = "validation"
+                   ) -> tuple[dict[str, float], dict[str, list[dict]], dict[str, list[int]]]:
     """The attack of ``experiment.evaluation.blackbox_attack`` on each target's ``split`` with its
     head, on a :class:`~trainables.evaluate.MixtureModel`: :func:`attack_metrics` per target and
-    their ``bb_robust_accuracy_mean``, and a few attacked examples per target (original, attacked,
-    label, both predictions as class names)."""
+    their ``bb_robust_accuracy_mean``; a few attacked examples per target (original, attacked,
+    label, both predictions as class names); and per target, whether each attacked row is still
+    classified right (1) or not (0), in row order (the same rows for every mixture)."""
     settings = experiment.evaluation.blackbox_attack
     tokenizer = cached_tokenizer(experiment.base_model, trust_remote_code=experiment.trust_remote_code)
     synonyms = synonym_source(settings, model.model, tokenizer, experiment.base_model)
     metrics: dict[str, float] = {}
     examples: dict[str, list[dict]] = {}
+    correct: dict[str, list[int]] = {}
     for target in targets:
         model.use_head(target)
         names = model.label_names[target]
@@ -231,8 +233,9 @@ def attack_targets(model, targets: Sequence[str], experiment: Experiment,
                                 max_length=experiment.training.max_length,
                                 batch_size=experiment.evaluation.batch_size, text_pairs=pairs)
         metrics.update(attack_metrics(outcomes, target))
+        correct[target] = [int(o.correct_after) for o in outcomes]
         changed = [o for o in outcomes if o.words_changed] or list(outcomes)
         examples[target] = [{**o.as_dict(), "label": names[o.label], "original_prediction": names[o.original_prediction],
                              "attacked_prediction": names[o.attacked_prediction]} for o in changed[:EXAMPLES_LOGGED]]
     metrics["bb_robust_accuracy_mean"] = sum(metrics[f"bb_robust_accuracy/{t}"] for t in targets) / len(targets)
-    return metrics, examples
+    return metrics, examples, correct

@@ -14,6 +14,10 @@ from typing import Mapping, Sequence
 
 VALIDATION_CORRECTNESS_FILE = "validation_correctness.json"
 
+# The correctness entry of a confirmation candidate's attacked test rows (search.blackbox_attack):
+# per target, whether each attacked row is still right after the black-box attack.
+BLACKBOX_TEST = "blackbox_test"
+
 
 def correct_rows(preds: Mapping[int, int], labels: Sequence[int]) -> list[int]:
     """1 where the prediction of row i is its label, 0 where not, for every row in order."""

@@ -7,7 +7,9 @@ mixture with the search trial's own code (:func:`trainables.mixture_trial.load_m
 predicts with :func:`trainables.evaluate.predict`, so its numbers are the search's numbers
 on another split. It reports per-example correctness (1 right, 0 wrong) in a checkpoint
 file, ``correctness.json``: ``{candidate: {split: {target: [0/1, ...]}}}``; the statistics
-are the driver's (:mod:`search.confirmation`).
+are the driver's (:mod:`search.confirmation`). With ``search.blackbox_attack`` on, a candidate
+evaluated on test is also attacked there: its ``blackbox_test`` entry holds, per target,
+whether each attacked row is still right after the attack (the same rows for every candidate).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Mapping
 
 from spaces.spec import MixtureSpec
+from trainables.blackbox_attack import attack_targets
+from trainables.correctness import BLACKBOX_TEST
 from trainables.evaluate import encoded_split, mixture_model, predict
 from trainables.mixture_trial import load_mixture
 from trainables.settings import Experiment
@@ -46,6 +50,8 @@ def confirm_candidates(config: Mapping, *, adapter_weights: Mapping, experiment:
                 enc = encoded_split(experiment, target, split, model.label_names[target])
                 preds = predict(model.model, enc, batch_size)
                 per_split[split][target] = [int(preds[row] == enc.labels[row]) for row in range(len(enc))]
+        if experiment.evaluation.blackbox_attack is not None and "test" in candidate["splits"]:
+            per_split[BLACKBOX_TEST] = attack_targets(model, spec.targets, experiment, split="test")[2]
         correctness[name] = per_split
     with tempfile.TemporaryDirectory(prefix="signmix-confirm-") as tmp:
         Path(tmp, CORRECTNESS_FILE).write_text(json.dumps(correctness), encoding="utf-8")

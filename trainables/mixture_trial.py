@@ -224,6 +224,6 @@ def _evaluate(model, spec: MixtureSpec, fsd: float, adapter_weights: Mapping, ex
     if experiment.evaluation.blackbox_attack is not None:
         # The black-box word-substitution attack on a seeded sample of the same validation rows.
         t0 = time.perf_counter()
-        bb_metrics, attacked = attack_targets(model, spec.targets, experiment)
+        bb_metrics, attacked, _ = attack_targets(model, spec.targets, experiment)
         metrics.update(bb_metrics, blackbox_seconds=time.perf_counter() - t0)
     return metrics, {t: correct_rows(preds[t], enc.labels) for t, enc in per_target.items()}, attacked

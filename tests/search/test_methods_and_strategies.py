@@ -149,8 +149,7 @@ def test_blackbox_attack_is_logged_for_each_mixture_and_can_be_the_second_object
         tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], store=shared_store,
         search={"strategy": "tpe", "targets": ["books"], "num_mixtures": 3, "prune_ratios": [0.0], "max_fsd": None,
                 "blackbox_attack": {"examples": 4, "candidates": 4, "query_budget": 40, "similarity_floor": 0.0},
-                "objectives": ["accuracy", "bb_robust_accuracy"], "pareto_rule": "robust_accuracy",
-                "confirm": False}))
+                "objectives": ["accuracy", "bb_robust_accuracy"], "pareto_rule": "robust_accuracy", "confirm": True}))
     run_training(cfg)
     summary = run_search(cfg)
     assert summary.evaluated == 3
@@ -170,3 +169,13 @@ def test_blackbox_attack_is_logged_for_each_mixture_and_can_be_the_second_object
     front = pareto_front(children, "bb_robust_accuracy_mean")
     assert record["mlflow_run_id"] in {r.info.run_id for r in front}
     assert record["metrics"]["bb_robust_accuracy_mean"] == max(r.data.metrics["bb_robust_accuracy_mean"] for r in front)
+    # the test-split confirmation attacks the chosen mixture and the baselines on the same 4 test rows
+    bb = summary.confirmation["blackbox"]
+    assert {"chosen", "own", "soup"} <= set(bb) and all(v["books"]["n"] == 4 for v in bb.values())
+    conf = client.get_run(summary.confirmation["mlflow_run_id"]).data.metrics
+    assert conf["bb_test_robust_accuracy/books"] == bb["chosen"]["books"]["accuracy"]
+    assert conf["own_bb_test_robust_accuracy/books"] == bb["own"]["books"]["accuracy"]
+    from search.confirmation_decision import confirmation_lines, record_from_run
+
+    assert record_from_run(client.get_run(summary.confirmation["mlflow_run_id"]))["blackbox"] == bb
+    assert any("books under the black-box attack: chosen" in line for line in confirmation_lines(summary.confirmation))
