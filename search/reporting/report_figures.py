@@ -340,9 +340,40 @@ def fig_measures_vs_accuracy(data: ReportData, out: Path) -> list[Path]:
                       rows)]
 
 
+# Robust accuracy metrics a mixture may carry, and what attack they measure.
+ROBUSTNESS_METRICS = {"bb_robust_accuracy_mean": "black-box word substitution (search.blackbox_attack)",
+                      "robust_accuracy_mean": "white-box FGSM (search.fgsm_step)"}
+
+
+def fig_robustness_front(data: ReportData, out: Path) -> list[Path]:
+    """Mean accuracy against mean robust accuracy, one point per evaluated mixture (the searches'
+    and the study's), the Pareto front of the two marked; one panel per attack measured."""
+    runs = list({r.run_id: r for r in [*(r for rs in data.searches.values() for r in rs),
+                                        *data.subsets.values()]}.values())
+    panels = [(m, label, [r for r in runs if m in r.metrics and "accuracy_mean" in r.metrics])
+              for m, label in ROBUSTNESS_METRICS.items()]
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        raise MissingData("no evaluated mixture with a robust accuracy (search.blackbox_attack or search.fgsm_step)")
+    fig, axes = _panels(len(panels), "Accuracy vs robust accuracy of the evaluated mixtures (Pareto front marked)")
+    rows = []
+    for ax, (metric, label, pts) in zip(axes, panels):
+        xy = [(r.metrics["accuracy_mean"], r.metrics[metric]) for r in pts]
+        front = [not any(a2 >= a and b2 >= b and (a2 > a or b2 > b) for a2, b2 in xy) for a, b in xy]
+        ax.scatter(_pct([a for a, _ in xy]), _pct([b for _, b in xy]), s=14, alpha=0.6, label="one mixture")
+        line = sorted(p for p, f in zip(xy, front) if f)
+        ax.plot(_pct([a for a, _ in line]), _pct([b for _, b in line]), color="black", marker="o", markersize=5,
+                lw=1, label=f"Pareto front ({len(line)})")
+        ax.set(title=label, xlabel="mean accuracy over the targets (%)", ylabel="mean robust accuracy (%)")
+        ax.legend(fontsize=7)
+        rows += [[metric, "+".join(r.members), r.k, a, b, int(f), r.run_id] for r, (a, b), f in zip(pts, xy, front)]
+    header = ["measure", "members", "k", "accuracy_mean", "robust_accuracy_mean", "on_front", "run_id"]
+    return [_save_figure(fig, out / "robustness_front.png"), write_csv(out / "robustness_front.csv", header, rows)]
+
+
 FIGURES: dict[str, Callable[[ReportData, Path], list[Path]]] = {
     "fsd_heatmap": fig_fsd_heatmap, "accuracy_vs_k": fig_accuracy_vs_k, "fsd_vs_accuracy": fig_fsd_vs_accuracy,
     "greedy_vs_bounds": fig_greedy_vs_bounds, "sparsity_curves": fig_sparsity_curves,
     "search_progress": fig_search_progress, "soup_drop": fig_soup_drop,
-    "measures_vs_accuracy": fig_measures_vs_accuracy,
+    "measures_vs_accuracy": fig_measures_vs_accuracy, "robustness_front": fig_robustness_front,
 }

@@ -44,6 +44,11 @@ def subset_accuracy(target: str, members) -> float:
     return round(BASE[target] - 0.3 * mean_fsd(members) - 0.02 * (len(members) - 1) + wobble, 6)
 
 
+def bb_robust_accuracy(members) -> float:
+    """The tpe search's black-box robust accuracy: more members, more robust (so a front forms)."""
+    return 0.2 + 0.1 * len(members) - mean_fsd(members) / 10
+
+
 def write_store(root: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -128,6 +133,8 @@ def write_experiment(cfg) -> dict:
         for members in picks:
             metrics = {"accuracy/books": subset_accuracy("books", members), "fsd": mean_fsd(members)}
             metrics["accuracy_mean"] = metrics["accuracy/books"]
+            if strategy == "tpe":  # searched with the black-box attack on
+                metrics["bb_robust_accuracy_mean"] = bb_robust_accuracy(members)
             record(child(client, exp, parent, clock, members=members, targets=["books"], metrics=metrics,
                          strategy=strategy), metrics, len(members))
             accs.append(metrics["accuracy_mean"])
@@ -187,7 +194,23 @@ def read_csv(path: Path) -> list[dict]:
 
 
 FIGURES = ["fsd_heatmap", "accuracy_vs_k", "fsd_vs_accuracy", "greedy_vs_bounds", "sparsity_curves",
-           "search_progress", "soup_drop", "measures_vs_accuracy"]
+           "search_progress", "soup_drop", "measures_vs_accuracy", "robustness_front"]
+
+
+def test_robustness_front_marks_the_mixtures_no_other_beats_on_both(report, experiment):
+    _, info = experiment
+    rows = read_csv(Path(report[0][0]).parent / "robustness_front.csv")
+    # only the tpe search was attacked: its 4 mixtures, nothing from FGSM
+    assert sorted(r["members"] for r in rows) == sorted(["books", "books+dvd", "books+toys", "books+dvd+kitchen"])
+    assert {r["measure"] for r in rows} == {"bb_robust_accuracy_mean"}
+    points = {r["members"]: (subset_accuracy("books", r["members"].split("+")),
+                             bb_robust_accuracy(r["members"].split("+"))) for r in rows}
+    for r in rows:
+        a, b = points[r["members"]]
+        assert float(r["accuracy_mean"]) == pytest.approx(a) and float(r["robust_accuracy_mean"]) == pytest.approx(b)
+        dominated = any(a2 >= a and b2 >= b and (a2, b2) != (a, b) for a2, b2 in points.values())
+        assert r["on_front"] == ("0" if dominated else "1")
+    assert any(r["on_front"] == "0" for r in rows) and any(r["on_front"] == "1" for r in rows)
 
 
 def test_each_cached_measure_is_drawn_against_the_studys_accuracy(report):
