@@ -35,6 +35,7 @@ import plan_real  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TIES_GRID = [(0.1, 1.0), (0.1, 2.0), (0.2, 1.0), (0.2, 2.0)]
+DEFAULT_EXAMPLES = 50  # BlackboxAttack().examples
 
 
 def prepare(args) -> tuple:
@@ -155,10 +156,10 @@ def main() -> None:
             for name, interval in {**paired_bootstrap(correct), **paired_bootstrap(bb_correct)}.items():
                 rec[f"{name}_interval"] = [interval.accuracy, interval.low, interval.high, interval.n]
             records.append(rec)
+            # after every mixture: a run cut short still leaves its table
             (work / "blackbox_real.json").write_text(json.dumps(records, indent=1, default=str), encoding="utf-8")
-    wall = time.perf_counter() - started
-    lines = table(records, args, wall)
-    (work / "blackbox_real.md").write_text("\n".join(lines), encoding="utf-8")
+            lines = table(records, args, time.perf_counter() - started)
+            (work / "blackbox_real.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
 
 
@@ -183,6 +184,14 @@ def table(records, args, wall: float) -> list[str]:
         f"{r['target']} {r['clean_eval_seconds_validation']:.1f} ({r['n_validation']} rows)"
         for r in records if r["mixture"] == "own"),
               f"threads {args.threads}; wall {wall / 60:.1f} min"]
+    own = [r for r in records if r["mixture"] == "own"]
+    if own:
+        clean = sum(r["clean_eval_seconds_validation"] for r in own) / len(own)
+        for s in args.sources:
+            per = sum(r[s]["seconds"] for r in records) / sum(r[s]["attacked"] for r in records)
+            lines.append(f"at the defaults ({DEFAULT_EXAMPLES} attacked validation rows per target), {s}: "
+                         f"{DEFAULT_EXAMPLES * per:.0f} s per target and mixture, {DEFAULT_EXAMPLES * per / clean:.1f}x "
+                         f"the clean evaluation of the target's validation split ({clean:.1f} s)")
     return lines
 
 
