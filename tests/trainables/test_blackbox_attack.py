@@ -152,3 +152,17 @@ def test_the_same_seed_gives_the_same_attacked_texts(trained):
     other = attack_split(model, tokenizer, split["text"], split["label"], synonyms,
                          settings.model_copy(update={"seed": 4}), max_length=32, batch_size=16)
     assert [o.original for o in other] != [o.original for o in runs[0]]
+
+
+def test_the_reading_horizon_is_where_the_tokenizer_truncates(tiny_bert):
+    from trainables.blackbox_attack import reading_horizon
+    from trainables.model import load_encoder
+
+    _, tokenizer = load_encoder(tiny_bert)
+    text = " ".join(["great"] * 40)
+    assert reading_horizon(tokenizer, text, 64) is None  # 40 words + 2 special tokens: all read
+    horizon = reading_horizon(tokenizer, text, 12)  # [CLS] + 10 words + [SEP]
+    assert horizon == len(" ".join(["great"] * 10))
+    out = attack_text(text, 1, WordScoreClassifier(), TableSynonyms(TABLE),
+                      BlackboxAttack(similarity_floor=0.0, max_word_share=1.0), horizon=horizon)
+    assert out.words == 10
