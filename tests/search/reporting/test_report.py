@@ -385,6 +385,11 @@ def test_top_mixtures_order_and_content(experiment):
     assert len(by_fsd) == len(built["evaluated"])  # every evaluated mixture (study parts too), none filtered
     table = format_results(rows)
     assert "accuracy_mean" in table and all(r["run_id"] in table for r in rows)
+    # black-box robust accuracy: only the mixtures that were attacked, most robust first
+    attacked = [e for e in built["evaluated"] if "bb_robust_accuracy_mean" in e[1]]
+    by_bb = top_mixtures(cfg, n=100, sort="bb_robust_accuracy_mean")
+    assert [r["run_id"] for r in by_bb] == [e[0] for e in sorted(
+        attacked, key=lambda e: (-e[1]["bb_robust_accuracy_mean"], e[2], e[3]))]
 
 
 def test_top_mixtures_refuses_an_unknown_metric(experiment):
