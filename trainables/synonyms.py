@@ -106,8 +106,10 @@ class EmbeddingSynonyms:
     @classmethod
     def from_model(cls, model, tokenizer) -> "EmbeddingSynonyms":
         """The source over ``model``'s input embeddings and ``tokenizer``'s vocabulary."""
-        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        return cls(tokens, model.get_input_embeddings().weight)
+        weight = model.get_input_embeddings().weight
+        # rows beyond the tokenizer are padding; tokens beyond the matrix (added, not resized) have no vector
+        tokens = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), weight.shape[0]))))
+        return cls(tokens, weight)
 
     @functools.lru_cache(maxsize=20000)
     def candidates(self, word: str, k: int) -> list[tuple[str, float]]:
