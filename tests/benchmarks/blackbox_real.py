@@ -68,7 +68,7 @@ def prepare(args) -> tuple:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(ROOT / ".bench" / "blackbox-real"))
-    parser.add_argument("--adapters", default=str(ROOT.parent / "main" / ".bench" / "plan-real" / "adapters"))
+    parser.add_argument("--adapters", default=str(ROOT / ".bench" / "plan-real" / "adapters"))
     parser.add_argument("--targets", nargs="+", default=["books", "dvd"])
     parser.add_argument("--examples", type=int, default=100, help="attacked test rows per target and mixture")
     parser.add_argument("--sources", nargs="+", default=["embedding", "wordnet"])
