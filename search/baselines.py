@@ -30,13 +30,13 @@ def baseline_specs(cfg: Config, *, every_single: bool = False) -> dict[str, Mixt
     targets, head = cfg.search.targets, cfg.search.head
     if every_single:
         specs = {f"single {d}": make_mixture_spec(members=[d], targets=targets, require_targets=False, head=head)
-                 for d in sorted(cfg.domains)}
+                 for d in cfg.member_domains}
     else:
         specs = {f"single {t}": make_mixture_spec(members=[t], targets=[t], require_targets=False, head=head)
                  for t in sorted(targets)}
-    specs["soup of all"] = make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False,
+    specs["soup of all"] = make_mixture_spec(members=cfg.member_domains, targets=targets, require_targets=False,
                                              head=head)
-    specs["ties of all"] = make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False,
+    specs["ties of all"] = make_mixture_spec(members=cfg.member_domains, targets=targets, require_targets=False,
                                              head=head, merge_method="ties", density=cfg.search.densities[0],
                                              lam=cfg.search.lambdas[0])
     return specs
@@ -50,7 +50,7 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
 
 
     if weights is None:
-        weights, _ = load_sign_index(cfg.store_path, cfg.domains)
+        weights, _ = load_sign_index(cfg.store_path, cfg.member_domains)
     experiment = cfg.experiment()
     shared = dict(weights)
     if any(MERGE_OPERATORS[s.merge_method].needs_init for s in specs.values()):

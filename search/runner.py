@@ -15,6 +15,7 @@ from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_u
 from search.config import Config
 from search.confirmation import finish_search
 from search.export import find_best_run
+from search.new_domain import check_new_domains
 from search.proposals.gate import gate_mode, validation_tolerance
 from search.proposals.measure_gate import gate_for_search
 from search.proposals.objectives import OBJECTIVES, robustness_metric, selection_rule
@@ -71,6 +72,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
 
 
     started = time.perf_counter()
+    check_new_domains(cfg)  # a data-only domain's few examples, read before anything is written
     check_cluster_storage(cfg)
     store = AdapterStore(cfg.store_path)
     imported = check_imports(cfg)  # every file read and checked before anything is written
@@ -207,8 +209,9 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
     started = time.perf_counter()
     # Snapshot the experiment (trials + searcher) every 2 s at most: what a crash can lose.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    check_new_domains(cfg)
     check_cluster_storage(cfg)
-    weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
 
     for line in initialisation_lines(cfg, weights):  # adapters that did not start from one initialisation
         progress(line)
@@ -242,7 +245,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
     else:
         tolerance, warnings = validation_tolerance(cfg, progress)
         # max_fsd (fixed or auto) is the gate's alone: auto resolves from the evidence of the search.
-        space = space_from_config(cfg.search, sorted(cfg.domains))
+        space = space_from_config(cfg.search, cfg.member_domains)
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         gate, warm_start_order = gate_for_search(cfg, space, tolerance, index, progress=progress, debug=debug)
         strategy = make_strategy(cfg.search.strategy, space=space, index=warm_start_order, seed=cfg.search.seed,
