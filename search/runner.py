@@ -44,11 +44,19 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
+DRAW_DEFAULTS = {"train": True, "max_train_examples": None, "draw_seed": None}
+
+
 def fingerprint(cfg: Config, domain: str) -> str:
     """A hash of everything that shapes ``domain``'s adapter: same hash, same adapter."""
+    settings = cfg.domains[domain].model_dump(exclude={"adapter"})
+    # The settings of a new domain's few examples count only when set: a store trained before
+    # they existed keeps its fingerprints.
+    for key, default in DRAW_DEFAULTS.items():
+        if settings.get(key) == default:
+            settings.pop(key)
     blob = json.dumps({"base_model": cfg.base_model, "adapter": cfg.adapter.model_dump(),
-                       "training": cfg.training.model_dump(),
-                       "domain": cfg.domains[domain].model_dump(exclude={"adapter"})},
+                       "training": cfg.training.model_dump(), "domain": settings},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
