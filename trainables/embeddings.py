@@ -54,3 +54,13 @@ def _centroid(experiment: Experiment, domain: str, model, tokenizer, max_texts: 
             total = sentences.sum(dim=0) if total is None else total + sentences.sum(dim=0)
             count += sentences.shape[0]
     return (total / count).cpu()
+
+
+def most_similar(centroids: Mapping, target: str, candidates: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` candidates whose centroid is nearest ``target``'s by cosine, nearest first (ties: by name)."""
+    import torch
+
+    scores = [(d, float(torch.nn.functional.cosine_similarity(centroids[target], centroids[d], dim=0)))
+              for d in candidates if d != target]
+    scores.sort(key=lambda x: (-x[1], x[0]))
+    return scores[:k]
