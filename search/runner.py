@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
-DRAW_DEFAULTS = {"train": True, "max_train_examples": None, "draw_seed": None}
+DRAW_DEFAULTS = {"train": True, "max_train_examples": None, "draw_seed": None, "epochs": None}
 
 
 def fingerprint(cfg: Config, domain: str) -> str:

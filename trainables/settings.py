@@ -124,6 +124,9 @@ class DomainConfig(FrozenModel):
     # default training.max_train_examples.
     max_train_examples: Optional[Annotated[int, Field(ge=1)]] = None
     draw_seed: Optional[int] = None
+    # Epochs of this domain's adapter (default training.epochs): with a few examples, as many
+    # optimizer steps as the library's adapters took need more epochs.
+    epochs: Optional[Annotated[int, Field(ge=1)]] = None
 
     @model_validator(mode="after")
     def _data_only_has_data(self):

@@ -66,7 +66,8 @@ def train_domain_adapter(config: Mapping) -> None:
     optimizer = torch.optim.AdamW(params, lr=training.learning_rate)
 
     metrics: dict = {}
-    for epoch in range(training.epochs):
+    epochs = experiment.domains[domain].epochs or training.epochs
+    for epoch in range(epochs):
         started = time.perf_counter()
         model.train()
         total, n = 0.0, 0
@@ -83,7 +84,7 @@ def train_domain_adapter(config: Mapping) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": total / max(n, 1),
                    "val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"],
                    "epoch_seconds": time.perf_counter() - started}
-        if epoch + 1 < training.epochs:
+        if epoch + 1 < epochs:
             tune.report(metrics)
 
     store = AdapterStore(config["store"])

@@ -36,7 +36,7 @@ def new_domain_search(tmp_path_factory, ray_cluster, tiny_bert, demo_domains, sh
     import yaml
 
     raw = yaml.safe_load(path.read_text())
-    raw["domains"]["books"].update({"train": False, "max_train_examples": 12, "draw_seed": 3})
+    raw["domains"]["books"].update({"train": False, "max_train_examples": 12, "draw_seed": 3, "epochs": 3})
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)
     training = run_training(cfg)
@@ -47,8 +47,14 @@ def test_a_data_only_target_is_never_a_member_and_its_weights_are_searched(new_d
     cfg, training, summary = new_domain_search
     assert cfg.member_domains == sorted(LIBRARY) and cfg.data_only_domains == ["books"]
     assert not cfg.search.require_targets  # the default when a target is data-only
-    # Only the adapter trained on the few examples (the confirmation's baseline) was trained.
+    # Only the adapter trained on the few examples (the confirmation's baseline) was trained, for
+    # its own number of epochs (domains.books.epochs: 3, training.epochs: 1).
     assert training.trained == ["books"] and sorted(training.skipped) == sorted(LIBRARY)
+    (train_run,) = mlflow_runs(cfg, "tags.`signmix.kind` = 'training'")
+    from mlflow import MlflowClient
+
+    history = MlflowClient(cfg.tracking_uri).get_metric_history(train_run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
     runs = mlflow_runs(cfg, "tags.`signmix.status` = 'evaluated' and tags.`signmix.kind` = 'mixture'")
     assert summary.evaluated == 5 and len(runs) == 5
     for r in runs:
