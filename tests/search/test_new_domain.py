@@ -86,6 +86,8 @@ def test_the_confirmation_compares_the_chosen_mixture_with_the_new_domain_baseli
     assert set(comparison["baselines"]["adaptersoup"]["members"]) <= set(LIBRARY)
     assert comparison["baselines"]["soup_all"]["members"] == sorted(LIBRARY)
     assert "books" not in record["chosen_members"]
+    # selection reads the new domain's validation split: the small-validation warning says how wide
+    assert any(w.startswith("target books: 30 validation examples") for w in summary.validation_warnings)
     # the summary says which baselines the chosen mixture beats beyond the interval
     assert any("the chosen mixture beats" in n for n in record["notes"])
     confirmation = mlflow_runs(cfg, "tags.`signmix.kind` = 'confirmation'")
