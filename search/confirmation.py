@@ -41,6 +41,7 @@ from search.new_domain import (
     compare_baselines,
     comparison_lines,
     comparison_metrics,
+    confirmation_weights,
     new_domain_candidates,
     new_domain_targets,
 )
@@ -57,11 +58,9 @@ from search.tracking.layout import (
     STATUS_TAG,
     spec_from_run,
 )
-from spaces.errors import StoreError
 from spaces.operators import MERGE_OPERATORS
 from spaces.space import space_from_config
 from spaces.spec import make_mixture_spec
-from trainables.store import AdapterStore, load_sign_index
 
 if TYPE_CHECKING:
     from search.config import Config
@@ -151,21 +150,6 @@ def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, di
         if pick is not None:
             cands[f"greedy/{k}"] = (pick, ["test"])
     return cands, runs
-
-
-def confirmation_weights(cfg: Config, targets) -> tuple[dict, object]:
-    """The members' weights and sign index, with each data-only target's adapter trained on its few
-    examples beside them (the confirmation's ``own/<t>``: never a member of a searched mixture)."""
-    weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
-    new = new_domain_targets(cfg, targets)
-    if new:
-        store = AdapterStore(cfg.store_path)
-        missing = [t for t in new if t not in store.domains()]
-        if missing:
-            raise StoreError(f"the store {store.root} has no adapter trained on the few examples of {missing} "
-                             "(the confirmation's baseline); run `signmix train CONFIG` first")
-        weights = {**weights, **{t: store.load_weights(t) for t in new}}
-    return weights, index
 
 
 def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | None, weights=None, index=None,

@@ -23,12 +23,13 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from search.config import Config
-from spaces.errors import DataError, UsageError
+from spaces.errors import DataError, StoreError, UsageError
 from spaces.spec import make_mixture_spec
 from trainables.data import load_domain
 from trainables.embeddings import domain_centroids, most_similar
 from trainables.settings import train_draw
 from trainables.significance import mcnemar_exact, paired_bootstrap, paired_difference
+from trainables.store import AdapterStore, load_sign_index
 
 CONFIDENCE = 0.95
 # Training texts per domain whose mean embedding stands for the domain (AdapterSoup's selection).
@@ -46,6 +47,22 @@ SINGLE_PREFIX = "nd_single/"
 def new_domain_targets(cfg: Config, targets: Sequence[str]) -> list[str]:
     """The data-only domains among ``targets``."""
     return [t for t in targets if not cfg.domains[t].train]
+
+
+def confirmation_weights(cfg: Config, targets) -> tuple[dict, object]:
+    """The members' weights and sign index, with each data-only target's adapter trained on its few
+    examples beside them (the confirmation's ``own/<t>``, the baselines' ``single <t>``: never a member of a
+    searched mixture)."""
+    weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
+    new = new_domain_targets(cfg, targets)
+    if new:
+        store = AdapterStore(cfg.store_path)
+        missing = [t for t in new if t not in store.domains()]
+        if missing:
+            raise StoreError(f"the store {store.root} has no adapter trained on the few examples of {missing} "
+                             "(the confirmation's baseline); run `signmix train CONFIG` first")
+        weights = {**weights, **{t: store.load_weights(t) for t in new}}
+    return weights, index
 
 
 def check_new_domains(cfg: Config) -> None:
@@ -120,11 +137,11 @@ def compare_baselines(correct: Mapping, specs: Mapping, chosen: str, targets: Se
         columns.update({b: correct[n]["test"][t] for b, n in names.items() if n and "test" in correct.get(n, {})})
         iv = paired_bootstrap(columns, confidence=CONFIDENCE, seed=seed)
         rows = {}
-        for b in BASELINES:
+        for b, label in BASELINES.items():
             if b not in columns:
                 continue
             d = paired_difference(columns["chosen"], columns[b], confidence=CONFIDENCE, seed=seed)
-            rows[b] = {"label": BASELINES[b], "members": list(specs[names[b]].members) if b != "base" else [],
+            rows[b] = {"label": label, "members": list(specs[names[b]].members) if b != "base" else [],
                        "accuracy": iv[b].accuracy, "ci_low": iv[b].low, "ci_high": iv[b].high,
                        "lead": d.lead, "lead_low": d.low, "lead_high": d.high,
                        "p": mcnemar_exact(columns["chosen"], columns[b]).p_value, "beaten": d.low > 0.0}

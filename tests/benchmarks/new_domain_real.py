@@ -147,9 +147,9 @@ def table(rows: list[dict]) -> str:
     budgets = sorted({r["budget"] for r in rows})
     held = sorted({r["held_out"] for r in rows})
     seeds = sorted({r["seed"] for r in rows})
-    lines = [f"{len(rows)} runs: held out {', '.join(held)}; seeds {seeds}; "
-             f"{rows[0]['num_mixtures']} mixtures per search; test accuracy (mean over runs), "
-             "and in brackets how many runs the chosen mixture beats the baseline beyond its 95% paired interval", "",
+    lines = [(f"{len(rows)} runs: held out {', '.join(held)}; seeds {seeds}; "
+              f"{rows[0]['num_mixtures']} mixtures per search; test accuracy (mean over runs), and in brackets "
+              "how many runs the chosen mixture beats the baseline beyond its 95% paired interval (and loses)"), "",
              "| budget | runs | chosen mixture | " + " | ".join(LABELS[b] for b in BASELINES) + " | search wall (s) |",
              "|---|---|---|" + "---|" * len(BASELINES) + "---|"]
     for b in budgets:
