@@ -172,7 +172,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(ROOT / ".bench" / "new-domain-real"))
-    parser.add_argument("--library", default=str(ROOT.parent / "main" / ".bench" / "plan-real" / "adapters"),
+    # `make plan-real`'s store in this checkout; in a worktree, the main checkout's beside it
+    stores = [ROOT / ".bench" / "plan-real" / "adapters", ROOT.parent / "main" / ".bench" / "plan-real" / "adapters"]
+    parser.add_argument("--library", default=str(next((p for p in stores if p.is_dir()), stores[0])),
                         help="a store of the 12 adapters to copy (issue 17's); trained when missing")
     parser.add_argument("--held-out", nargs="+", default=list(DEFAULT_HELD_OUT), choices=sorted(domains()))
     parser.add_argument("--budgets", nargs="+", type=int, default=[16, 32, 64, 128])
