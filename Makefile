@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real measures-real blackbox-real constraints clean
+.PHONY: install install-dev demo test test-fast bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real measures-real blackbox-real new-domain-real constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -94,3 +94,10 @@ bench-search-end: install-dev
 EXAMPLES ?= 100
 blackbox-real: install-dev
 	$(PY) tests/benchmarks/blackbox_real.py --examples $(EXAMPLES)
+
+# Issue 19: a new domain with a few labelled examples, leave one domain out over the 12 real review domains
+# (the other 11 adapters the library; 16/32/64/128 examples, 3 seeds); tables in BENCHMARKS.md. Hours on 2
+# cores in full: ARGS="--held-out books imdb --seeds 0 --num-mixtures 8" runs a slice.
+ARGS ?=
+new-domain-real: install-dev
+	$(PY) tests/benchmarks/new_domain_real.py $(ARGS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from search.config import Config
+from search.new_domain import confirmation_weights
 from search.tracking.layout import spec_from_params
 from search.tracking.tracker import open_experiment
 from spaces.operators import MERGE_OPERATORS
@@ -17,7 +18,7 @@ from spaces.spec import MixtureSpec, make_mixture_spec
 from trainables.evaluate import evaluate_targets, mixture_model, mixture_targets
 from trainables.initialisation import initial_adapter_weights
 from trainables.mixture_trial import INIT_KEY, load_mixture
-from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore, load_sign_index
+from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
 
 
 def baseline_specs(cfg: Config, *, every_single: bool = False) -> dict[str, MixtureSpec]:
@@ -30,13 +31,13 @@ def baseline_specs(cfg: Config, *, every_single: bool = False) -> dict[str, Mixt
     targets, head = cfg.search.targets, cfg.search.head
     if every_single:
         specs = {f"single {d}": make_mixture_spec(members=[d], targets=targets, require_targets=False, head=head)
-                 for d in sorted(cfg.domains)}
+                 for d in cfg.member_domains}
     else:
         specs = {f"single {t}": make_mixture_spec(members=[t], targets=[t], require_targets=False, head=head)
                  for t in sorted(targets)}
-    specs["soup of all"] = make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False,
+    specs["soup of all"] = make_mixture_spec(members=cfg.member_domains, targets=targets, require_targets=False,
                                              head=head)
-    specs["ties of all"] = make_mixture_spec(members=sorted(cfg.domains), targets=targets, require_targets=False,
+    specs["ties of all"] = make_mixture_spec(members=cfg.member_domains, targets=targets, require_targets=False,
                                              head=head, merge_method="ties", density=cfg.search.densities[0],
                                              lam=cfg.search.lambdas[0])
     return specs
@@ -50,7 +51,7 @@ def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
 
 
     if weights is None:
-        weights, _ = load_sign_index(cfg.store_path, cfg.domains)
+        weights, _ = confirmation_weights(cfg, cfg.search.targets)
     experiment = cfg.experiment()
     shared = dict(weights)
     if any(MERGE_OPERATORS[s.merge_method].needs_init for s in specs.values()):

@@ -161,6 +161,9 @@ class SearchConfig(FrozenModel):
     lambdas: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
         default_factory=lambda: [1.0, 1.5, 2.0])
     weights: Weighting = "uniform"
+    # A data-only target (domains.<d>.train: false): AdapterSoup's selection baseline of the
+    # confirmation averages the k domains whose training texts are nearest the target's.
+    adaptersoup_k: Annotated[int, Field(ge=1)] = 3
     # Which heads score a mixture: each target's trained head (own), or a linear head refit
     # on the mixed adapter's features of the target's training split (refit).
     head: HeadProtocol = "own"
@@ -337,11 +340,50 @@ class Config(FrozenModel):
                              f"evaluated: give domains.{no_data[0]}.path (or hub), or take {no_data[0]!r} out "
                              "of the targets (a domain with only an adapter can still be a member)")
         self._check_plan()
+        self._check_data_only()
         if self.search.max_members is not None and self.search.require_targets \
                 and self.search.max_members < len(self.search.targets):
             raise ValueError(f"search.max_members={self.search.max_members} is smaller than the "
                              f"{len(self.search.targets)} targets that every mixture must contain")
         return self
+
+    def _check_data_only(self) -> None:
+        """A data-only domain (``train: false``) is a target under refit heads, never a member."""
+        data_only = self.data_only_domains
+        if not data_only:
+            return
+        if not self.member_domains:
+            raise ValueError(f"every domain is data-only (train: false): {data_only}; a new domain's mixtures are "
+                             "made of the other domains' adapters: give at least one domain with train: true "
+                             "(the default) or an adapter")
+        targets = [t for t in self.search.targets if t in data_only]
+        if targets and self.search.head != "refit":
+            raise ValueError(f"search.head: got {self.search.head!r}, but target {targets[0]!r} is data-only "
+                             "(train: false) and has no adapter of its own, hence no trained head: set "
+                             "search.head: refit (a head fit on its few labelled examples)")
+        if targets and self.search.require_targets:
+            raise ValueError(f"search.require_targets: got true, which makes every target a member, but target "
+                             f"{targets[0]!r} is data-only (train: false) and is never a member: set "
+                             "search.require_targets: false (the default when a target is data-only)")
+        listed = [d for d in self.plan.domains or [] if d in data_only]
+        if listed:
+            raise ValueError(f"plan.domains: got {listed}, data-only domain(s) (train: false), which are never "
+                             f"members of a body; allowed: the domains with adapters {self.member_domains}")
+        listed = [d for d in self.study.targets or [] if d in data_only]
+        if listed:
+            raise ValueError(f"study.targets: got {listed}, data-only domain(s) (train: false); the study mixes "
+                             f"every subset including the target, so it needs the target's adapter; allowed: "
+                             f"{self.member_domains}")
+
+    @property
+    def data_only_domains(self) -> list[str]:
+        """The domains with data and no adapter of their own (``train: false``): targets, never members."""
+        return sorted(d for d, c in self.domains.items() if not c.train)
+
+    @property
+    def member_domains(self) -> list[str]:
+        """The domains whose adapters mixtures are made of (every domain but the data-only ones)."""
+        return sorted(d for d, c in self.domains.items() if c.train)
 
     def _check_plan(self) -> None:
         """plan.domains are domains with data; plan.max_bodies is at most their number."""
@@ -361,14 +403,14 @@ class Config(FrozenModel):
     @property
     def plan_domains(self) -> list[str]:
         """The domains a plan serves: ``plan.domains``, by default every domain with data."""
-        return sorted(self.plan.domains or [d for d, c in self.domains.items() if c.has_data])
+        return sorted(self.plan.domains or [d for d, c in self.domains.items() if c.has_data and c.train])
 
     # Resolved locations -------------------------------------------------------------
     @property
     def study_targets(self) -> list[str]:
         """The study's targets: ``study.targets``, by default every domain with data (a domain
         that brings only an adapter is a member, never a target)."""
-        return sorted(self.study.targets or [d for d, c in self.domains.items() if c.has_data])
+        return sorted(self.study.targets or [d for d, c in self.domains.items() if c.has_data and c.train])
 
     @property
     def storage_path(self) -> str:
@@ -428,6 +470,11 @@ def serving_defaults(raw):
                  if isinstance(d, dict) and (d.get("path") is not None or d.get("hub") is not None)]
     if search.get("targets") is None and with_data:
         search["targets"] = with_data
+    # A data-only target (train: false) is never a member: its mixtures do not hold it.
+    data_only = [name for name, d in domains.items() if isinstance(d, dict) and d.get("train") is False]
+    if "require_targets" not in search and isinstance(search.get("targets"), list) \
+            and any(t in data_only for t in search["targets"]):
+        search["require_targets"] = False
     if "merge_methods" not in search:
         adapter = raw.get("adapter")
         adapter = adapter.model_dump() if isinstance(adapter, BaseModel) else adapter if isinstance(adapter, dict) else {}

@@ -36,6 +36,15 @@ from search.confirmation_decision import (
     validation_baselines,
 )
 from search.confirmation_trials import run_confirmation_trials, stored_validation
+from search.new_domain import (
+    best_singles,
+    compare_baselines,
+    comparison_lines,
+    comparison_metrics,
+    confirmation_weights,
+    new_domain_candidates,
+    new_domain_targets,
+)
 from search.proposals.gate import log_gate
 from search.proposals.strategies import greedy_path
 from search.reporting.results import open_existing_experiment
@@ -52,7 +61,6 @@ from search.tracking.layout import (
 from spaces.operators import MERGE_OPERATORS
 from spaces.space import space_from_config
 from spaces.spec import make_mixture_spec
-from trainables.store import load_sign_index
 
 if TYPE_CHECKING:
     from search.config import Config
@@ -125,13 +133,17 @@ def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, di
     cands: dict[str, tuple] = {name: (spec_from_run(r), both) for name, r in runs.items()}
     for t in targets:
         cands[f"own/{t}"] = (make_mixture_spec(members=[t], targets=[t], require_targets=False), both)
-    every = sorted(cfg.domains)
-    cands["soup"] = (make_mixture_spec(members=every, targets=targets, require_targets=False), both)
+    every = cfg.member_domains
+    # A data-only target has no trained head but that of the adapter trained on its few examples:
+    # the soup is scored with a refit head (the new domain's "soup of all" baseline).
+    new = new_domain_targets(cfg, targets)
+    cands["soup"] = (make_mixture_spec(members=every, targets=targets, require_targets=False,
+                                       **({"head": "refit"} if new else {})), both)
     if any(MERGE_OPERATORS[m].needs_init for m in cfg.search.merge_methods):
         cands["ties_all"] = (make_mixture_spec(members=every, targets=targets, require_targets=False,
                                                merge_method="ties", density=cfg.search.densities[0],
                                                lam=cfg.search.lambdas[0]), ["validation"])
-    space = space_from_config(cfg.search, sorted(cfg.domains), targets=targets, max_members=None)
+    space = space_from_config(cfg.search, every, targets=targets, max_members=None)
     path = [space.to_mixture_spec(p) for p in greedy_path(space, index)]
     for k in sorted({spec.k for spec, _ in (cands[n] for n in runs)}):
         pick = next((s for s in path if s.k == k), None)
@@ -150,12 +162,15 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
     one parallel round evaluates what is left: the chosen mixture (and the targets alone) on
     test, each target's own adapter on both splits, the soup and greedy's pick on test, and
     the baselines' validation splits that no search run kept."""
-    if weights is None or index is None:
-        weights, index = load_sign_index(cfg.store_path, cfg.domains)
     if best is None:
         best = next(ranked_runs(client, experiment_id, parent_id, page=1))
+    new = new_domain_targets(cfg, spec_from_run(best).targets)
+    if weights is None or index is None or new:
+        weights, index = confirmation_weights(cfg, spec_from_run(best).targets)
     rule = rule or cfg.search.when_tied
     candidates, runs = candidates_for(cfg, best, ranked_runs(client, experiment_id, parent_id), index)
+    if new:
+        candidates.update(new_domain_candidates(cfg, new, progress=progress))
     specs = {n: spec for n, (spec, _) in candidates.items()}
     name = f"{cfg.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
     validation = stored_validation(client, experiment_id, candidates, runs)
@@ -179,13 +194,28 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
     evaluated = run_confirmation_trials(cfg, todo, weights, name=name, progress=progress)
     correct = {cname: {**({"validation": validation[cname]} if cname in validation else {}), **evaluated.get(cname, {})}
                for cname in candidates}
+    if new:  # the single adapter that did best on validation, now on test
+        singles = best_singles(correct, new)
+        more = run_confirmation_trials(cfg, {n: (specs[n], ["test"]) for n in singles.values()}, weights,
+                                       name=f"{name}-best-single", progress=progress)
+        for n, splits in more.items():
+            correct[n].update(splits)
     record = decide_and_measure(correct, specs, runs, rule=rule, seed=cfg.search.seed)
     if cfg.search.blackbox_attack is not None:
         record["blackbox"] = blackbox_measure(correct, chosen, list(record["targets"]), seed=cfg.search.seed)
+    if new:
+        record["new_domain"] = compare_baselines(correct, specs, record_chosen_name(record, runs), new, singles,
+                                                 seed=cfg.search.seed)
+        record["notes"].extend(comparison_lines(record["new_domain"]))
     record["validation_baselines"] = validation_baselines(correct, list(specs["best"].targets))
     record["mlflow_run_id"] = log_confirmation(client, experiment_id, parent_id or best.data.tags.get(
         "mlflow.parentRunId"), record)
     return record
+
+
+def record_chosen_name(record: Mapping, runs: Mapping) -> str:
+    """The candidate name (``best``, ``runner_up``, ``alone``) of the record's chosen run."""
+    return next(n for n, r in runs.items() if r.info.run_id == record["chosen_run_id"])
 
 
 def log_confirmation(client, experiment_id: str, parent_id: str | None, record: Mapping) -> str:
@@ -203,8 +233,8 @@ def log_confirmation(client, experiment_id: str, parent_id: str | None, record: 
               Param("confidence", str(record["confidence"])), Param("split", "test")]
     params += [Param(f"{name}_members", ",".join(c["members"])) for name, c in record["baselines"].items()
                if name in ("soup", "greedy")]
-    client.log_batch(run.info.run_id, params=params,
-                     metrics=[Metric(k, float(v), ts, 0) for k, v in confirmation_metrics(record).items()])
+    metrics = {**confirmation_metrics(record), **comparison_metrics(record.get("new_domain", {}))}
+    client.log_batch(run.info.run_id, params=params, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 

@@ -57,7 +57,7 @@ def probe_settings(cfg: Config, targets: Sequence[str]) -> dict:
     the domains whose hidden states are probed (``targets``) and those whose heads score every
     adapter (every domain with data and a head in the store)."""
     store = AdapterStore(cfg.store_path)
-    heads = [d for d in sorted(cfg.domains) if cfg.domains[d].has_data and store.meta(d).get("has_head") is not False]
+    heads = [d for d in cfg.member_domains if cfg.domains[d].has_data and store.meta(d).get("has_head") is not False]
     return {"size": cfg.search.probe_size, "split": cfg.search.probe_split, "seed": cfg.search.seed,
             "activation_domains": sorted(targets), "head_domains": heads}
 
@@ -124,7 +124,7 @@ def conflict_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[st
 
     names = [n for n in PAIRWISE_MEASURES if n in names]
     targets = list(targets or cfg.search.targets)
-    weights, _ = load_sign_index(cfg.store_path, cfg.domains)
+    weights, _ = load_sign_index(cfg.store_path, cfg.member_domains)
     domains = sorted(weights)
     probe = probe_settings(cfg, targets)
     fingerprint = _fingerprint(cfg, domains, probe)
@@ -162,7 +162,7 @@ def cached_measures(cfg: Config) -> dict[str, PairwiseMeasure]:
     root = Path(cfg.store_path) / MEASURES_DIR
     for path in sorted(root.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []:
         found = {k: PairwiseMeasure.from_json(v) for k, v in _read(path).items()}
-        if found and all(set(m.names) == set(cfg.domains) for m in found.values()):
+        if found and all(set(m.names) == set(cfg.member_domains) for m in found.values()):
             return found
     return {}
 
@@ -260,7 +260,7 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
 
     targets = list(targets or cfg.search.targets)
     conflict_measures(cfg, ["cross_head"], targets=targets, debug=debug)  # the members' probe passes
-    weights, _ = load_sign_index(cfg.store_path, cfg.domains)
+    weights, _ = load_sign_index(cfg.store_path, cfg.member_domains)
     probe = probe_settings(cfg, targets)
     folder = Path(cfg.store_path) / MEASURES_DIR / _fingerprint(cfg, sorted(weights), probe)
     shared = dict(weights)

@@ -15,6 +15,7 @@ from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_u
 from search.config import Config
 from search.confirmation import finish_search
 from search.export import find_best_run
+from search.new_domain import check_new_domains
 from search.proposals.gate import gate_mode, validation_tolerance
 from search.proposals.measure_gate import gate_for_search
 from search.proposals.objectives import OBJECTIVES, robustness_metric, selection_rule
@@ -43,11 +44,19 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
+DRAW_DEFAULTS = {"train": True, "max_train_examples": None, "draw_seed": None, "epochs": None}
+
+
 def fingerprint(cfg: Config, domain: str) -> str:
     """A hash of everything that shapes ``domain``'s adapter: same hash, same adapter."""
+    settings = cfg.domains[domain].model_dump(exclude={"adapter"})
+    # The settings of a new domain's few examples count only when set: a store trained before
+    # they existed keeps its fingerprints.
+    for key, default in DRAW_DEFAULTS.items():
+        if settings.get(key) == default:
+            settings.pop(key)
     blob = json.dumps({"base_model": cfg.base_model, "adapter": cfg.adapter.model_dump(),
-                       "training": cfg.training.model_dump(),
-                       "domain": cfg.domains[domain].model_dump(exclude={"adapter"})},
+                       "training": cfg.training.model_dump(), "domain": settings},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -71,6 +80,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
 
 
     started = time.perf_counter()
+    check_new_domains(cfg)  # a data-only domain's few examples, read before anything is written
     check_cluster_storage(cfg)
     store = AdapterStore(cfg.store_path)
     imported = check_imports(cfg)  # every file read and checked before anything is written
@@ -207,8 +217,9 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
     started = time.perf_counter()
     # Snapshot the experiment (trials + searcher) every 2 s at most: what a crash can lose.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    check_new_domains(cfg)
     check_cluster_storage(cfg)
-    weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
 
     for line in initialisation_lines(cfg, weights):  # adapters that did not start from one initialisation
         progress(line)
@@ -242,7 +253,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
     else:
         tolerance, warnings = validation_tolerance(cfg, progress)
         # max_fsd (fixed or auto) is the gate's alone: auto resolves from the evidence of the search.
-        space = space_from_config(cfg.search, sorted(cfg.domains))
+        space = space_from_config(cfg.search, cfg.member_domains)
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         gate, warm_start_order = gate_for_search(cfg, space, tolerance, index, progress=progress, debug=debug)
         strategy = make_strategy(cfg.search.strategy, space=space, index=warm_start_order, seed=cfg.search.seed,

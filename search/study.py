@@ -165,7 +165,7 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
 
     started = time.perf_counter()
     check_cluster_storage(cfg)
-    weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
     items = study_items(sorted(cfg.domains), cfg.study, index, cfg.study_targets)
     by_part = {p: sum(1 for i in items if i.part == p) for p in PARTS}
     connect_ray(cfg, debug=debug)

@@ -73,7 +73,8 @@ class MixtureSpace:
         object.__setattr__(self, "domains", tuple(sorted(self.domains)))
         object.__setattr__(self, "targets", tuple(sorted(self.targets)))
         object.__setattr__(self, "prune_ratios", tuple(sorted(set(self.prune_ratios))))
-        unknown = [t for t in self.targets if t not in self.domains]
+        # A target that is no member (a data-only domain, require_targets off) needs no adapter.
+        unknown = [t for t in self.targets if t not in self.domains] if self.require_targets else []
         if unknown:
             raise SpecError(f"targets {unknown} are not domains; the domains are {list(self.domains)}")
         if not self.prune_ratios:
@@ -137,7 +138,7 @@ class MixtureSpace:
             members=members, targets=self.targets, prune_method=method if ratio > 0 else "none",
             prune_ratio=ratio, prune_scope=self.prune_scope, prune_when=self.prune_when,
             prune_layers=int(m) if method == "conflict_layers" else 0,
-            known_domains=self.domains, require_targets=self.require_targets, head=self.head,
+            known_domains=(*self.domains, *self.targets), require_targets=self.require_targets, head=self.head,
             **self.merge.spec_arguments(params, members))
 
     def params_for(self, members: Sequence[str], prune_ratio: float | None = None,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from trainables.data import EncodedSplit, encode_split, iter_batches, load_domain
 from trainables.heads import cls_features, fit_linear_head, install_linear_head
 from trainables.model import cached_tokenizer, load_encoder, model_device, trial_device
-from trainables.settings import Experiment
+from trainables.settings import Experiment, train_draw
 from trainables.store import ADAPTER_NAME, HEAD_FILE, AdapterStore
 
 HEAD_FILES = ("head_config.json", HEAD_FILE)
@@ -109,11 +109,12 @@ def encoded_split(experiment: Experiment, domain: str, split: str,
     by ``max_eval_examples``."""
     training = experiment.training
     dcfg = experiment.domains[domain]
+    cap, draw_seed = train_draw(training, dcfg)
     key = (experiment.base_model, domain, split, dcfg.model_dump_json(), training.max_length, training.max_eval_examples,
-           training.max_train_examples, tuple(label_names or ()))
+           cap, draw_seed, tuple(label_names or ()))
     if key not in _ENCODED:
         data = load_domain(domain, dcfg, splits=(split,), max_eval_examples=training.max_eval_examples,
-                           max_train_examples=training.max_train_examples, seed=training.seed,
+                           max_train_examples=cap, seed=draw_seed,
                            trust_remote_code=experiment.trust_remote_code, label_names=label_names)
         tok = cached_tokenizer(experiment.base_model, trust_remote_code=experiment.trust_remote_code)
         _ENCODED[key] = encode_split(tok, data.splits[split], training.max_length)

@@ -117,6 +117,31 @@ class DomainConfig(FrozenModel):
     splits: dict[Literal["train", "validation", "test"], str] = Field(
         default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"})
     adapter: Optional[AdapterSourceConfig] = None  # an existing adapter instead of training one
+    # false: a data-only domain (a new domain with a few labelled examples): no adapter of its own
+    # in the library, never a member of a mixture, a search target under refit heads.
+    train: bool = True
+    # How many training examples this domain has (a seeded draw, draw_seed, default training.seed);
+    # default training.max_train_examples.
+    max_train_examples: Optional[Annotated[int, Field(ge=1)]] = None
+    draw_seed: Optional[int] = None
+    # Epochs of this domain's adapter (default training.epochs): with a few examples, as many
+    # optimizer steps as the library's adapters took need more epochs.
+    epochs: Optional[Annotated[int, Field(ge=1)]] = None
+
+    @model_validator(mode="after")
+    def _data_only_has_data(self):
+        if not self.train:
+            if self.path is None and self.hub is None:
+                raise ValueError("train: false declares a data-only domain, which needs data: give 'path' (a "
+                                 "local folder) or 'hub' (a hub dataset id)")
+            if self.adapter is not None:
+                raise ValueError("train: false declares a data-only domain (no adapter of its own), but 'adapter' "
+                                 "names one: remove 'adapter', or remove 'train: false' to make it a member")
+            if "train" not in self.splits:
+                raise ValueError(f"train: false declares a data-only domain, whose few labelled examples are its "
+                                 f"training split, but splits has none (got {sorted(self.splits)}): add "
+                                 "splits.train")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -131,6 +156,13 @@ class DomainConfig(FrozenModel):
     def has_data(self) -> bool:
         """Whether the domain has data (a folder or a hub dataset), not only an adapter."""
         return self.path is not None or self.hub is not None
+
+
+def train_draw(training: TrainingConfig, domain: DomainConfig) -> tuple[Optional[int], int]:
+    """How many training examples of ``domain`` are drawn, and the draw's seed: the domain's
+    ``max_train_examples``/``draw_seed``, by default the training section's."""
+    cap = domain.max_train_examples if domain.max_train_examples is not None else training.max_train_examples
+    return cap, domain.draw_seed if domain.draw_seed is not None else training.seed
 
 
 class ResourcesConfig(FrozenModel):

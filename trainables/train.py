@@ -15,7 +15,7 @@ from trainables.data import encode_split, load_domain, shuffled_batches
 from trainables.evaluate import classification_metrics, predict
 from trainables.imports import import_adapter
 from trainables.model import adapter_config_for, load_encoder, trial_device
-from trainables.settings import Experiment
+from trainables.settings import Experiment, train_draw
 from trainables.store import ADAPTER_NAME, AdapterStore
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ def train_domain_adapter(config: Mapping) -> None:
     domain = config["domain"]
     training = experiment.training
     torch.set_num_threads(max(1, int(experiment.resources.cpu)))
+    cap, draw_seed = train_draw(training, experiment.domains[domain])
     data = load_domain(domain, experiment.domains[domain], splits=("train", "validation"),
-                       max_train_examples=training.max_train_examples,
-                       max_eval_examples=training.max_eval_examples, seed=training.seed,
+                       max_train_examples=cap, max_eval_examples=training.max_eval_examples, seed=draw_seed,
                        trust_remote_code=experiment.trust_remote_code)
     model, tokenizer = load_encoder(experiment.base_model, trust_remote_code=experiment.trust_remote_code)
     train = encode_split(tokenizer, data.splits["train"], training.max_length)
@@ -66,7 +66,8 @@ def train_domain_adapter(config: Mapping) -> None:
     optimizer = torch.optim.AdamW(params, lr=training.learning_rate)
 
     metrics: dict = {}
-    for epoch in range(training.epochs):
+    epochs = experiment.domains[domain].epochs or training.epochs
+    for epoch in range(epochs):
         started = time.perf_counter()
         model.train()
         total, n = 0.0, 0
@@ -83,7 +84,7 @@ def train_domain_adapter(config: Mapping) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": total / max(n, 1),
                    "val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"],
                    "epoch_seconds": time.perf_counter() - started}
-        if epoch + 1 < training.epochs:
+        if epoch + 1 < epochs:
             tune.report(metrics)
 
     store = AdapterStore(config["store"])

@@ -109,7 +109,7 @@ def run_demo(args) -> int:
     os.replace(staged, out / "best")
     progress("5/5 comparing with single adapters and the soup of all")
     specs = baseline_specs(cfg, every_single=True)
-    weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
     baselines = evaluate_specs(cfg, specs, weights)
     targets = ",".join(cfg.search.targets)
     rows = [[f"best: {s.best_label}", s.best_k, s.best_fsd, s.best_accuracy]]

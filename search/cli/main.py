@@ -53,7 +53,7 @@ def cmd_fsd(args) -> int:
     cfg = load(args)
     preflight(cfg, "fsd", out=args.out)
     measures = _measure_names(args.measures)
-    weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
     if measures:  # before anything is written: what the store or the data cannot give
         from search.conflict_measures import check_measures
 

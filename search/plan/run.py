@@ -80,7 +80,7 @@ def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debu
     started = time.perf_counter()
     domains = check_plan_domains(cfg)
     check_cluster_storage(cfg)
-    weights, index = load_sign_index(cfg.store_path, cfg.domains)
+    weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
     try:  # TIES of all needs the shared initialisation, which imported adapters lack
         shared_initialisation(_with_ties(cfg), weights)
         ties = True

@@ -108,7 +108,7 @@ def read_report_data(cfg: Config, notes: list[str]) -> tuple[ReportData, object,
 def _fsd_matrix(cfg: Config, data: ReportData, notes: list[str]):
 
     try:
-        _, index = load_sign_index(cfg.store_path, cfg.domains)
+        _, index = load_sign_index(cfg.store_path, cfg.member_domains)
         return list(index.names), index.matrix.tolist(), "stored adapters"
     except StoreError as exc:
         reason = str(exc)

@@ -367,6 +367,22 @@ def _probe_split_missing(env):
     return env.config(search={"probe_split": "test", "conflict_measure": "activation_fsd"})
 
 
+# a new domain with a few labelled examples (issue 19): books is data-only (train: false)
+def _data_only(env, books: dict | None = None, **overrides):
+    return env.config(domain_settings={"books": {"train": False, **(books or {})}}, **overrides)
+
+
+def _data_only_without_train_file(env):
+    (env.data("books") / "train.jsonl").unlink()
+    return _data_only(env, search={"head": "refit"})
+
+
+def _fewer_examples_than_classes(env):
+    path = env.config(domain_settings={"support": {"train": False, "max_train_examples": 2}},
+                      search={"targets": ["support"], "head": "refit"})
+    return path
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -411,6 +427,24 @@ CASES = [
          "search.prune_ratios.1: got 1.0: Input should be less than 1"),
     Case("prune-ratio-negative", _prune_ratio_negative, ("search", "{cfg}"), 2,
          "search.prune_ratios.0: got -0.1: Input should be greater than or equal to 0"),
+    # a data-only domain (issue 19)
+    Case("data-only-domain-as-member", lambda env: _data_only(env, search={"head": "refit", "require_targets": True}),
+         ("train", "{cfg}"), 2, "search.require_targets: got true, which makes every target a member, but target "
+         "'books' is data-only (train: false) and is never a member: set search.require_targets: false"),
+    Case("data-only-target-with-own-head", _data_only, ("search", "{cfg}"), 2,
+         "search.head: got 'own', but target 'books' is data-only (train: false) and has no adapter of its own, "
+         "hence no trained head: set search.head: refit"),
+    Case("data-only-domain-without-train-split",
+         lambda env: _data_only(env, books={"splits": {"validation": "validation", "test": "test"}},
+                                search={"head": "refit"}), ("train", "{cfg}"), 2,
+         "train: false declares a data-only domain, whose few labelled examples are its training split, but splits "
+         "has none (got ['test', 'validation']): add splits.train"),
+    Case("data-only-domain-without-train-file", _data_only_without_train_file, ("train", "{cfg}"), 2,
+         "domains.books: data-only (train: false), so its few labelled examples are its training split, which "
+         "cannot be read"),
+    Case("fewer-labelled-examples-than-classes", _fewer_examples_than_classes, ("train", "{cfg}"), 2,
+         "domains.support.max_train_examples: got 2 labelled example(s) for data-only domain 'support', fewer than "
+         "its 3 classes; a refit head needs at least one per class: allowed: 3 or more"),
     # merge operators, weights and head protocols (issue 9)
     Case("unknown-merge-operator", lambda env: env.config(search={"merge_methods": ["average", "magic"]}),
          ("search", "{cfg}"), 2, "search.merge_methods.1: got 'magic': Input should be 'average', "
