@@ -61,10 +61,17 @@ def group_name(group: Sequence[str]) -> str:
 
 def body_key(group_cfg: Config) -> str:
     """A hash of everything a group's body search depends on: its search settings (operators,
-    budget, seed, ...), the base model, the adapters' and training settings and the domains' data."""
-    blob = json.dumps({"search": group_cfg.search.model_dump(), "base_model": group_cfg.base_model,
-                       "adapter": group_cfg.adapter.model_dump(), "training": group_cfg.training.model_dump(),
-                       "domains": {d: c.model_dump() for d, c in sorted(group_cfg.domains.items())}},
+    budget, seed, ...), the base model, the adapters' and training settings and the domains' data.
+
+    Settings at their defaults are left out, so that a setting a later signmix adds (off or at
+    its default) keeps the bodies searched before it; a setting given a value counts. The price:
+    a default that changes between versions does not change the key."""
+    def settings(model) -> dict:
+        return model.model_dump(exclude_defaults=True)
+
+    blob = json.dumps({"search": settings(group_cfg.search), "base_model": group_cfg.base_model,
+                       "adapter": settings(group_cfg.adapter), "training": settings(group_cfg.training),
+                       "domains": {d: settings(c) for d, c in sorted(group_cfg.domains.items())}},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -135,3 +135,24 @@ def test_distances_from_fsd_and_from_cross_heads():
     assert cross_head_distances(own, {("a", "b"): 0.85, ("b", "a"): 0.6}) == {("a", "b"): pytest.approx(0.15)}
     with pytest.raises(ValueError, match="lacks"):
         cross_head_distances(own, {("a", "b"): 0.85})
+
+
+def test_a_body_key_survives_a_new_setting_at_its_default_and_changes_with_a_set_one(tmp_path, tiny_bert,
+                                                                                    demo_domains):
+    """Bodies searched before an upgrade stay reusable: a setting a later signmix adds, left at its
+    default, does not change the key; a setting given a value does."""
+    from search.config import SearchConfig, load_config
+    from search.plan.bodies import body_key, group_config
+    from tests_support import write_config
+
+    class UpgradedSearch(SearchConfig):  # a later signmix with one more search setting, off by default
+        new_setting: int | None = None
+
+    cfg = load_config(write_config(tmp_path, base_model=tiny_bert, domains=dict(demo_domains), targets=["books"]))
+    group = group_config(cfg, ["books", "movies"])
+    upgraded = group.model_copy(update={"search": UpgradedSearch(**group.search.model_dump())})
+    assert body_key(upgraded) == body_key(group)
+    changed = group.model_copy(update={"search": UpgradedSearch(**group.search.model_dump(), new_setting=3)})
+    assert body_key(changed) != body_key(group)
+    other_seed = group.model_copy(update={"search": group.search.model_copy(update={"seed": 7})})
+    assert body_key(other_seed) != body_key(group)
