@@ -165,9 +165,16 @@ class FsdGate:
         if self.mode == "auto":
             return ev.reason
         numbers = "not measured" if math.isnan(ev.rho) else f"rho {ev.rho:+.2f}, p {ev.p_value:.3g}, n {ev.n}"
+        measure = self.checked_measure()
         if self.mode == "fixed":
-            return f"Fixed max_fsd {self.fixed_threshold:.4g}, whatever the evidence ({numbers})"
-        return f"FSD gate off (max_fsd: null): nothing is filtered on FSD ({numbers})"
+            on = f" on {measure}" if measure != "FSD" else ""
+            return f"Fixed max_fsd {self.fixed_threshold:.4g}{on}, whatever the evidence ({numbers})"
+        name = self.label[0].upper() + self.label[1:]
+        return f"{name} off (max_fsd: null): nothing is filtered ({measure}: {numbers})"
+
+    def checked_measure(self) -> str:
+        """The name of the measure the gate checks, as its summary gives it."""
+        return "FSD"
 
     def mlflow_metrics(self) -> dict[str, float]:
         """``fsd_gate_rho``, ``fsd_gate_p``, ``fsd_gate_n`` and ``fsd_gate_threshold`` (NaN: none)."""

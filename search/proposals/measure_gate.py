@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from search.conflict_measures import check_measures, conflict_measures
@@ -103,14 +102,8 @@ class MeasureGate(FsdGate):
                            for key, (f, kk, a) in self.points.items()}
         return self.settle(evidence, previous, why=f"; {evidence.reason}")
 
-    def summary(self) -> str:
-        ev = self.evidence or self.refresh()
-        if self.mode == "auto":
-            return ev.reason
-        numbers = "not measured" if math.isnan(ev.rho) else f"rho {ev.rho:+.2f}, p {ev.p_value:.3g}, n {ev.n}"
-        if self.mode == "fixed":
-            return f"Fixed max_fsd {self.fixed_threshold:.4g} on {self.chosen}, whatever the evidence ({numbers})"
-        return f"Conflict gate off (max_fsd: null): nothing is filtered ({self.chosen}: {numbers})"
+    def checked_measure(self) -> str:
+        return str(self.chosen)
 
     def mlflow_metrics(self) -> dict[str, float]:
         metrics = super().mlflow_metrics()

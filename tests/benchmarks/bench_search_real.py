@@ -82,6 +82,12 @@ SWITCH_AFTER = 10
 # Mixtures per Ray trial (search.mixtures_per_trial) of the row "tpe/4 null": each batch is
 # proposed whole before any of it is told. What batching costs TPE in search quality.
 BATCH = 4
+# The conflict gate on the measures of spaces/measures.py (issue 18), as `signmix search` builds it under
+# search.conflict_measure with max_fsd: auto: "<strategy> activation_fsd" filters with activation FSD and
+# orders tpe's greedy warm start by it; "tpe conflict-auto" tracks every pairwise measure and filters with
+# the one its own evaluations give evidence for (its warm start orders by weight FSD: no earlier evidence).
+# Run with --measures; each target's measures probe that target's training rows, as its search would.
+MEASURE_RUNS = (("tpe", "activation_fsd"), ("tpe", "conflict-auto"), ("random", "activation_fsd"))
 
 
 # --- the data: configs, adapters, study, table --------------------------------------------------
@@ -218,9 +224,33 @@ def cli_fsd_line(config: Path, out: Path) -> str:
 
 # --- the searches -----------------------------------------------------------------------------
 
-def run_target(target: str, data: dict, index, tolerance: float, seeds: int, switch_after: int = SWITCH_AFTER) -> dict:
-    """Every run of :data:`RUNS` for one target: per run, budget and seed, the numbers reported."""
+def target_measures(cfg, target: str, probe_size: int) -> dict:
+    """Every pairwise conflict measure of the config's adapters, probing ``target``'s training rows
+    (what a search for ``target`` computes; cached in the store)."""
+    from search.conflict_measures import conflict_measures
+    from spaces.measures import PAIRWISE_MEASURES
+
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"targets": [target],
+                                                                         "probe_size": probe_size})})
+    return conflict_measures(cfg, PAIRWISE_MEASURES, targets=[target], progress=print)
+
+
+def make_gate(gate_mode: str, space, tolerance: float, measures: dict | None):
+    """(the gate, what orders the warm start: None for the sign index) of a run's gate column."""
     from search.proposals.gate import FsdGate
+    from search.proposals.measure_gate import MeasureGate
+
+    if gate_mode in ("auto", "null"):
+        return FsdGate(mode="auto" if gate_mode == "auto" else "off", space=space, tolerance=tolerance), None
+    candidates = list(measures) if gate_mode == "conflict-auto" else [gate_mode]
+    gate = MeasureGate(measures=measures, candidates=candidates, mode="auto", space=space, tolerance=tolerance)
+    return gate, None if gate_mode == "conflict-auto" else measures[gate_mode]
+
+
+def run_target(target: str, data: dict, index, tolerance: float, seeds: int, switch_after: int = SWITCH_AFTER,
+               measures: dict | None = None) -> dict:
+    """Every run of :data:`RUNS` (and, given ``measures``, of :data:`MEASURE_RUNS`) for one target:
+    per run, budget and seed, the numbers reported."""
     from spaces.space import MixtureSpace
 
     accs = data["table"][target]
@@ -237,21 +267,23 @@ def run_target(target: str, data: dict, index, tolerance: float, seeds: int, swi
     out = {"size": size, "optimum": optimum, "budgets": budgets, "runs": {},
            "optimum_members": sorted(m for m, a in accs.items() if a == optimum), "alone": accs[target],
            "within_half": sum(optimum - a <= 0.005 + 1e-12 for a in accs.values())}
-    for name, gate_mode, switch, batch in ([(n, g, None, 1) for n, g in RUNS] + [("tpe", "null", switch_after, 1)]
-                                           + [("tpe", "null", None, BATCH)]):
+    plans = ([(n, g, None, 1) for n, g in RUNS] + [("tpe", "null", switch_after, 1), ("tpe", "null", None, BATCH)]
+             + ([(n, g, None, 1) for n, g in MEASURE_RUNS] if measures else []))
+    for name, gate_mode, switch, batch in plans:
         cells = {b: [] for b in budgets}
         for seed in ([0] if name == "greedy_fsd" else range(seeds)):
             for b in budgets:
-                gate = FsdGate(mode="auto" if gate_mode == "auto" else "off", space=space, tolerance=tolerance)
+                gate, order = make_gate(gate_mode, space, tolerance, measures)
                 snap = drive_search(name, space, index, oracle, seed, b, [b], f"real-{target}-{name}-{gate_mode}-"
                                     f"{seed}-{b}-{switch}-{batch}", gate=gate, switch_after=switch,
-                                    mixtures_per_trial=batch)[b]
+                                    mixtures_per_trial=batch, order=order)[b]
                 filtered = [accs[key_of[key]] for key in snap["filtered_keys"]]
                 cells[b].append({"regret": (optimum - snap["best"]) * 100, "evaluated": snap["evaluated"],
                                  "saved": len(filtered), "false_rejections": sum(a > snap["best"] for a in filtered),
                                  "optimum_filtered": bool(optima & snap["filtered_keys"]),
                                  "decision": snap["decision"], "rho": snap["rho"], "p": snap["p"], "n": snap["n"],
-                                 "threshold": snap["threshold"], "ever_filtered": snap["ever_filtered"]})
+                                 "threshold": snap["threshold"], "ever_filtered": snap["ever_filtered"],
+                                 "measure": getattr(gate, "chosen", None) or "weight_fsd"})
         label = "tpe>mutate" if switch else f"tpe/{batch}" if batch > 1 else name
         out["runs"][f"{label} {gate_mode}"] = cells
     return out
@@ -276,7 +308,7 @@ def report(collection: str, results: dict, evidence: list[dict], cli_line: str, 
         print(f"  {t}: optimum {r['optimum'] * 100:.2f} ({' | '.join(r['optimum_members'])}), own adapter alone "
               f"{r['alone'] * 100:.2f}; subsets within 0.5 points of the optimum: {r['within_half']} of {r['size']}")
     print("Regret (optimum - best found, accuracy points): mean [min, max] over seeds")
-    print(f"{'target':<22}{'run':<16}" + "".join(f"{f'{f:.0%} ({b})':>19}" for f, b in zip(FRACTIONS, fr))
+    print(f"{'target':<22}{'run':<24}" + "".join(f"{f'{f:.0%} ({b})':>19}" for f, b in zip(FRACTIONS, fr))
           + f"{'evals made':>12}")
     goals = {"tpe_within_half_at_15pct": True, "tpe_beats_random": True, "tpe_beats_random_without_gate": True,
              "optimum_never_filtered": True, "gate_never_increases_regret": True}
@@ -294,7 +326,7 @@ def report(collection: str, results: dict, evidence: list[dict], cli_line: str, 
             last = math.ceil(FRACTIONS[-1] * first["size"] - 1e-9)
             made = _mean([c["evaluated"] for x in (targets if t == "mean" else [t])
                           for c in results[x]["runs"][run][last]])
-            print(f"{t:<22}{run:<16}" + "".join(f"{c:>19}" for c in cells) + f"{made:>12.1f}")
+            print(f"{t:<22}{run:<24}" + "".join(f"{c:>19}" for c in cells) + f"{made:>12.1f}")
     for t in targets:
         runs = results[t]["runs"]
         means = {f: {run: _mean([c["regret"] for c in runs[run][math.ceil(f * first["size"] - 1e-9)]])
@@ -334,6 +366,33 @@ def report(collection: str, results: dict, evidence: list[dict], cli_line: str, 
                       f"{', '.join(f'{d} {n}' for d, n in sorted(decisions.items()))} ({rho}, n "
                       f"{_mean([c['n'] for c in on]):.0f})  delta {_mean([a['regret'] - o['regret'] for a, o in zip(on, off)]):+.2f} "
                       f"({worse} worse)")
+    measure_runs = [run for run in results[targets[0]]["runs"] if run.split()[1] not in ("auto", "null")]
+    if measure_runs:
+        print("\nConflict gate on another measure (search.conflict_measure), per target and budget: distinct "
+              "mixtures rejected, false rejections, runs that rejected an optimum, runs in which it filtered, "
+              "the measure it checked at the end, regret with - without a gate (same strategy, null)")
+        for t in targets:
+            for run in measure_runs:
+                s = run.split()[0]
+                for f in FRACTIONS:
+                    b = math.ceil(f * first["size"] - 1e-9)
+                    on, off = results[t]["runs"][run][b], results[t]["runs"][f"{s} null"][b]
+                    chosen: dict[str, int] = {}
+                    for c in on:
+                        chosen[c.get("measure", "-")] = chosen.get(c.get("measure", "-"), 0) + 1
+                    print(f"  {t:<21}{run:<26}{f:>4.0%}  saved {_mean([c['saved'] for c in on]):4.1f}  false "
+                          f"{_mean([c['false_rejections'] for c in on]):4.1f}  optimum rejected "
+                          f"{sum(c['optimum_filtered'] for c in on)}/{len(on)}  filtered in "
+                          f"{sum(c['ever_filtered'] is not None for c in on)}/{len(on)}  checks "
+                          f"{', '.join(f'{m} {n}' for m, n in sorted(chosen.items()))}  delta "
+                          f"{_mean([a['regret'] - o['regret'] for a, o in zip(on, off)]):+.2f}")
+        b5 = math.ceil(FRACTIONS[0] * first["size"] - 1e-9)
+        today = _mean([_mean([c["regret"] for c in results[t]["runs"]["tpe auto"][b5]]) for t in targets])
+        for run in (r for r in measure_runs if r.startswith("tpe ")):
+            mean5 = _mean([_mean([c["regret"] for c in results[t]["runs"][run][b5]]) for t in targets])
+            # Issue 18's goal: TPE's regret at 5% of the space at most half of today's (tpe, FSD gate auto).
+            goals[f"{run}: regret at 5% <= half of tpe auto's ({mean5:.2f} vs {today:.2f})"] = (
+                mean5 <= today / 2 + 1e-9)
     print("\nThe gate's evidence over the whole table (FSD: mean pairwise; partial Spearman given k, within each "
           "size; pooled: within each target and size)")
     print(f"{'target':<22}{'rho':>7}{'p':>8}{'n':>5}  {'decision':<10}{'linear-k rho':>13}{'plain rho':>11}"
@@ -354,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the cached tables and the results JSON (default .bench/search-real)")
     parser.add_argument("--collections", nargs="+", choices=sorted(COLLECTIONS), default=["fdu", "amazon"])
     parser.add_argument("--seeds", type=int, default=5, help="search seeds 0..SEEDS-1 (default 5)")
+    parser.add_argument("--measures", action="store_true",
+                        help="also run the conflict gate on the measures of issue 18 (probe passes: minutes, cached)")
+    parser.add_argument("--probe-size", type=int, default=None,
+                        help="probe rows per target for --measures (default: the product's, 128)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
@@ -379,7 +442,13 @@ def main(argv: list[str] | None = None) -> int:
         tolerance = {t: half_width_for(max(1, n)) for t, n in data["validation_sizes"].items()}
         evidence = table_evidence(data, index, tolerance)
         line = cli_fsd_line(paths[key], args.out)
-        results = {t: run_target(t, data, index, tolerance[t], args.seeds) for t in targets}
+        measures = {}
+        if args.measures:
+            from spaces.measures import DEFAULT_PROBE_SIZE
+
+            measures = {t: target_measures(cfg, t, args.probe_size or DEFAULT_PROBE_SIZE) for t in targets}
+        results = {t: run_target(t, data, index, tolerance[t], args.seeds, measures=measures.get(t))
+                   for t in targets}
         verdicts[key] = report(name, results, evidence, line, data["validation_sizes"])
         (args.out / f"results-{name}.json").write_text(json.dumps(
             {"results": results, "evidence": evidence, "signmix_fsd": line, "goals": verdicts[key],

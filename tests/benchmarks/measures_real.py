@@ -7,6 +7,10 @@ training examples, 2 epochs, one shared initialisation; cached in ``--work``, de
 * **in-domain, Amazon** (``--parts amazon``): the exhaustive study of the 4 Amazon domains
   (``signmix study``: every subset containing a target, scored with that target's own head on
   its validation split): 4 targets x 8 subsets.
+* **in-domain, FDU-MTL** (``--parts fdu``): the exhaustive study of the 8 FDU domains for the targets
+  baby, camera_photo and health_personal_care: 3 targets x 128 subsets (the table of
+  ``bench_search_real.py``). Each target's measures probe that target's training rows
+  (``--probe-size``, default the product's 128), as a search for it would.
 * **serving, FDU-MTL** (``--parts serving``): every group of 2 (and, with ``--serving-sizes 2 3``,
   3) of the 8 FDU domains as one averaged body, each member scored with its own trained head
   on its validation split; the group's accuracy is the mean over its members.
@@ -44,6 +48,32 @@ def amazon_table(paths, out: Path):
     rows = [(t, tuple(key.split(",")), acc) for t, subsets in sorted(data["table"].items())
             for key, acc in sorted(subsets.items())]
     return cfg, rows, data["validation_sizes"]
+
+
+def fdu_table(paths, out: Path):
+    """(cfg, rows, validation sizes): rows of (target, members, accuracy) of the FDU in-domain study."""
+    cfg = real.ensure_study(paths, "fdu")
+    data = real.read_table(cfg, real.COLLECTIONS["fdu"][3], out / "table-realdata-fdu.json")
+    rows = [(t, tuple(key.split(",")), acc) for t, subsets in sorted(data["table"].items())
+            for key, acc in sorted(subsets.items())]
+    return cfg, rows, data["validation_sizes"]
+
+
+def per_target_values(cfg, rows, probe_size: int, with_merge_gap: bool):
+    """As :func:`measure_values`, each target's rows measured with probes of that target alone."""
+    values: dict[str, list] = {}
+    cost: dict[str, list] = {}
+    for t in sorted({t for t, _, _ in rows}):
+        cfg_t = cfg.model_copy(update={"search": cfg.search.model_copy(update={"targets": [t],
+                                                                               "probe_size": probe_size})})
+        mine = [r for r in rows if r[0] == t]
+        v, c = measure_values(cfg_t, mine, [t], with_merge_gap)
+        for name in v:
+            values.setdefault(name, []).extend(v[name])
+            cost.setdefault(name, []).append(c[name])
+    # rows sorted by target, so the concatenation keeps their order
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    return values, {name: sum(c) / len(c) for name, c in cost.items()}
 
 
 def serving_table(paths, sizes, out: Path):
@@ -151,7 +181,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "realdata")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "measures-real")
-    parser.add_argument("--parts", nargs="+", choices=["amazon", "serving"], default=["amazon", "serving"])
+    parser.add_argument("--parts", nargs="+", choices=["amazon", "fdu", "serving"], default=["amazon", "serving"])
+    parser.add_argument("--probe-size", type=int, default=None, help="probe rows per target of --parts fdu "
+                        "(default: the product's, 128)")
     parser.add_argument("--serving-sizes", nargs="+", type=int, default=[2])
     parser.add_argument("--draws", type=int, default=20, help="gates fitted on random quarters of each table")
     parser.add_argument("--no-merge-gap", action="store_true")
@@ -173,6 +205,13 @@ def main(argv=None) -> int:
         values, cost = measure_values(cfg, rows, list(real.AMAZON), not args.no_merge_gap)
         results["amazon"] = report("in-domain, Amazon (4 targets x 8 subsets)", rows, values, cost,
                                    half_width_for(min(sizes.values())), args.draws, float("nan"))
+    if "fdu" in args.parts:
+        from spaces.measures import DEFAULT_PROBE_SIZE
+
+        cfg, rows, sizes = fdu_table(paths, args.out)
+        values, cost = per_target_values(cfg, rows, args.probe_size or DEFAULT_PROBE_SIZE, not args.no_merge_gap)
+        results["fdu"] = report("in-domain, FDU-MTL (3 targets x 128 subsets)", rows, values, cost,
+                                half_width_for(min(sizes.values())), args.draws, float("nan"))
     if "serving" in args.parts:
         from search.validation_size import validation_sizes
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 def drive_search(name: str, space: MixtureSpace, index: SignIndex, oracle: Callable[[MixtureSpec], float],
                  seed: int, budget: int, checkpoints: list[int], study_name: str, warm_start: str = "greedy_fsd",
                  good_enough: float = math.inf, gate: FsdGate | None = None,
-                 switch_after: int | None = None, mixtures_per_trial: int = 1) -> dict[int, dict]:
+                 switch_after: int | None = None, mixtures_per_trial: int = 1, order=None) -> dict[int, dict]:
     """Drives one SignConflictSearcher (strategy ``name``, optionally behind ``gate``) to
     ``budget`` evaluations; returns, for each checkpoint budget, a snapshot taken when it was
     reached (or at the end, when the search finished earlier): ``best`` accuracy, ``best_key``,
@@ -37,8 +37,10 @@ def drive_search(name: str, space: MixtureSpace, index: SignIndex, oracle: Calla
     evaluation count at which its decision first became ``filter``, None if never).
     ``switch_after``: tpe's ``search.tpe_switch_after`` (None: TPE to the end).
     ``mixtures_per_trial``: ``search.mixtures_per_trial``, each batch proposed whole before any
-    of its mixtures is told, and told one by one as Ray Tune would report them."""
-    strategy = make_strategy(name, space=space, index=index, seed=seed, budget=budget, study_name=study_name,
+    of its mixtures is told, and told one by one as Ray Tune would report them.
+    ``order``: what orders the greedy warm start (a conflict measure, as ``signmix search``
+    passes it under ``search.conflict_measure``); default the sign index."""
+    strategy = make_strategy(name, space=space, index=index if order is None else order, seed=seed, budget=budget, study_name=study_name,
                              warm_start=warm_start, switch_after=switch_after)
     searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=budget, gate=gate,
                                     mixtures_per_trial=mixtures_per_trial)

@@ -156,3 +156,10 @@ def test_the_summary_names_the_conflict_gate_and_its_measure(index):
     (line,) = trust_lines(summary)
     assert line.startswith("conflict gate (filter): cross_head predicts accuracy here")
     assert FsdGate.label == "FSD gate"
+
+
+def test_a_gate_that_is_off_names_itself_and_the_measure_it_reports(index):
+    _, gate = drive(index, noise_only, candidates=["activation_fsd"], mode="off")
+    assert gate.summary().startswith("Conflict gate off (max_fsd: null): nothing is filtered (activation_fsd: rho ")
+    plain = FsdGate(mode="off", space=space(), tolerance=0.01)
+    assert plain.summary() == "FSD gate off (max_fsd: null): nothing is filtered (FSD: not measured)"
