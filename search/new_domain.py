@@ -93,6 +93,31 @@ def similar_domains(cfg: Config, target: str, k: int) -> list[tuple[str, float]]
     return most_similar(centroids, target, cfg.member_domains, k)
 
 
+class SimilarityOrder:
+    """What orders the greedy warm start of a search for a data-only target: the member adapters whose
+    domains lie nearest the target's training texts first (AdapterSoup's ranking, :func:`similar_domains`),
+    in place of the sign-conflict order, which knows nothing of the new domain. The path then tries the
+    nearest adapter alone, the two nearest, ... (AdapterSoup's selection among them)."""
+
+    def __init__(self, ranked: Sequence[tuple[str, float]]) -> None:
+        self.ranked = list(ranked)
+
+    def row_means(self) -> dict[str, float]:
+        """Smaller first, as the greedy path ranks: the negated cosine."""
+        return {d: -c for d, c in self.ranked}
+
+
+def new_domain_warm_start(cfg: Config, progress=print) -> SimilarityOrder | None:
+    """The warm start's order for a search whose one target is data-only (None otherwise)."""
+    new = new_domain_targets(cfg, cfg.search.targets)
+    if len(cfg.search.targets) != 1 or not new or cfg.search.warm_start != "greedy_fsd":
+        return None
+    ranked = similar_domains(cfg, new[0], len(cfg.member_domains))
+    progress(f"warm start for data-only {new[0]}: the adapters nearest its training texts first: "
+             + ", ".join(f"{d} ({c:.3f})" for d, c in ranked))
+    return SimilarityOrder(ranked)
+
+
 def new_domain_candidates(cfg: Config, targets: Sequence[str], progress=print) -> dict[str, tuple]:
     """The confirmation's extra candidates for each data-only target: name -> (spec, splits).
     (``fine_tuned`` is the confirmation's ``own/<t>``: the adapter trained on the few examples.)"""

@@ -15,7 +15,7 @@ from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_u
 from search.config import Config
 from search.confirmation import finish_search
 from search.export import find_best_run
-from search.new_domain import check_new_domains
+from search.new_domain import check_new_domains, new_domain_warm_start
 from search.proposals.gate import gate_mode, validation_tolerance
 from search.proposals.measure_gate import gate_for_search
 from search.proposals.objectives import OBJECTIVES, robustness_metric, selection_rule
@@ -256,6 +256,8 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         space = space_from_config(cfg.search, cfg.member_domains)
         run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         gate, warm_start_order = gate_for_search(cfg, space, tolerance, index, progress=progress, debug=debug)
+        if cfg.search.strategy == "tpe":
+            warm_start_order = new_domain_warm_start(cfg, progress) or warm_start_order
         strategy = make_strategy(cfg.search.strategy, space=space, index=warm_start_order, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=run_name,
                                  storage=os.path.join(local, "optuna.journal"),

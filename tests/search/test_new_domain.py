@@ -95,3 +95,26 @@ def test_the_confirmation_compares_the_chosen_mixture_with_the_new_domain_baseli
     metrics = confirmation[0].data.metrics
     for b in ("base", "fine_tuned", "soup_all", "adaptersoup", "best_single"):
         assert f"nd_{b}_test_accuracy/books" in metrics and f"nd_{b}_beaten/books" in metrics
+
+
+def test_the_warm_start_tries_the_adapters_nearest_the_new_domain_first(new_domain_search):
+    from search.new_domain import similar_domains
+
+    cfg, _, _ = new_domain_search
+    ranked = [d for d, _ in similar_domains(cfg, "books", len(LIBRARY))]
+    runs = sorted(mlflow_runs(cfg, "tags.`signmix.status` = 'evaluated' and tags.`signmix.kind` = 'mixture'"),
+                  key=lambda r: r.info.start_time)
+    first = {frozenset(r.data.params["members"].split(",")) for r in runs[:len(LIBRARY)]}
+    # the nearest adapter alone, the two nearest, all three: the greedy path in similarity order
+    assert first == {frozenset(ranked[:n]) for n in range(1, len(LIBRARY) + 1)}
+
+
+def test_the_similarity_order_puts_the_nearest_domain_first_on_the_greedy_path():
+    from search.new_domain import SimilarityOrder
+    from search.proposals.strategies import greedy_path
+    from spaces.space import MixtureSpace
+
+    space = MixtureSpace(domains=("a", "b", "c", "d"), targets=("new",), require_targets=False, max_fsd=None)
+    order = SimilarityOrder([("c", 0.9), ("a", 0.7), ("d", 0.2), ("b", -0.1)])
+    path = [space.to_mixture_spec(p).members for p in greedy_path(space, order)]
+    assert [tuple(m) for m in path] == [("c",), ("a", "c"), ("a", "c", "d"), ("a", "b", "c", "d")]
