@@ -127,7 +127,7 @@ def test_peft_lora_imports_and_is_merged_on_delta_w_in_a_search(tmp_path, ray_cl
     summary = run_training(cfg)
     assert summary.imported == ["extra"] and summary.trained == ["books"], summary
     assert summary.heads_trained == ["movies"], summary  # the PEFT LoRA imported, its head trained
-    from search.cli.main import training_outcome
+    from search.cli.commands import training_outcome
 
     assert training_outcome(summary).startswith("trained 1 adapter(s) ['books'], imported 1 with a head trained on "
                                                 "their data ['movies'], imported 1 as they are ['extra'], skipped 0 []")
