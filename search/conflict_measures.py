@@ -52,12 +52,19 @@ MEASURES_KIND = "measures"  # a run kind of search/tracking/layout.py
 Progress = Callable[[str], None]
 
 
-def probe_settings(cfg: Config, targets: Sequence[str]) -> dict:
+# The measures that read the probe passes; only these two of them need every domain's head scored.
+PROBED = {"activation_fsd", "cross_head", "merge_gap"}
+NEED_HEADS = {"cross_head", "merge_gap"}
+
+
+def probe_settings(cfg: Config, targets: Sequence[str], *, heads: bool = True) -> dict:
     """What the probe trials read: size and split of each domain's probe rows and their seed,
     the domains whose hidden states are probed (``targets``) and those whose heads score every
-    adapter (every domain with data and a head in the store)."""
+    adapter (every domain with data and a head in the store; none when ``heads`` is false: for
+    ``activation_fsd`` alone, the probe pass reads only the targets' rows)."""
     store = AdapterStore(cfg.store_path)
-    heads = [d for d in cfg.member_domains if cfg.domains[d].has_data and store.meta(d).get("has_head") is not False]
+    heads = [d for d in cfg.member_domains
+             if heads and cfg.domains[d].has_data and store.meta(d).get("has_head") is not False]
     return {"size": cfg.search.probe_size, "split": cfg.search.probe_split, "seed": cfg.search.seed,
             "activation_domains": sorted(targets), "head_domains": heads}
 
@@ -105,8 +112,8 @@ def check_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[str] 
         # LoRA: delta_fsd is on ΔW, which every LoRA starts at 0; no initialisation needed
         if imported and not all(is_lora_weights(store.load_weights(d)) for d in imported):
             raise _no_shared_initialisation(imported)
-    if set(names) & {"activation_fsd", "cross_head", "merge_gap"}:
-        probe = probe_settings(cfg, list(targets or cfg.search.targets))
+    if set(names) & PROBED:
+        probe = probe_settings(cfg, list(targets or cfg.search.targets), heads=bool(set(names) & NEED_HEADS))
         for d in dict.fromkeys([*probe["activation_domains"], *probe["head_domains"]]):
             try:
                 load_domain(d, cfg.domains[d], splits=(probe["split"],), max_train_examples=1,
@@ -126,9 +133,13 @@ def conflict_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[st
     targets = list(targets or cfg.search.targets)
     weights, _ = load_sign_index(cfg.store_path, cfg.member_domains)
     domains = sorted(weights)
-    probe = probe_settings(cfg, targets)
+    probe = probe_settings(cfg, targets, heads="cross_head" in names)
     fingerprint = _fingerprint(cfg, domains, probe)
     root = Path(cfg.store_path) / MEASURES_DIR
+    if not probe["head_domains"]:  # a pass that also scored every head holds what a lighter one gives
+        heavier = _read(root / f"{_fingerprint(cfg, domains, probe_settings(cfg, targets))}.json")
+        if all(n in heavier for n in names):
+            return {n: PairwiseMeasure.from_json(heavier[n]) for n in names}
     cache = root / f"{fingerprint}.json"
     have = {k: PairwiseMeasure.from_json(v) for k, v in _read(cache).items()}
     missing = [n for n in names if n not in have]
@@ -145,12 +156,14 @@ def conflict_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[st
         have["delta_fsd"] = delta_fsd(sign_weights(store, weights) if init is None else weights, init,
                                       seconds=time.perf_counter() - started)
     if {"activation_fsd", "cross_head"} & set(missing):
-        progress(f"measures: probe passes of {len(domains)} adapters on {probe['size']} examples per domain "
-                 f"(one Ray trial each)")
+        scored = " and every domain's head scored" if probe["head_domains"] else ""
+        progress(f"measures: probe passes of {len(domains)} adapters on {probe['size']} examples of "
+                 f"{', '.join(probe['activation_domains'])}{scored} (one Ray trial each)")
         seconds = run_probe_trials(cfg, weights, probe, root / fingerprint / "probes", debug=debug)
         effects, scores = read_probes(root / fingerprint / "probes", domains, probe)
         have["activation_fsd"] = activation_fsd(effects, seconds=seconds)
-        have["cross_head"] = cross_head(scores, domains, seconds=seconds)
+        if probe["head_domains"]:
+            have["cross_head"] = cross_head(scores, domains, seconds=seconds)
     _write(cache, {k: v.to_json() for k, v in have.items()})
     _log_measures(cfg, fingerprint, probe, have)
     return {n: have[n] for n in names}

@@ -5,6 +5,7 @@ a tiny BERT; one search for the module."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -143,3 +144,27 @@ def test_the_report_draws_one_scatter_per_cached_measure(searched, tmp_path):
         rows = list(csv.DictReader(fh))
     assert {r["measure"] for r in rows} == {"weight_fsd", "delta_fsd", "activation_fsd", "cross_head"}
     assert all(int(r["k"]) >= 2 for r in rows)
+
+
+def test_activation_fsd_alone_probes_only_the_targets_rows_and_reuses_a_fuller_pass(measured):
+    from safetensors import safe_open
+
+    from search.conflict_measures import MEASURES_DIR, conflict_measures
+
+    cfg, measures = measured
+    root = Path(cfg.store_path, MEASURES_DIR)
+    before = sorted(root.glob("*.json"))
+    # the search's pass scored every head too: activation_fsd alone is read from it, nothing runs
+    again = conflict_measures(cfg, ["activation_fsd"])
+    np.testing.assert_array_equal(again["activation_fsd"].matrix, measures["activation_fsd"].matrix)
+    assert sorted(root.glob("*.json")) == before
+    # for another target there is no pass yet: the new one reads that target's rows and scores no head
+    light = conflict_measures(cfg, ["activation_fsd"], targets=["kitchen"])
+    (cache,) = set(root.glob("*.json")) - set(before)
+    probes = sorted(cache.with_suffix("").joinpath("probes").glob("*.safetensors"))
+    assert [p.stem for p in probes] == sorted(cfg.domains)
+    with safe_open(str(probes[0]), framework="np") as fh:
+        keys = list(fh.keys())
+    assert keys and all(k.startswith("effect.") for k in keys)  # hidden-state effects, no head's probabilities
+    assert np.all(np.isfinite(light["activation_fsd"].matrix))
+    assert "cross_head" not in json.loads(cache.read_text())
