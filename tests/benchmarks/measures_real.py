@@ -76,6 +76,27 @@ def per_target_values(cfg, rows, probe_size: int, with_merge_gap: bool):
     return values, {name: sum(c) / len(c) for name, c in cost.items()}
 
 
+def probe_cost(paths, target: str, probe_size: int) -> dict:
+    """Wall and trial seconds of the probe pass for ``activation_fsd`` alone (the target's rows) and
+    for every pairwise measure (every domain's head scored too), on a target whose probes are not
+    cached: ``--parts probe-cost --cost-target imdb``."""
+    from search.config import load_config
+    from search.conflict_measures import conflict_measures
+    from spaces.measures import PAIRWISE_MEASURES
+
+    cfg = load_config(paths["fdu"])
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"targets": [target],
+                                                                         "probe_size": probe_size})})
+    out = {}
+    for label, names in (("activation_fsd alone", ["activation_fsd"]), ("every pairwise measure", PAIRWISE_MEASURES)):
+        started = time.perf_counter()
+        measures = conflict_measures(cfg, list(names), targets=[target], progress=print)
+        out[label] = {"wall": time.perf_counter() - started, "trial": measures["activation_fsd"].seconds}
+        print(f"{label}: wall {out[label]['wall']:.1f} s, trial time {out[label]['trial']:.1f} s for "
+              f"{len(measures['activation_fsd'].names)} adapters ({probe_size} rows of {target})", flush=True)
+    return out
+
+
 def serving_table(paths, sizes, out: Path):
     """(cfg, rows): each group of ``sizes`` FDU domains, averaged, every member scored with its
     own head; rows of ("serving", members, mean accuracy), cached in ``out``."""
@@ -181,7 +202,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "realdata")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "measures-real")
-    parser.add_argument("--parts", nargs="+", choices=["amazon", "fdu", "serving"], default=["amazon", "serving"])
+    parser.add_argument("--parts", nargs="+", choices=["amazon", "fdu", "serving", "probe-cost"],
+                        default=["amazon", "serving"])
+    parser.add_argument("--cost-target", default="imdb", help="the target of --parts probe-cost (uncached)")
     parser.add_argument("--probe-size", type=int, default=None, help="probe rows per target of --parts fdu "
                         "(default: the product's, 128)")
     parser.add_argument("--serving-sizes", nargs="+", type=int, default=[2])
@@ -212,6 +235,10 @@ def main(argv=None) -> int:
         values, cost = per_target_values(cfg, rows, args.probe_size or DEFAULT_PROBE_SIZE, not args.no_merge_gap)
         results["fdu"] = report("in-domain, FDU-MTL (3 targets x 128 subsets)", rows, values, cost,
                                 half_width_for(min(sizes.values())), args.draws, float("nan"))
+    if "probe-cost" in args.parts:
+        from spaces.measures import DEFAULT_PROBE_SIZE
+
+        results["probe_cost"] = probe_cost(paths, args.cost_target, args.probe_size or DEFAULT_PROBE_SIZE)
     if "serving" in args.parts:
         from search.validation_size import validation_sizes
 
