@@ -73,11 +73,14 @@ lora-merge-study: install-dev
 plan-real: install-dev
 	$(PY) tests/benchmarks/plan_real.py
 
-# Issue 18: which conflict measure predicts a merge's accuracy on the real adapters (the Amazon in-domain
-# study and the FDU-MTL serving groups of 2; SIZES="2 3" adds the groups of 3); tables in BENCHMARKS.md
+# Issue 18: which conflict measure predicts a merge's accuracy on the real adapters (the Amazon and
+# FDU-MTL in-domain studies, the FDU-MTL serving groups of 2; SIZES="2 3" adds the groups of 3; the FDU
+# study takes about 25 minutes the first time), then benchmark 3's regret with the gate on each measure;
+# tables in BENCHMARKS.md
 SIZES ?= 2
 measures-real: install-dev
-	$(PY) tests/benchmarks/measures_real.py --serving-sizes $(SIZES)
+	$(PY) tests/benchmarks/measures_real.py --parts amazon fdu serving probe-cost --serving-sizes $(SIZES)
+	$(PY) tests/benchmarks/bench_search_real.py --collections fdu --measures
 
 # Issue 17: serving N domains from a mixed request stream, N switched adapters against one or G
 # merged bodies (examples/s on 2 threads, bytes held), N = 4, 8, 12, 16. Not part of `make test`.
