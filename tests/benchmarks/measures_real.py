@@ -77,14 +77,14 @@ def per_target_values(cfg, rows, probe_size: int, with_merge_gap: bool):
 
 
 def probe_cost(paths, target: str, probe_size: int) -> dict:
-    """Wall and trial seconds of the probe pass for ``activation_fsd`` alone (the target's rows) and
-    for every pairwise measure (every domain's head scored too), on a target whose probes are not
-    cached: ``--parts probe-cost --cost-target imdb``."""
+    """Wall and trial seconds of the probe pass over the 12 adapters (the issue's unit) for
+    ``activation_fsd`` alone (the target's rows) and for every pairwise measure (every domain's head
+    scored too), on a target whose probes are not cached: ``--parts probe-cost --cost-target imdb``."""
     from search.config import load_config
     from search.conflict_measures import conflict_measures
     from spaces.measures import PAIRWISE_MEASURES
 
-    cfg = load_config(paths["fdu"])
+    cfg = load_config(paths["train"])
     cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"targets": [target],
                                                                          "probe_size": probe_size})})
     out = {}
