@@ -362,9 +362,11 @@ def _delta_fsd_on_imported(env):
 
 
 def _probe_split_missing(env):
+    # cross_head scores every domain's head on that domain's probe rows, so support's are read
+    # (activation_fsd alone reads only the target's)
     env.trained()
     (env.data("support") / "test.jsonl").unlink()
-    return env.config(search={"probe_split": "test", "conflict_measure": "activation_fsd"})
+    return env.config(search={"probe_split": "test", "conflict_measure": "cross_head"})
 
 
 # a new domain with a few labelled examples (issue 19): books is data-only (train: false)
@@ -553,7 +555,7 @@ CASES = [
     Case("delta-fsd-on-imported-adapters", _delta_fsd_on_imported, ("fsd", "{cfg}", "--measures", "delta_fsd"), 2,
          "measure delta_fsd compares each adapter's delta from the adapters' shared initialisation, but ['support'] "
          "were imported and did not start from the config's seed; leave delta_fsd out", needs_store=True),
-    Case("probe-split-a-domain-lacks", _probe_split_missing, ("fsd", "{cfg}", "--measures", "activation_fsd"), 2,
+    Case("probe-split-a-domain-lacks", _probe_split_missing, ("fsd", "{cfg}", "--measures", "cross_head"), 2,
          "search.probe_split is 'test', but domain 'support' cannot give it", needs_store=True),
     Case("probe-split-a-domain-lacks-at-search", _probe_split_missing, ("search", "{cfg}"), 2,
          "search.probe_split is 'test', but domain 'support' cannot give it", needs_store=True),
