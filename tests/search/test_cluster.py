@@ -199,6 +199,20 @@ def _processes_with_token(token: str) -> list[int]:
     return mine
 
 
+def _kill_processes_with_token(token: str, timeout: float = 10.0) -> list[int]:
+    """SIGKILL every process holding ``token`` until none is left or ``timeout`` passes (a process
+    can still be dying when listed, or be started by one that was); returns those left."""
+    deadline = time.monotonic() + timeout
+    while (left := _processes_with_token(token)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    return left
+
+
 def _stop_node(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -234,11 +248,7 @@ def two_nodes():
     finally:
         for proc in reversed(nodes):
             _stop_node(proc)
-        for pid in _processes_with_token(token):  # workers run in process groups of their own
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_processes_with_token(token)  # workers run in process groups of their own
         shutil.rmtree(root, ignore_errors=True)
     assert all(p.returncode is not None for p in nodes)
 

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import pytest
 import yaml
-from test_cluster import _free_ports, _node_args, _processes_with_token, _start_node, _stop_node
+from test_cluster import _free_ports, _kill_processes_with_token, _node_args, _start_node, _stop_node
 from tests_support import mlflow_runs
 
 from search.config import load_config
@@ -100,13 +100,9 @@ def ray_head(*, python_dir: Path | None = None, busy_agent_port: bool = False) -
     finally:
         blocker.close()
         _stop_node(proc)
-        for pid in _processes_with_token(token):  # the job's driver and workers included
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        left = _kill_processes_with_token(token)  # the job's driver and workers included
         shutil.rmtree(root, ignore_errors=True)
-    assert not _processes_with_token(token), "processes of the head were left running"
+    assert not left, "processes of the head were left running"
 
 
 @pytest.fixture(scope="module")
