@@ -63,10 +63,10 @@ def probe_settings(cfg: Config, targets: Sequence[str], *, heads: bool = True) -
     adapter (every domain with data and a head in the store; none when ``heads`` is false: for
     ``activation_fsd`` alone, the probe pass reads only the targets' rows)."""
     store = AdapterStore(cfg.store_path)
-    heads = [d for d in cfg.member_domains
-             if heads and cfg.domains[d].has_data and store.meta(d).get("has_head") is not False]
+    scored = [d for d in cfg.member_domains
+              if heads and cfg.domains[d].has_data and store.meta(d).get("has_head") is not False]
     return {"size": cfg.search.probe_size, "split": cfg.search.probe_split, "seed": cfg.search.seed,
-            "activation_domains": sorted(targets), "head_domains": heads}
+            "activation_domains": sorted(targets), "head_domains": scored}
 
 
 def _fingerprint(cfg: Config, domains: Sequence[str], probe: Mapping) -> str:
@@ -133,7 +133,7 @@ def conflict_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[st
     targets = list(targets or cfg.search.targets)
     weights, _ = load_sign_index(cfg.store_path, cfg.member_domains)
     domains = sorted(weights)
-    probe = probe_settings(cfg, targets, heads="cross_head" in names)
+    probe = probe_settings(cfg, targets, heads=bool(set(names) & NEED_HEADS))
     fingerprint = _fingerprint(cfg, domains, probe)
     root = Path(cfg.store_path) / MEASURES_DIR
     if not probe["head_domains"]:  # a pass that also scored every head holds what a lighter one gives
