@@ -107,6 +107,11 @@ class MixtureSpace:
             return tuple(d for d in self.domains if d not in self.targets)
         return self.domains
 
+    def names_no_member(self, params: Mapping) -> bool:
+        """Whether ``params`` leave every domain out where no target is a required member: a
+        proposal a sampler may make (TPE samples each membership on its own), no mixture."""
+        return not self.require_targets and not any(params.get(USE_PREFIX + d, False) for d in self.free_domains)
+
     def to_mixture_spec(self, params: Mapping) -> MixtureSpec:
         """The validated mixture a sampled parameter dict stands for.
 

@@ -106,14 +106,21 @@ class SignConflictSearcher(Searcher):
         return self.space.size()
 
     def _propose(self) -> tuple[int, MixtureSpec] | None:
-        if self.requeue:
-            token, params = self.requeue.pop(0)
-        else:
-            proposal = self.strategy.ask()
-            if proposal is None:
-                return None
-            token, params = proposal
-        return token, self.space.to_mixture_spec(params)
+        for _ in range(self.max_idle_proposals):
+            if self.requeue:
+                token, params = self.requeue.pop(0)
+            else:
+                proposal = self.strategy.ask()
+                if proposal is None:
+                    return None
+                token, params = proposal
+            if not self.space.names_no_member(params):
+                return token, self.space.to_mixture_spec(params)
+            # No member at all (a data-only target's search): no mixture. The sampler learns it
+            # as infeasible, like a filtered proposal at the worst conflict, and is asked again.
+            self.strategy.tell(token, "filtered", violation=1.0)
+            logger.info("proposal %d left every adapter out: asked again", token)
+        return None
 
     def _verdict(self, spec: MixtureSpec) -> Verdict:
         verdict = self.space.check(spec, self.index)

@@ -108,6 +108,15 @@ def test_over_max_members_is_filtered_too(index):
     assert "max_members" in tracker.filtered[0][2]
 
 
+def test_a_proposal_with_no_member_is_told_infeasible_and_the_next_is_asked(index):
+    # A data-only target: no member is required, and TPE samples each membership on its own.
+    space = make_space(domains=("a", "b", "c"), require_targets=False, max_fsd=None)
+    searcher, strategy = searcher_for(index, space, [], ["a", "c"])
+    assert members(searcher.suggest("trial_1")) == ("a", "c")
+    assert strategy.told == [(0, "filtered", None, 1.0)]
+    assert searcher.counts.trials == 1 and searcher.counts.filtered == 0
+
+
 @pytest.mark.parametrize("require_targets", [True, False])
 def test_trial_config_carries_spec_fsd_and_key(index, require_targets):
     space = make_space(require_targets=require_targets, prune_ratios=(0.0, 0.9))
