@@ -3,6 +3,9 @@
 - **Read, not evaluated.** Every mixture a search evaluates leaves its per-example validation
   correctness beside its MLflow artifact (:mod:`trainables.correctness`); a candidate whose
   mixture (same key) was evaluated by the experiment takes its validation split from there.
+- **Kept in the store.** Every evaluation is kept in ``<store>/.correctness``
+  (:mod:`search.stored_correctness`): an own adapter, the soup or a cross head evaluated by one
+  search, plan or confirmation is read, not evaluated, by every later one on the same files.
 - **Parallel.** What is left runs as one Ray Tune trial per distinct mixture
   (:func:`trainables.correctness_trial.confirm_candidates` on one candidate), as many at once as
   ``search.max_concurrent`` and the cluster allow, each worker keeping its model across
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from search import interrupts
 from search.cluster import storage_uri
+from search.stored_correctness import StoredCorrectness
 from search.tracking.layout import KEY_TAG, KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG
 from search.trial import shared_initialisation, trial_resources
 from spaces.errors import SignmixError
@@ -73,35 +77,80 @@ def run_confirmation_trials(cfg: Config, candidates: Mapping[str, tuple], weight
     Tune trial, in parallel; returns name -> split -> target -> [0/1 ...]."""
     from ray import tune  # Ray is imported when a confirmation runs, not when the CLI starts
 
-    # One evaluation per distinct mixture, however many names it has.
+    # One evaluation per distinct mixture, however many names it has; what the store kept is read.
+    stored = StoredCorrectness(cfg)
+    specs = {spec.key: spec for spec, _ in candidates.values()}
+    wanted: dict[str, set] = {}
+    for spec, splits in candidates.values():
+        wanted.setdefault(spec.key, set()).update(splits)
+    by_key_correct: dict[str, dict] = {key: {} for key in wanted}
     by_key: dict[str, dict] = {}
-    for cname, (spec, splits) in candidates.items():
-        entry = by_key.setdefault(spec.key, {"spec": spec.to_dict(), "splits": []})
-        entry["splits"] = sorted(set(entry["splits"]) | set(splits))
+    for key, splits in wanted.items():
+        for split in sorted(splits):
+            kept = stored.read(specs[key], split)
+            if kept is not None:
+                by_key_correct[key].update(kept)
+            else:
+                by_key.setdefault(key, {"spec": specs[key].to_dict(), "splits": []})["splits"].append(split)
+    read = sum(len(s) for s in wanted.values()) - sum(len(e["splits"]) for e in by_key.values())
+    if read:
+        progress(f"{read} evaluation(s) read from {stored.root}, not run again")
     if not by_key:
-        return {}
-    labels = {key: next(spec.label() for spec, _ in candidates.values() if spec.key == key) for key in by_key}
+        return {cname: by_key_correct[spec.key] for cname, (spec, _) in candidates.items()}
+    parts = trial_parts(by_key, cfg.search.max_concurrent)
     experiment = cfg.experiment(targets=sorted({t for spec, _ in candidates.values() for t in spec.targets}))
     trainable = tune.with_resources(tune.with_parameters(
         confirm_candidates, adapter_weights=share_adapter_weights(weights, shared_initialisation(cfg, weights)),
         experiment=experiment, store_root=os.path.abspath(cfg.store_path)), trial_resources(cfg))
     grid = interrupts.fit(tune.Tuner(
         trainable,
-        param_space={"candidates": tune.grid_search([{key: entry} for key, entry in by_key.items()])},
+        param_space={"candidates": tune.grid_search([{key: entry} for key, entry in parts])},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg), verbose=0,
-                                  callbacks=[_progress_callback(labels, progress)],
+                                  callbacks=[_progress_callback(specs, len(parts), progress)],
                                   failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures))))
-    by_key_correct: dict[str, dict] = {}
-    for result in grid:
-        if result.error is not None:
-            raise SignmixError(f"a confirmation trial failed: {str(result.error).strip().splitlines()[-1]}")
-        with result.checkpoint.as_directory() as folder:
-            by_key_correct.update(json.loads(open(os.path.join(folder, CORRECTNESS_FILE), encoding="utf-8").read()))
+    failed = [result.error for result in grid if result.error is not None]
+    fresh: dict[str, dict] = {}
+    for result in grid:  # what finished is kept, even when another trial failed
+        if result.error is None:
+            with result.checkpoint.as_directory() as folder:
+                evaluated = json.loads(open(os.path.join(folder, CORRECTNESS_FILE), encoding="utf-8").read())
+            for key, per_split in evaluated.items():  # the parts of one mixture, joined
+                for split, per_target in per_split.items():
+                    fresh.setdefault(key, {}).setdefault(split, {}).update(per_target)
+    for key, per_split in fresh.items():
+        stored.write(specs[key], per_split)  # a split that lacks a failed part's targets is not kept
+        by_key_correct[key].update(per_split)
+    if failed:
+        raise SignmixError(f"a confirmation trial failed: {str(failed[0]).strip().splitlines()[-1]}")
     return {cname: by_key_correct[spec.key] for cname, (spec, _) in candidates.items()}
 
 
-def _progress_callback(labels: Mapping[str, str], progress: Callable[[str], None]):
+def trial_parts(by_key: Mapping[str, dict], trials: int) -> list[tuple[str, dict]]:
+    """The confirmation's trials: one per mixture (``key -> {"spec", "splits"}``), the largest
+    first (targets x splits), so that the last trial to start is a short one; while there are
+    fewer trials than can run at once (``trials``), the largest is split in two by its targets
+    (``"targets"``: each half's), so that a lone long pass does not leave the other cores idle."""
+    def size(entry: dict) -> int:
+        return len(targets(entry)) * len(entry["splits"])
+
+    def targets(entry: dict) -> list[str]:
+        return list(entry.get("targets") or entry["spec"]["targets"])
+
+    parts = [(key, dict(entry)) for key, entry in by_key.items()]
+    while len(parts) < trials:
+        splittable = [part for part in parts if len(targets(part[1])) > 1]
+        if not splittable:
+            break
+        key, entry = max(splittable, key=lambda part: size(part[1]))
+        parts.remove((key, entry))
+        names = targets(entry)
+        half = len(names) // 2
+        parts += [(key, {**entry, "targets": names[:half]}), (key, {**entry, "targets": names[half:]})]
+    return sorted(parts, key=lambda part: -size(part[1]))
+
+
+def _progress_callback(specs: Mapping[str, object], total: int, progress: Callable[[str], None]):
     """A Ray Tune callback that says one line per confirmation trial that finishes."""
     from ray.tune import Callback  # Ray is imported only when a confirmation runs
 
@@ -111,9 +160,10 @@ def _progress_callback(labels: Mapping[str, str], progress: Callable[[str], None
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
-            (key,) = trial.config["candidates"]
-            splits = "+".join(trial.config["candidates"][key]["splits"])
+            ((key, entry),) = trial.config["candidates"].items()
+            label = specs[key].label() + (f" on {','.join(entry['targets'])}" if entry.get("targets") else "")
             seconds = (trial.last_result or {}).get("time_total_s", float("nan"))
-            progress(f"confirmation: {self.done}/{len(labels)} done, {labels[key]} ({splits}) in {seconds:.1f} s")
+            splits = "+".join(entry["splits"])
+            progress(f"confirmation: {self.done}/{total} done, {label} ({splits}) in {seconds:.1f} s")
 
     return ConfirmationProgress()

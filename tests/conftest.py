@@ -4,6 +4,7 @@ Face folder (with the real MiniLM tokenizer), and small generated domains."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,23 @@ def shared_store(tmp_path_factory, ray_cluster, tiny_bert, demo_domains) -> str:
     cfg = load_config(write_config(folder, base_model=tiny_bert, domains=dict(demo_domains), targets=["books"]))
     summary = run_training(cfg)
     assert not summary.failed, summary.failed
+    _SHARED_STORES.append(cfg.store_path)
     return cfg.store_path
+
+
+_SHARED_STORES: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_store_forgets_its_evaluations():
+    """Each test module meets the shared store without the evaluations earlier modules' searches
+    kept (``<store>/.correctness``): a module that checks what a confirmation evaluates, or stops
+    one midway, must not find it all read. Costs nothing where no module built the store."""
+    from search.stored_correctness import CORRECTNESS_DIR
+
+    for store in _SHARED_STORES:
+        shutil.rmtree(os.path.join(store, CORRECTNESS_DIR), ignore_errors=True)
+    yield
 
 
 @pytest.fixture(scope="session")

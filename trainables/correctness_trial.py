@@ -30,8 +30,9 @@ CORRECTNESS_FILE = "correctness.json"
 
 
 def confirm_candidates(config: Mapping, *, adapter_weights: Mapping, experiment: Experiment, store_root: str) -> None:
-    """Evaluate each of ``config["candidates"]`` (name -> ``{"spec": ..., "splits": [...]}``)
-    once on its targets' splits; reports the per-example correctness as a checkpoint."""
+    """Evaluate each of ``config["candidates"]`` (name -> ``{"spec": ..., "splits": [...]}``, and
+    ``"targets"`` when only some of the spec's targets are this trial's) once on its targets'
+    splits; reports the per-example correctness as a checkpoint."""
     import torch
     from ray import tune
 
@@ -41,7 +42,10 @@ def confirm_candidates(config: Mapping, *, adapter_weights: Mapping, experiment:
     batch_size = experiment.evaluation.batch_size
     correctness: dict[str, dict[str, dict[str, list[int]]]] = {}
     for name, candidate in config["candidates"].items():
-        spec = MixtureSpec.from_dict(candidate["spec"])
+        # "targets": the part of the mixture's targets this trial evaluates (a long pass split
+        # across trials); the mixture is the same whichever targets its heads are read for.
+        spec = MixtureSpec.from_dict({**candidate["spec"], **({"targets": candidate["targets"]}
+                                                              if candidate.get("targets") else {})})
         load_mixture(model, spec, adapter_weights, experiment)  # refits the heads under head: refit
         per_split: dict[str, dict[str, list[int]]] = {split: {} for split in candidate["splits"]}
         for target in spec.targets:

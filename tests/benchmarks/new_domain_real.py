@@ -169,6 +169,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_domain(rows: list[dict]) -> str:
+    """One line per held-out domain and budget (mean over seeds): the chosen mixture, the answers
+    from the few examples alone and the best single adapter, and the chosen mixture's paired lead
+    over each with its 95% interval (of the first seed's run when there are several)."""
+    lines = ["| held out | budget | runs | chosen | base + refit | fine-tuned on the few | best single + refit | "
+             "lead over fine-tuned [95%] | lead over best single [95%] |", "|---|---|---|---|---|---|---|---|---|"]
+    for held in sorted({r["held_out"] for r in rows}):
+        for b in sorted({r["budget"] for r in rows if r["held_out"] == held}):
+            sel = sorted((r for r in rows if r["held_out"] == held and r["budget"] == b), key=lambda r: r["seed"])
+
+            def mean(key: str, sel=sel) -> str:
+                have = [r["baselines"][key]["accuracy"] for r in sel if key in r["baselines"]]
+                return f"{statistics.mean(have):.3f}" if have else "-"
+
+            def lead(key: str, first=sel[0]) -> str:
+                v = first["baselines"].get(key)
+                if v is None:
+                    return "-"
+                return f"{first['chosen_test'] - v['accuracy']:+.3f} [{v['lead_low']:+.3f}, {v['lead_high']:+.3f}]"
+
+            lines.append(f"| {held} | {b} | {len(sel)} | {statistics.mean(r['chosen_test'] for r in sel):.3f} | "
+                         f"{mean('base')} | {mean('fine_tuned')} | {mean('best_single')} | {lead('fine_tuned')} | "
+                         f"{lead('best_single')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(ROOT / ".bench" / "new-domain-real"))
@@ -193,7 +219,8 @@ def main() -> None:
     started = time.perf_counter()
     results = work / "results.jsonl"
     if args.table_only:
-        print(table([json.loads(line) for line in results.read_text().splitlines()]))
+        rows = [json.loads(line) for line in results.read_text().splitlines()]
+        print(table(rows) + "\n\n" + per_domain(rows))
         return
     store = library(work, Path(args.library), args)
     done = {(r["held_out"], r["budget"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())} \
@@ -215,7 +242,7 @@ def main() -> None:
     wanted = {(h, b, s) for h in args.held_out for b in args.budgets for s in args.seeds}
     rows = [r for r in map(json.loads, results.read_text().splitlines())
             if (r["held_out"], r["budget"], r["seed"]) in wanted]
-    text = table(rows)
+    text = table(rows) + "\n\n" + per_domain(rows)
     (work / "table.md").write_text(text + "\n", encoding="utf-8")
     print(text)
     print(f"\nwall time {(time.perf_counter() - started) / 60:.1f} min")
