@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from search import interrupts
 from search.cluster import storage_uri
@@ -77,27 +77,40 @@ def run_confirmation_trials(cfg: Config, candidates: Mapping[str, tuple], weight
     Tune trial, in parallel; returns name -> split -> target -> [0/1 ...]."""
     from ray import tune  # Ray is imported when a confirmation runs, not when the CLI starts
 
-    # One evaluation per distinct mixture, however many names it has; what the store kept is read.
+    # One evaluation per distinct mixture, however many names it has; what the store kept is read,
+    # target by target, and a trial evaluates only the targets (and splits) it lacks.
     stored = StoredCorrectness(cfg)
     specs = {spec.key: spec for spec, _ in candidates.values()}
     wanted: dict[str, set] = {}
     for spec, splits in candidates.values():
         wanted.setdefault(spec.key, set()).update(splits)
     by_key_correct: dict[str, dict] = {key: {} for key in wanted}
-    by_key: dict[str, dict] = {}
+    todo: list[tuple[str, dict]] = []
+    read = 0
     for key, splits in wanted.items():
+        spec, missing = specs[key], {}
         for split in sorted(splits):
-            kept = stored.read(specs[key], split)
-            if kept is not None:
-                by_key_correct[key].update(kept)
-            else:
-                by_key.setdefault(key, {"spec": specs[key].to_dict(), "splits": []})["splits"].append(split)
-    read = sum(len(s) for s in wanted.values()) - sum(len(e["splits"]) for e in by_key.values())
+            for target in spec.targets:
+                kept = stored.read(spec, split, target)
+                if kept is None:
+                    missing.setdefault(split, []).append(target)
+                    continue
+                read += 1
+                for part, rows in kept.items():
+                    by_key_correct[key].setdefault(part, {})[target] = rows
+        by_targets: dict[tuple, list[str]] = {}  # the splits that lack the same targets: one entry
+        for split, targets in missing.items():
+            by_targets.setdefault(tuple(targets), []).append(split)
+        for targets, lacking in by_targets.items():
+            entry = {"spec": spec.to_dict(), "splits": lacking}
+            if list(targets) != list(spec.targets):
+                entry["targets"] = list(targets)
+            todo.append((key, entry))
     if read:
-        progress(f"{read} evaluation(s) read from {stored.root}, not run again")
-    if not by_key:
+        progress(f"{read} evaluation(s) of a target read from {stored.root}, not run again")
+    if not todo:
         return {cname: by_key_correct[spec.key] for cname, (spec, _) in candidates.items()}
-    parts = trial_parts(by_key, cfg.search.max_concurrent)
+    parts = trial_parts(todo, cfg.search.max_concurrent)
     experiment = cfg.experiment(targets=sorted({t for spec, _ in candidates.values() for t in spec.targets}))
     trainable = tune.with_resources(tune.with_parameters(
         confirm_candidates, adapter_weights=share_adapter_weights(weights, shared_initialisation(cfg, weights)),
@@ -119,25 +132,26 @@ def run_confirmation_trials(cfg: Config, candidates: Mapping[str, tuple], weight
                 for split, per_target in per_split.items():
                     fresh.setdefault(key, {}).setdefault(split, {}).update(per_target)
     for key, per_split in fresh.items():
-        stored.write(specs[key], per_split)  # a split that lacks a failed part's targets is not kept
-        by_key_correct[key].update(per_split)
+        stored.write(specs[key], per_split)
+        for split, per_target in per_split.items():
+            by_key_correct[key].setdefault(split, {}).update(per_target)
     if failed:
         raise SignmixError(f"a confirmation trial failed: {str(failed[0]).strip().splitlines()[-1]}")
     return {cname: by_key_correct[spec.key] for cname, (spec, _) in candidates.items()}
 
 
-def trial_parts(by_key: Mapping[str, dict], trials: int) -> list[tuple[str, dict]]:
-    """The confirmation's trials: one per mixture (``key -> {"spec", "splits"}``), the largest
-    first (targets x splits), so that the last trial to start is a short one; while there are
-    fewer trials than can run at once (``trials``), the largest is split in two by its targets
-    (``"targets"``: each half's), so that a lone long pass does not leave the other cores idle."""
+def trial_parts(todo: Sequence[tuple[str, dict]], trials: int) -> list[tuple[str, dict]]:
+    """The confirmation's trials: one per evaluation (``(key, {"spec", "splits"[, "targets"]})``),
+    the largest first (targets x splits), so that the last trial to start is a short one; while
+    there are fewer trials than can run at once (``trials``), the largest is split in two by its
+    targets (``"targets"``: each half's), so that a lone long pass does not leave the other cores idle."""
     def size(entry: dict) -> int:
         return len(targets(entry)) * len(entry["splits"])
 
     def targets(entry: dict) -> list[str]:
         return list(entry.get("targets") or entry["spec"]["targets"])
 
-    parts = [(key, dict(entry)) for key, entry in by_key.items()]
+    parts = [(key, dict(entry)) for key, entry in todo]
     while len(parts) < trials:
         splittable = [part for part in parts if len(targets(part[1])) > 1]
         if not splittable:

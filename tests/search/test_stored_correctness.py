@@ -31,37 +31,40 @@ def own(domain: str):
     return make_mixture_spec(members=[domain], targets=[domain], require_targets=False)
 
 
-def test_the_fingerprint_follows_the_mixture_the_split_the_adapters_and_the_data(cfg):
+def test_the_fingerprint_follows_the_body_the_target_the_split_the_adapters_and_the_data(cfg):
     stored = StoredCorrectness(cfg)
     soup = make_mixture_spec(members=["books", "movies"], targets=["books", "movies"])
-    first = stored.fingerprint(own("books"), "test")
-    assert stored.fingerprint(own("books"), "test") == first
-    assert len({first, stored.fingerprint(own("books"), "validation"), stored.fingerprint(own("movies"), "test"),
-                stored.fingerprint(soup, "test")}) == 4
-    # movies's files do not shape books' own adapter; books' adapter and data do
+    first = stored.fingerprint(own("books"), "test", "books")
+    assert stored.fingerprint(own("books"), "test", "books") == first
+    assert len({first, stored.fingerprint(own("books"), "validation", "books"),
+                stored.fingerprint(own("movies"), "test", "movies"), stored.fingerprint(soup, "test", "books"),
+                stored.fingerprint(soup, "test", "movies")}) == 5
+    # a target's rows do not depend on the mixture's other targets
+    cross = make_mixture_spec(members=["books"], targets=["movies"], require_targets=False)
+    both = make_mixture_spec(members=["books"], targets=["books", "movies"], require_targets=False)
+    assert stored.fingerprint(cross, "validation", "movies") == stored.fingerprint(both, "validation", "movies")
+    # movies' files do not shape books' own adapter on books; books' adapter and data do
     os.utime(cfg.domains["movies"].path + "/test.jsonl", ns=(1, 1))
-    assert StoredCorrectness(cfg).fingerprint(own("books"), "test") == first
+    assert StoredCorrectness(cfg).fingerprint(own("books"), "test", "books") == first
+    os.utime(cfg.domains["books"].path + "/test.jsonl", ns=(1, 1))
+    moved = StoredCorrectness(cfg).fingerprint(own("books"), "test", "books")
+    assert moved != first
     os.utime(os.path.join(cfg.store_path, "books", "adapter.safetensors"), ns=(1, 1))
-    assert StoredCorrectness(cfg).fingerprint(own("books"), "test") != first
+    assert StoredCorrectness(cfg).fingerprint(own("books"), "test", "books") not in (first, moved)
 
 
-def test_a_kept_record_is_read_back_whole_or_not_at_all(cfg):
+def test_a_kept_record_is_read_back_per_target_and_a_torn_file_is_not_an_answer(cfg):
     stored = StoredCorrectness(cfg)
     soup = make_mixture_spec(members=["books", "movies"], targets=["books", "movies"])
-    assert stored.read(soup, "test") is None
-    stored.write(soup, {"test": {"books": [1, 0], "movies": [0, 1]}, "validation": {"books": [1], "movies": [1]}})
-    assert stored.read(soup, "test") == {"test": {"books": [1, 0], "movies": [0, 1]}}
-    assert stored.read(soup, "validation") == {"validation": {"books": [1], "movies": [1]}}
-    # a split that lacks a target (a failed part) is not kept; a torn file is not an answer
-    stored.write(soup, {"test": {"books": [0, 0]}})
-    assert stored.read(soup, "test") == {"test": {"books": [1, 0], "movies": [0, 1]}}
-    other = make_mixture_spec(members=["books", "movies"], targets=["books", "movies"], merge_method="ties",
-                              density=0.2, lam=1.0)
-    stored.write(other, {"test": {"books": [0, 0]}})
-    assert stored.read(other, "test") is None
-    path = stored.root / f"{stored.fingerprint(soup, 'validation')}.json"
+    assert stored.read(soup, "test", "books") is None
+    stored.write(soup, {"test": {"books": [1, 0], "movies": [0, 1]}, "validation": {"books": [1]}})
+    assert stored.read(soup, "test", "books") == {"test": [1, 0]}
+    assert stored.read(soup, "test", "movies") == {"test": [0, 1]}
+    assert stored.read(soup, "validation", "books") == {"validation": [1]}
+    assert stored.read(soup, "validation", "movies") is None
+    path = stored.root / f"{stored.fingerprint(soup, 'validation', 'books')}.json"
     path.write_text(path.read_text()[:10])
-    assert stored.read(soup, "validation") is None
+    assert stored.read(soup, "validation", "books") is None
     assert not [p for p in stored.root.iterdir() if p.name.startswith(".tmp-")]
 
 
@@ -76,21 +79,32 @@ def test_a_second_confirmation_reads_every_evaluation_from_the_store_and_runs_no
     first_lines: list[str] = []
     first = run_confirmation_trials(cfg, candidates, weights, name="first", progress=first_lines.append)
     assert sum(" done, " in line for line in first_lines) == 3
-    assert len(list(StoredCorrectness(cfg).root.glob("*.json"))) == 4  # one per (mixture, split)
+    assert len(list(StoredCorrectness(cfg).root.glob("*.json"))) == 5  # one per (mixture, split, target)
 
     again_lines: list[str] = []
     again = run_confirmation_trials(cfg, candidates, weights, name="again", progress=again_lines.append)
     assert again == first
     assert not any(" done, " in line for line in again_lines)
-    assert any(line.startswith("4 evaluation(s) read from") for line in again_lines), again_lines
+    assert any(line.startswith("5 evaluation(s) of a target read from") for line in again_lines), again_lines
 
-    # books' adapter rewritten (a retrain): books' own adapter and the soup run again, movies's is read
+    # books' adapter rewritten (a retrain): books' own adapter and the soup run again, movies' is read
     os.utime(os.path.join(cfg.store_path, "books", "adapter.safetensors"))
     changed_lines: list[str] = []
     changed = run_confirmation_trials(cfg, candidates, weights, name="changed", progress=changed_lines.append)
     assert changed == first  # same weights, same answers
     assert sum(" done, " in line for line in changed_lines) == 2
-    assert any(line.startswith("1 evaluation(s) read from") for line in changed_lines), changed_lines
+    assert any(line.startswith("1 evaluation(s) of a target read from") for line in changed_lines), changed_lines
+
+    # A target's rows are kept whatever mixture asked for them: books' adapter scored on books and
+    # movies (a cross head) reads books from own/books and evaluates movies alone.
+    cross = make_mixture_spec(members=["books"], targets=["books", "movies"], require_targets=False)
+    cross_lines: list[str] = []
+    crossed = run_confirmation_trials(cfg, {"cross": (cross, ["test"])}, weights, name="cross",
+                                      progress=cross_lines.append)
+    assert crossed["cross"]["test"]["books"] == first["own/books"]["test"]["books"]
+    assert len(crossed["cross"]["test"]["movies"]) == len(first["own/movies"]["test"]["movies"])
+    done = [line for line in cross_lines if " done, " in line]
+    assert len(done) == 1 and done[0].startswith("confirmation: 1/1 done, books on movies (test)"), cross_lines
 
 
 def test_the_trials_start_largest_first_and_a_lone_long_pass_is_split_by_targets():
@@ -100,11 +114,14 @@ def test_the_trials_start_largest_first_and_a_lone_long_pass_is_split_by_targets
         return {"spec": {"members": list(targets), "targets": list(targets)}, "splits": splits}
 
     # the chosen mixture alone on test, 4 targets, 2 trials at once: two halves
-    parts = trial_parts({"chosen": entry("abcd", ["test"])}, 2)
+    parts = trial_parts([("chosen", entry("abcd", ["test"]))], 2)
     assert [(k, e["targets"]) for k, e in parts] == [("chosen", ["a", "b"]), ("chosen", ["c", "d"])]
     # enough trials already: none is split, the largest starts first
-    parts = trial_parts({"own": entry("a", ["test", "validation"]), "soup": entry("abcd", ["test"]),
-                         "ties": entry("abc", ["validation"])}, 2)
+    parts = trial_parts([("own", entry("a", ["test", "validation"])), ("soup", entry("abcd", ["test"])),
+                         ("ties", entry("abc", ["validation"]))], 2)
     assert [k for k, _ in parts] == ["soup", "ties", "own"] and not any("targets" in e for _, e in parts)
     # a one-target pass cannot be split
-    assert len(trial_parts({"own": entry("a", ["test"])}, 4)) == 1
+    assert len(trial_parts([("own", entry("a", ["test"]))], 4)) == 1
+    # a part that already names its targets (those the store lacked) is split within them
+    parts = trial_parts([("cross", {**entry("abcd", ["test"]), "targets": ["c", "d"]})], 2)
+    assert [e["targets"] for _, e in parts] == [["c"], ["d"]]
