@@ -71,7 +71,7 @@ def shared_store(tmp_path_factory, ray_cluster, tiny_bert, demo_domains) -> str:
     data train into their own store.
     """
     from search.config import load_config
-    from search.runner import run_training
+    from search.training_run import run_training
 
     folder = tmp_path_factory.mktemp("shared-store")
     cfg = load_config(write_config(folder, base_model=tiny_bert, domains=dict(demo_domains), targets=["books"]))

@@ -19,7 +19,7 @@ logger = logging.getLogger("signmix")
 
 
 def cmd_train(args) -> int:
-    from search.runner import run_training
+    from search.training_run import run_training
 
     cfg = load(args)
     preflight(cfg, "train")

@@ -78,7 +78,8 @@ def run_demo(args) -> int:
     from search.cli.preflight import check_tracking_uri, check_writable
     from search.export import export_mixture
     from search.reporting.tables import format_table
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
     from trainables.store import load_sign_index
 
     out = Path(args.out).resolve()

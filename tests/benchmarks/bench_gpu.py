@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from search.cluster import connect_ray
     from search.config import load_config
-    from search.runner import run_training
+    from search.training_run import run_training
 
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("needs a CUDA GPU (or --cpu-smoke)", file=sys.stderr)

@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from search.cluster import connect_ray
     from search.config import load_config
-    from search.runner import run_training
+    from search.training_run import run_training
     from trainables.store import load_sign_index
     from spaces.space import space_from_config
     from trainables.evaluate import mixture_model, predict

@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("adapters").setLevel(logging.ERROR)
     from search.cluster import connect_ray
     from search.config import load_config
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

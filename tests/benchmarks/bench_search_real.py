@@ -131,7 +131,7 @@ def ensure_study(paths: dict[str, Path], key: str):
 
     cfg = load_config(paths[key])
     if set(cfg.domains) - set(AdapterStore(cfg.store_path).domains()):
-        from search.runner import run_training
+        from search.training_run import run_training
 
         print(f"training the adapters the store {cfg.store_path} lacks ({paths['train']}; ~25 min on 2 cores)")
         run_training(load_config(paths["train"]), progress=print)

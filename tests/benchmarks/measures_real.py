@@ -107,7 +107,7 @@ def serving_table(paths, sizes, out: Path):
 
     cfg = load_config(paths["fdu"])
     if set(cfg.domains) - set(AdapterStore(cfg.store_path).domains()):
-        from search.runner import run_training
+        from search.training_run import run_training
 
         print("training the adapters the store lacks", flush=True)
         run_training(load_config(paths["train"]), progress=print)

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if not SHARED.is_dir():
         print(f"needs {SHARED}", file=sys.stderr)
         return 2
-    from search.runner import run_training
+    from search.training_run import run_training
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ def main() -> None:
 
     from search.config import load_config
     from search.plan.run import run_plan
-    from search.runner import run_training
+    from search.training_run import run_training
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

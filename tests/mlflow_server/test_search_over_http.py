@@ -22,7 +22,9 @@ def over_http(tmp_path_factory, ray_cluster, tiny_bert, demo_domains):
     """A server, and a training + exhaustive search that logged to it; yields (cfg, server, summary)."""
     from tests_support import write_config
 
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+
+    from search.training_run import run_training
 
     folder = tmp_path_factory.mktemp("over-http")
     with pytest.MonkeyPatch.context() as env:

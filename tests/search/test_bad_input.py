@@ -36,7 +36,7 @@ def trained_store(tmp_path_factory, ray_cluster, tiny_bert, demo_domains) -> Pat
     """A folder with two trained adapters (books, support), their MLflow runs and a config,
     trained once for the module; each case copies it before breaking it."""
     from search.config import load_config
-    from search.runner import run_training
+    from search.training_run import run_training
 
     folder = tmp_path_factory.mktemp("trained")
     cfg = load_config(write_config(folder, base_model=tiny_bert, domains={d: demo_domains[d] for d in DOMAINS},

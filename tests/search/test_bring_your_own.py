@@ -63,7 +63,8 @@ def test_adapters_folders_with_and_without_head_train_and_search(tmp_path, ray_c
     from safetensors.torch import load_file
 
     from search.config import load_config
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
     from trainables.store import AdapterStore
 
     with_head = _plain_adapters_folder(tiny_bert, tmp_path / "users" / "books", SeqBnConfig(reduction_factor=4),
@@ -107,7 +108,8 @@ def test_adapters_folders_with_and_without_head_train_and_search(tmp_path, ray_c
 @pytest.mark.integration
 def test_peft_lora_imports_and_is_merged_on_delta_w_in_a_search(tmp_path, ray_cluster, tiny_bert, demo_domains):
     from search.config import load_config
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
     from trainables.store import AdapterStore
 
     """The README's worked example ("Bring your own adapters"), on the tiny BERT and the demo data."""

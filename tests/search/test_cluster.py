@@ -260,7 +260,8 @@ DRIVER = textwrap.dedent("""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     from search.config import load_config
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
 
     cfg = load_config(sys.argv[1])
     training = run_training(cfg)

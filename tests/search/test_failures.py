@@ -48,7 +48,8 @@ def _trial_workers() -> list[int]:
 @pytest.mark.parametrize("moment", ["mid_trial", "between_trials"])
 def test_a_killed_worker_is_retried_and_the_search_completes(moment, tmp_path, ray_cluster, tiny_bert, demo_domains,
                                                              shared_store):
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
 
     domains = {d: demo_domains[d] for d in ("books", "movies", "kitchen")}
     cfg = load_config(write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], store=shared_store,
@@ -94,7 +95,8 @@ def test_a_killed_worker_is_retried_and_the_search_completes(moment, tmp_path, r
 
 def test_a_mixture_that_keeps_failing_is_recorded_as_failed_with_its_error(tmp_path, ray_cluster, tiny_bert,
                                                                              demo_domains):
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
 
     domains = {d: Path(shutil.copytree(demo_domains[d], tmp_path / "data" / d)) for d in ("books", "movies")}
     cfg = load_config(write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"],

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize("method", ["double_seq_bn", "lora"])
 def test_adapter_method_trains_mixes_and_exports(method, tmp_path, ray_cluster, tiny_bert, demo_domains):
     from search.export import evaluate_export, export_mixture
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
 
     domains = {d: demo_domains[d] for d in ("books", "support")}  # 2-way and 3-way label sets
     cfg = load_config(write_config(
@@ -31,7 +32,8 @@ def test_adapter_method_trains_mixes_and_exports(method, tmp_path, ray_cluster, 
 
 def test_bfloat16_evaluation_exports_and_reproduces(tmp_path, ray_cluster, tiny_bert, demo_domains, shared_store):
     from search.export import evaluate_export, export_mixture
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
 
     domains = {d: demo_domains[d] for d in ("books", "kitchen")}
     cfg = load_config(write_config(
@@ -51,7 +53,7 @@ def test_bfloat16_evaluation_exports_and_reproduces(tmp_path, ray_cluster, tiny_
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_cluster, tiny_bert, demo_domains, shared_store):
-    from search.runner import run_training
+    from search.training_run import run_training
 
     folder = tmp_path_factory.mktemp("strategies")
     domains = {d: demo_domains[d] for d in ("books", "movies", "electronics", "kitchen")}
@@ -108,7 +110,8 @@ def test_two_objective_search_records_robust_accuracy_and_exports_from_the_paret
 
     from search.export import export_mixture
     from search.proposals.objectives import pareto_front
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
 
     domains = {d: demo_domains[d] for d in ("books", "kitchen", "movies")}
     cfg = load_config(write_config(
@@ -140,7 +143,8 @@ def test_blackbox_attack_is_logged_for_each_mixture_and_can_be_the_second_object
 
     from search.export import export_mixture
     from search.proposals.objectives import pareto_front
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
     from search.tracking.layout import MIXTURE_ARTIFACT
     from trainables.mixture_trial import BLACKBOX_EXAMPLES_FILE
 

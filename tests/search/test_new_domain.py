@@ -22,7 +22,8 @@ LIBRARY = ("electronics", "kitchen", "movies")
 
 @pytest.fixture(scope="module")
 def new_domain_search(tmp_path_factory, ray_cluster, tiny_bert, demo_domains, shared_store):
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+    from search.training_run import run_training
 
     folder = tmp_path_factory.mktemp("new-domain")
     store = folder / "adapters"

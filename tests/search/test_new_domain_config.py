@@ -7,7 +7,7 @@ import hashlib
 import json
 
 from search.config import validate_config
-from search.runner import fingerprint
+from search.training_run import fingerprint
 
 
 def raw(**domains) -> dict:

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 def pipeline(tmp_path_factory, ray_cluster, tiny_bert, demo_domains):
     from tests_support import write_config
 
-    from search.runner import run_search, run_training
+    from search.runner import run_search
+
+    from search.training_run import run_training
 
     folder = tmp_path_factory.mktemp("pipeline")
     domains = {d: demo_domains[d] for d in ("books", "electronics", "support")}
@@ -50,7 +52,7 @@ def test_training_trains_every_domain_and_logs_one_run_each(pipeline):
 
 
 def test_training_again_with_the_same_settings_skips_every_domain(pipeline):
-    from search.runner import run_training
+    from search.training_run import run_training
 
     cfg, _, _ = pipeline
     again = run_training(cfg)

@@ -35,7 +35,7 @@ OBJECTIVES = {"accuracy": {}, "accuracy+robust_accuracy": {"objectives": ["accur
 @pytest.mark.parametrize("objectives", list(OBJECTIVES))
 def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_cluster, tiny_bert, demo_domains,
                                                              shared_store, objectives):
-    from search.runner import run_training
+    from search.training_run import run_training
 
     domains = {d: demo_domains[d] for d in ("books", "movies", "electronics", "kitchen")}
     path = write_config(tmp_path, base_model=tiny_bert, domains=domains, targets=["books"], store=shared_store,

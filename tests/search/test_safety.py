@@ -192,6 +192,7 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
 
     import search.runner
     import search.tracking.tracker
+    import search.training_run
     from search.config import load_config
     from spaces.fsd import SignIndex
 
@@ -224,16 +225,17 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
     weights = {d: {"layer.0.w": torch.randn(8, generator=torch.Generator().manual_seed(i))}
                for i, d in enumerate(("books", "kitchen"))}
     real_open = search.tracking.tracker.open_experiment
-    # The runner imports these names at its top: they are replaced where the runner reads them.
+    # The runners import these names at their top: they are replaced where the runners read them.
     monkeypatch.setattr(search.runner, "SearchTracker", Tracker)
-    monkeypatch.setattr(search.runner, "open_experiment", lambda uri, name: real_open(sqlite, name))
+    monkeypatch.setattr(search.training_run, "open_experiment", lambda uri, name: real_open(sqlite, name))
     monkeypatch.setattr(search.tracking.tracker, "open_experiment", lambda uri, name: real_open(sqlite, name))
-    monkeypatch.setattr(search.runner, "TrainingTracking", Tracking)
+    monkeypatch.setattr(search.training_run, "TrainingTracking", Tracking)
+    monkeypatch.setattr(search.training_run, "connect_ray", lambda cfg, debug=False: None)
     monkeypatch.setattr(search.runner, "connect_ray", lambda cfg, debug=False: None)
     monkeypatch.setattr(search.runner, "load_sign_index", lambda root, domains: (weights, SignIndex.from_weights(weights)))
 
     with pytest.raises(Captured):
-        search.runner.run_training(cfg)
+        search.training_run.run_training(cfg)
     with pytest.raises(Captured):
         search.runner.run_search(cfg)
 

@@ -76,7 +76,7 @@ def test_study_runs_every_part_on_ray_and_records_it(tmp_path, ray_cluster, tiny
     from tests_support import mlflow_runs, write_config
 
     from search.config import load_config
-    from search.runner import run_training
+    from search.training_run import run_training
     from search.study import run_study
     from search.tracking.layout import KIND_TAG, STATUS_TAG, STUDY_PART_TAG
 
