@@ -189,7 +189,7 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
         needed = [s for s in splits if not (s == "validation" and cname in validation)]
         if needed:
             todo[cname] = (spec, needed)
-    progress(f"confirming on the test split: {len({s.key for s, _ in todo.values()})} mixture(s) to score, in parallel "
+    progress(f"confirming on the test split: {len({s.key for s, _ in todo.values()})} mixtures to score, in parallel "
              f"({len(validation)} validation splits read from the search's runs)")
     evaluated = run_confirmation_trials(cfg, todo, weights, name=name, progress=progress)
     correct = {cname: {**({"validation": validation[cname]} if cname in validation else {}), **evaluated.get(cname, {})}
