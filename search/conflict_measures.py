@@ -42,7 +42,7 @@ from trainables.initialisation import check_init_matches, initial_adapter_weight
 from trainables.lora_mixture import is_lora_weights
 from trainables.mixture_trial import INIT_KEY, share_adapter_weights
 from trainables.probes import probe_adapter, probe_mixtures
-from trainables.store import AdapterStore, load_sign_index, sign_weights
+from trainables.store import AdapterStore, load_sign_index, sign_weights, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def conflict_measures(cfg: Config, names: Sequence[str], *, targets: Sequence[st
         have["activation_fsd"] = activation_fsd(effects, seconds=seconds)
         if probe["head_domains"]:
             have["cross_head"] = cross_head(scores, domains, seconds=seconds)
-    _write(cache, {k: v.to_json() for k, v in have.items()})
+    write_json_atomic(cache, {k: v.to_json() for k, v in have.items()})
     _log_measures(cfg, fingerprint, probe, have)
     return {n: have[n] for n in names}
 
@@ -188,13 +188,6 @@ def _read(path: Path) -> dict:
     except json.JSONDecodeError:
         logger.warning("the measures cache %s is corrupt; computing the measures again", path)
         return {}
-
-
-def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _tuner(cfg: Config, trainable: Callable, weights: Mapping, grid: list, name: str, extra: Mapping,

@@ -14,15 +14,15 @@ Files are written whole (a temporary name, then a rename), so a crash leaves the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from spaces.measures import measures_fingerprint
 from trainables.correctness import BLACKBOX_TEST
+from trainables.store import write_json_atomic
 
 if TYPE_CHECKING:
     from search.config import Config
@@ -74,8 +74,7 @@ class StoredCorrectness:
                  "dtype": search.eval_dtype, "lora_merge": search.lora_merge,
                  "blackbox": (search.blackbox_attack.model_dump()
                               if search.blackbox_attack is not None and split == "test" else None)}
-        blob = json.dumps(parts, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+        return measures_fingerprint(parts)
 
     def read(self, spec: MixtureSpec, split: str, target: str) -> dict | None:
         """``{split: [0/1 ...]}`` of ``target`` (and its black-box entry on test when attacked), or None."""
@@ -104,15 +103,8 @@ class StoredCorrectness:
                             {"label": spec.label(), "split": split, "target": target, "correct": entry})
 
     def _write(self, fingerprint: str, record: dict) -> None:
-        tmp = None
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f)
-            os.replace(tmp, self.root / f"{fingerprint}.json")
+            write_json_atomic(self.root / f"{fingerprint}.json", record)
         except OSError as exc:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
             logger.warning("could not keep the evaluation of %s on %s in %s (%s)", record["label"], record["split"],
                            self.root, exc)

@@ -147,6 +147,19 @@ class AdapterStore:
         return final
 
 
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """Write ``data`` as JSON to ``path`` whole or not at all (a temporary sibling, then a rename):
+    the store's caches (conflict measures, kept evaluations) are read by other processes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def load_sign_index(root: str | os.PathLike, domains: Iterable[str]):
     """The adapters' weights and their :class:`~spaces.fsd.SignIndex`, from the store at ``root``
     (checked mixable); raises StoreError naming a missing adapter or why they cannot be mixed."""

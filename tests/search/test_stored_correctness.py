@@ -65,7 +65,7 @@ def test_a_kept_record_is_read_back_per_target_and_a_torn_file_is_not_an_answer(
     path = stored.root / f"{stored.fingerprint(soup, 'validation', 'books')}.json"
     path.write_text(path.read_text()[:10])
     assert stored.read(soup, "validation", "books") is None
-    assert not [p for p in stored.root.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in stored.root.iterdir() if p.name.endswith(".tmp")]
 
 
 @pytest.mark.integration
