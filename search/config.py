@@ -19,6 +19,7 @@ from mlflow_server.network import sqlite_uri
 from search.config_loading import cross_field_problems, describe_error, resolve_paths
 from search.search_settings import REGISTERED_CHOICES, SearchConfig, choice
 from spaces.errors import ConfigError
+from spaces.measures import PROBE_SIZE_RANGE
 from trainables.lora_mixture import MERGE_ON_DELTA
 from trainables.settings import (
     AdapterConfig,
@@ -56,7 +57,10 @@ class PlanConfig(FrozenModel):
     max_bodies: Optional[Annotated[int, Field(ge=1)]] = None  # ... or the best plan of at most this many bodies
     group_evaluations: Optional[Annotated[int, Field(ge=1)]] = None  # groups whose body is searched (default 4N)
     mixtures_per_group: Annotated[int, Field(ge=1)] = 4  # evaluations of one group's body search
-    compatibility: choice("plan.compatibility") = "cross_heads"  # the clustering's start (search/plan/compatibility.py)
+    compatibility: choice("plan.compatibility") = "activation_fsd"  # the clustering's start (search/plan/compatibility.py)
+    # activation_fsd: the probe examples read of each plan domain (search.probe_split), by every adapter's
+    # probe pass; a plan of N domains probes N times this many rows per adapter.
+    probe_size: Annotated[int, Field(ge=PROBE_SIZE_RANGE[0], le=PROBE_SIZE_RANGE[1])] = 32
 
     @field_validator("domains")
     @classmethod

@@ -1,9 +1,14 @@
 """Pairwise distances between domains, the start of a plan: which domains may share a body.
 
-Two measures, each a plain ``{(a, b): distance}`` for :mod:`search.plan.partition`
+Three measures, each a plain ``{(a, b): distance}`` for :mod:`search.plan.partition`
 (smaller: more likely to share a body well); a better measure plugs in as another such
 mapping, nothing else changes:
 
+- ``activation_fsd`` (the default): the fraction of sign difference of the two adapters'
+  effects on the hidden states of every plan domain's probe examples
+  (:func:`spaces.measures.activation_fsd`). On the real FDU-MTL serving pairs it predicts a
+  shared body's accuracy (partial Spearman -0.75, BENCHMARKS.md); cross heads do not (-0.07).
+  It costs one probe pass per adapter, cross heads one validation pass per ordered pair.
 - ``fsd``: the fraction of sign difference of the two adapters' weights (the paper's). On
   adapters trained from one initialisation it hardly varies between pairs (DESIGN.md).
 - ``cross_heads``: each adapter scored with the other domain's head on that domain's
@@ -19,11 +24,11 @@ from __future__ import annotations
 import itertools
 from typing import Mapping, Sequence
 
-COMPATIBILITY_MEASURES = ("cross_heads", "fsd")
+COMPATIBILITY_MEASURES = ("activation_fsd", "cross_heads", "fsd")
 
 
 def fsd_distances(names: Sequence[str], matrix) -> dict[tuple[str, str], float]:
-    """The FSD matrix (rows and columns in ``names`` order) as pairwise distances."""
+    """An FSD matrix (weights' or activations'; rows and columns in ``names`` order) as pairwise distances."""
     n = len(names)
     if len(matrix) != n or any(len(row) != n for row in matrix):
         raise ValueError(f"{n} names need a {n}x{n} matrix")

@@ -2,7 +2,8 @@
 
 1. One Ray trial scores, example by example, each own adapter with its trained head and with a
    refit head (the bound under both protocols), the soup and TIES of all, and (for
-   ``plan.compatibility: cross_heads``) each adapter under every other domain's head.
+   ``plan.compatibility: cross_heads``) each adapter under every other domain's head; with
+   ``activation_fsd`` (the default) one probe pass per adapter gives the distances instead.
 2. :class:`search.plan.planner.PlanSearch` finds the best plan per number of bodies; each
    group's body is a small search (:class:`search.plan.bodies.BodySearch`), once per group.
 3. The chosen plan: the fewest bodies within ``plan.tolerance`` of the bound on validation
@@ -24,6 +25,7 @@ from typing import Callable, Mapping
 
 from search.cluster import check_cluster_storage, connect_ray
 from search.config import Config
+from search.conflict_measures import check_measures, conflict_measures
 from search.plan.bodies import BodySearch, accuracy, baseline_candidates, correctness, group_name, own_spec
 from search.plan.compatibility import cross_head_distances, fsd_distances
 from search.plan.figure import draw_plan_front
@@ -80,6 +82,8 @@ def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debu
     started = time.perf_counter()
     domains = check_plan_domains(cfg)
     check_cluster_storage(cfg)
+    if cfg.plan.compatibility == "activation_fsd":  # a probe split a domain lacks stops here, before any run
+        check_measures(probe_config(cfg), ["activation_fsd"], targets=domains)
     weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
     try:  # TIES of all needs the shared initialisation, which imported adapters lack
         shared_initialisation(_with_ties(cfg), weights)
@@ -112,9 +116,38 @@ def _params(cfg: Config, domains, budget: int) -> list:
 
     values = {"domains": ",".join(domains), "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies,
               "group_evaluations_budget": budget, "mixtures_per_group": cfg.plan.mixtures_per_group,
-              "compatibility": cfg.plan.compatibility, "head": cfg.search.head,
+              "compatibility": cfg.plan.compatibility, "probe_size": cfg.plan.probe_size, "head": cfg.search.head,
               "merge_methods": ",".join(cfg.search.merge_methods), "strategy": cfg.search.strategy}
     return [Param(k, str(v)) for k, v in values.items()]
+
+
+def probe_config(cfg: Config) -> Config:
+    """``cfg`` as the plan's probe passes read it: ``plan.probe_size`` rows of each plan domain."""
+    raw = cfg.model_dump()
+    raw["search"] = {**raw["search"], "probe_size": cfg.plan.probe_size}
+    return Config.model_validate(raw)
+
+
+def plan_distances(cfg: Config, domains, val: Mapping[str, Mapping[str, float]], index, *,
+                   progress: Callable[[str], None] = logger.info, debug: bool = False) -> dict[tuple[str, str], float]:
+    """The pairwise distances the plan starts from (``plan.compatibility``, search/plan/compatibility.py).
+
+    ``val``: candidate -> domain -> validation accuracy of the baselines' trial (``own/<d>`` and,
+    for ``cross_heads``, ``cross/<a>``); ``index``: the store's sign index (``fsd``). The
+    ``activation_fsd`` probe passes are read from the store's measures cache when an earlier plan,
+    search or ``signmix fsd`` of the same adapters and probe made them."""
+    measure = cfg.plan.compatibility
+    if measure == "cross_heads":
+        return cross_head_distances({d: val[f"own/{d}"][d] for d in domains},
+                                    {(a, b): val[f"cross/{a}"][b] for a in domains for b in domains if a != b})
+    if measure == "activation_fsd":
+        matrix = conflict_measures(probe_config(cfg), ["activation_fsd"], targets=domains, progress=progress,
+                                   debug=debug)["activation_fsd"]
+        names, rows = list(matrix.names), matrix.matrix
+    else:
+        names, rows = list(index.names), index.matrix
+    sub = [names.index(d) for d in domains]
+    return fsd_distances(domains, [[float(rows[i, j]) for j in sub] for i in sub])
 
 
 def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run_id, stamp, progress,
@@ -126,13 +159,7 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
                                                 ties=ties), weights, name=f"{cfg.name}-plan-baselines-{stamp}", progress=progress)
     val = {name: {d: accuracy(v) for d, v in c.get("validation", {}).items()} for name, c in base.items()}
     singles = {d: val[f"{head}/{d}"][d] for d in domains}  # a group of one: its own adapter, same protocol
-    if cfg.plan.compatibility == "cross_heads":
-        distances = cross_head_distances({d: val[f"own/{d}"][d] for d in domains},
-                                         {(a, b): val[f"cross/{a}"][b] for a in domains for b in domains if a != b})
-    else:
-        names = list(index.names)
-        sub = [names.index(d) for d in domains]
-        distances = fsd_distances(domains, [[float(index.matrix[i, j]) for j in sub] for i in sub])
+    distances = plan_distances(cfg, domains, val, index, progress=progress, debug=debug)
     bodies = BodySearch(cfg, plan_run_id=run_id, client=client, experiment_id=experiment_id, progress=progress,
                         debug=debug)
     search = PlanSearch(domains=domains, distances=distances, singles=singles, score_group=bodies,

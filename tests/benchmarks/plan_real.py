@@ -51,7 +51,7 @@ def config(work: Path, domains: dict, *, name: str, args) -> dict:
                    "densities": [0.1, 0.2], "lambdas": [1.0, 1.5, 2.0], "prune_ratios": [0.0], "head": args.head,
                    "max_concurrent": 2, "eval_batch_size": 64, "seed": 0, "max_fsd": None},
         "plan": {"mixtures_per_group": args.per_group, "group_evaluations": args.group_evaluations,
-                 "compatibility": "cross_heads"},
+                 "compatibility": args.compatibility},
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(work / "runs"), "num_cpus": 2},
         "store": str(work / "adapters"),
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--per-group", type=int, default=4, help="evaluations of one group's body")
     parser.add_argument("--group-evaluations", type=int, default=None, help="default 4N")
     parser.add_argument("--head", choices=["own", "refit"], default="own")
+    parser.add_argument("--compatibility", choices=["activation_fsd", "cross_heads", "fsd"], default="activation_fsd",
+                        help="where the plan starts (plan.compatibility; the default is the product's)")
     args = parser.parse_args()
 
     from search.config import load_config
@@ -99,19 +101,20 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = [f"# Serving plans on real data (max_train {args.max_train}, max_eval {args.max_eval}, "
-           f"{args.per_group} evaluations per group, head {args.head})", ""]
+           f"{args.per_group} evaluations per group, head {args.head}, compatibility {args.compatibility})", ""]
     for name, domains in collections().items():
         if args.only and name != args.only:
             continue
         path = work / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config(work, domains, name=f"plan-real-{name}", args=args)), encoding="utf-8")
+        path.write_text(yaml.safe_dump(config(work, domains, name=f"plan-real-{name}".replace("+", "-"), args=args)), encoding="utf-8")
         cfg = load_config(path)
         started = time.perf_counter()
         trained = run_training(cfg, progress=lambda line: print(f"  {line}", flush=True))
         print(f"{name}: trained {len(trained.trained)}, skipped {len(trained.skipped)} in {trained.seconds:.0f}s",
               flush=True)
         planned = time.perf_counter()
-        outcome = run_plan(cfg, progress=lambda line: print(f"  {line}", flush=True))
+        outcome = run_plan(cfg, progress=lambda line: print(f"  [{(time.perf_counter() - planned) / 60:5.1f} min] {line}",
+                                                            flush=True))
         lines = report(name, outcome.record, time.perf_counter() - planned)
         (work / f"{name}.json").write_text(json.dumps(outcome.record, default=str), encoding="utf-8")
         print("\n".join(lines), flush=True)

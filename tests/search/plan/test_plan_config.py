@@ -16,7 +16,9 @@ RAW = {"name": "demo", "base_model": "roberta-base", "search": {"targets": ["boo
 def test_a_plan_serves_every_domain_with_data_by_default_and_defaults_to_one_point_of_tolerance():
     cfg = validate_config(RAW)
     assert cfg.plan_domains == check_plan_domains(cfg) == ["books", "dvd"]  # extra: an adapter, no data
-    assert cfg.plan.tolerance == 0.01 and cfg.plan.max_bodies is None and cfg.plan.compatibility == "cross_heads"
+    assert cfg.plan.tolerance == 0.01 and cfg.plan.max_bodies is None
+    # the plan starts from the measure that predicts a shared body's accuracy (BENCHMARKS.md), probed cheaply
+    assert cfg.plan.compatibility == "activation_fsd" and cfg.plan.probe_size == 32
 
 
 def test_a_config_with_one_domain_of_data_cannot_plan():
@@ -32,6 +34,7 @@ def test_a_config_with_one_domain_of_data_cannot_plan():
     ({"max_bodies": 2, "domains": ["books", "dvd"]}, None),
     ({"tolerance": 1.5}, "plan.tolerance: got 1.5: Input should be less than or equal to 1"),
     ({"compatibility": "vibes"}, "plan.compatibility: got 'vibes'"),
+    ({"probe_size": 4}, "plan.probe_size: got 4: Input should be greater than or equal to 8"),
 ])
 def test_plan_settings_are_checked(plan, problem):
     if problem is None:

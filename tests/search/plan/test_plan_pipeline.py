@@ -55,7 +55,7 @@ def test_the_plan_has_one_best_plan_per_number_of_bodies_and_the_bound_at_n(plan
     assert at_n["validation"] == pytest.approx(bound["validation"]) and at_n["test"] == pytest.approx(bound["test"])
     assert "own adapters, refit heads (bound)" in rec["references"] and "TIES of all" in rec["references"]
     assert 4 <= rec["group_evaluations"] <= 5  # the agglomerative start alone needs N - 1 = 4
-    # the start's cross-head distances (one trial per adapter, every other domain's head): every pair
+    # the start's distances (plan.compatibility: activation_fsd, one probe pass per adapter): every pair
     assert sorted(rec["distances"]) == [f"{a},{b}" for a, b in itertools.combinations(domains, 2)]
     assert all(0.0 <= v <= 1.0 for v in rec["distances"].values())
     # chosen: the fewest bodies within the tolerance of the bound on validation
