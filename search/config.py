@@ -57,6 +57,9 @@ class PlanConfig(FrozenModel):
     max_bodies: Optional[Annotated[int, Field(ge=1)]] = None  # ... or the best plan of at most this many bodies
     group_evaluations: Optional[Annotated[int, Field(ge=1)]] = None  # groups whose body is searched (default 4N)
     mixtures_per_group: Annotated[int, Field(ge=1)] = 4  # evaluations of one group's body search
+    # A group's search first evaluates the operator choices that served the groups searched before it
+    # best, and one tried least (search/plan/transfer.py); false: every group's search starts afresh.
+    transfer: bool = True
     compatibility: choice("plan.compatibility") = "activation_fsd"  # the clustering's start (search/plan/compatibility.py)
     # activation_fsd: the probe examples read of each plan domain (search.probe_split), by every adapter's
     # probe pass; a plan of N domains probes N times this many rows per adapter.

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 from search import interrupts
 from search.cluster import check_cluster_storage, connect_ray, is_uri, storage_uri
@@ -80,18 +80,22 @@ NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
 def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger.info,
-               debug: bool = False) -> SearchSummary:
+               debug: bool = False, first_merges: Sequence[Mapping] = ()) -> SearchSummary:
     """Run the mixture search of ``cfg.search`` and record it in MLflow.
 
     With ``resume``, continue the newest interrupted search of the experiment: the same Ray
     Tune experiment (``Tuner.restore``), the same Optuna study (its journal file) and the same MLflow
     parent run, until ``num_mixtures`` distinct mixtures are evaluated in all.
+    ``first_merges``: operator choices (``MergeChoices.operator_choices``' form) that an Optuna
+    strategy asks first, in order, every member in, after any warm start (a plan's group bodies:
+    ``search/plan/transfer.py``).
     """
-    return run_search_with(cfg, resume=resume, progress=progress, debug=debug)
+    return run_search_with(cfg, resume=resume, progress=progress, debug=debug, first_merges=first_merges)
 
 
 def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors: bool = True,
-                    resume: bool = False, progress: Progress = logger.info, debug: bool = False) -> SearchSummary:
+                    resume: bool = False, progress: Progress = logger.info, debug: bool = False,
+                    first_merges: Sequence[Mapping] = ()) -> SearchSummary:
     """:func:`run_search` with another trial or actor setting (benchmarks and ablations:
     ``tests/benchmarks/bench_optimisations.py``).
 
@@ -154,6 +158,8 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
                                  storage=os.path.join(local, "optuna.journal"),
                                  n_objectives=len(cfg.search.objectives), warm_start=cfg.search.warm_start,
                                  switch_after=cfg.search.tpe_switch_after)
+        if first_merges and hasattr(strategy, "enqueue"):
+            strategy.enqueue([space.params_for(space.domains, merge=m) for m in first_merges])
         tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,

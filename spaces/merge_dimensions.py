@@ -150,6 +150,11 @@ class MergeChoices:
                 out.append({MERGE_METHOD_PARAM: method, **dict(zip(searched, values))})
         return out
 
+    def choice_of(self, spec) -> dict:
+        """The operator choice (:meth:`operator_choices`' form) a mixture spec was merged with."""
+        params = {p: getattr(spec, _OPERATOR_PARAMS[p]) for p in self.operator_params(spec.merge_method)}
+        return {MERGE_METHOD_PARAM: spec.merge_method, **params}
+
     def weight_grid(self) -> list[float]:
         n = round((WEIGHT_HIGH - WEIGHT_LOW) / WEIGHT_STEP) + 1
         return [round(WEIGHT_LOW + i * WEIGHT_STEP, 6) for i in range(n)]

@@ -22,10 +22,19 @@ from typing import Callable, Mapping, Sequence
 from search.config import Config
 from search.confirmation_trials import run_confirmation_trials
 from search.plan.partition import Group
+from search.plan.transfer import OperatorRecord, describe_choice
 from search.runner import run_search
 from search.export import find_best_run
-from search.tracking.layout import PLAN_BODY_KEY_TAG, PLAN_GROUP_TAG, PLAN_RUN_TAG, spec_from_run
+from search.tracking.layout import (
+    KIND_TAG,
+    PLAN_BODY_KEY_TAG,
+    PLAN_GROUP_TAG,
+    PLAN_RUN_TAG,
+    STATUS_TAG,
+    spec_from_run,
+)
 from spaces.errors import SignmixError
+from spaces.space import space_from_config
 from spaces.spec import MixtureSpec, make_mixture_spec
 
 logger = logging.getLogger(__name__)
@@ -43,13 +52,15 @@ class GroupBody:
     accuracy: dict[str, float]
 
 
-def group_config(cfg: Config, group: Sequence[str]) -> Config:
+def group_config(cfg: Config, group: Sequence[str], *, warm_start: bool = True) -> Config:
     """``cfg`` for the search of one group's body: the group's domains only, each a target and a
-    member; ``plan.mixtures_per_group`` evaluations; no test confirmation (the plan confirms)."""
+    member; ``plan.mixtures_per_group`` evaluations; no test confirmation (the plan confirms).
+    ``warm_start=False``: no greedy warm start (the operator choices of earlier groups come first)."""
     raw = cfg.model_dump()
     raw["domains"] = {d: raw["domains"][d] for d in group}
     raw["search"] = {**raw["search"], "targets": list(group), "require_targets": True, "max_members": None,
-                     "num_mixtures": cfg.plan.mixtures_per_group, "confirm": False, "max_fsd": None}
+                     "num_mixtures": cfg.plan.mixtures_per_group, "confirm": False, "max_fsd": None,
+                     **({} if warm_start else {"warm_start": "none"})}
     raw["study"] = {**raw["study"], "targets": None}
     raw["plan"] = {}
     return Config.model_validate(raw)
@@ -88,6 +99,9 @@ class BodySearch:
         self.bodies: dict[Group, GroupBody] = {}
         self.reused: set[Group] = set()
         self._last_second = ""
+        merge = space_from_config(cfg.search, cfg.plan_domains, targets=cfg.plan_domains).merge
+        self.merge = merge
+        self.operators = OperatorRecord(merge.operator_choices()) if cfg.plan.transfer else None
 
     def _searched_before(self, key: str):
         """The finished body search of this key, newest first; None when there is none."""
@@ -99,7 +113,8 @@ class BodySearch:
     def __call__(self, group: Group) -> dict[str, float]:
         """Each member's validation accuracy with the best body found for ``group``."""
         name = group_name(group)
-        group_cfg = group_config(self.cfg, group)
+        first = self.operators.first(self.cfg.plan.mixtures_per_group) if self.operators else []
+        group_cfg = group_config(self.cfg, group, warm_start=not first)
         key = body_key(group_cfg)
         earlier = self._searched_before(key)
         if earlier is not None:
@@ -107,13 +122,16 @@ class BodySearch:
             self.progress(f"plan: the body of {name} was searched before with these settings (MLflow run "
                           f"{earlier.info.run_id}): reused")
             self.reused.add(group)
+            self._learn(earlier.info.run_id)
             return self._record(group, best, earlier.info.run_id)
         # A search's Optuna study and Ray experiment are named by the second it starts at.
         while time.strftime("%Y%m%d-%H%M%S") == self._last_second:
             time.sleep(0.05)
         self._last_second = time.strftime("%Y%m%d-%H%M%S")
-        self.progress(f"plan: searching one body for {name} ({self.cfg.plan.mixtures_per_group} evaluations)")
-        summary = run_search(group_cfg, progress=lambda line: self.progress(f"  [{name}] {line}"), debug=self.debug)
+        firsts = "; first " + ", ".join(describe_choice(c) for c in first) if first else ""
+        self.progress(f"plan: searching one body for {name} ({self.cfg.plan.mixtures_per_group} evaluations{firsts})")
+        summary = run_search(group_cfg, progress=lambda line: self.progress(f"  [{name}] {line}"), debug=self.debug,
+                             first_merges=first)
         if summary.parent_run_id:
             for tag, value in ((PLAN_RUN_TAG, self.plan_run_id), (PLAN_GROUP_TAG, ",".join(group))):
                 self.client.set_tag(summary.parent_run_id, tag, value)
@@ -122,7 +140,18 @@ class BodySearch:
                                "run `signmix --debug plan CONFIG` for the workers' errors")
         # tagged last: only a search that found a body is ever reused
         self.client.set_tag(summary.parent_run_id, PLAN_BODY_KEY_TAG, key)
+        self._learn(summary.parent_run_id)
         return self._record(group, self.client.get_run(summary.best_run_id), summary.parent_run_id)
+
+    def _learn(self, search_run_id: str) -> None:
+        """Tell the operator record what each mixture of a group's search scored (``plan.transfer``)."""
+        if self.operators is None:
+            return
+        where = (f"tags.`mlflow.parentRunId` = '{search_run_id}' and tags.`{STATUS_TAG}` = 'evaluated' "
+                 f"and tags.`{KIND_TAG}` = 'mixture'")
+        runs = self.client.search_runs([self.experiment_id], filter_string=where, max_results=1000)
+        self.operators.add([(self.merge.choice_of(spec_from_run(r)), r.data.metrics["accuracy_mean"]) for r in runs
+                            if "accuracy_mean" in r.data.metrics])
 
     def _record(self, group: Group, run, search_run_id: str) -> dict[str, float]:
         accuracy = {d: float(run.data.metrics[f"accuracy/{d}"]) for d in group}

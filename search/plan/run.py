@@ -116,6 +116,7 @@ def _params(cfg: Config, domains, budget: int) -> list:
 
     values = {"domains": ",".join(domains), "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies,
               "group_evaluations_budget": budget, "mixtures_per_group": cfg.plan.mixtures_per_group,
+              "transfer": cfg.plan.transfer,
               "compatibility": cfg.plan.compatibility, "probe_size": cfg.plan.probe_size, "head": cfg.search.head,
               "merge_methods": ",".join(cfg.search.merge_methods), "strategy": cfg.search.strategy}
     return [Param(k, str(v)) for k, v in values.items()]
@@ -201,6 +202,7 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
         "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies, "why": why,
         "group_evaluations": search.evaluations, "group_evaluations_budget": budget,
         "group_searches_reused": len(bodies.reused),
+        "operators": bodies.operators.table() if bodies.operators else None,
         "compatibility": cfg.plan.compatibility, "distances": {f"{a},{b}": v for (a, b), v in distances.items()},
         "chosen": _chosen(chosen, bodies, rows, head),
         "front": rows, "references": references,
