@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 from search.config import Config
 from search.confirmation_trials import run_confirmation_trials
 from search.plan.partition import Group
-from search.plan.transfer import OperatorRecord, describe_choice
+from search.plan.transfer import OperatorRecord, choice_key, describe_choice
 from search.runner import run_search
 from search.export import find_best_run
 from search.tracking.layout import (
@@ -122,7 +122,7 @@ class BodySearch:
             self.progress(f"plan: the body of {name} was searched before with these settings (MLflow run "
                           f"{earlier.info.run_id}): reused")
             self.reused.add(group)
-            self._learn(earlier.info.run_id)
+            self._learn(group, earlier.info.run_id)
             return self._record(group, best, earlier.info.run_id)
         # A search's Optuna study and Ray experiment are named by the second it starts at.
         while time.strftime("%Y%m%d-%H%M%S") == self._last_second:
@@ -140,18 +140,26 @@ class BodySearch:
                                "run `signmix --debug plan CONFIG` for the workers' errors")
         # tagged last: only a search that found a body is ever reused
         self.client.set_tag(summary.parent_run_id, PLAN_BODY_KEY_TAG, key)
-        self._learn(summary.parent_run_id)
+        self._learn(group, summary.parent_run_id)
         return self._record(group, self.client.get_run(summary.best_run_id), summary.parent_run_id)
 
-    def _learn(self, search_run_id: str) -> None:
-        """Tell the operator record what each mixture of a group's search scored (``plan.transfer``)."""
+    def _learn(self, group: Group, search_run_id: str) -> None:
+        """Tell the operator record what each mixture of a group's search scored (``plan.transfer``),
+        under the config's name of its operator choice (a mixture is recorded canonical: task
+        arithmetic with λ 1 as the average, ``spaces/canonical.py``)."""
         if self.operators is None:
             return
+        named = {}
+        for choice in self.operators.choices:
+            args = self.merge.spec_arguments(self.merge.params_for(group, merge=choice), group)
+            spec = make_mixture_spec(members=list(group), targets=list(group), **args)
+            named.setdefault(choice_key(self.merge.choice_of(spec)), choice)
         where = (f"tags.`mlflow.parentRunId` = '{search_run_id}' and tags.`{STATUS_TAG}` = 'evaluated' "
                  f"and tags.`{KIND_TAG}` = 'mixture'")
         runs = self.client.search_runs([self.experiment_id], filter_string=where, max_results=1000)
-        self.operators.add([(self.merge.choice_of(spec_from_run(r)), r.data.metrics["accuracy_mean"]) for r in runs
-                            if "accuracy_mean" in r.data.metrics])
+        results = [(self.merge.choice_of(spec_from_run(r)), r.data.metrics["accuracy_mean"]) for r in runs
+                   if "accuracy_mean" in r.data.metrics]
+        self.operators.add([(named.get(choice_key(c), c), acc) for c, acc in results])
 
     def _record(self, group: Group, run, search_run_id: str) -> dict[str, float]:
         accuracy = {d: float(run.data.metrics[f"accuracy/{d}"]) for d in group}

@@ -41,7 +41,7 @@ def test_a_second_groups_search_first_evaluates_the_first_groups_best_choice_and
     lines: list[str] = []
     bodies = BodySearch(cfg, plan_run_id=plan_run, client=client, experiment_id=experiment_id,
                         progress=lines.append)
-    first, second = ("books", "dvd"), ("electronics", "kitchen")
+    first, second = ("books", "electronics"), ("kitchen", "movies")
     scored = bodies(first)
     tried = choices_of(cfg, bodies.bodies[first].search_run_id)
     assert len(tried) == 2 and set(scored) == set(first)
