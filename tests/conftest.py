@@ -86,13 +86,16 @@ _SHARED_STORES: list[str] = []
 
 @pytest.fixture(scope="module", autouse=True)
 def _shared_store_forgets_its_evaluations():
-    """Each test module meets the shared store without the evaluations earlier modules' searches
-    kept (``<store>/.correctness``): a module that checks what a confirmation evaluates, or stops
-    one midway, must not find it all read. Costs nothing where no module built the store."""
+    """Each test module meets the shared store without the evaluations and conflict measures
+    earlier modules kept (``<store>/.correctness``, ``<store>/.measures``: a plan's probe passes,
+    say): a module that checks what a confirmation evaluates or which measures a search caches
+    must not find them made already. Costs nothing where no module built the store."""
+    from search.conflict_measures import MEASURES_DIR
     from search.stored_correctness import CORRECTNESS_DIR
 
     for store in _SHARED_STORES:
-        shutil.rmtree(os.path.join(store, CORRECTNESS_DIR), ignore_errors=True)
+        for cache in (CORRECTNESS_DIR, MEASURES_DIR):
+            shutil.rmtree(os.path.join(store, cache), ignore_errors=True)
     yield
 
 
