@@ -51,7 +51,7 @@ def config(work: Path, domains: dict, *, name: str, args) -> dict:
                    "densities": [0.1, 0.2], "lambdas": [1.0, 1.5, 2.0], "prune_ratios": [0.0], "head": args.head,
                    "max_concurrent": 2, "eval_batch_size": 64, "seed": 0, "max_fsd": None},
         "plan": {"mixtures_per_group": args.per_group, "group_evaluations": args.group_evaluations,
-                 "compatibility": args.compatibility},
+                 "compatibility": args.compatibility, "transfer": not args.no_transfer},
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(work / "runs"), "num_cpus": 2},
         "store": str(work / "adapters"),
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--head", choices=["own", "refit"], default="own")
     parser.add_argument("--compatibility", choices=["activation_fsd", "cross_heads", "fsd"], default="activation_fsd",
                         help="where the plan starts (plan.compatibility; the default is the product's)")
+    parser.add_argument("--no-transfer", action="store_true", help="plan.transfer: false (every group's search afresh)")
     args = parser.parse_args()
 
     from search.config import load_config
