@@ -99,9 +99,8 @@ class BodySearch:
         self.bodies: dict[Group, GroupBody] = {}
         self.reused: set[Group] = set()
         self._last_second = ""
-        merge = space_from_config(cfg.search, cfg.plan_domains, targets=cfg.plan_domains).merge
-        self.merge = merge
-        self.operators = OperatorRecord(merge.operator_choices()) if cfg.plan.transfer else None
+        self.merge = space_from_config(cfg.search, cfg.plan_domains, targets=cfg.plan_domains).merge
+        self.operators = OperatorRecord(self.merge.operator_choices()) if cfg.plan.transfer else None
 
     def _searched_before(self, key: str):
         """The finished body search of this key, newest first; None when there is none."""

@@ -107,7 +107,8 @@ def main() -> None:
         if args.only and name != args.only:
             continue
         path = work / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config(work, domains, name=f"plan-real-{name}".replace("+", "-"), args=args)), encoding="utf-8")
+        raw = config(work, domains, name=f"plan-real-{name}".replace("+", "-"), args=args)  # names take no '+'
+        path.write_text(yaml.safe_dump(raw), encoding="utf-8")
         cfg = load_config(path)
         started = time.perf_counter()
         trained = run_training(cfg, progress=lambda line: print(f"  {line}", flush=True))
