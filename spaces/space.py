@@ -342,7 +342,7 @@ def space_from_config(search: SearchSettings, domains: Sequence[str], *, targets
 
     ``targets`` and ``max_members`` replace the section's (the confirmation's greedy
     baseline walks the whole space). The space filters nothing on FSD: ``search.max_fsd``
-    (fixed, auto or off) is the FSD gate's alone (``search/proposals/gate.py``).
+    (fixed, auto or off) is the FSD gate's alone (``search/proposals/fsd_gate.py``).
     """
     return MixtureSpace(
         domains=tuple(domains), targets=tuple(targets or search.targets),

@@ -151,7 +151,7 @@ def make_mixture_spec(
         targets: domains to evaluate on.
         weights: mixing weights, a list aligned with ``members`` or a dict by name;
             uniform when omitted. Normalised to sum to 1.
-        prune_method / prune_ratio / prune_scope / prune_when: see ``trainables.mixture_weights``.
+        prune_method / prune_ratio / prune_scope / prune_when: see ``trainables.mix_and_prune``.
             ``prune_ratio`` is in [0, 1]; 1.0 zeroes every pruned weight (sparsity sweeps).
         prune_layers: m, the number of most sign-conflicting layers pruned by
             ``"conflict_layers"`` (at least 1 there); set to 0 for every other method.

@@ -23,7 +23,7 @@ def ray_cluster():
     """A real local Ray cluster with 2 CPUs and no GPU, shared by the session."""
     import ray
 
-    from search.cluster import quiet_ray
+    from search.runtime.cluster import quiet_ray
 
     quiet_ray()
     if not ray.is_initialized():
@@ -70,8 +70,8 @@ def shared_store(tmp_path_factory, ray_cluster, tiny_bert, demo_domains) -> str:
     their ``run_training`` skips every domain. Read-only: tests that change adapters or
     data train into their own store.
     """
-    from search.config import load_config
-    from search.training_run import run_training
+    from search.settings.config import load_config
+    from search.workflows.adapter_training import run_training
 
     folder = tmp_path_factory.mktemp("shared-store")
     cfg = load_config(write_config(folder, base_model=tiny_bert, domains=dict(demo_domains), targets=["books"]))
@@ -90,8 +90,8 @@ def _shared_store_forgets_its_evaluations():
     earlier modules kept (``<store>/.correctness``, ``<store>/.measures``: a plan's probe passes,
     say): a module that checks what a confirmation evaluates or which measures a search caches
     must not find them made already. Costs nothing where no module built the store."""
-    from search.conflict_measures import MEASURES_DIR
-    from search.stored_correctness import CORRECTNESS_DIR
+    from search.workflows.conflict_measures import MEASURES_DIR
+    from search.runtime.kept_evaluations import CORRECTNESS_DIR
 
     for store in _SHARED_STORES:
         for cache in (CORRECTNESS_DIR, MEASURES_DIR):

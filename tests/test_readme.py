@@ -17,7 +17,7 @@ def blocks(lang: str) -> list[str]:
 
 
 def test_readme_config_example_validates(tmp_path):
-    from search.config import load_config
+    from search.settings.config import load_config
 
     (example,) = [b for b in blocks("yaml") if "domains:" in b]
     path = tmp_path / "experiment.yaml"
@@ -58,7 +58,7 @@ def test_ci_runs_the_readme_test_command():
 
 def choices_table() -> str:
     """The README's table of choices, as the registries define them."""
-    from search.config import REGISTERED_CHOICES
+    from search.settings.config import REGISTERED_CHOICES
 
     rows = [f"| `{field}` | {' · '.join(f'`{name}`' for name in names)} |"
             for field, names in REGISTERED_CHOICES.items()]

@@ -1,5 +1,6 @@
-"""The shape of the code: no import circles, arrows one way (spaces <- trainables <- search), and
-no module importing another module's private names. Imports anywhere in a file count."""
+"""The shape of the code: no import circles, arrows one way (spaces <- trainables <- search), the
+layers inside ``search/`` in one order, and no module importing another module's private names.
+Imports anywhere in a file count (inside functions and under ``TYPE_CHECKING`` too)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ PACKAGES = ("spaces", "trainables", "search", "mlflow_server")
 # trainables uses spaces for the spec type; spaces uses neither; mlflow_server stands alone).
 ALLOWED = {"spaces": {"spaces"}, "trainables": {"spaces", "trainables"},
            "search": {"spaces", "trainables", "search", "mlflow_server"}, "mlflow_server": {"mlflow_server", "spaces"}}
+
+
+# search/'s sub-packages, lowest first (DESIGN.md, "The layers of search/"): a module may import
+# its own layer and the ones below it, never one above.
+SEARCH_LAYERS = ("settings", "runtime", "tracking", "proposals", "workflows", "reporting", "plan", "cli")
 
 
 def module_imports(root: Path, packages=PACKAGES) -> dict[str, set[tuple[str, str]]]:
@@ -97,6 +103,47 @@ def test_arrows_point_one_way_between_the_packages():
     wrong = sorted(f"{m} imports {t}" for m, targets in module_imports(ROOT).items() for t, _ in targets
                    if t.split(".")[0] not in ALLOWED[m.split(".")[0]])
     assert wrong == []
+
+
+def arrows_up(graph: dict[str, set[tuple[str, str]]], package: str = "search",
+              layers: tuple[str, ...] = SEARCH_LAYERS) -> list[str]:
+    """Every import from a layer of ``package`` into a higher one, and every module of ``package``
+    that sits in no layer (a flat module has no place in the order)."""
+
+    def layer(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if parts[0] == package and len(parts) > 1 else None
+
+    found = sorted(f"{m} is in no layer of {package}/" for m in graph if layer(m) is not None and layer(m) not in layers)
+    for m, targets in graph.items():
+        for t, _ in targets:
+            if layer(m) in layers and layer(t) in layers and layers.index(layer(t)) > layers.index(layer(m)):
+                found.append(f"{m} ({layer(m)}) imports {t} ({layer(t)})")
+    return sorted(found)
+
+
+def test_search_layers_import_only_downwards():
+    assert arrows_up(module_imports(ROOT)) == []
+
+
+def test_every_layer_of_search_exists_and_holds_modules():
+    assert sorted(p.name for p in (ROOT / "search").iterdir() if (p / "__init__.py").is_file()) == sorted(SEARCH_LAYERS)
+    assert [p.name for p in (ROOT / "search").glob("*.py")] == ["__init__.py"]
+
+
+def test_a_planted_arrow_up_and_a_flat_module_are_found(tmp_path):
+    for layer in ("low", "high"):
+        (tmp_path / "pkg" / layer).mkdir(parents=True)
+        (tmp_path / "pkg" / layer / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "high" / "workflow.py").write_text("from pkg.low.names import NAMES\n")  # down: fine
+    (tmp_path / "pkg" / "low" / "names.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.high.workflow import run\nNAMES = ()\n")
+    (tmp_path / "pkg" / "flat.py").write_text("x = 1\n")
+    graph = module_imports(tmp_path, ("pkg",))
+    assert arrows_up(graph, "pkg", ("low", "high")) == ["pkg.flat is in no layer of pkg/",
+                                                        "pkg.low.names (low) imports pkg.high (high)",
+                                                        "pkg.low.names (low) imports pkg.high.workflow (high)"]
 
 
 def test_no_module_imports_a_private_name_of_another():

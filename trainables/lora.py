@@ -173,7 +173,7 @@ def concatenate_factors(members: Sequence[Mapping[str, Tensor]], *, scalings: Se
     ``Σ_i w_i s_i B_i A_i = [w_1 s_1 B_1 | … | w_k s_k B_k] / scaling · [A_1; …; A_k] · scaling``,
     so the merged adapter has rank ``Σ r_i`` and reproduces the weighted average of ΔW
     exactly (error 0). Weights are normalised to sum to 1 (uniform when omitted), as in
-    :func:`trainables.mixture_weights.average_weights`; only linear merges can be kept exact.
+    :func:`trainables.mix_and_prune.average_weights`; only linear merges can be kept exact.
 
     Args:
         members: LoRA state dicts with the same adapted modules (ranks may differ).

@@ -23,10 +23,10 @@ from spaces.errors import SpecError
 from spaces.operators import MERGE_OPERATORS
 from spaces.spec import MixtureSpec
 from trainables.blackbox_attack import attack_targets
-from trainables.correctness import correct_rows, write_correctness
+from trainables.example_correctness import correct_rows, write_correctness
 from trainables.evaluate import classification_metrics, encoded_split, mixture_model, predict, target_metrics
 from trainables.lora_mixture import MERGE_ON_DELTA, LoraSlot, is_lora_weights
-from trainables.mixture_weights import build_mixture, sparsity
+from trainables.mix_and_prune import build_mixture, sparsity
 from trainables.robustness import fgsm_predict
 from trainables.settings import Experiment
 
@@ -78,7 +78,7 @@ def load_mixture(model, spec: MixtureSpec, adapter_weights: Mapping, experiment:
     """Build ``spec``'s mixture from the shared adapter weights and write it into the worker's
     model; with ``spec.head == "refit"`` also refit the targets' heads on it (which needs
     ``experiment``). Returns the mixed weights. The search trial and the confirmation trial
-    (:mod:`trainables.correctness_trial`) both go through here, so they evaluate the same mixture."""
+    (:mod:`trainables.confirmation_trial`) both go through here, so they evaluate the same mixture."""
     members = fetch_members(adapter_weights, spec.members)
     lora = None
     if (experiment is None or experiment.evaluation.lora_merge == MERGE_ON_DELTA) \

@@ -1,6 +1,6 @@
 """What a trial is given: the typed settings of the experiment that trainables read.
 
-The config (``search/config.py``) validates the YAML once into frozen models; the parts a
+The config (``search/settings/config.py``) validates the YAML once into frozen models; the parts a
 trial needs are defined here, where ``trainables`` can read them without knowing the search,
 and the config composes them. A trial receives an :class:`Experiment` (built once by
 ``Config.experiment()``), never a dict read back with string keys: every default is stated

@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 from search.cli.console import load, preflight, progress
-from search.interrupts import Interrupted
+from search.runtime.interrupts import Interrupted
 from spaces.errors import UsageError
 
 logger = logging.getLogger("signmix")
 
 
 def cmd_train(args) -> int:
-    from search.training_run import run_training
+    from search.workflows.adapter_training import run_training
 
     cfg = load(args)
     preflight(cfg, "train")
@@ -45,7 +45,7 @@ def training_outcome(summary) -> str:
 
 
 def cmd_fsd(args) -> int:
-    from search.reporting.tables import format_table, write_csv
+    from search.tracking.tables import format_table, write_csv
     from trainables.store import load_sign_index
 
     cfg = load(args)
@@ -53,12 +53,12 @@ def cmd_fsd(args) -> int:
     measures = _measure_names(args.measures)
     weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
     if measures:  # before anything is written: what the store or the data cannot give
-        from search.conflict_measures import check_measures
+        from search.workflows.conflict_measures import check_measures
 
         check_measures(cfg, measures)
     rows = [[name] + [float(index.matrix[i, j]) for j in range(len(index.names))] for i, name in enumerate(index.names)]
     print(format_table(rows, ["FSD"] + list(index.names)))
-    from search.proposals.gate import evidence_from_mlflow
+    from search.proposals.fsd_gate import evidence_from_mlflow
 
     evidence = evidence_from_mlflow(cfg)
     print()
@@ -68,7 +68,7 @@ def cmd_fsd(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, ["adapter", *index.names], [[r[0], *(f"{x:.6f}" for x in r[1:])] for r in rows])
     print(f"written: {out}")
-    from search.store_imports import initialisation_lines
+    from search.workflows.store_imports import initialisation_lines
 
     for line in initialisation_lines(cfg, weights):
         print(line)
@@ -109,7 +109,7 @@ def _measure_names(text: str | None) -> list[str]:
 
 
 def cmd_search(args) -> int:
-    from search.runner import run_search
+    from search.workflows.mixture_search import run_search
 
     cfg = load(args)
     preflight(cfg, "search")
@@ -117,7 +117,7 @@ def cmd_search(args) -> int:
     print(f"{s.strategy}: {s.evaluated} evaluated, {s.filtered} proposals filtered ({s.filtered_mixtures} mixtures), "
           f"{s.repeats} repeats, {s.stopped_early} stopped early, {s.failed} failed in {s.seconds:.1f}s")
     if s.best_label is not None:
-        from search.baselines import search_summary_lines
+        from search.workflows.baselines import search_summary_lines
 
         print(f"best: {s.best_label}  accuracy {s.best_accuracy:.4f}  (MLflow run {s.best_run_id})")
         # The baselines' validation accuracies come from the confirmation when it ran: not evaluated twice.
@@ -130,7 +130,7 @@ def cmd_search(args) -> int:
                               + "; only the comparison with the baselines was stopped") from None
         for line in lines:
             print(line)
-    from search.confirmation_decision import trust_lines
+    from search.workflows.confirmation_decision import trust_lines
 
     for line in trust_lines(s):
         print(line)
@@ -138,7 +138,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from search.study import run_study
+    from search.workflows.study import run_study
 
     cfg = load(args)
     preflight(cfg, "study")
@@ -150,7 +150,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from search.plan.run import plan_lines, preflight_config, run_plan
+    from search.plan.serving_plan import plan_lines, preflight_config, run_plan
 
     cfg = load(args)
     preflight(preflight_config(cfg), "search")
@@ -161,7 +161,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from search.export import check_output_dir, export_mixture
+    from search.workflows.export import check_output_dir, export_mixture
 
     if args.bodies is not None and not args.plan:
         raise UsageError("--bodies chooses a plan of the front: use it with --plan")
@@ -186,8 +186,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from search.export import evaluate_export
-    from search.reporting.tables import format_table
+    from search.workflows.export import evaluate_export
+    from search.tracking.tables import format_table
 
     if (Path(args.export_dir) / "routing.json").is_file():
         return _evaluate_bundle(args)
@@ -210,7 +210,7 @@ def cmd_evaluate(args) -> int:
 
 def _evaluate_bundle(args) -> int:
     from search.plan.bundle import evaluate_bundle, logged_accuracy
-    from search.reporting.tables import format_table
+    from search.tracking.tables import format_table
 
     result = evaluate_bundle(args.export_dir, args.split)
     logged, metrics, routing = logged_accuracy(result["plan"], args.split), result["metrics"], result["routing"]
@@ -245,8 +245,8 @@ def cmd_results(args) -> int:
 
     cfg = load(args)
     print(format_results(top_mixtures(cfg, n=args.top, sort=args.sort), sort=args.sort))
-    from search.confirmation import latest_confirmation
-    from search.confirmation_decision import confirmation_lines
+    from search.workflows.confirmation import latest_confirmation
+    from search.workflows.confirmation_decision import confirmation_lines
 
     record = latest_confirmation(cfg)
     if record is not None:

@@ -17,7 +17,7 @@ def progress(line: str) -> None:
 
 def load(args):
     """The validated config, with the command-line overrides validated like the file."""
-    from search.config import load_config, validate_config
+    from search.settings.config import load_config, validate_config
 
     cfg = load_config(args.config)
     updates: dict[str, dict] = {}

@@ -19,7 +19,7 @@ import yaml
 from mlflow_server.network import sqlite_uri
 from search.cli.console import progress
 from search.cli.demo_data import write_demo_domains
-from search.config import Config, load_config
+from search.settings.config import Config, load_config
 
 DEMO_TARGETS = ["books"]
 
@@ -74,12 +74,12 @@ def prepare_demo(out: str | os.PathLike, **kwargs) -> Config:
 def run_demo(args) -> int:
     """``signmix demo``: the serving plan, then the in-domain search, on the embedded data."""
     from mlflow_server.server import redact_uri
-    from search.baselines import baseline_specs, evaluate_specs
+    from search.workflows.baselines import baseline_specs, evaluate_specs
     from search.cli.preflight import check_tracking_uri, check_writable
-    from search.export import export_mixture
-    from search.reporting.tables import format_table
-    from search.runner import run_search
-    from search.training_run import run_training
+    from search.workflows.export import export_mixture
+    from search.tracking.tables import format_table
+    from search.workflows.mixture_search import run_search
+    from search.workflows.adapter_training import run_training
     from trainables.store import load_sign_index
 
     out = Path(args.out).resolve()
@@ -117,7 +117,7 @@ def run_demo(args) -> int:
     rows += [[name, specs[name].k, index.subset_fsd(specs[name].members, cfg.search.fsd_measure), r["accuracy_mean"]]
              for name, r in baselines.items()]
     if cfg.search.head == "own":  # what the best mixture scores with heads refit on it
-        from search.baselines import spec_of_record
+        from search.workflows.baselines import spec_of_record
 
         record = json.loads((out / "best" / "mixture.json").read_text(encoding="utf-8"))
         refit = evaluate_specs(cfg, {"best, refit heads": spec_of_record(record, head="refit")}, weights)
@@ -125,13 +125,13 @@ def run_demo(args) -> int:
     print()
     print(format_table(rows, ["mixture", "k", "FSD", f"validation accuracy ({targets})"]))
     if s.best_run_id is not None:
-        from search.baselines import search_summary_lines
+        from search.workflows.baselines import search_summary_lines
 
         print()
         for line in search_summary_lines(cfg, s.best_run_id, baselines):
             print(line)
     if s.confirmation is not None:
-        from search.confirmation_decision import confirmation_table
+        from search.workflows.confirmation_decision import confirmation_table
 
         print()
         print(confirmation_table(s.confirmation))
@@ -140,7 +140,7 @@ def run_demo(args) -> int:
     print(f"proposals: {s.evaluated} evaluated, {s.filtered} filtered by the pre-filter "
           f"({s.filtered_mixtures} distinct mixtures, max_fsd {limit}), {s.repeats} repeats answered "
           f"from earlier results; search took {s.seconds:.0f}s")
-    from search.confirmation_decision import trust_lines
+    from search.workflows.confirmation_decision import trust_lines
 
     for line in trust_lines(s):
         if not line.startswith("confirmed on the test split") and not line.startswith("  "):

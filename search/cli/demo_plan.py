@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from search.config import Config
+from search.settings.config import Config
 from search.plan.bundle import export_bundle
-from search.plan.run import plan_lines, run_plan
+from search.plan.serving_plan import plan_lines, run_plan
 from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
 
 

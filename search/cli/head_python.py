@@ -7,7 +7,7 @@ looks the modules up without importing them (standard library only: it runs befo
 anything is known about that Python) and, when some are missing, prints one line naming
 them, the interpreter, and how to start the head, and exits with 2.
 
-Usage (written by :func:`search.jobs.submit_job`): ``python -m search.cli.head_python MODULE...``
+Usage (written by :func:`search.runtime.jobs.submit_job`): ``python -m search.cli.head_python MODULE...``
 """
 
 from __future__ import annotations

@@ -26,12 +26,12 @@ from search.cli.commands import (
     cmd_submit,
     cmd_train,
 )
-from search.interrupts import EXIT_STATUS, Interrupted, stop_on_sigterm
+from search.runtime.interrupts import EXIT_STATUS, Interrupted, stop_on_sigterm
 from spaces.errors import SignmixError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from search.proposals.strategies import STRATEGIES
+    from search.settings.choices import STRATEGY_NAMES
 
     parser = argparse.ArgumentParser(prog="signmix", description=(
         "Find the best mixture of domain adapters: Ray Tune trials, Optuna proposals behind a "
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "cross_head, merge_gap): each matrix and, over the evaluated mixtures, its correlation with "
                         "accuracy, best first")
     p = with_config("search", "search mixtures with Ray Tune, behind the sign-conflict pre-filter", cmd_search)
-    p.add_argument("--strategy", choices=list(STRATEGIES),
+    p.add_argument("--strategy", choices=list(STRATEGY_NAMES),
                    help="overrides search.strategy")
     p.add_argument("--num-mixtures", type=int, help="overrides search.num_mixtures")
     p.add_argument("--address", help="Ray cluster address (overrides ray.address)")

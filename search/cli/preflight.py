@@ -18,9 +18,9 @@ from pathlib import Path
 
 from mlflow_server.network import check_writable
 from mlflow_server.server import check_reachable, redact_uri
-from search.cluster import CONNECT_TIMEOUT_S, check_ray_address, tcp_unreachable
-from search.config import Config
-from search.store_imports import check_imports
+from search.runtime.cluster import CONNECT_TIMEOUT_S, check_ray_address, tcp_unreachable
+from search.settings.config import Config
+from search.workflows.store_imports import check_imports
 from spaces.errors import DataError, StoreError, TrackingError, UsageError
 from trainables.data import check_labels, load_domain
 from trainables.store import AdapterStore
@@ -66,7 +66,7 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
         check_refit_data(cfg)
         check_store_for_search(cfg)
         if cfg.search.conflict_measure not in ("weight_fsd", "auto"):  # auto leaves out what cannot be measured
-            from search.conflict_measures import check_measures
+            from search.workflows.conflict_measures import check_measures
 
             check_measures(cfg, [cfg.search.conflict_measure])
 

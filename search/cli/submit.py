@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from search.cli.console import load, progress
-from search.interrupts import EXIT_STATUS
+from search.runtime.interrupts import EXIT_STATUS
 from spaces.errors import UsageError
 
 
 def run_submit(args) -> int:
     """``signmix submit``: one of CONFIG (submit it), ``--status JOB`` or ``--stop JOB``."""
-    from search.jobs import JobError, connect_jobs, follow_job, job_outcome, stop_job, submit_job
+    from search.runtime.jobs import JobError, connect_jobs, follow_job, job_outcome, stop_job, submit_job
 
     if sum(x is not None for x in (args.config, args.status, args.stop)) != 1:
         raise UsageError("give exactly one of CONFIG (submit it), --status JOB or --stop JOB")
@@ -20,7 +20,7 @@ def run_submit(args) -> int:
         raise UsageError("--resume continues a stopped search: give it with CONFIG and --command search")
     cfg = None
     if args.config:
-        from search.job_paths import check_local_paths, head_paths
+        from search.runtime.job_paths import check_local_paths, head_paths
 
         cfg = load(argparse.Namespace(config=args.config))
         check_local_paths(args.config, command=args.command)

@@ -9,6 +9,6 @@ Pure planning logic (no Ray, no MLflow): :mod:`search.plan.partition` (partition
 agglomerative start, moves), :mod:`search.plan.planner` (the local search over
 partitions), :mod:`search.plan.compatibility` (pairwise distances), :mod:`search.plan.front`
 (the Pareto front, the chosen plan, intervals). The glue: :mod:`search.plan.bodies` (a
-group's body searched as Ray Tune trials recorded in MLflow), :mod:`search.plan.run`
+group's body searched as Ray Tune trials recorded in MLflow), :mod:`search.plan.serving_plan`
 (``run_plan``), :mod:`search.plan.figure`, :mod:`search.plan.bundle` (export and evaluate).
 """

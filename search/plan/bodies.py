@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from search.config import Config
-from search.confirmation_trials import run_confirmation_trials
+from search.settings.config import Config
+from search.workflows.confirmation_passes import run_confirmation_trials
 from search.plan.partition import Group
 from search.plan.transfer import OperatorRecord, choice_key, describe_choice
-from search.runner import run_search
-from search.export import find_best_run
+from search.workflows.mixture_search import run_search
+from search.workflows.export import find_best_run
 from search.tracking.layout import (
     KIND_TAG,
     PLAN_BODY_KEY_TAG,
@@ -205,7 +205,7 @@ def baseline_candidates(cfg: Config, domains: Sequence[str], *, cross_heads: boo
 def correctness(cfg: Config, candidates: Mapping[str, tuple[MixtureSpec, list[str]]], weights, *,
                 name: str, progress: Callable[[str], None] = logger.info) -> dict:
     """name -> split -> domain -> [0/1, ...] of ``candidates``, one parallel Ray Tune trial per
-    distinct mixture (:func:`search.confirmation_trials.run_confirmation_trials`)."""
+    distinct mixture (:func:`search.workflows.confirmation_passes.run_confirmation_trials`)."""
     if any(spec.merge_method != "average" for spec, _ in candidates.values()) and "ties" not in cfg.search.merge_methods:
         # the trial rebuilds the shared initialisation only when the config's operators need it
         raw = cfg.model_dump()

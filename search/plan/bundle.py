@@ -24,8 +24,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from search.config import Config
-from search.export import check_output_dir, register_version, signmix_version
+from search.settings.config import Config
+from search.workflows.export import check_output_dir, register_version, signmix_version
 from search.plan.bodies import group_name, own_spec
 from search.tracking.layout import BUNDLE_ARTIFACT, KIND_TAG, MIXTURE_ARTIFACT, PLAN_ARTIFACT
 from search.tracking.tracker import open_experiment

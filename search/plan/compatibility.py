@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 from typing import Mapping, Sequence
 
-COMPATIBILITY_MEASURES = ("activation_fsd", "cross_heads", "fsd")
 
 
 def fsd_distances(names: Sequence[str], matrix) -> dict[tuple[str, str], float]:

@@ -3,7 +3,7 @@
 ``search.conflict_measure`` names the measure (``spaces/measures.py``); ``auto`` makes the
 gate track every pairwise measure on the mixtures evaluated so far and filter with the one
 whose evidence is strongest (negative and significant within size, the rule of
-``spaces.evidence``; :func:`spaces.measure_evidence.choose_measure`), and with none while no
+``spaces.gate_evidence``; :func:`spaces.measure_ranking.choose_measure`), and with none while no
 measure shows evidence. ``search.max_fsd`` keeps its meaning: ``auto`` (evidence decides),
 a fixed threshold on the measure, or ``null``. The search's run gets the chosen measure as the
 tag ``signmix.gate_measure`` and every tracked measure's partial Spearman, p and n as metrics
@@ -16,19 +16,16 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from search.conflict_measures import check_measures, conflict_measures
-from search.proposals.gate import FsdGate, gate_mode, make_gate
-from search.reporting.results import open_existing_experiment
+from search.proposals.fsd_gate import FsdGate
+from search.tracking.experiment_runs import open_existing_experiment
 from search.tracking.layout import GATE_MEASURE_TAG as MEASURE_TAG
 from search.tracking.layout import KIND_TAG, STATUS_TAG, spec_from_run
-from spaces.errors import UsageError
-from spaces.measure_evidence import MeasureEvidence, choose_measure, evidence_table
+from spaces.measure_ranking import MeasureEvidence, choose_measure, evidence_table
 from spaces.measures import PAIRWISE_MEASURES, PairwiseMeasure
 from spaces.space import Verdict
 
 if TYPE_CHECKING:
     from spaces.fsd import SignIndex
-    from spaces.space import MixtureSpace
 
 logger = logging.getLogger(__name__)
 
@@ -140,40 +137,6 @@ def warm_start_order(measures: Mapping[str, PairwiseMeasure], evidence: Sequence
         return None, "the warm start orders by weight_fsd (no measure has shown evidence yet)"
     return measures.get(best.measure), (f"the warm start orders by {best.measure}, the measure the experiment's "
                                         f"earlier mixtures chose ({best.numbers()})")
-
-
-def gate_for_search(cfg, space: MixtureSpace, tolerance: float, index: SignIndex, *, progress=logger.info,
-                    debug: bool = False) -> tuple[FsdGate, object]:
-    """The search's gate and what orders its greedy warm start (the sign index, or a measure).
-
-    ``conflict_measure: weight_fsd`` is today's FSD gate on the sign index. Any other measure
-    (or ``auto``) computes the pairwise measures it needs once (cached in the store)."""
-
-    if cfg.search.conflict_measure == WEIGHT_FSD:
-        return make_gate(cfg, space, tolerance), index
-
-    candidates = gate_candidates(cfg.search.conflict_measure)
-    if cfg.search.conflict_measure == "auto":  # track what this store and data can measure
-        candidates = [c for c in candidates if _measurable(cfg, c, progress)]
-    measures = conflict_measures(cfg, candidates, progress=progress, debug=debug)
-    mode, fixed = gate_mode(cfg.search.max_fsd)
-    gate = MeasureGate(measures=measures, candidates=candidates, mode=mode, space=space, tolerance=tolerance,
-                       fixed_threshold=fixed)
-    order, why = warm_start_order(measures, experiment_evidence(cfg, measures, tolerance),
-                                  cfg.search.conflict_measure)
-    if cfg.search.strategy == "tpe" and cfg.search.warm_start == "greedy_fsd":
-        progress(f"conflict gate: tracks {', '.join(gate.candidates)}; {why}")
-    return gate, order or index
-
-
-def _measurable(cfg, name: str, progress) -> bool:
-
-    try:
-        check_measures(cfg, [name])
-    except UsageError as exc:
-        progress(f"conflict gate: {name} is not tracked: {exc}")
-        return False
-    return True
 
 
 def experiment_evidence(cfg, measures: Mapping[str, PairwiseMeasure], tolerance: float,

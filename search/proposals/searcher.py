@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from ray.tune.search import Searcher
 
-from search.proposals.outcomes import METRIC, objective_value, trial_outcome
+from search.tracking.outcomes import METRIC, objective_value, trial_outcome
 from spaces.spec import MixtureSpec
 
 if TYPE_CHECKING:
-    from search.proposals.gate import FsdGate
+    from search.proposals.fsd_gate import FsdGate
     from search.proposals.strategies import Strategy
     from search.tracking.tracker import SearchTracker
     from spaces.fsd import SignIndex
@@ -83,7 +83,7 @@ class SignConflictSearcher(Searcher):
                  objectives: Sequence[str] = (METRIC,), gate: FsdGate | None = None,
                  mixtures_per_trial: int = 1) -> None:
         super().__init__(metric=METRIC, mode="max")
-        self.gate = gate  # the FSD gate (search/proposals/gate.py); None: the space's own max_fsd only
+        self.gate = gate  # the FSD gate (search/proposals/fsd_gate.py); None: the space's own max_fsd only
         self.strategy, self.space, self.index, self.tracker = strategy, space, index, tracker
         self.objectives = tuple(objectives)  # metrics told to the strategy (several: multi-objective)
         self.budget, self.max_idle_proposals = budget, max_idle_proposals

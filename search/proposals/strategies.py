@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal
 from spaces.errors import SpecError
 from spaces.fsd import rank_by_mean_fsd
 from spaces.space import MixtureSpace
+from search.settings.choices import STRATEGY_NAMES, check_registry
 
 if TYPE_CHECKING:
     import optuna
@@ -285,6 +286,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "greedy_fsd": GreedyFsd,
     "soup_all": SoupAll,
 }
+check_registry("search.strategy", STRATEGY_NAMES, STRATEGIES)
 
 
 def make_strategy(name: str, **kwargs: object) -> Strategy:

@@ -14,12 +14,12 @@ import math
 from pathlib import Path
 from typing import Callable, Sequence
 
-from search.config import Config
-from search.conflict_measures import conflict_measures, merge_gaps
-from search.proposals.gate import validation_tolerance
+from search.settings.config import Config
+from search.workflows.conflict_measures import conflict_measures, merge_gaps
+from search.proposals.fsd_gate import validation_tolerance
 from search.proposals.measure_gate import experiment_evidence, experiment_points
-from search.reporting.tables import format_table, write_csv
-from spaces.measure_evidence import choose_measure, format_p
+from search.tracking.tables import format_table, write_csv
+from spaces.measure_ranking import choose_measure, format_p
 from spaces.measures import MEASURES, PAIRWISE_MEASURES
 
 logger = logging.getLogger(__name__)

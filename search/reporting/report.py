@@ -34,7 +34,7 @@ from search.reporting.report_figures import FIGURES
 from spaces.fsd import greedy_members  # noqa: F401  (part of this module's interface)
 
 if TYPE_CHECKING:
-    from search.config import Config
+    from search.settings.config import Config
 
 logger = logging.getLogger(__name__)
 

@@ -13,14 +13,14 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
-from search.conflict_measures import cached_measures
-from search.reporting.results import MixtureRun, mixture_runs, open_existing_experiment, search_parents
+from search.workflows.conflict_measures import cached_measures
+from search.tracking.experiment_runs import MixtureRun, mixture_runs, open_existing_experiment, search_parents
 from search.tracking.layout import STRATEGY_TAG, STUDY_PART_TAG
 from spaces.errors import StoreError
 from trainables.store import load_sign_index
 
 if TYPE_CHECKING:
-    from search.config import Config
+    from search.settings.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ReportData:
     sparse: list[MixtureRun] = field(default_factory=list)
     searches: dict[str, list[MixtureRun]] = field(default_factory=dict)  # strategy -> evaluated children
     fsd: tuple[list[str], list[list[float]], str] | None = None  # names, matrix, where it came from
-    measures: dict = field(default_factory=dict)  # the store's cached conflict measures (search/conflict_measures.py)
+    measures: dict = field(default_factory=dict)  # the store's cached conflict measures (search/workflows/conflict_measures.py)
 
 
 # -- pure helpers (tested directly) -----------------------------------------------------------

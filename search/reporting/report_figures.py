@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Callable
 
 from search.reporting.report_data import MissingData, ReportData, correlation, row_means
-from search.reporting.results import MixtureRun
-from search.reporting.tables import write_csv
+from search.tracking.experiment_runs import MixtureRun
+from search.tracking.tables import write_csv
 from search.tracking.layout import SPARSE_SIZE_TAG, STUDY_TARGET_TAG
 from spaces.fsd import greedy_members
-from spaces.measure_evidence import measure_evidence
+from spaces.measure_ranking import measure_evidence
 
 # -- writing files ------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from search.proposals.outcomes import OUTCOMES
+from search.tracking.outcomes import OUTCOMES
 from spaces.operators import OPERATOR_PARAMETERS
 from spaces.spec import MixtureSpec, make_mixture_spec
 
@@ -34,7 +34,7 @@ ADAPTER_PATH_TAG = "signmix.adapter_path"
 GATE_DECISION_TAG = "signmix.fsd_gate"
 GATE_REASON_TAG = "signmix.fsd_gate_reason"
 GATE_MEASURE_TAG = "signmix.gate_measure"  # the conflict measure the gate filters with (search/proposals/measure_gate.py)
-# Tags of a measures run (search/conflict_measures.py).
+# Tags of a measures run (search/workflows/conflict_measures.py).
 MEASURES_FINGERPRINT_TAG = "signmix.measures_fingerprint"
 CHOSEN_TAG = "signmix.chosen_run_id"
 BEST_TAG = "signmix.best_run_id"

@@ -173,16 +173,16 @@ def instrument(rec: Recorder) -> None:
 
 def patch_inputs(weights: dict) -> None:
     """The synthetic store and no validation data: what this benchmark does not measure."""
-    import search.runner
+    import search.workflows.mixture_search
     from spaces.fsd import SignIndex
 
     index = SignIndex.from_weights(weights)
-    search.runner.load_sign_index = lambda root, domains: (weights, index)
-    search.runner.validation_tolerance = lambda cfg, progress: (0.05, [])
+    search.workflows.mixture_search.load_sign_index = lambda root, domains: (weights, index)
+    search.workflows.mixture_search.validation_tolerance = lambda cfg, progress: (0.05, [])
 
 
 def build_config(work: Path, args, weights: dict):
-    from search.config import validate_config
+    from search.settings.config import validate_config
     from spaces.fsd import SignIndex
 
     names = sorted(weights)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     patch_inputs(weights)
     rec = Recorder()
     instrument(rec)
-    from search.runner import run_search_with
+    from search.workflows.mixture_search import run_search_with
 
     with tempfile.TemporaryDirectory(prefix="signmix-driver-") as work:
         cfg = build_config(Path(work), args, weights)

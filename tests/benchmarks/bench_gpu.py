@@ -192,7 +192,7 @@ def raw_forward_eps(cfg, n_examples: int, dtype: str, sort_by_length: bool) -> t
 
 def bench(cfg, sampler: GpuSampler, dtype: str, raw: dict) -> None:
     """One search of ``cfg``; the raw loops of ``dtype`` are measured once, after its first search."""
-    from search.runner import run_search
+    from search.workflows.mixture_search import run_search
     from tests_support import mlflow_runs
 
     concurrent, gpu = cfg.search.max_concurrent, cfg.resources.gpu
@@ -272,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from search.cluster import connect_ray
-    from search.config import load_config
-    from search.training_run import run_training
+    from search.runtime.cluster import connect_ray
+    from search.settings.config import load_config
+    from search.workflows.adapter_training import run_training
 
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("needs a CUDA GPU (or --cpu-smoke)", file=sys.stderr)

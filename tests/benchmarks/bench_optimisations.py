@@ -166,7 +166,7 @@ class Search:
     """One ``run_search_with`` and its MLflow child runs."""
 
     def __init__(self, cfg, **kwargs) -> None:
-        from search.runner import run_search_with
+        from search.workflows.mixture_search import run_search_with
         from tests_support import mlflow_runs
 
         self.cfg = cfg
@@ -280,7 +280,7 @@ def fetch_costs(weights: Mapping, store_root: str, member_sets: list[list[str]],
 def mixture_build_costs(mm, weights: Mapping, store, specs, repeat: int) -> tuple[float, float]:
     """Seconds per mixture on one loaded model: load_adapter x k + average_adapter + activate +
     delete_adapter (before) vs build_mixture + MixtureModel.set_weights (after)."""
-    from trainables.mixture_weights import build_mixture
+    from trainables.mix_and_prune import build_mixture
     from trainables.store import ADAPTER_NAME
 
     model = mm.model
@@ -345,9 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("adapters").setLevel(logging.ERROR)
     import torch
 
-    from search.cluster import connect_ray
-    from search.config import load_config
-    from search.training_run import run_training
+    from search.runtime.cluster import connect_ray
+    from search.settings.config import load_config
+    from search.workflows.adapter_training import run_training
     from trainables.store import load_sign_index
     from spaces.space import space_from_config
     from trainables.evaluate import mixture_model, predict
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                          os.path.abspath(after_cfg.store_path))
     mm16.use_head("books")
     soup = max(specs, key=lambda s: s.k)
-    from trainables.mixture_weights import build_mixture
+    from trainables.mix_and_prune import build_mixture
 
     mixed = build_mixture({m: weights[m] for m in soup.members}, soup)
     mm.set_weights(mixed)
@@ -541,7 +541,7 @@ def _check_export(search: Search) -> None:
     """The before trial keeps the contract: its best mixture exports and re-evaluates like a signmix one."""
     import tempfile
 
-    from search.export import evaluate_export, export_mixture
+    from search.workflows.export import evaluate_export, export_mixture
 
     best, _ = best_of(search.accuracies())
     run = next(r for r in search.evaluated if r.data.params["members"] == best)

@@ -200,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("adapters").setLevel(logging.ERROR)
-    from search.cluster import connect_ray
-    from search.config import load_config
-    from search.runner import run_search
-    from search.training_run import run_training
+    from search.runtime.cluster import connect_ray
+    from search.settings.config import load_config
+    from search.workflows.mixture_search import run_search
+    from search.workflows.adapter_training import run_training
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

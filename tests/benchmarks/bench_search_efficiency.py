@@ -57,7 +57,7 @@ nothing. "Pre-filter" here is a *fixed* threshold at the 75th percentile of the 
 the space's member sets (``spaces.space.auto_max_fsd``: what ``max_fsd: auto`` meant before
 the FSD gate replaced it); the first version's threshold (the 75th percentile of the
 *pairwise* FSDs) runs beside it as "before". The product's ``max_fsd: auto`` is now the
-FSD gate (``search/proposals/gate.py``): it filters only once the search's own evaluations show, by
+FSD gate (``search/proposals/fsd_gate.py``): it filters only once the search's own evaluations show, by
 partial Spearman given the number of members, that FSD predicts accuracy, with a threshold
 that keeps every near-best mixture seen (tolerance 0.01 here: the oracle has no validation
 set). It runs as "+ FSD gate": on this oracle, built so that accuracy falls with FSD, it
@@ -94,8 +94,8 @@ from pathlib import Path
 
 import torch
 
-from search.proposals.gate import FsdGate
-from spaces.evidence import DEFAULT_TOLERANCE
+from search.proposals.fsd_gate import FsdGate
+from spaces.gate_evidence import DEFAULT_TOLERANCE
 from spaces.fsd import SignIndex
 from spaces.space import MixtureSpace, auto_max_fsd
 from spaces.spec import MixtureSpec

@@ -125,19 +125,19 @@ def ensure_configs(work: Path) -> dict[str, Path]:
 
 def ensure_study(paths: dict[str, Path], key: str):
     """The study config of ``key``, after training the adapters and running the study if absent."""
-    from search.config import load_config
-    from search.reporting.results import open_existing_experiment
+    from search.settings.config import load_config
+    from search.tracking.experiment_runs import open_existing_experiment
     from trainables.store import AdapterStore
 
     cfg = load_config(paths[key])
     if set(cfg.domains) - set(AdapterStore(cfg.store_path).domains()):
-        from search.training_run import run_training
+        from search.workflows.adapter_training import run_training
 
         print(f"training the adapters the store {cfg.store_path} lacks ({paths['train']}; ~25 min on 2 cores)")
         run_training(load_config(paths["train"]), progress=print)
     _, experiment_id = open_existing_experiment(cfg)
     if experiment_id is None:
-        from search.study import run_study
+        from search.workflows.study import run_study
 
         print(f"running the exhaustive study {paths[key]} (Amazon ~5 min, FDU ~1 h on 2 cores)")
         run_study(cfg, progress=print)
@@ -149,9 +149,9 @@ def read_table(cfg, targets, cache: Path) -> dict:
     or MLflow. Raises SystemExit naming the command when a target's table is incomplete."""
     if cache.exists():
         return json.loads(cache.read_text())
-    from search.reporting.results import mixture_runs, open_existing_experiment
+    from search.tracking.experiment_runs import mixture_runs, open_existing_experiment
     from search.tracking.layout import STUDY_PART_TAG
-    from search.validation_size import validation_sizes
+    from search.proposals.validation_size import validation_sizes
 
     client, experiment_id = open_existing_experiment(cfg)
     table: dict[str, dict[str, float]] = {t: {} for t in targets}
@@ -191,7 +191,7 @@ def table_evidence(data: dict, index, tolerance: dict[str, float]) -> list[dict]
     """Per target and pooled: the gate's evidence over every subset of the table."""
     from scipy.stats import spearmanr
 
-    from spaces.evidence import fsd_gate_evidence, partial_spearman
+    from spaces.gate_evidence import fsd_gate_evidence, partial_spearman
 
     rows, pooled = [], ([], [], [], [])
     for ti, (t, subsets) in enumerate(sorted(data["table"].items())):
@@ -227,7 +227,7 @@ def cli_fsd_line(config: Path, out: Path) -> str:
 def target_measures(cfg, target: str, probe_size: int) -> dict:
     """Every pairwise conflict measure of the config's adapters, probing ``target``'s training rows
     (what a search for ``target`` computes; cached in the store)."""
-    from search.conflict_measures import conflict_measures
+    from search.workflows.conflict_measures import conflict_measures
     from spaces.measures import PAIRWISE_MEASURES
 
     cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"targets": [target],
@@ -237,7 +237,7 @@ def target_measures(cfg, target: str, probe_size: int) -> dict:
 
 def make_gate(gate_mode: str, space, tolerance: float, measures: dict | None):
     """(the gate, what orders the warm start: None for the sign index) of a run's gate column."""
-    from search.proposals.gate import FsdGate
+    from search.proposals.fsd_gate import FsdGate
     from search.proposals.measure_gate import MeasureGate
 
     if gate_mode in ("auto", "null"):

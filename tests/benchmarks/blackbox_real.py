@@ -42,7 +42,7 @@ def prepare(args) -> tuple:
     """(config, shared weights with the initialisation, experiment) over a copy of the store."""
     import yaml
 
-    from search.config import load_config
+    from search.settings.config import load_config
     from trainables.initialisation import initial_adapter_weights
     from trainables.mixture_trial import INIT_KEY
     from trainables.store import load_sign_index

@@ -15,7 +15,7 @@ the store:
   members, with a percentile bootstrap interval over those pairs (per-mixture accuracies,
   resampled as pairs);
 * the FSD-accuracy correlation under each merge, over the same pairs: plain Spearman, the
-  partial Spearman controlling for the number of members k (:func:`spaces.evidence.partial_spearman`),
+  partial Spearman controlling for the number of members k (:func:`spaces.gate_evidence.partial_spearman`),
   and controlling for (k, target); rho, p and n. FSD is the product's: the store's sign
   index (:func:`trainables.store.load_sign_index`), on ΔW for LoRA;
 * the FSD of each pair of adapters on ΔW against on the raw factors A and B;
@@ -66,8 +66,8 @@ def write_config(work: Path, args: argparse.Namespace, merge: str) -> Path:
 
 def newest_study_runs(config_path: Path) -> list:
     """The evaluated ``subsets`` runs of the newest study of the config's experiment (MixtureRun)."""
-    from search.config import load_config
-    from search.reporting.results import mixture_runs, open_existing_experiment, search_parents
+    from search.settings.config import load_config
+    from search.tracking.experiment_runs import mixture_runs, open_existing_experiment, search_parents
     from search.tracking.layout import STRATEGY_TAG, STUDY_PART_TAG
 
     cfg = load_config(config_path)
@@ -111,7 +111,7 @@ def correlations(points: list[tuple[str, tuple, float, float]]) -> dict[str, tup
     """Spearman of FSD with accuracy: plain, partial given k, partial given (k, target); (rho, p, n)."""
     from scipy.stats import spearmanr
 
-    from spaces.evidence import partial_spearman
+    from spaces.gate_evidence import partial_spearman
 
     targets = sorted({p[0] for p in points})
     fsd = [p[2] for p in points]

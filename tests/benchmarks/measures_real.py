@@ -16,7 +16,7 @@ training examples, 2 epochs, one shared initialisation; cached in ``--work``, de
   on its validation split; the group's accuracy is the mean over its members.
 
 For every measure of ``spaces/measures.py`` (the pairwise ones from
-``search.conflict_measures.conflict_measures``, ``merge_gap`` from ``merge_gaps``): plain
+``search.workflows.conflict_measures.conflict_measures``, ``merge_gap`` from ``merge_gaps``): plain
 Spearman with accuracy, the partial Spearman within size (pooled: within each target and size)
 with a 95% interval (Fisher z) and n, the gate's decision on the whole table, how often the gate
 would have rejected an optimum (the gate fitted on a random quarter of the table, as early in a
@@ -80,8 +80,8 @@ def probe_cost(paths, target: str, probe_size: int) -> dict:
     """Wall and trial seconds of the probe pass over the 12 adapters (the issue's unit) for
     ``activation_fsd`` alone (the target's rows) and for every pairwise measure (every domain's head
     scored too), on a target whose probes are not cached: ``--parts probe-cost --cost-target imdb``."""
-    from search.config import load_config
-    from search.conflict_measures import conflict_measures
+    from search.settings.config import load_config
+    from search.workflows.conflict_measures import conflict_measures
     from spaces.measures import PAIRWISE_MEASURES
 
     cfg = load_config(paths["train"])
@@ -100,14 +100,14 @@ def probe_cost(paths, target: str, probe_size: int) -> dict:
 def serving_table(paths, sizes, out: Path):
     """(cfg, rows): each group of ``sizes`` FDU domains, averaged, every member scored with its
     own head; rows of ("serving", members, mean accuracy), cached in ``out``."""
-    from search.baselines import evaluate_specs
-    from search.config import load_config
+    from search.workflows.baselines import evaluate_specs
+    from search.settings.config import load_config
     from spaces.spec import make_mixture_spec
     from trainables.store import AdapterStore
 
     cfg = load_config(paths["fdu"])
     if set(cfg.domains) - set(AdapterStore(cfg.store_path).domains()):
-        from search.training_run import run_training
+        from search.workflows.adapter_training import run_training
 
         print("training the adapters the store lacks", flush=True)
         run_training(load_config(paths["train"]), progress=print)
@@ -129,7 +129,7 @@ def serving_table(paths, sizes, out: Path):
 
 def measure_values(cfg, rows, targets, with_merge_gap: bool):
     """measure -> one value per row, and measure -> cost in seconds."""
-    from search.conflict_measures import conflict_measures, merge_gaps
+    from search.workflows.conflict_measures import conflict_measures, merge_gaps
     from spaces.measures import PAIRWISE_MEASURES
     from spaces.spec import make_mixture_spec
 
@@ -150,7 +150,7 @@ def measure_values(cfg, rows, targets, with_merge_gap: bool):
 def gate_rejections(values, rows, tolerance: float, draws: int) -> tuple[int, int]:
     """Of ``draws`` gates fitted on a random quarter of each table (>= 8 rows): how many filter, and
     how many of those reject a mixture at the table's optimum (its measure above the threshold)."""
-    from spaces.evidence import fsd_gate_evidence
+    from spaces.gate_evidence import fsd_gate_evidence
 
     filtering = rejecting = 0
     tables: dict[str, list[int]] = {}
@@ -171,7 +171,7 @@ def gate_rejections(values, rows, tolerance: float, draws: int) -> tuple[int, in
 
 
 def report(title: str, rows, values, cost, tolerance: float, draws: int, eval_seconds: float) -> list[dict]:
-    from spaces.measure_evidence import format_p, measure_evidence
+    from spaces.measure_ranking import format_p, measure_evidence
 
     tables = sorted({t for t, _, _ in rows})
     groups = [100 * tables.index(t) + len(m) for t, m, _ in rows]  # within each target and size
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
 
         results["probe_cost"] = probe_cost(paths, args.cost_target, args.probe_size or DEFAULT_PROBE_SIZE)
     if "serving" in args.parts:
-        from search.validation_size import validation_sizes
+        from search.proposals.validation_size import validation_sizes
 
         cfg, rows, per_group = serving_table(paths, args.serving_sizes, args.out)
         values, cost = measure_values(cfg, rows, list(real.FDU), not args.no_merge_gap)

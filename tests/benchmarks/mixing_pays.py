@@ -74,7 +74,7 @@ def search_block(targets, *, head: str, num_mixtures: int, max_members: int | No
 
 
 def load(work: Path, config: dict, stem: str):
-    from search.config import load_config
+    from search.settings.config import load_config
 
     path = work / f"{stem}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -87,7 +87,7 @@ def search(work: Path, config: dict, stem: str) -> dict:
     A finished search's row is kept in ``<work>/rows/<stem>.json`` and reused when the same
     search is asked again (same search settings), so an interrupted run continues where it stopped.
     """
-    from search.runner import run_search
+    from search.workflows.mixture_search import run_search
 
     cached = work / "rows" / f"{stem}.json"
     if cached.is_file():
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if not SHARED.is_dir():
         print(f"needs {SHARED}", file=sys.stderr)
         return 2
-    from search.training_run import run_training
+    from search.workflows.adapter_training import run_training
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ def config(work: Path, *, held_out: str | None, budget: int | None, seed: int | 
 
 
 def load(work: Path, raw: dict):
-    from search.config import load_config
+    from search.settings.config import load_config
 
     work.mkdir(parents=True, exist_ok=True)
     path = work / "signmix.yaml"
@@ -100,7 +100,7 @@ def load(work: Path, raw: dict):
 
 def library(work: Path, source: Path, args) -> Path:
     """The 12 adapters: copied from ``source`` when there, trained when missing (skipped when current)."""
-    from search.training_run import run_training
+    from search.workflows.adapter_training import run_training
 
     store = work / "library" / "adapters"
     if source.is_dir() and not store.exists():
@@ -116,8 +116,8 @@ def library(work: Path, source: Path, args) -> Path:
 
 def one_run(work: Path, store: Path, held_out: str, budget: int, seed: int, args) -> dict:
     """Train the few-shot baseline, search, confirm; returns the row for results.jsonl."""
-    from search.runner import run_search
-    from search.training_run import run_training
+    from search.workflows.mixture_search import run_search
+    from search.workflows.adapter_training import run_training
 
     run = work / "runs" / f"{held_out}-{budget}-{seed}"
     if run.exists():

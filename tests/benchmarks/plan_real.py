@@ -95,9 +95,9 @@ def main() -> None:
     parser.add_argument("--no-transfer", action="store_true", help="plan.transfer: false (every group's search afresh)")
     args = parser.parse_args()
 
-    from search.config import load_config
-    from search.plan.run import run_plan
-    from search.training_run import run_training
+    from search.settings.config import load_config
+    from search.plan.serving_plan import run_plan
+    from search.workflows.adapter_training import run_training
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from search.config import load_config
-from search.export import find_best_run
+from search.settings.config import load_config
+from search.workflows.export import find_best_run
 from search.plan.bodies import accuracy, correctness, own_spec
 from search.plan.front import mean_accuracy_interval
 from search.tracking.layout import PLAN_GROUP_TAG, spec_from_run

@@ -19,7 +19,7 @@ from search.proposals.strategies import make_strategy
 from spaces.spec import MixtureSpec
 
 if TYPE_CHECKING:
-    from search.proposals.gate import FsdGate
+    from search.proposals.fsd_gate import FsdGate
     from spaces.fsd import SignIndex
     from spaces.space import MixtureSpace
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_server import ServerSettings, TrackingServer, free_port
-from search.config import load_config
+from search.settings.config import load_config
 from search.tracking.layout import KEY_TAG, KIND_TAG, STATUS_TAG
 
 pytestmark = pytest.mark.integration
@@ -22,9 +22,9 @@ def over_http(tmp_path_factory, ray_cluster, tiny_bert, demo_domains):
     """A server, and a training + exhaustive search that logged to it; yields (cfg, server, summary)."""
     from tests_support import write_config
 
-    from search.runner import run_search
+    from search.workflows.mixture_search import run_search
 
-    from search.training_run import run_training
+    from search.workflows.adapter_training import run_training
 
     folder = tmp_path_factory.mktemp("over-http")
     with pytest.MonkeyPatch.context() as env:
@@ -108,7 +108,7 @@ def test_an_evaluated_mixture_adapter_downloads(over_http, client, tmp_path):
 
 
 def test_export_reads_the_server_and_registers_a_version(over_http, client, tmp_path):
-    from search.export import export_mixture
+    from search.workflows.export import export_mixture
 
     cfg, _, summary = over_http
     out, record = export_mixture(cfg, tmp_path / "best")

@@ -182,9 +182,9 @@ def test_a_search_rides_out_a_server_restart_and_loses_nothing(tmp_path, server_
     from mlflow import MlflowClient
     from tests_support import write_config
 
-    from search.config import load_config
-    from search.runner import run_search
-    from search.training_run import run_training
+    from search.settings.config import load_config
+    from search.workflows.mixture_search import run_search
+    from search.workflows.adapter_training import run_training
     from search.tracking.layout import KEY_TAG, KIND_TAG, STATUS_TAG
 
     first = TrackingServer(settings=server_settings).start()

@@ -9,7 +9,7 @@ from spaces.canonical import canonical_merge
 from spaces.merge_dimensions import MergeChoices
 from spaces.space import MixtureSpace
 from spaces.spec import make_mixture_spec
-from trainables.mixture_weights import build_mixture
+from trainables.mix_and_prune import build_mixture
 
 DOMAINS = ("books", "dvd", "kitchen")
 SHAPES = {"layer.0.down.weight": (6, 4), "layer.0.up.weight": (4, 6), "layer.1.down.bias": (6,)}
@@ -63,7 +63,7 @@ DIFFERENT = [
 def _raw_merge(spec_kwargs, init, members):
     """The adapter the *proposed* operator computes, merged without the spec's rewriting."""
     from trainables.merging import merge_adapters
-    from trainables.mixture_weights import prune_by_magnitude
+    from trainables.mix_and_prune import prune_by_magnitude
 
     names = sorted(spec_kwargs["members"])
     order = [spec_kwargs["members"].index(n) for n in names]

@@ -214,9 +214,9 @@ def test_singletons_are_always_accepted(index, measure, member):
 # space_from_config ----------------------------------------------------------------------
 
 def _search(**overrides):
-    """A config's ``search:`` section with its defaults (search/search_settings.py states them), averaging
+    """A config's ``search:`` section with its defaults (search/settings/search_section.py states them), averaging
     (the operator these tests of subsets and pruning count with) unless told otherwise."""
-    from search.config import SearchConfig
+    from search.settings.config import SearchConfig
 
     return SearchConfig(**{"targets": ["a"], "merge_methods": ["average"], **overrides})
 

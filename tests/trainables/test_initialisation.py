@@ -68,7 +68,7 @@ def test_unreadable_cache_is_rebuilt(tiny_bert, tmp_path):
 
 
 def test_store_defaults_to_the_experiments_store_path(tiny_bert, tmp_path):
-    from search.config import validate_config
+    from search.settings.config import validate_config
 
     cfg = validate_config({"name": "x", "base_model": tiny_bert, "domains": {"books": {"path": str(tmp_path)}},
                            "search": {"targets": ["books"]}, "ray": {"storage_path": str(tmp_path / "runs")}})

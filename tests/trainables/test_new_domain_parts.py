@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from trainables.embeddings import most_similar
-from trainables.mixture_weights import prune_by_magnitude
+from trainables.mix_and_prune import prune_by_magnitude
 from trainables.settings import DomainConfig, TrainingConfig, train_draw
 
 

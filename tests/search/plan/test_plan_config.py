@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.config import validate_config
-from search.plan.run import check_plan_domains
+from search.settings.config import validate_config
+from search.plan.serving_plan import check_plan_domains
 from spaces.errors import ConfigError, UsageError
 
 RAW = {"name": "demo", "base_model": "roberta-base", "search": {"targets": ["books"]},

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def plan_cfg(tmp_path_factory, shared_store, tiny_bert, demo_domains):
-    from search.config import load_config
+    from search.settings.config import load_config
 
     folder = tmp_path_factory.mktemp("plan-distances")
     return load_config(write_config(folder, base_model=tiny_bert, domains=dict(demo_domains), targets=["books"],
@@ -23,8 +23,8 @@ def plan_cfg(tmp_path_factory, shared_store, tiny_bert, demo_domains):
 
 
 def test_activation_fsd_distances_are_the_probed_matrix_of_the_plans_domains_and_read_from_the_cache_again(plan_cfg):
-    from search.conflict_measures import conflict_measures
-    from search.plan.run import plan_distances, probe_config
+    from search.workflows.conflict_measures import conflict_measures
+    from search.plan.serving_plan import plan_distances, probe_config
 
     domains = plan_cfg.plan_domains
     assert plan_cfg.plan.compatibility == "activation_fsd"  # the default
@@ -43,10 +43,10 @@ def test_activation_fsd_distances_are_the_probed_matrix_of_the_plans_domains_and
 
 
 def test_cross_head_distances_come_from_each_adapter_under_the_other_domains_heads(plan_cfg):
-    from search.config import Config
+    from search.settings.config import Config
     from search.plan.bodies import accuracy, baseline_candidates, correctness
     from search.plan.compatibility import cross_head_distances
-    from search.plan.run import plan_distances
+    from search.plan.serving_plan import plan_distances
     from trainables.store import load_sign_index
 
     cfg = Config.model_validate({**plan_cfg.model_dump(), "plan": {"compatibility": "cross_heads"}})

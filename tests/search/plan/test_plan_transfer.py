@@ -30,7 +30,7 @@ def choices_of(cfg, search_run_id: str) -> list[tuple[dict, float]]:
 @pytest.mark.parametrize("transfer", [True, False])
 def test_a_second_groups_search_first_evaluates_the_first_groups_best_choice_and_one_it_did_not_try(
         tmp_path, shared_store, tiny_bert, demo_domains, transfer):
-    from search.config import load_config
+    from search.settings.config import load_config
     from search.plan.bodies import BodySearch
     from search.tracking.tracker import open_experiment
 

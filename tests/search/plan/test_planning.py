@@ -141,7 +141,7 @@ def test_a_body_key_survives_a_new_setting_at_its_default_and_changes_with_a_set
                                                                                     demo_domains):
     """Bodies searched before an upgrade stay reusable: a setting a later signmix adds, left at its
     default, does not change the key; a setting given a value does."""
-    from search.config import SearchConfig, load_config
+    from search.settings.config import SearchConfig, load_config
     from search.plan.bodies import body_key, group_config
     from tests_support import write_config
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from ray.tune.search import Searcher
 
-from search.confirmation_decision import trust_lines
-from search.proposals.gate import FsdGate
+from search.workflows.confirmation_decision import trust_lines
+from search.proposals.fsd_gate import FsdGate
 from search.proposals.measure_gate import MEASURE_TAG, MeasureGate, warm_start_order
 from search.proposals.searcher import SignConflictSearcher
 from search.proposals.strategies import greedy_path, make_strategy
 from spaces.fsd import SignIndex
-from spaces.measure_evidence import evidence_table
+from spaces.measure_ranking import evidence_table
 from spaces.measures import PairwiseMeasure
 from spaces.space import MixtureSpace
 from spaces.spec import MixtureSpec

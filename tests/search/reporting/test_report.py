@@ -71,7 +71,7 @@ def write_store(root: Path) -> None:
         store.commit(domain, staged, {"base_model": "tiny", "adapter": {"method": "seq_bn"}, "labels": [0, 1]})
         every[domain] = weights
     # a conflict measure cached as `signmix fsd --measures` leaves it (the report reads, never computes)
-    from search.conflict_measures import MEASURES_DIR
+    from search.workflows.conflict_measures import MEASURES_DIR
     from spaces.measures import weight_fsd
 
     (root / MEASURES_DIR).mkdir()
@@ -169,7 +169,7 @@ def write_experiment(cfg) -> dict:
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    from search.config import load_config
+    from search.settings.config import load_config
 
     folder = tmp_path_factory.mktemp("report")
     cfg = load_config(write_config(folder, base_model="tiny", domains={d: folder / "data" / d for d in DOMAINS},
@@ -327,7 +327,7 @@ def test_report_is_logged_to_the_study_run(report, experiment):
 
 
 def test_report_without_data_writes_nothing_and_says_why(tmp_path):
-    from search.config import load_config
+    from search.settings.config import load_config
     from search.reporting.report import build_report
 
     cfg = load_config(write_config(tmp_path, base_model="tiny", domains={d: tmp_path / d for d in DOMAINS},
@@ -342,7 +342,7 @@ def test_report_without_data_writes_nothing_and_says_why(tmp_path):
 def test_partial_study_without_store_skips_what_is_missing_and_rebuilds_fsd_from_pairs(tmp_path):
     from mlflow import MlflowClient
 
-    from search.config import load_config
+    from search.settings.config import load_config
     from search.reporting.report import build_report
     from search.tracking.tracker import artifact_root_for
 

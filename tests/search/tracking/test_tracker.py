@@ -111,7 +111,7 @@ def test_a_trial_failed_before_it_started_is_recorded_only_when_it_will_not_run_
 
     from search.proposals.searcher import RETRIES_BEFORE_START, SignConflictSearcher
     from search.proposals.strategies import Exhaustive
-    from search.tracking.callbacks import MixtureTracking
+    from search.workflows.search_callbacks import MixtureTracking
     from spaces.fsd import SignIndex
     from spaces.space import MixtureSpace
 
@@ -177,7 +177,7 @@ def test_close_dangling_ends_a_run_whose_outcome_was_recorded_as_that_outcome(tm
 
 
 def test_the_confirmation_reads_a_search_best_first_a_page_at_a_time_and_stops_when_it_has_its_runs(tmp_path):
-    from search.confirmation import exportable_runs, ranked_runs
+    from search.workflows.confirmation import exportable_runs, ranked_runs
 
     tracker = _tracker(tmp_path)
     parent = tracker.start(params={"strategy": "tpe"}, run_name="search")
@@ -209,7 +209,7 @@ def _searcher_and_tracking(tmp_path, domains=("a", "b", "t"), per_trial=1):
 
     from search.proposals.searcher import SignConflictSearcher
     from search.proposals.strategies import Exhaustive
-    from search.tracking.callbacks import MixtureTracking
+    from search.workflows.search_callbacks import MixtureTracking
     from spaces.fsd import SignIndex
     from spaces.space import MixtureSpace
 

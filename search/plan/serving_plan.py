@@ -1,0 +1,299 @@
+"""``run_plan``: the serving plan of a config, searched, confirmed on test and recorded in MLflow.
+
+1. One Ray trial scores, example by example, each own adapter with its trained head and with a
+   refit head (the bound under both protocols), the soup and TIES of all, and (for
+   ``plan.compatibility: cross_heads``) each adapter under every other domain's head; with
+   ``activation_fsd`` (the default) one probe pass per adapter gives the distances instead.
+2. :class:`search.plan.planner.PlanSearch` finds the best plan per number of bodies; each
+   group's body is a small search (:class:`search.plan.bodies.BodySearch`), once per group.
+3. The chosen plan: the fewest bodies within ``plan.tolerance`` of the bound on validation
+   (or the best of at most ``plan.max_bodies``); every plan of the front is then scored on
+   the test split in one Ray trial, with stratified 95% intervals.
+4. MLflow: one run tagged ``signmix.kind = plan`` with the table (``plan/plan_front.csv``),
+   the figure (``plan/plan_front.png``) and ``plan/plan.json`` (what the bundle and a re-run need).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from search.runtime.cluster import check_cluster_storage, connect_ray
+from search.settings.config import Config
+from search.workflows.conflict_measures import check_measures, conflict_measures
+from search.plan.bodies import BodySearch, accuracy, baseline_candidates, correctness, group_name, own_spec
+from search.plan.compatibility import cross_head_distances, fsd_distances
+from search.plan.figure import draw_plan_front
+from search.plan.front import FrontPoint, choose_plan, front_points, mean_accuracy_interval
+from search.plan.planner import PlanSearch
+from search.tracking.tables import format_table, write_csv
+from search.tracking.layout import KIND_TAG, PLAN_ARTIFACT
+from search.tracking.tracker import open_experiment
+from search.runtime.trial_inputs import shared_initialisation
+from spaces.errors import StoreError, UsageError
+from trainables.store import load_sign_index
+
+logger = logging.getLogger(__name__)
+
+PLAN_FILE = "plan.json"
+TABLE_FILE = "plan_front.csv"
+FIGURE_FILE = "plan_front.png"
+TABLE_HEADER = ["bodies", "groups", "validation", "test", "test_low", "test_high", "pareto", "chosen"]
+
+
+@dataclass
+class PlanOutcome:
+    record: dict  # what plan.json holds
+    table: list[list]  # rows of TABLE_HEADER
+    run_id: str
+    seconds: float
+
+
+def check_plan_domains(cfg: Config) -> list[str]:
+    """The plan's domains (at least 2 with data), or a usage error that says how to get them."""
+    domains = cfg.plan_domains
+    if len(domains) < 2:
+        raise UsageError(f"a plan serves at least 2 domains with data, but this config has {domains or 'none'}; "
+                         "add domains with data (domains.<name>.path) or name 2 or more in plan.domains")
+    return domains
+
+
+def preflight_config(cfg: Config) -> Config:
+    """``cfg`` as the checks before a search see a plan: every plan domain a target, heads refit
+    (the refit bound needs each domain's training split)."""
+    raw = cfg.model_dump()
+    raw["search"] = {**raw["search"], "targets": check_plan_domains(cfg), "head": "refit", "max_members": None}
+    return Config.model_validate(raw)
+
+
+def _with_ties(cfg: Config) -> Config:
+    raw = cfg.model_dump()
+    raw["search"] = {**raw["search"], "merge_methods": list(dict.fromkeys([*cfg.search.merge_methods, "ties"]))}
+    return Config.model_validate(raw)
+
+
+def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debug: bool = False) -> PlanOutcome:
+    """Search, choose and confirm the serving plan of ``cfg``; record it in MLflow."""
+    started = time.perf_counter()
+    domains = check_plan_domains(cfg)
+    check_cluster_storage(cfg)
+    if cfg.plan.compatibility == "activation_fsd":  # a probe split a domain lacks stops here, before any run
+        check_measures(probe_config(cfg), ["activation_fsd"], targets=domains)
+    weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
+    try:  # TIES of all needs the shared initialisation, which imported adapters lack
+        shared_initialisation(_with_ties(cfg), weights)
+        ties = True
+    except StoreError as exc:
+        progress(f"plan: no TIES of all ({str(exc).splitlines()[0]})")
+        ties = False
+    connect_ray(cfg, debug=debug)
+    client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run = client.create_run(experiment_id, run_name=f"plan-{stamp}", tags={KIND_TAG: "plan"})
+    run_id = run.info.run_id
+    budget = cfg.plan.group_evaluations or 4 * len(domains)
+    client.log_batch(run_id, params=_params(cfg, domains, budget))
+    try:
+        outcome = _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run_id, stamp, progress,
+                        debug)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    outcome.seconds = time.perf_counter() - started
+    outcome.record["seconds"] = outcome.seconds
+    _log(client, run_id, outcome)
+    client.set_terminated(run_id, "FINISHED")
+    return outcome
+
+
+def _params(cfg: Config, domains, budget: int) -> list:
+    from mlflow.entities import Param
+
+    values = {"domains": ",".join(domains), "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies,
+              "group_evaluations_budget": budget, "mixtures_per_group": cfg.plan.mixtures_per_group,
+              "transfer": cfg.plan.transfer,
+              "compatibility": cfg.plan.compatibility, "probe_size": cfg.plan.probe_size, "head": cfg.search.head,
+              "merge_methods": ",".join(cfg.search.merge_methods), "strategy": cfg.search.strategy}
+    return [Param(k, str(v)) for k, v in values.items()]
+
+
+def probe_config(cfg: Config) -> Config:
+    """``cfg`` as the plan's probe passes read it: ``plan.probe_size`` rows of each plan domain."""
+    raw = cfg.model_dump()
+    raw["search"] = {**raw["search"], "probe_size": cfg.plan.probe_size}
+    return Config.model_validate(raw)
+
+
+def plan_distances(cfg: Config, domains, val: Mapping[str, Mapping[str, float]], index, *,
+                   progress: Callable[[str], None] = logger.info, debug: bool = False) -> dict[tuple[str, str], float]:
+    """The pairwise distances the plan starts from (``plan.compatibility``, search/plan/compatibility.py).
+
+    ``val``: candidate -> domain -> validation accuracy of the baselines' trial (``own/<d>`` and,
+    for ``cross_heads``, ``cross/<a>``); ``index``: the store's sign index (``fsd``). The
+    ``activation_fsd`` probe passes are read from the store's measures cache when an earlier plan,
+    search or ``signmix fsd`` of the same adapters and probe made them."""
+    measure = cfg.plan.compatibility
+    if measure == "cross_heads":
+        return cross_head_distances({d: val[f"own/{d}"][d] for d in domains},
+                                    {(a, b): val[f"cross/{a}"][b] for a in domains for b in domains if a != b})
+    if measure == "activation_fsd":
+        matrix = conflict_measures(probe_config(cfg), ["activation_fsd"], targets=domains, progress=progress,
+                                   debug=debug)["activation_fsd"]
+        names, rows = list(matrix.names), matrix.matrix
+    else:
+        names, rows = list(index.names), index.matrix
+    sub = [names.index(d) for d in domains]
+    return fsd_distances(domains, [[float(rows[i, j]) for j in sub] for i in sub])
+
+
+def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run_id, stamp, progress,
+          debug) -> PlanOutcome:
+    head = cfg.search.head
+    progress(f"plan: {len(domains)} domains; the bound (own adapters, trained and refit heads), soup and TIES of all"
+             + (", cross heads" if cfg.plan.compatibility == "cross_heads" else "") + " in one trial")
+    base = correctness(cfg, baseline_candidates(cfg, domains, cross_heads=cfg.plan.compatibility == "cross_heads",
+                                                ties=ties), weights, name=f"{cfg.name}-plan-baselines-{stamp}", progress=progress)
+    val = {name: {d: accuracy(v) for d, v in c.get("validation", {}).items()} for name, c in base.items()}
+    singles = {d: val[f"{head}/{d}"][d] for d in domains}  # a group of one: its own adapter, same protocol
+    distances = plan_distances(cfg, domains, val, index, progress=progress, debug=debug)
+    bodies = BodySearch(cfg, plan_run_id=run_id, client=client, experiment_id=experiment_id, progress=progress,
+                        debug=debug)
+    search = PlanSearch(domains=domains, distances=distances, singles=singles, score_group=bodies,
+                        budget=budget).run(progress)
+    values = {p: search.value(p) for p in search.best.values()}
+    points = front_points(search.best, values)
+    bound_val = search.value(tuple((d,) for d in domains))
+    chosen, why = choose_plan(points, bound=bound_val, tolerance=cfg.plan.tolerance, max_bodies=cfg.plan.max_bodies)
+    progress(f"plan: chosen {why}; confirming the front on the test split")
+    merged = {g for p in points for g in p.partition if len(g) > 1}
+    test_cands = {f"group/{group_name(g)}": (bodies.bodies[g].spec, ["test"]) for g in sorted(merged)}
+    tested = (correctness(cfg, test_cands, weights, name=f"{cfg.name}-plan-test-{stamp}", progress=progress)
+              if test_cands else {})
+
+    def test_correct(partition) -> dict[str, list[int]]:
+        out = {}
+        for g in partition:
+            if len(g) == 1:
+                out[g[0]] = base[f"{head}/{g[0]}"]["test"][g[0]]
+            else:
+                out.update({d: tested[f"group/{group_name(g)}"]["test"][d] for d in g})
+        return out
+
+    seed = cfg.search.seed
+    rows, table = [], []
+    for p in points:
+        correct = test_correct(p.partition)
+        iv = mean_accuracy_interval(correct, seed=seed)
+        rows.append({"bodies": p.bodies, "validation": p.accuracy, "test": iv.accuracy, "test_low": iv.low,
+                     "test_high": iv.high, "pareto": p.pareto, "chosen": p.bodies == chosen.bodies,
+                     "groups": [list(g) for g in p.partition],
+                     "test_by_domain": {d: accuracy(v) for d, v in correct.items()},
+                     "validation_by_domain": search.accuracies(p.partition)})
+        table.append([p.bodies, " | ".join(group_name(g) for g in p.partition), p.accuracy, iv.accuracy, iv.low,
+                      iv.high, p.pareto, p.bodies == chosen.bodies])
+    references = _references(base, domains, ties, seed)
+    record = {
+        "plan_run_id": run_id, "experiment": cfg.experiment_name, "domains": domains, "head": head,
+        "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies, "why": why,
+        "group_evaluations": search.evaluations, "group_evaluations_budget": budget,
+        "group_searches_reused": len(bodies.reused),
+        "operators": bodies.operators.table() if bodies.operators else None,
+        "compatibility": cfg.plan.compatibility, "distances": {f"{a},{b}": v for (a, b), v in distances.items()},
+        "chosen": _chosen(chosen, bodies, rows, head),
+        "front": rows, "references": references,
+        "steps": [{"move": s.move, "groups": [list(g) for g in s.partition], "validation": s.accuracy,
+                   "new_groups": s.new_groups, "improved": s.improved} for s in search.steps],
+        "group_runs": {group_name(g): {"run_id": b.run_id, "search_run_id": b.search_run_id,
+                                        "spec": b.spec.to_dict(), "validation": b.accuracy,
+                                        "reused": g in bodies.reused}
+                       for g, b in sorted(bodies.bodies.items())},
+        "config": cfg.model_dump(),
+    }
+    return PlanOutcome(record=record, table=table, run_id=run_id, seconds=0.0)
+
+
+def _references(base: Mapping, domains, ties: bool, seed: int) -> dict[str, dict]:
+    """The bound under both head protocols and the soup and TIES of all, on validation and test."""
+    out = {}
+    named = {"own adapters, trained heads (bound)": ("own", "line"), "own adapters, refit heads (bound)": ("refit", "line"),
+             "soup of all": ("soup", "point")}
+    if ties:
+        named["TIES of all"] = ("ties", "point")
+    for label, (key, kind) in named.items():
+        if key in ("own", "refit"):
+            test = {d: base[f"{key}/{d}"]["test"][d] for d in domains}
+            val = {d: accuracy(base[f"{key}/{d}"]["validation"][d]) for d in domains}
+        else:
+            test = base[key]["test"]
+            val = {d: accuracy(v) for d, v in base[key]["validation"].items()}
+        iv = mean_accuracy_interval(test, seed=seed)
+        out[label] = {"kind": kind, "validation": sum(val.values()) / len(val), "test": iv.accuracy,
+                      "test_low": iv.low, "test_high": iv.high,
+                      "test_by_domain": {d: accuracy(v) for d, v in test.items()}}
+    return out
+
+
+def _chosen(point: FrontPoint, bodies: BodySearch, rows, head: str) -> dict:
+    row = next(r for r in rows if r["bodies"] == point.bodies)
+    groups = []
+    for g in point.partition:
+        if len(g) == 1:
+            groups.append({"domains": list(g), "kind": "own", "spec": own_spec(g[0], head).to_dict()})
+        else:
+            b = bodies.bodies[g]
+            groups.append({"domains": list(g), "kind": "merged", "run_id": b.run_id, "spec": b.spec.to_dict()})
+    return {"bodies": point.bodies, "groups": groups, "validation": row["validation"], "test": row["test"],
+            "test_low": row["test_low"], "test_high": row["test_high"],
+            "validation_by_domain": row["validation_by_domain"], "test_by_domain": row["test_by_domain"]}
+
+
+def _log(client, run_id: str, outcome: PlanOutcome) -> None:
+    """Metrics per number of bodies, and the table, figure and plan.json as artifacts under ``plan/``."""
+    from mlflow.entities import Metric
+
+
+    rec, ts = outcome.record, int(time.time() * 1000)
+    metrics = {"group_evaluations": rec["group_evaluations"], "plan_seconds": outcome.seconds,
+               "chosen_bodies": rec["chosen"]["bodies"], "chosen_test_accuracy": rec["chosen"]["test"],
+               "chosen_validation_accuracy": rec["chosen"]["validation"]}
+    for r in rec["front"]:
+        g = r["bodies"]
+        metrics.update({f"validation_accuracy/G{g}": r["validation"], f"test_accuracy/G{g}": r["test"],
+                        f"test_ci_low/G{g}": r["test_low"], f"test_ci_high/G{g}": r["test_high"]})
+    for label, ref in rec["references"].items():
+        key = label.split(" (")[0].replace(" ", "_").replace(",", "")
+        metrics[f"{key}_test_accuracy"] = ref["test"]
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    with tempfile.TemporaryDirectory(prefix="signmix-plan-") as tmp:
+        folder = Path(tmp) / PLAN_ARTIFACT
+        folder.mkdir()
+        write_csv(folder / TABLE_FILE, TABLE_HEADER, outcome.table)
+        draw_plan_front(folder / FIGURE_FILE, rec["front"], rec["references"], chosen=rec["chosen"]["bodies"],
+                        title=f"serving plans for {len(rec['domains'])} domains ({rec['head']} heads)")
+        (folder / PLAN_FILE).write_text(json.dumps(rec, indent=2), encoding="utf-8")
+        client.log_artifacts(run_id, str(folder), PLAN_ARTIFACT)
+
+
+def plan_lines(outcome: PlanOutcome) -> list[str]:
+    """The plan's summary for the command line: the front against the references, and the choice."""
+    rec = outcome.record
+    rows = [[r["bodies"], " | ".join("+".join(g) for g in r["groups"]), r["validation"], r["test"],
+             f"[{r['test_low']:.4f}, {r['test_high']:.4f}]", "*" if r["chosen"] else ""] for r in rec["front"]]
+    rows += [[label, "", ref["validation"], ref["test"], f"[{ref['test_low']:.4f}, {ref['test_high']:.4f}]", ""]
+             for label, ref in rec["references"].items()]
+    n, g = len(rec["domains"]), rec["chosen"]["bodies"]
+    lines = [format_table(rows, ["bodies", "groups", "validation", "test", "test 95% interval", "chosen"]), "",
+             f"chosen: {rec['why']}",
+             f"served: {g} adapter bodies + {n} heads instead of {n} adapters ({n - g} fewer bodies); "
+             f"test accuracy {rec['chosen']['test']:.4f} [{rec['chosen']['test_low']:.4f}, "
+             f"{rec['chosen']['test_high']:.4f}]",
+             f"{rec['group_evaluations']} group evaluations (budget {rec['group_evaluations_budget']}; "
+             f"{rec['group_searches_reused']} reused from earlier plans) in "
+             f"{outcome.seconds:.0f}s; MLflow run {outcome.run_id}; export it with "
+             f"`signmix export CONFIG --plan --out bundle/`"]
+    return lines

@@ -1,0 +1,110 @@
+"""Evaluating a few fixed mixtures in this process (single adapters, the soup and TIES of all),
+and what serving one mixed adapter saves against serving each domain's own.
+
+Used for summaries and comparisons, not for searching: it reuses the trial's model,
+mixing and evaluation code, so its numbers are comparable with the search's.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from search.settings.config import Config
+from search.workflows.new_domain import confirmation_weights
+from search.tracking.layout import spec_from_params
+from search.tracking.tracker import open_experiment
+from spaces.operators import MERGE_OPERATORS
+from spaces.spec import MixtureSpec, make_mixture_spec
+from trainables.evaluate import evaluate_targets, mixture_model, mixture_targets
+from trainables.initialisation import initial_adapter_weights
+from trainables.mixture_trial import INIT_KEY, load_mixture
+from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
+
+
+def baseline_specs(cfg: Config, *, every_single: bool = False) -> dict[str, MixtureSpec]:
+    """Single adapters, the uniform soup of all (AdapterSoup) and TIES of all (the first
+    configured density and lambda), evaluated on the search's targets with its head protocol.
+
+    The single adapters are each target's own (on that target only: the N-adapter bound),
+    or with ``every_single`` every domain's adapter on all the targets (the demo's table).
+    """
+    targets, head = cfg.search.targets, cfg.search.head
+    if every_single:
+        specs = {f"single {d}": make_mixture_spec(members=[d], targets=targets, require_targets=False, head=head)
+                 for d in cfg.member_domains}
+    else:
+        specs = {f"single {t}": make_mixture_spec(members=[t], targets=[t], require_targets=False, head=head)
+                 for t in sorted(targets)}
+    specs["soup of all"] = make_mixture_spec(members=cfg.member_domains, targets=targets, require_targets=False,
+                                             head=head)
+    specs["ties of all"] = make_mixture_spec(members=cfg.member_domains, targets=targets, require_targets=False,
+                                             head=head, merge_method="ties", density=cfg.search.densities[0],
+                                             lam=cfg.search.lambdas[0])
+    return specs
+
+
+def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
+                   weights: Mapping[str, Mapping] | None = None) -> dict[str, dict[str, float]]:
+    """Mean and per-target validation accuracy of each spec, keyed like ``specs``; built (with the
+    shared initialisation when an operator needs it) and headed (own or refit) as in a trial."""
+    import os
+
+
+    if weights is None:
+        weights, _ = confirmation_weights(cfg, cfg.search.targets)
+    experiment = cfg.experiment()
+    shared = dict(weights)
+    if any(MERGE_OPERATORS[s.merge_method].needs_init for s in specs.values()):
+        shared[INIT_KEY] = initial_adapter_weights(experiment, cfg.store_path)
+    model = mixture_model(experiment, os.path.abspath(cfg.store_path))
+    out: dict[str, dict[str, float]] = {}
+    for name, spec in specs.items():
+        load_mixture(model, spec, shared, experiment)
+        out[name] = evaluate_targets(model.model, spec.targets, mixture_targets(model, experiment),
+                                     cfg.search.eval_batch_size)
+    return out
+
+
+def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """What one mixed adapter gives against the alternatives, in points of mean validation accuracy.
+
+    ``best`` holds the best mixture's ``accuracy/<target>`` metrics; ``baselines`` is
+    :func:`evaluate_specs` of :func:`baseline_specs`, or the confirmation's validation splits
+    (``validation_baselines`` of its record; without ``ties of all`` where it had no shared
+    initialisation). The N-adapter upper bound scores each
+    target with its own adapter. Serving: one adapter body plus one head per target, against
+    one adapter (with its head) per target, in bytes of the stored safetensors files.
+    """
+
+    targets = list(cfg.search.targets)
+    mean = sum(best[f"accuracy/{t}"] for t in targets) / len(targets)
+    bound = sum(baselines[f"single {t}"][f"accuracy/{t}"] for t in targets) / len(targets)
+    lines = [f"best found {mean:.4f} on {len(targets)} target(s) ({cfg.search.head} heads):"]
+    others = [("each target's own adapter (N-adapter bound)", bound)]
+    others += [(label, baselines[name]["accuracy_mean"]) for name, label in
+               (("soup of all", "soup of all"), ("ties of all", "TIES of all")) if name in baselines]
+    for name, value in others:
+        lines.append(f"  {100 * (mean - value):+.1f} points against {name} ({value:.4f})")
+    store = AdapterStore(cfg.store_path)
+    body = (store.path(targets[0]) / ADAPTER_FILE).stat().st_size
+    heads = sum((store.path(t) / HEAD_FILE).stat().st_size for t in targets)
+    separate = sum((store.path(t) / ADAPTER_FILE).stat().st_size for t in targets) + heads
+    lines.append(f"served: one adapter body + {len(targets)} head(s) = {body + heads:,} bytes, against "
+                 f"{len(targets)} adapter(s) with their heads = {separate:,} bytes")
+    return lines
+
+
+def search_summary_lines(cfg: Config, best_run_id: str,
+                         baselines: Mapping[str, Mapping[str, float]] | None = None) -> list[str]:
+    """:func:`serving_lines` for a search's best MLflow run (baselines evaluated when not given)."""
+
+    client, _ = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    best = client.get_run(best_run_id).data.metrics
+    if baselines is None:
+        baselines = evaluate_specs(cfg, baseline_specs(cfg))
+    return serving_lines(cfg, best, baselines)
+
+
+def spec_of_record(record: Mapping, **changes) -> MixtureSpec:
+    """The mixture an export's ``mixture.json`` describes (``changes`` replace its fields, e.g. ``head``)."""
+    return spec_from_params({**record, **changes})

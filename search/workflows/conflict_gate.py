@@ -1,0 +1,57 @@
+"""The search's conflict gate, built: the measures it needs computed (probe passes on Ray, cached
+in the store), then the gate over them (:mod:`search.proposals.measure_gate`).
+
+The proposals layer decides with measures it is given; computing them runs trials, which is a
+workflow's job, so the gate is built here and handed to the searcher.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from search.proposals.fsd_gate import FsdGate, gate_mode, make_gate
+from search.proposals.measure_gate import (WEIGHT_FSD, MeasureGate, experiment_evidence, gate_candidates,
+                                           warm_start_order)
+from search.workflows.conflict_measures import check_measures, conflict_measures
+from spaces.errors import UsageError
+
+if TYPE_CHECKING:
+    from spaces.fsd import SignIndex
+    from spaces.space import MixtureSpace
+
+logger = logging.getLogger(__name__)
+
+
+def gate_for_search(cfg, space: MixtureSpace, tolerance: float, index: SignIndex, *, progress=logger.info,
+                    debug: bool = False) -> tuple[FsdGate, object]:
+    """The search's gate and what orders its greedy warm start (the sign index, or a measure).
+
+    ``conflict_measure: weight_fsd`` is today's FSD gate on the sign index. Any other measure
+    (or ``auto``) computes the pairwise measures it needs once (cached in the store)."""
+
+    if cfg.search.conflict_measure == WEIGHT_FSD:
+        return make_gate(cfg, space, tolerance), index
+
+    candidates = gate_candidates(cfg.search.conflict_measure)
+    if cfg.search.conflict_measure == "auto":  # track what this store and data can measure
+        candidates = [c for c in candidates if _measurable(cfg, c, progress)]
+    measures = conflict_measures(cfg, candidates, progress=progress, debug=debug)
+    mode, fixed = gate_mode(cfg.search.max_fsd)
+    gate = MeasureGate(measures=measures, candidates=candidates, mode=mode, space=space, tolerance=tolerance,
+                       fixed_threshold=fixed)
+    order, why = warm_start_order(measures, experiment_evidence(cfg, measures, tolerance),
+                                  cfg.search.conflict_measure)
+    if cfg.search.strategy == "tpe" and cfg.search.warm_start == "greedy_fsd":
+        progress(f"conflict gate: tracks {', '.join(gate.candidates)}; {why}")
+    return gate, order or index
+
+
+def _measurable(cfg, name: str, progress) -> bool:
+
+    try:
+        check_measures(cfg, [name])
+    except UsageError as exc:
+        progress(f"conflict gate: {name} is not tracked: {exc}")
+        return False
+    return True

@@ -1,0 +1,373 @@
+"""Running on an existing Ray cluster: the runtime environment, the storage path, the resource
+check, and a real two-node cluster on this machine that a search spreads its trials over.
+
+The two nodes are started with `ray start --block` as child processes, each in its own
+process group and with its own ``--temp-dir``, ports and auth token, so nothing here can
+touch another Ray instance of the machine (``ray stop`` would stop them all, including the
+session's ``ray_cluster``). The search's driver runs in a subprocess, so this pytest process
+never joins the two-node cluster and the session's local cluster stays as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from search.runtime.cluster import (
+    PACKAGES,
+    check_cluster_storage,
+    check_trial_fits,
+    connect_ray,
+    runtime_env_for_packages,
+    storage_uri,
+)
+from search.settings.config import validate_config
+from spaces.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[3]
+RAY = Path(sys.executable).parent / "ray"
+NODE_START_TIMEOUT_S = 90
+
+
+def _config(tmp_path, **overrides):
+    raw = {"name": "c", "base_model": "m", "domains": {"books": {"path": str(tmp_path)}},
+           "search": {"targets": ["books"]}, **overrides}
+    return validate_config(raw, base_dir=tmp_path)
+
+
+# --- the runtime environment and the storage path ------------------------------------
+
+def test_runtime_env_ships_the_four_packages_and_nothing_else():
+    env = runtime_env_for_packages()
+    assert [Path(p) for p in env["py_modules"]] == [REPO / name for name in PACKAGES]
+    for path in env["py_modules"]:
+        assert (Path(path) / "__init__.py").is_file()
+        assert ".venv" not in Path(path).parts and "tests" not in Path(path).parts
+    assert "__pycache__" in env["excludes"]
+
+
+@pytest.mark.parametrize("storage, expected", [
+    ("s3://bucket/signmix/runs", "s3://bucket/signmix/runs"),
+    ("s3://bucket/runs?endpoint_override=minio:9000&scheme=http", "s3://bucket/runs?endpoint_override=minio:9000&scheme=http"),
+    ("gs://bucket/runs", "gs://bucket/runs"),
+    ("runs", "{tmp}/runs"),
+])
+def test_storage_uri_keeps_uris_and_makes_local_paths_absolute(tmp_path, storage, expected):
+    cfg = _config(tmp_path, ray={"storage_path": storage}, store=str(tmp_path / "adapters"),
+                  mlflow={"tracking_uri": "http://127.0.0.1:5000"})
+    assert storage_uri(cfg) == expected.format(tmp=tmp_path.resolve())
+
+
+@pytest.mark.parametrize("store, tracking, missing", [
+    (None, None, ["`store`", "`mlflow.tracking_uri`"]),
+    ("shared/adapters", None, ["`mlflow.tracking_uri`"]),
+    (None, "http://127.0.0.1:5000", ["`store`"]),
+])
+def test_an_s3_storage_path_needs_an_explicit_store_and_tracking_uri(tmp_path, store, tracking, missing):
+    cfg = _config(tmp_path, ray={"storage_path": "s3://bucket/runs"}, store=store, mlflow={"tracking_uri": tracking})
+    with pytest.raises(UsageError) as err:
+        check_cluster_storage(cfg)
+    for name in missing:
+        assert name in str(err.value)
+    assert "s3://bucket/runs" in str(err.value)
+
+
+def test_an_s3_storage_path_with_store_and_tracking_uri_is_accepted(tmp_path):
+    cfg = _config(tmp_path, ray={"storage_path": "s3://bucket/runs"}, store=str(tmp_path),
+                  mlflow={"tracking_uri": "http://127.0.0.1:5000"})
+    check_cluster_storage(cfg)
+
+
+# --- does one trial fit on some node? ---------------------------------------------------
+
+def _node(cpu, gpu=0.0, alive=True):
+    return {"Alive": alive, "Resources": {"CPU": cpu, **({"GPU": gpu} if gpu else {})}}
+
+
+@pytest.mark.parametrize("cpu, gpu, nodes", [
+    (1, 0, [_node(1)]),
+    (1, 0.25, [_node(2), _node(4, gpu=1)]),
+    (2, 1, [_node(8, gpu=1)]),
+])
+def test_a_trial_that_fits_on_one_node_passes(cpu, gpu, nodes):
+    check_trial_fits(cpu, gpu, nodes)
+
+
+@pytest.mark.parametrize("cpu, gpu, nodes, message", [
+    (1, 0.25, [_node(2), _node(2)], "resources.gpu is 0.25 but the Ray cluster has no GPU"),
+    (1, 0.25, [_node(2), _node(2, gpu=1, alive=False)], "has no GPU"),
+    (4, 0, [_node(2), _node(2)], "no node of the Ray cluster has that much (the largest has 2 CPUs"),
+    (1, 2, [_node(8, gpu=1), _node(8, gpu=1)], "no node of the Ray cluster has that much"),
+])
+def test_a_trial_that_fits_nowhere_is_a_usage_error(cpu, gpu, nodes, message):
+    with pytest.raises(UsageError) as err:
+        check_trial_fits(cpu, gpu, nodes)
+    assert message in str(err.value)
+
+
+def test_a_ray_client_address_is_refused_with_the_way_that_works(tmp_path):
+    cfg = _config(tmp_path, ray={"address": "ray://bob:s3cret@127.0.0.1:10001"})
+    with pytest.raises(UsageError) as err:
+        connect_ray(cfg)
+    assert "signmix submit CONFIG --address http://HEAD:8265" in str(err.value)
+    assert "'ray://127.0.0.1:10001'" in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_a_library_caller_gets_a_usage_error_at_once_for_a_dead_address(tmp_path):
+    # In a fresh process: this one may already hold the session's Ray cluster.
+    port = _free_ports(1)[0]
+    raw = {"name": "c", "base_model": "m", "domains": {"books": {"path": str(tmp_path)}},
+           "search": {"targets": ["books"]}, "ray": {"address": f"127.0.0.1:{port}"}}
+    code = textwrap.dedent(f"""
+        import sys
+        from search.runtime.cluster import connect_ray
+        from search.settings.config import validate_config
+        from spaces.errors import UsageError
+        try:
+            connect_ray(validate_config({raw!r}, base_dir={str(tmp_path)!r}))
+        except UsageError as e:
+            print("UsageError:", e)
+            sys.exit(3)
+        """)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in proc.stdout
+    assert time.monotonic() - started < 30
+
+
+# --- a real two-node cluster --------------------------------------------------------------
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _node_args(temp_dir: Path, ports: list[int]) -> list[str]:
+    """Everything that must differ between two nodes on one machine: ports and temp dir."""
+    p = iter(ports)
+    return ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats",
+            f"--temp-dir={temp_dir}", f"--node-manager-port={next(p)}", f"--object-manager-port={next(p)}",
+            f"--dashboard-agent-listen-port={next(p)}", f"--dashboard-agent-grpc-port={next(p)}",
+            f"--runtime-env-agent-port={next(p)}", f"--metrics-export-port={next(p)}",
+            "--worker-port-list=" + ",".join(str(next(p)) for _ in range(16))]
+
+
+def _start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    # --block keeps `ray start` alive as the node's owner: SIGTERM to it stops exactly this
+    # node's processes. Its own session keeps our signals away from pytest.
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(RAY), "start", "--block", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + NODE_START_TIMEOUT_S
+    while "Ray runtime started" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"`ray start` failed:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+    return proc
+
+
+def _processes_with_token(token: str) -> list[int]:
+    """Our node processes (workers included): the ones whose environment holds our token."""
+    mine = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"RAY_AUTH_TOKEN={token}".encode() in (entry / "environ").read_bytes():
+                    mine.append(int(entry.name))
+            except OSError:
+                continue
+    return mine
+
+
+def _kill_processes_with_token(token: str, timeout: float = 10.0) -> list[int]:
+    """SIGKILL every process holding ``token`` until none is left or ``timeout`` passes (a process
+    can still be dying when listed, or be started by one that was); returns those left."""
+    deadline = time.monotonic() + timeout
+    while (left := _processes_with_token(token)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    return left
+
+
+def _stop_node(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # anything of the node's group left behind
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head and a worker node (1 CPU, 0 GPU each) on this machine, stopped afterwards."""
+    # A short temp root: Ray's unix socket paths live under it and must stay < 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="smray-", dir="/tmp"))
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+    # Token authentication, with a token of our own: every node and the driver must use it.
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    gcs_port, dashboard_port, *ports = _free_ports(2 + 2 * 22)
+    nodes = []
+    try:
+        nodes.append(_start_node(["--head", f"--port={gcs_port}", "--include-dashboard=false",
+                                  f"--dashboard-port={dashboard_port}", *_node_args(root / "head", ports[:22])],
+                                 env, root / "head.log"))
+        nodes.append(_start_node([f"--address=127.0.0.1:{gcs_port}", *_node_args(root / "worker", ports[22:])],
+                                 env, root / "worker.log"))
+        yield {"address": f"127.0.0.1:{gcs_port}", "env": env, "temp_dirs": [root / "head", root / "worker"]}
+    finally:
+        for proc in reversed(nodes):
+            _stop_node(proc)
+        _kill_processes_with_token(token)  # workers run in process groups of their own
+        shutil.rmtree(root, ignore_errors=True)
+    assert all(p.returncode is not None for p in nodes)
+
+
+# The search's driver, run as `python -c DRIVER CONFIG OUT`: trains, searches, then asks
+# each node which copy of signmix its workers import and which node ids exist.
+DRIVER = textwrap.dedent("""
+    import json, sys
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from search.settings.config import load_config
+    from search.workflows.mixture_search import run_search
+    from search.workflows.adapter_training import run_training
+
+    cfg = load_config(sys.argv[1])
+    training = run_training(cfg)
+    summary = run_search(cfg)
+
+    @ray.remote(num_cpus=0)
+    def which_signmix():
+        import search
+        return ray.get_runtime_context().get_node_id(), search.__file__
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    imports = ray.get([which_signmix.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote() for n in nodes])
+    json.dump({"trained": training.trained, "failed": training.failed, "evaluated": summary.evaluated,
+               "search_failed": summary.failed,
+               "nodes": {n["NodeID"]: n["RayletSocketName"] for n in nodes}, "imports": dict(imports)},
+              open(sys.argv[2], "w"))
+""")
+
+
+def _trial_pids(storage: Path) -> dict[str, set[int]]:
+    """The worker pids that reported each search trial's results (Ray Tune's result.json)."""
+    pids = {}
+    for result in storage.glob("search-*/*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        pids[result.parent.name] = {r["pid"] for r in lines}
+    return pids
+
+
+def _node_of_pid(pid: int, nodes: dict[str, str]) -> str:
+    """The node id whose own log folder (under its --temp-dir) holds the worker ``pid``'s log."""
+    owners = [node_id for node_id, raylet_socket in nodes.items()
+              if list((Path(raylet_socket).parents[1] / "logs").glob(f"worker-*-{pid}.out"))]
+    assert len(owners) == 1, f"worker pid {pid} found on {len(owners)} nodes"
+    return owners[0]
+
+
+@pytest.fixture(scope="module")
+def searched(two_nodes, tmp_path_factory, tiny_bert, demo_domains):
+    from tests_support import write_config
+
+    folder = tmp_path_factory.mktemp("cluster")
+    domains = {d: demo_domains[d] for d in ("books", "electronics")}
+    # {books}, {books, electronics} x 2 pruning ratios = 4 mixtures, 2 at a time, 1 CPU each:
+    # two trials running at once must be on different nodes.
+    cfg_path = write_config(folder, base_model=tiny_bert, domains=domains, targets=["books"],
+                            search={"max_fsd": None, "num_mixtures": 4, "max_concurrent": 2},
+                            ray={"address": two_nodes["address"]})
+    out = folder / "driver.json"
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", DRIVER, str(cfg_path), str(out)], env=two_nodes["env"],
+                         cwd=folder, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return folder, cfg_path, json.loads(out.read_text()), time.monotonic() - started
+
+
+@pytest.mark.integration
+def test_search_on_an_existing_cluster_runs_its_trials_on_both_nodes(searched, two_nodes):
+    folder, _, report, _ = searched
+    assert sorted(report["trained"]) == ["books", "electronics"] and not report["failed"]
+    assert report["evaluated"] == 4 and report["search_failed"] == 0
+    nodes = report["nodes"]
+    assert len(nodes) == 2
+    pids = _trial_pids(folder / "runs")
+    assert len(pids) == 4, f"expected 4 search trials with results, found {sorted(pids)}"
+    nodes_that_reported = {_node_of_pid(pid, nodes) for trial in pids.values() for pid in trial}
+    assert nodes_that_reported == set(nodes), "every node of the cluster ran search trials"
+
+
+@pytest.mark.integration
+def test_workers_import_the_drivers_packages_from_the_runtime_environment(searched):
+    _, _, report, _ = searched
+    assert set(report["imports"]) == set(report["nodes"])
+    for node_id, module_file in report["imports"].items():
+        # Each node unpacked the shipped package into its own session, not the repo checkout.
+        node_session = Path(report["nodes"][node_id]).parents[1]
+        assert Path(module_file).is_relative_to(node_session / "runtime_resources" / "py_modules_files"), module_file
+        assert not Path(module_file).is_relative_to(REPO)
+
+
+@pytest.mark.integration
+def test_asking_for_a_gpu_on_a_cluster_without_gpus_fails_at_once(searched, two_nodes):
+    import yaml
+
+    folder, cfg_path, _, _ = searched
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["resources"] = {"cpu": 1, "gpu": 0.25}
+    raw["ray"]["address"] = None  # given on the command line instead
+    gpu_cfg = folder / "gpu.yaml"
+    gpu_cfg.write_text(yaml.safe_dump(raw))
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "search.cli.main", "search", str(gpu_cfg), "--address",
+                          two_nodes["address"]], env=two_nodes["env"], cwd=folder, capture_output=True,
+                         text=True, timeout=60)
+    seconds = time.monotonic() - started
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "resources.gpu is 0.25 but the Ray cluster has no GPU" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert seconds < 30
+
+
+@pytest.mark.integration
+def test_joining_a_token_cluster_without_the_token_names_the_fix(searched, two_nodes):
+    _, cfg_path, _, _ = searched
+    env = {k: v for k, v in two_nodes["env"].items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    run = subprocess.run([sys.executable, "-m", "search.cli.main", "train", str(cfg_path), "--force"], env=env,
+                         cwd=cfg_path.parent, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "set RAY_AUTH_MODE=token" in run.stderr and "Traceback" not in run.stderr
