@@ -191,21 +191,24 @@ def per_row_adapter_scale(model, scales: Tensor | Sequence[float], adapter_name:
     Args:
         model: an ``adapters`` model with the bottleneck adapter active.
         scales: ``[batch]``, one scalar per row of every batch run inside the block (give each
-            row its domain's rescaler).
+            row its domain's rescaler); or one number for every row of every batch.
         adapter_name: the adapter whose output is scaled.
 
     Raises:
-        ValueError: no such bottleneck adapter; ``scales`` is not 1-D or not finite; a batch
-            inside the block has another number of rows.
+        ValueError: no such bottleneck adapter; ``scales`` is not one number or 1-D, or not
+            finite; a batch inside the block has another number of rows.
     """
     import torch
 
     row_scales = torch.as_tensor(scales, dtype=torch.float32).detach()
-    if row_scales.dim() != 1 or not bool(torch.isfinite(row_scales).all()):
-        raise ValueError(f"scales must be a 1-D tensor of finite numbers, one per row, got {row_scales.tolist()}")
+    if row_scales.dim() > 1 or not bool(torch.isfinite(row_scales).all()):
+        raise ValueError(f"scales must be one finite number or a 1-D tensor of them, one per row, "
+                         f"got {row_scales.tolist()}")
     modules = adapter_up_modules(model, adapter_name)
 
     def scale(module, inputs, output):
+        if row_scales.dim() == 0:
+            return output * row_scales.to(device=output.device, dtype=output.dtype)
         if output.shape[0] != row_scales.shape[0]:
             raise ValueError(f"the batch has {output.shape[0]} rows but {row_scales.shape[0]} scales were given")
         s = row_scales.to(device=output.device, dtype=output.dtype)

@@ -9,20 +9,30 @@
     DIR/routing.json           domain -> {"body": "bodies/<body>", "head": "heads/<domain>"}
     DIR/plan.json              the plan run's record (groups, specs, validation and test
                                accuracies, the config) and the registered model version
+    DIR/masks/<domain>.safetensors  a domain's sign mask over its body, 1 bit per parameter
+                               (uint8 per parameter, numpy's packbits layout), where the plan uses one;
+                               routing.json's domains.<d>.mask names it (mask_rescaler: EMR's scalar on
+                               the masked delta), domains.<d>.rescaler holds the domain's scalar on its
+                               body's adapter output (batchable: one multiply per row)
+    DIR/init.safetensors       the adapters' shared initialisation, where a domain has a mask (a masked
+                               domain is served ``init + mask * (body - init)``)
 
 It is built in a hidden sibling folder and renamed into place, logged under ``bundle/`` of
 the plan run and registered as one model version. ``evaluate_bundle`` loads it with plain
 ``adapters`` calls (``load_adapter`` per body, ``load_head`` per domain) and scores every
-domain through its routed body and head.
+domain through its routed body and head, with its mask and rescaler where it has them
+(:func:`add_domain_serving` gives a domain of a bundle its mask and rescaler).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 from search.settings.config import Config
 from search.workflows.export import check_output_dir, register_version, signmix_version
@@ -40,6 +50,11 @@ ROUTING_FILE = "routing.json"
 PLAN_FILE = "plan.json"
 HEAD_FILES = ("head_config.json", "model_head.safetensors")
 ADAPTER_FILES = ("adapter_config.json", "adapter.safetensors")
+MASKS_DIR = "masks"
+INIT_FILE = "init.safetensors"
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def find_plan_run(client, experiment_id: str, run_id: str | None = None):
@@ -176,6 +191,10 @@ def read_bundle(path: str | os.PathLike) -> tuple[dict, dict]:
                 raise UsageError(f"{ROUTING_FILE}: domains.{domain}.{what} is {route[what]!r}, but {folder} lacks "
                                  f"{', '.join(missing)}; export the plan again with `signmix export CONFIG --plan "
                                  "--out DIR`, or fix the routing")
+        for needed in ([route["mask"], INIT_FILE] if route.get("mask") else []):
+            if not (path / needed).is_file():
+                raise UsageError(f"{ROUTING_FILE}: domains.{domain} has a mask, but {path / needed} is not there; "
+                                 "export the plan again, or fix the routing")
     return routing, plan
 
 
@@ -212,10 +231,112 @@ def evaluate_bundle(path: str | os.PathLike, split: str = "validation") -> dict:
                                label_names=record.get("label_names", {}).get(domain))
             return encode_split(tokenizer, data.splits[split], ev["max_length"]), data.num_labels
 
-        found = evaluate_targets(model, domains, prepare, ev["batch_size"])
-        metrics.update({k: v for k, v in found.items() if k.startswith(("accuracy/", "macro_f1/"))})
+        for domain in domains:  # one at a time: a domain's mask and rescaler apply to its rows only
+            with domain_served(model, name, path, routing["domains"][domain]):
+                found = evaluate_targets(model, [domain], prepare, ev["batch_size"])
+            metrics.update({k: v for k, v in found.items() if k.startswith(("accuracy/", "macro_f1/"))})
         model.delete_adapter(name)
     return {"routing": routing, "plan": plan, "metrics": metrics}
+
+
+def add_domain_serving(path: str | os.PathLike, domain: str, *, mask: Mapping[str, Tensor] | None = None,
+                       mask_rescaler: float = 1.0, rescaler: float | None = None,
+                       init: Mapping[str, Tensor] | None = None) -> dict:
+    """Give ``domain`` of bundle ``path`` its sign mask over its body and/or its rescaler; returns its route.
+
+    Args:
+        path: a bundle folder (:func:`export_bundle`).
+        domain: a routed domain.
+        mask: boolean per parameter of the body's ``adapter.safetensors`` (same names and shapes),
+            written packed to ``masks/<domain>.safetensors``
+            (:func:`trainables.domain_serving.pack_domain_mask`).
+        mask_rescaler: EMR's scalar on the masked delta (``init + mask_rescaler * mask * (body -
+            init)``, :func:`trainables.domain_serving.masked_body`); 1.0 for TALL. Only with a mask.
+        rescaler: the scalar on the body's adapter output for this domain's rows
+            (:func:`trainables.domain_serving.per_row_adapter_scale`), kept in ``routing.json``.
+        init: the adapters' shared initialisation, written to ``init.safetensors`` the first time
+            a mask is added (required then; later ones must not differ).
+    """
+    import math
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from trainables.domain_serving import pack_domain_mask
+
+    path = Path(path)
+    routing, _ = read_bundle(path)
+    if domain not in routing["domains"]:
+        raise UsageError(f"domain {domain!r} is not in the bundle; it routes {sorted(routing['domains'])}")
+    route = routing["domains"][domain]
+    for what, value in (("rescaler", rescaler), ("mask_rescaler", mask_rescaler)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise UsageError(f"{what} must be a finite number, got {value!r}")
+    if rescaler is not None:
+        route["rescaler"] = float(rescaler)
+    if mask is not None:
+        body = load_file(str(path / route["body"] / "adapter.safetensors"))
+        if init is not None:
+            if (path / INIT_FILE).is_file():
+                stored = load_file(str(path / INIT_FILE))
+                if set(stored) != set(init) or any(not torch.equal(stored[k], init[k].cpu()) for k in stored):
+                    raise UsageError(f"{path / INIT_FILE} holds another initialisation than the one given")
+            else:
+                save_file({k: t.detach().cpu().contiguous() for k, t in init.items()}, str(path / INIT_FILE))
+        elif not (path / INIT_FILE).is_file():
+            raise UsageError("a masked domain is served init + mask * (body - init): give init (the adapters' shared "
+                             "initialisation) with the first mask")
+        packed = pack_domain_mask(mask)
+        if set(packed) != set(body) or any(m.shape != body[k].shape for k, m in mask.items()):
+            raise UsageError(f"the mask of {domain!r} does not fit its body {route['body']}: it must have the "
+                             "body's parameter names and shapes")
+        (path / MASKS_DIR).mkdir(exist_ok=True)
+        save_file(packed, str(path / MASKS_DIR / f"{domain}.safetensors"))
+        route["mask"] = f"{MASKS_DIR}/{domain}.safetensors"
+        route["mask_rescaler"] = float(mask_rescaler)
+    elif mask_rescaler != 1.0:
+        raise UsageError(f"mask_rescaler scales a masked delta; got {mask_rescaler} without a mask")
+    (path / ROUTING_FILE).write_text(json.dumps(routing, indent=2), encoding="utf-8")
+    return route
+
+
+@contextlib.contextmanager
+def domain_served(model, name: str, path: Path, route: dict):
+    """Within the block, adapter ``name`` (a body of bundle ``path``) serves as ``route``'s domain: its mask
+    written into the adapter's weights (restored afterwards) and its rescaler on the adapter's output."""
+    import torch
+    from safetensors.torch import load_file
+
+    from trainables.domain_serving import masked_body, per_row_adapter_scale, unpack_domain_mask
+
+    with contextlib.ExitStack() as stack:
+        if route.get("mask"):
+            params = {n: p for n, p in model.named_parameters() if f".adapters.{name}." in n}
+            body = {n: p.detach().clone() for n, p in params.items()}
+            # the files name the adapter as it was saved; the model as it was loaded (load_as)
+            saved = load_file(str(path / route["mask"]))
+            stored = {_param_name(k, name): t for k, t in saved.items()}
+            init = {_param_name(k, name): t for k, t in load_file(str(path / INIT_FILE)).items()}
+            served = masked_body(init, body, unpack_domain_mask(stored, body), float(route.get("mask_rescaler", 1.0)))
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(served[n])
+
+            def restore():
+                with torch.no_grad():
+                    for n, p in params.items():
+                        p.copy_(body[n])
+            stack.callback(restore)
+        if route.get("rescaler") is not None:
+            stack.enter_context(per_row_adapter_scale(model, float(route["rescaler"]), adapter_name=name))
+        yield
+
+
+def _param_name(key: str, name: str) -> str:
+    """The model's parameter name of a saved adapter's key, for the adapter loaded as ``name``."""
+    head, sep, tail = key.partition(".adapters.")
+    return f"{head}{sep}{name}.{tail.split('.', 1)[1]}" if sep else key
 
 
 def logged_accuracy(plan: dict, split: str) -> dict[str, float]:

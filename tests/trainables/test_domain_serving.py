@@ -83,6 +83,13 @@ def test_per_row_scales_equal_each_domains_rows_run_alone_with_its_scaled_adapte
         k: v[[0]] for k, v in inputs.items()}), atol=1e-4)
 
 
+def test_one_number_scales_every_row(seq_bn_model):
+    inputs = batch(3, seed=2)
+    with per_row_adapter_scale(seq_bn_model, 0.8):
+        got = logits(seq_bn_model, inputs)
+    torch.testing.assert_close(got, logits(with_scaled_up_projection(seq_bn_model, 0.8), inputs), rtol=1e-5, atol=1e-6)
+
+
 def test_scale_one_is_the_body_scale_zero_is_no_adapter_and_the_hooks_go_away(seq_bn_model):
     inputs = batch(4, seed=1)
     plain = logits(seq_bn_model, inputs)
@@ -102,8 +109,8 @@ def test_scale_one_is_the_body_scale_zero_is_no_adapter_and_the_hooks_go_away(se
 
 @pytest.mark.parametrize("scales,rows,message", [
     ([1.0, 2.0], 3, "the batch has 3 rows but 2 scales"),
-    ([[1.0, 2.0]], 1, "1-D tensor of finite numbers"),
-    ([1.0, float("nan")], 2, "1-D tensor of finite numbers"),
+    ([[1.0, 2.0]], 1, "one finite number or a 1-D tensor"),
+    ([1.0, float("nan")], 2, "one finite number or a 1-D tensor"),
 ])
 def test_per_row_scales_refuse_what_does_not_fit(seq_bn_model, scales, rows, message):
     with pytest.raises(ValueError, match=message):
