@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from search.settings.config import Config
+from search.settings.config import Config, PlanConfig, updated
+from search.workflows.baselines import TIES_OF_ALL, ties_of_all
 from search.workflows.confirmation_passes import run_confirmation_trials
 from search.plan.partition import Group
 from search.plan.transfer import OperatorRecord, choice_key, describe_choice
@@ -56,14 +57,11 @@ def group_config(cfg: Config, group: Sequence[str], *, warm_start: bool = True) 
     """``cfg`` for the search of one group's body: the group's domains only, each a target and a
     member; ``plan.mixtures_per_group`` evaluations; no test confirmation (the plan confirms).
     ``warm_start=False``: no greedy warm start (the operator choices of earlier groups come first)."""
-    raw = cfg.model_dump()
-    raw["domains"] = {d: raw["domains"][d] for d in group}
-    raw["search"] = {**raw["search"], "targets": list(group), "require_targets": True, "max_members": None,
-                     "num_mixtures": cfg.plan.mixtures_per_group, "confirm": False, "max_fsd": None,
-                     **({} if warm_start else {"warm_start": "none"})}
-    raw["study"] = {**raw["study"], "targets": None}
-    raw["plan"] = {}
-    return Config.model_validate(raw)
+    search = updated(cfg.search, targets=list(group), require_targets=True, max_members=None,
+                     num_mixtures=cfg.plan.mixtures_per_group, confirm=False, max_fsd=None,
+                     **({} if warm_start else {"warm_start": "none"}))
+    return updated(cfg, domains={d: cfg.domains[d] for d in group}, search=search,
+                   study=updated(cfg.study, targets=None), plan=PlanConfig())
 
 
 def group_name(group: Sequence[str]) -> str:
@@ -196,9 +194,7 @@ def baseline_candidates(cfg: Config, domains: Sequence[str], *, cross_heads: boo
     out["soup"] = (make_mixture_spec(members=list(domains), targets=list(domains), require_targets=False, head=head),
                    both)
     if ties:
-        out["ties"] = (make_mixture_spec(members=list(domains), targets=list(domains), require_targets=False,
-                                         head=head, merge_method="ties", density=cfg.search.densities[0],
-                                         lam=cfg.search.lambdas[0]), both)
+        out[TIES_OF_ALL] = (ties_of_all(cfg, domains, domains, head=head), both)
     return out
 
 
@@ -208,9 +204,7 @@ def correctness(cfg: Config, candidates: Mapping[str, tuple[MixtureSpec, list[st
     distinct mixture (:func:`search.workflows.confirmation_passes.run_confirmation_trials`)."""
     if any(spec.merge_method != "average" for spec, _ in candidates.values()) and "ties" not in cfg.search.merge_methods:
         # the trial rebuilds the shared initialisation only when the config's operators need it
-        raw = cfg.model_dump()
-        raw["search"] = {**raw["search"], "merge_methods": [*cfg.search.merge_methods, "ties"]}
-        cfg = Config.model_validate(raw)
+        cfg = updated(cfg, search=updated(cfg.search, merge_methods=[*cfg.search.merge_methods, "ties"]))
     return run_confirmation_trials(cfg, candidates, weights, name=name, progress=progress)
 
 

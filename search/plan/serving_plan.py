@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from search.runtime.cluster import check_cluster_storage, connect_ray
-from search.settings.config import Config
+from search.settings.config import Config, updated
+from search.workflows.baselines import TIES_OF_ALL
 from search.workflows.conflict_measures import check_measures, conflict_measures
 from search.plan.bodies import BodySearch, accuracy, baseline_candidates, correctness, group_name, own_spec
 from search.plan.compatibility import cross_head_distances, fsd_distances
@@ -66,15 +67,12 @@ def check_plan_domains(cfg: Config) -> list[str]:
 def preflight_config(cfg: Config) -> Config:
     """``cfg`` as the checks before a search see a plan: every plan domain a target, heads refit
     (the refit bound needs each domain's training split)."""
-    raw = cfg.model_dump()
-    raw["search"] = {**raw["search"], "targets": check_plan_domains(cfg), "head": "refit", "max_members": None}
-    return Config.model_validate(raw)
+    return updated(cfg, search=updated(cfg.search, targets=check_plan_domains(cfg), head="refit", max_members=None))
 
 
 def _with_ties(cfg: Config) -> Config:
-    raw = cfg.model_dump()
-    raw["search"] = {**raw["search"], "merge_methods": list(dict.fromkeys([*cfg.search.merge_methods, "ties"]))}
-    return Config.model_validate(raw)
+    methods = list(dict.fromkeys([*cfg.search.merge_methods, "ties"]))
+    return updated(cfg, search=updated(cfg.search, merge_methods=methods))
 
 
 def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debug: bool = False) -> PlanOutcome:
@@ -124,9 +122,7 @@ def _params(cfg: Config, domains, budget: int) -> list:
 
 def probe_config(cfg: Config) -> Config:
     """``cfg`` as the plan's probe passes read it: ``plan.probe_size`` rows of each plan domain."""
-    raw = cfg.model_dump()
-    raw["search"] = {**raw["search"], "probe_size": cfg.plan.probe_size}
-    return Config.model_validate(raw)
+    return updated(cfg, search=updated(cfg.search, probe_size=cfg.plan.probe_size))
 
 
 def plan_distances(cfg: Config, domains, val: Mapping[str, Mapping[str, float]], index, *,
@@ -223,7 +219,7 @@ def _references(base: Mapping, domains, ties: bool, seed: int) -> dict[str, dict
     named = {"own adapters, trained heads (bound)": ("own", "line"), "own adapters, refit heads (bound)": ("refit", "line"),
              "soup of all": ("soup", "point")}
     if ties:
-        named["TIES of all"] = ("ties", "point")
+        named["TIES of all"] = (TIES_OF_ALL, "point")
     for label, (key, kind) in named.items():
         if key in ("own", "refit"):
             test = {d: base[f"{key}/{d}"]["test"][d] for d in domains}

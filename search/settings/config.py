@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional, Sequence
+from typing import Annotated, Optional, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -298,6 +298,28 @@ def validate_config(raw: object, *, source: str = "config", base_dir: str | Path
         if all(err["loc"] for err in exc.errors()):  # the model-level checks did not run
             problems.extend(cross_field_problems(raw))
         raise ConfigError(source, problems) from None
+
+
+Settings = TypeVar("Settings", bound=BaseModel)
+
+
+def updated(settings: Settings, **changes: object) -> Settings:
+    """A copy of a frozen settings model (the config or one of its sections) with ``changes``,
+    validated again as a whole.
+
+    A derived config (a plan's group search, its probe passes) is built from typed values: the
+    changed fields and the untouched ones are passed as they are (sections as models, never as a
+    dumped dict edited by key), and every field and model validator runs again, which
+    ``model_copy(update=...)`` alone would skip.
+
+    Raises:
+        ValueError: a name in ``changes`` is not a field of the model.
+    """
+    fields = type(settings).model_fields
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise ValueError(f"{type(settings).__name__} has no field(s) {unknown}; its fields are {sorted(fields)}")
+    return type(settings).model_validate({name: getattr(settings, name) for name in fields} | changes)
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -7,7 +7,7 @@ mixing and evaluation code, so its numbers are comparable with the search's.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from search.settings.config import Config
 from search.workflows.new_domain import confirmation_weights
@@ -19,6 +19,9 @@ from trainables.evaluate import evaluate_targets, mixture_model, mixture_targets
 from trainables.initialisation import initial_adapter_weights
 from trainables.mixture_trial import INIT_KEY, load_mixture
 from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
+
+# The one name of the TIES-of-all baseline, wherever it is evaluated or reported.
+TIES_OF_ALL = "ties_of_all"
 
 
 def baseline_specs(cfg: Config, *, every_single: bool = False) -> dict[str, MixtureSpec]:
@@ -37,10 +40,16 @@ def baseline_specs(cfg: Config, *, every_single: bool = False) -> dict[str, Mixt
                  for t in sorted(targets)}
     specs["soup of all"] = make_mixture_spec(members=cfg.member_domains, targets=targets, require_targets=False,
                                              head=head)
-    specs["ties of all"] = make_mixture_spec(members=cfg.member_domains, targets=targets, require_targets=False,
-                                             head=head, merge_method="ties", density=cfg.search.densities[0],
-                                             lam=cfg.search.lambdas[0])
+    specs[TIES_OF_ALL] = ties_of_all(cfg, cfg.member_domains, targets, head=head)
     return specs
+
+
+def ties_of_all(cfg: Config, members: Sequence[str], targets: Sequence[str], *, head: str = "own") -> MixtureSpec:
+    """TIES of every adapter in ``members`` at the first configured density and λ, serving ``targets``:
+    the one-body baseline that the search summary, the confirmation and a plan all report, under
+    one name (:data:`TIES_OF_ALL`)."""
+    return make_mixture_spec(members=list(members), targets=list(targets), require_targets=False, head=head,
+                             merge_method="ties", density=cfg.search.densities[0], lam=cfg.search.lambdas[0])
 
 
 def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
@@ -70,7 +79,7 @@ def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str
 
     ``best`` holds the best mixture's ``accuracy/<target>`` metrics; ``baselines`` is
     :func:`evaluate_specs` of :func:`baseline_specs`, or the confirmation's validation splits
-    (``validation_baselines`` of its record; without ``ties of all`` where it had no shared
+    (``validation_baselines`` of its record; without :data:`TIES_OF_ALL` where it had no shared
     initialisation). The N-adapter upper bound scores each
     target with its own adapter. Serving: one adapter body plus one head per target, against
     one adapter (with its head) per target, in bytes of the stored safetensors files.
@@ -82,7 +91,7 @@ def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str
     lines = [f"best found {mean:.4f} on {len(targets)} target(s) ({cfg.search.head} heads):"]
     others = [("each target's own adapter (N-adapter bound)", bound)]
     others += [(label, baselines[name]["accuracy_mean"]) for name, label in
-               (("soup of all", "soup of all"), ("ties of all", "TIES of all")) if name in baselines]
+               (("soup of all", "soup of all"), (TIES_OF_ALL, "TIES of all")) if name in baselines]
     for name, value in others:
         lines.append(f"  {100 * (mean - value):+.1f} points against {name} ({value:.4f})")
     store = AdapterStore(cfg.store_path)

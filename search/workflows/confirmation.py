@@ -27,6 +27,7 @@ import time
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 from search.runtime.cluster import connect_ray
+from search.workflows.baselines import TIES_OF_ALL, ties_of_all
 from search.workflows.confirmation_decision import (
     blackbox_measure,
     confirmation_metrics,
@@ -123,7 +124,7 @@ def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, di
     Exportable (searched, with an MLflow run): ``best``, ``runner_up`` (the next best
     validation accuracy) and ``alone`` (the targets without other members, when evaluated;
     never in serving, :func:`is_serving`). Baselines: ``own/<target>``, ``soup`` and
-    ``greedy/<k>`` for the sizes of the exportable ones, and ``ties_all`` (TIES of every domain
+    ``greedy/<k>`` for the sizes of the exportable ones, and ``ties_of_all`` (TIES of every domain
     at the first configured density and λ, when the operators' shared initialisation is at hand),
     whose validation splits are the search summary's baselines.
     """
@@ -140,9 +141,7 @@ def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, di
     cands["soup"] = (make_mixture_spec(members=every, targets=targets, require_targets=False,
                                        **({"head": "refit"} if new else {})), both)
     if any(MERGE_OPERATORS[m].needs_init for m in cfg.search.merge_methods):
-        cands["ties_all"] = (make_mixture_spec(members=every, targets=targets, require_targets=False,
-                                               merge_method="ties", density=cfg.search.densities[0],
-                                               lam=cfg.search.lambdas[0]), ["validation"])
+        cands[TIES_OF_ALL] = (ties_of_all(cfg, every, targets), ["validation"])
     space = space_from_config(cfg.search, every, targets=targets, max_members=None)
     path = [space.to_mixture_spec(p) for p in greedy_path(space, index)]
     for k in sorted({spec.k for spec, _ in (cands[n] for n in runs)}):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from search.tracking.tables import format_table
+from search.workflows.baselines import TIES_OF_ALL
 from search.tracking.layout import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG
 from trainables.example_correctness import BLACKBOX_TEST
 from trainables.significance import mcnemar_exact, mean_difference, paired_bootstrap
@@ -63,12 +64,12 @@ def tie_rule_choice(val: Mapping, specs: Mapping, runs: Mapping, *, rule: str, s
 def validation_baselines(correct: Mapping, targets: Sequence[str]) -> dict[str, dict[str, float]]:
     """The search summary's baselines from the confirmation's validation splits, as
     ``search.workflows.baselines.evaluate_specs`` gives them: ``single <t>`` (each target's own
-    adapter), ``soup of all`` and, when confirmed, ``ties of all``."""
+    adapter), ``soup of all`` and, when confirmed, ``ties_of_all``."""
     out: dict[str, dict[str, float]] = {}
     for t in targets:
         rows = correct[f"own/{t}"]["validation"][t]
         out[f"single {t}"] = {f"accuracy/{t}": sum(rows) / len(rows), "accuracy_mean": sum(rows) / len(rows)}
-    for name, label in (("soup", "soup of all"), ("ties_all", "ties of all")):
+    for name, label in (("soup", "soup of all"), (TIES_OF_ALL, TIES_OF_ALL)):
         if "validation" in correct.get(name, {}):
             per = {f"accuracy/{t}": sum(correct[name]["validation"][t]) / len(correct[name]["validation"][t])
                    for t in targets}

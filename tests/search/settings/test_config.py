@@ -9,7 +9,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from search.settings.config import REGISTERED_CHOICES, Config, load_config, validate_config
+from search.settings.config import REGISTERED_CHOICES, Config, load_config, updated, validate_config
 from spaces.errors import ConfigError, UsageError
 
 MINIMAL = """\
@@ -140,6 +140,21 @@ def test_model_dump_is_plain_data_that_validates_again(tmp_path):
     dumped = cfg.model_dump()
     assert isinstance(dumped["search"], dict)
     assert validate_config(dumped, base_dir=tmp_path) == cfg
+
+
+def test_a_derived_config_is_a_typed_copy_validated_again(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    search = updated(cfg.search, targets=["dvd"], num_mixtures=3)
+    derived = updated(cfg, domains={"dvd": cfg.domains["dvd"]}, search=search)
+    assert derived.search.targets == ["dvd"] and derived.search.num_mixtures == 3
+    assert derived.domains["dvd"] is cfg.domains["dvd"]  # typed sections are passed as they are
+    assert derived.adapter == cfg.adapter and cfg.search.targets == ["books"]  # the original is untouched
+    with pytest.raises(pydantic.ValidationError, match="not domains"):  # the config's own validators run
+        updated(cfg, domains={"dvd": cfg.domains["dvd"]})  # books, a target, is no longer a domain
+    with pytest.raises(pydantic.ValidationError, match="at least one"):  # and the section's
+        updated(cfg.search, prune_ratios=[])
+    with pytest.raises(ValueError, match=r"no field\(s\) \['num_mixture'\]"):
+        updated(cfg.search, num_mixture=3)
 
 
 # Invalid files ---------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_the_summary_baselines_are_the_confirmations_and_equal_a_fresh_evaluatio
 
     cfg, summary, _, _ = serving
     confirmed = summary.confirmation["validation_baselines"]
-    assert set(confirmed) == {*(f"single {t}" for t in DOMAINS), "soup of all", "ties of all"}
+    assert set(confirmed) == {*(f"single {t}" for t in DOMAINS), "soup of all", "ties_of_all"}
     fresh = evaluate_specs(cfg, baseline_specs(cfg))
     for name, metrics in fresh.items():
         assert confirmed[name]["accuracy_mean"] == pytest.approx(metrics["accuracy_mean"]), name
