@@ -44,7 +44,9 @@ MEASURES: dict[str, str] = {
     "merge_gap": "disagreement of the merged model with its members' ensemble, on probe examples (per mixture)",
 }
 # The measures held as pairwise matrices, computed once per adapter set: what the gate may track.
-PAIRWISE_MEASURES = ("weight_fsd", "delta_fsd", "activation_fsd", "cross_head")
+# The paper's measure: the FSD of the adapters' weights, read from the sign index (no forward pass).
+WEIGHT_FSD = "weight_fsd"
+PAIRWISE_MEASURES = (WEIGHT_FSD, "delta_fsd", "activation_fsd", "cross_head")
 # The measures that need forward passes on probe examples.
 PROBE_MEASURES = ("activation_fsd", "cross_head", "merge_gap")
 DEFAULT_PROBE_SIZE = 128

@@ -65,10 +65,11 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
         check_base_model(cfg.base_model)
         check_refit_data(cfg)
         check_store_for_search(cfg)
-        if cfg.search.conflict_measure not in ("weight_fsd", "auto"):  # auto leaves out what cannot be measured
+        # auto leaves out what cannot be measured; weight FSD needs no more than the store
+        if not (cfg.search.gate_on_weight_signs or cfg.search.gate_chooses_measure):
             from search.workflows.conflict_measures import check_measures
 
-            check_measures(cfg, [cfg.search.conflict_measure])
+            check_measures(cfg, list(cfg.search.gate_measures))
 
 
 def check_base_model(base_model: str) -> None:

@@ -21,16 +21,13 @@ from search.tracking.experiment_runs import open_existing_experiment
 from search.tracking.layout import GATE_MEASURE_TAG as MEASURE_TAG
 from search.tracking.layout import KIND_TAG, STATUS_TAG, spec_from_run
 from spaces.measure_ranking import MeasureEvidence, choose_measure, evidence_table
-from spaces.measures import PAIRWISE_MEASURES, PairwiseMeasure
+from spaces.measures import WEIGHT_FSD, PairwiseMeasure
 from spaces.space import Verdict
 
 if TYPE_CHECKING:
     from spaces.fsd import SignIndex
 
 logger = logging.getLogger(__name__)
-
-WEIGHT_FSD = "weight_fsd"
-
 
 class MeasureGate(FsdGate):
     """:class:`~search.gate.FsdGate` over one or several conflict measures.
@@ -120,18 +117,14 @@ class MeasureGate(FsdGate):
         super().set_state(state)
 
 
-def gate_candidates(conflict_measure: str) -> list[str]:
-    """The measures a gate of ``search.conflict_measure`` may filter with."""
-    return list(PAIRWISE_MEASURES) if conflict_measure == "auto" else [conflict_measure]
-
-
 def warm_start_order(measures: Mapping[str, PairwiseMeasure], evidence: Sequence[MeasureEvidence],
-                     conflict_measure: str) -> tuple[PairwiseMeasure | None, str]:
-    """The measure whose row means order the greedy warm start, and why: the configured one, or
-    under ``auto`` the one the evidence so far (earlier searches of the experiment) chooses;
-    None (weight FSD, as always) when there is none."""
-    if conflict_measure != "auto":
-        return measures.get(conflict_measure), f"the warm start orders by {conflict_measure}"
+                     search) -> tuple[PairwiseMeasure | None, str]:
+    """The measure whose row means order the greedy warm start, and why: the configured one
+    (``search``: the config's search section), or under ``auto`` the one the evidence so far
+    (earlier searches of the experiment) chooses; None (weight FSD, as always) when there is none."""
+    if not search.gate_chooses_measure:
+        measure = search.conflict_measure
+        return measures.get(measure), f"the warm start orders by {measure}"
     best, _ = choose_measure(evidence)
     if best is None:
         return None, "the warm start orders by weight_fsd (no measure has shown evidence yet)"

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from search.settings.choices import COMPATIBILITY_MEASURES, STRATEGY_NAMES, TIE_RULES
 from search.settings.objectives import OBJECTIVES, PARETO_RULES
 from spaces.fsd import FSD_MEASURES
-from spaces.measures import DEFAULT_PROBE_SIZE, PAIRWISE_MEASURES, PROBE_SIZE_RANGE
+from spaces.measures import DEFAULT_PROBE_SIZE, PAIRWISE_MEASURES, PROBE_SIZE_RANGE, WEIGHT_FSD
 from spaces.merge_dimensions import WEIGHTINGS
 from spaces.operators import HEAD_PROTOCOLS, MERGE_OPERATORS
 from spaces.space import SEARCH_PRUNE_METHODS
@@ -190,6 +190,23 @@ class SearchConfig(FrozenModel):
         if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
             raise ValueError(f"objectives must be distinct and non-empty, got {self.objectives}")
         return self
+
+    @property
+    def gate_measures(self) -> tuple[str, ...]:
+        """The conflict measures the gate tracks: ``conflict_measure`` itself, or under ``auto``
+        every pairwise measure (the one whose evidence is strongest filters). The one place where
+        ``conflict_measure`` is read: the gate, the preflight and the warm start ask here."""
+        return PAIRWISE_MEASURES if self.conflict_measure == "auto" else (self.conflict_measure,)
+
+    @property
+    def gate_chooses_measure(self) -> bool:
+        """Whether the evidence chooses the gate's measure (``conflict_measure: auto``)."""
+        return self.conflict_measure == "auto"
+
+    @property
+    def gate_on_weight_signs(self) -> bool:
+        """Whether the gate is the paper's FSD gate on the sign index alone (no measure to compute)."""
+        return self.conflict_measure == WEIGHT_FSD
 
     @field_validator("prune_ratios")
     @classmethod

@@ -1,2 +1,6 @@
-"""MLflow tracking of trainings and searches: the retrying client (``mlflow_client.py``), the
-run layout of DESIGN.md (``tracker.py``) and the Ray Tune callbacks that fill it (``callbacks.py``)."""
+"""MLflow, and the records a search writes: the layout, every tag and parameter name and the one
+way back from a run to a spec (``layout.py``), the one rule that says what became of a trial
+(``outcomes.py``), the retrying client (``mlflow_client.py``), the runs a search writes
+(``tracker.py``), an experiment's runs read back (``experiment_runs.py``), and the text tables and
+the one CSV writer (``tables.py``). Imports only the settings and runtime below it.
+"""

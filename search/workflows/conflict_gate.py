@@ -11,8 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from search.proposals.fsd_gate import FsdGate, gate_mode, make_gate
-from search.proposals.measure_gate import (WEIGHT_FSD, MeasureGate, experiment_evidence, gate_candidates,
-                                           warm_start_order)
+from search.proposals.measure_gate import MeasureGate, experiment_evidence, warm_start_order
 from search.workflows.conflict_measures import check_measures, conflict_measures
 from spaces.errors import UsageError
 
@@ -30,18 +29,17 @@ def gate_for_search(cfg, space: MixtureSpace, tolerance: float, index: SignIndex
     ``conflict_measure: weight_fsd`` is today's FSD gate on the sign index. Any other measure
     (or ``auto``) computes the pairwise measures it needs once (cached in the store)."""
 
-    if cfg.search.conflict_measure == WEIGHT_FSD:
+    if cfg.search.gate_on_weight_signs:
         return make_gate(cfg, space, tolerance), index
 
-    candidates = gate_candidates(cfg.search.conflict_measure)
-    if cfg.search.conflict_measure == "auto":  # track what this store and data can measure
+    candidates = list(cfg.search.gate_measures)
+    if cfg.search.gate_chooses_measure:  # track what this store and data can measure
         candidates = [c for c in candidates if _measurable(cfg, c, progress)]
     measures = conflict_measures(cfg, candidates, progress=progress, debug=debug)
     mode, fixed = gate_mode(cfg.search.max_fsd)
     gate = MeasureGate(measures=measures, candidates=candidates, mode=mode, space=space, tolerance=tolerance,
                        fixed_threshold=fixed)
-    order, why = warm_start_order(measures, experiment_evidence(cfg, measures, tolerance),
-                                  cfg.search.conflict_measure)
+    order, why = warm_start_order(measures, experiment_evidence(cfg, measures, tolerance), cfg.search)
     if cfg.search.strategy == "tpe" and cfg.search.warm_start == "greedy_fsd":
         progress(f"conflict gate: tracks {', '.join(gate.candidates)}; {why}")
     return gate, order or index

@@ -14,6 +14,7 @@ from ray.tune.search import Searcher
 from search.workflows.confirmation_decision import trust_lines
 from search.proposals.fsd_gate import FsdGate
 from search.proposals.measure_gate import MEASURE_TAG, MeasureGate, warm_start_order
+from search.settings.search_section import SearchConfig
 from search.proposals.searcher import SignConflictSearcher
 from search.proposals.strategies import greedy_path, make_strategy
 from spaces.fsd import SignIndex
@@ -138,15 +139,30 @@ def test_the_warm_start_orders_by_the_chosen_measure():
     k = rng.integers(2, 5, size=40)
     values = {"activation_fsd": rng.uniform(0, 1, 40), "cross_head": rng.uniform(0, 1, 40)}
     accuracy = 0.9 - 0.02 * k - 0.3 * values["activation_fsd"]
-    measure, why = warm_start_order(MEASURES, evidence_table(values, k, accuracy), "auto")
+    auto = SearchConfig(targets=["d0"], conflict_measure="auto")
+    measure, why = warm_start_order(MEASURES, evidence_table(values, k, accuracy), auto)
     assert measure is MEASURES["activation_fsd"] and why.startswith("the warm start orders by activation_fsd")
     # the greedy path's second mixture adds the adapter of smallest mean activation_fsd
     path = greedy_path(space(), measure)
     row = measure.row_means()
     best_other = min((d for d in NAMES if d != "d0"), key=lambda d: (row[d], d))
     assert path[1] == space().params_for([best_other])
-    none, why = warm_start_order(MEASURES, evidence_table({"cross_head": values["cross_head"]}, k, accuracy), "auto")
+    none, why = warm_start_order(MEASURES, evidence_table({"cross_head": values["cross_head"]}, k, accuracy), auto)
     assert none is None and "weight_fsd" in why
+    fixed = SearchConfig(targets=["d0"], conflict_measure="cross_head")  # the configured measure, whatever the evidence
+    measure, why = warm_start_order(MEASURES, evidence_table(values, k, accuracy), fixed)
+    assert measure is MEASURES["cross_head"] and why == "the warm start orders by cross_head"
+
+
+@pytest.mark.parametrize("conflict_measure, measures, chooses, on_weights", [
+    ("auto", ("weight_fsd", "delta_fsd", "activation_fsd", "cross_head"), True, False),
+    ("weight_fsd", ("weight_fsd",), False, True),
+    ("activation_fsd", ("activation_fsd",), False, False),
+])
+def test_the_settings_say_what_the_gate_measures(conflict_measure, measures, chooses, on_weights):
+    search = SearchConfig(targets=["d0"], conflict_measure=conflict_measure)
+    assert (search.gate_measures, search.gate_chooses_measure, search.gate_on_weight_signs) == \
+        (measures, chooses, on_weights)
 
 
 def test_the_summary_names_the_conflict_gate_and_its_measure(index):
