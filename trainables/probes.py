@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from trainables.data import EncodedSplit
     from trainables.settings import Experiment
 
+PROBE_SECONDS = "probe_seconds"  # metric of a probe trial, and metadata of its file
+
 
 def probe_examples(experiment: Experiment, domain: str, probe: Mapping,
                    label_names: Sequence[str] | None = None) -> tuple[EncodedSplit, list[int]]:
@@ -109,9 +111,12 @@ def probe_adapter(config: Mapping, *, adapter_weights: Mapping, experiment: Expe
     out = Path(config["out"])
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{domain}.{os.getpid()}.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    seconds = time.perf_counter() - started
+    # The pass's own cost travels with its file: a probe pass resumed after Ctrl-C still reports
+    # what every adapter's pass cost.
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={PROBE_SECONDS: repr(seconds)})
     os.replace(tmp, out / f"{domain}.safetensors")
-    result = {**metrics, "probe_seconds": time.perf_counter() - started}
+    result = {**metrics, PROBE_SECONDS: seconds}
     from ray import tune  # Ray: heavy, loaded by the trial or the Tuner that needs it
 
     tune.report(result)

@@ -25,6 +25,7 @@ from search.workflows.search_callbacks import TrainingTracking
 from search.tracking.tracker import flatten, open_experiment
 from search.runtime.trial_inputs import trial_resources
 from trainables.data import load_domain
+from spaces.errors import StoreError, UsageError
 from trainables.store import AdapterStore
 from trainables.train import train_domain_adapter
 
@@ -48,6 +49,33 @@ def fingerprint(cfg: Config, domain: str) -> str:
                        "training": cfg.training.model_dump(), "domain": settings},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_nothing_replaced(store: AdapterStore, domains, prints: dict[str, str]) -> None:
+    """Raises UsageError, before anything is written, when the store holds an adapter of one of
+    ``domains`` made under other settings (another fingerprint): a store is keyed by domain name,
+    so training it again would replace, without a word, the adapter that other configs, their
+    MLflow runs and their bundles read. ``--force`` replaces it on purpose."""
+    held = []
+    for d in domains:
+        try:
+            meta = store.meta(d)
+        except StoreError:  # not there, or unreadable: nothing whole to lose
+            continue
+        if meta.get("fingerprint") not in (None, prints[d]):
+            held.append((d, meta))
+    if not held:
+        return
+    d, meta = held[0]
+    made = (f"imported from {meta['source']}" if meta.get("source") else
+            f"trained on {meta.get('train_examples', '?')} examples")
+    accuracy = (meta.get("metrics") or {}).get("val_accuracy")
+    made += f", validation accuracy {accuracy:.3f}" if isinstance(accuracy, (int, float)) else ""
+    others = f" (and {', '.join(h for h, _ in held[1:])})" if len(held) > 1 else ""
+    raise UsageError(f"domain {d!r}{others}: the store {store.root} already holds an adapter of that name made under "
+                     f"other settings ({made}); this config would replace it, and every config, MLflow run and bundle "
+                     f"that reads {store.path(d)} would then read the new one. Give this config a store of its own "
+                     "(store: ...) or the domain a name of its own, or pass --force to replace it")
 
 
 @dataclass
@@ -79,6 +107,8 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
     # imported adapters without a head, whose domain has data: a head is trained with the adapter frozen
     heads = [d for d in sorted(imported) if head_trained(cfg, imported[d]) and (force or not store.has(d, prints[d]))]
     todo = [d for d in trained_here if d not in summary.skipped] + heads
+    if not force:  # nothing is written over an adapter another config trained (or imported) under other settings
+        check_nothing_replaced(store, [*todo, *(d for d in imported if d not in heads)], prints)
     for d in summary.skipped:
         progress(f"{d}: adapter already in the store with these settings, skipped")
     # Check every domain's data in the driver first: a bad column or an empty split is

@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from search.runtime import interrupts
 from search.runtime.cluster import connect_ray, storage_uri
 from search.settings.config import Config
 from search.tracking.layout import KIND_TAG
@@ -41,7 +42,7 @@ from trainables.data import load_domain
 from trainables.initialisation import check_init_matches, initial_adapter_weights
 from trainables.lora_mixture import is_lora_weights
 from trainables.mixture_trial import INIT_KEY, share_adapter_weights
-from trainables.probes import probe_adapter, probe_mixtures
+from trainables.probes import PROBE_SECONDS, probe_adapter, probe_mixtures
 from trainables.store import AdapterStore, load_sign_index, sign_weights, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -216,17 +217,38 @@ def _item_trial(trial: Callable, key: str) -> Callable:
 
 
 def run_probe_trials(cfg: Config, weights: Mapping, probe: Mapping, out: Path, *, debug: bool = False) -> float:
-    """One Ray Tune trial per adapter (:func:`trainables.probes.probe_adapter`); returns the
-    seconds the trials took together (their own time, the cost of the probe measures)."""
+    """One Ray Tune trial per adapter whose probe file is not in ``out`` yet
+    (:func:`trainables.probes.probe_adapter`); returns the seconds every adapter's pass took
+    (their own time, the cost of the probe measures), read from the files.
 
-    connect_ray(cfg, debug=debug)
-    grid = _tuner(cfg, _item_trial(probe_adapter, "adapter"), weights, sorted(weights), "probes",
-                  {"probe": dict(probe), "out": str(out)}, probe["activation_domains"]).fit()
-    failed = [r for r in grid if r.error is not None]
-    if failed:
-        raise StoreError(f"the probe pass of adapter {failed[0].config['item']!r} failed: "
-                         f"{str(failed[0].error).strip().splitlines()[-1]}")
-    return float(sum(r.metrics["probe_seconds"] for r in grid))
+    Raises:
+        interrupts.Interrupted: Ctrl-C or SIGTERM stopped the passes; the finished ones are kept
+            (each adapter's file is written whole or not at all) and the next run does only the rest.
+    """
+    from safetensors import safe_open  # heavy: loaded when the files are read or written
+
+    todo = [a for a in sorted(weights) if not (out / f"{a}.safetensors").is_file()]
+    if todo:
+        connect_ray(cfg, debug=debug)
+        tuner = _tuner(cfg, _item_trial(probe_adapter, "adapter"), weights, todo, "probes",
+                       {"probe": dict(probe), "out": str(out)}, probe["activation_domains"])
+        try:
+            grid = interrupts.fit(tuner)
+        except KeyboardInterrupt:
+            done = sum((out / f"{a}.safetensors").is_file() for a in weights)
+            raise interrupts.Interrupted(
+                f"the probe passes stopped: {done} of {len(weights)} adapters' passes are kept in the store "
+                f"({out}); run the command again to do the other {len(weights) - done}") from None
+        failed = [r for r in grid if r.error is not None]
+        if failed:
+            raise StoreError(f"the probe pass of adapter {failed[0].config['item']!r} failed: "
+                             f"{str(failed[0].error).strip().splitlines()[-1]}")
+    seconds = []  # a file written before its cost was kept with it adds nothing
+    for a in sorted(weights):
+        with safe_open(str(out / f"{a}.safetensors"), framework="np") as fh:
+            if PROBE_SECONDS in (fh.metadata() or {}):
+                seconds.append(float(fh.metadata()[PROBE_SECONDS]))
+    return float(sum(seconds)) if seconds else float("nan")
 
 
 def read_probes(folder: Path, domains: Sequence[str], probe: Mapping):
@@ -279,8 +301,15 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
         connect_ray(cfg, debug=debug)
         parts = max(1, cfg.search.max_concurrent)
         batches = [[s.to_dict() for s in todo[i::parts]] for i in range(parts) if todo[i::parts]]
-        grid = _tuner(cfg, _item_trial(probe_mixtures, "specs"), shared, batches, "merge-gap",
-                      {"probe": dict(probe), "out": str(folder / "mixtures")}, targets).fit()
+        tuner = _tuner(cfg, _item_trial(probe_mixtures, "specs"), shared, batches, "merge-gap",
+                       {"probe": dict(probe), "out": str(folder / "mixtures")}, targets)
+        try:
+            grid = interrupts.fit(tuner)
+        except KeyboardInterrupt:
+            done = sum((folder / "mixtures" / f"{s.key}.safetensors").is_file() for s in specs)
+            raise interrupts.Interrupted(
+                f"the merge_gap passes stopped: {done} of {len(specs)} mixtures' passes are kept in the store "
+                f"({folder / 'mixtures'}); run the command again to do the rest") from None
         failed = [r for r in grid if r.error is not None]
         if failed:
             raise StoreError(f"a merge_gap pass failed: {str(failed[0].error).strip().splitlines()[-1]}")

@@ -175,3 +175,26 @@ def test_sigterm_during_the_confirmation_keeps_the_finished_search(small_config,
     assert parent.info.status == "FINISHED" and parent.data.metrics["evaluated"] == 3
     assert not mlflow_runs(cfg, f"tags.`{KIND_TAG}` = 'confirmation'")
     assert "Traceback" not in text and "Fatal Python error" not in text
+
+
+def test_ctrl_c_during_the_probe_passes_keeps_the_finished_passes(small_config, popen):
+    """`signmix fsd --measures activation_fsd` (and every search whose gate needs a probe measure):
+    Ctrl-C during the probe passes ended in a raw KeyError traceback ('probe_seconds')."""
+    path = small_config(probe_size=24, max_concurrent=1)  # a probe size of its own: nothing cached
+    proc = popen("-m", "search.cli.main", "fsd", str(path), "--measures", "activation_fsd")
+    err = Lines(proc.stderr)
+    err.wait_for("measures: probe passes of", proc)
+    time.sleep(2.0)  # inside the passes: Ray starts the first trial
+    took = _signal_and_wait(proc, signal.SIGINT)
+    text = err.text()
+    assert proc.returncode == 130, text[-3000:]
+    assert took < STOP_WITHIN_S, f"the probe passes took {took:.1f} s to stop"
+    stopped = [line for line in text.splitlines() if line.startswith("signmix: interrupted")]
+    assert len(stopped) == 1 and "the probe passes stopped:" in stopped[0] and "run the command again" in stopped[0], \
+        text[-3000:]
+    assert "Traceback" not in text and "KeyError" not in text
+    # Run again: the kept passes are not redone, and the measure is computed and printed.
+    again = subprocess.run([sys.executable, "-m", "search.cli.main", "fsd", str(path), "--measures", "activation_fsd"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "activation_fsd" in again.stdout
