@@ -19,10 +19,9 @@ logger = logging.getLogger("signmix")
 
 
 def cmd_train(args) -> int:
-    from search.workflows.adapter_training import run_training
-
     cfg = load(args)
     preflight(cfg, "train")
+    from search.workflows.adapter_training import run_training  # heavy (Ray Tune, torch): after the checks, so that a bad config is told at once
     summary = run_training(cfg, force=args.force, progress=progress, debug=args.debug)
     print(f"{training_outcome(summary)}; store: {cfg.store_path}")
     for domain, err in summary.failed.items():
@@ -109,10 +108,9 @@ def _measure_names(text: str | None) -> list[str]:
 
 
 def cmd_search(args) -> int:
-    from search.workflows.mixture_search import run_search
-
     cfg = load(args)
     preflight(cfg, "search")
+    from search.workflows.mixture_search import run_search  # heavy (Ray Tune, torch): after the checks, so that a bad config is told at once
     s = run_search(cfg, resume=args.resume, progress=progress, debug=args.debug)
     print(f"{s.strategy}: {s.evaluated} evaluated, {s.filtered} proposals filtered ({s.filtered_mixtures} mixtures), "
           f"{s.repeats} repeats, {s.stopped_early} stopped early, {s.failed} failed in {s.seconds:.1f}s")
@@ -138,10 +136,9 @@ def cmd_search(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from search.workflows.study import run_study
-
     cfg = load(args)
     preflight(cfg, "study")
+    from search.workflows.study import run_study  # heavy (Ray Tune, torch): after the checks, so that a bad config is told at once
     s = run_study(cfg, progress=progress, debug=args.debug)
     parts = ", ".join(f"{n} {p}" for p, n in s.by_part.items())
     print(f"study: {s.mixtures} mixtures ({parts}): {s.evaluated} evaluated, {s.failed} failed in {s.seconds:.1f}s "
