@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from search.settings.config import Config
-from search.workflows.new_domain import confirmation_weights
+from search.workflows.new_domain import confirmation_weights, new_domain_targets
 from search.tracking.layout import spec_from_params
 from search.tracking.tracker import open_experiment
 from spaces.operators import MERGE_OPERATORS
@@ -89,6 +89,18 @@ def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str
     mean = sum(best[f"accuracy/{t}"] for t in targets) / len(targets)
     bound = sum(baselines[f"single {t}"][f"accuracy/{t}"] for t in targets) / len(targets)
     lines = [f"best found {mean:.4f} on {len(targets)} target(s) ({cfg.search.head} heads):"]
+    if new_domain_targets(cfg, targets):
+        # A new domain has no adapter of its own to serve: its "own" adapter is the one trained on its
+        # few examples, a baseline like the others, and there is nothing to save by merging.
+        few = ", ".join(f"{t}: {cfg.domains[t].max_train_examples or cfg.training.max_train_examples or 'all'}"
+                        for t in new_domain_targets(cfg, targets))
+        others = [(f"the adapter fine-tuned on the few labelled examples ({few})", bound)]
+        others += [(label, baselines[name]["accuracy_mean"]) for name, label in
+                   (("soup of all", "the soup of all adapters"), (TIES_OF_ALL, "TIES of all")) if name in baselines]
+        lines += [f"  {100 * (mean - value):+.1f} points against {name} ({value:.4f})" for name, value in others]
+        lines.append("  on validation; the test-split confirmation says which baselines it beats beyond the interval "
+                     "and whether it is the best single adapter")
+        return lines
     others = [("each target's own adapter (N-adapter bound)", bound)]
     others += [(label, baselines[name]["accuracy_mean"]) for name, label in
                (("soup of all", "soup of all"), (TIES_OF_ALL, "TIES of all")) if name in baselines]

@@ -171,7 +171,9 @@ def compare_baselines(correct: Mapping, specs: Mapping, chosen: str, targets: Se
                        "lead": d.lead, "lead_low": d.low, "lead_high": d.high,
                        "p": mcnemar_exact(columns["chosen"], columns[b]).p_value, "beaten": d.low > 0.0}
         out[t] = {"chosen": {"accuracy": iv["chosen"].accuracy, "ci_low": iv["chosen"].low,
-                             "ci_high": iv["chosen"].high, "n": iv["chosen"].n}, "baselines": rows}
+                             "ci_high": iv["chosen"].high, "n": iv["chosen"].n,
+                             "members": sorted(specs[chosen].members) if chosen in specs else []},
+                  "baselines": rows}
     return out
 
 
@@ -189,7 +191,26 @@ def comparison_lines(comparison: Mapping) -> list[str]:
         beaten = [r["label"] for r in c["baselines"].values() if r["beaten"]]
         lines.append(f"  the chosen mixture beats {', '.join(beaten) if beaten else 'none of them'} beyond the "
                      "interval")
+        single = c["baselines"].get("best_single")
+        if single is not None:
+            lines.append(best_single_line(c["chosen"].get("members", []), single))
     return lines
+
+
+def best_single_line(chosen_members: Sequence[str], single: Mapping) -> str:
+    """Whether the chosen answer is the best single library adapter (picked on validation), and if
+    not, where it stands against it on test: what a user who would have picked one adapter gets."""
+    name = "+".join(single["members"])
+    if sorted(chosen_members) == sorted(single["members"]):
+        return f"  the chosen answer is the best single adapter ({name}) itself"
+    if single["beaten"]:
+        where = "beats it beyond the interval"
+    elif single["lead_high"] < 0.0:
+        where = "is WORSE than it beyond the interval"
+    else:
+        where = "is level with it within the interval"
+    return f"  the best single adapter on validation was {name}; on test the chosen answer {where} " \
+           f"(lead {single['lead']:+.3f} [{single['lead_low']:+.3f}, {single['lead_high']:+.3f}])"
 
 
 def comparison_metrics(comparison: Mapping) -> dict[str, float]:

@@ -1,0 +1,47 @@
+"""What a new domain's search says at its end: no serving talk (a new domain has no adapter to
+serve), the baselines in words a user reads, and whether the answer is the best single adapter."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.settings.config import validate_config
+from search.workflows.baselines import TIES_OF_ALL, serving_lines
+from search.workflows.new_domain import best_single_line
+
+
+def _config(tmp_path, *, data_only: bool):
+    books = {"path": str(tmp_path / "books"), **({"train": False, "max_train_examples": 16} if data_only else {})}
+    return validate_config({"name": "nd", "base_model": "bert-base-uncased",
+                            "domains": {"books": books, "dvd": {"path": str(tmp_path / "dvd")},
+                                        "kitchen": {"path": str(tmp_path / "kitchen")}},
+                            "search": {"targets": ["books"], **({"head": "refit"} if data_only else {})}},
+                           base_dir=tmp_path)
+
+
+def test_a_new_domains_summary_speaks_of_its_baselines_not_of_serving(tmp_path):
+    cfg = _config(tmp_path, data_only=True)
+    baselines = {"single books": {"accuracy/books": 0.50, "accuracy_mean": 0.50},
+                 "soup of all": {"accuracy_mean": 0.60}, TIES_OF_ALL: {"accuracy_mean": 0.70}}
+    lines = serving_lines(cfg, {"accuracy/books": 0.78}, baselines)
+    text = "\n".join(lines)
+    assert "+28.0 points against the adapter fine-tuned on the few labelled examples (books: 16) (0.5000)" in text
+    assert "+18.0 points against the soup of all adapters (0.6000)" in text
+    assert "+8.0 points against TIES of all (0.7000)" in text
+    assert "served" not in text and "N-adapter bound" not in text and "own adapter" not in text
+    assert "whether it is the best single adapter" in lines[-1]
+
+
+@pytest.mark.parametrize("chosen, lead, low, high, beaten, expected", [
+    (["dvd"], 0.0, 0.0, 0.0, False, "the chosen answer is the best single adapter (dvd) itself"),
+    (["dvd", "kitchen"], 0.08, 0.02, 0.14, True, "on test the chosen answer beats it beyond the interval"),
+    (["dvd", "kitchen"], -0.01, -0.05, 0.03, False, "on test the chosen answer is level with it within the interval"),
+    (["dvd", "kitchen"], -0.09, -0.15, -0.03, False, "on test the chosen answer is WORSE than it beyond the interval"),
+])
+def test_the_summary_says_where_the_answer_stands_against_the_best_single_adapter(chosen, lead, low, high,
+                                                                                   beaten, expected):
+    single = {"members": ["dvd"], "lead": lead, "lead_low": low, "lead_high": high, "beaten": beaten}
+    line = best_single_line(chosen, single)
+    assert expected in line
+    if chosen != ["dvd"]:
+        assert "the best single adapter on validation was dvd" in line and f"{lead:+.3f}" in line
