@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real measures-real blackbox-real new-domain-real constraints clean
+.PHONY: install install-dev demo test test-fast ui-check bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real measures-real blackbox-real new-domain-real constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ test: install-dev
 
 test-fast: install-dev
 	$(PY) -m pytest -m "not integration"
+
+# Issue 30: the MLflow UI on the demo's store in Debian's headless Chromium (`apt-get install -y chromium`):
+# the experiment opens on its runs table, the plan run unfolds into its group searches. Runs `make demo`
+# first when $(OUT)/mlflow.db is missing. Not part of `make test`.
+ui-check: install-dev
+	@test -f $(OUT)/mlflow.db || $(MAKE) demo
+	$(PY) tests/ui_check.py --store $(OUT)/mlflow.db
 
 # Benchmarks print ratios taken in one run; not part of `make test`.
 bench: install-dev

@@ -172,13 +172,15 @@ def cmd_export(args) -> int:
                                     register=not args.no_register)
         reg, chosen = record.get("registered_model"), record["served"]
         print(f"exported the plan of {chosen['bodies']} bodies for {len(record['domains'])} domains (test accuracy "
-              f"{chosen['test']:.4f}) to {out}" + (f"; registered as {reg['name']} version {reg['version']}" if reg else ""))
+              f"{chosen['test']:.4f}) to {out}" + (f"; registered as {reg['name']} version {reg['version']} "
+                                                    f"(serve it: models:/{reg['name']}@{reg['alias']})" if reg else ""))
         return 0
     out, record = export_mixture(cfg, args.out, run_id=args.run_id, register=not args.no_register,
                                  format=args.format)
     reg = record.get("registered_model")
     print(f"exported {'+'.join(record['members'])} (accuracy {record['metrics'].get('accuracy_mean', float('nan')):.4f}) "
-          f"to {out}" + (f"; registered as {reg['name']} version {reg['version']}" if reg else ""))
+          f"to {out}" + (f"; registered as {reg['name']} version {reg['version']} "
+                         f"(serve it: models:/{reg['name']}@{reg['alias']})" if reg else ""))
     return 0
 
 
@@ -241,7 +243,8 @@ def cmd_results(args) -> int:
     from search.reporting.results import format_results, top_mixtures
 
     cfg = load(args)
-    print(format_results(top_mixtures(cfg, n=args.top, sort=args.sort), sort=args.sort))
+    targets = [t for t in (args.targets or "").split(",") if t]
+    print(format_results(top_mixtures(cfg, n=args.top, sort=args.sort, targets=targets), sort=args.sort))
     from search.workflows.confirmation import latest_confirmation
     from search.workflows.confirmation_decision import confirmation_lines
 

@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("report", "draw the experiment's figures (PNG + CSV) and log them to its MLflow run", cmd_report)
     p.add_argument("--out", help="folder for the figures (default: <storage_path>/report)")
     p = with_config("results", "print the best evaluated mixtures of the experiment", cmd_results)
-    p.add_argument("--top", type=int, default=10, help="how many mixtures (default 10)")
+    p.add_argument("--top", type=int, default=10, help="how many mixtures of each target set (default 10)")
+    p.add_argument("--targets", metavar="T1,T2", help="only the mixtures of exactly these targets (a mean over targets "
+                   "compares mixtures of the same targets only; by default one table per target set)")
     p.add_argument("--sort", default="accuracy_mean", metavar="METRIC",
                    help="an MLflow metric: accuracy_mean (default), accuracy/<target>, fsd, sparsity, "
                         "robust_accuracy_mean, bb_robust_accuracy_mean, ...; highest first, FSD, times and "

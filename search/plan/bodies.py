@@ -28,6 +28,7 @@ from search.workflows.mixture_search import run_search
 from search.workflows.export import find_best_run
 from search.tracking.layout import (
     KIND_TAG,
+    PARENT_TAG,
     PLAN_BODY_KEY_TAG,
     PLAN_GROUP_TAG,
     PLAN_RUN_TAG,
@@ -127,11 +128,11 @@ class BodySearch:
         self._last_second = time.strftime("%Y%m%d-%H%M%S")
         firsts = "; first " + ", ".join(describe_choice(c) for c in first) if first else ""
         self.progress(f"plan: searching one body for {name} ({self.cfg.plan.mixtures_per_group} evaluations{firsts})")
+        # nested under the plan run in MLflow, named for its domains
         summary = run_search(group_cfg, progress=lambda line: self.progress(f"  [{name}] {line}"), debug=self.debug,
-                             first_merges=first)
-        if summary.parent_run_id:
-            for tag, value in ((PLAN_RUN_TAG, self.plan_run_id), (PLAN_GROUP_TAG, ",".join(group))):
-                self.client.set_tag(summary.parent_run_id, tag, value)
+                             first_merges=first, run_name=f"plan-group {name}",
+                             tags={PARENT_TAG: self.plan_run_id, PLAN_RUN_TAG: self.plan_run_id,
+                                   PLAN_GROUP_TAG: ",".join(group)})
         if summary.best_run_id is None:
             raise SignmixError(f"no mixture of {name} could be evaluated ({summary.failed} failed); "
                                "run `signmix --debug plan CONFIG` for the workers' errors")

@@ -17,16 +17,16 @@
     DIR/init.safetensors       the adapters' shared initialisation, where a domain has a mask (a masked
                                domain is served ``init + mask * (body - init)``)
 
-It is built in a hidden sibling folder and renamed into place, logged under ``bundle/`` of
-the plan run and registered as one model version. ``evaluate_bundle`` loads it with plain
-``adapters`` calls (``load_adapter`` per body, ``load_head`` per domain) and scores every
+It is built in a hidden sibling folder and renamed into place, and registered as one version of
+an ``mlflow.pyfunc`` model of the plan run (``search/tracking/registry.py``) that holds a copy.
+``evaluate_bundle`` loads it as it is served (``trainables/bundle_predictor.py``: plain
+``adapters`` calls, ``load_adapter`` per body, ``load_head`` per domain) and scores every
 domain through its routed body and head, with its mask and rescaler where it has them
 (:func:`add_domain_serving` gives a domain of a bundle its mask and rescaler).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -35,23 +35,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from search.settings.config import Config
-from search.workflows.export import check_output_dir, register_version, signmix_version
+from search.workflows.export import check_output_dir, signmix_version
 from search.plan.bodies import group_name, own_spec
-from search.tracking.layout import BUNDLE_ARTIFACT, KIND_TAG, MIXTURE_ARTIFACT, PLAN_ARTIFACT
-from search.tracking.tracker import open_experiment
+from search.tracking.layout import KIND_TAG, MIXTURE_ARTIFACT, PLAN_ARTIFACT, PLAN_RUN_TAG
+from search.tracking.registry import register_served_model
+from search.tracking.tracker import open_config_experiment
 from spaces.errors import TrackingError, UsageError
 from trainables.data import encode_split, load_domain
-from trainables.evaluate import cast_model, evaluate_targets
-from trainables.model import load_encoder
+from trainables.evaluate import target_metrics
 from trainables.settings import DomainConfig
 from trainables.store import AdapterStore
+from trainables.bundle_predictor import INIT_FILE, domain_served  # noqa: F401  (served as evaluated)
 
 ROUTING_FILE = "routing.json"
 PLAN_FILE = "plan.json"
 HEAD_FILES = ("head_config.json", "model_head.safetensors")
 ADAPTER_FILES = ("adapter_config.json", "adapter.safetensors")
 MASKS_DIR = "masks"
-INIT_FILE = "init.safetensors"
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -99,7 +99,7 @@ def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = N
     the plan the bundle serves."""
     out = Path(out).resolve()
     check_output_dir(out)
-    client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    client, experiment_id = open_config_experiment(cfg)
     run = find_plan_run(client, experiment_id, run_id)
     store = AdapterStore(cfg.store_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,10 +138,13 @@ def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = N
                                             encoding="utf-8")
         record = {**record, "signmix_version": signmix_version(), "bundle_of_plan_run": run.info.run_id}
         (staging / PLAN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-        if register:  # the registered version points at the bundle logged on the plan run
-            client.log_artifacts(run.info.run_id, str(staging), BUNDLE_ARTIFACT)
-            record["registered_model"] = register_version(client, cfg.registered_model_name, run.info.run_id,
-                                                          artifact=BUNDLE_ARTIFACT)
+        if register:  # the registered version's model holds a copy of the bundle
+            record["registered_model"] = register_served_model(
+                client, name=cfg.registered_bundle_name, kind="bundle", experiment_id=run.info.experiment_id,
+                run_id=run.info.run_id, folder=staging, example_domain=sorted(routing)[0],
+                description=bundle_description(record),
+                tags={PLAN_RUN_TAG: run.info.run_id, "signmix.bodies": str(chosen["bodies"]),
+                      "signmix.domains": ",".join(sorted(routing))})
             (staging / PLAN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
         if out.exists():
             out.rmdir()
@@ -150,6 +153,18 @@ def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = N
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out, record
+
+
+def bundle_description(record: dict) -> str:
+    """A registered bundle version's description: its bodies and their domains, its test accuracy."""
+    served = record["served"]
+    bodies = "\n".join(f"- body {i}: {', '.join(g['domains'])} ({'merged' if g['kind'] == 'merged' else 'own adapter'})"
+                        for i, g in enumerate(served["groups"], 1))
+    return (f"Serving bundle of {served['bodies']} bodies for {len(record['domains'])} domains "
+            f"({', '.join(record['domains'])}); {record['head']} heads.\n\n{bodies}\n\n"
+            f"Test accuracy (mean over domains, 95% interval): {served['test']:.4f} "
+            f"[{served['test_low']:.4f}, {served['test_high']:.4f}]; validation {served['validation']:.4f}. "
+            f"From plan run {record['bundle_of_plan_run']} of experiment {record['experiment']}.")
 
 
 def _body_record(cfg: Config, record: dict, group: dict, store) -> dict:
@@ -200,43 +215,33 @@ def read_bundle(path: str | os.PathLike) -> tuple[dict, dict]:
 
 def evaluate_bundle(path: str | os.PathLike, split: str = "validation") -> dict:
     """Accuracy and macro-F1 of every domain of a bundle on ``split``, through its routed body and
-    head, loaded with plain ``adapters`` calls and evaluated as the search trial does.
+    head: the bundle served as a request is (:class:`trainables.bundle_predictor.BundlePredictor`,
+    plain ``adapters`` calls), each split batched as the search trial batches it.
 
-    Returns ``{"routing": ..., "plan": ..., "metrics": {"accuracy/<d>": ..., "macro_f1/<d>": ...}}``.
+    Returns ``{"routing": ..., "plan": ..., "metrics": {"accuracy/<d>": ..., "macro_f1/<d>": ...},
+    "predictions": {d: [class of each row, ...]}}``.
     """
+    from trainables.bundle_predictor import BundlePredictor, class_of
+
     path = Path(path)
     routing, plan = read_bundle(path)
+    predictor = BundlePredictor(path)
     metrics: dict[str, float] = {}
-    by_body: dict[str, list[str]] = {}
-    for domain, route in sorted(routing["domains"].items()):
-        by_body.setdefault(route["body"], []).append(domain)
-    model = tokenizer = None
-    for i, (body, domains) in enumerate(by_body.items()):
-        record = json.loads((path / body / "mixture.json").read_text(encoding="utf-8"))
+    predictions: dict[str, list[int]] = {}
+    for domain in predictor.domains:
+        record = json.loads((path / routing["domains"][domain]["body"] / "mixture.json").read_text(encoding="utf-8"))
         ev = record["evaluation"]
-        if model is None:
-            model, tokenizer = load_encoder(record["base_model"], trust_remote_code=ev["trust_remote_code"])
-        name = model.load_adapter(str(path / body), use_safetensors=True, with_head=False,
-                                  load_as=f"body_{i}")
-        model.set_active_adapters(name)
-
-        def prepare(domain: str, record=record, ev=ev):
-            head = model.load_head(str(path / routing["domains"][domain]["head"]), load_as=f"head_{domain}",
-                                   use_safetensors=True)
-            model.active_head = head if isinstance(head, str) else f"head_{domain}"
-            cast_model(model, ev.get("dtype", "float32"))
-            data = load_domain(domain, DomainConfig.model_validate(record["domains"][domain]), splits=(split,),
-                               max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
-                               trust_remote_code=ev["trust_remote_code"],
-                               label_names=record.get("label_names", {}).get(domain))
-            return encode_split(tokenizer, data.splits[split], ev["max_length"]), data.num_labels
-
-        for domain in domains:  # one at a time: a domain's mask and rescaler apply to its rows only
-            with domain_served(model, name, path, routing["domains"][domain]):
-                found = evaluate_targets(model, [domain], prepare, ev["batch_size"])
-            metrics.update({k: v for k, v in found.items() if k.startswith(("accuracy/", "macro_f1/"))})
-        model.delete_adapter(name)
-    return {"routing": routing, "plan": plan, "metrics": metrics}
+        data = load_domain(domain, DomainConfig.model_validate(record["domains"][domain]), splits=(split,),
+                           max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
+                           trust_remote_code=ev["trust_remote_code"],
+                           label_names=record.get("label_names", {}).get(domain))
+        encoded = encode_split(predictor.tokenizer, data.splits[split], ev["max_length"])
+        logits = predictor.predict_encoded(domain, encoded)
+        preds = {row: class_of(values) for row, values in logits.items()}
+        predictions[domain] = [preds[row] for row in range(len(encoded))]
+        found = target_metrics({domain: preds}, {domain: encoded}, {domain: data.num_labels})
+        metrics.update({k: v for k, v in found.items() if k.startswith(("accuracy/", "macro_f1/"))})
+    return {"routing": routing, "plan": plan, "metrics": metrics, "predictions": predictions}
 
 
 def add_domain_serving(path: str | os.PathLike, domain: str, *, mask: Mapping[str, Tensor] | None = None,
@@ -299,44 +304,6 @@ def add_domain_serving(path: str | os.PathLike, domain: str, *, mask: Mapping[st
         raise UsageError(f"mask_rescaler scales a masked delta; got {mask_rescaler} without a mask")
     (path / ROUTING_FILE).write_text(json.dumps(routing, indent=2), encoding="utf-8")
     return route
-
-
-@contextlib.contextmanager
-def domain_served(model, name: str, path: Path, route: dict):
-    """Within the block, adapter ``name`` (a body of bundle ``path``) serves as ``route``'s domain: its mask
-    written into the adapter's weights (restored afterwards) and its rescaler on the adapter's output."""
-    import torch
-    from safetensors.torch import load_file
-
-    from trainables.domain_serving import masked_body, per_row_adapter_scale, unpack_domain_mask
-
-    with contextlib.ExitStack() as stack:
-        if route.get("mask"):
-            params = {n: p for n, p in model.named_parameters() if f".adapters.{name}." in n}
-            body = {n: p.detach().clone() for n, p in params.items()}
-            # the files name the adapter as it was saved; the model as it was loaded (load_as)
-            saved = load_file(str(path / route["mask"]))
-            stored = {_param_name(k, name): t for k, t in saved.items()}
-            init = {_param_name(k, name): t for k, t in load_file(str(path / INIT_FILE)).items()}
-            served = masked_body(init, body, unpack_domain_mask(stored, body), float(route.get("mask_rescaler", 1.0)))
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(served[n])
-
-            def restore():
-                with torch.no_grad():
-                    for n, p in params.items():
-                        p.copy_(body[n])
-            stack.callback(restore)
-        if route.get("rescaler") is not None:
-            stack.enter_context(per_row_adapter_scale(model, float(route["rescaler"]), adapter_name=name))
-        yield
-
-
-def _param_name(key: str, name: str) -> str:
-    """The model's parameter name of a saved adapter's key, for the adapter loaded as ``name``."""
-    head, sep, tail = key.partition(".adapters.")
-    return f"{head}{sep}{name}.{tail.split('.', 1)[1]}" if sep else key
 
 
 def logged_accuracy(plan: dict, split: str) -> dict[str, float]:

@@ -9,7 +9,8 @@
 3. The chosen plan: the fewest bodies within ``plan.tolerance`` of the bound on validation
    (or the best of at most ``plan.max_bodies``); every plan of the front is then scored on
    the test split in one Ray trial, with stratified 95% intervals.
-4. MLflow: one run tagged ``signmix.kind = plan`` with the table (``plan/plan_front.csv``),
+4. MLflow: one run tagged ``signmix.kind = plan``, the parent of its group searches, whose
+   description and tags (``signmix.body_<i>``) say which domains share which body, with the table (``plan/plan_front.csv``),
    the figure (``plan/plan_front.png``) and ``plan/plan.json`` (what the bundle and a re-run need).
 """
 
@@ -33,8 +34,8 @@ from search.plan.figure import draw_plan_front
 from search.plan.front import FrontPoint, choose_plan, front_points, mean_accuracy_interval
 from search.plan.planner import PlanSearch
 from search.tracking.tables import format_table, write_csv
-from search.tracking.layout import KIND_TAG, PLAN_ARTIFACT
-from search.tracking.tracker import open_experiment
+from search.tracking.layout import KIND_TAG, NOTE_TAG, PLAN_ARTIFACT, logged_value
+from search.tracking.tracker import open_config_experiment
 from search.runtime.trial_inputs import shared_initialisation
 from spaces.errors import StoreError, UsageError
 from trainables.store import load_sign_index
@@ -90,7 +91,7 @@ def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debu
         progress(f"plan: no TIES of all ({str(exc).splitlines()[0]})")
         ties = False
     connect_ray(cfg, debug=debug)
-    client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    client, experiment_id = open_config_experiment(cfg)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run = client.create_run(experiment_id, run_name=f"plan-{stamp}", tags={KIND_TAG: "plan"})
     run_id = run.info.run_id
@@ -104,7 +105,7 @@ def run_plan(cfg: Config, *, progress: Callable[[str], None] = logger.info, debu
         raise
     outcome.seconds = time.perf_counter() - started
     outcome.record["seconds"] = outcome.seconds
-    _log(client, run_id, outcome)
+    _log(client, run_id, outcome, experiment_id)
     client.set_terminated(run_id, "FINISHED")
     return outcome
 
@@ -193,6 +194,8 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
         table.append([p.bodies, " | ".join(group_name(g) for g in p.partition), p.accuracy, iv.accuracy, iv.low,
                       iv.high, p.pareto, p.bodies == chosen.bodies])
     references = _references(base, domains, ties, seed)
+    chosen_record = _chosen(chosen, bodies, rows, head)
+    chosen_record["worst_domain"] = worst_domain(chosen_record, references, head)
     record = {
         "plan_run_id": run_id, "experiment": cfg.experiment_name, "domains": domains, "head": head,
         "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies, "why": why,
@@ -200,7 +203,7 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
         "group_searches_reused": len(bodies.reused),
         "operators": bodies.operators.table() if bodies.operators else None,
         "compatibility": cfg.plan.compatibility, "distances": {f"{a},{b}": v for (a, b), v in distances.items()},
-        "chosen": _chosen(chosen, bodies, rows, head),
+        "chosen": chosen_record,
         "front": rows, "references": references,
         "steps": [{"move": s.move, "groups": [list(g) for g in s.partition], "validation": s.accuracy,
                    "new_groups": s.new_groups, "improved": s.improved} for s in search.steps],
@@ -248,15 +251,58 @@ def _chosen(point: FrontPoint, bodies: BodySearch, rows, head: str) -> dict:
             "validation_by_domain": row["validation_by_domain"], "test_by_domain": row["test_by_domain"]}
 
 
-def _log(client, run_id: str, outcome: PlanOutcome) -> None:
-    """Metrics per number of bodies, and the table, figure and plan.json as artifacts under ``plan/``."""
-    from mlflow.entities import Metric
+def worst_domain(chosen: dict, references: Mapping[str, dict], head: str) -> dict:
+    """The domain the chosen plan costs most on test against its own adapter (under the plan's head
+    protocol): ``{"domain", "loss", "own", "plan"}``; a negative loss is a gain for every domain."""
+    own = references["own adapters, refit heads (bound)" if head == "refit" else
+                     "own adapters, trained heads (bound)"]["test_by_domain"]
+    losses = {d: own[d] - acc for d, acc in chosen["test_by_domain"].items()}
+    domain = max(sorted(losses), key=lambda d: losses[d])
+    return {"domain": domain, "loss": losses[domain], "own": own[domain], "plan": chosen["test_by_domain"][domain]}
 
+
+BODY_TAG = "signmix.body_{}"  # the plan run's tag per chosen body: its domains joined by "+", and its kind
+
+
+def plan_description(rec: dict, experiment_id: str) -> str:
+    """The plan run's description (markdown, shown on its page): the chosen bodies and their domains,
+    linked to their group searches; the test accuracy; the worst domain's loss."""
+    chosen, worst = rec["chosen"], rec["chosen"]["worst_domain"]
+    rows = []
+    for i, g in enumerate(chosen["groups"], 1):
+        name = group_name(g["domains"])
+        if g["kind"] == "merged":
+            search = rec["group_runs"][name]["search_run_id"]
+            where = f"[plan-group {name}](#/experiments/{experiment_id}/runs/{search})"
+            kind = f"merged ({g['spec'].get('merge_method', 'average')})"
+        else:
+            where, kind = "-", "own adapter"
+        rows.append(f"| {i} | {', '.join(g['domains'])} | {kind} | {where} |")
+    return "\n".join([
+        f"**Serving plan** for {len(rec['domains'])} domains ({rec['head']} heads): **{chosen['bodies']} "
+        f"bodies** chosen, {rec['why']}.", "",
+        "| body | domains | body is | searched in |", "|---|---|---|---|", *rows, "",
+        f"Test accuracy {chosen['test']:.4f} [{chosen['test_low']:.4f}, {chosen['test_high']:.4f}] (mean over "
+        f"domains, 95% interval); validation {chosen['validation']:.4f}.", "",
+        f"Worst domain against its own adapter: **{worst['domain']}** "
+        + (f"loses {worst['loss']:.4f}" if worst["loss"] > 0 else f"gains {-worst['loss']:.4f}")
+        + f" on test ({worst['plan']:.4f} against {worst['own']:.4f}).", "",
+        "Every number of bodies G: metrics `test_accuracy/G<G>`; the table, figure and `plan.json` are the "
+        "artifacts under `plan/`; `signmix export CONFIG --plan --out bundle/` ships the chosen plan."])
+
+
+def _log(client, run_id: str, outcome: PlanOutcome, experiment_id: str) -> None:
+    """Metrics per number of bodies, tags per chosen body, the description, and the table, figure
+    and plan.json as artifacts under ``plan/``."""
+    from mlflow.entities import Metric, RunTag
 
     rec, ts = outcome.record, int(time.time() * 1000)
+    chosen = rec["chosen"]
     metrics = {"group_evaluations": rec["group_evaluations"], "plan_seconds": outcome.seconds,
-               "chosen_bodies": rec["chosen"]["bodies"], "chosen_test_accuracy": rec["chosen"]["test"],
-               "chosen_validation_accuracy": rec["chosen"]["validation"]}
+               "chosen_bodies": chosen["bodies"], "chosen_test_accuracy": chosen["test"],
+               "chosen_test_ci_low": chosen["test_low"], "chosen_test_ci_high": chosen["test_high"],
+               "chosen_validation_accuracy": chosen["validation"],
+               "worst_domain_test_loss": chosen["worst_domain"]["loss"]}
     for r in rec["front"]:
         g = r["bodies"]
         metrics.update({f"validation_accuracy/G{g}": r["validation"], f"test_accuracy/G{g}": r["test"],
@@ -264,7 +310,10 @@ def _log(client, run_id: str, outcome: PlanOutcome) -> None:
     for label, ref in rec["references"].items():
         key = label.split(" (")[0].replace(" ", "_").replace(",", "")
         metrics[f"{key}_test_accuracy"] = ref["test"]
-    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    tags = {BODY_TAG.format(i): f"{group_name(g['domains'])} ({g['kind']})" for i, g in enumerate(chosen["groups"], 1)}
+    tags.update({"signmix.worst_domain": chosen["worst_domain"]["domain"], NOTE_TAG: plan_description(rec, experiment_id)})
+    client.log_batch(run_id, metrics=[Metric(k, logged_value(k, v), ts, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
     with tempfile.TemporaryDirectory(prefix="signmix-plan-") as tmp:
         folder = Path(tmp) / PLAN_ARTIFACT
         folder.mkdir()

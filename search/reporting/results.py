@@ -23,15 +23,19 @@ def lower_is_better(metric: str) -> bool:
     return metric.startswith(("fsd", "bb_attack_success")) or metric.endswith("seconds")
 
 
-def top_mixtures(cfg: Config, n: int = 10, sort: str = "accuracy_mean") -> list[dict]:
-    """The ``n`` best evaluated mixtures across the experiment (every search and study).
+def top_mixtures(cfg: Config, n: int = 10, sort: str = "accuracy_mean",
+                 targets: Sequence[str] | None = None) -> list[dict]:
+    """The ``n`` best evaluated mixtures of each target set across the experiment (every search,
+    study and plan group), or of the target set ``targets`` only.
 
-    Ordered by the metric ``sort``: highest first (lowest first for FSD metrics and
-    times); among equals the fewest members, then the earliest. Runs without the
-    metric are left out.
+    A mean over targets is only comparable between mixtures of the same targets (a plan's group
+    mixture for electronics+support is not better than a books mixture because its mean is higher):
+    rows come grouped by target set, the groups in the order of their best row. Within a group,
+    ordered by the metric ``sort``: highest first (lowest first for FSD metrics and times); among
+    equals the fewest members, then the earliest. Runs without the metric are left out.
 
     Raises:
-        UsageError: ``n`` < 1, or no evaluated mixture has the metric ``sort``.
+        UsageError: ``n`` < 1, no evaluated mixture has the metric ``sort``, or none has ``targets``.
         TrackingError: the experiment has no evaluated mixture yet.
     """
     if n < 1:
@@ -45,9 +49,24 @@ def top_mixtures(cfg: Config, n: int = 10, sort: str = "accuracy_mean") -> list[
     if not scored:
         known = sorted({m for r in runs for m in r.metrics})
         raise UsageError(f"no evaluated mixture has the metric {sort!r}; sort by one of {known}")
+    if targets:
+        wanted = target_set(targets)
+        known = sorted({target_set(r.targets) for r in scored})
+        scored = [r for r in scored if target_set(r.targets) == wanted]
+        if not scored:
+            raise UsageError(f"--targets {','.join(wanted)}: no evaluated mixture has exactly these targets with the "
+                             f"metric {sort!r}; the target sets are {', '.join(','.join(t) for t in known)}")
     sign = 1.0 if lower_is_better(sort) else -1.0
     scored.sort(key=lambda r: (sign * r.metrics[sort], r.k, r.start_time))
-    return [_row(r) for r in scored[:n]]
+    groups: dict[tuple[str, ...], list[MixtureRun]] = {}
+    for r in scored:  # insertion order: the target sets in the order of their best mixture
+        groups.setdefault(target_set(r.targets), []).append(r)
+    return [_row(r) for runs in groups.values() for r in runs[:n]]
+
+
+def target_set(targets: Sequence[str]) -> tuple[str, ...]:
+    """A mixture's targets as the key it is ranked under: sorted, without repeats."""
+    return tuple(sorted(set(targets)))
 
 
 def _row(run: MixtureRun) -> dict:
@@ -61,7 +80,20 @@ def _row(run: MixtureRun) -> dict:
 
 
 def format_results(rows: Sequence[dict], sort: str = "accuracy_mean") -> str:
-    """A text table of :func:`top_mixtures` rows: one line per mixture, best first."""
+    """Text tables of :func:`top_mixtures` rows: one per target set, headed by it, best first."""
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for r in rows:
+        groups.setdefault(target_set(r["targets"]), []).append(r)
+    parts = []
+    for targets, group in groups.items():
+        head = f"targets {'+'.join(targets)}"
+        if len(groups) > 1:
+            head += f" ({sort} ranks mixtures of these targets only; `--targets {','.join(targets)}` shows them alone)"
+        parts.append(f"{head}\n{_table(group, sort)}")
+    return "\n\n".join(parts)
+
+
+def _table(rows: Sequence[dict], sort: str) -> str:
 
     def num(value):
         return "-" if value is None else float(value)

@@ -229,6 +229,11 @@ class Config(FrozenModel):
     def registered_model_name(self) -> str:
         return self.mlflow.registered_model or self.name
 
+    @property
+    def registered_bundle_name(self) -> str:
+        """The registered model of serving bundles: single mixtures and bundles are kept apart."""
+        return f"{self.registered_model_name}-bundle"
+
     def experiment(self, targets: Sequence[str] | None = None) -> Experiment:
         """What a trial reads of this config (``targets``: the heads its model loads; default
         ``search.targets``)."""

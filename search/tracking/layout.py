@@ -7,12 +7,17 @@ here talks to MLflow.
 
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 from search.tracking.outcomes import OUTCOMES
 from spaces.operators import OPERATOR_PARAMETERS
 from spaces.spec import MixtureSpec, make_mixture_spec
 
+# MLflow's own tags.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a custom_model_development experiment on its runs
+EXPERIMENT_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the description of an experiment or run (markdown, on its page)
 # Tags of every signmix run.
 KIND_TAG = "signmix.kind"  # one of RUN_KINDS
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a child run's parent
@@ -49,11 +54,30 @@ RUN_KINDS = ("training", "search", "mixture", "confirmation", "plan", "measures"
 STATUSES = OUTCOMES  # what became of a mixture: the one outcome rule's names
 MIXTURE_ARTIFACT = "mixture"  # an evaluated mixture's adapter and heads
 PLAN_ARTIFACT = "plan"  # a plan run's table, figure and plan.json
-BUNDLE_ARTIFACT = "bundle"  # an exported plan's bundle (its registered model version points here)
 
 # The operator parameters a mixture run logs: MLflow parameter -> MixtureSpec field
 # (spaces.operators.OPERATOR_PARAMETERS; "lambda" is the spec's lam).
 MERGE_PARAMS: dict[str, str] = {p.logged_as: p.name for p in OPERATOR_PARAMETERS.values()}
+
+
+_RATIO_WORDS = ("accuracy", "macro_f1", "fsd", "sparsity", "ci_low", "ci_high", "_loss")
+_PER_DOMAIN = re.compile(r"/(?!G\d+$)")  # accuracy/books: one division, kept as computed; test_accuracy/G2: a mean
+
+
+def logged_value(name: str, value: float) -> float:
+    """Metric ``name`` as signmix logs it: means of ratios of counts (``accuracy_mean``, FSD, intervals,
+    the plan's per-G accuracies) rounded to 10 decimals, so that summation noise
+    (``0.7939999999999999``) stays out of the UI. A per-domain accuracy (correct / n, one division)
+    is logged as computed: evaluating an export again reproduces it exactly."""
+    value = float(value)
+    if any(w in name for w in _RATIO_WORDS) and not _PER_DOMAIN.search(name) and value == value:
+        return round(value, 10)
+    return value
+
+
+def run_link(experiment_id: str, run_id: str, text: str | None = None) -> str:
+    """A markdown link to a run's page in the MLflow UI (for run descriptions, which MLflow renders)."""
+    return f"[{text or run_id}](#/experiments/{experiment_id}/runs/{run_id})"
 
 
 def spec_params(spec: MixtureSpec, *, strategy: str, measure: str) -> dict[str, str]:

@@ -45,6 +45,7 @@ RETRIED_CALLS = frozenset({
     "create_run", "update_run", "log_batch", "log_metric", "set_tag", "set_terminated", "log_artifacts", "search_runs",
     "get_run", "get_experiment_by_name", "create_experiment", "restore_experiment", "download_artifacts",
     "list_artifacts", "create_registered_model", "get_registered_model", "create_model_version",
+    "set_experiment_tag", "set_registered_model_alias", "update_model_version",
 })
 
 # While one of our calls runs (and unless the user set them): one try per request, bounded.

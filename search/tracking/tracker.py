@@ -17,15 +17,19 @@ from mlflow_server.server import redact_uri
 from search.tracking.layout import (
     DOMAIN_TAG,
     ERROR_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     FILTER_REASON_TAG,
     KEY_TAG,
     KIND_TAG,
     MIXTURE_ARTIFACT,
+    NOTE_TAG,
     PARENT_TAG,
     STATUS_TAG,
     STATUSES,
     STRATEGY_TAG,
     TRIAL_TAG,
+    logged_value,
     spec_params,
 )
 from search.tracking.mlflow_client import make_client
@@ -33,6 +37,8 @@ from spaces.errors import TrackingError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from search.settings.config import Config
 
     from spaces.spec import MixtureSpec
 
@@ -47,10 +53,21 @@ def artifact_root_for(tracking_uri: str) -> str | None:
     return None if db is None else (db.parent / "mlartifacts").resolve().as_uri()
 
 
-def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
-    """The MLflow client and the id of experiment ``name`` (created when missing)."""
-    from mlflow.exceptions import MlflowException
+def experiment_description(cfg: Config) -> str:
+    """What an experiment of ``cfg`` holds, for MLflow's description of it: name, domains, store."""
+    return (f"signmix experiment **{cfg.name}**: domains {', '.join(sorted(cfg.domains))}; adapter store "
+            f"`{cfg.store_path}`; base model `{cfg.base_model}` ({cfg.adapter.method} adapters). Runs: "
+            "`train-<domain>` per adapter, `search-...` per search (its mixtures nested under it), "
+            "`plan-...` per serving plan (its `plan-group ...` searches nested under it).")
 
+
+def open_experiment(tracking_uri: str, name: str, *, description: str | None = None) -> tuple[MlflowClient, str]:
+    """The MLflow client and the id of experiment ``name`` (created when missing).
+
+    An experiment created here, or first written to by signmix, gets MLflow's experiment kind
+    (its UI then opens on the runs table, not on the GenAI overview) and ``description`` when
+    it has none; a description the user wrote stays."""
+    from mlflow.exceptions import MlflowException
 
     if sqlite_path(tracking_uri) is not None:
         sqlite_path(tracking_uri).parent.mkdir(parents=True, exist_ok=True)
@@ -58,13 +75,25 @@ def open_experiment(tracking_uri: str, name: str) -> tuple[MlflowClient, str]:
     try:
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            return client, client.create_experiment(name, artifact_location=artifact_root_for(tracking_uri))
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return client, exp.experiment_id
+            experiment_id = client.create_experiment(name, artifact_location=artifact_root_for(tracking_uri))
+            tags = {}
+        else:
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+            experiment_id, tags = exp.experiment_id, exp.tags
+        if tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if description and not tags.get(NOTE_TAG):
+            client.set_experiment_tag(experiment_id, NOTE_TAG, description)
+        return client, experiment_id
     except MlflowException as exc:
         raise TrackingError(f"the MLflow tracking store {_redact(tracking_uri)} cannot be used: "
                             f"{str(exc).splitlines()[0]}; check mlflow.tracking_uri") from exc
+
+
+def open_config_experiment(cfg: Config) -> tuple[MlflowClient, str]:
+    """:func:`open_experiment` of ``cfg``'s tracking store and experiment, described."""
+    return open_experiment(cfg.tracking_uri, cfg.experiment_name, description=experiment_description(cfg))
 
 
 def _redact(uri: str) -> str:
@@ -93,16 +122,18 @@ class SearchTracker:
 
     seconds = 0.0  # time spent in the MLflow calls below
 
-    def __init__(self, *, tracking_uri: str, experiment: str, strategy: str, measure: str) -> None:
-        self.client, self.experiment_id = open_experiment(tracking_uri, experiment)
+    def __init__(self, *, tracking_uri: str, experiment: str, strategy: str, measure: str,
+                 description: str | None = None) -> None:
+        self.client, self.experiment_id = open_experiment(tracking_uri, experiment, description=description)
         self.strategy, self.measure = strategy, measure
         self.parent_id: str | None = None
         self.runs: dict[str, str] = {}  # mixture key -> child run id
         self.status: dict[str, str] = {}  # mixture key -> status
 
-    def start(self, *, params: Mapping[str, object], run_name: str) -> str:
+    def start(self, *, params: Mapping[str, object], run_name: str, tags: Mapping[str, str] | None = None) -> str:
+        """Create the search's run (``tags``: more, e.g. ``mlflow.parentRunId`` of a plan's group search)."""
         run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={KIND_TAG: "search", STRATEGY_TAG: self.strategy})
+                                     tags={KIND_TAG: "search", STRATEGY_TAG: self.strategy, **(tags or {})})
         self.parent_id = run.info.run_id
         self.client.log_batch(self.parent_id, params=_params(params))
         return self.parent_id
@@ -119,7 +150,7 @@ class SearchTracker:
             self.client.log_batch(self.runs[key], tags=[RunTag(k, v) for k, v in tags.items()])
         else:
             run_id = self._create(spec, tags)
-            self.client.log_batch(run_id, params=self._params_of(spec), metrics=[Metric("fsd", float(fsd), _now_ms(), 0)])
+            self.client.log_batch(run_id, params=self._params_of(spec), metrics=[Metric("fsd", logged_value("fsd", fsd), _now_ms(), 0)])
         self.status[key] = tags[STATUS_TAG]
         return self.runs[key]
 
@@ -154,7 +185,7 @@ class SearchTracker:
         from mlflow.entities import Metric, RunTag
 
         ts = _now_ms()
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
+        self.client.log_batch(run_id, metrics=[Metric(k, logged_value(k, v), ts, step) for k, v in metrics.items()],
                               tags=[RunTag(k, v) for k, v in (tags or {}).items()], params=params or [])
 
     @_timed
@@ -245,7 +276,7 @@ class SearchTracker:
         from mlflow.entities import Metric
 
         ts = _now_ms()
-        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, logged_value(k, v), ts, 0) for k, v in summary.items()])
         self.client.set_terminated(self.parent_id, "FAILED" if failed else "KILLED" if stopped else "FINISHED")
 
 

@@ -22,7 +22,7 @@ from search.settings.config import Config
 from search.workflows.new_domain import check_new_domains
 from search.workflows.store_imports import check_imports, commit_imports, head_trained, import_fingerprint, source_text
 from search.workflows.search_callbacks import TrainingTracking
-from search.tracking.tracker import flatten, open_experiment
+from search.tracking.tracker import flatten, open_config_experiment
 from search.runtime.trial_inputs import trial_resources
 from trainables.data import load_domain
 from spaces.errors import StoreError, UsageError
@@ -118,7 +118,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
                     max_train_examples=1, max_eval_examples=1, trust_remote_code=cfg.trust_remote_code)
     client = experiment_id = None
     if imported:
-        client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+        client, experiment_id = open_config_experiment(cfg)
         done, skipped, _ = commit_imports(cfg, store, {d: a for d, a in imported.items() if d not in heads},
                                           force=force, progress=progress, client=client, experiment_id=experiment_id)
         summary.imported += done
@@ -128,7 +128,7 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
         return summary
     connect_ray(cfg, debug=debug)
     if client is None:
-        client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+        client, experiment_id = open_config_experiment(cfg)
     params = flatten({"base_model": cfg.base_model, "adapter": cfg.adapter.model_dump(),
                       "training": cfg.training.model_dump()})
     # recorded on the MLflow run of each head trained for an imported adapter

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 from search.settings.config import Config
 from search.workflows.new_domain import confirmation_weights, new_domain_targets
 from search.tracking.layout import spec_from_params
-from search.tracking.tracker import open_experiment
+from search.tracking.tracker import open_config_experiment
 from spaces.operators import MERGE_OPERATORS
 from spaces.spec import MixtureSpec, make_mixture_spec
 from trainables.evaluate import evaluate_targets, mixture_model, mixture_targets
@@ -119,7 +119,7 @@ def search_summary_lines(cfg: Config, best_run_id: str,
                          baselines: Mapping[str, Mapping[str, float]] | None = None) -> list[str]:
     """:func:`serving_lines` for a search's best MLflow run (baselines evaluated when not given)."""
 
-    client, _ = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    client, _ = open_config_experiment(cfg)
     best = client.get_run(best_run_id).data.metrics
     if baselines is None:
         baselines = evaluate_specs(cfg, baseline_specs(cfg))

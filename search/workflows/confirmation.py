@@ -53,10 +53,13 @@ from search.tracking.layout import (
     BEST_TAG,
     CHOSEN_TAG,
     KIND_TAG,
+    NOTE_TAG,
     NOTES_TAG,
     PARENT_TAG,
     RULE_TAG,
     STATUS_TAG,
+    logged_value,
+    run_link,
     spec_from_run,
 )
 from spaces.operators import MERGE_OPERATORS
@@ -217,13 +220,26 @@ def record_chosen_name(record: Mapping, runs: Mapping) -> str:
     return next(n for n, r in runs.items() if r.info.run_id == record["chosen_run_id"])
 
 
+def confirmation_description(record: Mapping, experiment_id: str) -> str:
+    """The confirmation run's description (markdown on its page): the chosen and best mixture runs as
+    links, the rule among ties, and the notes in full (the tag ``signmix.confirmation_notes`` keeps them
+    for tools, cut by the UI's tag chips)."""
+    lines = [f"Test-split confirmation of {run_link(experiment_id, record['chosen_run_id'], 'the chosen mixture')}"
+             + ("" if record["best_run_id"] == record["chosen_run_id"] else
+                f" (the best on validation: {run_link(experiment_id, record['best_run_id'], 'this run')}; "
+                f"among ties: {record['when_tied']})") + "."]
+    lines += [f"- {note}" for note in record["notes"]]
+    return "\n".join(lines)
+
+
 def log_confirmation(client, experiment_id: str, parent_id: str | None, record: Mapping) -> str:
     """Log ``record`` as the ``confirmation`` child run of ``parent_id``; returns its run id."""
     from mlflow.entities import Metric, Param
 
 
     tags = {KIND_TAG: KIND, CHOSEN_TAG: record["chosen_run_id"], BEST_TAG: record["best_run_id"],
-            RULE_TAG: record["when_tied"], NOTES_TAG: " | ".join(record["notes"])[:5000]}
+            RULE_TAG: record["when_tied"], NOTES_TAG: " | ".join(record["notes"])[:5000],
+            NOTE_TAG: confirmation_description(record, experiment_id)}
     if parent_id:
         tags[PARENT_TAG] = parent_id
     run = client.create_run(experiment_id, run_name="confirmation", tags=tags)
@@ -233,7 +249,8 @@ def log_confirmation(client, experiment_id: str, parent_id: str | None, record: 
     params += [Param(f"{name}_members", ",".join(c["members"])) for name, c in record["baselines"].items()
                if name in ("soup", "greedy")]
     metrics = {**confirmation_metrics(record), **comparison_metrics(record.get("new_domain", {}))}
-    client.log_batch(run.info.run_id, params=params, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    client.log_batch(run.info.run_id, params=params,
+                     metrics=[Metric(k, logged_value(k, v), ts, 0) for k, v in metrics.items()])
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 

@@ -25,7 +25,7 @@ from search.runtime.cluster import connect_ray, storage_uri
 from search.settings.config import Config
 from search.tracking.layout import KIND_TAG
 from search.tracking.layout import MEASURES_FINGERPRINT_TAG as FINGERPRINT_TAG
-from search.tracking.tracker import open_experiment
+from search.tracking.tracker import open_config_experiment
 from search.runtime.trial_inputs import shared_initialisation
 from spaces.errors import DataError, StoreError
 from spaces.measures import (
@@ -329,7 +329,7 @@ def _log_measures(cfg: Config, fingerprint: str, probe: Mapping, measures: Mappi
     """One MLflow run per measures fingerprint: the probe settings, each measure's cost in seconds,
     and the matrices as ``measures.json``."""
 
-    client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    client, experiment_id = open_config_experiment(cfg)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'",
                                max_results=1)
     run_id = found[0].info.run_id if found else client.create_run(

@@ -33,13 +33,12 @@ from search.tracking.layout import (
     merge_parameters_record,
     spec_from_run,
 )
-from search.tracking.tracker import open_experiment
+from search.tracking.registry import register_served_model
+from search.tracking.tracker import open_config_experiment
 from spaces.errors import TrackingError, UsageError
 from trainables.example_correctness import VALIDATION_CORRECTNESS_FILE
 from trainables.data import encode_split, load_domain
-from trainables.evaluate import cast_model, evaluate_targets
-from trainables.imports.peft_lora import read_peft_lora
-from trainables.model import load_encoder
+from trainables.evaluate import target_metrics
 from trainables.peft_export import write_peft_lora
 from trainables.settings import DomainConfig
 from trainables.store import AdapterStore
@@ -105,7 +104,7 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
         raise UsageError(f"--format: got {format!r}; allowed: {', '.join(EXPORT_FORMATS)}")
     out = Path(out).resolve()
     check_output_dir(out)
-    client, experiment_id = open_experiment(cfg.tracking_uri, cfg.experiment_name)
+    client, experiment_id = open_config_experiment(cfg)
     if run_id is None:
         run = find_best_run(client, experiment_id, rule=selection_rule(cfg.search.objectives, cfg.search.pareto_rule),
                             robustness=robustness_metric(cfg.search.objectives))
@@ -185,11 +184,16 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
                     os.replace(staging / name, adapters_form / name)
             write_peft_lora(adapters_form, staging, base_model=cfg.base_model)
             shutil.rmtree(adapters_form)
-        # Registered before the folder appears (the version points at the run's artifact, not
-        # at the folder): a refused model name leaves no export behind.
-        if register:
-            record["registered_model"] = register_version(client, cfg.registered_model_name, run.info.run_id)
         (staging / MIXTURE_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        # Registered before the folder appears (the version's model holds a copy of the folder):
+        # a refused model name leaves no export behind.
+        if register:
+            record["registered_model"] = register_served_model(
+                client, name=cfg.registered_model_name, kind="mixture", experiment_id=run.info.experiment_id,
+                run_id=run.info.run_id, folder=staging, example_domain=targets[0],
+                description=mixture_description(record), tags={KEY_TAG: record["mixture_key"],
+                                                               "signmix.targets": ",".join(targets)})
+            (staging / MIXTURE_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -199,28 +203,21 @@ def export_mixture(cfg: Config, out: str | os.PathLike, *, run_id: str | None = 
     return out, record
 
 
-def register_version(client, name: str, run_id: str, artifact: str = MIXTURE_ARTIFACT) -> dict:
-    """Register the run's ``artifact`` (a mixture; a plan's bundle) as a new version of model ``name``.
-
-    Raises:
-        UsageError: MLflow refuses ``name`` (``mlflow.registered_model``).
-        TrackingError: the model registry cannot be read.
-    """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code == "INVALID_PARAMETER_VALUE":
-            raise UsageError(f"mlflow.registered_model {name!r} is refused by MLflow: {_first_line(exc)}; "
-                             "choose another name in the config") from exc
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise TrackingError(f"MLflow could not read registered model {name!r}: {_first_line(exc)}") from exc
-        client.create_registered_model(name, description="signmix adapter mixtures")
-    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact}"
-    mv = client.create_model_version(name, source=source, run_id=run_id,
-                                     tags={KEY_TAG: client.get_run(run_id).data.tags.get(KEY_TAG, "")})
-    return {"name": name, "version": int(mv.version)}
+def mixture_description(record: dict) -> str:
+    """A registered mixture version's description: what it merges, what it serves, how it scored."""
+    conf = record.get("confirmation") or {}
+    members = "+".join(record["members"])
+    lines = [f"**{members}** merged with {record['merge_method']} (head protocol {record['head']}, pruning "
+             f"{record['prune_method']} {record['prune_ratio']:g}), serving {', '.join(record['targets'])}."]
+    if conf.get("targets"):
+        lines.append("Test accuracy (95% interval): " + "; ".join(
+            f"{t} {v['accuracy']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]" for t, v in conf["targets"].items()))
+    else:
+        lines.append(f"Validation accuracy (mean of the targets) {record['metrics'].get('accuracy_mean', float('nan')):.4f}; "
+                     "not confirmed on test (search.confirm is off).")
+    lines.append(f"From MLflow run {record['mlflow_run_id']} of experiment {record['mlflow_experiment']}; "
+                 f"base model {record['base_model']}.")
+    return "\n\n".join(lines)
 
 
 def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
@@ -243,25 +240,17 @@ def evaluate_export(path: str | os.PathLike, split: str = "validation") -> dict:
     if missing:
         raise UsageError(f"the export {path} lacks {', '.join(missing)}; signmix reads weights from safetensors "
                          "files only (never pickled .bin files): export the mixture again with `signmix export`")
-    ev = record["evaluation"]
-    model, tokenizer = load_encoder(record["base_model"], trust_remote_code=ev["trust_remote_code"])
-    with tempfile.TemporaryDirectory(prefix="signmix-eval-") as converted:
-        folder = path
-        if peft:  # PEFT's LoRA, converted exactly into `adapters`' form (trainables/imports/peft_lora.py)
+    from trainables.bundle_predictor import BundlePredictor, class_of
 
-            folder = read_peft_lora(path, label=str(path), base_model=record["base_model"], check_name=False,
-                                    trust_remote_code=ev["trust_remote_code"]).write(converted)
-        adapter = model.load_adapter(str(folder), use_safetensors=True, with_head=False)
-    model.set_active_adapters(adapter)
-
-    def prepare(target: str):
-        head = model.load_head(str(path / "heads" / target), load_as=f"head_{target}", use_safetensors=True)
-        model.active_head = head if isinstance(head, str) else f"head_{target}"
-        cast_model(model, ev.get("dtype", "float32"))
+    # the export as it is served (search/tracking/served_model.py): its predictions are what is scored
+    ev, predictor = record["evaluation"], BundlePredictor(path)
+    encoded, num_labels, preds = {}, {}, {}
+    for target in record["targets"]:
         data = load_domain(target, DomainConfig.model_validate(record["domains"][target]), splits=(split,),
                            max_eval_examples=ev["max_eval_examples"], seed=ev["seed"],
                            trust_remote_code=ev["trust_remote_code"],
                            label_names=record.get("label_names", {}).get(target))
-        return encode_split(tokenizer, data.splits[split], ev["max_length"]), data.num_labels
-
-    return {"record": record, "metrics": evaluate_targets(model, record["targets"], prepare, ev["batch_size"])}
+        encoded[target], num_labels[target] = encode_split(predictor.tokenizer, data.splits[split],
+                                                           ev["max_length"]), data.num_labels
+        preds[target] = {row: class_of(v) for row, v in predictor.predict_encoded(target, encoded[target]).items()}
+    return {"record": record, "metrics": target_metrics(preds, encoded, num_labels)}

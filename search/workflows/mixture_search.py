@@ -22,7 +22,7 @@ from search.proposals.strategies import make_strategy
 from search.workflows.store_imports import initialisation_lines
 from search.workflows.search_callbacks import MixtureTracking
 from search.tracking.layout import KIND_TAG, RAY_EXPERIMENT_TAG
-from search.tracking.tracker import SearchTracker, flatten
+from search.tracking.tracker import SearchTracker, experiment_description, flatten
 from search.runtime.trial_inputs import mixture_trainable, shared_initialisation
 from spaces.errors import TrackingError, UsageError
 from spaces.space import space_from_config
@@ -80,7 +80,8 @@ NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
 def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger.info,
-               debug: bool = False, first_merges: Sequence[Mapping] = ()) -> SearchSummary:
+               debug: bool = False, first_merges: Sequence[Mapping] = (), run_name: str | None = None,
+               tags: Mapping[str, str] | None = None) -> SearchSummary:
     """Run the mixture search of ``cfg.search`` and record it in MLflow.
 
     With ``resume``, continue the newest interrupted search of the experiment: the same Ray
@@ -88,14 +89,17 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
     parent run, until ``num_mixtures`` distinct mixtures are evaluated in all.
     ``first_merges``: operator choices (``MergeChoices.operator_choices``' form) that an Optuna
     strategy asks first, in order, every member in, after any warm start (a plan's group bodies:
-    ``search/plan/transfer.py``).
+    ``search/plan/transfer.py``). ``run_name`` and ``tags``: the MLflow name and extra tags of the
+    search's run (a plan's group search: ``plan-group a+b``, nested under the plan run).
     """
-    return run_search_with(cfg, resume=resume, progress=progress, debug=debug, first_merges=first_merges)
+    return run_search_with(cfg, resume=resume, progress=progress, debug=debug, first_merges=first_merges,
+                           run_name=run_name, tags=tags)
 
 
 def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors: bool = True,
                     resume: bool = False, progress: Progress = logger.info, debug: bool = False,
-                    first_merges: Sequence[Mapping] = ()) -> SearchSummary:
+                    first_merges: Sequence[Mapping] = (), run_name: str | None = None,
+                    tags: Mapping[str, str] | None = None) -> SearchSummary:
     """:func:`run_search` with another trial or actor setting (benchmarks and ablations:
     ``tests/benchmarks/bench_optimisations.py``).
 
@@ -128,6 +132,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
 
     if resume:
         probe = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
+                              description=experiment_description(cfg),
                               strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
         parent_id, path = _interrupted_search(cfg, probe)
         if not tune.Tuner.can_restore(path):
@@ -149,18 +154,19 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         tolerance, warnings = validation_tolerance(cfg, progress)
         # max_fsd (fixed or auto) is the gate's alone: auto resolves from the evidence of the search.
         space = space_from_config(cfg.search, cfg.member_domains)
-        run_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+        ray_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         gate, warm_start_order = gate_for_search(cfg, space, tolerance, index, progress=progress, debug=debug)
         if cfg.search.strategy == "tpe":
             warm_start_order = new_domain_warm_start(cfg, progress) or warm_start_order
         strategy = make_strategy(cfg.search.strategy, space=space, index=warm_start_order, seed=cfg.search.seed,
-                                 budget=cfg.search.num_mixtures, study_name=run_name,
+                                 budget=cfg.search.num_mixtures, study_name=ray_name,
                                  storage=os.path.join(local, "optuna.journal"),
                                  n_objectives=len(cfg.search.objectives), warm_start=cfg.search.warm_start,
                                  switch_after=cfg.search.tpe_switch_after)
         if first_merges and hasattr(strategy, "enqueue"):
             strategy.enqueue([space.params_for(space.domains, merge=m) for m in first_merges])
         tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
+                                description=experiment_description(cfg),
                                 strategy=cfg.search.strategy, measure=cfg.search.fsd_measure)
         searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, tracker=tracker,
                                         budget=cfg.search.num_mixtures,
@@ -181,16 +187,16 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
                 scheduler=scheduler, num_samples=-1, metric=METRIC, mode="max",
                 reuse_actors=reuse_actors),
             run_config=tune.RunConfig(
-                name=run_name, storage_path=storage, verbose=0,
+                name=ray_name, storage_path=storage, verbose=0,
                 callbacks=[MixtureTracking(tracker=tracker, searcher=searcher, progress=progress),
                            *_result_loggers()],
                 failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)))
-        tracker.start(run_name=run_name, params={
+        tracker.start(run_name=run_name or ray_name, tags=tags, params={
             **flatten(cfg.search.model_dump(), "search."), "domains": ",".join(sorted(cfg.domains)),
             "max_fsd_resolved": "auto (FSD gate)" if cfg.search.max_fsd == "auto" else
             "none" if cfg.search.max_fsd is None else f"{cfg.search.max_fsd:.6f}",
             "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
-        tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, f"{storage.rstrip('/')}/{run_name}")
+        tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, f"{storage.rstrip('/')}/{ray_name}")
         progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
                  f"max_fsd {cfg.search.max_fsd if isinstance(cfg.search.max_fsd, (str, type(None))) else f'{cfg.search.max_fsd:.4f}'}"
                  f" ({cfg.search.fsd_measure})")

@@ -39,6 +39,7 @@ class MixtureTracking(Callback):
         self.progress = progress or (lambda line: None)
         self.best: tuple[float, str] | None = None
         self.awaiting: dict[str, dict] = {}  # batch mixture key -> its result, until its checkpoint comes
+        self.chunked: set[str] = set()  # mixture keys whose evaluation chunks were logged as steps
         self.started = time.perf_counter()
 
     def _spec(self, trial):
@@ -84,6 +85,7 @@ class MixtureTracking(Callback):
         # once, with the mixture's status, by on_trial_complete.
         if spec is not None and not result.get("done") and float(result.get("evaluated_fraction", 1.0)) < 1.0:
             self.tracker.log_progress(spec, numeric_metrics(result), result.get("training_iteration", 0))
+            self.chunked.add(spec.key)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         batch, result = self._batch(trial), trial.last_result or {}
@@ -127,7 +129,9 @@ class MixtureTracking(Callback):
         if result.get("mixture_error"):  # a mixture of a batch raised; the batch went on
             self._fail(spec, str(result["mixture_error"]), **new_run)
             return
-        step = result.get("training_iteration", 0)
+        # Step 0, as the run's FSD, so that MLflow's chart view compares runs; an evaluation logged
+        # chunk by chunk (eval_chunks > 1) ends at its last chunk's step, its latest value.
+        step = int(result.get("training_iteration", 0)) if spec.key in getattr(self, "chunked", ()) else 0
         if status == "evaluated" and checkpoint is not None:
             with checkpoint.as_directory() as path:
                 self.tracker.finish_mixture(spec, status, metrics=metrics, artifact_dir=path, step=step, **new_run)

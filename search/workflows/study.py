@@ -31,7 +31,7 @@ from search.settings.config import Config, StudyConfig
 from search.proposals.searcher import METRIC, SignConflictSearcher
 from search.workflows.search_callbacks import MixtureTracking
 from search.tracking.layout import SPARSE_SIZE_TAG, STUDY_PART_TAG, STUDY_TARGET_TAG
-from search.tracking.tracker import SearchTracker, flatten
+from search.tracking.tracker import SearchTracker, experiment_description, flatten
 from search.runtime.trial_inputs import mixture_trainable
 from spaces.fsd import FSD_MEASURES, greedy_members
 from spaces.space import Verdict
@@ -169,7 +169,8 @@ def run_study(cfg: Config, *, progress=logger.info, debug: bool = False) -> Stud
     items = study_items(sorted(cfg.domains), cfg.study, index, cfg.study_targets)
     by_part = {p: sum(1 for i in items if i.part == p) for p in PARTS}
     connect_ray(cfg, debug=debug)
-    tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name, strategy="study",
+    tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
+                            description=experiment_description(cfg), strategy="study",
                             measure="mean_pairwise")
     run_name = f"study-{time.strftime('%Y%m%d-%H%M%S')}"
     tracker.start(run_name=run_name, params={**flatten(cfg.study.model_dump(), "study."),

@@ -85,6 +85,41 @@ def test_each_group_body_is_a_search_recorded_in_mlflow_and_the_plan_run_holds_t
     assert run.data.metrics["chosen_bodies"] == rec["chosen"]["bodies"]
 
 
+def test_the_plan_is_one_tree_whose_run_says_which_domains_share_which_body(planned, plan_cfg):
+    """MLflow's runs table nests the group searches under the plan run, named for their domains; the plan
+    run's page shows the bodies, the test accuracy and the worst domain without opening an artifact;
+    the experiment opens on its runs."""
+    from mlflow import MlflowClient
+
+    from search.tracking.layout import PLAN_RUN_TAG
+
+    rec, client = planned.record, MlflowClient(plan_cfg.tracking_uri)
+    searches = mlflow_runs(plan_cfg, f"tags.`{PLAN_RUN_TAG}` = '{planned.run_id}'")
+    assert {s.data.tags["mlflow.parentRunId"] for s in searches} == {planned.run_id}
+    assert sorted(s.info.run_name for s in searches) == sorted(f"plan-group {g}" for g in rec["group_runs"])
+    for s in searches:  # their mixtures under them
+        children = mlflow_runs(plan_cfg, f"tags.`mlflow.parentRunId` = '{s.info.run_id}'")
+        assert children and all(c.data.tags["signmix.kind"] == "mixture" for c in children)
+    run = client.get_run(planned.run_id)
+    chosen = rec["chosen"]
+    bodies = {k: v for k, v in run.data.tags.items() if k.startswith("signmix.body_")}
+    assert bodies == {f"signmix.body_{i}": f"{'+'.join(g['domains'])} ({g['kind']})"
+                      for i, g in enumerate(chosen["groups"], 1)}
+    note = run.data.tags["mlflow.note.content"]
+    assert f"**{chosen['bodies']} bodies**" in note and f"{chosen['test']:.4f}" in note
+    for g in chosen["groups"]:
+        assert f"| {', '.join(g['domains'])} |" in note
+    worst = chosen["worst_domain"]
+    own = rec["references"]["own adapters, trained heads (bound)"]["test_by_domain"]
+    assert worst["loss"] == max(own[d] - chosen["test_by_domain"][d] for d in rec["domains"])
+    assert run.data.tags["signmix.worst_domain"] == worst["domain"] and worst["domain"] in note
+    assert run.data.metrics["worst_domain_test_loss"] == pytest.approx(worst["loss"], abs=1e-9)
+    assert run.data.metrics["chosen_test_ci_low"] <= run.data.metrics["chosen_test_accuracy"]
+    experiment = client.get_experiment_by_name(plan_cfg.experiment_name)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert plan_cfg.name in experiment.tags["mlflow.note.content"] and "books" in experiment.tags["mlflow.note.content"]
+
+
 def test_a_second_plan_reuses_every_group_body_searched_with_the_same_settings(planned, plan_cfg):
     from search.plan.serving_plan import run_plan
     from search.tracking.layout import PLAN_GROUP_TAG
@@ -110,7 +145,7 @@ def bundle(planned, plan_config_path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle-parent") / "bundle"
     done = signmix("export", plan_config_path, "--plan", "--run-id", planned.run_id, "--bodies", "4", "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "registered as test-exp version" in done.stdout
+    assert "registered as test-exp-bundle version" in done.stdout and "models:/test-exp-bundle@serving" in done.stdout
     return out
 
 
@@ -131,13 +166,27 @@ def test_the_bundle_holds_every_body_every_head_and_the_routing(bundle, planned)
     assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
-def test_the_bundle_is_one_registered_model_version_of_the_plan_run(bundle, planned, plan_cfg):
+def test_the_bundle_is_one_described_registered_pyfunc_model_version_of_the_plan_run(bundle, planned, plan_cfg,
+                                                                                    monkeypatch):
     from mlflow import MlflowClient
+    from mlflow.models import get_model_info
 
     plan = json.loads((bundle / "plan.json").read_text())
-    version = MlflowClient(plan_cfg.tracking_uri).get_model_version(plan["registered_model"]["name"],
-                                                                    str(plan["registered_model"]["version"]))
-    assert version.run_id == planned.run_id and version.source.endswith("/bundle")
+    reg = plan["registered_model"]
+    client = MlflowClient(plan_cfg.tracking_uri)
+    assert reg["name"] == "test-exp-bundle" and reg["alias"] == "serving"  # apart from single mixtures
+    version = client.get_model_version(reg["name"], str(reg["version"]))
+    assert version.run_id == planned.run_id and version.source == f"models:/{reg['model_id']}"
+    assert client.get_model_version_by_alias(reg["name"], "serving").version == version.version
+    assert version.tags["signmix.kind"] == "bundle" and all(v != "" for v in version.tags.values())
+    served = plan["served"]
+    assert f"{served['test']:.4f} [{served['test_low']:.4f}, {served['test_high']:.4f}]" in version.description
+    assert all(", ".join(g["domains"]) in version.description for g in served["groups"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", plan_cfg.tracking_uri)  # models:/ URIs resolve through it
+    info = get_model_info(f"models:/{reg['name']}/{reg['version']}")
+    assert "python_function" in info.flavors
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["domain", "text", "text_pair"]
+    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["label", "probabilities", "error"]
 
 
 @pytest.mark.parametrize("split", ["validation", "test"])
@@ -164,3 +213,137 @@ def test_the_readme_snippet_loads_the_bundle_with_plain_adapters_calls(bundle, p
             logits = model(**scope["tokenizer"](["It is excellent."], return_tensors="pt")).logits
         head = json.loads((bundle / routing[domain]["head"] / "head_config.json").read_text())
         assert logits.shape[-1] == head["config"]["num_labels"]
+
+
+def split_rows(bundle: Path, domain: str, split: str) -> tuple[list[str], list[str]]:
+    """The texts and gold label names of ``domain``'s ``split``, the rows `signmix evaluate` scores."""
+    from trainables.data import load_domain
+    from trainables.settings import DomainConfig
+
+    routing = json.loads((bundle / "routing.json").read_text())["domains"]
+    record = json.loads((bundle / routing[domain]["body"] / "mixture.json").read_text())
+    ev, names = record["evaluation"], record["label_names"][domain]
+    rows = load_domain(domain, DomainConfig.model_validate(record["domains"][domain]), splits=(split,),
+                       max_eval_examples=ev["max_eval_examples"], seed=ev["seed"], label_names=names).splits[split]
+    return list(rows["text"]), [names[int(label)] for label in rows["label"]]
+
+
+@pytest.fixture(scope="module")
+def evaluated(bundle) -> dict:
+    """The bundle's own evaluation on validation: what `signmix evaluate` scores, row by row."""
+    from search.plan.bundle import evaluate_bundle
+
+    return evaluate_bundle(bundle, "validation")
+
+
+def expected_labels(bundle: Path, evaluated: dict, domain: str) -> list[str]:
+    route = evaluated["routing"]["domains"][domain]
+    names = json.loads((bundle / route["body"] / "mixture.json").read_text())["label_names"][domain]
+    return [names[c] for c in evaluated["predictions"][domain]]
+
+
+def served_env(plan_cfg) -> dict:
+    """A subprocess's environment: the test's store, this checkout importable, the venv's tools (uvicorn) found."""
+    import os
+
+    return {**os.environ, "MLFLOW_TRACKING_URI": plan_cfg.tracking_uri,
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[3]), os.environ.get("PYTHONPATH", "")])}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_serves_the_registered_bundle_as_evaluated_and_names_an_unknown_domain(
+        bundle, evaluated, plan_cfg):
+    """`mlflow models serve` on the registry's version: a mixed request (two domains' validation splits
+    and a row of a domain the bundle does not serve) gets exactly the evaluation's predictions, and the
+    unknown row a clear error; the server keeps serving."""
+    import os
+    import signal
+    import time
+
+    import requests
+
+    reg = json.loads((bundle / "plan.json").read_text())["registered_model"]
+    port = free_port()
+    env = served_env(plan_cfg)
+    log = open(Path(bundle).parent / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
+                               f"models:/{reg['name']}/{reg['version']}", "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if requests.get(f"{url}/ping", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("mlflow models serve did not start:\n" +
+                                     (Path(bundle).parent / "serve.log").read_text()[-3000:])
+            time.sleep(1)
+        books, _ = split_rows(bundle, "books", "validation")
+        support, _ = split_rows(bundle, "support", "validation")
+        rows = [["books", t] for t in books] + [["weather", "Sunny with a chance of rain."]] + \
+            [["support", t] for t in support]
+        reply = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["domain", "text"],
+                                                                             "data": rows}}, timeout=300)
+        assert reply.status_code == 200, reply.text[:2000]
+        predictions = reply.json()["predictions"]
+        assert len(predictions) == len(rows)
+        unknown = predictions[len(books)]
+        assert unknown["label"] is None and "unknown domain 'weather'" in unknown["error"]
+        assert "books" in unknown["error"] and "support" in unknown["error"]
+        known = predictions[:len(books)] + predictions[len(books) + 1:]
+        assert [p["label"] for p in known] == (expected_labels(bundle, evaluated, "books")
+                                               + expected_labels(bundle, evaluated, "support"))
+        assert all(p["error"] is None and sum(p["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+                   and max(p["probabilities"], key=p["probabilities"].get) == p["label"] for p in known)
+        # a request without the text column: refused whole, saying what is missing; the server goes on
+        bad = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["domain"],
+                                                                           "data": [["books"]]}}, timeout=60)
+        assert bad.status_code == 400 and "text" in bad.text
+        assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+
+
+def test_the_registered_bundle_loads_with_pyfunc_in_a_fresh_process_and_reproduces_its_evaluation(
+        bundle, evaluated, plan_cfg):
+    import os
+
+    reg = json.loads((bundle / "plan.json").read_text())["registered_model"]
+    domains = sorted(evaluated["routing"]["domains"])
+    rows = {d: split_rows(bundle, d, "validation") for d in domains}
+    request = [[d, t] for d in domains for t in rows[d][0]]
+    script = (
+        "import json, sys\n"
+        "import mlflow.pyfunc, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model('models:/{reg['name']}@serving')\n"
+        "rows = json.load(sys.stdin)\n"
+        "out = model.predict(pd.DataFrame(rows, columns=['domain', 'text']))\n"
+        "print(json.dumps(list(out['label'])))\n")
+    env = served_env(plan_cfg)
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(request), capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    labels = json.loads(done.stdout.strip().splitlines()[-1])
+    start = 0
+    for d in domains:
+        texts, gold = rows[d]
+        mine = labels[start:start + len(texts)]
+        start += len(texts)
+        assert mine == expected_labels(bundle, evaluated, d)
+        accuracy = sum(a == b for a, b in zip(mine, gold)) / len(gold)
+        assert accuracy == evaluated["metrics"][f"accuracy/{d}"]  # exactly what `signmix evaluate` scores

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 import pytest
-from tests_support import write_config
+from tests_support import mlflow_runs, write_config
 
 P = 20  # parameters per adapter
 NEGATIVE = {"books": set(), "dvd": {0, 19}, "kitchen": {0, 1, 2, 3}, "toys": set(range(10, 18))}
@@ -373,23 +373,37 @@ def test_top_mixtures_order_and_content(experiment):
     from search.reporting.results import format_results, top_mixtures
 
     cfg, built = experiment
+    targets_of = {r.info.run_id: tuple(sorted(r.data.params["targets"].split(",")))
+                  for r in mlflow_runs(cfg, "tags.`signmix.kind` = 'mixture'")}
     expected = sorted(built["evaluated"], key=lambda e: (-e[1]["accuracy_mean"], e[2], e[3]))
+    groups: dict = {}  # a mean over targets ranks the mixtures of one target set only
+    for e in expected:
+        groups.setdefault(targets_of[e[0]], []).append(e)
+    assert len(groups) > 1  # the study's subsets have targets of their own
     rows = top_mixtures(cfg, n=5)
-    assert [r["run_id"] for r in rows] == [e[0] for e in expected[:5]]
-    assert [r["metrics"]["accuracy_mean"] for r in rows] == [e[1]["accuracy_mean"] for e in expected[:5]]
+    assert [r["run_id"] for r in rows] == [e[0] for g in groups.values() for e in g[:5]]
+    assert [r["metrics"]["accuracy_mean"] for r in rows] == [e[1]["accuracy_mean"] for g in groups.values()
+                                                             for e in g[:5]]
+    books = top_mixtures(cfg, n=3, targets=["books"])
+    assert [r["run_id"] for r in books] == [e[0] for e in groups[("books",)][:3]]
     first = rows[0]
     assert first["status"] == "evaluated" and first["k"] == len(first["members"])
     assert first["fsd"] == expected[0][1]["fsd"] and first["pruning"] == "dense"
     by_fsd = top_mixtures(cfg, n=100, sort="fsd")
-    assert [r["fsd"] for r in by_fsd] == sorted(r["fsd"] for r in by_fsd)  # FSD: lowest first
+    for targets in groups:  # FSD: lowest first, within each target set
+        fsd = [r["fsd"] for r in by_fsd if tuple(sorted(r["targets"])) == targets]
+        assert fsd == sorted(fsd)
     assert len(by_fsd) == len(built["evaluated"])  # every evaluated mixture (study parts too), none filtered
     table = format_results(rows)
     assert "accuracy_mean" in table and all(r["run_id"] in table for r in rows)
+    headings = [line for line in table.splitlines() if line.startswith("targets ")]
+    assert len(headings) == len(groups) and "ranks mixtures of these targets only" in headings[0]
+    assert headings[0].startswith(f"targets {'+'.join(next(iter(groups)))} ")
     # black-box robust accuracy: only the mixtures that were attacked, most robust first
     attacked = [e for e in built["evaluated"] if "bb_robust_accuracy_mean" in e[1]]
     by_bb = top_mixtures(cfg, n=100, sort="bb_robust_accuracy_mean")
     assert [r["run_id"] for r in by_bb] == [e[0] for e in sorted(
-        attacked, key=lambda e: (-e[1]["bb_robust_accuracy_mean"], e[2], e[3]))]
+        attacked, key=lambda e: (-e[1]["bb_robust_accuracy_mean"], e[2], e[3]))]  # all of one target set: books
 
 
 def test_top_mixtures_refuses_an_unknown_metric(experiment):
@@ -406,9 +420,10 @@ def test_cli_results_and_report(experiment, tmp_path, capsys):
 
     cfg, built = experiment
     config = Path(cfg.storage_path).parent / "signmix.yaml"
-    assert main(["results", str(config), "--top", "3", "--sort", "accuracy/books"]) == 0
+    assert main(["results", str(config), "--top", "3", "--sort", "accuracy/books", "--targets", "books"]) == 0
     out = capsys.readouterr().out
     assert len([line for line in out.splitlines() if line[:1].isdigit()]) == 3
+    assert out.splitlines()[0] == "targets books"  # one target set: no warning to give
     assert main(["report", str(config), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "fsd_heatmap.png").is_file()
     assert math.isfinite(float(read_csv(tmp_path / "figs" / "correlations.csv")[0]["pearson_r"]))

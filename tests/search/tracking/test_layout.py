@@ -55,3 +55,19 @@ def test_runs_logged_before_operators_and_heads_existed_read_as_average_and_own(
     spec = spec_from_params(old)
     assert (spec.merge_method, spec.head, spec.prune_layers) == ("average", "own", 0)
     assert spec == make_mixture_spec(members=["books", "dvd"], targets=["books"])
+
+
+@pytest.mark.parametrize(("name", "value", "logged"), [
+    ("accuracy_mean", (0.58 + 0.99) / 2, 0.785),          # a mean of ratios (0.7849999999999999): rounded
+    ("test_accuracy/G2", (0.58 + 0.99) / 2, 0.785),       # a plan's mean over domains for G = 2
+    ("chosen_test_ci_low", 0.1 + 0.2, 0.3),
+    ("fsd", 0.1 + 0.2, 0.3),
+    ("accuracy/books", 1 / 3, 1 / 3),                     # one division: as computed (export reproduces it)
+    ("test_accuracy/books", 1 / 3, 1 / 3),
+    ("eval_seconds", 0.1 + 0.2, 0.1 + 0.2),               # not a ratio
+    ("p_vs_own/books", 1e-12, 1e-12),                     # a p-value keeps its small digits
+])
+def test_means_of_ratios_of_counts_are_logged_rounded_and_nothing_else_is(name, value, logged):
+    from search.tracking.layout import logged_value
+
+    assert logged_value(name, value) == logged

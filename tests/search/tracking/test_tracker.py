@@ -351,3 +351,64 @@ def test_a_batch_mixture_whose_recording_was_cut_short_is_never_taken_for_evalua
     assert resumed.close_dangling() == 1
     (run,) = resumed.children()
     assert run.data.tags[STATUS_TAG] == "failed" and run.info.status == "KILLED"
+
+
+def _history(tracker, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)]
+
+
+def test_a_whole_evaluation_is_logged_at_step_0_beside_its_fsd_and_a_chunked_one_ends_at_its_last_chunk(tmp_path):
+    """MLflow's chart view compares runs by step: one evaluation, one step, the same for every run."""
+    searcher, tracking, tracker = _searcher_and_tracking(tmp_path)
+    whole = {"accuracy_mean": 0.6, "evaluated_fraction": 1.0, "training_iteration": 1}
+    trial = _Trial("trial_1", searcher.suggest("trial_1"))
+    tracking.on_trial_start(0, [], trial)
+    tracking.on_trial_result(0, [], trial, whole)
+    trial.last_result = whole
+    searcher.on_trial_complete("trial_1", whole)
+    tracking.on_trial_complete(0, [], trial)
+    chunked = _Trial("trial_2", searcher.suggest("trial_2"))
+    tracking.on_trial_start(0, [], chunked)
+    for result in ({"accuracy_mean": 0.5, "evaluated_fraction": 0.5, "training_iteration": 1},
+                   {"accuracy_mean": 0.7, "evaluated_fraction": 1.0, "training_iteration": 2}):
+        tracking.on_trial_result(0, [], chunked, result)
+        chunked.last_result = result
+    searcher.on_trial_complete("trial_2", chunked.last_result)
+    tracking.on_trial_complete(0, [], chunked)
+    first, second = (tracker.runs[searcher.specs[t].key] for t in ("trial_1", "trial_2"))
+    assert _history(tracker, first, "accuracy_mean") == [(0, 0.6)] and _history(tracker, first, "fsd")[0][0] == 0
+    assert _history(tracker, second, "accuracy_mean") == [(1, 0.5), (2, 0.7)]
+    assert tracker.client.get_run(second).data.metrics["accuracy_mean"] == 0.7  # the latest: the whole evaluation
+
+
+def test_means_of_ratios_are_logged_without_summation_noise_and_a_domains_accuracy_as_computed(tmp_path):
+    searcher, tracking, tracker = _searcher_and_tracking(tmp_path)
+    noisy = (0.58 + 0.99) / 2  # 0.7849999999999999
+    assert noisy != 0.785
+    result = {"accuracy_mean": noisy, "accuracy/t": 1 / 3, "eval_seconds": 1 / 3, "evaluated_fraction": 1.0}
+    trial = _Trial("trial_1", searcher.suggest("trial_1"))
+    tracking.on_trial_start(0, [], trial)
+    trial.last_result = result
+    searcher.on_trial_complete("trial_1", result)
+    tracking.on_trial_complete(0, [], trial)
+    (run,) = tracker.children()
+    assert run.data.metrics["accuracy_mean"] == 0.785
+    assert run.data.metrics["accuracy/t"] == 1 / 3 and run.data.metrics["eval_seconds"] == 1 / 3
+
+
+def test_an_experiment_opens_on_its_runs_and_says_what_it_holds_without_overwriting_the_users_words(tmp_path):
+    from mlflow import MlflowClient
+
+    from search.tracking.layout import EXPERIMENT_KIND_TAG, NOTE_TAG
+    from search.tracking.tracker import open_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, created = open_experiment(uri, "new", description="signmix experiment new: books, dvd")
+    tags = MlflowClient(uri).get_experiment(created).tags
+    assert tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert tags[NOTE_TAG] == "signmix experiment new: books, dvd"
+    # an experiment made elsewhere, first written to by signmix: the kind; the user's description stays
+    mine = MlflowClient(uri).create_experiment("theirs", tags={NOTE_TAG: "my notes"})
+    open_experiment(uri, "theirs", description="signmix's words")
+    tags = MlflowClient(uri).get_experiment(mine).tags
+    assert tags[EXPERIMENT_KIND_TAG] == "custom_model_development" and tags[NOTE_TAG] == "my notes"

@@ -10,7 +10,8 @@ import pytest
 from tests_support import write_config
 
 from search.settings.config import load_config
-from search.workflows.export import export_mixture, register_version
+from search.workflows.export import export_mixture
+from search.tracking.registry import ensure_registered_model
 from search.tracking.mlflow_client import RETRY_ENV, make_client
 from search.tracking.tracker import open_experiment
 from spaces.errors import TrackingError, UsageError
@@ -45,11 +46,12 @@ def test_a_store_that_cannot_be_read_is_a_runtime_failure_not_a_missing_run(cfg,
 
 def test_a_registered_model_name_mlflow_refuses_is_named_and_nothing_is_registered(tmp_path):
     client = make_client(f"sqlite:///{tmp_path / 'mlflow.db'}", retry_seconds=0)
-    run = client.create_run(client.create_experiment("e"))
+    client.create_run(client.create_experiment("e"))
     with pytest.raises(UsageError, match="mlflow.registered_model 'team/sentiment' is refused by MLflow") as raised:
-        register_version(client, "team/sentiment", run.info.run_id)
+        ensure_registered_model(client, "team/sentiment", "d")
     assert raised.value.__cause__.error_code == "INVALID_PARAMETER_VALUE"
     assert client.search_registered_models() == []
-    # A name MLflow accepts: created when missing, then a new version each time.
-    assert register_version(client, "sentiment", run.info.run_id) == {"name": "sentiment", "version": 1}
-    assert register_version(client, "sentiment", run.info.run_id) == {"name": "sentiment", "version": 2}
+    # A name MLflow accepts: created when missing, kept when there (its description too).
+    ensure_registered_model(client, "sentiment", "first")
+    ensure_registered_model(client, "sentiment", "second")
+    assert [(m.name, m.description) for m in client.search_registered_models()] == [("sentiment", "first")]
