@@ -41,5 +41,7 @@ class ServedBundle(mlflow.pyfunc.PythonModel):
                                   error_code=INVALID_PARAMETER_VALUE)
         pairs = list(frame["text_pair"]) if "text_pair" in frame.columns else None
         found = self.predictor.predict([str(d) for d in frame["domain"]], [str(t) for t in frame["text"]], pairs)
-        return pd.DataFrame({"label": [p.label for p in found], "probabilities": [p.probabilities for p in found],
-                             "error": [p.error for p in found]})
+        # object columns: pandas 3 would read strings beside None as its string dtype, None as NaN
+        return pd.DataFrame({"label": pd.Series([p.label for p in found], dtype=object),
+                             "probabilities": pd.Series([p.probabilities for p in found], dtype=object),
+                             "error": pd.Series([p.error for p in found], dtype=object)})
