@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Iterable
 from spaces.errors import StoreError
 from spaces.fsd import SignIndex
 from trainables.architecture import check_same_architecture
-from trainables.lora import lora_delta_weights
 from trainables.lora_mixture import is_lora_weights, stored_lora_scaling
 
 if TYPE_CHECKING:
@@ -187,6 +186,8 @@ def sign_weights(store: AdapterStore, weights: dict[str, dict[str, Tensor]]) -> 
 
     if not weights or not all(is_lora_weights(w) for w in weights.values()):
         return weights
+
+    from trainables.lora import lora_delta_weights  # torch: imported where tensors are made
 
     return {d: lora_delta_weights(w, scaling=stored_lora_scaling(store.path(d))) for d, w in weights.items()}
 
