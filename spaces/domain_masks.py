@@ -55,6 +55,12 @@ from typing import TYPE_CHECKING, Callable, Literal, Mapping, Sequence
 if TYPE_CHECKING:  # torch is imported where it is used, as in spaces.merge_maths
     from torch import Tensor
 
+# The ways a group's shared body serves each of its domains, cheapest first (plan.serving_options;
+# trainables.serving_options scores them): the body as it is, a per-domain scalar on the adapter's
+# output, EMR-Merging's body with a domain's agreement mask and scalar, TALL's mask over the body.
+SERVING_OPTIONS: tuple[str, ...] = ("plain", "rescaled", "emr", "tall")
+# The options that serve a domain with its own 1-bit mask (its own set of weights).
+MASKED_OPTIONS: frozenset[str] = frozenset({"emr", "tall"})
 # The lambdas the TALL paper's code tries per task (tall_masks: construct_tall_mask).
 TALL_LAMBDAS: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
 # Multiples of EMR's formula start that a rescaler chosen on validation tries.

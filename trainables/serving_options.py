@@ -33,7 +33,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from spaces.domain_masks import RESCALER_FACTORS, TALL_LAMBDAS, choose_on_validation, packed_bytes, rescaler_candidates
+from spaces.domain_masks import (
+    MASKED_OPTIONS,
+    RESCALER_FACTORS,
+    SERVING_OPTIONS,
+    TALL_LAMBDAS,
+    choose_on_validation,
+    packed_bytes,
+    rescaler_candidates,
+)
 from trainables.domain_serving import emr_merge, masked_body, per_row_adapter_scale, tall_merge_masks
 
 if TYPE_CHECKING:
@@ -43,10 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The ways a group's body serves each of its domains, cheapest first (search/settings: plan.serving_options).
-SERVING_OPTIONS: tuple[str, ...] = ("plain", "rescaled", "emr", "tall")
-# The options that write a domain's mask (a different set of weights per domain).
-MASKED_OPTIONS: frozenset[str] = frozenset({"emr", "tall"})
 SCALAR_BYTES = 4  # one float32
 
 
@@ -229,5 +233,42 @@ def domain_mask(option: str, members: Sequence[Mapping[str, Tensor]], init: Mapp
     return None
 
 
+SERVING_FILE = "serving.json"
+
+
+def serving_options_trial(config: Mapping, *, adapter_weights: Mapping, experiment, store_root: str) -> None:
+    """Ray Tune trial: one group's body (``config["spec"]``, its targets the group) served in each of
+    ``config["options"]``, chosen on validation and scored on ``config["splits"]``; reports
+    ``{option: {domain: DomainServing.to_dict()}}`` as a checkpoint (``serving.json``)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from ray import tune
+
+    from spaces.spec import MixtureSpec
+    from trainables.evaluate import encoded_split, mixture_model
+    from trainables.mixture_trial import INIT_KEY, fetch_members, load_mixture
+
+    torch.set_num_threads(max(1, int(experiment.resources.cpu)))
+    model = mixture_model(experiment, store_root)  # one forward setup per worker, every option on it
+    spec = MixtureSpec.from_dict(config["spec"])
+    group = sorted(spec.targets)  # the order the export computes the masks in
+    body = load_mixture(model, spec, adapter_weights, experiment)
+    for d in group:
+        model.add_head(d)
+    members = fetch_members(adapter_weights, group)
+    init = fetch_members(adapter_weights, [INIT_KEY])[INIT_KEY]
+    served = serve_group(model, body, init, members, group,
+                         encoded=lambda d, split: encoded_split(experiment, d, split, model.label_names[d]),
+                         batch_size=experiment.evaluation.batch_size, options=config["options"],
+                         splits=config["splits"])
+    with tempfile.TemporaryDirectory(prefix="signmix-serving-") as tmp:
+        Path(tmp, SERVING_FILE).write_text(json.dumps({o: {d: s.to_dict() for d, s in per.items()}
+                                                       for o, per in served.items()}), encoding="utf-8")
+        tune.report({"domains": len(group)}, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
 __all__ = ["DomainServing", "MASKED_OPTIONS", "SERVING_OPTIONS", "adapter_numel", "check_options", "domain_mask",
-           "emr_body", "emr_start", "extra_bytes", "serve_group"]
+           "emr_body", "emr_start", "extra_bytes", "serve_group", "serving_options_trial"]

@@ -87,7 +87,9 @@ def served_plan(record: dict, bodies: int | None = None) -> dict:
             groups.append({"domains": g, "kind": "own", "spec": own_spec(g[0], record["head"]).to_dict()})
         else:
             body = record["group_runs"][group_name(g)]
-            groups.append({"domains": g, "kind": "merged", "run_id": body["run_id"], "spec": body["spec"]})
+            serving = record.get("serving", {}).get(group_name(g), {})
+            groups.append({"domains": g, "kind": "merged", "run_id": body["run_id"], "spec": body["spec"],
+                           "serving": serving.get("option", "plain"), "serving_values": serving.get("domains", {})})
     return {"bodies": bodies, "groups": groups, **{k: row[k] for k in (
         "validation", "test", "test_low", "test_high", "validation_by_domain", "test_by_domain")}}
 
@@ -136,6 +138,7 @@ def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = N
                 routing[d] = {"body": f"bodies/{body}", "head": f"heads/{d}"}
         (staging / ROUTING_FILE).write_text(json.dumps({"base_model": cfg.base_model, "domains": routing}, indent=2),
                                             encoding="utf-8")
+        _write_serving(cfg, staging, chosen, store)
         record = {**record, "signmix_version": signmix_version(), "bundle_of_plan_run": run.info.run_id}
         (staging / PLAN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
         if register:  # the registered version's model holds a copy of the bundle
@@ -167,6 +170,44 @@ def bundle_description(record: dict) -> str:
             f"From plan run {record['bundle_of_plan_run']} of experiment {record['experiment']}.")
 
 
+def _write_serving(cfg: Config, path: Path, served: dict, store) -> None:
+    """Give every domain of a group that the plan serves with masks or rescalers its mask and scalar
+    (:func:`add_domain_serving`); an EMR group's body becomes EMR's ``init + tau_uni``. The masks are
+    computed again from the stored adapters, the shared initialisation and the body: the same inputs
+    as the plan's serving trial, so the same masks."""
+    from safetensors.torch import load_file, save_file
+
+    from search.runtime.trial_inputs import shared_initialisation
+    from trainables.serving_options import domain_mask, emr_body
+
+    groups = [g for g in served["groups"] if g["kind"] == "merged" and g.get("serving", "plain") != "plain"]
+    if not groups:
+        return
+    weights = {d: store.load_weights(d) for g in groups for d in g["domains"]}
+    with_ties = cfg.model_copy(update={"search": cfg.search.model_copy(
+        update={"merge_methods": list(dict.fromkeys([*cfg.search.merge_methods, "ties"]))})})
+    init = shared_initialisation(with_ties, weights)
+    for group in groups:
+        domains, option = list(group["domains"]), group["serving"]
+        members = [weights[d] for d in domains]
+        body_file = path / "bodies" / group_name(domains) / ADAPTER_FILES[1]
+        body = load_file(str(body_file))
+        if option == "emr":
+            elected = emr_body(members, init)
+            if set(elected) != set(body):
+                raise UsageError(f"the stored adapters of {domains} do not fit the body {body_file}; retrain them or "
+                                 "plan again")
+            body = {k: elected[k].detach().cpu().contiguous() for k in body}
+            save_file(body, str(body_file))
+        for i, d in enumerate(domains):
+            value = float(group["serving_values"][d]["value"])
+            if option == "rescaled":
+                add_domain_serving(path, d, rescaler=value)
+            else:
+                add_domain_serving(path, d, mask=domain_mask(option, members, init, body, i, value),
+                                   mask_rescaler=value if option == "emr" else 1.0, init=init)
+
+
 def _body_record(cfg: Config, record: dict, group: dict, store) -> dict:
     """One body's ``mixture.json``: what it mixes, how, which domains it serves and how they scored."""
     spec = group["spec"]
@@ -174,6 +215,9 @@ def _body_record(cfg: Config, record: dict, group: dict, store) -> dict:
     chosen = record["served"]
     return {
         **spec, "targets": domains, "kind": group["kind"], "mlflow_run_id": group.get("run_id"),
+        # plain | rescaled | emr (the body is EMR's init + tau_uni, not the spec's) | tall: routing.json has each
+        # domain's mask and scalars
+        "serving": group.get("serving", "plain"), "serving_values": group.get("serving_values", {}),
         "metrics": {f"accuracy/{d}": chosen["validation_by_domain"][d] for d in domains},
         "test_metrics": {f"accuracy/{d}": chosen["test_by_domain"][d] for d in domains},
         "base_model": cfg.base_model, "adapter": cfg.adapter.model_dump(), "adapter_method": cfg.adapter.method,

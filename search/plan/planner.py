@@ -17,6 +17,11 @@ one group per domain (G = N) is the bound by construction.
    beats the best plan of its own G replaces it. Neighbours whose groups are all scored
    cost nothing; the search stops when no best plan has an untried neighbour that the
    remaining budget of group evaluations can pay for.
+3. The floor (``max_domain_loss``: the most any one domain may lose against its own adapter) is a
+   constraint of the search, not a filter afterwards: a plan that keeps every domain within it
+   beats one that does not, whatever their means (:meth:`PlanSearch.rank`), and while the best
+   plan of some G has a domain below its floor, the next plan scored is that plan with its worst
+   domain split off to its own adapter (the ``split`` move), before any other neighbour.
 
 Pure: ``score_group`` is a plain callable, so this runs on numbers in tests.
 """
@@ -27,7 +32,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from search.plan.partition import Distances, Group, Partition, agglomerative, neighbours, spread
+from search.plan.partition import Distances, Group, Partition, agglomerative, make_partition, neighbours, spread
+from search.plan.serving_choice import within_floor, worst_domain
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +62,7 @@ class PlanSearch:
         singles: each domain's accuracy with its own adapter (a group of one).
         score_group: a group of two or more -> each member's accuracy with the group's body.
         budget: how many groups of two or more may be scored (group evaluations).
+        max_domain_loss: the floor, the most one domain may lose against ``singles`` (None: none).
     """
 
     domains: Sequence[str]
@@ -63,6 +70,7 @@ class PlanSearch:
     singles: Mapping[str, float]
     score_group: ScoreGroup
     budget: int
+    max_domain_loss: float | None = None
     groups: dict[Group, dict[str, float]] = field(default_factory=dict)  # scored groups (the cache)
     best: dict[int, Partition] = field(default_factory=dict)  # G -> best partition found
     steps: list[PlanStep] = field(default_factory=list)
@@ -98,6 +106,22 @@ class PlanSearch:
         acc = self.accuracies(partition)
         return sum(acc[d] for d in self.domains) / len(self.domains)
 
+    def worst(self, partition: Partition) -> tuple[str, float]:
+        """The domain of ``partition`` that loses most against its own adapter, and its loss."""
+        return worst_domain(self.accuracies(partition), self.singles)
+
+    def within_floor(self, partition: Partition) -> bool:
+        """Whether no domain of ``partition`` loses more than ``max_domain_loss``."""
+        return within_floor(self.accuracies(partition), self.singles, self.max_domain_loss)
+
+    def rank(self, partition: Partition) -> tuple[bool, float]:
+        """How plans of one G compare: within the floor first, then the mean accuracy."""
+        return self.within_floor(partition), self.value(partition)
+
+    def _better(self, partition: Partition, than: Partition) -> bool:
+        (floor, value), (floor_then, value_then) = self.rank(partition), self.rank(than)
+        return floor > floor_then or (floor == floor_then and value > value_then + IMPROVEMENT)
+
     def _score(self, move: str, partition: Partition) -> float | None:
         """Score ``partition`` (its new groups cost budget); None when the budget cannot pay."""
         new = self._unscored(partition)
@@ -112,7 +136,7 @@ class PlanSearch:
         self.tried.add(partition)
         value = self.value(partition)
         bodies = len(partition)
-        improved = bodies not in self.best or value > self.value(self.best[bodies]) + IMPROVEMENT
+        improved = bodies not in self.best or self._better(partition, self.best[bodies])
         if improved:
             self.best[bodies] = partition
         self.steps.append(PlanStep(move=move, partition=partition, accuracy=value, new_groups=len(new),
@@ -126,8 +150,9 @@ class PlanSearch:
                 progress(f"plan: the budget of {self.budget} group evaluations ended the agglomerative start "
                          f"at {len(partition) + 1} bodies")
                 return self
-            progress(f"plan: {len(partition)} bodies (agglomerative) {self.value(partition):.4f}, "
-                     f"{self.evaluations}/{self.budget} group evaluations")
+            name, loss = self.worst(partition)
+            progress(f"plan: {len(partition)} bodies (agglomerative) {self.value(partition):.4f} (worst domain "
+                     f"{name} {-100 * loss:+.1f} points), {self.evaluations}/{self.budget} group evaluations")
         while True:  # ends: every pass scores or discards one more untried neighbour
             step = self._next_neighbour()
             if step is None:
@@ -137,8 +162,25 @@ class PlanSearch:
             if value is None:  # the budget cannot pay for it
                 self.tried.add(partition)
             elif self.steps[-1].improved:
-                progress(f"plan: {len(partition)} bodies improved by a {move} to {value:.4f}, "
-                         f"{self.evaluations}/{self.budget} group evaluations")
+                name, loss = self.worst(partition)
+                progress(f"plan: {len(partition)} bodies improved by a {move} to {value:.4f} (worst domain {name} "
+                         f"{-100 * loss:+.1f} points), {self.evaluations}/{self.budget} group evaluations")
+
+    def _split_below_floor(self) -> Partition | None:
+        """The best plan of the fewest bodies that has a domain below its floor, with that domain
+        split off to its own adapter, when that plan is untried and the budget can pay for it."""
+        if self.max_domain_loss is None:
+            return None
+        for bodies in sorted(self.best):
+            best = self.best[bodies]
+            if self.within_floor(best):
+                continue
+            name, _ = self.worst(best)
+            rest = [tuple(d for d in g if d != name) for g in best]
+            p = make_partition([g for g in rest if g] + [(name,)])
+            if p not in self.tried and len(self._unscored(p)) <= self.budget - self.evaluations:
+                return p
+        return None
 
     def _pair_losses(self) -> dict[tuple[str, str], float]:
         """What sharing a body with ``e`` cost ``d``, as seen so far: ``d``'s own accuracy minus
@@ -172,6 +214,9 @@ class PlanSearch:
         """Among the untried neighbours of every best plan, the one expected to gain most over
         the best plan of its own number of bodies (:meth:`estimate`); among equals the one
         needing the fewest new group evaluations, then the most compact. None when none is left."""
+        split = self._split_below_floor()
+        if split is not None:
+            return "split", split
         losses = self._pair_losses()
         options = []
         for best in list(self.best.values()):

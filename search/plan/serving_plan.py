@@ -6,10 +6,16 @@
    ``activation_fsd`` (the default) one probe pass per adapter gives the distances instead.
 2. :class:`search.plan.planner.PlanSearch` finds the best plan per number of bodies; each
    group's body is a small search (:class:`search.plan.bodies.BodySearch`), once per group.
-3. The chosen plan: the fewest bodies within ``plan.tolerance`` of the bound on validation
-   (or the best of at most ``plan.max_bodies``); every plan of the front is then scored on
-   the test split in one Ray trial, with stratified 95% intervals.
-4. MLflow: one run tagged ``signmix.kind = plan``, the parent of its group searches, whose
+3. Each merged group of the front is served in every ``plan.serving_options`` (the plain body,
+   per-domain output rescalers, EMR masks + rescalers, TALL masks; one Ray trial per group,
+   :mod:`search.plan.group_serving`), chosen on validation, and each group picks one
+   (:func:`search.plan.serving_choice.choose_group_option`: every domain within the floor, then
+   the fewest bytes within the tolerance).
+4. The chosen plan: the fewest bodies (then bytes) within ``plan.tolerance`` of the bound on
+   validation with no domain more than ``plan.max_domain_loss`` below its own adapter (or the
+   best of at most ``plan.max_bodies``); every plan of the front is scored on the test split,
+   with stratified 95% intervals and, per domain, a paired 95% interval against its own adapter.
+5. MLflow: one run tagged ``signmix.kind = plan``, the parent of its group searches, whose
    description and tags (``signmix.body_<i>``) say which domains share which body, with the table (``plan/plan_front.csv``),
    the figure (``plan/plan_front.png``) and ``plan/plan.json`` (what the bundle and a re-run need).
 """
@@ -32,12 +38,16 @@ from search.plan.bodies import BodySearch, accuracy, baseline_candidates, correc
 from search.plan.compatibility import cross_head_distances, fsd_distances
 from search.plan.figure import draw_plan_front
 from search.plan.front import FrontPoint, choose_plan, front_points, mean_accuracy_interval
+from search.plan.group_serving import score_serving
 from search.plan.planner import PlanSearch
+from search.plan.serving_choice import choose_group_option
+from search.plan.serving_choice import worst_domain as worst_on_validation
 from search.tracking.tables import format_table, write_csv
 from search.tracking.layout import KIND_TAG, NOTE_TAG, PLAN_ARTIFACT, logged_value
 from search.tracking.tracker import open_config_experiment
 from search.runtime.trial_inputs import shared_initialisation
 from spaces.errors import StoreError, UsageError
+from trainables.significance import paired_difference
 from trainables.store import load_sign_index
 
 logger = logging.getLogger(__name__)
@@ -45,7 +55,8 @@ logger = logging.getLogger(__name__)
 PLAN_FILE = "plan.json"
 TABLE_FILE = "plan_front.csv"
 FIGURE_FILE = "plan_front.png"
-TABLE_HEADER = ["bodies", "groups", "validation", "test", "test_low", "test_high", "pareto", "chosen"]
+TABLE_HEADER = ["bodies", "groups", "serving", "validation", "worst_domain", "worst_loss", "bytes", "test", "test_low",
+                "test_high", "test_significantly_worse", "pareto", "chosen"]
 
 
 @dataclass
@@ -114,6 +125,7 @@ def _params(cfg: Config, domains, budget: int) -> list:
     from mlflow.entities import Param
 
     values = {"domains": ",".join(domains), "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies,
+              "max_domain_loss": cfg.plan.max_domain_loss, "serving_options": ",".join(cfg.plan_serving_options),
               "group_evaluations_budget": budget, "mixtures_per_group": cfg.plan.mixtures_per_group,
               "transfer": cfg.plan.transfer,
               "compatibility": cfg.plan.compatibility, "probe_size": cfg.plan.probe_size, "head": cfg.search.head,
@@ -161,14 +173,47 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
     bodies = BodySearch(cfg, plan_run_id=run_id, client=client, experiment_id=experiment_id, progress=progress,
                         debug=debug)
     search = PlanSearch(domains=domains, distances=distances, singles=singles, score_group=bodies,
-                        budget=budget).run(progress)
-    values = {p: search.value(p) for p in search.best.values()}
-    points = front_points(search.best, values)
+                        budget=budget, max_domain_loss=cfg.plan.max_domain_loss).run(progress)
+    merged = sorted({g for p in search.best.values() for g in p if len(g) > 1})
+    options = cfg.plan_serving_options
+    init = shared_initialisation(_with_ties(cfg), weights) if ties else None
+    if options != ["plain"] and init is None:
+        progress("plan: the serving options other than the plain body need the adapters' shared initialisation, "
+                 "which this store lacks: plain bodies only")
+        options = ["plain"]
+    served = (score_serving(cfg, {g: bodies.bodies[g].spec for g in merged}, weights, init, options=options,
+                            name=f"{cfg.name}-plan-serving-{stamp}", progress=progress)
+              if merged and options != ["plain"] else {})
+    numel = sum(int(t.numel()) for t in weights[domains[0]].values())
+    serving = {g: _group_serving(cfg, g, served.get(g), search.groups[g], singles, numel) for g in merged}
+    for g in merged:
+        s = serving[g]
+        progress(f"plan: {group_name(g)} served {s['option']} ({s['why']})")
+
+    def val_by_domain(partition) -> dict[str, float]:
+        out = {}
+        for g in partition:
+            out.update({g[0]: singles[g[0]]} if len(g) == 1 else serving[g]["validation_by_domain"])
+        return out
+
+    def mean(acc: Mapping[str, float]) -> float:
+        return sum(acc[d] for d in domains) / len(domains)
+
+    best = search.best
+    values = {p: mean(val_by_domain(p)) for p in best.values()}
+    worst = {p: worst_on_validation(val_by_domain(p), singles) for p in best.values()}
+    sizes = {p: sum(4 * numel + (serving[g]["extra_bytes"] if len(g) > 1 else 0) for g in p) for p in best.values()}
+    kinds = {p: [serving[g]["option"] if len(g) > 1 else "own" for g in p] for p in best.values()}
+    points = front_points(best, values, worst, sizes, kinds)
+    for point in points:
+        progress(f"plan: G={point.bodies} {point.accuracy:.4f} on validation, worst domain {point.worst_domain} "
+                 f"{-100 * point.worst_loss:+.1f} points, {point.bytes:,} bytes ({', '.join(point.serving)})")
     bound_val = search.value(tuple((d,) for d in domains))
-    chosen, why = choose_plan(points, bound=bound_val, tolerance=cfg.plan.tolerance, max_bodies=cfg.plan.max_bodies)
+    chosen, why = choose_plan(points, bound=bound_val, tolerance=cfg.plan.tolerance, max_bodies=cfg.plan.max_bodies,
+                              max_domain_loss=cfg.plan.max_domain_loss)
     progress(f"plan: chosen {why}; confirming the front on the test split")
-    merged = {g for p in points for g in p.partition if len(g) > 1}
-    test_cands = {f"group/{group_name(g)}": (bodies.bodies[g].spec, ["test"]) for g in sorted(merged)}
+    plain_groups = {g for p in points for g in p.partition if len(g) > 1 and g not in served}
+    test_cands = {f"group/{group_name(g)}": (bodies.bodies[g].spec, ["test"]) for g in sorted(plain_groups)}
     tested = (correctness(cfg, test_cands, weights, name=f"{cfg.name}-plan-test-{stamp}", progress=progress)
               if test_cands else {})
 
@@ -177,6 +222,8 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
         for g in partition:
             if len(g) == 1:
                 out[g[0]] = base[f"{head}/{g[0]}"]["test"][g[0]]
+            elif g in served:
+                out.update({d: served[g][serving[g]["option"]][d].correct["test"] for d in g})
             else:
                 out.update({d: tested[f"group/{group_name(g)}"]["test"][d] for d in g})
         return out
@@ -186,19 +233,27 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
     for p in points:
         correct = test_correct(p.partition)
         iv = mean_accuracy_interval(correct, seed=seed)
+        against = {d: paired_difference(correct[d], base[f"{head}/{d}"]["test"][d], seed=seed) for d in domains}
+        worse = [d for d in domains if against[d].high < 0]
         rows.append({"bodies": p.bodies, "validation": p.accuracy, "test": iv.accuracy, "test_low": iv.low,
                      "test_high": iv.high, "pareto": p.pareto, "chosen": p.bodies == chosen.bodies,
-                     "groups": [list(g) for g in p.partition],
+                     "groups": [list(g) for g in p.partition], "serving": list(p.serving),
+                     "worst_domain": p.worst_domain, "worst_loss": p.worst_loss, "bytes": p.bytes,
                      "test_by_domain": {d: accuracy(v) for d, v in correct.items()},
-                     "validation_by_domain": search.accuracies(p.partition)})
-        table.append([p.bodies, " | ".join(group_name(g) for g in p.partition), p.accuracy, iv.accuracy, iv.low,
-                      iv.high, p.pareto, p.bodies == chosen.bodies])
+                     "validation_by_domain": val_by_domain(p.partition),
+                     "test_vs_own": {d: {"lead": a.lead, "low": a.low, "high": a.high} for d, a in against.items()},
+                     "test_significantly_worse": worse})
+        table.append([p.bodies, " | ".join(group_name(g) for g in p.partition), " | ".join(p.serving), p.accuracy,
+                      p.worst_domain, p.worst_loss, p.bytes, iv.accuracy, iv.low, iv.high, ",".join(worse), p.pareto,
+                      p.bodies == chosen.bodies])
     references = _references(base, domains, ties, seed)
-    chosen_record = _chosen(chosen, bodies, rows, head)
+    chosen_record = _chosen(chosen, bodies, rows, head, serving)
     chosen_record["worst_domain"] = worst_domain(chosen_record, references, head)
     record = {
         "plan_run_id": run_id, "experiment": cfg.experiment_name, "domains": domains, "head": head,
         "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies, "why": why,
+        "max_domain_loss": cfg.plan.max_domain_loss, "serving_options": options, "adapter_bytes": 4 * numel,
+        "serving": {group_name(g): s for g, s in serving.items()},
         "group_evaluations": search.evaluations, "group_evaluations_budget": budget,
         "group_searches_reused": len(bodies.reused),
         "operators": bodies.operators.table() if bodies.operators else None,
@@ -237,7 +292,33 @@ def _references(base: Mapping, domains, ties: bool, seed: int) -> dict[str, dict
     return out
 
 
-def _chosen(point: FrontPoint, bodies: BodySearch, rows, head: str) -> dict:
+def _group_serving(cfg: Config, group, served, plain: Mapping[str, float], singles: Mapping[str, float],
+                   numel: int) -> dict:
+    """How a merged group serves its domains: the option it picks and each domain's value and accuracies.
+
+    ``served``: option -> domain -> :class:`trainables.serving_options.DomainServing` (None: only the
+    plain body, whose validation accuracies ``plain`` its search gave)."""
+    if served is None:
+        return {"option": "plain", "why": "the plain body (no other serving option)", "extra_bytes": 0,
+                "validation_by_domain": {d: float(plain[d]) for d in group},
+                "domains": {d: {"value": 1.0} for d in group}, "options": {}}
+    by_option = {o: {d: s.accuracy("validation") for d, s in per.items()} for o, per in served.items()}
+    extra = {o: sum(s.extra_bytes for s in per.values()) for o, per in served.items()}
+    option, why = choose_group_option(by_option, singles, extra, max_domain_loss=cfg.plan.max_domain_loss,
+                                      tolerance=cfg.plan.tolerance, order=list(served))
+    options = {}
+    for o, acc in by_option.items():
+        name, loss = worst_on_validation(acc, singles)
+        options[o] = {"validation": sum(acc.values()) / len(acc), "worst_domain": name, "worst_loss": loss,
+                      "extra_bytes": extra[o],
+                      "test": sum(s.accuracy("test") for s in served[o].values()) / len(acc)
+                      if all("test" in s.correct for s in served[o].values()) else None}
+    return {"option": option, "why": why, "extra_bytes": extra[option], "validation_by_domain": by_option[option],
+            "domains": {d: {"value": s.value, "start": s.start} for d, s in served[option].items()},
+            "options": options}
+
+
+def _chosen(point: FrontPoint, bodies: BodySearch, rows, head: str, serving: Mapping) -> dict:
     row = next(r for r in rows if r["bodies"] == point.bodies)
     groups = []
     for g in point.partition:
@@ -245,9 +326,13 @@ def _chosen(point: FrontPoint, bodies: BodySearch, rows, head: str) -> dict:
             groups.append({"domains": list(g), "kind": "own", "spec": own_spec(g[0], head).to_dict()})
         else:
             b = bodies.bodies[g]
-            groups.append({"domains": list(g), "kind": "merged", "run_id": b.run_id, "spec": b.spec.to_dict()})
+            groups.append({"domains": list(g), "kind": "merged", "run_id": b.run_id, "spec": b.spec.to_dict(),
+                           "serving": serving[g]["option"], "serving_values": serving[g]["domains"]})
     return {"bodies": point.bodies, "groups": groups, "validation": row["validation"], "test": row["test"],
             "test_low": row["test_low"], "test_high": row["test_high"],
+            "worst_validation_domain": row["worst_domain"], "worst_validation_loss": row["worst_loss"],
+            "bytes": row["bytes"],
+            "test_significantly_worse": row["test_significantly_worse"], "test_vs_own": row["test_vs_own"],
             "validation_by_domain": row["validation_by_domain"], "test_by_domain": row["test_by_domain"]}
 
 
@@ -306,6 +391,8 @@ def _log(client, run_id: str, outcome: PlanOutcome, experiment_id: str) -> None:
     for r in rec["front"]:
         g = r["bodies"]
         metrics.update({f"validation_accuracy/G{g}": r["validation"], f"test_accuracy/G{g}": r["test"],
+                        f"worst_domain_loss/G{g}": r["worst_loss"],
+                        f"test_significantly_worse/G{g}": len(r["test_significantly_worse"]),
                         f"test_ci_low/G{g}": r["test_low"], f"test_ci_high/G{g}": r["test_high"]})
     for label, ref in rec["references"].items():
         key = label.split(" (")[0].replace(" ", "_").replace(",", "")
@@ -327,16 +414,26 @@ def _log(client, run_id: str, outcome: PlanOutcome, experiment_id: str) -> None:
 def plan_lines(outcome: PlanOutcome) -> list[str]:
     """The plan's summary for the command line: the front against the references, and the choice."""
     rec = outcome.record
-    rows = [[r["bodies"], " | ".join("+".join(g) for g in r["groups"]), r["validation"], r["test"],
-             f"[{r['test_low']:.4f}, {r['test_high']:.4f}]", "*" if r["chosen"] else ""] for r in rec["front"]]
-    rows += [[label, "", ref["validation"], ref["test"], f"[{ref['test_low']:.4f}, {ref['test_high']:.4f}]", ""]
-             for label, ref in rec["references"].items()]
+    rows = [[r["bodies"], " | ".join("+".join(g) for g in r["groups"]), " | ".join(r["serving"]), r["validation"],
+             f"{r['worst_domain']} {-100 * r['worst_loss']:+.1f}", f"{r['bytes']:,}", r["test"],
+             f"[{r['test_low']:.4f}, {r['test_high']:.4f}]", ",".join(r["test_significantly_worse"]) or "none",
+             "*" if r["chosen"] else ""] for r in rec["front"]]
+    rows += [[label, "", "", ref["validation"], "", "", ref["test"], f"[{ref['test_low']:.4f}, {ref['test_high']:.4f}]",
+              "", ""] for label, ref in rec["references"].items()]
     n, g = len(rec["domains"]), rec["chosen"]["bodies"]
-    lines = [format_table(rows, ["bodies", "groups", "validation", "test", "test 95% interval", "chosen"]), "",
+    chosen = rec["chosen"]
+    worse = chosen["test_significantly_worse"]
+    lines = [format_table(rows, ["bodies", "groups", "serving", "validation", "worst domain (points)", "bytes", "test",
+                                 "test 95% interval", "worse than own (test)", "chosen"]), "",
              f"chosen: {rec['why']}",
-             f"served: {g} adapter bodies + {n} heads instead of {n} adapters ({n - g} fewer bodies); "
-             f"test accuracy {rec['chosen']['test']:.4f} [{rec['chosen']['test_low']:.4f}, "
-             f"{rec['chosen']['test_high']:.4f}]",
+             f"served: {g} adapter bodies + {n} heads instead of {n} adapters ({n - g} fewer bodies, "
+             f"{chosen['bytes']:,} bytes against {n * rec['adapter_bytes']:,}); test accuracy {chosen['test']:.4f} "
+             f"[{chosen['test_low']:.4f}, {chosen['test_high']:.4f}]",
+             f"worst domain on validation: {chosen['worst_validation_domain']} "
+             f"{-100 * chosen['worst_validation_loss']:+.1f} points against "
+             f"its own adapter; on test, significantly worse than its own adapter (paired 95% interval below 0): "
+             + (", ".join(f"{d} {100 * chosen['test_vs_own'][d]['lead']:+.1f} [{100 * chosen['test_vs_own'][d]['low']:+.1f}, "
+                          f"{100 * chosen['test_vs_own'][d]['high']:+.1f}]" for d in worse) or "none"),
              f"{rec['group_evaluations']} group evaluations (budget {rec['group_evaluations_budget']}; "
              f"{rec['group_searches_reused']} reused from earlier plans) in "
              f"{outcome.seconds:.0f}s; MLflow run {outcome.run_id}; export it with "

@@ -64,6 +64,23 @@ class PlanConfig(FrozenModel):
     # activation_fsd: the probe examples read of each plan domain (search.probe_split), by every adapter's
     # probe pass; a plan of N domains probes N times this many rows per adapter.
     probe_size: Annotated[int, Field(ge=PROBE_SIZE_RANGE[0], le=PROBE_SIZE_RANGE[1])] = 32
+    # The floor: the most validation accuracy any one domain may lose against its own adapter (same head
+    # protocol) in the chosen plan (0.01 = 1 point); null: no floor, the mean alone decides. 1 point by
+    # default: the promise "as well as its own adapter" is made per domain, at the scale the mean's
+    # tolerance uses; the planner splits a domain that loses more off its group.
+    max_domain_loss: Optional[Annotated[float, Field(ge=0.0, le=1.0)]] = 0.01
+    # How a group's body may serve its domains (spaces.domain_masks.SERVING_OPTIONS); each is scored on
+    # validation for the groups of the front and the plan picks one per group. Default: all of them for
+    # bottleneck adapters under trained heads (search.head: own), else [plain].
+    serving_options: Optional[list[choice("plan.serving_options")]] = None
+
+    @field_validator("serving_options")
+    @classmethod
+    def _some_options(cls, v):
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"plan.serving_options must name at least one option, each once, got {v}; "
+                             "leave it out for every option the adapters and heads allow")
+        return v
 
     @field_validator("domains")
     @classmethod
@@ -189,10 +206,29 @@ class Config(FrozenModel):
             raise ValueError(f"plan.domains {no_data} name an adapter but no data; a served domain needs data to be "
                              f"evaluated: give domains.{no_data[0]}.path (or hub), or take {no_data[0]!r} out of "
                              "plan.domains")
+        extra = [o for o in self.plan.serving_options or [] if o != "plain"]
+        if extra and self.adapter.method == "lora":
+            raise ValueError(f"plan.serving_options: got {extra}, which need a bottleneck adapter (seq_bn, "
+                             "double_seq_bn): a LoRA's masks act on ΔW and its output has no rescaler here; set "
+                             "plan.serving_options: [plain], or leave it out")
+        if extra and self.search.head != "own":
+            raise ValueError(f"plan.serving_options: got {extra}, which need search.head: own (a mask or rescaler "
+                             "moves the features a refit head was fit on); set search.head: own, or "
+                             "plan.serving_options: [plain], or leave it out")
         n = len(self.plan_domains)
         if self.plan.max_bodies is not None and n >= 2 and self.plan.max_bodies > n:
             raise ValueError(f"plan.max_bodies: got {self.plan.max_bodies}, but the plan serves {n} domains; "
                              f"set plan.max_bodies between 1 and {n}, or leave it out")
+
+    @property
+    def plan_serving_options(self) -> list[str]:
+        """How a plan's groups may serve their domains: ``plan.serving_options``, by default every option for
+        bottleneck adapters under trained heads, else only the plain body."""
+        if self.plan.serving_options is not None:
+            return [o for o in REGISTERED_CHOICES["plan.serving_options"] if o in self.plan.serving_options]
+        if self.adapter.method == "lora" or self.search.head != "own":
+            return ["plain"]
+        return list(REGISTERED_CHOICES["plan.serving_options"])
 
     @property
     def plan_domains(self) -> list[str]:

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from search.settings.choices import COMPATIBILITY_MEASURES, STRATEGY_NAMES, TIE_RULES
 from search.settings.objectives import OBJECTIVES, PARETO_RULES
+from spaces.domain_masks import SERVING_OPTIONS
 from spaces.fsd import FSD_MEASURES
 from spaces.measures import DEFAULT_PROBE_SIZE, PAIRWISE_MEASURES, PROBE_SIZE_RANGE, WEIGHT_FSD
 from spaces.merge_dimensions import WEIGHTINGS
@@ -42,6 +43,7 @@ REGISTERED_CHOICES: dict[str, tuple[str, ...]] = {
     "search.when_tied": tuple(TIE_RULES),
     "search.lora_merge": tuple(LORA_MERGES),
     "plan.compatibility": tuple(COMPATIBILITY_MEASURES),
+    "plan.serving_options": tuple(SERVING_OPTIONS),
 }
 
 
