@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast ui-check bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real measures-real blackbox-real new-domain-real constraints clean
+.PHONY: install install-dev demo test test-fast ui-check bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real every-domain-real measures-real blackbox-real new-domain-real constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,12 @@ lora-merge-study: install-dev
 # (hours on 2 cores the first time: 16 adapters are trained into .bench/plan-real)
 plan-real: install-dev
 	$(PY) tests/benchmarks/plan_real.py
+
+# Issue 29: is every domain served as well as its own adapter? Fixed plans of the 16 real domains (G = 1, 2, 3
+# and the 12 reviews at G = 1), each plain, with output rescalers, EMR masks + rescalers and TALL masks, on
+# test (needs the adapters of `make plan-real`; about an hour on 2 quiet cores; results kept per group)
+every-domain-real: install-dev
+	flock /tmp/signmix-measure.lock $(PY) tests/benchmarks/every_domain_real.py
 
 # Issue 18: which conflict measure predicts a merge's accuracy on the real adapters (the Amazon and
 # FDU-MTL in-domain studies, the FDU-MTL serving groups of 2; SIZES="2 3" adds the groups of 3; the FDU

@@ -43,3 +43,34 @@ def test_plan_settings_are_checked(plan, problem):
     with pytest.raises(ConfigError) as info:
         validate_config({**RAW, "plan": plan})
     assert any(problem in p for p in info.value.problems), info.value.problems
+
+
+def test_the_floor_defaults_to_one_point_and_every_serving_option_under_trained_bottleneck_heads():
+    cfg = validate_config(RAW)
+    assert cfg.plan.max_domain_loss == 0.01
+    assert cfg.plan_serving_options == ["plain", "rescaled", "emr", "tall"]
+    assert validate_config({**RAW, "plan": {"max_domain_loss": None}}).plan.max_domain_loss is None
+    # a refit head or a LoRA: only the plain body, by default
+    assert validate_config({**RAW, "search": {"targets": ["books"], "head": "refit"}}).plan_serving_options == ["plain"]
+    assert validate_config({**RAW, "adapter": {"method": "lora"}}).plan_serving_options == ["plain"]
+    # named options come in the registry's order
+    assert validate_config({**RAW, "plan": {"serving_options": ["tall", "plain"]}}).plan_serving_options == [
+        "plain", "tall"]
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ({"plan": {"max_domain_loss": -0.01}}, "plan.max_domain_loss: got -0.01: Input should be greater than or equal to 0"),
+    ({"plan": {"max_domain_loss": 2}}, "plan.max_domain_loss: got 2: Input should be less than or equal to 1"),
+    ({"plan": {"max_domain_loss": "one point"}}, "plan.max_domain_loss: got 'one point'"),
+    ({"plan": {"serving_options": ["masks"]}}, "plan.serving_options.0: got 'masks'"),
+    ({"plan": {"serving_options": []}}, "plan.serving_options must name at least one option"),
+    ({"plan": {"serving_options": ["tall", "tall"]}}, "plan.serving_options must name at least one option, each once"),
+    ({"plan": {"serving_options": ["plain", "emr"]}, "search": {"targets": ["books"], "head": "refit"}},
+     "plan.serving_options: got ['emr'], which need search.head: own"),
+    ({"plan": {"serving_options": ["rescaled"]}, "adapter": {"method": "lora"}},
+     "plan.serving_options: got ['rescaled'], which need a bottleneck adapter"),
+])
+def test_the_floor_and_serving_options_are_checked_with_clear_errors(raw, problem):
+    with pytest.raises(ConfigError) as info:
+        validate_config({**RAW, **raw})
+    assert any(problem in p for p in info.value.problems), info.value.problems

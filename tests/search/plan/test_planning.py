@@ -156,3 +156,60 @@ def test_a_body_key_survives_a_new_setting_at_its_default_and_changes_with_a_set
     assert body_key(changed) != body_key(group)
     other_seed = group.model_copy(update={"search": group.search.model_copy(update={"seed": 7})})
     assert body_key(other_seed) != body_key(group)
+
+
+def test_the_floor_makes_the_search_split_the_losing_domain_off_and_ranks_plans_within_it_first():
+    """Sharing a body with y lifts every other domain 5 points (1 without y) but costs y 6: on the mean y
+    belongs in a shared body at every G; only the floor says y must leave."""
+    def score(group):
+        return {d: OWN[d] + (-0.06 if d == "y" else 0.05 if "y" in group else 0.01) for d in group}
+
+    free = PlanSearch(domains=DOMAINS, distances=DIST, singles=OWN, score_group=score, budget=30).run()
+    floored = PlanSearch(domains=DOMAINS, distances=DIST, singles=OWN, score_group=score, budget=30,
+                         max_domain_loss=0.01).run()
+    assert free.value(free.best[1]) > OWN["a"]  # on the mean one body is fine
+    assert floored.worst(floored.best[1]) == ("y", pytest.approx(0.06))  # G = 1 cannot keep y
+    assert not any(g == ("y",) for g in free.best[2])  # without the floor y shares a body at G = 2
+    assert floored.best[2] == (("a", "b", "c", "x"), ("y",)) and floored.within_floor(floored.best[2])
+    # the split of the worst domain came straight after the start, before any other move
+    first_move = next(s for s in floored.steps if s.move != "agglomerative")
+    assert first_move.move == "split" and ("y",) in first_move.partition
+
+
+def test_the_chosen_plan_keeps_every_domain_within_the_floor_then_the_fewest_bytes():
+    from search.plan.front import FrontPoint
+
+    one = FrontPoint(bodies=1, partition=(tuple(DOMAINS),), accuracy=0.81, pareto=True, worst_domain="y",
+                     worst_loss=0.06, bytes=100)
+    two = FrontPoint(bodies=2, partition=(("a", "b", "c", "x"), ("y",)), accuracy=0.805, pareto=False,
+                     worst_domain="x", worst_loss=0.004, bytes=300)
+    two_masked = FrontPoint(bodies=2, partition=two.partition, accuracy=0.806, pareto=False, worst_domain="x",
+                            worst_loss=0.0, bytes=220)
+    bound = 0.80
+    assert choose_plan([one, two], bound=bound, tolerance=0.01)[0] is one  # the mean alone: one body
+    pick, why = choose_plan([one, two], bound=bound, tolerance=0.01, max_domain_loss=0.01)
+    assert pick is two and "plan.max_domain_loss" in why and "worst domain x -0.4 points" in why
+    assert choose_plan([one, two, two_masked], bound=bound, tolerance=0.01, max_domain_loss=0.01)[0] is two_masked
+    assert choose_plan([one, two], bound=bound, tolerance=0.01, max_bodies=1, max_domain_loss=0.01)[0] is one
+    with pytest.raises(ValueError, match="max_domain_loss must be >= 0"):
+        choose_plan([one], bound=bound, tolerance=0.01, max_domain_loss=-0.1)
+
+
+def test_a_group_picks_the_option_that_keeps_its_domains_within_the_floor_then_the_fewest_bytes():
+    from search.plan.serving_choice import choose_group_option, worst_domain
+
+    singles = {"a": 0.80, "b": 0.80}
+    by_option = {"plain": {"a": 0.84, "b": 0.76}, "rescaled": {"a": 0.83, "b": 0.795},
+                 "tall": {"a": 0.83, "b": 0.80}, "emr": {"a": 0.70, "b": 0.90}}
+    extra = {"plain": 0, "rescaled": 8, "tall": 64, "emr": 68}
+    assert worst_domain(by_option["plain"], singles) == ("b", pytest.approx(0.04))
+    # rescaled and tall keep b within 1 point; rescaled is within 1 point of tall's mean and costs fewer bytes
+    assert choose_group_option(by_option, singles, extra, max_domain_loss=0.01, tolerance=0.01)[0] == "rescaled"
+    assert choose_group_option(by_option, singles, extra, max_domain_loss=0.01, tolerance=0.0)[0] == "tall"
+    # without a floor: the fewest bytes within the tolerance of the best mean (tall's 0.815)
+    assert choose_group_option(by_option, singles, extra, max_domain_loss=None, tolerance=0.01)[0] == "rescaled"
+    assert choose_group_option(by_option, singles, extra, max_domain_loss=None, tolerance=0.02)[0] == "plain"
+    # no option within the floor: the one whose worst domain loses least
+    option, why = choose_group_option({"plain": by_option["plain"], "emr": by_option["emr"]}, singles, extra,
+                                      max_domain_loss=0.0, tolerance=0.01)
+    assert option == "plain" and "no option keeps every domain within the floor" in why

@@ -347,3 +347,82 @@ def test_the_registered_bundle_loads_with_pyfunc_in_a_fresh_process_and_reproduc
         assert mine == expected_labels(bundle, evaluated, d)
         accuracy = sum(a == b for a, b in zip(mine, gold)) / len(gold)
         assert accuracy == evaluated["metrics"][f"accuracy/{d}"]  # exactly what `signmix evaluate` scores
+
+def test_every_plan_of_the_front_names_its_worst_domain_and_each_domain_against_its_own_adapter_on_test(planned):
+    from search.plan.serving_plan import plan_lines
+
+    rec = planned.record
+    own = rec["front"][-1]["validation_by_domain"]  # G = N: every domain its own adapter
+    text = "\n".join(plan_lines(planned))
+    for r in rec["front"]:
+        losses = {d: own[d] - a for d, a in r["validation_by_domain"].items()}
+        assert r["worst_loss"] == pytest.approx(max(losses.values())) and losses[r["worst_domain"]] == r["worst_loss"]
+        assert f"{r['worst_domain']} {-100 * r['worst_loss']:+.1f}" in text
+        assert sorted(r["test_vs_own"]) == rec["domains"]
+        assert all(v["low"] <= v["lead"] <= v["high"] for v in r["test_vs_own"].values())
+        assert r["test_significantly_worse"] == [d for d in rec["domains"] if r["test_vs_own"][d]["high"] < 0]
+        assert r["bytes"] >= r["bodies"] * rec["adapter_bytes"] and len(r["serving"]) == r["bodies"]
+    assert rec["front"][-1]["worst_loss"] == 0.0 and "worst domain on validation:" in text
+    # every merged group of the front was served in every option and picked one
+    assert rec["serving_options"] == ["plain", "rescaled", "emr", "tall"]
+    for group, serving in rec["serving"].items():
+        assert set(serving["options"]) == set(rec["serving_options"]) and serving["option"] in serving["options"]
+
+
+def plan_with(plan_cfg, **plan):
+    """The module's config with other plan settings (the group bodies are reused: same search settings)."""
+    from search.plan.serving_plan import run_plan
+
+    return run_plan(plan_cfg.model_copy(update={"plan": plan_cfg.plan.model_copy(update=plan)}))
+
+
+@pytest.fixture(scope="module")
+def without_and_with_floor(planned, plan_cfg):
+    """Any plan is within the tolerance on the mean; the floor is off, then 0 (no domain may lose)."""
+    return (plan_with(plan_cfg, tolerance=1.0, serving_options=["plain"], max_domain_loss=None),
+            plan_with(plan_cfg, tolerance=1.0, serving_options=["plain"], max_domain_loss=0.0))
+
+
+def test_the_floor_changes_the_chosen_plan_when_a_domain_loses(without_and_with_floor):
+    free, floored = (o.record for o in without_and_with_floor)
+    one = next(r for r in free["front"] if r["bodies"] == 1)
+    assert free["chosen"]["bodies"] == 1 and one["worst_loss"] > 0  # one body: within tolerance, someone loses
+    assert floored["chosen"]["worst_loss"] <= 0 and floored["chosen"]["bodies"] > 1
+    assert "plan.max_domain_loss" in floored["why"]
+    assert any(s["move"] == "split" for s in floored["steps"])  # the search split a losing domain off
+
+
+@pytest.fixture(scope="module")
+def served_bundles(planned, plan_cfg, tmp_path_factory):
+    """One body for all five domains (any plan is within the tolerance), served with EMR masks and rescalers,
+    then with output rescalers: each exported as a bundle."""
+    out = {}
+    for option in ("emr", "rescaled"):
+        outcome = plan_with(plan_cfg, tolerance=1.0, serving_options=[option], max_domain_loss=None)
+        folder = tmp_path_factory.mktemp(f"bundle-{option}") / "bundle"
+        from search.plan.bundle import export_bundle
+
+        export_bundle(plan_cfg, folder, run_id=outcome.run_id, register=False)
+        out[option] = (folder, outcome.record)
+    return out
+
+
+@pytest.mark.parametrize("option", ["emr", "rescaled"])
+def test_a_bundle_with_masks_or_rescalers_reproduces_every_domain_exactly(served_bundles, option):
+    folder, rec = served_bundles[option]
+    assert rec["chosen"]["bodies"] == 1 and rec["chosen"]["groups"][0]["serving"] == option
+    routing = json.loads((folder / "routing.json").read_text())["domains"]
+    values = rec["chosen"]["groups"][0]["serving_values"]
+    for d, route in routing.items():
+        if option == "emr":
+            assert route["mask"] == f"masks/{d}.safetensors" and (folder / route["mask"]).is_file()
+            assert route["mask_rescaler"] == values[d]["value"] and "rescaler" not in route
+        else:
+            assert route["rescaler"] == values[d]["value"] and "mask" not in route
+    assert (folder / "init.safetensors").is_file() == (option == "emr")
+    record = json.loads(next((folder / "bodies").iterdir()).joinpath("mixture.json").read_text())
+    assert record["serving"] == option
+    for split in ("validation", "test"):
+        done = signmix("evaluate", str(folder), "--split", split)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        assert f"reproduces every domain's logged {split} accuracy" in done.stdout
