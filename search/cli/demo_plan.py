@@ -18,9 +18,12 @@ from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
 
 
 def bundle_bytes(bundle: Path) -> int:
-    """Bytes of a bundle's weights: its bodies' adapters and the domains' heads."""
+    """Bytes of a bundle's weights: its bodies' adapters, the domains' heads, masks and the shared
+    initialisation (where a domain has a mask)."""
     bodies = sum(f.stat().st_size for f in (bundle / "bodies").glob("*/adapter.safetensors"))
-    return bodies + sum(f.stat().st_size for f in (bundle / "heads").glob("*/model_head.safetensors"))
+    masks = sum(f.stat().st_size for f in [*(bundle / "masks").glob("*.safetensors"), bundle / "init.safetensors"]
+                if f.is_file())
+    return bodies + masks + sum(f.stat().st_size for f in (bundle / "heads").glob("*/model_head.safetensors"))
 
 
 def separate_bytes(cfg: Config, domains) -> int:
@@ -47,4 +50,7 @@ def serve_demo_domains(cfg: Config, out: Path, *, progress: Callable[[str], None
             f"{shipped:,} bytes of weights against {separate:,} ({100 * (1 - shipped / separate):.0f}% less), "
             f"at {rec['chosen']['test']:.4f} mean test accuracy against {bound['test']:.4f} for the {n} own adapters "
             f"({100 * (rec['chosen']['test'] - bound['test']):+.1f} points)",
+            "the worst domain on test: {} {:+.1f} points against its own adapter".format(
+                *min(((d, 100 * (a - bound["test_by_domain"][d])) for d, a in rec["chosen"]["test_by_domain"].items()),
+                     key=lambda x: (x[1], x[0]))),
             f"bundle exported to {out / 'bundle'} (`signmix evaluate {out / 'bundle'} --split test` reproduces it)"]

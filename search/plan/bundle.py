@@ -138,9 +138,9 @@ def export_bundle(cfg: Config, out: str | os.PathLike, *, run_id: str | None = N
                 routing[d] = {"body": f"bodies/{body}", "head": f"heads/{d}"}
         (staging / ROUTING_FILE).write_text(json.dumps({"base_model": cfg.base_model, "domains": routing}, indent=2),
                                             encoding="utf-8")
-        _write_serving(cfg, staging, chosen, store)
         record = {**record, "signmix_version": signmix_version(), "bundle_of_plan_run": run.info.run_id}
         (staging / PLAN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        _write_serving(cfg, staging, chosen, store)  # after routing.json and plan.json: it reads the bundle
         if register:  # the registered version's model holds a copy of the bundle
             record["registered_model"] = register_served_model(
                 client, name=cfg.registered_bundle_name, kind="bundle", experiment_id=run.info.experiment_id,

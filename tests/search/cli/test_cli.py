@@ -105,6 +105,9 @@ def test_demo_command_runs_end_to_end_and_again(tmp_path, tiny_bert):
     assert out.stdout.index("part 1, serving") < out.stdout.index("part 2, in-domain")
     assert "own adapters, refit heads (bound)" in out.stdout and "chosen: " in out.stdout
     assert re.search(r"what it saves: 5 domains served by \d adapter bod(y|ies) instead of 5 adapters", out.stdout)
+    # the plan names its worst domain, on validation (the floor's side) and on test
+    assert re.search(r"worst domain on validation: \w+ [+-]\d+\.\d points against its own adapter", out.stdout)
+    assert re.search(r"the worst domain on test: \w+ [+-]\d+\.\d points against its own adapter", out.stdout)
     routing = json.loads((tmp_path / "demo" / "bundle" / "routing.json").read_text())
     assert sorted(routing["domains"]) == ["books", "electronics", "kitchen", "movies", "support"]
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'demo' / 'mlflow.db'}" in out.stdout

@@ -378,18 +378,35 @@ def plan_with(plan_cfg, **plan):
 
 @pytest.fixture(scope="module")
 def without_and_with_floor(planned, plan_cfg):
-    """Any plan is within the tolerance on the mean; the floor is off, then 0 (no domain may lose)."""
-    return (plan_with(plan_cfg, tolerance=1.0, serving_options=["plain"], max_domain_loss=None),
-            plan_with(plan_cfg, tolerance=1.0, serving_options=["plain"], max_domain_loss=0.0))
+    """Any plan is within the tolerance on the mean; the floor is off, then 1 point. The tiny random BERT's
+    adapters are at chance, so no domain loses by itself: every shared body's search reports the support
+    task 10 points lower than it scored (its own adapter keeps its accuracy), a domain that loses."""
+    from search.plan.bodies import BodySearch
+
+    scored = BodySearch.__call__
+
+    def support_loses(self, group):
+        return {d: a - 0.10 if d == "support" else a for d, a in scored(self, group).items()}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BodySearch, "__call__", support_loses)
+        return (plan_with(plan_cfg, tolerance=1.0, serving_options=["plain"], max_domain_loss=None),
+                plan_with(plan_cfg, tolerance=1.0, serving_options=["plain"], max_domain_loss=0.01))
 
 
 def test_the_floor_changes_the_chosen_plan_when_a_domain_loses(without_and_with_floor):
     free, floored = (o.record for o in without_and_with_floor)
     one = next(r for r in free["front"] if r["bodies"] == 1)
-    assert free["chosen"]["bodies"] == 1 and one["worst_loss"] > 0  # one body: within tolerance, someone loses
-    assert floored["chosen"]["worst_loss"] <= 0 and floored["chosen"]["bodies"] > 1
+    assert free["chosen"]["bodies"] == 1 and one["worst_domain"] == "support"  # within tolerance; support loses
+    assert one["worst_loss"] == pytest.approx(0.10)
+    chosen = floored["chosen"]
+    assert chosen["worst_loss"] <= 0.01 and chosen["bodies"] > 1 and ["support"] in [g["domains"] for g in
+                                                                                      chosen["groups"]]
     assert "plan.max_domain_loss" in floored["why"]
-    assert any(s["move"] == "split" for s in floored["steps"])  # the search split a losing domain off
+    # the plan lines say which domain loses, for every G
+    from search.plan.serving_plan import plan_lines
+
+    assert "support -10.0" in "\n".join(plan_lines(without_and_with_floor[0]))
 
 
 @pytest.fixture(scope="module")
@@ -426,3 +443,38 @@ def test_a_bundle_with_masks_or_rescalers_reproduces_every_domain_exactly(served
         done = signmix("evaluate", str(folder), "--split", split)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
         assert f"reproduces every domain's logged {split} accuracy" in done.stdout
+
+
+@pytest.mark.parametrize("option", ["emr", "rescaled"])
+def test_the_readme_snippet_serves_a_domain_with_its_mask_and_rescaler_as_signmix_does(served_bundles, option):
+    """The README's loading example on a bundle with masks (EMR) or rescalers gives each domain the logits
+    that ``signmix evaluate``'s serving (:func:`search.plan.bundle.domain_served`) gives it."""
+    import re
+
+    import torch
+
+    from search.plan.bundle import domain_served
+    from trainables.model import load_encoder
+
+    folder, rec = served_bundles[option]
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    snippet = re.search(r"```python\n(# a serving bundle.*?)```", readme, flags=re.S).group(1)
+    scope: dict = {}
+    exec(snippet.replace('"bundle/', f'"{folder}/').replace("f\"bundle/", f"f\"{folder}/"), scope)
+    routing = json.loads((folder / "routing.json").read_text())
+    reference, tokenizer = load_encoder(routing["base_model"])
+    body = next(iter(routing["domains"].values()))["body"]
+    reference.load_adapter(str(folder / body), load_as="body", with_head=False, use_safetensors=True)
+    reference.set_active_adapters("body")
+    reference.eval()
+    inputs = tokenizer(["It is excellent.", "It broke after a day."], return_tensors="pt", padding=True)
+    for domain in rec["domains"][::-1] + rec["domains"]:  # every switch, both ways
+        reference.load_head(str(folder / routing["domains"][domain]["head"]), load_as=domain, use_safetensors=True)
+        reference.active_head = domain
+        with torch.no_grad(), domain_served(reference, "body", folder, routing["domains"][domain]):
+            want = reference(**inputs).logits
+        model = scope["use"](domain)
+        model.eval()
+        with torch.no_grad():
+            got = model(**inputs).logits
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
