@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from search.settings.config import Config
+from search.settings.config import Config, updated
 from search.workflows.export import check_output_dir, signmix_version
 from search.plan.bodies import group_name, own_spec
 from search.tracking.layout import KIND_TAG, MIXTURE_ARTIFACT, PLAN_ARTIFACT, PLAN_RUN_TAG
@@ -184,8 +184,8 @@ def _write_serving(cfg: Config, path: Path, served: dict, store) -> None:
     if not groups:
         return
     weights = {d: store.load_weights(d) for g in groups for d in g["domains"]}
-    with_ties = cfg.model_copy(update={"search": cfg.search.model_copy(
-        update={"merge_methods": list(dict.fromkeys([*cfg.search.merge_methods, "ties"]))})})
+    with_ties = updated(cfg, search=updated(cfg.search,
+                                            merge_methods=list(dict.fromkeys([*cfg.search.merge_methods, "ties"]))))
     init = shared_initialisation(with_ties, weights)
     for group in groups:
         domains, option = list(group["domains"]), group["serving"]

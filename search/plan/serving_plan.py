@@ -78,8 +78,10 @@ def check_plan_domains(cfg: Config) -> list[str]:
 
 def preflight_config(cfg: Config) -> Config:
     """``cfg`` as the checks before a search see a plan: every plan domain a target, heads refit
-    (the refit bound needs each domain's training split)."""
-    return updated(cfg, search=updated(cfg.search, targets=check_plan_domains(cfg), head="refit", max_members=None))
+    (the refit bound needs each domain's training split); the serving options left to their default
+    (masks and rescalers need trained heads, which the checks do not read)."""
+    return updated(cfg, search=updated(cfg.search, targets=check_plan_domains(cfg), head="refit", max_members=None),
+                   plan=updated(cfg.plan, serving_options=None))
 
 
 def _with_ties(cfg: Config) -> Config:

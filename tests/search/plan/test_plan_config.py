@@ -74,3 +74,12 @@ def test_the_floor_and_serving_options_are_checked_with_clear_errors(raw, proble
     with pytest.raises(ConfigError) as info:
         validate_config({**RAW, **raw})
     assert any(problem in p for p in info.value.problems), info.value.problems
+
+
+def test_the_checks_before_a_plan_accept_masks_and_rescalers_although_they_refit_heads():
+    from search.plan.serving_plan import preflight_config
+
+    cfg = validate_config({**RAW, "plan": {"serving_options": ["plain", "emr"]}})
+    checked = preflight_config(cfg)
+    assert checked.search.head == "refit" and checked.plan_serving_options == ["plain"]
+    assert cfg.plan_serving_options == ["plain", "emr"]  # the plan itself keeps them

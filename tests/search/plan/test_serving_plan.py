@@ -373,7 +373,9 @@ def plan_with(plan_cfg, **plan):
     """The module's config with other plan settings (the group bodies are reused: same search settings)."""
     from search.plan.serving_plan import run_plan
 
-    return run_plan(plan_cfg.model_copy(update={"plan": plan_cfg.plan.model_copy(update=plan)}))
+    from search.settings.config import updated
+
+    return run_plan(updated(plan_cfg, plan=updated(plan_cfg.plan, **plan)))
 
 
 @pytest.fixture(scope="module")
