@@ -61,9 +61,25 @@ def main() -> None:
     parser.add_argument("--factors", default="0.75,1,1.5", help="multiples of EMR's formula a rescaler tries")
     parser.add_argument("--lambdas", default="0.2,0.4,0.6", help="TALL lambdas tried")
     parser.add_argument("--max-domain-loss", type=float, default=0.01)
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the table of what --out holds (a run stopped early), scoring nothing")
     args = parser.parse_args()
     factors = tuple(float(x) for x in args.factors.split(","))
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
+    if args.report_only:
+        from search.settings.config import load_config
+        from trainables.serving_options import adapter_numel
+        from trainables.store import AdapterStore
+
+        results = json.loads((Path(args.out) / "results.json").read_text())
+        numel = results.get("adapter_numel") or adapter_numel(
+            AdapterStore(load_config(args.config).store_path).load_weights(REVIEWS[0]))
+        lines = report(results, numel, args.max_domain_loss, factors, lambdas,
+                       results.get("own_seconds", 0.0) + sum(v.get("seconds", 0.0) for v in results.values()
+                                                             if isinstance(v, dict)))
+        (Path(args.out) / "every_domain_real.md").write_text("\n".join(lines), encoding="utf-8")
+        print("\n".join(lines), flush=True)
+        return
 
     import torch
 
@@ -109,7 +125,9 @@ def main() -> None:
                 preds = predict(model.model, enc, batch)
                 own[d][split] = [int(preds[r] == enc.labels[r]) for r in range(len(enc))]
         results["own"] = own
-        kept.write_text(json.dumps(results))
+        results["own_seconds"] = time.perf_counter() - started
+    results["adapter_numel"] = adapter_numel(weights[domains[0]])
+    kept.write_text(json.dumps(results))
     for name, (group, lam) in GROUPS.items():
         if name in results:
             say(f"{name}: kept from an earlier run")
@@ -127,8 +145,7 @@ def main() -> None:
         results[name]["seconds"] = time.perf_counter() - t0
         kept.write_text(json.dumps(results))
         say(f"{name}: done in {(time.perf_counter() - t0) / 60:.1f} min")
-    numel = adapter_numel(weights[domains[0]])
-    lines = report(results, numel, args.max_domain_loss, factors, lambdas, time.perf_counter() - started)
+    lines = report(results, results["adapter_numel"], args.max_domain_loss, factors, lambdas, time.perf_counter() - started)
     (out / "every_domain_real.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines), flush=True)
 
@@ -141,6 +158,7 @@ def report(results: dict, numel: int, floor: float, factors, lambdas, seconds: f
 
     own = results["own"]
     domains = sorted(own)
+    results = {k: v for k, v in results.items() if k in GROUPS or k == "own"}
 
     def acc(rows):
         return sum(rows) / len(rows)
@@ -157,6 +175,7 @@ def report(results: dict, numel: int, floor: float, factors, lambdas, seconds: f
     lines.append(f"| 16 own adapters (trained heads) | | {iv.accuracy:.3f} [{iv.low:.3f}, {iv.high:.3f}] | | | "
                  f"{16 * adapter_bytes:,} (1.00) | |")
     for plan, groups in PLANS.items():
+        plan = plan.replace("|", "\\|")
         if not all(g in results for g in groups):
             lines.append(f"| {plan} | not measured (did not finish) | | | | | |")
             continue
@@ -183,6 +202,23 @@ def report(results: dict, numel: int, floor: float, factors, lambdas, seconds: f
             lines.append(f"| {plan} | {label} | {iv.accuracy:.3f} [{iv.low:.3f}, {iv.high:.3f}] | {worst} "
                          f"{-100 * losses[worst]:+.1f} | {len(worse)}{' (' + ', '.join(worse) + ')' if worse else ''} | "
                          f"{nbytes:,} ({nbytes / (16 * adapter_bytes):.2f}) | {'met' if goal else 'no'} |")
+    lines += ["", "Per group that finished (each group's domains only): mean test accuracy, worst domain's test loss "
+              "against its own adapter, domains significantly worse (paired bootstrap), each option's values:", "",
+              "| group | serving | mean test | worst domain | significantly worse | chosen values |", "|---|---|---|---|---|---|"]
+    for g in GROUPS:
+        if g not in results:
+            continue
+        for option in SERVING_OPTIONS:
+            per = results[g][option]
+            group = sorted(per)
+            mean = sum(acc(per[d]["correct"]["test"]) for d in group) / len(group)
+            losses = {d: acc(own[d]["test"]) - acc(per[d]["correct"]["test"]) for d in group}
+            worst = max(group, key=lambda d: losses[d])
+            worse = [d for d in group if paired_difference(per[d]["correct"]["test"], own[d]["test"]).high < 0]
+            values = ", ".join(f"{d} {per[d]['value']:.3g}" for d in group) if option != "plain" else ""
+            lines.append(f"| {g} | {option} | {mean:.3f} (own {sum(acc(own[d]['test']) for d in group) / len(group):.3f}) "
+                         f"| {worst} {-100 * losses[worst]:+.1f} | {len(worse)}{' (' + ', '.join(worse) + ')' if worse else ''} "
+                         f"| {values} |")
     lines += ["", "Per domain, test accuracy of the own adapter and of each serving (the G = 2 plan):", ""]
     g2 = PLANS["G=2, reviews+CR+MPQA | SUBJ+TREC"]
     if all(g in results for g in g2):
