@@ -19,7 +19,8 @@ than their own adapter (paired bootstrap, 95% interval below 0), bytes against t
 
 One process, one model (no Ray): each distinct group is scored once (the SUBJ + TREC group
 serves G = 2 and 3, the 12 reviews G = 3 and the reviews' G = 1), the small groups first;
-results are kept per group in ``--out`` so that what finished is reported. Run once, alone:
+results are kept per group and option in ``--out`` (a re-run goes on where a stopped one ended), and
+``--report-only`` tables what finished. Run once, alone:
 ``make every-domain-real``.
 """
 
@@ -129,7 +130,8 @@ def main() -> None:
     results["adapter_numel"] = adapter_numel(weights[domains[0]])
     kept.write_text(json.dumps(results))
     for name, (group, lam) in GROUPS.items():
-        if name in results:
+        done = results.setdefault(name, {})
+        if all(o in done for o in SERVING_OPTIONS):
             say(f"{name}: kept from an earlier run")
             continue
         group = sorted(group)
@@ -137,14 +139,17 @@ def main() -> None:
                                  merge_method="ties", density=DENSITY, lam=lam)
         body = build_mixture(weights, spec, init)
         say(f"{name}: {len(group)} domains, TIES density {DENSITY} λ {lam}; scoring {', '.join(SERVING_OPTIONS)}")
-        t0 = time.perf_counter()
-        served = serve_group(model, body, init, weights, group, encoded=encoded, batch_size=batch,
-                             splits=("validation", "test"), factors=factors, lambdas=lambdas,
-                             progress=lambda line: say(f"  {line}"))
-        results[name] = {o: {d: s.to_dict() for d, s in per.items()} for o, per in served.items()}
-        results[name]["seconds"] = time.perf_counter() - t0
-        kept.write_text(json.dumps(results))
-        say(f"{name}: done in {(time.perf_counter() - t0) / 60:.1f} min")
+        for option in SERVING_OPTIONS:  # kept one option at a time: a stopped run loses at most one
+            if option in done:
+                continue
+            t0 = time.perf_counter()
+            served = serve_group(model, body, init, weights, group, encoded=encoded, batch_size=batch,
+                                 options=[option], splits=("validation", "test"), factors=factors, lambdas=lambdas,
+                                 progress=lambda line: say(f"  {line}"))
+            done[option] = {d: s.to_dict() for d, s in served[option].items()}
+            done["seconds"] = done.get("seconds", 0.0) + time.perf_counter() - t0
+            kept.write_text(json.dumps(results))
+        say(f"{name}: done in {done['seconds'] / 60:.1f} min")
     lines = report(results, results["adapter_numel"], args.max_domain_loss, factors, lambdas, time.perf_counter() - started)
     (out / "every_domain_real.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines), flush=True)
@@ -158,7 +163,8 @@ def report(results: dict, numel: int, floor: float, factors, lambdas, seconds: f
 
     own = results["own"]
     domains = sorted(own)
-    results = {k: v for k, v in results.items() if k in GROUPS or k == "own"}
+    results = {k: v for k, v in results.items()
+               if k == "own" or (k in GROUPS and all(o in v for o in SERVING_OPTIONS))}
 
     def acc(rows):
         return sum(rows) / len(rows)
