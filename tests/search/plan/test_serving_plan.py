@@ -402,7 +402,7 @@ def test_the_floor_changes_the_chosen_plan_when_a_domain_loses(without_and_with_
     assert free["chosen"]["bodies"] == 1 and one["worst_domain"] == "support"  # within tolerance; support loses
     assert one["worst_loss"] == pytest.approx(0.10)
     chosen = floored["chosen"]
-    assert chosen["worst_loss"] <= 0.01 and chosen["bodies"] > 1 and ["support"] in [g["domains"] for g in
+    assert chosen["worst_validation_loss"] <= 0.01 and chosen["bodies"] > 1 and ["support"] in [g["domains"] for g in
                                                                                       chosen["groups"]]
     assert "plan.max_domain_loss" in floored["why"]
     # the plan lines say which domain loses, for every G
