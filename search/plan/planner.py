@@ -75,6 +75,13 @@ class PlanSearch:
     best: dict[int, Partition] = field(default_factory=dict)  # G -> best partition found
     steps: list[PlanStep] = field(default_factory=list)
     tried: set[Partition] = field(default_factory=set)
+    # kept between steps of the local search (:meth:`_next_neighbour`)
+    _neighbours: dict[Partition, list[tuple[str, Partition]]] = field(default_factory=dict, repr=False)
+    _spreads: dict[Partition, float] = field(default_factory=dict, repr=False)
+    _terms: dict[Group, tuple[float, ...]] = field(default_factory=dict, repr=False)
+    _terms_version: int = field(default=-1, repr=False)
+    _estimates: dict[Partition, tuple[float, int]] = field(default_factory=dict, repr=False)  # estimate, new groups
+    _losses: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if len(set(self.domains)) < 2:
@@ -193,39 +200,66 @@ class PlanSearch:
                         seen.setdefault((d, e), []).append(self.singles[d] - acc[d])
         return {pair: sum(v) / len(v) for pair, v in seen.items()}
 
-    def estimate(self, partition: Partition, losses: Mapping[tuple[str, str], float] | None = None) -> float:
+    def estimate(self, partition: Partition, losses: Mapping[tuple[str, str], float] | None = None,
+                 terms: dict[Group, tuple[float, ...]] | None = None) -> float:
         """The mean accuracy ``partition`` is expected to reach: exact for scored groups; for a
         new group, each member's own accuracy minus its mean pair loss with the others
-        (:meth:`_pair_losses`; a pair not seen yet counts the mean of the pairs seen)."""
+        (:meth:`_pair_losses`; a pair not seen yet counts the mean of the pairs seen).
+
+        ``terms``: a cache of each group's terms under ``losses`` (the caller keeps it while the
+        scored groups do not change); the sum runs over the same terms in the same order either way."""
         losses = self._pair_losses() if losses is None else losses
+        terms = {} if terms is None else terms
         unknown = sum(losses.values()) / len(losses) if losses else 0.0
         total = 0.0
         for g in partition:
-            if len(g) == 1 or g in self.groups:
-                acc = self.accuracies((g,))
-                total += sum(acc.values())
-                continue
-            for d in g:
-                pair = [losses.get((d, e), unknown) for e in g if e != d]
-                total += self.singles[d] - sum(pair) / len(pair)
+            found = terms.get(g)
+            if found is None:
+                if len(g) == 1 or g in self.groups:
+                    found = (sum(self.accuracies((g,)).values()),)
+                else:
+                    found = tuple(self.singles[d] - sum(pair) / len(pair)
+                                  for d in g for pair in ([losses.get((d, e), unknown) for e in g if e != d],))
+                terms[g] = found
+            for term in found:
+                total += term
         return total / len(self.domains)
 
     def _next_neighbour(self) -> tuple[str, Partition] | None:
         """Among the untried neighbours of every best plan, the one expected to gain most over
         the best plan of its own number of bodies (:meth:`estimate`); among equals the one
-        needing the fewest new group evaluations, then the most compact. None when none is left."""
+        needing the fewest new group evaluations, then the most compact. None when none is left.
+
+        The neighbours of a plan, a group's estimate terms (while no new group is scored) and a
+        plan's spread are kept between calls: most calls score a plan whose groups are all known
+        and change nothing they depend on."""
         split = self._split_below_floor()
         if split is not None:
             return "split", split
-        losses = self._pair_losses()
+        if self._terms_version != len(self.groups):  # new groups: new pair losses, new estimates
+            self._terms, self._estimates, self._terms_version = {}, {}, len(self.groups)
+            self._losses = self._pair_losses()
+        base = {bodies: self.value(p) for bodies, p in self.best.items()}
         options = []
         for best in list(self.best.values()):
-            for move, p in neighbours(best):
+            if best not in self._neighbours:
+                self._neighbours[best] = list(neighbours(best))
+            for move, p in self._neighbours[best]:
                 if p in self.tried:
                     continue
-                gain = self.estimate(p, losses) - (self.value(self.best[len(p)]) if len(p) in self.best else 0.0)
-                options.append((-gain, len(self._unscored(p)), spread(self.distances, p), p, move))
+                known = self._estimates.get(p)
+                if known is None:
+                    known = self._estimates[p] = (self.estimate(p, self._losses, self._terms), len(self._unscored(p)))
+                options.append((-(known[0] - base.get(len(p), 0.0)), known[1], p, move))
         if not options:
             return None
-        *_, p, move = min(options)
+        # min over (-gain, new groups, spread, partition, move); the spread only where the first two tie
+        first = min(o[:2] for o in options)
+        tied = [o for o in options if o[:2] == first]
+        *_, p, move = min((o[0], o[1], self._spread(o[2]), o[2], o[3]) for o in tied)
         return move, p
+
+    def _spread(self, partition: Partition) -> float:
+        if partition not in self._spreads:
+            self._spreads[partition] = spread(self.distances, partition)
+        return self._spreads[partition]
