@@ -271,7 +271,7 @@ def test_a_name_outside_a_registry_is_refused_with_every_registered_name(field):
     section, key = field.split(".")
     raw = {"name": "demo", "base_model": "roberta-base", "domains": {"books": {"path": "/data/books"}},
            "search": {"targets": ["books"], "fgsm_step": 0.01, "blackbox_attack": {}}}
-    list_field = key in ("prune_methods", "objectives", "merge_methods")
+    list_field = key in ("prune_methods", "objectives", "merge_methods", "serving_options")
     for name in REGISTERED_CHOICES[field]:  # every registered name is accepted
         validate_config({**raw, section: {**raw.get(section, {}), key: [name] if list_field else name}})
     with pytest.raises(ConfigError) as info:
