@@ -229,11 +229,10 @@ def run_probe_trials(cfg: Config, weights: Mapping, probe: Mapping, out: Path, *
 
     todo = [a for a in sorted(weights) if not (out / f"{a}.safetensors").is_file()]
     if todo:
-        connect_ray(cfg, debug=debug)
-        tuner = _tuner(cfg, _item_trial(probe_adapter, "adapter"), weights, todo, "probes",
-                       {"probe": dict(probe), "out": str(out)}, probe["activation_domains"])
-        try:
-            grid = interrupts.fit(tuner)
+        try:  # Ctrl-C while Ray starts or while the passes run: the same message, the same kept files
+            connect_ray(cfg, debug=debug)
+            grid = interrupts.fit(_tuner(cfg, _item_trial(probe_adapter, "adapter"), weights, todo, "probes",
+                                         {"probe": dict(probe), "out": str(out)}, probe["activation_domains"]))
         except KeyboardInterrupt:
             done = sum((out / f"{a}.safetensors").is_file() for a in weights)
             raise interrupts.Interrupted(
@@ -298,13 +297,12 @@ def merge_gaps(cfg: Config, specs: Sequence, *, targets: Sequence[str] | None = 
     todo = [s for s in specs if not (folder / "mixtures" / f"{s.key}.safetensors").is_file()]
     seconds = []
     if todo:
-        connect_ray(cfg, debug=debug)
         parts = max(1, cfg.search.max_concurrent)
         batches = [[s.to_dict() for s in todo[i::parts]] for i in range(parts) if todo[i::parts]]
-        tuner = _tuner(cfg, _item_trial(probe_mixtures, "specs"), shared, batches, "merge-gap",
-                       {"probe": dict(probe), "out": str(folder / "mixtures")}, targets)
-        try:
-            grid = interrupts.fit(tuner)
+        try:  # Ctrl-C while Ray starts or while the passes run
+            connect_ray(cfg, debug=debug)
+            grid = interrupts.fit(_tuner(cfg, _item_trial(probe_mixtures, "specs"), shared, batches, "merge-gap",
+                                         {"probe": dict(probe), "out": str(folder / "mixtures")}, targets))
         except KeyboardInterrupt:
             done = sum((folder / "mixtures" / f"{s.key}.safetensors").is_file() for s in specs)
             raise interrupts.Interrupted(
