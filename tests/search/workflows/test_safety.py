@@ -130,7 +130,7 @@ def test_trust_remote_code_is_off_unless_the_config_says_so(tmp_path, demo_domai
 def test_trust_remote_code_is_never_switched_on_in_code_only_passed_through():
     # passed through from the config (self: Config.experiment), the typed experiment or an export's record
     allowed = {"trust_remote_code", "cfg.trust_remote_code", "self.trust_remote_code", "experiment.trust_remote_code",
-               "ev['trust_remote_code']"}
+               "ev['trust_remote_code']", "self.settings['trust_remote_code']"}  # a bundle's record, written from the config
     passed = []
     for path in PRODUCT:
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -212,9 +212,9 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
         def __init__(self, **kwargs):
             super().__init__(**{**kwargs, "tracking_uri": sqlite})
 
-        def start(self, *, params, run_name):
+        def start(self, *, params, run_name, tags=None):
             logged["search"] = params
-            super().start(params=params, run_name=run_name)
+            super().start(params=params, run_name=run_name, tags=tags)
             raise Captured
 
     class Tracking:
@@ -227,8 +227,10 @@ def test_no_secret_reaches_the_mlflow_parameters_of_a_run(tmp_path, monkeypatch,
     real_open = search.tracking.tracker.open_experiment
     # The runners import these names at their top: they are replaced where the runners read them.
     monkeypatch.setattr(search.workflows.mixture_search, "SearchTracker", Tracker)
-    monkeypatch.setattr(search.workflows.adapter_training, "open_experiment", lambda uri, name: real_open(sqlite, name))
-    monkeypatch.setattr(search.tracking.tracker, "open_experiment", lambda uri, name: real_open(sqlite, name))
+    monkeypatch.setattr(search.workflows.adapter_training, "open_config_experiment",
+                        lambda cfg: real_open(sqlite, cfg.experiment_name))
+    monkeypatch.setattr(search.tracking.tracker, "open_experiment",
+                        lambda uri, name, **kwargs: real_open(sqlite, name, **kwargs))
     monkeypatch.setattr(search.workflows.adapter_training, "TrainingTracking", Tracking)
     monkeypatch.setattr(search.workflows.adapter_training, "connect_ray", lambda cfg, debug=False: None)
     monkeypatch.setattr(search.workflows.mixture_search, "connect_ray", lambda cfg, debug=False: None)
