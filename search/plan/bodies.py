@@ -97,6 +97,7 @@ class BodySearch:
         self.experiment_id = experiment_id
         self.bodies: dict[Group, GroupBody] = {}
         self.reused: set[Group] = set()
+        self.evaluated: dict[Group, int] = {}  # mixtures each group's search evaluated (none when reused)
         self._last_second = ""
         self.merge = space_from_config(cfg.search, cfg.plan_domains, targets=cfg.plan_domains).merge
         self.operators = OperatorRecord(self.merge.operator_choices()) if cfg.plan.transfer else None
@@ -136,6 +137,7 @@ class BodySearch:
         if summary.best_run_id is None:
             raise SignmixError(f"no mixture of {name} could be evaluated ({summary.failed} failed); "
                                "run `signmix --debug plan CONFIG` for the workers' errors")
+        self.evaluated[group] = summary.evaluated
         # tagged last: only a search that found a body is ever reused
         self.client.set_tag(summary.parent_run_id, PLAN_BODY_KEY_TAG, key)
         self._learn(group, summary.parent_run_id)

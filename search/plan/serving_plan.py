@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from search.runtime.cluster import check_cluster_storage, connect_ray
+from search.runtime.stopwatch import Stopwatch, part_key, rows_in, time_lines
 from search.settings.config import Config, updated
 from search.workflows.baselines import TIES_OF_ALL
 from search.workflows.conflict_measures import check_measures, conflict_measures
@@ -165,17 +166,26 @@ def plan_distances(cfg: Config, domains, val: Mapping[str, Mapping[str, float]],
 def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run_id, stamp, progress,
           debug) -> PlanOutcome:
     head = cfg.search.head
+    clock = Stopwatch()
     progress(f"plan: {len(domains)} domains; the bound (own adapters, trained and refit heads), soup and TIES of all"
              + (", cross heads" if cfg.plan.compatibility == "cross_heads" else "") + " in one trial")
-    base = correctness(cfg, baseline_candidates(cfg, domains, cross_heads=cfg.plan.compatibility == "cross_heads",
-                                                ties=ties), weights, name=f"{cfg.name}-plan-baselines-{stamp}", progress=progress)
+    with clock.part("baselines"):
+        base = correctness(cfg, baseline_candidates(cfg, domains, cross_heads=cfg.plan.compatibility == "cross_heads",
+                                                    ties=ties), weights, name=f"{cfg.name}-plan-baselines-{stamp}",
+                           progress=progress)
+    clock.add_rows("baselines", rows_in(base))
     val = {name: {d: accuracy(v) for d, v in c.get("validation", {}).items()} for name, c in base.items()}
     singles = {d: val[f"{head}/{d}"][d] for d in domains}  # a group of one: its own adapter, same protocol
-    distances = plan_distances(cfg, domains, val, index, progress=progress, debug=debug)
+    with clock.part(f"distances ({cfg.plan.compatibility})"):
+        distances = plan_distances(cfg, domains, val, index, progress=progress, debug=debug)
     bodies = BodySearch(cfg, plan_run_id=run_id, client=client, experiment_id=experiment_id, progress=progress,
                         debug=debug)
-    search = PlanSearch(domains=domains, distances=distances, singles=singles, score_group=bodies,
-                        budget=budget, max_domain_loss=cfg.plan.max_domain_loss).run(progress)
+    with clock.part("group searches"):
+        search = PlanSearch(domains=domains, distances=distances, singles=singles, score_group=bodies,
+                            budget=budget, max_domain_loss=cfg.plan.max_domain_loss).run(progress)
+    validation_rows = {d: len(base[f"{head}/{d}"]["validation"][d]) for d in domains}
+    # a group search scores each mixture on every member's whole validation split
+    clock.add_rows("group searches", sum(n * sum(validation_rows[d] for d in g) for g, n in bodies.evaluated.items()))
     merged = sorted({g for p in search.best.values() for g in p if len(g) > 1})
     options = cfg.plan_serving_options
     init = shared_initialisation(_with_ties(cfg), weights) if ties else None
@@ -183,9 +193,10 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
         progress("plan: the serving options other than the plain body need the adapters' shared initialisation, "
                  "which this store lacks: plain bodies only")
         options = ["plain"]
-    served = (score_serving(cfg, {g: bodies.bodies[g].spec for g in merged}, weights, init, options=options,
-                            name=f"{cfg.name}-plan-serving-{stamp}", progress=progress)
-              if merged and options != ["plain"] else {})
+    with clock.part("serving options"):
+        served = (score_serving(cfg, {g: bodies.bodies[g].spec for g in merged}, weights, init, options=options,
+                                name=f"{cfg.name}-plan-serving-{stamp}", progress=progress)
+                  if merged and options != ["plain"] else {})
     numel = sum(int(t.numel()) for t in weights[domains[0]].values())
     serving = {g: _group_serving(cfg, g, served.get(g), search.groups[g], singles, numel) for g in merged}
     for g in merged:
@@ -216,8 +227,10 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
     progress(f"plan: chosen {why}; confirming the front on the test split")
     plain_groups = {g for p in points for g in p.partition if len(g) > 1 and g not in served}
     test_cands = {f"group/{group_name(g)}": (bodies.bodies[g].spec, ["test"]) for g in sorted(plain_groups)}
-    tested = (correctness(cfg, test_cands, weights, name=f"{cfg.name}-plan-test-{stamp}", progress=progress)
-              if test_cands else {})
+    with clock.part("the front on test"):
+        tested = (correctness(cfg, test_cands, weights, name=f"{cfg.name}-plan-test-{stamp}", progress=progress)
+                  if test_cands else {})
+    clock.add_rows("the front on test", rows_in(tested))
 
     def test_correct(partition) -> dict[str, list[int]]:
         out = {}
@@ -269,6 +282,7 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
                                         "reused": g in bodies.reused}
                        for g, b in sorted(bodies.bodies.items())},
         "config": cfg.model_dump(),
+        "time_by_part": clock.record(),
     }
     return PlanOutcome(record=record, table=table, run_id=run_id, seconds=0.0)
 
@@ -390,6 +404,7 @@ def _log(client, run_id: str, outcome: PlanOutcome, experiment_id: str) -> None:
                "chosen_test_ci_low": chosen["test_low"], "chosen_test_ci_high": chosen["test_high"],
                "chosen_validation_accuracy": chosen["validation"],
                "worst_domain_test_loss": chosen["worst_domain"]["loss"]}
+    metrics.update({f"seconds_{part_key(name)}": p["seconds"] for name, p in rec.get("time_by_part", {}).items()})
     for r in rec["front"]:
         g = r["bodies"]
         metrics.update({f"validation_accuracy/G{g}": r["validation"], f"test_accuracy/G{g}": r["test"],
@@ -439,5 +454,6 @@ def plan_lines(outcome: PlanOutcome) -> list[str]:
              f"{rec['group_evaluations']} group evaluations (budget {rec['group_evaluations_budget']}; "
              f"{rec['group_searches_reused']} reused from earlier plans) in "
              f"{outcome.seconds:.0f}s; MLflow run {outcome.run_id}; export it with "
-             f"`signmix export CONFIG --plan --out bundle/`"]
+             f"`signmix export CONFIG --plan --out bundle/`",
+             "where the time went:", *time_lines(rec.get("time_by_part", {}), outcome.seconds)]
     return lines

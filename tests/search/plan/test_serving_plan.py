@@ -369,6 +369,23 @@ def test_every_plan_of_the_front_names_its_worst_domain_and_each_domain_against_
         assert set(serving["options"]) == set(rec["serving_options"]) and serving["option"] in serving["options"]
 
 
+def test_the_plan_says_where_its_time_went_part_by_part(planned):
+    from search.plan.serving_plan import plan_lines
+
+    rec = planned.record
+    parts = rec["time_by_part"]
+    assert list(parts) == ["baselines", "distances (activation_fsd)", "group searches", "serving options",
+                           "the front on test"]
+    assert all(p["seconds"] > 0 for p in parts.values()) and sum(p["seconds"] for p in parts.values()) < planned.seconds
+    assert parts["baselines"]["rows"] > 0 and parts["group searches"]["rows"] > 0
+    searched = [g for g, r in rec["group_runs"].items() if not r["reused"]]
+    assert rec["group_evaluations"] >= len(searched) > 0
+    text = "\n".join(plan_lines(planned))
+    assert "where the time went:" in text
+    for name, p in parts.items():
+        assert f"  {name}: {p['seconds']:.1f}s" in text
+
+
 def plan_with(plan_cfg, **plan):
     """The module's config with other plan settings (the group bodies are reused: same search settings)."""
     from search.plan.serving_plan import run_plan
