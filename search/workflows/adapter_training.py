@@ -139,7 +139,9 @@ def run_training(cfg: Config, *, force: bool = False, progress: Progress = logge
         param_space={"domain": tune.grid_search(todo), "fingerprints": prints, "run_params": run_params,
                      "imports": {d: cfg.domains[d].adapter.source() for d in heads},
                      "experiment": cfg.experiment(), "store": os.path.abspath(cfg.store_path)},
-        tune_config=tune.TuneConfig(reuse_actors=False),
+        # one worker process trains domain after domain (each trial seeds itself): no new process,
+        # no second import of torch and transformers per domain
+        tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{cfg.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_uri(cfg),
             verbose=0, failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),

@@ -32,17 +32,22 @@ def signmix(*args: str, cwd: Path | None = None, timeout: float = 120) -> subpro
 
 
 @pytest.fixture(scope="module")
-def trained_store(tmp_path_factory, ray_cluster, tiny_bert, demo_domains) -> Path:
-    """A folder with two trained adapters (books, support), their MLflow runs and a config,
-    trained once for the module; each case copies it before breaking it."""
+def trained_store(tmp_path_factory, shared_store, tiny_bert, demo_domains) -> Path:
+    """A folder with two trained adapters (books, support), its MLflow experiment and a config;
+    each case copies it before breaking it. The adapters are the session's shared store's (trained
+    with the same settings: ``signmix train`` finds them and trains nothing)."""
     from search.settings.config import load_config
+    from search.tracking.tracker import open_config_experiment
     from search.workflows.adapter_training import run_training
 
     folder = tmp_path_factory.mktemp("trained")
     cfg = load_config(write_config(folder, base_model=tiny_bert, domains={d: demo_domains[d] for d in DOMAINS},
                                    targets=["books"]))
+    for d in DOMAINS:
+        shutil.copytree(Path(shared_store) / d, Path(cfg.store_path) / d)
     summary = run_training(cfg)
-    assert sorted(summary.trained) == sorted(DOMAINS) and not summary.failed
+    assert sorted(summary.skipped) == sorted(DOMAINS) and not summary.trained and not summary.failed
+    open_config_experiment(cfg)
     assert not _running_runs(folder / "runs" / "mlflow.db")
     return folder
 
