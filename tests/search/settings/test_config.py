@@ -61,6 +61,23 @@ def test_minimal_config_loads_with_defaults(tmp_path):
     assert cfg.adapter.method == "seq_bn"
 
 
+def test_the_search_gates_on_activation_fsd_by_default_and_weight_fsd_is_one_setting_away(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.search.conflict_measure == "activation_fsd" and cfg.search.max_fsd == "auto"
+    assert cfg.search.gate_measures == ("activation_fsd",) and not cfg.search.gate_on_weight_signs
+    paper = load_config(write(tmp_path, MINIMAL + "  conflict_measure: weight_fsd\n"))
+    assert paper.search.gate_on_weight_signs
+
+
+def test_a_fixed_max_fsd_must_name_the_measure_it_applies_to(tmp_path):
+    # the number was a weight-FSD threshold when weight FSD was the default: never applied silently elsewhere
+    problem = only_problem(tmp_path, MINIMAL + "  max_fsd: 0.4\n")
+    assert "max_fsd 0.4 is a fixed threshold on a conflict measure" in problem
+    assert "conflict_measure: weight_fsd" in problem
+    named = load_config(write(tmp_path, MINIMAL + "  max_fsd: 0.4\n  conflict_measure: weight_fsd\n"))
+    assert named.search.max_fsd == 0.4 and named.search.gate_on_weight_signs
+
+
 def test_defaults_for_storage_tracking_and_experiment(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     runs = (tmp_path / "signmix_runs").resolve()
