@@ -333,7 +333,8 @@ def test_a_config_without_targets_serves_every_domain_with_data(tmp_path, search
 
 def test_the_default_operators_are_those_that_served_best_and_in_domain_is_one_setting_away(tmp_path):
     cfg = load_config(write(tmp_path, SERVING))
-    assert cfg.search.merge_methods == ["average", "ties", "task_arithmetic", "dare_ties"]
+    # TIES first: the greedy warm start walks the first operator (the paper's average: one setting away)
+    assert cfg.search.merge_methods == ["ties", "average", "task_arithmetic", "dare_ties"]
     assert cfg.search.lambdas == [1.0, 1.5, 2.0] and cfg.search.densities == [0.1, 0.2]
     in_domain = load_config(write(tmp_path, SERVING + "search: {targets: [books]}\n"))
     assert in_domain.search.targets == ["books"]
@@ -343,7 +344,7 @@ def test_the_default_operators_are_those_that_served_best_and_in_domain_is_one_s
 
 @pytest.mark.parametrize("adapter, lora_merge, expected", [
     ("", "", ["average"]),  # imported bottleneck adapters: no shared initialisation to merge deltas from
-    ("adapter: {method: lora}\n", "", ["average", "ties", "task_arithmetic", "dare_ties"]),  # ΔW starts at 0
+    ("adapter: {method: lora}\n", "", ["ties", "average", "task_arithmetic", "dare_ties"]),  # ΔW starts at 0
     ("adapter: {method: lora}\n", "  lora_merge: factors\n", ["average"]),
 ], ids=["seq_bn", "lora-delta-svd", "lora-factors"])
 def test_imported_adapters_default_to_the_operators_they_can_use(tmp_path, adapter, lora_merge, expected):
