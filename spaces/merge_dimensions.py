@@ -48,7 +48,7 @@ class MergeChoices:
     """Operators and their parameter choices; ``weights`` "uniform" or "searched" (on a grid).
 
     The first operator and each list's first value are the defaults: what a proposal that
-    does not name them (the greedy warm start, the soup of all) uses.
+    does not name them (the greedy warm start) uses; the soup of all averages whatever comes first.
     """
 
     merge_methods: tuple[str, ...] = ("average",)

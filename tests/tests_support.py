@@ -10,13 +10,21 @@ import yaml
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon_multidomain"
 
 
+# The conflict measure of test searches that do not test it: weight FSD needs no probe pass
+# (the product's default, activation FSD, runs one Ray trial per adapter first). Tests of the
+# default leave it out (``write_config(..., default_conflict_measure=True)``).
+CHEAP_CONFLICT_MEASURE = {"conflict_measure": "weight_fsd"}
+
+
 def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], targets: list[str] | None,
-                 **overrides) -> Path:
+                 default_conflict_measure: bool = False, **overrides) -> Path:
     """Write a signmix YAML config into ``folder``; ``overrides`` replace whole sections.
 
     The search averages (``merge_methods: [average]``), the operator the tests of subsets,
-    pruning and the pre-filter were written for; tests of the operators and of the product's
-    defaults say what they want. ``targets=None`` leaves the targets out (serving: every domain)."""
+    pruning and the pre-filter were written for, and gates on weight FSD
+    (:data:`CHEAP_CONFLICT_MEASURE`) unless ``default_conflict_measure``; tests of the operators
+    and of the product's defaults say what they want. ``targets=None`` leaves the targets out
+    (serving: every domain)."""
     config = {
         "name": "test-exp",
         "base_model": base_model,
@@ -26,6 +34,7 @@ def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], tar
         "search": {"strategy": "exhaustive", "num_mixtures": 20, "prune_ratios": [0.0, 0.5],
                    "max_fsd": "auto", "max_concurrent": 2, "merge_methods": ["average"],
                    "confirm": False,  # tests of the test-split confirmation turn it on
+                   **({} if default_conflict_measure else CHEAP_CONFLICT_MEASURE),
                    **({} if targets is None else {"targets": targets})},
         "resources": {"cpu": 1},
         "ray": {"storage_path": str(folder / "runs")},

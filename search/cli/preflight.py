@@ -65,11 +65,20 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
         check_base_model(cfg.base_model)
         check_refit_data(cfg)
         check_store_for_search(cfg)
-        # auto leaves out what cannot be measured; weight FSD needs no more than the store
-        if not (cfg.search.gate_on_weight_signs or cfg.search.gate_chooses_measure):
-            from search.workflows.conflict_measures import check_measures
+        check_gate_measures(cfg)
 
-            check_measures(cfg, list(cfg.search.gate_measures))
+
+def check_gate_measures(cfg: Config) -> None:
+    """The conflict measure the search's gate computes (activation FSD by default) must be one the
+    store and the data can give. ``auto`` leaves out what cannot be measured; weight FSD needs no
+    more than the store; a search whose mixtures all hold the same members computes none."""
+    from search.workflows.conflict_gate import holds_one_member_set
+
+    if cfg.search.gate_on_weight_signs or cfg.search.gate_chooses_measure or holds_one_member_set(cfg):
+        return
+    from search.workflows.conflict_measures import check_measures
+
+    check_measures(cfg, list(cfg.search.gate_measures))
 
 
 def check_base_model(base_model: str) -> None:

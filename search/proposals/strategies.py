@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal
 
 from spaces.errors import SpecError
 from spaces.fsd import rank_by_mean_fsd
+from spaces.merge_dimensions import MERGE_METHOD_PARAM
 from spaces.space import MixtureSpace
 from search.settings.choices import STRATEGY_NAMES, check_registry
 
@@ -96,16 +97,24 @@ def _distinct(space: MixtureSpace) -> Iterator[dict]:
             yield params
 
 
+# The operator choice that leaves one adapter as it is: the average of one member is that member,
+# where TIES (the default first operator) would trim it to its largest entries.
+AS_IT_IS = {MERGE_METHOD_PARAM: "average"}
+
+
 def greedy_path(space: MixtureSpace, index: SignIndex) -> list[dict]:
-    """The paper's Greedy Adapter Mixing (Alg. 1) for l = 1..N, as parameter dicts: the l
-    adapters with the smallest mean FSD to all others (targets first when they must be
-    members), unpruned (the space's first ratio). The path stops at ``max_members``: a longer
-    mixture is outside the space and would only be rejected."""
+    """Greedy Adapter Mixing (Alg. 1) for l = 1..N, as parameter dicts: the l adapters with the
+    smallest mean FSD to all others (targets first when they must be members), unpruned (the
+    space's first ratio), merged with the space's first operator (TIES by default; the paper
+    averages: ``merge_methods: [average, ...]``). A path step of one adapter keeps it as it is
+    when the space can average. The path stops at ``max_members``: a longer mixture is outside
+    the space and would only be rejected."""
     ranked = rank_by_mean_fsd(index.row_means(), space.free_domains)
     start = 0 if space.require_targets else 1
     fixed = len(space.targets) if space.require_targets else 0
     stop = len(ranked) if space.max_members is None else max(start, min(len(ranked), space.max_members - fixed))
-    return [space.params_for(ranked[:n]) for n in range(start, stop + 1)]
+    alone = AS_IT_IS if AS_IT_IS[MERGE_METHOD_PARAM] in space.merge.merge_methods else None
+    return [space.params_for(ranked[:n], merge=alone if fixed + n == 1 else None) for n in range(start, stop + 1)]
 
 
 class GreedyFsd(_ListStrategy):
@@ -118,12 +127,16 @@ class GreedyFsd(_ListStrategy):
 
 
 class SoupAll(_ListStrategy):
-    """The uniform average of every adapter (AdapterSoup over all domains)."""
+    """The uniform average of every adapter (AdapterSoup over all domains), whatever operator
+    comes first in the space: the soup is an average by definition."""
 
     name = "soup_all"
 
     def __init__(self, *, space: MixtureSpace, **_: object) -> None:
-        super().__init__([space.params_for(space.free_domains)])
+        if AS_IT_IS[MERGE_METHOD_PARAM] not in space.merge.merge_methods:
+            raise SpecError(f"strategy soup_all is the uniform average of every adapter, but search.merge_methods "
+                            f"is {list(space.merge.merge_methods)}: add average to it")
+        super().__init__([space.params_for(space.free_domains, merge=AS_IT_IS)])
 
 
 class OptunaStrategy(Strategy):

@@ -67,9 +67,15 @@ TieRule = choice("search.when_tied")
 LoraMerge = choice("search.lora_merge")
 
 
-# search.merge_methods when the config does not say: average first (the warm start's greedy
-# path and soup_all are the paper's averages), then the operators that served best on real data.
-DEFAULT_MERGE_METHODS = ("average", "ties", "task_arithmetic", "dare_ties")
+# search.conflict_measure when the config does not say (the reason is beside the field below).
+DEFAULT_CONFLICT_MEASURE = "activation_fsd"
+
+# search.merge_methods when the config does not say: TIES first, because the first is what the
+# greedy warm start walks, and on real data TIES beat the uniform average by about 12 points
+# (BENCHMARKS.md, "When does mixing pay?"; a search that walked averages exported a mixture 8
+# points under TIES of all). The paper's averaged greedy path is one setting away:
+# merge_methods: [average, ...]. The soup stays a uniform average whatever comes first.
+DEFAULT_MERGE_METHODS = ("ties", "average", "task_arithmetic", "dare_ties")
 
 
 class SearchConfig(FrozenModel):
@@ -98,11 +104,14 @@ class SearchConfig(FrozenModel):
     # auto: filter only once the evaluated mixtures show FSD predicts accuracy here (search/proposals/fsd_gate.py);
     # a number: a fixed threshold; null: no FSD filter.
     max_fsd: Union[Annotated[float, Field(ge=0.0, le=1.0)], Literal["auto"], None] = "auto"
-    # What the gate measures conflict with (spaces/measures.py): weight_fsd (the FSD above),
+    # What the gate measures conflict with (spaces/measures.py): weight_fsd (the paper's FSD above),
     # delta_fsd, activation_fsd, cross_head; auto: every one of them is tracked and the one whose
     # evidence is strongest filters (search/proposals/measure_gate.py). The probe measures read probe_size
-    # rows of each domain's probe_split.
-    conflict_measure: ConflictMeasure = "weight_fsd"
+    # rows of each domain's probe_split, once per store (search/workflows/conflict_measures.py caches them).
+    # activation_fsd by default: on real data it predicts accuracy (partial Spearman -0.67 over 384
+    # in-domain mixtures, -0.75 over 28 serving pairs) where weight FSD predicts nothing (+0.01..+0.03;
+    # BENCHMARKS.md, "Which conflict measure predicts?"); max_fsd: auto still filters only on evidence.
+    conflict_measure: ConflictMeasure = DEFAULT_CONFLICT_MEASURE
     probe_size: Annotated[int, Field(ge=PROBE_SIZE_RANGE[0], le=PROBE_SIZE_RANGE[1])] = DEFAULT_PROBE_SIZE
     probe_split: Literal["train", "validation", "test"] = "train"
     # Confirm the chosen mixture and the baselines once on the test split (search/workflows/confirmation.py).
@@ -136,8 +145,9 @@ class SearchConfig(FrozenModel):
     # parameter a choice list (density: ties; drop_rate: dare_*; lambda: all but average);
     # weights equal, or searched (one per member, on a grid of 0.1 to 1.0, normalised).
     # The defaults are the operators and scales that served real domains best (BENCHMARKS.md,
-    # "When does mixing pay?"); the first of each list is what the warm start, soup_all and
-    # the "TIES of all" baseline use.
+    # "When does mixing pay?"). The first operator is what the greedy warm start merges with
+    # (a step of one adapter keeps it as it is); the first density and λ are what it and the
+    # "TIES of all" baseline use. soup_all and the soup baseline average, whatever comes first.
     merge_methods: list[MergeMethodName] = Field(default_factory=lambda: list(DEFAULT_MERGE_METHODS))
     densities: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=lambda: [0.1, 0.2])
     drop_rates: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=lambda: [0.5])
@@ -176,6 +186,17 @@ class SearchConfig(FrozenModel):
             raise ValueError(f"conflict_measure: auto chooses its measure from the evidence, so a fixed max_fsd "
                              f"({self.max_fsd}) has no measure to apply to: set max_fsd: auto (or null), or name "
                              "the measure in conflict_measure")
+        return self
+
+    @model_validator(mode="after")
+    def _fixed_threshold_names_its_measure(self):
+        # A number is a threshold on one measure's scale: a config written when weight FSD was the
+        # default must not silently apply it to activation FSD.
+        if isinstance(self.max_fsd, float) and "conflict_measure" not in self.model_fields_set:
+            raise ValueError(f"max_fsd {self.max_fsd} is a fixed threshold on a conflict measure, and the config "
+                             f"does not name one (the default is {DEFAULT_CONFLICT_MEASURE}; it was weight_fsd "
+                             "before): set conflict_measure: weight_fsd for the paper's FSD threshold, or "
+                             f"conflict_measure: {DEFAULT_CONFLICT_MEASURE}, or max_fsd: auto")
         return self
 
     @model_validator(mode="after")

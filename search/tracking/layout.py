@@ -29,6 +29,7 @@ KEY_TAG = "signmix.mixture_key"  # MixtureSpec.key: one run per distinct mixture
 TRIAL_TAG = "signmix.trial_id"
 ERROR_TAG = "signmix.error"
 FILTER_REASON_TAG = "signmix.filter_reason"
+BASELINE_TAG = "signmix.baseline"  # a one-body baseline the confirmation chose over the searched mixtures (soup, ties_of_all)
 STUDY_PART_TAG = "signmix.study_part"  # subsets | sweep | sparse_mixing
 STUDY_TARGET_TAG = "signmix.target"
 SPARSE_SIZE_TAG = "signmix.sparse_size"

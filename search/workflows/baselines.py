@@ -11,17 +11,20 @@ from typing import Mapping, Sequence
 
 from search.settings.config import Config
 from search.workflows.new_domain import confirmation_weights, new_domain_targets
-from search.tracking.layout import spec_from_params
-from search.tracking.tracker import open_config_experiment
+from search.tracking.layout import BASELINE_TAG, spec_from_params
+from search.tracking.tracker import SearchTracker, open_config_experiment
 from spaces.operators import MERGE_OPERATORS
 from spaces.spec import MixtureSpec, make_mixture_spec
 from trainables.evaluate import evaluate_targets, mixture_model, mixture_targets
+from trainables.example_correctness import write_correctness
 from trainables.initialisation import initial_adapter_weights
 from trainables.mixture_trial import INIT_KEY, load_mixture
 from trainables.store import ADAPTER_FILE, HEAD_FILE, AdapterStore
 
 # The one name of the TIES-of-all baseline, wherever it is evaluated or reported.
 TIES_OF_ALL = "ties_of_all"
+# The ``strategy`` parameter of a baseline's mixture run (no strategy proposed it).
+BASELINE_STRATEGY = "baseline"
 
 
 def baseline_specs(cfg: Config, *, every_single: bool = False) -> dict[str, MixtureSpec]:
@@ -52,26 +55,56 @@ def ties_of_all(cfg: Config, members: Sequence[str], targets: Sequence[str], *, 
                              merge_method="ties", density=cfg.search.densities[0], lam=cfg.search.lambdas[0])
 
 
+def _mixer(cfg: Config, specs: Sequence[MixtureSpec], weights: Mapping[str, Mapping], targets: Sequence[str]):
+    """The experiment, the adapters (with the shared initialisation when an operator of ``specs``
+    needs it) and this process's model that build ``specs`` as a trial does."""
+    import os
+
+    experiment = cfg.experiment(targets)
+    shared = dict(weights)
+    if any(MERGE_OPERATORS[s.merge_method].needs_init for s in specs):
+        shared[INIT_KEY] = initial_adapter_weights(experiment, cfg.store_path)
+    return experiment, shared, mixture_model(experiment, os.path.abspath(cfg.store_path))
+
+
 def evaluate_specs(cfg: Config, specs: Mapping[str, MixtureSpec],
                    weights: Mapping[str, Mapping] | None = None) -> dict[str, dict[str, float]]:
     """Mean and per-target validation accuracy of each spec, keyed like ``specs``; built (with the
     shared initialisation when an operator needs it) and headed (own or refit) as in a trial."""
-    import os
-
-
     if weights is None:
         weights, _ = confirmation_weights(cfg, cfg.search.targets)
-    experiment = cfg.experiment()
-    shared = dict(weights)
-    if any(MERGE_OPERATORS[s.merge_method].needs_init for s in specs.values()):
-        shared[INIT_KEY] = initial_adapter_weights(experiment, cfg.store_path)
-    model = mixture_model(experiment, os.path.abspath(cfg.store_path))
+    experiment, shared, model = _mixer(cfg, list(specs.values()), weights, cfg.search.targets)
     out: dict[str, dict[str, float]] = {}
     for name, spec in specs.items():
         load_mixture(model, spec, shared, experiment)
         out[name] = evaluate_targets(model.model, spec.targets, mixture_targets(model, experiment),
                                      cfg.search.eval_batch_size)
     return out
+
+
+def log_baseline_run(cfg: Config, *, name: str, spec: MixtureSpec, weights: Mapping[str, Mapping], index,
+                     validation: Mapping[str, Sequence[int]], search_run_id: str):
+    """Log the baseline ``name`` (``spec``: the soup, TIES of all) as an evaluated mixture run of the
+    search ``search_run_id``, tagged ``signmix.baseline``: its mixture built as a trial builds it
+    and saved as the run's artifact (what ``signmix export`` writes), its validation accuracies
+    those of ``validation`` (target -> per-example 0/1: the confirmation's). Returns the run."""
+    import tempfile
+
+    accuracy = {f"accuracy/{t}": sum(validation[t]) / len(validation[t]) for t in spec.targets}
+    metrics = {**accuracy, "accuracy_mean": sum(accuracy.values()) / len(accuracy), "k": spec.k}
+    tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name, strategy=BASELINE_STRATEGY,
+                            measure=cfg.search.fsd_measure)
+    tracker.parent_id = search_run_id
+    experiment, shared, model = _mixer(cfg, [spec], weights, spec.targets)
+    with tempfile.TemporaryDirectory(prefix="signmix-baseline-") as folder:
+        load_mixture(model, spec, shared, experiment)
+        model.save(folder, list(spec.targets))
+        write_correctness(folder, "validation", {t: validation[t] for t in spec.targets})
+        tracker.finish_mixture(spec, "evaluated", metrics=metrics, artifact_dir=folder,
+                               fsd=index.subset_fsd(spec.members, cfg.search.fsd_measure))
+    run_id = tracker.runs[spec.key]
+    tracker.client.set_tag(run_id, BASELINE_TAG, name)
+    return tracker.client.get_run(run_id)
 
 
 def serving_lines(cfg: Config, best: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> list[str]:

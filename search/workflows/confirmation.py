@@ -3,9 +3,11 @@
 At the end of a search (and in ``signmix export`` when the search did not confirm):
 
 - the tie rule (``search.when_tied``) compares the best mixture on **validation** with its
-  runner-up and the targets-alone mixture when the search evaluated it (never in serving,
-  where every mixture holds exactly the targets), reading the per-example validation
-  correctness each search trial kept (:mod:`search.workflows.confirmation_passes`);
+  runner-up, the targets-alone mixture when the search evaluated it (never in serving,
+  where every mixture holds exactly the targets) and the one-body baselines (the soup, TIES of
+  all), reading the per-example validation correctness each search trial kept
+  (:mod:`search.workflows.confirmation_passes`); a baseline that beats the searched mixtures is
+  what the search exports (logged as a mixture run of the search);
 - then, in parallel Ray Tune trials (:func:`trainables.confirmation_trial.confirm_candidates`,
   one per mixture), on each target's **test** split: the chosen mixture, the targets alone,
   each target's own adapter (and its validation split), the uniform soup of all adapters and
@@ -27,8 +29,9 @@ import time
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 from search.runtime.cluster import connect_ray
-from search.workflows.baselines import TIES_OF_ALL, ties_of_all
+from search.workflows.baselines import TIES_OF_ALL, log_baseline_run, ties_of_all
 from search.workflows.confirmation_decision import (
+    ONE_BODY_BASELINES,
     blackbox_measure,
     confirmation_metrics,
     decide_and_measure,
@@ -155,7 +158,8 @@ def candidates_for(cfg: Config, best, ranked: Iterable, index) -> tuple[dict, di
 
 
 def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | None, weights=None, index=None,
-                   best=None, rule: str | None = None, progress=logger.info) -> dict:
+                   best=None, rule: str | None = None, baselines_compete: bool = True,
+                   progress=logger.info) -> dict:
     """Confirm a search (or the experiment, ``parent_id=None``): the evaluations, the statistics,
     the MLflow run. Returns the confirmation record (what ``mixture.json`` stores).
 
@@ -163,7 +167,11 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
     kept when they were evaluated: it decides first, mostly without evaluating anything. Then
     one parallel round evaluates what is left: the chosen mixture (and the targets alone) on
     test, each target's own adapter on both splits, the soup and greedy's pick on test, and
-    the baselines' validation splits that no search run kept."""
+    the baselines' validation splits that no search run kept.
+
+    The one-body baselines (the soup, TIES of all) compete with the searched mixtures on
+    validation (``baselines_compete``; not for a run the user named): one that wins is confirmed on
+    test like them and logged as a mixture run of the search, so that ``signmix export`` writes it."""
     if best is None:
         best = next(ranked_runs(client, experiment_id, parent_id, page=1))
     new = new_domain_targets(cfg, spec_from_run(best).targets)
@@ -175,13 +183,16 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
         candidates.update(new_domain_candidates(cfg, new, progress=progress))
     specs = {n: spec for n, (spec, _) in candidates.items()}
     name = f"{cfg.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
+    competing = tuple(b for b in ONE_BODY_BASELINES if b in candidates) if baselines_compete else ()
     validation = stored_validation(client, experiment_id, candidates, runs)
-    unknown = {n: (specs[n], ["validation"]) for n in runs if n not in validation}
-    if unknown:  # searched before their correctness was kept
-        progress(f"confirmation: {len(unknown)} searched mixture(s) evaluated on validation for the tie rule")
+    unknown = {n: (specs[n], ["validation"]) for n in (*runs, *competing) if n not in validation}
+    if unknown:  # searched before their correctness was kept, and the baselines (often kept in the store)
+        progress(f"confirmation: {len(unknown)} candidate(s) evaluated on validation for the tie rule")
         validation.update({n: c["validation"] for n, c in run_confirmation_trials(
             cfg, unknown, weights, name=f"{name}-validation", progress=progress).items()})
-    chosen = tie_rule_choice(validation, specs, runs, rule=rule, seed=cfg.search.seed)
+    chosen = tie_rule_choice(validation, specs, runs, rule=rule, seed=cfg.search.seed, baselines=competing)
+    if chosen in competing:  # confirmed on test like a searched mixture
+        candidates[chosen] = (specs[chosen], list(dict.fromkeys([*candidates[chosen][1], "test"])))
     todo = {}
     for cname, (spec, splits) in candidates.items():
         if cname in runs and cname not in (chosen, "alone"):
@@ -202,7 +213,13 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
                                        name=f"{name}-best-single", progress=progress)
         for n, splits in more.items():
             correct[n].update(splits)
-    record = decide_and_measure(correct, specs, runs, rule=rule, seed=cfg.search.seed)
+    search_run_id = parent_id or best.data.tags.get("mlflow.parentRunId")
+    if chosen in competing:
+        progress(f"confirmation: {specs[chosen].label()} ({chosen}) beats the searched mixtures on validation; "
+                 "logged as a mixture run of the search to be exported")
+        runs = {**runs, chosen: log_baseline_run(cfg, name=chosen, spec=specs[chosen], weights=weights, index=index,
+                                                 validation=correct[chosen]["validation"], search_run_id=search_run_id)}
+    record = decide_and_measure(correct, specs, runs, rule=rule, seed=cfg.search.seed, baselines=competing)
     if cfg.search.blackbox_attack is not None:
         record["blackbox"] = blackbox_measure(correct, chosen, list(record["targets"]), seed=cfg.search.seed)
     if new:
@@ -210,13 +227,12 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
                                                  seed=cfg.search.seed)
         record["notes"].extend(comparison_lines(record["new_domain"]))
     record["validation_baselines"] = validation_baselines(correct, list(specs["best"].targets))
-    record["mlflow_run_id"] = log_confirmation(client, experiment_id, parent_id or best.data.tags.get(
-        "mlflow.parentRunId"), record)
+    record["mlflow_run_id"] = log_confirmation(client, experiment_id, search_run_id, record)
     return record
 
 
 def record_chosen_name(record: Mapping, runs: Mapping) -> str:
-    """The candidate name (``best``, ``runner_up``, ``alone``) of the record's chosen run."""
+    """The candidate name (``best``, ``runner_up``, ``alone``, or a baseline) of the record's chosen run."""
     return next(n for n, r in runs.items() if r.info.run_id == record["chosen_run_id"])
 
 
@@ -248,6 +264,8 @@ def log_confirmation(client, experiment_id: str, parent_id: str | None, record: 
               Param("confidence", str(record["confidence"])), Param("split", "test")]
     params += [Param(f"{name}_members", ",".join(c["members"])) for name, c in record["baselines"].items()
                if name in ("soup", "greedy")]
+    if record.get("chosen_baseline"):
+        params.append(Param("chosen_baseline", record["chosen_baseline"]))
     metrics = {**confirmation_metrics(record), **comparison_metrics(record.get("new_domain", {}))}
     client.log_batch(run.info.run_id, params=params,
                      metrics=[Metric(k, logged_value(k, v), ts, 0) for k, v in metrics.items()])
@@ -305,7 +323,7 @@ def confirmed_choice(cfg: Config, client, experiment_id: str, run, *, explicit: 
 
         connect_ray(cfg)
         record = confirm_search(cfg, client=client, experiment_id=experiment_id, parent_id=None, best=run,
-                                rule="higher_accuracy" if explicit else None)
+                                rule="higher_accuracy" if explicit else None, baselines_compete=not explicit)
     else:
         return run, None
     if record["chosen_run_id"] != run.info.run_id:

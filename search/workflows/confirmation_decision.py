@@ -10,7 +10,9 @@ Record layout::
      "targets": {t: {"accuracy", "ci_low", "ci_high", "n", "p_vs_own"}},
      "test_accuracy_mean",
      "baselines": {"own" | "soup" | "greedy": {"label", "members", "targets": {t: {"accuracy", "ci_low", "ci_high"}}}},
-     "validation": {"vs_runner_up": {...} | None, "vs_alone": {...} | None, "vs_own": {t: {...}}},
+     "chosen_baseline": "soup" | "ties_of_all" | None,
+     "validation": {"vs_runner_up": {...} | None, "vs_alone": {...} | None, "vs_own": {t: {...}},
+                    "vs_baselines": {"soup" | "ties_of_all": {...}}},
      "notes": [sentences]}
 """
 
@@ -43,22 +45,50 @@ def _interval(lead: Mapping) -> str:
     return f"{lead['lead']:+.3f} (95% interval [{lead['low']:+.3f}, {lead['high']:+.3f}], n {lead['n']})"
 
 
+# The searched candidates the best is compared with on validation (they have MLflow runs).
+SEARCHED_RIVALS = ("runner_up", "alone")
+# The one-body baselines the search scores (the soup of all, TIES of all), candidates of the export
+# too: a search never exports less than a baseline it scored itself.
+ONE_BODY_BASELINES = ("soup", TIES_OF_ALL)
+BASELINE_WORDS = {"soup": "the soup of all adapters (their uniform average)", TIES_OF_ALL: "TIES of all adapters"}
+
+
 def _chosen(tied: Sequence[str], val: Mapping, specs: Mapping, rule: str) -> str:
-    """The tie rule: among the candidates tied with the best on validation, the one exported."""
-    if rule != "fewer_members":
-        return "best"
+    """The tie rule: among the candidates tied with the best on validation, the one exported.
+
+    ``fewer_members``: the fewest members, then the higher validation accuracy. ``higher_accuracy``:
+    the searched best, unless a one-body baseline tied with it scored higher on validation."""
     targets = list(specs["best"].targets)
+    if rule != "fewer_members":
+        return max((n for n in tied if n == "best" or n in ONE_BODY_BASELINES),
+                   key=lambda n: (_mean_accuracy(val[n], targets), n == "best"))
     return min(tied, key=lambda n: (specs[n].k, -_mean_accuracy(val[n], targets), tied.index(n)))
 
 
-def tie_rule_choice(val: Mapping, specs: Mapping, runs: Mapping, *, rule: str, seed: int = 0) -> str:
-    """Which exportable candidate (``best``, ``runner_up``, ``alone``) the tie rule exports, from
-    their validation correctness alone (``val``: name -> target -> 0/1): what
-    :func:`decide_and_measure` chooses, known before any test split is evaluated."""
+def validation_leads(val: Mapping, specs: Mapping, rivals: Sequence[str], *, seed: int = 0) -> dict[str, dict]:
+    """The best mixture's validation lead over each rival whose validation correctness ``val``
+    holds (a rival that is the best's own mixture is left out)."""
     targets = list(specs["best"].targets)
-    tied = ["best"] + [n for n in ("runner_up", "alone") if n in runs
-                       and _diff(val["best"], val[n], targets, seed)["tied"]]
-    return _chosen(tied, val, specs, rule)
+    return {n: _diff(val["best"], val[n], targets, seed) for n in rivals
+            if n in val and n in specs and specs[n].key != specs["best"].key}
+
+
+def tie_rule_choice(val: Mapping, specs: Mapping, runs: Mapping, *, rule: str, seed: int = 0,
+                    baselines: Sequence[str] = ONE_BODY_BASELINES) -> str:
+    """Which candidate the export takes, from validation correctness alone (``val``: name ->
+    target -> 0/1): what :func:`decide_and_measure` chooses, known before any test split is evaluated.
+
+    A one-body baseline of ``baselines`` (those ``val`` holds) that leads the searched best beyond
+    the validation interval is exported, whatever the rule (the one that leads most, when
+    several do). Otherwise the candidates whose lead is inside the interval are tied with the
+    best (``best``, ``runner_up``, ``alone`` of ``runs``, and the baselines) and the rule picks one."""
+    targets = list(specs["best"].targets)
+    rivals = [n for n in SEARCHED_RIVALS if n in runs] + [n for n in baselines if n in ONE_BODY_BASELINES]
+    leads = validation_leads(val, specs, rivals, seed=seed)
+    ahead = [n for n in baselines if n in leads and leads[n]["high"] < 0]
+    if ahead:
+        return max(ahead, key=lambda n: _mean_accuracy(val[n], targets))
+    return _chosen(["best"] + [n for n, lead in leads.items() if lead["tied"]], val, specs, rule)
 
 
 def validation_baselines(correct: Mapping, targets: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -77,35 +107,41 @@ def validation_baselines(correct: Mapping, targets: Sequence[str]) -> dict[str, 
     return out
 
 
-def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule: str, seed: int = 0) -> dict:
-    """Apply the tie rule on validation, then measure the chosen mixture and the baselines on test.
+def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule: str, seed: int = 0,
+                       baselines: Sequence[str] = ONE_BODY_BASELINES) -> dict:
+    """Apply the tie rule on validation (:func:`tie_rule_choice`), then measure the chosen mixture
+    and the baselines on test.
 
     Args:
         correct: candidate name -> split -> target -> per-example 0/1 (the confirmation trial's).
         specs: candidate name -> its MixtureSpec (``best``, ``runner_up``, ``alone``, ``own/<t>``,
-            ``soup``, ``greedy/<k>``).
-        runs: the exportable candidates' MLflow runs (``best``, and ``runner_up``/``alone`` if any).
+            ``soup``, ``ties_of_all``, ``greedy/<k>``).
+        runs: the MLflow runs of the exportable candidates (``best``, and ``runner_up``/``alone`` if
+            any), and of the chosen baseline when the rule chose one (the caller logs it).
         rule: ``fewer_members`` or ``higher_accuracy`` (``search.when_tied``).
         seed: the bootstrap's seed.
+        baselines: the one-body baselines that compete for the export when ``correct`` holds
+            their validation split (none: an export of a run the user named).
     """
 
     best = specs["best"]
     targets = list(best.targets)
-    val = {name: correct[name]["validation"] for name in runs}
-    validation: dict = {"vs_runner_up": None, "vs_alone": None, "vs_own": {}}
+    val = {name: splits["validation"] for name, splits in correct.items() if "validation" in splits}
+    chosen = tie_rule_choice(val, specs, runs, rule=rule, seed=seed, baselines=baselines)
+    chosen_spec = specs[chosen]
+    validation: dict = {"vs_runner_up": None, "vs_alone": None, "vs_own": {}, "vs_baselines": {}}
     notes: list[str] = []
-    tied = ["best"]
-    for name, key in (("runner_up", "vs_runner_up"), ("alone", "vs_alone")):
-        if name in runs:
-            lead = _diff(val["best"], val[name], targets, seed)
-            validation[key] = {**lead, "label": specs[name].label(), "run_id": runs[name].info.run_id}
-            if lead["tied"]:
-                tied.append(name)
+    leads = validation_leads(val, specs, [*SEARCHED_RIVALS, *(n for n in baselines if n in ONE_BODY_BASELINES)],
+                             seed=seed)
+    for name, lead in leads.items():
+        if name in SEARCHED_RIVALS and name in runs:
+            validation[f"vs_{name}"] = {**lead, "label": specs[name].label(), "run_id": runs[name].info.run_id}
+        elif name in baselines:
+            validation["vs_baselines"][name] = {**lead, "label": specs[name].label()}
     for t in targets:
         validation["vs_own"][t] = _diff(correct["best"]["validation"], correct[f"own/{t}"]["validation"], [t], seed)
-
-    chosen = _chosen(tied, val, specs, rule)
-    chosen_spec = specs[chosen]
+    if chosen in ONE_BODY_BASELINES:
+        notes.append(baseline_choice_note(chosen, best, chosen_spec, validation["vs_baselines"][chosen], rule))
 
     ru = validation["vs_runner_up"]
     if ru is not None and ru["tied"]:
@@ -122,7 +158,7 @@ def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule:
         if lead["tied"]:
             notes.append(f"On {t}, the best mixture's validation lead over {t}'s own adapter is {_interval(lead)}: "
                          f"inside the interval, no better than {t} alone on this data.")
-    if chosen != "best":
+    if chosen in SEARCHED_RIVALS:
         notes.append(f"Exported {chosen_spec.label()} ({chosen_spec.k} member(s)) instead of {best.label()} "
                      f"({best.k}): tied on validation, and search.when_tied is {rule}.")
 
@@ -161,11 +197,23 @@ def decide_and_measure(correct: Mapping, specs: Mapping, runs: Mapping, *, rule:
     return {
         "split": "test", "confidence": CONFIDENCE, "when_tied": rule,
         "best_run_id": runs["best"].info.run_id, "chosen_run_id": runs[chosen].info.run_id,
+        "chosen_baseline": chosen if chosen in ONE_BODY_BASELINES else None,
         "chosen_label": chosen_spec.label(), "chosen_members": list(chosen_spec.members), "chosen_k": chosen_spec.k,
         "targets": per_target,
         "test_accuracy_mean": sum(v["accuracy"] for v in per_target.values()) / len(per_target),
         "baselines": baselines, "validation": validation, "notes": notes,
     }
+
+
+def baseline_choice_note(name: str, best, baseline, lead: Mapping, rule: str) -> str:
+    """The summary's sentence when a one-body baseline is exported instead of the searched mixtures
+    (``lead``: the searched best's validation lead over it, negative when the baseline leads)."""
+    behind = {"lead": -lead["lead"], "low": -lead["high"], "high": -lead["low"], "n": lead["n"]}
+    why = ("it leads the searched best beyond the validation interval" if lead["high"] < 0 else
+           f"it is tied with the searched best on validation and scored higher, and search.when_tied is {rule}")
+    return (f"Exported {BASELINE_WORDS[name]} ({baseline.label()}), a baseline the search scored itself, not one of "
+            f"the searched mixtures: its validation lead over the searched best {best.label()} is {_interval(behind)}; "
+            f"{why}.")
 
 
 def confirmation_metrics(record: Mapping) -> dict[str, float]:
@@ -178,7 +226,9 @@ def confirmation_metrics(record: Mapping) -> dict[str, float]:
     ``<prefix>test_ci_high/<t>``. With the black-box attack on, ``<prefix>bb_test_robust_accuracy/<t>``,
     ``<prefix>bb_test_ci_low/<t>``, ``<prefix>bb_test_ci_high/<t>`` (no prefix: the chosen mixture) and the
     attacked rows ``bb_test_n/<t>``. Validation leads: ``val_lead_vs_runner_up`` (+ ``_low``,
-    ``_high``), ``val_lead_vs_own/<t>`` (+ ``val_lead_vs_own_low/<t>``, ``..._high/<t>``).
+    ``_high``), ``val_lead_vs_own/<t>`` (+ ``val_lead_vs_own_low/<t>``, ``..._high/<t>``), and over
+    each one-body baseline that competed for the export: ``val_lead_vs_soup``, ``val_lead_vs_ties_of_all``
+    (+ ``_low``, ``_high``; negative: the baseline leads).
     """
     m: dict[str, float] = {"test_accuracy_mean": record["test_accuracy_mean"]}
     for t, v in record["targets"].items():
@@ -202,6 +252,8 @@ def confirmation_metrics(record: Mapping) -> dict[str, float]:
     for t, v in record["validation"]["vs_own"].items():
         m.update({f"val_lead_vs_own/{t}": v["lead"], f"val_lead_vs_own_low/{t}": v["low"],
                   f"val_lead_vs_own_high/{t}": v["high"]})
+    for b, v in record["validation"].get("vs_baselines", {}).items():
+        m.update({f"val_lead_vs_{b}": v["lead"], f"val_lead_vs_{b}_low": v["low"], f"val_lead_vs_{b}_high": v["high"]})
     return m
 
 
@@ -256,6 +308,7 @@ def record_from_run(run) -> dict:
                               **({"p_vs_alone": m[f"p_vs_alone/{t}"]} if f"p_vs_alone/{t}" in m else {})}
                           for t in targets},
               "test_accuracy_mean": m.get("test_accuracy_mean"), "baselines": {},
+              "chosen_baseline": p.get("chosen_baseline") or None,
               "notes": [n for n in tags.get(NOTES_TAG, "").split(" | ") if n], "mlflow_run_id": run.info.run_id}
     for b in ("own", "soup", "greedy", "alone"):
         per = {t: {"accuracy": m[f"{b}_test_accuracy/{t}"], "ci_low": m[f"{b}_test_ci_low/{t}"],

@@ -26,10 +26,13 @@ def gate_for_search(cfg, space: MixtureSpace, tolerance: float, index: SignIndex
                     debug: bool = False) -> tuple[FsdGate, object]:
     """The search's gate and what orders its greedy warm start (the sign index, or a measure).
 
-    ``conflict_measure: weight_fsd`` is today's FSD gate on the sign index. Any other measure
-    (or ``auto``) computes the pairwise measures it needs once (cached in the store)."""
+    ``conflict_measure: weight_fsd`` is the paper's FSD gate on the sign index. Any other measure
+    (``activation_fsd``, the default, or ``auto``) computes the pairwise measures it needs once
+    (cached in the store, so a later search of the same adapters reads them). A search whose
+    mixtures all hold the same members (serving: every domain a target and a member) has no
+    member set to tell apart: it computes nothing and keeps the sign index."""
 
-    if cfg.search.gate_on_weight_signs:
+    if cfg.search.gate_on_weight_signs or holds_one_member_set(cfg):
         return make_gate(cfg, space, tolerance), index
 
     candidates = list(cfg.search.gate_measures)
@@ -43,6 +46,12 @@ def gate_for_search(cfg, space: MixtureSpace, tolerance: float, index: SignIndex
     if cfg.search.strategy == "tpe" and cfg.search.warm_start == "greedy_fsd":
         progress(f"conflict gate: tracks {', '.join(gate.candidates)}; {why}")
     return gate, order or index
+
+
+def holds_one_member_set(cfg) -> bool:
+    """Whether every mixture of ``cfg``'s search holds the same members: the targets are required
+    and are every member domain (a serving search, a plan's group body)."""
+    return cfg.search.require_targets and set(cfg.search.targets) == set(cfg.member_domains)
 
 
 def _measurable(cfg, name: str, progress) -> bool:

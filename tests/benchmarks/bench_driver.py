@@ -199,7 +199,9 @@ def build_config(work: Path, args, weights: dict):
     data.mkdir(exist_ok=True)
     raw = {"name": "driver", "base_model": "synthetic", "domains": {n: {"path": str(data)} for n in names},
            "search": {"strategy": args.strategy, "targets": [names[0]], "num_mixtures": args.trials,
-                      "max_fsd": max_fsd, "max_concurrent": args.concurrent, "confirm": False,
+                      # the sign index's FSD: a synthetic store has no data to probe, and max_fsd is on its scale
+                      "max_fsd": max_fsd, "conflict_measure": "weight_fsd",
+                      "max_concurrent": args.concurrent, "confirm": False,
                       "mixtures_per_trial": args.mixtures_per_trial,
                       **({} if args.switch_after < 0 else {"tpe_switch_after": args.switch_after or None})},
            "resources": {"cpu": 1}, "ray": {"storage_path": str(work / "runs"), "num_cpus": args.concurrent},

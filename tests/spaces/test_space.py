@@ -215,10 +215,12 @@ def test_singletons_are_always_accepted(index, measure, member):
 
 def _search(**overrides):
     """A config's ``search:`` section with its defaults (search/settings/search_section.py states them), averaging
-    (the operator these tests of subsets and pruning count with) unless told otherwise."""
+    (the operator these tests of subsets and pruning count with) and weight FSD (the scale of their fixed
+    max_fsd thresholds) unless told otherwise."""
     from search.settings.config import SearchConfig
 
-    return SearchConfig(**{"targets": ["a"], "merge_methods": ["average"], **overrides})
+    return SearchConfig(**{"targets": ["a"], "merge_methods": ["average"], "conflict_measure": "weight_fsd",
+                           **overrides})
 
 
 @pytest.mark.parametrize("percentile", [50.0, 75.0, 100.0])

@@ -116,7 +116,8 @@ def test_demo_command_runs_end_to_end_and_again(tmp_path, tiny_bert):
     # Test accuracies with 95% intervals, confirmed once on the test split, printed and exported.
     assert "test accuracy [95% CI]" in out.stdout and "McNemar p vs own" in out.stdout
     assert re.search(r"chosen: .*books\s+0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\]", out.stdout), out.stdout
-    assert "FSD gate (" in out.stdout
+    # The gate on the default conflict measure (activation FSD, a probe pass per adapter) says what it decided.
+    assert re.search(r"conflict gate \((filter|no_signal|too_few)\): activation_fsd: ", out.stdout), out.stdout
     books = record["confirmation"]["targets"]["books"]
     assert books["ci_low"] <= books["accuracy"] <= books["ci_high"]
     again = signmix("demo", "--out", str(tmp_path / "demo"), "--base-model", tiny_bert, "--num-mixtures", "4")

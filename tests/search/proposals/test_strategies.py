@@ -10,7 +10,9 @@ import torch
 from optuna.trial import TrialState
 
 from search.proposals.strategies import STRATEGIES, Exhaustive, GreedyFsd, OptunaStrategy, SoupAll, make_strategy
+from spaces.errors import SpecError
 from spaces.fsd import SignIndex
+from spaces.merge_dimensions import MergeChoices
 from spaces.space import MixtureSpace
 
 NAMES = ("a", "b", "c", "d", "t")
@@ -128,6 +130,30 @@ def test_exhaustive_proposes_a_mixture_once_however_many_operator_choices_merge_
     assert sorted((s.members, s.merge_method) for s in specs) == sorted(
         (members, method) for members in (("b",), ("a", "b"), ("b", "c"), ("a", "b", "c"))
         for method in ("average", "task_arithmetic"))
+
+
+TIES_FIRST = MergeChoices(merge_methods=("ties", "average"), densities=(0.2,))
+
+
+@pytest.mark.parametrize("targets, require_targets", [(("t",), True), (("x",), False)], ids=["in-domain", "new-domain"])
+def test_the_greedy_path_merges_with_the_first_operator_and_keeps_a_lone_adapter_as_it_is(index, targets,
+                                                                                            require_targets):
+    space = MixtureSpace(domains=NAMES, targets=targets, require_targets=require_targets, merge=TIES_FIRST)
+    specs = [space.to_mixture_spec(params) for _, params in drain(GreedyFsd(space=space, index=index))]
+    assert [s.k for s in specs] == [1, 2, 3, 4, 5]
+    assert (specs[0].merge_method, specs[0].members) == ("average", ("t",))  # the adapter, not trimmed by TIES
+    assert all(s.merge_method == "ties" and s.density == 0.2 for s in specs[1:])
+
+
+@pytest.mark.parametrize("require_targets", [True, False])
+def test_soup_all_averages_whatever_operator_comes_first(require_targets):
+    space = MixtureSpace(domains=("c", "a", "b"), targets=("b",), require_targets=require_targets, merge=TIES_FIRST)
+    ((_, params),) = drain(make_strategy("soup_all", space=space, index=None, seed=0, budget=1, study_name="x"))
+    spec = space.to_mixture_spec(params)
+    assert spec.members == ("a", "b", "c") and spec.merge_method == "average" and spec.is_uniform
+    no_average = MixtureSpace(domains=("c", "a", "b"), targets=("b",), merge=MergeChoices(merge_methods=("ties",)))
+    with pytest.raises(SpecError, match="soup_all is the uniform average of every adapter.*add average"):
+        make_strategy("soup_all", space=no_average, index=None, seed=0, budget=1, study_name="y")
 
 
 @pytest.mark.parametrize("require_targets", [True, False])

@@ -371,3 +371,53 @@ def test_joining_a_token_cluster_without_the_token_names_the_fix(searched, two_n
                          cwd=cfg_path.parent, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr[-3000:]
     assert "set RAY_AUTH_MODE=token" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.fixture(scope="module")
+def searched_with_the_default_measure(searched, two_nodes, tmp_path_factory, tiny_bert, demo_domains):
+    """The same search on the same two-node cluster with the product's default conflict measure
+    (activation FSD: one probe trial per adapter before the search), over ``searched``'s store."""
+    from tests_support import write_config
+
+    first, _, _, _ = searched
+    folder = tmp_path_factory.mktemp("cluster-activation")
+    cfg_path = write_config(folder, base_model=tiny_bert, domains={d: demo_domains[d] for d in ("books", "electronics")},
+                            targets=["books"], default_conflict_measure=True, store=str(first / "adapters"),
+                            search={"max_fsd": None, "num_mixtures": 4, "max_concurrent": 2},
+                            ray={"address": two_nodes["address"]})
+    out = folder / "driver.json"
+    run = subprocess.run([sys.executable, "-c", DRIVER, str(cfg_path), str(out)], env=two_nodes["env"],
+                         cwd=folder, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return folder, cfg_path, json.loads(out.read_text())
+
+
+@pytest.mark.integration
+def test_default_activation_fsd_search_on_two_local_nodes_standing_in_for_a_remote_cluster_probes_on_the_nodes(
+        searched_with_the_default_measure):
+    # Nothing of signmix is mocked: the "remote" cluster is two Ray nodes started on this machine
+    # (so the store and storage path are shared by a file system, as a cluster's shared storage is).
+    import yaml
+    from mlflow import MlflowClient
+
+    from search.settings.config import load_config
+    from search.tracking.layout import GATE_MEASURE_TAG
+
+    folder, cfg_path, report = searched_with_the_default_measure
+    assert "conflict_measure" not in yaml.safe_load(cfg_path.read_text())["search"], "the product's default"
+    cfg = load_config(cfg_path)
+    assert cfg.search.conflict_measure == "activation_fsd"
+    assert not report["failed"] and report["evaluated"] == 4 and report["search_failed"] == 0
+    # One probe trial per adapter ran on the cluster's nodes, and wrote its pass into the store.
+    probes = {}
+    for result in (folder / "runs").glob("*-probes-*/*/result.json"):
+        probes[result.parent.name] = {json.loads(line)["pid"] for line in result.read_text().splitlines() if line.strip()}
+    assert len(probes) == 2, f"expected a probe trial per adapter, found {sorted(probes)}"
+    assert {_node_of_pid(pid, report["nodes"]) for pids in probes.values() for pid in pids} <= set(report["nodes"])
+    kept = list((Path(cfg.store_path) / ".measures").glob("*/probes/*.safetensors"))
+    assert sorted(p.stem for p in kept) == ["books", "electronics"]
+    # The search's gate checked activation FSD, and said so on its MLflow run.
+    client = MlflowClient(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    (search_run,) = client.search_runs([experiment.experiment_id], filter_string="tags.`signmix.kind` = 'search'")
+    assert search_run.data.tags[GATE_MEASURE_TAG] == "activation_fsd"

@@ -61,6 +61,23 @@ def test_minimal_config_loads_with_defaults(tmp_path):
     assert cfg.adapter.method == "seq_bn"
 
 
+def test_the_search_gates_on_activation_fsd_by_default_and_weight_fsd_is_one_setting_away(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.search.conflict_measure == "activation_fsd" and cfg.search.max_fsd == "auto"
+    assert cfg.search.gate_measures == ("activation_fsd",) and not cfg.search.gate_on_weight_signs
+    paper = load_config(write(tmp_path, MINIMAL + "  conflict_measure: weight_fsd\n"))
+    assert paper.search.gate_on_weight_signs
+
+
+def test_a_fixed_max_fsd_must_name_the_measure_it_applies_to(tmp_path):
+    # the number was a weight-FSD threshold when weight FSD was the default: never applied silently elsewhere
+    problem = only_problem(tmp_path, MINIMAL + "  max_fsd: 0.4\n")
+    assert "max_fsd 0.4 is a fixed threshold on a conflict measure" in problem
+    assert "conflict_measure: weight_fsd" in problem
+    named = load_config(write(tmp_path, MINIMAL + "  max_fsd: 0.4\n  conflict_measure: weight_fsd\n"))
+    assert named.search.max_fsd == 0.4 and named.search.gate_on_weight_signs
+
+
 def test_defaults_for_storage_tracking_and_experiment(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     runs = (tmp_path / "signmix_runs").resolve()
@@ -316,7 +333,8 @@ def test_a_config_without_targets_serves_every_domain_with_data(tmp_path, search
 
 def test_the_default_operators_are_those_that_served_best_and_in_domain_is_one_setting_away(tmp_path):
     cfg = load_config(write(tmp_path, SERVING))
-    assert cfg.search.merge_methods == ["average", "ties", "task_arithmetic", "dare_ties"]
+    # TIES first: the greedy warm start walks the first operator (the paper's average: one setting away)
+    assert cfg.search.merge_methods == ["ties", "average", "task_arithmetic", "dare_ties"]
     assert cfg.search.lambdas == [1.0, 1.5, 2.0] and cfg.search.densities == [0.1, 0.2]
     in_domain = load_config(write(tmp_path, SERVING + "search: {targets: [books]}\n"))
     assert in_domain.search.targets == ["books"]
@@ -326,7 +344,7 @@ def test_the_default_operators_are_those_that_served_best_and_in_domain_is_one_s
 
 @pytest.mark.parametrize("adapter, lora_merge, expected", [
     ("", "", ["average"]),  # imported bottleneck adapters: no shared initialisation to merge deltas from
-    ("adapter: {method: lora}\n", "", ["average", "ties", "task_arithmetic", "dare_ties"]),  # ΔW starts at 0
+    ("adapter: {method: lora}\n", "", ["ties", "average", "task_arithmetic", "dare_ties"]),  # ΔW starts at 0
     ("adapter: {method: lora}\n", "  lora_merge: factors\n", ["average"]),
 ], ids=["seq_bn", "lora-delta-svd", "lora-factors"])
 def test_imported_adapters_default_to_the_operators_they_can_use(tmp_path, adapter, lora_merge, expected):

@@ -6,7 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from search.workflows.confirmation_decision import confirmation_lines, confirmation_metrics, decide_and_measure
+from search.workflows.confirmation_decision import (
+    confirmation_lines,
+    confirmation_metrics,
+    decide_and_measure,
+    tie_rule_choice,
+)
 from spaces.spec import make_mixture_spec
 
 
@@ -111,6 +116,7 @@ def test_with_two_targets_the_validation_lead_is_in_mean_accuracy_not_pooled_exa
            "runner_up": {"t": [1] * 150 + [0] * 50, "u": [1] * 16 + [0] * 4}}
     test = {"t": [1] * 200, "u": [1] * 20}
     correct = {name: {"validation": val.get(name, val["runner_up"]), "test": test} for name in sp}
+    correct["soup"]["validation"] = {"t": [0] * 200, "u": [0] * 20}  # a baseline that competes for nothing here
     record = decide_and_measure(correct, sp, {"best": run("best"), "runner_up": run("ru")}, rule="higher_accuracy")
     assert record["validation"]["vs_runner_up"]["lead"] == pytest.approx((0.05 - 0.30) / 2)
 
@@ -122,3 +128,57 @@ def test_a_validation_set_too_small_to_separate_mixtures_is_warned_with_the_numb
     assert warning.startswith("target books: 100 validation examples give a 95% interval of about ±0.098")
     assert "about 385 examples would be needed" in warning  # 1.96² · 0.25 / 0.05² = 384.1
     assert small_validation_warnings({"books": 385}, 0.05) == []
+
+
+# One-body baselines compete for the export ----------------------------------------------------
+
+def _with_ties_of_all(ties_val, *, n=100):
+    """The search's candidates plus TIES of all (every adapter) with ``ties_val`` on validation and
+    0.90 on test; the searched best scores 0.82 on validation."""
+    s = {**specs(), "ties_of_all": make_mixture_spec(members=["a", "b", "c", "t"], targets=["t"], merge_method="ties",
+                                                     density=0.2, lam=1.0)}
+    c = correctness([1] * 82 + [0] * 18, [1] * 80 + [0] * 20, n=n)
+    c["ties_of_all"] = {"validation": {"t": ties_val}, "test": {"t": [1] * 90 + [0] * 10}}
+    c["soup"]["validation"] = {"t": [1] * 50 + [0] * 50}
+    return c, s
+
+
+@pytest.mark.parametrize("rule", ["fewer_members", "higher_accuracy"])
+def test_ties_of_all_beating_the_searched_best_beyond_the_interval_is_exported(rule):
+    # TIES of all is right on every row the best is right on, and on 15 more: a lead the data supports.
+    c, s = _with_ties_of_all([1] * 97 + [0] * 3)
+    runs = {"best": run("best"), "runner_up": run("ru")}
+    assert tie_rule_choice({n: v["validation"] for n, v in c.items() if "validation" in v}, s, runs,
+                           rule=rule) == "ties_of_all"
+    record = decide_and_measure(c, s, {**runs, "ties_of_all": run("ties-run")}, rule=rule)
+    assert record["chosen_baseline"] == "ties_of_all" and record["chosen_run_id"] == "ties-run"
+    assert record["chosen_members"] == ["a", "b", "c", "t"]
+    assert record["targets"]["t"]["accuracy"] == 0.90  # confirmed on test like any chosen mixture
+    lead = record["validation"]["vs_baselines"]["ties_of_all"]
+    assert lead["high"] < 0 and lead["lead"] == pytest.approx(-0.15)
+    assert record["notes"][0].startswith("Exported TIES of all adapters (")
+    assert "not one of the searched mixtures" in record["notes"][0]
+    assert "beyond the validation interval" in record["notes"][0]
+    assert confirmation_metrics(record)["val_lead_vs_ties_of_all"] == pytest.approx(-0.15)
+    assert any("Exported TIES of all adapters" in line for line in confirmation_lines(record))
+
+
+def test_a_baseline_tied_with_the_searched_best_is_exported_only_as_the_rule_says():
+    # TIES of all right on 1 more row than the best: inside the interval, a tie.
+    c, s = _with_ties_of_all([1] * 83 + [0] * 17)
+    val = {n: v["validation"] for n, v in c.items() if "validation" in v}
+    runs = {"best": run("best"), "runner_up": run("ru")}
+    # fewer members first: the runner-up (2) before the best (3) and TIES of all (4)
+    assert tie_rule_choice(val, s, runs, rule="fewer_members") == "runner_up"
+    # the higher accuracy among the tied: TIES of all, which scored higher than the searched best
+    assert tie_rule_choice(val, s, runs, rule="higher_accuracy") == "ties_of_all"
+    # a run the user named for export: no baseline competes
+    assert tie_rule_choice(val, s, runs, rule="higher_accuracy", baselines=()) == "best"
+
+
+def test_a_baseline_the_searched_best_beats_is_never_exported():
+    c, s = _with_ties_of_all([1] * 60 + [0] * 40)
+    record = decide_and_measure(c, s, {"best": run("best"), "runner_up": run("ru")}, rule="higher_accuracy")
+    assert record["chosen_run_id"] == "best" and record["chosen_baseline"] is None
+    assert record["validation"]["vs_baselines"]["ties_of_all"]["low"] > 0
+    assert not any("Exported" in note for note in record["notes"])

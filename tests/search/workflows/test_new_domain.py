@@ -6,6 +6,7 @@ carries the new domain's baselines."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from tests_support import mlflow_runs, write_config
@@ -33,7 +34,8 @@ def new_domain_search(tmp_path_factory, ray_cluster, tiny_bert, demo_domains, sh
     path = write_config(folder, base_model=tiny_bert, domains=domains, targets=["books"], store=str(store),
                         search={"strategy": "tpe", "num_mixtures": 5, "prune_ratios": [0.0], "max_fsd": None,
                                 "merge_methods": ["average", "ties"], "densities": [0.5], "lambdas": [1.0],
-                                "weights": "searched", "head": "refit", "confirm": True, "adaptersoup_k": 2})
+                                "weights": "searched", "head": "refit", "confirm": True, "adaptersoup_k": 2},
+                        default_conflict_measure=True)  # the product's activation FSD, probed on the 12 rows
     import yaml
 
     raw = yaml.safe_load(path.read_text())
@@ -64,6 +66,19 @@ def test_a_data_only_target_is_never_a_member_and_its_weights_are_searched(new_d
         assert r.data.params["targets"] == "books" and r.data.params["head"] == "refit"
         assert r.data.params["merge_method"] in ("average", "ties")
     assert any(r.data.params.get("weights") not in (None, "uniform") for r in runs)
+
+
+def test_the_default_conflict_measure_probes_the_library_on_the_few_rows_and_keeps_them(new_domain_search):
+    from search.workflows.conflict_measures import MEASURES_DIR, conflict_measures
+
+    cfg, _, _ = new_domain_search
+    (search_run,) = mlflow_runs(cfg, "tags.`signmix.kind` = 'search'")
+    assert search_run.data.tags["signmix.gate_measure"] == "activation_fsd"
+    probes = {p: p.stat().st_mtime_ns for p in (Path(cfg.store_path) / MEASURES_DIR).glob("*/probes/*.safetensors")}
+    assert sorted(p.stem for p in probes) == sorted(LIBRARY)  # one pass per library adapter, kept in the store
+    measure = conflict_measures(cfg, ["activation_fsd"])["activation_fsd"]  # the next search reads them back
+    assert sorted(measure.names) == sorted(LIBRARY)
+    assert {p: p.stat().st_mtime_ns for p in probes} == probes  # no pass ran again
 
 
 def test_the_refit_head_is_fit_on_the_few_examples_drawn_with_their_seed(new_domain_search):

@@ -71,9 +71,10 @@ def test_adapters_folders_with_and_without_head_train_and_search(tmp_path, ray_c
                                        num_labels=2, seed=1)
     no_head = _plain_adapters_folder(tiny_bert, tmp_path / "users" / "movies", SeqBnConfig(reduction_factor=4),
                                      num_labels=None, seed=2)
+    # the product's conflict measure (activation FSD: a probe pass over the imported adapters)
     path = write_config(tmp_path, base_model=tiny_bert, targets=["books", "movies"],
                         domains={d: demo_domains[d] for d in ("books", "movies", "kitchen")},
-                        search={"prune_ratios": [0.0], "num_mixtures": 4})
+                        search={"prune_ratios": [0.0], "num_mixtures": 4}, default_conflict_measure=True)
     cfg = load_config(_with_adapters(path, {"books": {"path": "./users/books"}, "movies": {"path": str(no_head)}}))
 
     summary = run_training(cfg)
@@ -101,6 +102,9 @@ def test_adapters_folders_with_and_without_head_train_and_search(tmp_path, ray_c
     lines: list[str] = []
     s = run_search(cfg, progress=lines.append)
     assert s.evaluated >= 2 and not s.failed
+    assert any(line.startswith("measures: probe passes of 3 adapters") for line in lines), lines
+    (search_run,) = mlflow_runs(cfg, "tags.`signmix.kind` = 'search'")
+    assert search_run.data.tags["signmix.gate_measure"] == "activation_fsd"
     # the user's adapters were initialised independently (seeds 1 and 2): said with the numbers
     assert any("did not start from one initialisation" in line and "books/movies" in line for line in lines), lines
 
