@@ -110,6 +110,8 @@ class Neighbourhood:
             (np.arange(g)[:, None] < np.arange(g)[None, :]).ravel()])
         self.blocked = np.zeros_like(self.valid)
         self.bounds = np.cumsum([0, n * g, n, n * n, g * g])
+        self._kept: tuple | None = None  # (version, gains, new groups, affordable) of the last look
+        self._partitions: dict[int, Partition] = {}
 
     # -- the sizes of every neighbour's new groups -------------------------------------------
     def _sizes(self) -> dict[str, np.ndarray]:
@@ -173,6 +175,7 @@ class Neighbourhood:
             if c == size[k] - 1:  # group k less one domain
                 (d,) = set(np.flatnonzero(self.grp == k)) - set(members)
                 self.exact_less[d] = exact
+                self._kept = None
             return
         if len(counts) != 2:
             return
@@ -187,23 +190,31 @@ class Neighbourhood:
                 self.exact_traded[a, b] = exact
         if ci == size[i] and ck == size[k]:
             self.exact_merged[min(i, k), max(i, k)] = exact
+        self._kept = None
 
     def block(self, flat: int) -> None:
         """The neighbour at ``flat`` is tried: never offer it again."""
         self.blocked[flat] = True
 
-    def best(self, *, losses: np.ndarray, offsets: Mapping[str, float], remaining: int) -> list[Candidate]:
+    def best(self, *, losses: np.ndarray, version: int, offsets: Mapping[str, float],
+             remaining: int) -> list[Candidate]:
         """The untried neighbours the remaining budget pays for whose expected gain is within
         :data:`NEAR` of the best one's (empty when none is left): the planner ranks these few again,
         each on its partition, so that rounding in these sums never decides between near equals.
 
-        ``losses``: :meth:`PairLosses.matrix`; ``offsets``: per kind, this plan's value minus the
-        value of the best plan of the neighbour's number of bodies (0 for move and swap)."""
-        gain = self._changes(losses) / self.n
-        for kind, lo, hi in zip(KINDS, self.bounds[:-1], self.bounds[1:]):
-            gain[lo:hi] += offsets.get(kind, 0.0)
-        new = self._new_groups()
-        open_ = self.valid & ~self.blocked & (new <= remaining)
+        ``losses``: :meth:`PairLosses.matrix`, ``version`` changing whenever it does (the arrays
+        are kept while it and ``offsets`` do not change: a neighbour tried since costs no more
+        than a new look at them); ``offsets``: per kind, this plan's value minus the value of the
+        best plan of the neighbour's number of bodies (0 for move and swap)."""
+        key = (version, tuple(sorted(offsets.items())), remaining)
+        if self._kept is None or self._kept[0] != key:
+            gain = self._changes(losses) / self.n
+            for kind, lo, hi in zip(KINDS, self.bounds[:-1], self.bounds[1:]):
+                gain[lo:hi] += offsets.get(kind, 0.0)
+            new = self._new_groups()
+            self._kept = (key, gain, new, self.valid & (new <= remaining))
+        _, gain, new, affordable = self._kept
+        open_ = affordable & ~self.blocked
         if not open_.any():
             return []
         near = np.flatnonzero(open_ & (gain >= gain[open_].max() - NEAR))
@@ -213,6 +224,12 @@ class Neighbourhood:
 
     def partition_at(self, flat: int) -> Partition:
         """The neighbour at ``flat`` of the flat index (:data:`KINDS` order)."""
+        found = self._partitions.get(flat)
+        if found is None:
+            found = self._partitions[flat] = self._build(flat)
+        return found
+
+    def _build(self, flat: int) -> Partition:
         n, g, groups, names = self.n, self.g, list(self.plan), self.domains
         if flat < n * g:
             d, k = divmod(flat, g)

@@ -84,6 +84,8 @@ class PlanSearch:
     _loss_pairs: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)  # the same, by pair
     _terms: dict[Group, tuple[float, ...]] = field(default_factory=dict, repr=False)
     _spreads: dict[Partition, float] = field(default_factory=dict, repr=False)
+    _estimates: dict[Partition, float] = field(default_factory=dict, repr=False)  # while no new group is scored
+    _values: dict[Partition, float] = field(default_factory=dict, repr=False)  # a scored plan's never changes
 
     def __post_init__(self) -> None:
         if len(set(self.domains)) < 2:
@@ -113,8 +115,11 @@ class PlanSearch:
 
     def value(self, partition: Partition) -> float:
         """Mean accuracy over the domains (every group scored already)."""
-        acc = self.accuracies(partition)
-        return sum(acc[d] for d in self.domains) / len(self.domains)
+        found = self._values.get(partition)
+        if found is None:
+            acc = self.accuracies(partition)
+            found = self._values[partition] = sum(acc[d] for d in self.domains) / len(self.domains)
+        return found
 
     def worst(self, partition: Partition) -> tuple[str, float]:
         """The domain of ``partition`` that loses most against its own adapter, and its loss."""
@@ -248,7 +253,7 @@ class PlanSearch:
             return "split", split
         if self._losses is None:  # new groups: new pair losses, every estimate again
             self._losses, self._loss_pairs = self._pair_loss.matrix(), self._pair_losses()
-            self._tops, self._terms = {}, {}
+            self._tops, self._terms, self._estimates = {}, {}, {}
         for bodies, best in self.best.items():
             hood = self._hoods.get(bodies)
             if hood is None or hood.plan != best:
@@ -281,13 +286,18 @@ class PlanSearch:
         partition, move, cell); the spread only where the first two tie. None when none is left."""
         value = base[len(hood.plan)]
         offsets = {"split": value - base.get(len(hood.plan) + 1, 0.0), "merge": value - base.get(len(hood.plan) - 1, 0.0)}
-        near = hood.best(losses=self._losses, offsets=offsets, remaining=remaining)
+        near = hood.best(losses=self._losses, version=len(self.groups), offsets=offsets, remaining=remaining)
         if not near:
             return None
-        options = [(-(self.estimate(c.partition, self._loss_pairs, self._terms) - base.get(len(c.partition), 0.0)),
+        options = [(-(self._estimate(c.partition) - base.get(len(c.partition), 0.0)),
                     c.new_groups, c.partition, c.move, c.flat) for c in near]
         first = min(o[:2] for o in options)
         return min((*o[:2], self._spread(o[2]), *o[2:]) for o in options if o[:2] == first)
+
+    def _estimate(self, partition: Partition) -> float:
+        if partition not in self._estimates:
+            self._estimates[partition] = self.estimate(partition, self._loss_pairs, self._terms)
+        return self._estimates[partition]
 
     def _spread(self, partition: Partition) -> float:
         if partition not in self._spreads:
