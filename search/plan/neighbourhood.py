@@ -90,11 +90,9 @@ class Neighbourhood:
         for k, group in enumerate(plan):
             for d in group:
                 self.grp[self.index[d]] = k
-        self.onehot = np.zeros((n, g))
-        self.onehot[np.arange(n), self.grp] = 1.0
-        self.size = self.onehot.sum(axis=0)
+        self.size = np.bincount(self.grp, minlength=g).astype(float)
         self.single = np.array([float(singles[d]) for d in self.domains])
-        self.single_sum = self.onehot.T @ self.single
+        self.single_sum = np.bincount(self.grp, weights=self.single, minlength=g)
         self.term = np.asarray(group_terms, dtype=float)
         # the exact terms of neighbour groups already scored (NaN: not scored, use the estimate)
         self.exact_less = np.full(n, np.nan)  # group of d less d
@@ -112,6 +110,21 @@ class Neighbourhood:
         self.bounds = np.cumsum([0, n * g, n, n * n, g * g])
         self._kept: tuple | None = None  # (version, gains, new groups, affordable) of the last look
         self._partitions: dict[int, Partition] = {}
+        self._new: np.ndarray | None = None  # new group evaluations per neighbour, until a record
+        # what no pair loss changes: each new group's singles and 1 / (size - 1), the plan's terms they replace
+        grp, single, t = self.grp, self.single, self.term
+        self.order = np.argsort(grp, kind="stable")
+        self.starts = np.searchsorted(grp[self.order], np.arange(g))
+        s = self.sizes
+        inv = {name: 1.0 / np.maximum(size - 1, 1) for name, size in s.items()}
+        own_single = self.single_sum[grp]
+        self.static = {
+            "less": (own_single - single, inv["less"]),
+            "plus": (self.single_sum[None, :] + single[:, None], inv["plus"]),
+            "traded": (own_single[:, None] - single[:, None] + single[None, :], inv["traded"]),
+            "merged": (self.single_sum[:, None] + self.single_sum[None, :], inv["merged"])}
+        self.replaced = {"move": t[grp][:, None] + t[None, :], "split": t[grp],
+                         "swap": t[grp][:, None] + t[grp][None, :], "merge": t[:, None] + t[None, :]}
 
     # -- the sizes of every neighbour's new groups -------------------------------------------
     def _sizes(self) -> dict[str, np.ndarray]:
@@ -120,48 +133,58 @@ class Neighbourhood:
                 "traded": np.broadcast_to(own[:, None], (self.n, self.n)),
                 "merged": self.size[:, None] + self.size[None, :]}
 
-    def _group_pair_sums(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``pairs @ membership`` (each domain's pair sum with each group) and each group's own sum."""
-        per_group = pairs @ self.onehot
-        return per_group, 0.5 * np.einsum("dk,dk->k", self.onehot, per_group)
-
     def _changes(self, losses: np.ndarray) -> np.ndarray:
         """Every neighbour's change of the plan's sum of estimate terms, flat in :data:`KINDS` order.
 
         With ``pairs = losses + losses.T``, a group's pair loss sum is half the sum of ``pairs``
         over its members, and its term ``members' singles - pair loss sum / (size - 1)`` (its
         single for one domain; the exact sum for a group scored)."""
+        n, g, grp = self.n, self.g, self.grp
         pairs = losses + losses.T
-        per_group, own = self._group_pair_sums(pairs)
-        s = self.sizes
-        grp, idx, single = self.grp, np.arange(self.n), self.single
+        per_group = np.add.reduceat(pairs[:, self.order], self.starts, axis=1)  # each domain with each group
+        with_own = per_group[np.arange(n), grp]
+        own = 0.5 * np.bincount(grp, weights=with_own, minlength=g)  # each group's pair loss sum
 
-        def term(singles_sum, pair_sum, size, exact):
-            return np.where(np.isnan(exact), singles_sum - pair_sum / np.maximum(size - 1, 1), exact)
+        def term(name, pair_sum, exact):
+            singles, inv = self.static[name]
+            pair_sum *= inv
+            estimate = np.subtract(singles, pair_sum, out=pair_sum)
+            return np.where(np.isnan(exact), estimate, exact)
 
-        own_single = self.single_sum[grp]
-        less = term(own_single - single, own[grp] - per_group[idx, grp], s["less"], self.exact_less)
-        plus = term(self.single_sum[None, :] + single[:, None], own[None, :] + per_group, s["plus"], self.exact_plus)
-        traded = term(own_single[:, None] - single[:, None] + single[None, :],
-                      own[grp][:, None] - per_group[idx, grp][:, None] + per_group.T[grp] - pairs,
-                      s["traded"], self.exact_traded)
-        merged = term(self.single_sum[:, None] + self.single_sum[None, :],
-                      own[:, None] + own[None, :] + self.onehot.T @ per_group, s["merged"], self.exact_merged)
-        current = self.term
-        return np.concatenate([
-            (less[:, None] + plus - current[grp][:, None] - current[None, :]).ravel(),
-            less + single - current[grp],
-            (traded + traded.T - current[grp][:, None] - current[grp][None, :]).ravel(),
-            (merged - current[:, None] - current[None, :]).ravel()])
+        less_sum = own[grp] - with_own
+        less = term("less", less_sum.copy(), self.exact_less)
+        plus = term("plus", own[None, :] + per_group, self.exact_plus)
+        traded_sum = per_group.T[grp]
+        traded_sum += less_sum[:, None]
+        traded_sum -= pairs
+        traded = term("traded", traded_sum, self.exact_traded)
+        between = np.add.reduceat(per_group[self.order], self.starts, axis=0)
+        between += own[:, None]
+        between += own[None, :]
+        merged = term("merged", between, self.exact_merged)
+        out = np.empty(self.bounds[-1])
+        lo = self.bounds
+        moves = out[lo[0]:lo[1]].reshape(n, g)
+        np.add(less[:, None], plus, out=moves)
+        moves -= self.replaced["move"]
+        np.add(less, self.single, out=out[lo[1]:lo[2]])
+        out[lo[1]:lo[2]] -= self.replaced["split"]
+        swaps = out[lo[2]:lo[3]].reshape(n, n)
+        np.add(traded, traded.T, out=swaps)
+        swaps -= self.replaced["swap"]
+        np.subtract(merged, self.replaced["merge"], out=out[lo[3]:lo[4]].reshape(g, g))
+        return out
 
     def _new_groups(self) -> np.ndarray:
-        s = self.sizes
-        less = (s["less"] >= 2) & np.isnan(self.exact_less)
-        plus = np.isnan(self.exact_plus)
-        traded = (s["traded"] >= 2) & np.isnan(self.exact_traded)
-        merged = np.isnan(self.exact_merged)
-        return np.concatenate([(less[:, None].astype(int) + plus).ravel(), less.astype(int),
-                               (traded.astype(int) + traded.T).ravel(), merged.astype(int).ravel()])
+        if self._new is None:
+            s = self.sizes
+            less = (s["less"] >= 2) & np.isnan(self.exact_less)
+            plus = np.isnan(self.exact_plus)
+            traded = (s["traded"] >= 2) & np.isnan(self.exact_traded)
+            merged = np.isnan(self.exact_merged)
+            self._new = np.concatenate([(less[:, None].astype(int) + plus).ravel(), less.astype(int),
+                                        (traded.astype(int) + traded.T).ravel(), merged.astype(int).ravel()])
+        return self._new
 
     # -- what the planner tells it ------------------------------------------------------------
     def record(self, group: Group, exact: float) -> None:
@@ -175,7 +198,7 @@ class Neighbourhood:
             if c == size[k] - 1:  # group k less one domain
                 (d,) = set(np.flatnonzero(self.grp == k)) - set(members)
                 self.exact_less[d] = exact
-                self._kept = None
+                self._kept = self._new = None
             return
         if len(counts) != 2:
             return
@@ -190,7 +213,7 @@ class Neighbourhood:
                 self.exact_traded[a, b] = exact
         if ci == size[i] and ck == size[k]:
             self.exact_merged[min(i, k), max(i, k)] = exact
-        self._kept = None
+        self._kept = self._new = None
 
     def block(self, flat: int) -> None:
         """The neighbour at ``flat`` is tried: never offer it again."""

@@ -15,8 +15,12 @@ one group per domain (G = N) is the bound by construction.
    group (:meth:`PlanSearch.estimate`); among equals the fewest new group evaluations,
    then the most compact by the distances (:func:`search.plan.partition.spread`). A neighbour that
    beats the best plan of its own G replaces it. Neighbours whose groups are all scored
-   cost nothing; the search stops when no best plan has an untried neighbour that the
-   remaining budget of group evaluations can pay for.
+   cost nothing; one the remaining budget cannot pay for is passed over (and comes back if
+   other steps score its groups); the search stops when no best plan has an untried neighbour
+   that the remaining budget of group evaluations can pay for. Every neighbour of a best plan
+   is estimated at once from the one or two groups it changes
+   (:class:`search.plan.neighbourhood.Neighbourhood`), so a step costs about N^2 array cells
+   per best plan rather than N^2 partitions built and summed.
 3. The floor (``max_domain_loss``: the most any one domain may lose against its own adapter) is a
    constraint of the search, not a filter afterwards: a plan that keeps every domain within it
    beats one that does not, whatever their means (:meth:`PlanSearch.rank`), and while the best
