@@ -116,7 +116,10 @@ class Neighbourhood:
         self.order = np.argsort(grp, kind="stable")
         self.starts = np.searchsorted(grp[self.order], np.arange(g))
         s = self.sizes
-        inv = {name: 1.0 / np.maximum(size - 1, 1) for name, size in s.items()}
+        # 1 / (size - 1) of each new group, as small as it broadcasts (plus: per group, traded: per row)
+        inv = {"less": 1.0 / np.maximum(s["less"] - 1, 1), "plus": 1.0 / np.maximum(self.size[None, :], 1),
+               "traded": 1.0 / np.maximum(self.size[grp][:, None] - 1, 1),
+               "merged": 1.0 / np.maximum(s["merged"] - 1, 1)}
         own_single = self.single_sum[grp]
         self.static = {
             "less": (own_single - single, inv["less"]),
