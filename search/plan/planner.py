@@ -90,6 +90,8 @@ class PlanSearch:
     _spreads: dict[Partition, float] = field(default_factory=dict, repr=False)
     _estimates: dict[Partition, float] = field(default_factory=dict, repr=False)  # while no new group is scored
     _values: dict[Partition, float] = field(default_factory=dict, repr=False)  # a scored plan's never changes
+    _worst: dict[Partition, tuple[str, float]] = field(default_factory=dict, repr=False)  # nor its worst domain
+    _within_floor: dict[Partition, bool] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if len(set(self.domains)) < 2:
@@ -127,11 +129,18 @@ class PlanSearch:
 
     def worst(self, partition: Partition) -> tuple[str, float]:
         """The domain of ``partition`` that loses most against its own adapter, and its loss."""
-        return worst_domain(self.accuracies(partition), self.singles)
+        found = self._worst.get(partition)
+        if found is None:
+            found = self._worst[partition] = worst_domain(self.accuracies(partition), self.singles)
+        return found
 
     def within_floor(self, partition: Partition) -> bool:
         """Whether no domain of ``partition`` loses more than ``max_domain_loss``."""
-        return within_floor(self.accuracies(partition), self.singles, self.max_domain_loss)
+        found = self._within_floor.get(partition)
+        if found is None:
+            found = self._within_floor[partition] = within_floor(self.accuracies(partition), self.singles,
+                                                                 self.max_domain_loss)
+        return found
 
     def rank(self, partition: Partition) -> tuple[bool, float]:
         """How plans of one G compare: within the floor first, then the mean accuracy."""
