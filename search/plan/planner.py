@@ -92,6 +92,7 @@ class PlanSearch:
     _values: dict[Partition, float] = field(default_factory=dict, repr=False)  # a scored plan's never changes
     _worst: dict[Partition, tuple[str, float]] = field(default_factory=dict, repr=False)  # nor its worst domain
     _within_floor: dict[Partition, bool] = field(default_factory=dict, repr=False)
+    _splits: dict[Partition, Partition] = field(default_factory=dict, repr=False)  # a plan -> its worst split off
 
     def __post_init__(self) -> None:
         if len(set(self.domains)) < 2:
@@ -207,9 +208,11 @@ class PlanSearch:
             best = self.best[bodies]
             if self.within_floor(best):
                 continue
-            name, _ = self.worst(best)
-            rest = [tuple(d for d in g if d != name) for g in best]
-            p = make_partition([g for g in rest if g] + [(name,)])
+            p = self._splits.get(best)
+            if p is None:
+                name, _ = self.worst(best)
+                rest = [tuple(d for d in g if d != name) for g in best]
+                p = self._splits[best] = make_partition([g for g in rest if g] + [(name,)])
             if p not in self.tried and len(self._unscored(p)) <= self.budget - self.evaluations:
                 return p
         return None
