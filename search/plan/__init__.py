@@ -7,7 +7,7 @@ plan it can within a budget of group evaluations, against the N-adapter bound.
 
 Pure planning logic (no Ray, no MLflow): :mod:`search.plan.partition` (partitions, the
 agglomerative start, moves), :mod:`search.plan.planner` (the local search over
-partitions), :mod:`search.plan.compatibility` (pairwise distances), :mod:`search.plan.front`
+partitions), :mod:`search.plan.neighbourhood` (every neighbour of a plan estimated at once), :mod:`search.plan.compatibility` (pairwise distances), :mod:`search.plan.front`
 (the Pareto front, the chosen plan, intervals), :mod:`search.plan.serving_choice` (the per-domain
 floor, a group's serving option). The glue: :mod:`search.plan.bodies` (a
 group's body searched as Ray Tune trials recorded in MLflow), :mod:`search.plan.serving_plan`

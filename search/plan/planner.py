@@ -15,8 +15,12 @@ one group per domain (G = N) is the bound by construction.
    group (:meth:`PlanSearch.estimate`); among equals the fewest new group evaluations,
    then the most compact by the distances (:func:`search.plan.partition.spread`). A neighbour that
    beats the best plan of its own G replaces it. Neighbours whose groups are all scored
-   cost nothing; the search stops when no best plan has an untried neighbour that the
-   remaining budget of group evaluations can pay for.
+   cost nothing; one the remaining budget cannot pay for is passed over (and comes back if
+   other steps score its groups); the search stops when no best plan has an untried neighbour
+   that the remaining budget of group evaluations can pay for. Every neighbour of a best plan
+   is estimated at once from the one or two groups it changes
+   (:class:`search.plan.neighbourhood.Neighbourhood`), so a step costs about N^2 array cells
+   per best plan rather than N^2 partitions built and summed.
 3. The floor (``max_domain_loss``: the most any one domain may lose against its own adapter) is a
    constraint of the search, not a filter afterwards: a plan that keeps every domain within it
    beats one that does not, whatever their means (:meth:`PlanSearch.rank`), and while the best
@@ -32,7 +36,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from search.plan.partition import Distances, Group, Partition, agglomerative, make_partition, neighbours, spread
+from search.plan.neighbourhood import Neighbourhood, PairLosses
+from search.plan.partition import Distances, Group, Partition, agglomerative, make_partition, spread
 from search.plan.serving_choice import within_floor, worst_domain
 
 logger = logging.getLogger(__name__)
@@ -76,12 +81,18 @@ class PlanSearch:
     steps: list[PlanStep] = field(default_factory=list)
     tried: set[Partition] = field(default_factory=set)
     # kept between steps of the local search (:meth:`_next_neighbour`)
-    _neighbours: dict[Partition, list[tuple[str, Partition]]] = field(default_factory=dict, repr=False)
-    _spreads: dict[Partition, float] = field(default_factory=dict, repr=False)
+    _hoods: dict[int, Neighbourhood] = field(default_factory=dict, repr=False)  # G -> the best plan's neighbours
+    _tops: dict[int, tuple | None] = field(default_factory=dict, repr=False)  # G -> its first untried one
+    _pair_loss: PairLosses | None = field(default=None, repr=False)
+    _losses: object = field(default=None, repr=False)  # the pair-loss matrix while no new group is scored
+    _loss_pairs: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)  # the same, by pair
     _terms: dict[Group, tuple[float, ...]] = field(default_factory=dict, repr=False)
-    _terms_version: int = field(default=-1, repr=False)
-    _estimates: dict[Partition, tuple[float, int]] = field(default_factory=dict, repr=False)  # estimate, new groups
-    _losses: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
+    _spreads: dict[Partition, float] = field(default_factory=dict, repr=False)
+    _estimates: dict[Partition, float] = field(default_factory=dict, repr=False)  # while no new group is scored
+    _values: dict[Partition, float] = field(default_factory=dict, repr=False)  # a scored plan's never changes
+    _worst: dict[Partition, tuple[str, float]] = field(default_factory=dict, repr=False)  # nor its worst domain
+    _within_floor: dict[Partition, bool] = field(default_factory=dict, repr=False)
+    _splits: dict[Partition, Partition] = field(default_factory=dict, repr=False)  # a plan -> its worst split off
 
     def __post_init__(self) -> None:
         if len(set(self.domains)) < 2:
@@ -92,6 +103,7 @@ class PlanSearch:
         if self.budget < 0:
             raise ValueError(f"budget must be >= 0, got {self.budget}")
         self.domains = tuple(sorted(self.domains))
+        self._pair_loss = PairLosses(self.domains, self.singles)
 
     @property
     def evaluations(self) -> int:
@@ -110,16 +122,26 @@ class PlanSearch:
 
     def value(self, partition: Partition) -> float:
         """Mean accuracy over the domains (every group scored already)."""
-        acc = self.accuracies(partition)
-        return sum(acc[d] for d in self.domains) / len(self.domains)
+        found = self._values.get(partition)
+        if found is None:
+            acc = self.accuracies(partition)
+            found = self._values[partition] = sum(acc[d] for d in self.domains) / len(self.domains)
+        return found
 
     def worst(self, partition: Partition) -> tuple[str, float]:
         """The domain of ``partition`` that loses most against its own adapter, and its loss."""
-        return worst_domain(self.accuracies(partition), self.singles)
+        found = self._worst.get(partition)
+        if found is None:
+            found = self._worst[partition] = worst_domain(self.accuracies(partition), self.singles)
+        return found
 
     def within_floor(self, partition: Partition) -> bool:
         """Whether no domain of ``partition`` loses more than ``max_domain_loss``."""
-        return within_floor(self.accuracies(partition), self.singles, self.max_domain_loss)
+        found = self._within_floor.get(partition)
+        if found is None:
+            found = self._within_floor[partition] = within_floor(self.accuracies(partition), self.singles,
+                                                                 self.max_domain_loss)
+        return found
 
     def rank(self, partition: Partition) -> tuple[bool, float]:
         """How plans of one G compare: within the floor first, then the mean accuracy."""
@@ -140,6 +162,10 @@ class PlanSearch:
             if missing:
                 raise ValueError(f"score_group({g}) gave no accuracy for {missing}")
             self.groups[g] = {d: float(scored[d]) for d in g}
+            self._pair_loss.add(g, self.groups[g])
+            self._losses = None
+            for hood in self._hoods.values():
+                hood.record(g, sum(self.groups[g].values()))
         self.tried.add(partition)
         value = self.value(partition)
         bodies = len(partition)
@@ -182,9 +208,11 @@ class PlanSearch:
             best = self.best[bodies]
             if self.within_floor(best):
                 continue
-            name, _ = self.worst(best)
-            rest = [tuple(d for d in g if d != name) for g in best]
-            p = make_partition([g for g in rest if g] + [(name,)])
+            p = self._splits.get(best)
+            if p is None:
+                name, _ = self.worst(best)
+                rest = [tuple(d for d in g if d != name) for g in best]
+                p = self._splits[best] = make_partition([g for g in rest if g] + [(name,)])
             if p not in self.tried and len(self._unscored(p)) <= self.budget - self.evaluations:
                 return p
         return None
@@ -226,38 +254,66 @@ class PlanSearch:
         return total / len(self.domains)
 
     def _next_neighbour(self) -> tuple[str, Partition] | None:
-        """Among the untried neighbours of every best plan, the one expected to gain most over
-        the best plan of its own number of bodies (:meth:`estimate`); among equals the one
-        needing the fewest new group evaluations, then the most compact. None when none is left.
+        """Among the untried neighbours of every best plan that the remaining budget can pay for,
+        the one expected to gain most over the best plan of its own number of bodies
+        (:meth:`estimate`); among equals the one needing the fewest new group evaluations, then
+        the most compact. None when none is left.
 
-        The neighbours of a plan, a group's estimate terms (while no new group is scored) and a
-        plan's spread are kept between calls: most calls score a plan whose groups are all known
-        and change nothing they depend on."""
+        Each best plan's neighbours are estimated at once from what they change
+        (:class:`search.plan.neighbourhood.Neighbourhood`); the few within rounding of its best are
+        ranked again on their partitions, by :meth:`estimate` as above. Each plan's first neighbour
+        is kept until a new group is scored, the best plan of its number of bodies or of the one
+        its splits or merges reach changes, or it is tried."""
         split = self._split_below_floor()
         if split is not None:
             return "split", split
-        if self._terms_version != len(self.groups):  # new groups: new pair losses, new estimates
-            self._terms, self._estimates, self._terms_version = {}, {}, len(self.groups)
-            self._losses = self._pair_losses()
+        if self._losses is None:  # new groups: new pair losses, every estimate again
+            self._losses, self._loss_pairs = self._pair_loss.matrix(), self._pair_losses()
+            self._tops, self._terms, self._estimates = {}, {}, {}
+        for bodies, best in self.best.items():
+            hood = self._hoods.get(bodies)
+            if hood is None or hood.plan != best:
+                hood = self._hoods[bodies] = Neighbourhood(
+                    plan=best, domains=self.domains, singles=self.singles,
+                    group_terms=[sum(self.accuracies((g,)).values()) for g in best])
+                for g, acc in self.groups.items():
+                    hood.record(g, sum(acc.values()))
+                for near in (bodies - 1, bodies, bodies + 1):  # their splits or merges compare with it
+                    self._tops.pop(near, None)
+        remaining = self.budget - self.evaluations
         base = {bodies: self.value(p) for bodies, p in self.best.items()}
-        options = []
-        for best in list(self.best.values()):
-            if best not in self._neighbours:
-                self._neighbours[best] = list(neighbours(best))
-            for move, p in self._neighbours[best]:
-                if p in self.tried:
-                    continue
-                known = self._estimates.get(p)
-                if known is None:
-                    known = self._estimates[p] = (self.estimate(p, self._losses, self._terms), len(self._unscored(p)))
-                options.append((-(known[0] - base.get(len(p), 0.0)), known[1], p, move))
-        if not options:
+        while True:
+            for bodies, hood in self._hoods.items():
+                if bodies not in self._tops:
+                    self._tops[bodies] = self._first(hood, base, remaining)
+            found = [(top, bodies) for bodies, top in self._tops.items() if top is not None]
+            if not found:
+                return None
+            top, bodies = min(found)
+            *_, partition, move, flat = top
+            if partition in self.tried:  # tried since (reached from another plan): never again
+                self._hoods[bodies].block(flat)
+                del self._tops[bodies]
+                continue
+            return move, partition
+
+    def _first(self, hood: Neighbourhood, base: Mapping[int, float], remaining: int) -> tuple | None:
+        """The neighbour of ``hood``'s plan the search ranks first, as (-gain, new groups, spread,
+        partition, move, cell); the spread only where the first two tie. None when none is left."""
+        value = base[len(hood.plan)]
+        offsets = {"split": value - base.get(len(hood.plan) + 1, 0.0), "merge": value - base.get(len(hood.plan) - 1, 0.0)}
+        near = hood.best(losses=self._losses, version=len(self.groups), offsets=offsets, remaining=remaining)
+        if not near:
             return None
-        # min over (-gain, new groups, spread, partition, move); the spread only where the first two tie
+        options = [(-(self._estimate(c.partition) - base.get(len(c.partition), 0.0)),
+                    c.new_groups, c.partition, c.move, c.flat) for c in near]
         first = min(o[:2] for o in options)
-        tied = [o for o in options if o[:2] == first]
-        *_, p, move = min((o[0], o[1], self._spread(o[2]), o[2], o[3]) for o in tied)
-        return move, p
+        return min((*o[:2], self._spread(o[2]), *o[2:]) for o in options if o[:2] == first)
+
+    def _estimate(self, partition: Partition) -> float:
+        if partition not in self._estimates:
+            self._estimates[partition] = self.estimate(partition, self._loss_pairs, self._terms)
+        return self._estimates[partition]
 
     def _spread(self, partition: Partition) -> float:
         if partition not in self._spreads:
