@@ -376,7 +376,9 @@ def test_the_plan_says_where_its_time_went_part_by_part(planned):
     parts = rec["time_by_part"]
     assert list(parts) == ["baselines", "distances (activation_fsd)", "group searches", "serving options",
                            "the front on test"]
-    assert all(p["seconds"] > 0 for p in parts.values()) and sum(p["seconds"] for p in parts.values()) < planned.seconds
+    # the front on test may have nothing left to score (every group of the front served by an option)
+    assert all(p["seconds"] >= 0 for p in parts.values()) and sum(p["seconds"] for p in parts.values()) < planned.seconds
+    assert parts["baselines"]["seconds"] > 0 and parts["group searches"]["seconds"] > 0
     assert parts["baselines"]["rows"] > 0 and parts["group searches"]["rows"] > 0
     searched = [g for g, r in rec["group_runs"].items() if not r["reused"]]
     assert rec["group_evaluations"] >= len(searched) > 0
