@@ -121,8 +121,10 @@ def test_the_search_scores_the_nearest_adapters_alone_first_and_counts_them_in_t
     runs = sorted(mlflow_runs(cfg, "tags.`signmix.status` = 'evaluated' and tags.`signmix.kind` = 'mixture'"),
                   key=lambda r: r.info.start_time)
     members = [r.data.params["members"].split(",") for r in runs]
-    # num_mixtures 5: the two nearest adapters alone (at most half the budget), in similarity order
-    assert members[:2] == [[ranked[0]], [ranked[1]]]
+    # num_mixtures 5: the two nearest adapters alone (at most half the budget), before any combination
+    # (proposed in similarity order, tests/search/proposals/test_searcher.py; two run at once here, so
+    # their MLflow start times may swap)
+    assert sorted(members[:2]) == sorted([[ranked[0]], [ranked[1]]])
     assert all(r.data.params["head"] == "refit" for r in runs[:2])
     # then the greedy path from the best single (scored already, not again): the two singles together,
     # then all three
