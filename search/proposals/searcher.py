@@ -124,7 +124,9 @@ class SignConflictSearcher(Searcher):
 
     def _verdict(self, spec: MixtureSpec) -> Verdict:
         verdict = self.space.check(spec, self.index)
-        return verdict if self.gate is None else self.gate.check(verdict, spec.members)
+        # One adapter alone has no sign conflict to avoid (its FSD is 0 by definition): the gate
+        # never filters it, whatever threshold the evidence fits (a data-only target's singles).
+        return verdict if self.gate is None or spec.k == 1 else self.gate.check(verdict, spec.members)
 
     def _unseen_params(self) -> dict | None:
         """A mixture of the space that was never proposed to a trial nor filtered, drawn at
@@ -212,7 +214,10 @@ class SignConflictSearcher(Searcher):
                 continue
             self.waiting[spec.key] = []
             return token, spec, verdict.fsd
-        self.exhausted = True
+        # A strategy that waits for results of trials still running (the greedy path after a
+        # data-only target's singles) is asked again when one ends; otherwise it ran out.
+        if not (self.live and getattr(self.strategy, "waits_for_results", lambda: False)()):
+            self.exhausted = True
         return None
 
     def _start(self, trial_id: str, token: int, spec: MixtureSpec, fsd: float) -> dict:

@@ -9,12 +9,12 @@ Every strategy is in ``STRATEGIES``, found by one grep.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Sequence
 
 from spaces.errors import SpecError
 from spaces.fsd import rank_by_mean_fsd
 from spaces.merge_dimensions import MERGE_METHOD_PARAM
-from spaces.space import MixtureSpace
+from spaces.space import USE_PREFIX, MixtureSpace
 from search.settings.choices import STRATEGY_NAMES, check_registry
 
 if TYPE_CHECKING:
@@ -51,6 +51,11 @@ class Strategy:
     def pending(self) -> dict[int, dict]:
         """Proposals asked for and not yet told about, by token (after a restore: lost ones)."""
         return {}
+
+    def waits_for_results(self) -> bool:
+        """Whether :meth:`ask` answered None because its next proposals depend on results not yet
+        told (not because it has nothing left): the searcher asks again once a trial ends."""
+        return False
 
 
 class _ListStrategy(Strategy):
@@ -117,6 +122,27 @@ def greedy_path(space: MixtureSpace, index: SignIndex) -> list[dict]:
     return [space.params_for(ranked[:n], merge=alone if fixed + n == 1 else None) for n in range(start, stop + 1)]
 
 
+def single_params(space: MixtureSpace, domain: str) -> dict:
+    """The parameter dict of ``domain``'s adapter alone, as it is (see :data:`AS_IT_IS`): with a
+    refit head, what a user who picked that one adapter would get."""
+    alone = AS_IT_IS if AS_IT_IS[MERGE_METHOD_PARAM] in space.merge.merge_methods else None
+    return space.params_for([domain], merge=alone)
+
+
+class SinglesOrder:
+    """The greedy path's order once the adapters scored alone are told: the best score alone first
+    (ties and unscored adapters keep the order they had, ``then``: a similarity or FSD order)."""
+
+    def __init__(self, scores: dict[str, float | None], then: SignIndex) -> None:
+        self.scores, self.then = dict(scores), then
+
+    def row_means(self) -> dict[str, float]:
+        """Smaller first, as the greedy path ranks: the rank of each domain in this order."""
+        before = self.then.row_means()
+        ranked = sorted(before, key=lambda d: (self.scores.get(d) is None, -(self.scores.get(d) or 0.0), before[d]))
+        return {d: float(i) for i, d in enumerate(ranked)}
+
+
 class GreedyFsd(_ListStrategy):
     """Greedy Adapter Mixing (:func:`greedy_path`), then nothing more."""
 
@@ -160,20 +186,63 @@ class OptunaStrategy(Strategy):
         self._trials: dict[int, optuna.Trial] = {}
         self.switch_after, self.seed = switch_after, seed
         self.local: EliteMutation | None = None  # proposes instead of the study past switch_after
+        # Singles first (a data-only target): the adapters asked alone, first; the greedy path waits
+        # for their scores to start from the best of them (see :meth:`start_with_singles`).
+        self.singles: tuple[str, ...] = ()
+        self.single_scores: dict[str, float | None] = {}  # told: accuracy (None: not evaluated)
+        self._single_tokens: dict[int, str] = {}  # asked, not yet told
+        self._path_after_singles: SignIndex | None = None
+
+    def start_with_singles(self, singles: Sequence[str], path_order: SignIndex | None = None) -> None:
+        """Ask each of ``singles`` alone first, in order; then, with ``path_order``, the greedy path
+        (:func:`greedy_path`), which waits until every single is told and starts from the best of
+        them (:class:`SinglesOrder`: their scores first, ``path_order`` among the rest)."""
+        self.singles = tuple(singles)
+        self.enqueue([single_params(self.space, d) for d in self.singles])
+        self._path_after_singles = path_order
+
+    def waits_for_results(self) -> bool:
+        return (self._path_after_singles is not None and len(self._single_tokens) + len(self.single_scores)
+                >= len(self.singles) and len(self.single_scores) < len(self.singles))
+
+    def _walk_path_after_singles(self) -> None:
+        """Once every single is told: enqueue the greedy path, best single first."""
+        if self._path_after_singles is not None and len(self.single_scores) >= len(self.singles):
+            order = SinglesOrder(self.single_scores, self._path_after_singles)
+            self._path_after_singles = None
+            logger.info("greedy path from the best single adapters: %s",
+                        ", ".join(sorted(order.row_means(), key=order.row_means().get)))
+            self.enqueue(greedy_path(self.space, order))
 
     def ask(self) -> tuple[int, dict] | None:
         if self.local is None and self.switch_after is not None and self._finished() >= self.switch_after:
             self.local = self._hand_over()
         if self.local is not None:
             return self.local.ask()
+        self._walk_path_after_singles()
+        if self.waits_for_results():
+            return None  # every single asked, some still running: the path needs their scores
         # The space's distributions (one definition), then those that depend on what was
         # drawn: the chosen operator's parameters (all categorical).
         trial = self.study.ask(self.space.distributions())
         for name, dist in self.space.conditional_distributions(trial.params).items():
             trial.suggest_categorical(name, list(dist.choices))
         self._trials[trial.number] = trial
+        single = self._single_of(trial.params)
+        if single is not None:
+            self._single_tokens[trial.number] = single
         # Exactly what the distributions sampled; ``to_mixture_spec`` gives the rest its default.
         return trial.number, dict(trial.params)
+
+    def _single_of(self, params: dict) -> str | None:
+        """The adapter of :attr:`singles` that ``params`` ask for alone, if it was not asked yet; else None.
+        (The singles are enqueued first, so the first asks are theirs.)"""
+        if len(self.single_scores) + len(self._single_tokens) >= len(self.singles):
+            return None
+        members = [d for d in self.space.free_domains if params.get(USE_PREFIX + d, False)]
+        if len(members) != 1 or members[0] not in self.singles:
+            return None
+        return None if members[0] in self.single_scores or members[0] in self._single_tokens.values() else members[0]
 
     def _finished(self) -> int:
         from optuna.trial import TrialState
@@ -204,6 +273,9 @@ class OptunaStrategy(Strategy):
         if self.local is not None and self.local.owns(token):
             self.local.tell(token, outcome, value)
             return
+        if token in self._single_tokens:
+            score = value[0] if isinstance(value, (list, tuple)) else value
+            self.single_scores[self._single_tokens.pop(token)] = score if outcome == "evaluated" else None
         state, values, intermediate = self._result(outcome, value)
         # Feasible when <= 0: TPE ranks every infeasible trial below every feasible one.
         constraint = violation if outcome == "filtered" else 0.0
@@ -256,6 +328,15 @@ class OptunaStrategy(Strategy):
             sampled = {**self.space.distributions(), **self.space.conditional_distributions(params)}
             self.study.enqueue_trial({k: v for k, v in params.items() if k in sampled}, skip_if_exists=True)
 
+    def get_state(self) -> dict:
+        return {"single_scores": dict(self.single_scores), "single_tokens": dict(self._single_tokens),
+                "path_after_singles": self._path_after_singles}
+
+    def set_state(self, state: dict) -> None:
+        self.single_scores = dict(state.get("single_scores", self.single_scores))
+        self._single_tokens = dict(state.get("single_tokens", self._single_tokens))
+        self._path_after_singles = state.get("path_after_singles", self._path_after_singles)
+
     def pending(self) -> dict[int, dict]:
         from optuna.trial import TrialState
 
@@ -265,7 +346,7 @@ class OptunaStrategy(Strategy):
 
 def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storage: str | None = None,
          n_objectives: int = 1, index: SignIndex | None = None, warm_start: str = "greedy_fsd",
-         switch_after: int | None = None, **_: object) -> OptunaStrategy:
+         switch_after: int | None = None, singles: Sequence[str] = (), **_: object) -> OptunaStrategy:
     import optuna
 
     # Few random start-up trials for small budgets: TPE needs a handful to model from.
@@ -274,7 +355,12 @@ def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storag
     strategy = OptunaStrategy(space=space, sampler=sampler, study_name=study_name, storage=storage,
                               n_objectives=n_objectives, switch_after=switch_after, seed=seed)
     strategy.name = "tpe"
-    if warm_start == "greedy_fsd" and index is not None:
+    walk = warm_start == "greedy_fsd" and index is not None
+    if singles:
+        # A data-only target: each of the nearest adapters alone first, then the greedy path from the
+        # best of them (it waits for their scores).
+        strategy.start_with_singles(singles, index if walk else None)
+    elif walk:
         # The paper's greedy path first (N+1 mixtures of every size, least conflict first):
         # good mixtures early, and a spread of sizes for TPE to model from.
         strategy.enqueue(greedy_path(space, index))
@@ -282,13 +368,15 @@ def _tpe(*, space: MixtureSpace, seed: int, budget: int, study_name: str, storag
 
 
 def _random(*, space: MixtureSpace, seed: int, study_name: str, storage: str | None = None,
-            n_objectives: int = 1,
+            n_objectives: int = 1, singles: Sequence[str] = (),
             **_: object) -> OptunaStrategy:
     import optuna
 
     strategy = OptunaStrategy(space=space, sampler=optuna.samplers.RandomSampler(seed=seed),
                               study_name=study_name, storage=storage, n_objectives=n_objectives)
     strategy.name = "random"
+    if singles:
+        strategy.start_with_singles(singles)
     return strategy
 
 

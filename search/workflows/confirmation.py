@@ -5,7 +5,7 @@ At the end of a search (and in ``signmix export`` when the search did not confir
 - the tie rule (``search.when_tied``) compares the best mixture on **validation** with its
   runner-up, the targets-alone mixture when the search evaluated it (never in serving,
   where every mixture holds exactly the targets) and the one-body baselines (the soup, TIES of
-  all), reading the per-example validation correctness each search trial kept
+  all, and for one data-only target the best single library adapter), reading the per-example validation correctness each search trial kept
   (:mod:`search.workflows.confirmation_passes`); a baseline that beats the searched mixtures is
   what the search exports (logged as a mixture run of the search);
 - then, in parallel Ray Tune trials (:func:`trainables.confirmation_trial.confirm_candidates`,
@@ -41,6 +41,8 @@ from search.workflows.confirmation_decision import (
 )
 from search.workflows.confirmation_passes import run_confirmation_trials, stored_validation
 from search.workflows.new_domain import (
+    BEST_SINGLE,
+    SINGLE_PREFIX,
     best_singles,
     compare_baselines,
     comparison_lines,
@@ -55,6 +57,7 @@ from search.tracking.experiment_runs import open_existing_experiment
 from search.tracking.layout import (
     BEST_TAG,
     CHOSEN_TAG,
+    KEY_TAG,
     KIND_TAG,
     NOTE_TAG,
     NOTES_TAG,
@@ -181,15 +184,27 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
     candidates, runs = candidates_for(cfg, best, ranked_runs(client, experiment_id, parent_id), index)
     if new:
         candidates.update(new_domain_candidates(cfg, new, progress=progress))
-    specs = {n: spec for n, (spec, _) in candidates.items()}
     name = f"{cfg.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
     competing = tuple(b for b in ONE_BODY_BASELINES if b in candidates) if baselines_compete else ()
     validation = stored_validation(client, experiment_id, candidates, runs)
-    unknown = {n: (specs[n], ["validation"]) for n in (*runs, *competing) if n not in validation}
+    # The single adapters of a data-only target: their validation (mostly read from the search's runs,
+    # which score the nearest alone first) picks the best single before the tie rule reads it.
+    singles_named = [n for n in candidates if n.startswith(SINGLE_PREFIX)]
+    unknown = {n: (candidates[n][0], ["validation"]) for n in (*runs, *competing, *singles_named)
+               if n not in validation}
     if unknown:  # searched before their correctness was kept, and the baselines (often kept in the store)
         progress(f"confirmation: {len(unknown)} candidate(s) evaluated on validation for the tie rule")
         validation.update({n: c["validation"] for n, c in run_confirmation_trials(
             cfg, unknown, weights, name=f"{name}-validation", progress=progress).items()})
+    singles = best_singles({n: {"validation": validation[n]} for n in singles_named}, new) if new else {}
+    for n in singles.values():  # the best single adapter's test split: the new domain's comparison reads it
+        candidates[n] = (candidates[n][0], ["validation", "test"])
+    if baselines_compete and len(new) == 1 and new == list(spec_from_run(best).targets) and new[0] in singles:
+        # One data-only target: the best single adapter competes for the export like the soup and TIES of all.
+        candidates[BEST_SINGLE] = (candidates[singles[new[0]]][0], ["validation"])
+        validation[BEST_SINGLE] = validation[singles[new[0]]]
+        competing = (*competing, BEST_SINGLE)
+    specs = {n: spec for n, (spec, _) in candidates.items()}
     chosen = tie_rule_choice(validation, specs, runs, rule=rule, seed=cfg.search.seed, baselines=competing)
     if chosen in competing:  # confirmed on test like a searched mixture
         candidates[chosen] = (specs[chosen], list(dict.fromkeys([*candidates[chosen][1], "test"])))
@@ -207,18 +222,16 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
     evaluated = run_confirmation_trials(cfg, todo, weights, name=name, progress=progress)
     correct = {cname: {**({"validation": validation[cname]} if cname in validation else {}), **evaluated.get(cname, {})}
                for cname in candidates}
-    if new:  # the single adapter that did best on validation, now on test
-        singles = best_singles(correct, new)
-        more = run_confirmation_trials(cfg, {n: (specs[n], ["test"]) for n in singles.values()}, weights,
-                                       name=f"{name}-best-single", progress=progress)
-        for n, splits in more.items():
-            correct[n].update(splits)
     search_run_id = parent_id or best.data.tags.get("mlflow.parentRunId")
     if chosen in competing:
         progress(f"confirmation: {specs[chosen].label()} ({chosen}) beats the searched mixtures on validation; "
                  "logged as a mixture run of the search to be exported")
-        runs = {**runs, chosen: log_baseline_run(cfg, name=chosen, spec=specs[chosen], weights=weights, index=index,
-                                                 validation=correct[chosen]["validation"], search_run_id=search_run_id)}
+        # The best single adapter is mostly a mixture the search scored itself (singles first): its run is
+        # exported, not logged twice ("a mixture evaluated twice has one run").
+        kept = searched_run(client, experiment_id, search_run_id, specs[chosen].key) if chosen == BEST_SINGLE else None
+        runs = {**runs, chosen: kept or log_baseline_run(cfg, name=chosen, spec=specs[chosen], weights=weights,
+                                                         index=index, validation=correct[chosen]["validation"],
+                                                         search_run_id=search_run_id)}
     record = decide_and_measure(correct, specs, runs, rule=rule, seed=cfg.search.seed, baselines=competing)
     if cfg.search.blackbox_attack is not None:
         record["blackbox"] = blackbox_measure(correct, chosen, list(record["targets"]), seed=cfg.search.seed)
@@ -231,8 +244,21 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
     return record
 
 
+def searched_run(client, experiment_id: str, search_run_id: str | None, key: str):
+    """The evaluated mixture run of search ``search_run_id`` whose mixture key is ``key``; None if none."""
+    if not search_run_id:
+        return None
+    hits = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+                              filter_string=f"tags.`{KEY_TAG}` = '{key}' and tags.`{STATUS_TAG}` = 'evaluated' and "
+                                            f"tags.`{KIND_TAG}` = 'mixture' and tags.`{PARENT_TAG}` = '{search_run_id}'")
+    return hits[0] if hits else None
+
+
 def record_chosen_name(record: Mapping, runs: Mapping) -> str:
-    """The candidate name (``best``, ``runner_up``, ``alone``, or a baseline) of the record's chosen run."""
+    """The candidate name (``best``, ``runner_up``, ``alone``, or a baseline) of the record's chosen run
+    (a chosen baseline by its name: the best single adapter's run may also be the runner-up's)."""
+    if record.get("chosen_baseline"):
+        return record["chosen_baseline"]
     return next(n for n, r in runs.items() if r.info.run_id == record["chosen_run_id"])
 
 

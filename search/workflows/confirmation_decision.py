@@ -10,7 +10,7 @@ Record layout::
      "targets": {t: {"accuracy", "ci_low", "ci_high", "n", "p_vs_own"}},
      "test_accuracy_mean",
      "baselines": {"own" | "soup" | "greedy": {"label", "members", "targets": {t: {"accuracy", "ci_low", "ci_high"}}}},
-     "chosen_baseline": "soup" | "ties_of_all" | None,
+     "chosen_baseline": "soup" | "ties_of_all" | "best_single" | None,
      "validation": {"vs_runner_up": {...} | None, "vs_alone": {...} | None, "vs_own": {t: {...}},
                     "vs_baselines": {"soup" | "ties_of_all": {...}}},
      "notes": [sentences]}
@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 from search.tracking.tables import format_table
 from search.workflows.baselines import TIES_OF_ALL
+from search.workflows.new_domain import BEST_SINGLE
 from search.tracking.layout import BEST_TAG, CHOSEN_TAG, NOTES_TAG, RULE_TAG
 from trainables.example_correctness import BLACKBOX_TEST
 from trainables.significance import mcnemar_exact, mean_difference, paired_bootstrap
@@ -49,8 +50,11 @@ def _interval(lead: Mapping) -> str:
 SEARCHED_RIVALS = ("runner_up", "alone")
 # The one-body baselines the search scores (the soup of all, TIES of all), candidates of the export
 # too: a search never exports less than a baseline it scored itself.
-ONE_BODY_BASELINES = ("soup", TIES_OF_ALL)
-BASELINE_WORDS = {"soup": "the soup of all adapters (their uniform average)", TIES_OF_ALL: "TIES of all adapters"}
+# For one data-only target, the best single library adapter on validation competes too (with its
+# refit head; ``search.workflows.new_domain``): a user who would have picked one adapter never gets less.
+ONE_BODY_BASELINES = ("soup", TIES_OF_ALL, BEST_SINGLE)
+BASELINE_WORDS = {"soup": "the soup of all adapters (their uniform average)", TIES_OF_ALL: "TIES of all adapters",
+                  BEST_SINGLE: "the best single library adapter on validation"}
 
 
 def _chosen(tied: Sequence[str], val: Mapping, specs: Mapping, rule: str) -> str:
@@ -329,6 +333,8 @@ def record_from_run(run) -> dict:
 def trust_lines(summary) -> list[str]:
     """What a search summary adds about trust: small validation sets, the FSD gate, ties, the test split."""
     lines = [f"warning: {w}" for w in summary.validation_warnings]
+    if getattr(summary, "singles", ""):
+        lines.append(summary.singles)
     if summary.fsd_gate:
         lines.append(f"{summary.fsd_gate_label} ({summary.fsd_gate_decision}): {summary.fsd_gate}")
     if summary.confirmation is not None:

@@ -13,7 +13,7 @@ from search.runtime.cluster import check_cluster_storage, connect_ray, is_uri, s
 from search.settings.config import Config
 from search.workflows.confirmation import finish_search
 from search.workflows.export import find_best_run
-from search.workflows.new_domain import check_new_domains, new_domain_warm_start
+from search.workflows.new_domain import check_new_domains, new_domain_start
 from search.proposals.fsd_gate import gate_mode, validation_tolerance
 from search.workflows.conflict_gate import gate_for_search
 from search.settings.objectives import OBJECTIVES, robustness_metric, selection_rule
@@ -58,6 +58,7 @@ class SearchSummary:
     validation_warnings: list = field(default_factory=list)  # validation sets too small to separate mixtures
     confirmation: dict | None = None  # the test-split confirmation (search/workflows/confirmation_decision.py)
     chosen_run_id: str | None = None  # what the tie rule exports (best_run_id when nothing is tied)
+    singles: str = ""  # a data-only target: the adapters scored alone first, and how many were not
 
 
 
@@ -77,6 +78,9 @@ def _interrupted_search(cfg: Config, tracker) -> tuple[str, str]:
 
 
 NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+# The strategies that score a data-only target's library adapters alone first (they can be told
+# what to ask first); exhaustive already proposes singles first, greedy_fsd and soup_all are fixed lists.
+SINGLES_FIRST = ("tpe", "random")
 
 
 def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger.info,
@@ -156,13 +160,17 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         space = space_from_config(cfg.search, cfg.member_domains)
         ray_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         gate, warm_start_order = gate_for_search(cfg, space, tolerance, index, progress=progress, debug=debug)
-        if cfg.search.strategy == "tpe":
-            warm_start_order = new_domain_warm_start(cfg, progress) or warm_start_order
+        # A data-only target: the library adapters alone first (Optuna's strategies, which can be
+        # told what to ask first), then the greedy path from the best of them.
+        start = new_domain_start(cfg, progress) if cfg.search.strategy in SINGLES_FIRST else None
+        if start is not None and start.order is not None:
+            warm_start_order = start.order
         strategy = make_strategy(cfg.search.strategy, space=space, index=warm_start_order, seed=cfg.search.seed,
                                  budget=cfg.search.num_mixtures, study_name=ray_name,
                                  storage=os.path.join(local, "optuna.journal"),
                                  n_objectives=len(cfg.search.objectives), warm_start=cfg.search.warm_start,
-                                 switch_after=cfg.search.tpe_switch_after)
+                                 switch_after=cfg.search.tpe_switch_after,
+                                 singles=start.singles if start is not None else ())
         if first_merges and hasattr(strategy, "enqueue"):
             strategy.enqueue([space.params_for(space.domains, merge=m) for m in first_merges])
         tracker = SearchTracker(tracking_uri=cfg.tracking_uri, experiment=cfg.experiment_name,
@@ -174,6 +182,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
                                         gate=gate,
                                         mixtures_per_trial=cfg.search.mixtures_per_trial)
         searcher.validation_warnings = warnings
+        searcher.singles_line = start.summary_line() if start is not None else ""
         scheduler = None
         if cfg.search.early_stopping and cfg.search.eval_chunks > 1:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
@@ -264,7 +273,8 @@ def _summarise(cfg: Config, searcher, tracker, space, started: float) -> SearchS
         filtered_mixtures=len(c.filtered_keys), repeats=c.repeats, stopped_early=c.stopped_early,
         failed=c.failed, best_label=None, best_accuracy=None, best_fsd=None, best_k=None, best_run_id=None,
         parent_run_id=tracker.parent_id, seconds=time.perf_counter() - started,
-        prefilter_seconds=c.prefilter_seconds, mlflow_seconds=tracker.seconds)
+        prefilter_seconds=c.prefilter_seconds, mlflow_seconds=tracker.seconds,
+        singles=getattr(searcher, "singles_line", ""))
     if searcher.results:
 
         best = find_best_run(tracker.client, tracker.experiment_id, tracker.parent_id,

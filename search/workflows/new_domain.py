@@ -20,6 +20,7 @@ bootstrap interval and McNemar's p; "beaten" means the interval lies above 0.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from search.settings.config import Config
@@ -42,6 +43,9 @@ BASELINES = {
     "best_single": "best single adapter + refit head",
 }
 SINGLE_PREFIX = "nd_single/"
+# The confirmation's name of the best single adapter on validation when it competes for the export
+# (one data-only target): a one-body baseline like the soup and TIES of all.
+BEST_SINGLE = "best_single"
 
 
 def new_domain_targets(cfg: Config, targets: Sequence[str]) -> list[str]:
@@ -97,7 +101,9 @@ class SimilarityOrder:
     """What orders the greedy warm start of a search for a data-only target: the member adapters whose
     domains lie nearest the target's training texts first (AdapterSoup's ranking, :func:`similar_domains`),
     in place of the sign-conflict order, which knows nothing of the new domain. The path then tries the
-    nearest adapter alone, the two nearest, ... (AdapterSoup's selection among them)."""
+    nearest adapter alone, the two nearest, ... (AdapterSoup's selection among them). After the singles
+    (:func:`new_domain_start`) the path starts from the best single instead
+    (``search.proposals.strategies.SinglesOrder``), this order among the adapters not scored alone."""
 
     def __init__(self, ranked: Sequence[tuple[str, float]]) -> None:
         self.ranked = list(ranked)
@@ -107,15 +113,55 @@ class SimilarityOrder:
         return {d: -c for d, c in self.ranked}
 
 
-def new_domain_warm_start(cfg: Config, progress=print) -> SimilarityOrder | None:
-    """The warm start's order for a search whose one target is data-only (None otherwise)."""
+def singles_to_score(ranked: Sequence[str], budget: int) -> tuple[list[str], list[str]]:
+    """The library adapters a data-only target's search scores alone first (nearest first), and
+    those it does not score alone.
+
+    At most half the budget (and at least one mixture) goes to singles: the other half is left to
+    combinations, which the greedy path and TPE then start from the best singles. Scoring every
+    adapter alone would spend a 12-mixture budget on a library of 12 and leave no combination;
+    the nearest by the similarity ranking are the likeliest to be the best single adapter."""
+    n = min(len(ranked), max(1, budget // 2))
+    return list(ranked[:n]), list(ranked[n:])
+
+
+@dataclass(frozen=True)
+class NewDomainStart:
+    """How a search for one data-only target starts: the library adapters nearest its training
+    texts first (``ranked``: name, cosine), the nearest ``singles`` each scored alone, the rest
+    (``not_alone``) only in combinations, and the greedy warm start's order (None: no warm start)."""
+
+    target: str
+    ranked: tuple[tuple[str, float], ...]
+    singles: tuple[str, ...]
+    not_alone: tuple[str, ...]
+    order: SimilarityOrder | None
+
+    def summary_line(self) -> str:
+        """The summary's sentence: which adapters were scored alone, and how many were not."""
+        line = (f"singles first for data-only {self.target}: {len(self.singles)} library adapter(s) scored alone "
+                f"before any combination, nearest first ({', '.join(self.singles)})")
+        if self.not_alone:
+            line += (f"; {len(self.not_alone)} library adapter(s) not scored alone, the budget being too small "
+                     f"({', '.join(self.not_alone)}): raise search.num_mixtures to {2 * len(self.ranked)} to score "
+                     "every one")
+        return line
+
+
+def new_domain_start(cfg: Config, progress=print) -> NewDomainStart | None:
+    """How a search whose one target is data-only starts (None otherwise): singles first, then the
+    greedy warm start (when ``search.warm_start`` is ``greedy_fsd``) from the best of them."""
     new = new_domain_targets(cfg, cfg.search.targets)
-    if len(cfg.search.targets) != 1 or not new or cfg.search.warm_start != "greedy_fsd":
+    if len(cfg.search.targets) != 1 or not new:
         return None
     ranked = similar_domains(cfg, new[0], len(cfg.member_domains))
-    progress(f"warm start for data-only {new[0]}: the adapters nearest its training texts first: "
+    progress(f"data-only {new[0]}: the adapters nearest its training texts first: "
              + ", ".join(f"{d} ({c:.3f})" for d, c in ranked))
-    return SimilarityOrder(ranked)
+    singles, rest = singles_to_score([d for d, _ in ranked], cfg.search.num_mixtures)
+    start = NewDomainStart(target=new[0], ranked=tuple(ranked), singles=tuple(singles), not_alone=tuple(rest),
+                           order=SimilarityOrder(ranked) if cfg.search.warm_start == "greedy_fsd" else None)
+    progress(start.summary_line())
+    return start
 
 
 def new_domain_candidates(cfg: Config, targets: Sequence[str], progress=print) -> dict[str, tuple]:
@@ -202,14 +248,15 @@ def best_single_line(chosen_members: Sequence[str], single: Mapping) -> str:
     not, where it stands against it on test: what a user who would have picked one adapter gets."""
     name = "+".join(single["members"])
     if sorted(chosen_members) == sorted(single["members"]):
-        return f"  the chosen answer is the best single adapter ({name}) itself"
+        return f"  the chosen answer is the best single adapter ({name}) itself: the export is that one adapter"
     if single["beaten"]:
         where = "beats it beyond the interval"
     elif single["lead_high"] < 0.0:
         where = "is WORSE than it beyond the interval"
     else:
         where = "is level with it within the interval"
-    return f"  the best single adapter on validation was {name}; on test the chosen answer {where} " \
+    return f"  the export is not the best single adapter: the best single adapter on validation was {name}; " \
+           f"on test the chosen answer {where} " \
            f"(lead {single['lead']:+.3f} [{single['lead_low']:+.3f}, {single['lead_high']:+.3f}])"
 
 

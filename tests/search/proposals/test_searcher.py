@@ -458,3 +458,44 @@ def test_a_batch_searcher_snapshot_restores_its_batches(index, tmp_path):
     restored.on_trial_result("trial_1", {METRIC: 0.4, "batch_index": 1})
     restored.on_trial_complete("trial_1", None, error=True)
     assert restored.counts.evaluated == 1 and restored.counts.failed == 1
+
+
+# Singles first (a data-only target) --------------------------------------------------------------
+
+class GateAgainstOneMember:
+    """A gate whose threshold every single adapter would be over (the searcher must not ask it)."""
+
+    def exploration(self, space, seen, rng):
+        return []
+
+    def check(self, verdict, members=()):
+        from spaces.space import Verdict
+
+        return Verdict(False, verdict.fsd, "over the gate", violation=1.0) if len(members) == 1 else verdict
+
+    def observe(self, key, members, accuracy, index):
+        pass
+
+
+def test_a_data_only_search_evaluates_its_singles_first_unfiltered_and_counts_them_in_the_budget(index):
+    from search.proposals.strategies import make_strategy
+
+    class Nearest:  # the similarity order: b nearest, then a, then c
+        def row_means(self):
+            return {"b": 0.0, "a": 1.0, "c": 2.0}
+
+    space = MixtureSpace(domains=("a", "b", "c"), targets=("t",), require_targets=False, max_fsd=None)
+    strategy = make_strategy("tpe", space=space, index=Nearest(), seed=0, budget=3, study_name="singles-searcher",
+                             singles=["b", "a"])
+    searcher = SignConflictSearcher(strategy=strategy, space=space, index=index, budget=3,
+                                    gate=GateAgainstOneMember())
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    assert [members(first), members(second)] == [("b",), ("a",)] and searcher.counts.filtered == 0
+    assert searcher.suggest("t2") is None and not searcher.exhausted  # waits for the singles' scores
+    searcher.on_trial_complete("t0", {METRIC: 0.55, "evaluated_fraction": 1.0})
+    searcher.on_trial_complete("t1", {METRIC: 0.70, "evaluated_fraction": 1.0})
+    third = searcher.suggest("t3")
+    assert members(third) == ("a", "b")  # the path from the best single (a), then b
+    searcher.on_trial_complete("t3", {METRIC: 0.60, "evaluated_fraction": 1.0})
+    assert searcher.suggest("t4") is Searcher.FINISHED  # the singles count: 3 evaluated in all
+    assert searcher.counts.evaluated == 3

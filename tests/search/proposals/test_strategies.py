@@ -405,3 +405,64 @@ def test_without_a_switch_tpe_proposes_to_the_end():
         token, params = strategy.ask()
         strategy.tell(token, "evaluated", value=objective(SPACE.to_mixture_spec(params).members, 0.0))
     assert strategy.local is None and len(strategy.study.trials) == 30
+
+
+# Singles first: a data-only target's library adapters alone, then the path from the best ------------
+
+class RankedOrder:
+    """A similarity order (nearest first) as the greedy path reads one: smaller row mean first."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def row_means(self) -> dict[str, float]:
+        return {d: float(i) for i, d in enumerate(self.names)}
+
+
+def data_only_space() -> MixtureSpace:
+    return MixtureSpace(domains=("a", "b", "c", "d"), targets=("new",), require_targets=False, max_fsd=None,
+                        merge=MergeChoices(merge_methods=("ties", "average")))
+
+
+def test_a_data_only_search_asks_the_singles_in_order_then_waits_for_them_before_the_path():
+    space = data_only_space()
+    strategy = make_strategy("tpe", space=space, index=RankedOrder("c", "a", "d", "b"), seed=0, budget=6,
+                             study_name="singles", singles=["c", "a"])
+    first = [strategy.ask(), strategy.ask()]
+    assert members_of(space, first) == [("c",), ("a",)]  # nearest first, each alone
+    assert all(params["merge_method"] == "average" for _, params in first)  # as it is, not TIES-trimmed
+    assert strategy.ask() is None and strategy.waits_for_results()  # the path needs their scores
+    strategy.tell(first[0][0], "evaluated", value=0.6)
+    assert strategy.ask() is None and strategy.waits_for_results()
+    strategy.tell(first[1][0], "evaluated", value=0.8)  # a, second by similarity, scored best alone
+    assert not strategy.waits_for_results()
+    path = [strategy.ask() for _ in range(3)]
+    # the greedy path starts from the best single (a; asked already, so not again), then c (scored
+    # alone), then by similarity
+    assert members_of(space, path) == [("a", "c"), ("a", "c", "d"), ("a", "b", "c", "d")]
+    assert strategy.single_scores == {"c": 0.6, "a": 0.8}
+
+
+def test_a_single_that_failed_ranks_after_those_scored_and_the_path_does_not_wait_for_it():
+    space = data_only_space()
+    strategy = make_strategy("tpe", space=space, index=RankedOrder("c", "a", "d", "b"), seed=0, budget=6,
+                             study_name="singles-failed", singles=["c", "a"])
+    (tc, _), (ta, _) = strategy.ask(), strategy.ask()
+    strategy.tell(tc, "failed")
+    strategy.tell(ta, "evaluated", value=0.5)
+    path = [strategy.ask() for _ in range(2)]
+    assert members_of(space, path) == [("a", "c"), ("a", "c", "d")]
+
+
+def test_random_asks_the_singles_first_and_never_waits():
+    space = data_only_space()
+    strategy = make_strategy("random", space=space, seed=0, study_name="singles-random", singles=["d", "b"])
+    first = [strategy.ask() for _ in range(3)]
+    assert members_of(space, first[:2]) == [("d",), ("b",)] and not strategy.waits_for_results()
+    assert first[2] is not None
+
+
+def test_without_singles_tpe_never_waits(index):
+    space = MixtureSpace(domains=NAMES, targets=("t",))
+    strategy = make_strategy("tpe", space=space, index=index, seed=0, budget=20, study_name="no-singles")
+    assert strategy.ask() is not None and not strategy.waits_for_results()

@@ -182,3 +182,50 @@ def test_a_baseline_the_searched_best_beats_is_never_exported():
     assert record["chosen_run_id"] == "best" and record["chosen_baseline"] is None
     assert record["validation"]["vs_baselines"]["ties_of_all"]["low"] > 0
     assert not any("Exported" in note for note in record["notes"])
+
+
+# A data-only target: the best single library adapter competes too ------------------------------
+
+def _data_only(single_val, *, n=100):
+    """A data-only target ``t`` (never a member): the searched best mixes three library adapters and
+    scores 0.82 on validation; the best single adapter ``b`` alone scores ``single_val``, 0.85 on test."""
+    refit = {"targets": ["t"], "require_targets": False, "head": "refit"}
+    s = {"best": make_mixture_spec(members=["a", "b", "c"], **refit),
+         "runner_up": make_mixture_spec(members=["a", "b"], **refit),
+         "own/t": make_mixture_spec(members=["t"], targets=["t"], require_targets=False),
+         "soup": make_mixture_spec(members=["a", "b", "c", "d"], **refit),
+         "best_single": make_mixture_spec(members=["b"], **refit)}
+    c = correctness([1] * 82 + [0] * 18, [1] * 60 + [0] * 40, n=n)
+    c = {k: v for k, v in c.items() if k in s}
+    c["soup"]["validation"] = {"t": [1] * 50 + [0] * 50}
+    c["best_single"] = {"validation": {"t": single_val}, "test": {"t": [1] * 85 + [0] * 15}}
+    return c, s
+
+
+def test_the_best_single_adapter_tied_with_a_three_member_mixture_is_exported_under_fewer_members():
+    # right on one row fewer than the searched best: inside the interval, a tie
+    c, s = _data_only([1] * 81 + [0] * 19)
+    runs = {"best": run("best"), "runner_up": run("ru")}
+    val = {n: v["validation"] for n, v in c.items() if "validation" in v}
+    assert tie_rule_choice(val, s, runs, rule="fewer_members") == "best_single"  # 1 member against 3
+    assert tie_rule_choice(val, s, runs, rule="higher_accuracy") == "best"  # the best scored higher
+    record = decide_and_measure(c, s, {**runs, "best_single": run("single-run")}, rule="fewer_members")
+    assert record["chosen_baseline"] == "best_single" and record["chosen_run_id"] == "single-run"
+    assert record["chosen_members"] == ["b"] and record["chosen_k"] == 1
+    assert record["targets"]["t"]["accuracy"] == 0.85  # confirmed on test
+    assert record["notes"][0].startswith("Exported the best single library adapter on validation (")
+    assert "search.when_tied is fewer_members" in record["notes"][0]
+    assert confirmation_metrics(record)["val_lead_vs_best_single"] == pytest.approx(0.01)
+
+
+def test_the_best_single_adapter_beating_the_searched_best_beyond_the_interval_is_exported_whatever_the_rule():
+    c, s = _data_only([1] * 97 + [0] * 3)
+    val = {n: v["validation"] for n, v in c.items() if "validation" in v}
+    for rule in ("fewer_members", "higher_accuracy"):
+        assert tie_rule_choice(val, s, {"best": run("best"), "runner_up": run("ru")}, rule=rule) == "best_single"
+
+
+def test_a_best_single_adapter_the_searched_best_beats_is_not_exported():
+    c, s = _data_only([1] * 55 + [0] * 45)
+    record = decide_and_measure(c, s, {"best": run("best"), "runner_up": run("ru")}, rule="fewer_members")
+    assert record["chosen_run_id"] == "best" and record["chosen_baseline"] is None

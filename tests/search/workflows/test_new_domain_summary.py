@@ -45,3 +45,29 @@ def test_the_summary_says_where_the_answer_stands_against_the_best_single_adapte
     assert expected in line
     if chosen != ["dvd"]:
         assert "the best single adapter on validation was dvd" in line and f"{lead:+.3f}" in line
+
+
+@pytest.mark.parametrize("library, budget, alone", [
+    (3, 12, 3),  # a budget of twice the library or more: every adapter alone
+    (3, 5, 2),  # at most half the budget: the combinations keep the rest
+    (10, 12, 6),
+    (10, 1, 1),  # one mixture: the nearest adapter alone
+])
+def test_singles_first_scores_the_nearest_alone_within_half_the_budget(library, budget, alone):
+    from search.workflows.new_domain import singles_to_score
+
+    ranked = [f"d{i}" for i in range(library)]  # nearest first
+    singles, rest = singles_to_score(ranked, budget)
+    assert singles == ranked[:alone] and rest == ranked[alone:]
+
+
+def test_the_summary_says_how_many_library_adapters_were_not_scored_alone():
+    from search.workflows.new_domain import NewDomainStart
+
+    start = NewDomainStart(target="books", ranked=(("dvd", 0.9), ("kitchen", 0.5), ("toys", 0.1)),
+                           singles=("dvd", "kitchen"), not_alone=("toys",), order=None)
+    line = start.summary_line()
+    assert "2 library adapter(s) scored alone before any combination, nearest first (dvd, kitchen)" in line
+    assert "1 library adapter(s) not scored alone" in line and "(toys)" in line
+    everything = NewDomainStart(target="books", ranked=(("dvd", 0.9),), singles=("dvd",), not_alone=(), order=None)
+    assert "not scored alone" not in everything.summary_line()
