@@ -84,3 +84,13 @@ def make_experiment(base_model: str, store, *, seed: int = 0, reduction_factor: 
         resources=ResourcesConfig(cpu=1, gpu=gpu),
         evaluation=EvaluationSettings(targets=tuple(targets), batch_size=64, dtype=dtype, chunks=1, fgsm_step=None,
                                       lora_merge="delta_svd"))
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child that a test interrupts with SIGINT: SIGINT handled as a terminal's
+    Ctrl-C is, whatever the test run inherited (a shell without job control starts background
+    commands with SIGINT ignored, and a child would inherit that and never see the signal)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+

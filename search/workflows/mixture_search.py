@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -146,7 +147,6 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         progress(f"resuming search {parent_id} from {path}")
         # Tune rebuilds the searcher and callbacks from its own snapshot: use those.
         with unpickled_searchers() as rebuilt:
-            os.environ.setdefault(NO_AUTO_LOGGERS, "1")  # _result_loggers: what it had, no more
             tuner = tune.Tuner.restore(path, trainable=mixture_trainable(cfg, weights, trial, init),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
         (searcher,) = rebuilt
@@ -210,7 +210,8 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
                  f"max_fsd {cfg.search.max_fsd if isinstance(cfg.search.max_fsd, (str, type(None))) else f'{cfg.search.max_fsd:.4f}'}"
                  f" ({cfg.search.fsd_measure})")
     try:
-        interrupts.fit(tuner)
+        with _only_our_loggers():
+            interrupts.fit(tuner)
     except TrackingError:
         # The tracking server stayed away past the retry window: the MLflow calls below
         # would fail the same way. The parent run stays RUNNING; `--resume` finishes it.
@@ -236,8 +237,22 @@ def _result_loggers() -> list:
     them back). A resumed search restores the loggers it had."""
     from ray.tune.logger import JsonLoggerCallback
 
-    os.environ.setdefault(NO_AUTO_LOGGERS, "1")
     return [JsonLoggerCallback()]
+
+
+@contextmanager
+def _only_our_loggers():
+    """Tune's automatic loggers off while the search's fit builds its callbacks (it reads
+    ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` then), and the variable as it was afterwards: a setting
+    the user made is kept, and the process's later fits (probe passes, the confirmation, a plan's
+    next group) keep Tune's defaults."""
+    before = os.environ.get(NO_AUTO_LOGGERS)
+    os.environ.setdefault(NO_AUTO_LOGGERS, "1")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(NO_AUTO_LOGGERS, None)
 
 
 def _end_search(cfg: Config, searcher, tracker, space, started: float, *, failed: bool,

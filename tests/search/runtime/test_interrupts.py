@@ -15,7 +15,7 @@ import pytest
 
 from search.settings.config import load_config
 from search.tracking.layout import KIND_TAG, STATUS_TAG
-from tests_support import mlflow_runs, write_config
+from tests_support import interruptible, mlflow_runs, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def popen():
     started: list[subprocess.Popen] = []
 
     def start(*args: str) -> subprocess.Popen:
-        started.append(subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE,
+        started.append(subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, preexec_fn=interruptible,
                                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
         return started[-1]
     yield start

@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 import yaml
 from test_cluster import _free_ports, _kill_processes_with_token, _node_args, _start_node, _stop_node
-from tests_support import mlflow_runs
+from tests_support import interruptible, mlflow_runs
 
 from search.settings.config import load_config
 from search.runtime.jobs import dashboard_url, job_config
@@ -206,7 +206,8 @@ def test_ctrl_c_while_streaming_stops_the_job(head, job_config_file, tmp_path):
     long = tmp_path / "long.yaml"
     long.write_text(yaml.safe_dump(raw))
     proc = subprocess.Popen([sys.executable, "-m", "search.cli.main", "submit", str(long), "--address", head["url"]],
-                            cwd=REPO, env=head["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=head["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     job_id = None
     for line in proc.stderr:
         if line.startswith("submitted job"):
