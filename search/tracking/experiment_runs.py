@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mlflow_server.network import sqlite_path
-from search.tracking.layout import KIND_TAG, PARENT_TAG, STATUS_TAG
+from search.tracking.layout import KEY_TAG, KIND_TAG, PARENT_TAG, STATUS_TAG
 from search.tracking.mlflow_client import make_client
 
 if TYPE_CHECKING:
@@ -76,6 +76,17 @@ def search_parents(client, experiment_id: str) -> list:
     """The search and study parent runs of an experiment, newest first."""
     return client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'search'",
                               order_by=["attributes.start_time DESC"], max_results=50000)
+
+
+def evaluated_mixture_run(client, experiment_id: str, key: str, *, parent_id: str | None = None):
+    """The first evaluated mixture run of the experiment (of search ``parent_id`` when given) whose
+    mixture key is ``key``; None when there is none."""
+    where = f"tags.`{KEY_TAG}` = '{key}' and tags.`{STATUS_TAG}` = 'evaluated' and tags.`{KIND_TAG}` = 'mixture'"
+    if parent_id:
+        where += f" and tags.`{PARENT_TAG}` = '{parent_id}'"
+    hits = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+                              filter_string=where)
+    return hits[0] if hits else None
 
 
 def mixture_runs(client, experiment_id: str, *, status: str | None = None,

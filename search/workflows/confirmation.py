@@ -53,11 +53,10 @@ from search.workflows.new_domain import (
 )
 from search.proposals.fsd_gate import log_gate
 from search.proposals.strategies import greedy_path
-from search.tracking.experiment_runs import open_existing_experiment
+from search.tracking.experiment_runs import evaluated_mixture_run, open_existing_experiment
 from search.tracking.layout import (
     BEST_TAG,
     CHOSEN_TAG,
-    KEY_TAG,
     KIND_TAG,
     NOTE_TAG,
     NOTES_TAG,
@@ -228,7 +227,8 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
                  "logged as a mixture run of the search to be exported")
         # The best single adapter is mostly a mixture the search scored itself (singles first): its run is
         # exported, not logged twice ("a mixture evaluated twice has one run").
-        kept = searched_run(client, experiment_id, search_run_id, specs[chosen].key) if chosen == BEST_SINGLE else None
+        kept = (evaluated_mixture_run(client, experiment_id, specs[chosen].key, parent_id=search_run_id)
+                if chosen == BEST_SINGLE and search_run_id else None)
         runs = {**runs, chosen: kept or log_baseline_run(cfg, name=chosen, spec=specs[chosen], weights=weights,
                                                          index=index, validation=correct[chosen]["validation"],
                                                          search_run_id=search_run_id)}
@@ -242,16 +242,6 @@ def confirm_search(cfg: Config, *, client, experiment_id: str, parent_id: str | 
     record["validation_baselines"] = validation_baselines(correct, list(specs["best"].targets))
     record["mlflow_run_id"] = log_confirmation(client, experiment_id, search_run_id, record)
     return record
-
-
-def searched_run(client, experiment_id: str, search_run_id: str | None, key: str):
-    """The evaluated mixture run of search ``search_run_id`` whose mixture key is ``key``; None if none."""
-    if not search_run_id:
-        return None
-    hits = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
-                              filter_string=f"tags.`{KEY_TAG}` = '{key}' and tags.`{STATUS_TAG}` = 'evaluated' and "
-                                            f"tags.`{KIND_TAG}` = 'mixture' and tags.`{PARENT_TAG}` = '{search_run_id}'")
-    return hits[0] if hits else None
 
 
 def record_chosen_name(record: Mapping, runs: Mapping) -> str:

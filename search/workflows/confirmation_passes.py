@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from search.runtime import interrupts
 from search.runtime.cluster import storage_uri
 from search.runtime.kept_evaluations import StoredCorrectness
-from search.tracking.layout import KEY_TAG, KIND_TAG, MIXTURE_ARTIFACT, STATUS_TAG
+from search.tracking.experiment_runs import evaluated_mixture_run
+from search.tracking.layout import MIXTURE_ARTIFACT
 from search.runtime.trial_inputs import shared_initialisation, trial_resources
 from spaces.errors import SignmixError
 from trainables.example_correctness import VALIDATION_CORRECTNESS_FILE, read_correctness
@@ -49,12 +50,7 @@ def stored_validation(client, experiment_id: str, candidates: Mapping[str, tuple
         if spec.key in by_key:
             found[name] = by_key[spec.key]
             continue
-        run = runs.get(name)
-        if run is None:
-            hits = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
-                                      filter_string=f"tags.`{KEY_TAG}` = '{spec.key}' and tags.`{STATUS_TAG}` = "
-                                                    f"'evaluated' and tags.`{KIND_TAG}` = 'mixture'")
-            run = hits[0] if hits else None
+        run = runs.get(name) or evaluated_mixture_run(client, experiment_id, spec.key)
         if run is None:
             continue
         with tempfile.TemporaryDirectory(prefix="signmix-correct-") as tmp:
