@@ -118,15 +118,20 @@ def greedy_path(space: MixtureSpace, index: SignIndex) -> list[dict]:
     start = 0 if space.require_targets else 1
     fixed = len(space.targets) if space.require_targets else 0
     stop = len(ranked) if space.max_members is None else max(start, min(len(ranked), space.max_members - fixed))
-    alone = AS_IT_IS if AS_IT_IS[MERGE_METHOD_PARAM] in space.merge.merge_methods else None
+    alone = as_it_is(space)
     return [space.params_for(ranked[:n], merge=alone if fixed + n == 1 else None) for n in range(start, stop + 1)]
+
+
+def as_it_is(space: MixtureSpace) -> dict | None:
+    """The merge choice that leaves one adapter as it is (:data:`AS_IT_IS`), when the space has it;
+    None (the space's first operator) when it has no average."""
+    return AS_IT_IS if AS_IT_IS[MERGE_METHOD_PARAM] in space.merge.merge_methods else None
 
 
 def single_params(space: MixtureSpace, domain: str) -> dict:
     """The parameter dict of ``domain``'s adapter alone, as it is (see :data:`AS_IT_IS`): with a
     refit head, what a user who picked that one adapter would get."""
-    alone = AS_IT_IS if AS_IT_IS[MERGE_METHOD_PARAM] in space.merge.merge_methods else None
-    return space.params_for([domain], merge=alone)
+    return space.params_for([domain], merge=as_it_is(space))
 
 
 class SinglesOrder:
