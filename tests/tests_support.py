@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -32,7 +33,7 @@ def write_config(folder: Path, *, base_model: str, domains: dict[str, Path], tar
         "training": {"epochs": 1, "learning_rate": 5e-3, "batch_size": 16, "max_length": 32, "seed": 0},
         "domains": {name: {"path": str(p)} for name, p in domains.items()},
         "search": {"strategy": "exhaustive", "num_mixtures": 20, "prune_ratios": [0.0, 0.5],
-                   "max_fsd": "auto", "max_concurrent": 2, "merge_methods": ["average"],
+                   "max_fsd": "auto", "max_concurrent": 1, "merge_methods": ["average"],
                    "confirm": False,  # tests of the test-split confirmation turn it on
                    **({} if default_conflict_measure else CHEAP_CONFLICT_MEASURE),
                    **({} if targets is None else {"targets": targets})},
@@ -94,3 +95,71 @@ def interruptible() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+
+
+# --- the `signmix` command, run as a user runs it, without paying its imports every time -----------
+
+# What every `signmix` command imports before it can say anything: imported once into a fork server.
+# Not `datasets`: it reads HF_DATASETS_DISABLE_PROGRESS_BARS when imported, which the command sets first.
+_CLI_PRELOAD = ["search.cli.main", "torch", "transformers", "adapters", "mlflow", "optuna", "ray", "ray.tune",
+                "pydantic", "yaml"]
+_cli_context = None
+
+
+def _cli_child(argv: list[str], cwd: str, env: dict[str, str], out_path: str, err_path: str) -> None:
+    """Run ``signmix *argv`` in this forked process as its own command: the caller's folder and
+    environment, its stdout and stderr in files, its exit status the process's, its exit handlers
+    (Ray's shutdown) run."""
+    import atexit
+    import sys
+
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out_path), (2, err_path)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
+    from search.cli.main import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        atexit._run_exitfuncs()  # a multiprocessing child skips them; Ray's shutdown is one
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code or 0)
+
+
+def run_signmix(*args: str, cwd: Path | None = None, timeout: float = 120):
+    """``signmix *args`` in a fresh process, like ``subprocess.run([... "signmix", *args])``: a
+    :class:`subprocess.CompletedProcess` with the exit status, stdout and stderr as text.
+
+    The process is forked from a server that imported the command's libraries once (torch,
+    transformers, adapters, MLflow, Optuna, Ray: seconds of CPU per command otherwise), so each
+    command still starts from a clean process of its own, with its own folder and exit status.
+    For commands a test signals or kills, start a real subprocess instead."""
+    import multiprocessing
+    import subprocess
+    import tempfile
+
+    global _cli_context
+    if _cli_context is None:
+        _cli_context = multiprocessing.get_context("forkserver")
+        _cli_context.set_forkserver_preload(_CLI_PRELOAD)
+    with tempfile.TemporaryDirectory(prefix="signmix-cli-") as folder:
+        out_path, err_path = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
+        child = _cli_context.Process(target=_cli_child, args=(list(args), str(cwd or os.getcwd()), dict(os.environ),
+                                                                 out_path, err_path))
+        child.start()
+        child.join(timeout)
+        if child.is_alive():
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(["signmix", *args], timeout)
+        with open(out_path, encoding="utf-8") as out, open(err_path, encoding="utf-8") as err:
+            return subprocess.CompletedProcess(["signmix", *args], child.exitcode, out.read(), err.read())

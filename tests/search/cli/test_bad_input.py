@@ -13,22 +13,21 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import yaml
-from tests_support import write_config
+from tests_support import run_signmix, write_config
 
 DOMAINS = ("books", "support")
 MAX_STDERR_LINES = 15
 
 
 def signmix(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+    """The command in a process of its own, forked from one that imported its libraries once."""
+    return run_signmix(*args, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

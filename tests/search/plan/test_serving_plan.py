@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_support import mlflow_runs, write_config
+from tests_support import mlflow_runs, run_signmix, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -134,8 +134,8 @@ def test_a_second_plan_reuses_every_group_body_searched_with_the_same_settings(p
 
 
 def signmix(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli.main", *args], capture_output=True, text=True,
-                          timeout=900)
+    """The command in a process of its own, forked from one that imported its libraries once."""
+    return run_signmix(*args, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ import ast
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tests_support import write_config
+from tests_support import run_signmix, write_config
 
 REPO = Path(__file__).resolve().parents[3]
 PRODUCT = [p for package in ("spaces", "trainables", "search", "mlflow_server")
@@ -21,8 +20,8 @@ SECRET = "s3cretpw"
 
 
 def signmix(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+    """The command in a process of its own, forked from one that imported its libraries once."""
+    return run_signmix(*args, cwd=cwd, timeout=120)
 
 
 def _calls(name: str):
