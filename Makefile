@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install install-dev demo test test-fast ui-check bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real every-domain-real measures-real blackbox-real new-domain-real constraints clean
+.PHONY: install install-dev demo test test-fast ui-check bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real every-domain-real measures-real blackbox-real new-domain-real defaults-real constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -117,3 +117,11 @@ blackbox-real: install-dev
 ARGS ?=
 new-domain-real: install-dev
 	$(PY) tests/benchmarks/new_domain_real.py $(ARGS)
+
+# Issue 33: the product's defaults on the 4 Amazon domains (one-target searches of each, two-target searches of
+# books+dvd and electronics+kitchen; 4 and 12 mixtures): is the exported mixture ever significantly worse on
+# test than TIES of all or the soup the same search scored, and how many multi-adapter mixtures score within
+# 5 points of chance on validation (needs the adapters of `make plan-real`; 3 to 4 minutes a search of 4 on
+# 2 cores). ARGS="--targets books books+dvd --budgets 4" runs a slice.
+defaults-real: install-dev
+	flock /tmp/signmix-measure.lock $(PY) tests/benchmarks/defaults_real.py $(ARGS)
