@@ -23,9 +23,10 @@ def ray_cluster():
     """A real local Ray cluster with 2 CPUs and no GPU, shared by the session."""
     import ray
 
-    from search.runtime.cluster import quiet_ray
+    from search.runtime.cluster import no_idle_workers, quiet_ray
 
     quiet_ray()
+    no_idle_workers()  # as `signmix` starts its local clusters
     if not ray.is_initialized():
         ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     yield ray

@@ -15,7 +15,7 @@ import pytest
 
 from search.settings.config import load_config
 from search.tracking.layout import KIND_TAG, STATUS_TAG
-from tests_support import interruptible, mlflow_runs, write_config
+from tests_support import interruptible, mlflow_runs, run_signmix, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -152,8 +152,7 @@ def test_ctrl_c_during_the_search_keeps_its_run_killed_and_resume_finishes_it(sm
     assert parent.info.status == "KILLED" and 2 <= evaluated < 8
     assert "Traceback" not in text
 
-    resumed = subprocess.run([sys.executable, "-m", "search.cli.main", "search", str(path), "--resume"], cwd=REPO,
-                             capture_output=True, text=True, timeout=600)
+    resumed = run_signmix("search", str(path), "--resume", cwd=REPO, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     parent = _parent(cfg)
     assert parent.info.status == "FINISHED" and parent.data.metrics["evaluated"] == 8
@@ -194,7 +193,6 @@ def test_ctrl_c_during_the_probe_passes_keeps_the_finished_passes(small_config, 
         text[-3000:]
     assert "Traceback" not in text and "KeyError" not in text
     # Run again: the kept passes are not redone, and the measure is computed and printed.
-    again = subprocess.run([sys.executable, "-m", "search.cli.main", "fsd", str(path), "--measures", "activation_fsd"],
-                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    again = run_signmix("fsd", str(path), "--measures", "activation_fsd", cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "activation_fsd" in again.stdout

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import yaml
 from search.settings.config import load_config
 from search.workflows.adapter_training import run_training
 from spaces.errors import UsageError
-from tests_support import write_config
+from tests_support import run_signmix, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +58,7 @@ def test_a_second_config_cannot_replace_the_first_configs_adapter(tmp_path, tiny
                                          r"settings \(trained on \d+ examples.*pass --force to replace it"):
         run_training(cfg)
     assert _digest(books) == before  # nothing written
-    run = subprocess.run([sys.executable, "-m", "search.cli.main", "train", str(path)], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+    run = run_signmix("train", str(path), cwd=REPO, timeout=300)
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr and "--force" in run.stderr
     assert _digest(books) == before

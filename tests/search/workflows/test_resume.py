@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests_support import mlflow_runs, write_config
+from tests_support import mlflow_runs, run_signmix, write_config
 
 from search.settings.config import load_config
 from search.tracking.layout import KEY_TAG, KIND_TAG, STATUS_TAG
@@ -57,7 +57,7 @@ def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_clust
     before = _evaluated(cfg)
     assert 3 <= before < 9
 
-    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    resumed = run_signmix("search", str(path), "--resume", timeout=600)  # a fresh process, not killed
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming search" in resumed.stderr
 

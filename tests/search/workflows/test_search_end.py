@@ -27,7 +27,8 @@ def serving(tmp_path_factory, ray_cluster, tiny_bert, demo_domains, shared_store
     folder = tmp_path_factory.mktemp("serving-end")
     path = write_config(folder, base_model=tiny_bert, domains={d: demo_domains[d] for d in DOMAINS}, targets=None,
                         store=shared_store, search={"strategy": "tpe", "prune_ratios": [0.0], "max_fsd": None,
-                                                    "num_mixtures": 5, "confirm": True})
+                                                    "num_mixtures": 5, "confirm": True,
+                                                    "max_concurrent": 2})  # the confirmation's trials at once
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     del raw["search"]["merge_methods"]  # the product's default operators, not the tests' average
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests_support import mlflow_runs, write_config
+from tests_support import mlflow_runs, run_signmix, write_config
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 
@@ -217,8 +217,6 @@ def _peft_classifier_folder(base: str, folder: Path) -> Path:
 
 
 def test_every_adapter_with_a_problem_is_named_in_one_run(tmp_path, tiny_bert, demo_domains):
-    import subprocess
-    import sys
 
     domains = ("books", "kitchen", "movies")
     for d in domains:
@@ -226,8 +224,7 @@ def test_every_adapter_with_a_problem_is_named_in_one_run(tmp_path, tiny_bert, d
     path = write_config(tmp_path, base_model=tiny_bert, targets=["books"],
                         domains={d: demo_domains[d] for d in domains}, adapter={"method": "lora", "rank": 4, "alpha": 8})
     _with_adapters(path, {d: {"peft": f"./lora/{d}"} for d in domains})
-    run = subprocess.run([sys.executable, "-m", "search.cli.main", "train", str(path)], capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parents[3], timeout=300)
+    run = run_signmix("train", str(path), cwd=Path(__file__).resolve().parents[3], timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert "3 adapters cannot be imported" in run.stderr
     for d in domains:  # each one named, with its own problem and fix
