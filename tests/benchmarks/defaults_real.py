@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import yaml
+from new_domain_real import load  # the config written into its folder and loaded (this script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -88,15 +89,6 @@ def config(work: Path, sections: dict, *, targets: list[str] | None, budget: int
         "ray": {"storage_path": str(work / "runs"), "num_cpus": 2},
         "store": str(work / "adapters"),
     }
-
-
-def load(work: Path, raw: dict):
-    from search.settings.config import load_config
-
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "signmix.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return load_config(path)
 
 
 def copy_library(source: Path, store: Path) -> None:
