@@ -206,9 +206,10 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
             "none" if cfg.search.max_fsd is None else f"{cfg.search.max_fsd:.6f}",
             "space_size": space.size(), "base_model": cfg.base_model, "adapter.method": cfg.adapter.method})
         tracker.client.set_tag(tracker.parent_id, RAY_EXPERIMENT_TAG, f"{storage.rstrip('/')}/{ray_name}")
-        progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, "
-                 f"max_fsd {cfg.search.max_fsd if isinstance(cfg.search.max_fsd, (str, type(None))) else f'{cfg.search.max_fsd:.4f}'}"
-                 f" ({cfg.search.fsd_measure})")
+        limit = cfg.search.max_fsd if isinstance(cfg.search.max_fsd, (str, type(None))) else f"{cfg.search.max_fsd:.4f}"
+        # the measure the pre-filter reads, then how a subset's pairs are combined (not a second measure)
+        progress(f"search: {cfg.search.strategy}, {space.size()} candidate mixtures, max_fsd {limit} "
+                 f"(measure {cfg.search.conflict_measure}, a subset's pairs combined by {cfg.search.fsd_measure})")
     try:
         with _only_our_loggers():
             interrupts.fit(tuner)

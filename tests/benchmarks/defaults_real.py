@@ -74,7 +74,7 @@ def config(work: Path, sections: dict, *, targets: list[str] | None, budget: int
            previous: bool = False) -> dict:
     """The 4 Amazon domains with the library's training sections; the search section names only the
     targets, the budget and the seed (``targets`` None: the library's own config, for ``run_training``)."""
-    name = f"defaults-{'+'.join(targets)}-{budget}" if targets else "defaults-library"
+    name = f"defaults-{'_'.join(targets)}-{budget}" if targets else "defaults-library"
     search = {"seed": SEED}
     if targets:
         search.update(targets=list(targets), num_mixtures=budget)
