@@ -96,7 +96,6 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-
 # --- the `signmix` command, run as a user runs it, without paying its imports every time -----------
 
 # What every `signmix` command imports before it can say anything: imported once into a fork server.

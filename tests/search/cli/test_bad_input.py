@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import yaml
-from tests_support import run_signmix, write_config
+from tests_support import run_signmix as signmix  # the command, forked from a server that imported it once
+from tests_support import write_config
 
 DOMAINS = ("books", "support")
 MAX_STDERR_LINES = 15
 
-
-def signmix(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The command in a process of its own, forked from one that imported its libraries once."""
-    return run_signmix(*args, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

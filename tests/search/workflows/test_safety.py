@@ -6,22 +6,18 @@ from __future__ import annotations
 import ast
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from tests_support import run_signmix, write_config
+from tests_support import run_signmix as signmix  # the command, forked from a server that imported it once
+from tests_support import write_config
 
 REPO = Path(__file__).resolve().parents[3]
 PRODUCT = [p for package in ("spaces", "trainables", "search", "mlflow_server")
            for p in sorted((REPO / package).rglob("*.py"))]
 SECRET = "s3cretpw"
 
-
-def signmix(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The command in a process of its own, forked from one that imported its libraries once."""
-    return run_signmix(*args, cwd=cwd, timeout=120)
 
 
 def _calls(name: str):
