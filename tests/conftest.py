@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_support import write_config
+from tests_support import session_ray, write_config
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -20,15 +20,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real local Ray cluster with 2 CPUs and no GPU, shared by the session."""
-    import ray
-
-    from search.runtime.cluster import no_idle_workers, quiet_ray
-
-    quiet_ray()
-    no_idle_workers()  # as `signmix` starts its local clusters
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    """A real local Ray cluster with 2 CPUs and no GPU, shared by the session (and joined by the
+    `signmix` commands the tests start, ``tests_support.cli_env``)."""
+    ray = session_ray()
     yield ray
     ray.shutdown()
 

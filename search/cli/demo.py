@@ -113,7 +113,16 @@ def run_demo(args) -> int:
     weights, index = load_sign_index(cfg.store_path, cfg.member_domains)
     baselines = evaluate_specs(cfg, specs, weights)
     targets = ",".join(cfg.search.targets)
-    rows = [[f"best: {s.best_label}", s.best_k, s.best_fsd, s.best_accuracy]]
+    # One measure in the FSD column: the weight FSD of the store's sign index for every row (the
+    # search's own FSD metric is the measure its gate read, activation FSD by default).
+    best_fsd = None
+    if s.best_run_id is not None:
+        from search.tracking.experiment_runs import open_existing_experiment
+        from search.tracking.layout import spec_from_run
+
+        best_members = spec_from_run(open_existing_experiment(cfg)[0].get_run(s.best_run_id)).members
+        best_fsd = index.subset_fsd(best_members, cfg.search.fsd_measure)
+    rows = [[f"best: {s.best_label}", s.best_k, best_fsd, s.best_accuracy]]
     rows += [[name, specs[name].k, index.subset_fsd(specs[name].members, cfg.search.fsd_measure), r["accuracy_mean"]]
              for name, r in baselines.items()]
     if cfg.search.head == "own":  # what the best mixture scores with heads refit on it
@@ -121,9 +130,9 @@ def run_demo(args) -> int:
 
         record = json.loads((out / "best" / "mixture.json").read_text(encoding="utf-8"))
         refit = evaluate_specs(cfg, {"best, refit heads": spec_of_record(record, head="refit")}, weights)
-        rows.insert(1, ["best, refit heads", s.best_k, s.best_fsd, refit["best, refit heads"]["accuracy_mean"]])
+        rows.insert(1, ["best, refit heads", s.best_k, best_fsd, refit["best, refit heads"]["accuracy_mean"]])
     print()
-    print(format_table(rows, ["mixture", "k", "FSD", f"validation accuracy ({targets})"]))
+    print(format_table(rows, ["mixture", "k", "weight FSD", f"validation accuracy ({targets})"]))
     if s.best_run_id is not None:
         from search.workflows.baselines import search_summary_lines
 

@@ -88,7 +88,7 @@ def check_cluster_storage(cfg: Config) -> None:
                          f"{' and '.join(problems)} explicitly; only Ray Tune's results go to the URI")
 
 
-def _connection_hint(address: str, exc: BaseException) -> str:
+def _connection_hint(address: str, exc: BaseException, source: str = "ray.address") -> str:
     """What to do about a failed ``ray.init(address=...)``, from the error chain."""
     from ray.exceptions import AuthenticationError
 
@@ -100,7 +100,12 @@ def _connection_hint(address: str, exc: BaseException) -> str:
     if any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in chain):
         return ("the cluster uses token authentication: set RAY_AUTH_MODE=token and give this machine the "
                 "cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
+    if source == RAY_ADDRESS_ENV:
+        return "start it (`ray start --head`), or unset RAY_ADDRESS for a local cluster of the command's own"
     return "start it (`ray start --head`) or fix ray.address"
+
+
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
 
 def no_idle_workers() -> None:
@@ -114,9 +119,25 @@ def no_idle_workers() -> None:
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 
+def cluster_address(cfg: Config) -> str | None:
+    """The cluster a command joins: ``ray.address`` (or ``--address``), else Ray's own
+    ``RAY_ADDRESS`` as ``ray.init`` reads it (a shell on a cluster node, a Ray Job): ``auto`` or
+    a GCS ``host:port``. None (or ``local``): a local cluster of the command's own.
+
+    A ``RAY_ADDRESS`` with a scheme is left alone: ``http://HEAD:8265`` is the dashboard that
+    ``ray job submit`` talks to (Ray's docs export it so), ``ray://`` a Ray Client; neither is
+    a cluster this process can join as a driver."""
+    if cfg.ray.address:
+        address = cfg.ray.address
+    else:
+        address = os.environ.get(RAY_ADDRESS_ENV, "").strip()
+        address = None if "://" in address else address
+    return None if not address or address == "local" else address
+
+
 def connect_ray(cfg: Config, *, debug: bool = False) -> None:
-    """Join the cluster of ``ray.address``, or start a local one sized by ``ray.num_cpus``;
-    then check that one trial's ``resources`` fit on some node of it.
+    """Join the cluster of ``ray.address`` (or ``RAY_ADDRESS``), or start a local one sized by
+    ``ray.num_cpus``; then check that one trial's ``resources`` fit on some node of it.
 
     Raises:
         UsageError: the cluster cannot be reached, or no node can ever run a trial (e.g.
@@ -128,12 +149,13 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
     quiet_ray(debug)
     check_cluster_storage(cfg)
 
-    address = cfg.ray.address
+    address = cluster_address(cfg)
+    source = "ray.address" if cfg.ray.address else RAY_ADDRESS_ENV
     if address and address.startswith("ray://"):
-        check_ray_address(address)  # refuses Ray Client
+        check_ray_address(address, source)  # refuses Ray Client
     started_here = False
     if not ray.is_initialized():
-        check_ray_address(address)  # ray.init against a dead host:port hangs for minutes
+        check_ray_address(address, source)  # ray.init against a dead host:port hangs for minutes
         kwargs = dict(include_dashboard=False, log_to_driver=debug, logging_level=logging.WARNING,
                       configure_logging=True)
         try:
@@ -149,7 +171,7 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
                 ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=None, **kwargs)
         except (ConnectionError, RuntimeError) as exc:
             raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}; "
-                             f"{_connection_hint(address or '', exc)}") from None
+                             f"{_connection_hint(address or '', exc, source)}") from None
         started_here = True
         interrupts.stop_on_sigterm()  # ray.init made SIGTERM sys.exit(15): a stopped Ray Job failed the search
     try:
@@ -183,12 +205,15 @@ def tcp_unreachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) ->
         return exc.strerror or str(exc) or type(exc).__name__
 
 
-def check_ray_address(address: str | None) -> None:
+def check_ray_address(address: str | None, source: str = "ray.address") -> None:
     """An existing cluster's address (``host:port``) must answer; ``ray://`` (Ray Client) is refused.
 
     ``ray.init`` against a dead ``host:port`` waits for minutes; a TCP connect says the same
-    in a few seconds. ``auto`` and ``local`` are left to Ray.
+    in a few seconds. ``auto`` and ``local`` are left to Ray. ``source`` names where the address
+    came from in the messages (``ray.address``, or ``RAY_ADDRESS`` from the environment).
     """
+    fix = ("unset RAY_ADDRESS (a local cluster of the command's own) or fix it" if source == RAY_ADDRESS_ENV
+           else "fix ray.address / --address")
     if not address or address in ("auto", "local"):
         return
     if address.startswith("ray://"):
@@ -202,8 +227,8 @@ def check_ray_address(address: str | None) -> None:
                          "(or `signmix submit CONFIG --address http://HEAD:8265` from outside the cluster)")
     host, sep, port = hostport.rstrip("/").rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise UsageError(f"ray.address {address!r} has no port; use host:6379 (on a cluster node) or auto")
+        raise UsageError(f"{source} {address!r} has no port; use host:6379 (on a cluster node) or auto, or {fix}")
     reason = tcp_unreachable(host.strip("[]"), int(port))
     if reason:
         raise UsageError(f"cannot connect to the Ray cluster at {address!r}: nothing answers at {host}:{port} "
-                         f"({reason}); start it (`ray start --head`) or fix ray.address / --address")
+                         f"({reason}); start it (`ray start --head`) or {fix}")

@@ -48,14 +48,14 @@ import time
 from pathlib import Path
 
 import yaml
-from new_domain_real import load  # the config written into its folder and loaded (this script's folder is on sys.path)
+# the config written into its folder and loaded; what a search evaluated (this script's folder is on sys.path)
+from new_domain_real import CHANCE_MARGIN, load, searched_mixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 AMAZON = ("books", "dvd", "electronics", "kitchen")
 RUNS = ("books", "dvd", "electronics", "kitchen", "books+dvd", "electronics+kitchen")
 SEED = 0
-CHANCE_MARGIN = 0.05  # "within 5 points of chance"
 # `--previous-defaults`: the search defaults before issue 33 (the uniform average first, so the greedy
 # warm start walks averages; the pre-filter on weight FSD), for the near-chance share "before"; the
 # soup and TIES of all still compete for the export, which is not a setting.
@@ -125,14 +125,8 @@ def one_run(work: Path, store: Path, sections: dict, targets: list[str], budget:
             previous: bool = False) -> dict:
     """One search with the defaults, its confirmation, then TIES of all on test; the row for results.jsonl."""
     from search.runtime.cluster import connect_ray
-    from search.tracking.experiment_runs import MixtureRun, open_existing_experiment
-    from search.tracking.layout import (
-        BASELINE_TAG,
-        KIND_TAG,
-        PARENT_TAG,
-        STATUS_TAG,
-        spec_from_run,
-    )
+    from search.tracking.experiment_runs import open_existing_experiment
+    from search.tracking.layout import spec_from_run
     from search.workflows.baselines import TIES_OF_ALL as PRODUCT_TIES
     from search.workflows.baselines import ties_of_all
     from search.workflows.confirmation_decision import CONFIDENCE
@@ -140,7 +134,7 @@ def one_run(work: Path, store: Path, sections: dict, targets: list[str], budget:
     from search.workflows.mixture_search import run_search
     from spaces.spec import make_mixture_spec
     from trainables.significance import mean_difference
-    from trainables.store import AdapterStore, load_sign_index
+    from trainables.store import load_sign_index
 
     assert PRODUCT_TIES == TIES_OF_ALL
     name = f"{'+'.join(targets)}-{budget}"
@@ -191,26 +185,14 @@ def one_run(work: Path, store: Path, sections: dict, targets: list[str], budget:
                         "test": mean_acc(test[b]), "lead": d.lead, "low": d.low, "high": d.high, "n": d.n,
                         "worse": d.high < 0, "better": d.low > 0}
 
-    store_meta = AdapterStore(cfg.store_path)
-    chance = sum(1 / store_meta.meta(t)["num_labels"] for t in targets) / len(targets)
-    where = (f"tags.`{KIND_TAG}` = 'mixture' and tags.`{STATUS_TAG}` = 'evaluated' "
-             f"and tags.`{PARENT_TAG}` = '{summary.parent_run_id}'")
-    mixtures = []
-    for r in client.search_runs([experiment_id], filter_string=where, max_results=50000):
-        m = MixtureRun.from_mlflow(r)
-        mixtures.append({"label": r.info.run_name, "k": m.k, "merge_method": r.data.params.get("merge_method"),
-                         "validation": m.metrics.get("accuracy_mean"), "baseline": m.tags.get(BASELINE_TAG)})
-    searched = [m for m in mixtures if not m["baseline"]]
-    multi = [m for m in searched if m["k"] >= 2]
-    near = [m for m in multi if m["validation"] is not None and m["validation"] <= chance + CHANCE_MARGIN]
+    searched = searched_mixtures(cfg, summary.parent_run_id, targets)
     return {"targets": targets, "budget": budget, "seed": SEED,
             "exported": record["chosen_label"], "exported_members": record["chosen_members"],
             "exported_k": record["chosen_k"], "exported_baseline": record.get("chosen_baseline"),
             "exported_validation": chosen_run.data.metrics["accuracy_mean"], "exported_test": mean_acc(test["chosen"]),
             "exported_per_target": record["targets"],
             "best_label": summary.best_label, "best_validation": summary.best_accuracy,
-            "baselines": baselines, "chance": chance,
-            "mixtures": searched, "multi": len(multi), "near_chance": len(near),
+            "baselines": baselines, **searched,
             "evaluated": summary.evaluated, "filtered": summary.filtered, "gate": summary.fsd_gate_decision,
             "gate_label": summary.fsd_gate_label, "notes": record["notes"],
             "search_seconds": search_seconds, "search_only_seconds": summary.seconds,

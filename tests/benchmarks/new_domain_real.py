@@ -64,7 +64,8 @@ def config(work: Path, *, held_out: str | None, budget: int | None, seed: int | 
     from search.cli.demo import demo_base_model
 
     entries = {d: {"path": str(p)} for d, p in domains().items()}
-    search = {"strategy": "tpe", "num_mixtures": args.num_mixtures, "merge_methods": args.merge_methods,
+    search = {"strategy": "tpe", "num_mixtures": args.num_mixtures,
+              **({"merge_methods": args.merge_methods} if args.merge_methods else {}),
               "densities": [0.1, 0.2], "lambdas": [1.0, 1.5, 2.0], "prune_ratios": [0.0], "weights": "searched",
               "head": "refit", "max_concurrent": 2, "eval_batch_size": 64, "seed": 0, "max_fsd": None,
               "max_members": args.max_members, "adaptersoup_k": args.k, "confirm": True,
@@ -114,6 +115,35 @@ def library(work: Path, source: Path, args) -> Path:
     return store
 
 
+CHANCE_MARGIN = 0.05  # "within 5 points of chance"
+
+
+def searched_mixtures(cfg, parent_run_id: str, targets: list[str]) -> dict:
+    """What a search evaluated, from its MLflow mixture runs (the one-body baselines the confirmation
+    logged left out): every mixture's label, size, operator and mean validation accuracy, and how many
+    of those with 2+ members scored within 5 points of chance (at most chance + 0.05; chance = the
+    mean over the targets of 1 / number of labels)."""
+    from search.tracking.experiment_runs import MixtureRun, open_existing_experiment
+    from search.tracking.layout import BASELINE_TAG, KIND_TAG, PARENT_TAG, STATUS_TAG
+    from trainables.store import AdapterStore
+
+    client, experiment_id = open_existing_experiment(cfg)
+    store = AdapterStore(cfg.store_path)
+    chance = sum(1 / store.meta(t)["num_labels"] for t in targets) / len(targets)
+    where = (f"tags.`{KIND_TAG}` = 'mixture' and tags.`{STATUS_TAG}` = 'evaluated' "
+             f"and tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    mixtures = []
+    for r in client.search_runs([experiment_id], filter_string=where, max_results=50000):
+        m = MixtureRun.from_mlflow(r)
+        if m.tags.get(BASELINE_TAG):
+            continue
+        mixtures.append({"label": r.info.run_name, "k": m.k, "merge_method": r.data.params.get("merge_method"),
+                         "validation": m.metrics.get("accuracy_mean")})
+    multi = [m for m in mixtures if m["k"] >= 2]
+    near = [m for m in multi if m["validation"] is not None and m["validation"] <= chance + CHANCE_MARGIN]
+    return {"mixtures": mixtures, "chance": chance, "multi": len(multi), "near_chance": len(near)}
+
+
 def one_run(work: Path, store: Path, held_out: str, budget: int, seed: int, args) -> dict:
     """Train the few-shot baseline, search, confirm; returns the row for results.jsonl."""
     from search.workflows.mixture_search import run_search
@@ -141,7 +171,9 @@ def one_run(work: Path, store: Path, held_out: str, budget: int, seed: int, args
             "chosen_test": comparison["chosen"]["accuracy"], "chosen_low": comparison["chosen"]["ci_low"],
             "chosen_high": comparison["chosen"]["ci_high"], "test_n": comparison["chosen"]["n"],
             "best_validation": summary.best_accuracy, "baselines": comparison["baselines"],
-            "train_seconds": trained - started, "search_seconds": searched - trained}
+            "train_seconds": trained - started, "search_seconds": searched - trained,
+            "merge_methods": list(cfg.search.merge_methods),
+            **searched_mixtures(cfg, summary.parent_run_id, [held_out])}
 
 
 def table(rows: list[dict]) -> str:
@@ -151,8 +183,9 @@ def table(rows: list[dict]) -> str:
     lines = [(f"{len(rows)} runs: held out {', '.join(held)}; seeds {seeds}; "
               f"{rows[0]['num_mixtures']} mixtures per search; test accuracy (mean over runs), and in brackets "
               "how many runs the chosen mixture beats the baseline beyond its 95% paired interval (and loses)"), "",
-             "| budget | runs | chosen mixture | " + " | ".join(LABELS[b] for b in BASELINES) + " | search wall (s) |",
-             "|---|---|---|" + "---|" * len(BASELINES) + "---|"]
+             "| budget | runs | chosen mixture | " + " | ".join(LABELS[b] for b in BASELINES)
+             + " | search wall (s) | 2+ adapters near chance |",
+             "|---|---|---|" + "---|" * len(BASELINES) + "---|---|"]
     for b in budgets:
         sel = [r for r in rows if r["budget"] == b]
         cells = [f"{statistics.mean(r['chosen_test'] for r in sel):.3f}"]
@@ -166,7 +199,9 @@ def table(rows: list[dict]) -> str:
             lost = sum(r["baselines"][base]["lead_high"] < 0 for r in have)
             cells.append(f"{acc:.3f} (beats {beaten}/{len(have)}, loses {lost})")
         wall = statistics.mean(r["search_seconds"] for r in sel)
-        lines.append(f"| {b} | {len(sel)} | " + " | ".join(cells) + f" | {wall:.0f} |")
+        counted = [r for r in sel if "multi" in r]  # runs before stop 37 kept no count
+        near = (f"{sum(r['near_chance'] for r in counted)}/{sum(r['multi'] for r in counted)}" if counted else "-")
+        lines.append(f"| {b} | {len(sel)} | " + " | ".join(cells) + f" | {wall:.0f} | {near} |")
     return "\n".join(lines)
 
 
@@ -207,7 +242,9 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=int, default=[16, 32, 64, 128])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num-mixtures", type=int, default=16, help="mixtures each search evaluates")
-    parser.add_argument("--merge-methods", nargs="+", default=["average", "ties", "task_arithmetic"])
+    parser.add_argument("--merge-methods", nargs="+", default=None,
+                        help="the search's operators, the first walked by the greedy warm start (default: the "
+                             "product's, TIES first; the runs of stop 35 and before: average ties task_arithmetic)")
     parser.add_argument("--max-members", type=int, default=3, help="members of a searched mixture (AdapterSoup: 3)")
     parser.add_argument("--k", type=int, default=3, help="AdapterSoup's selection: the k nearest domains")
     parser.add_argument("--table-only", action="store_true", help="print the table of the results there, run nothing")

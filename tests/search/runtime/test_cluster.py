@@ -149,6 +149,48 @@ def test_a_library_caller_gets_a_usage_error_at_once_for_a_dead_address(tmp_path
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize("config_address, env, expected", [
+    (None, None, None),                               # a local cluster of the command's own
+    (None, "10.0.0.1:6379", "10.0.0.1:6379"),         # Ray's own variable, as ray.init reads it
+    (None, "auto", "auto"),
+    (None, "local", None),
+    (None, "http://127.0.0.1:8265", None),            # the dashboard of `ray job submit`, not a cluster
+    (None, "ray://head:10001", None),                 # a Ray Client: never joined
+    ("10.0.0.2:6379", "10.0.0.1:6379", "10.0.0.2:6379"),  # the config (or --address) wins
+])
+def test_a_command_joins_ray_address_from_its_environment_unless_the_config_names_one(
+        tmp_path, monkeypatch, config_address, env, expected):
+    from search.runtime.cluster import cluster_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if env is not None:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    cfg = _config(tmp_path, **({"ray": {"address": config_address}} if config_address else {}))
+    assert cluster_address(cfg) == expected
+
+
+def test_a_dead_ray_address_in_the_environment_names_the_variable_and_the_way_back_to_a_local_cluster(tmp_path):
+    # In a fresh process: this one may already hold the session's Ray cluster.
+    port = _free_ports(1)[0]
+    code = textwrap.dedent(f"""
+        import sys
+        from search.runtime.cluster import connect_ray
+        from search.settings.config import validate_config
+        from spaces.errors import UsageError
+        try:
+            connect_ray(validate_config({{"name": "c", "base_model": "m", "domains": {{"books": {{"path": "."}}}},
+                                         "search": {{"targets": ["books"]}}}}, base_dir={str(tmp_path)!r}))
+        except UsageError as e:
+            print("UsageError:", e)
+            sys.exit(3)
+        """)
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=REPO)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in proc.stdout and "unset RAY_ADDRESS" in proc.stdout, proc.stdout
+
+
 # --- a real two-node cluster --------------------------------------------------------------
 
 def _free_ports(n: int) -> list[int]:

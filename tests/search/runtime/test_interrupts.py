@@ -15,7 +15,7 @@ import pytest
 
 from search.settings.config import load_config
 from search.tracking.layout import KIND_TAG, STATUS_TAG
-from tests_support import interruptible, mlflow_runs, run_signmix, write_config
+from tests_support import cli_env, interruptible, mlflow_runs, run_signmix, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -78,12 +78,13 @@ def _signal_and_wait(proc: subprocess.Popen, signum: int) -> float:
 
 @pytest.fixture
 def popen():
-    """Starts processes as a user would; any still running at the end is killed by process id."""
+    """Starts processes as a user would (joining the session's Ray cluster, as a command joins the
+    cluster of its shell); any still running at the end is killed by process id."""
     started: list[subprocess.Popen] = []
 
     def start(*args: str) -> subprocess.Popen:
         started.append(subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, preexec_fn=interruptible,
-                                        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+                                        stderr=subprocess.PIPE, text=True, env={**cli_env(), "PYTHONUNBUFFERED": "1"}))
         return started[-1]
     yield start
     for proc in started:
