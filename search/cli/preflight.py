@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlflow_server.network import check_writable
 from mlflow_server.server import check_reachable, redact_uri
-from search.runtime.cluster import CONNECT_TIMEOUT_S, check_ray_address, tcp_unreachable
+from search.runtime.cluster import CONNECT_TIMEOUT_S, check_ray_address, cluster_address, ray_address_source, tcp_unreachable
 from search.settings.config import Config
 from search.workflows.store_imports import check_imports
 from spaces.errors import DataError, StoreError, TrackingError, UsageError
@@ -60,7 +60,7 @@ def check_before_run(cfg: Config, *, command: str, out: str | os.PathLike | None
     if command in ("train", "search", "export"):
         check_tracking_uri(cfg.tracking_uri)
     if command in ("train", "search"):
-        check_ray_address(cfg.ray.address)
+        check_ray_address(cluster_address(cfg), ray_address_source(cfg))
     if command == "search":
         check_base_model(cfg.base_model)
         check_refit_data(cfg)

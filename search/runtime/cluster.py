@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import socket
+import sys
 
 from search.runtime import interrupts
 from search.settings.config import Config
@@ -135,6 +136,11 @@ def cluster_address(cfg: Config) -> str | None:
     return None if not address or address == "local" else address
 
 
+def ray_address_source(cfg: Config) -> str:
+    """Where :func:`cluster_address` found the address: ``ray.address`` or ``RAY_ADDRESS``."""
+    return "ray.address" if cfg.ray.address else RAY_ADDRESS_ENV
+
+
 def connect_ray(cfg: Config, *, debug: bool = False) -> None:
     """Join the cluster of ``ray.address`` (or ``RAY_ADDRESS``), or start a local one sized by
     ``ray.num_cpus``; then check that one trial's ``resources`` fit on some node of it.
@@ -149,8 +155,7 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
     quiet_ray(debug)
     check_cluster_storage(cfg)
 
-    address = cluster_address(cfg)
-    source = "ray.address" if cfg.ray.address else RAY_ADDRESS_ENV
+    address, source = cluster_address(cfg), ray_address_source(cfg)
     if address and address.startswith("ray://"):
         check_ray_address(address, source)  # refuses Ray Client
     started_here = False
@@ -163,6 +168,9 @@ def connect_ray(cfg: Config, *, debug: bool = False) -> None:
                 # A Ray Job (`signmix submit`) already ships the packages in its runtime
                 # environment, and Ray refuses a second one with the same fields.
                 in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+                if source == RAY_ADDRESS_ENV and not in_job:  # never silent: the shell chose the cluster
+                    print(f"Ray: joining the cluster in RAY_ADDRESS ({address}); unset RAY_ADDRESS for a local "
+                          "cluster of this command's own", file=sys.stderr, flush=True)
                 ray.init(address=address, runtime_env=None if in_job else runtime_env_for_packages(), **kwargs)
             else:
                 # "local": a new cluster even when `ray start` left an address file behind

@@ -60,6 +60,8 @@ def test_search_killed_mid_way_resumes_to_exactly_the_budget(tmp_path, ray_clust
     resumed = run_signmix("search", str(path), "--resume", timeout=600)  # a fresh process, not killed
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming search" in resumed.stderr
+    # the resumed command joined the session's cluster (tests_support.cli_env), as a command joins RAY_ADDRESS
+    assert "Ray: joining the cluster in RAY_ADDRESS" in resumed.stderr
 
     children = mlflow_runs(cfg, f"tags.`{KIND_TAG}` = 'mixture'")
     keys = [r.data.tags[KEY_TAG] for r in children]
