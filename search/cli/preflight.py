@@ -18,7 +18,13 @@ from pathlib import Path
 
 from mlflow_server.network import check_writable
 from mlflow_server.server import check_reachable, redact_uri
-from search.runtime.cluster import CONNECT_TIMEOUT_S, check_ray_address, cluster_address, ray_address_source, tcp_unreachable
+from search.runtime.cluster import (
+    CONNECT_TIMEOUT_S,
+    check_ray_address,
+    cluster_address,
+    ray_address_source,
+    tcp_unreachable,
+)
 from search.settings.config import Config
 from search.workflows.store_imports import check_imports
 from spaces.errors import DataError, StoreError, TrackingError, UsageError

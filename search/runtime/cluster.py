@@ -27,6 +27,9 @@ PACKAGES = ("spaces", "trainables", "search", "mlflow_server")
 RUNTIME_ENV_EXCLUDES = ["__pycache__", "*.pyc", "*.egg-info"]
 # How long a TCP probe of a Ray or database address waits for an answer.
 CONNECT_TIMEOUT_S = 3.0
+# Ray's own variable naming the cluster to join (`ray.init` reads it); signmix reads it when the
+# config names no address (cluster_address).
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
 
 def quiet_ray(debug: bool = False) -> None:
@@ -104,9 +107,6 @@ def _connection_hint(address: str, exc: BaseException, source: str = "ray.addres
     if source == RAY_ADDRESS_ENV:
         return "start it (`ray start --head`), or unset RAY_ADDRESS for a local cluster of the command's own"
     return "start it (`ray start --head`) or fix ray.address"
-
-
-RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
 
 def no_idle_workers() -> None:
