@@ -148,27 +148,24 @@ def session_ray():
     return ray
 
 
-def cli_env(*, own_cluster: bool = False) -> dict[str, str]:
+def cli_env() -> dict[str, str]:
     """The environment of a `signmix` command a test starts: this one, and ``RAY_ADDRESS`` naming
     the session's cluster, which the command joins as a user's command joins the cluster of its
     shell (about 1 s, against about 5 s and seven processes to start a cluster of its own on 2
     cores). Its trials run in workers that the session's cluster started, with the session's
-    environment: ``own_cluster=True`` for a command whose workers must see an environment of the
-    test's, or that sizes its own cluster (``ray.num_cpus``)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    if not own_cluster:
-        env["RAY_ADDRESS"] = session_ray().get_runtime_context().gcs_address
-    return env
+    environment; a command whose workers must see an environment of the test's, or that sizes its
+    own cluster, is started as a subprocess with an environment without ``RAY_ADDRESS``."""
+    return {**os.environ, "RAY_ADDRESS": session_ray().get_runtime_context().gcs_address}
 
 
-def run_signmix(*args: str, cwd: Path | None = None, timeout: float = 120, own_cluster: bool = False):
+def run_signmix(*args: str, cwd: Path | None = None, timeout: float = 120):
     """``signmix *args`` in a fresh process, like ``subprocess.run([... "signmix", *args])``: a
     :class:`subprocess.CompletedProcess` with the exit status, stdout and stderr as text.
 
     The process is forked from a server that imported the command's libraries once (torch,
     transformers, adapters, MLflow, Optuna, Ray: seconds of CPU per command otherwise), so each
     command still starts from a clean process of its own, with its own folder and exit status.
-    It joins the session's Ray cluster (:func:`cli_env`, ``own_cluster``). For commands a test
+    It joins the session's Ray cluster (:func:`cli_env`). For commands a test
     signals or kills, start a real subprocess instead."""
     import multiprocessing
     import subprocess
@@ -180,7 +177,7 @@ def run_signmix(*args: str, cwd: Path | None = None, timeout: float = 120, own_c
         _cli_context.set_forkserver_preload(_CLI_PRELOAD)
     with tempfile.TemporaryDirectory(prefix="signmix-cli-") as folder:
         out_path, err_path = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
-        child = _cli_context.Process(target=_cli_child, args=(list(args), str(cwd or os.getcwd()), cli_env(own_cluster=own_cluster),
+        child = _cli_context.Process(target=_cli_child, args=(list(args), str(cwd or os.getcwd()), cli_env(),
                                                                  out_path, err_path))
         child.start()
         child.join(timeout)

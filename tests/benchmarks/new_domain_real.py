@@ -65,8 +65,10 @@ def config(work: Path, *, held_out: str | None, budget: int | None, seed: int | 
 
     entries = {d: {"path": str(p)} for d, p in domains().items()}
     search = {"strategy": "tpe", "num_mixtures": args.num_mixtures,
-              **({"merge_methods": args.merge_methods} if args.merge_methods else {}),
-              "densities": args.densities, "lambdas": args.lambdas, "prune_ratios": [0.0], "weights": "searched",
+              # the operators and their parameters: the product's defaults unless given
+              **{k: v for k, v in (("merge_methods", args.merge_methods), ("densities", args.densities),
+                                   ("lambdas", args.lambdas)) if v},
+              "prune_ratios": [0.0], "weights": "searched",
               "head": "refit", "max_concurrent": 2, "eval_batch_size": 64, "seed": 0, "max_fsd": None,
               "max_members": args.max_members, "adaptersoup_k": args.k, "confirm": True,
               "targets": [held_out or "books"]}
@@ -246,10 +248,10 @@ def main() -> None:
     parser.add_argument("--merge-methods", nargs="+", default=None,
                         help="the search's operators, the first walked by the greedy warm start (default: the "
                              "product's, TIES first; the runs of stop 35 and before: average ties task_arithmetic)")
-    parser.add_argument("--densities", nargs="+", type=float, default=[0.1, 0.2],
-                        help="TIES / DARE densities, the first walked by the greedy warm start")
-    parser.add_argument("--lambdas", nargs="+", type=float, default=[1.0, 1.5, 2.0],
-                        help="the operators' scales, the first walked by the greedy warm start")
+    parser.add_argument("--densities", nargs="+", type=float, default=None,
+                        help="TIES / DARE densities, the first walked by the greedy warm start (default: the product's)")
+    parser.add_argument("--lambdas", nargs="+", type=float, default=None,
+                        help="the operators' scales, the first walked by the greedy warm start (default: the product's)")
     parser.add_argument("--max-members", type=int, default=3, help="members of a searched mixture (AdapterSoup: 3)")
     parser.add_argument("--k", type=int, default=3, help="AdapterSoup's selection: the k nearest domains")
     parser.add_argument("--table-only", action="store_true", help="print the table of the results there, run nothing")
