@@ -7,7 +7,9 @@ and tracking), over the group's domains only, with every one of them a target an
 (``require_targets``): what is searched is the operator, its parameters, the weights and the
 pruning of ``search``, for ``plan.mixtures_per_group`` evaluations. Its MLflow parent run is
 tagged with the plan's run, the group and a hash of its settings, so a later plan of the
-same experiment reuses it instead of searching the group again.
+same experiment reuses it instead of searching the group again. The groups of a batch
+(``plan.parallel_groups``) are searched at once, each in a Ray task of its own
+(``search/plan/concurrent_searches.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -24,7 +25,8 @@ from search.workflows.baselines import TIES_OF_ALL, ties_of_all
 from search.workflows.confirmation_passes import run_confirmation_trials
 from search.plan.partition import Group
 from search.plan.transfer import OperatorRecord, choice_key, describe_choice
-from search.workflows.mixture_search import run_search
+from search.workflows.mixture_search import run_search_with
+from search.plan.concurrent_searches import SearchJob, run_searches
 from search.workflows.export import find_best_run
 from search.tracking.layout import (
     KIND_TAG,
@@ -92,13 +94,15 @@ class BodySearch:
     from MLflow instead of searched again (the planner caches within a plan)."""
 
     def __init__(self, cfg: Config, *, plan_run_id: str, client, experiment_id: str,
-                 progress: Callable[[str], None] = logger.info, debug: bool = False) -> None:
+                 progress: Callable[[str], None] = logger.info, debug: bool = False,
+                 trial: Callable | None = None) -> None:
         self.cfg, self.plan_run_id, self.client, self.progress, self.debug = cfg, plan_run_id, client, progress, debug
+        self.trial = trial  # replaces the mixture trial (a benchmark's cheap evaluator)
+        self.searched = 0  # group searches started
         self.experiment_id = experiment_id
         self.bodies: dict[Group, GroupBody] = {}
         self.reused: set[Group] = set()
         self.evaluated: dict[Group, int] = {}  # mixtures each group's search evaluated (none when reused)
-        self._last_second = ""
         self.merge = space_from_config(cfg.search, cfg.plan_domains, targets=cfg.plan_domains).merge
         self.operators = OperatorRecord(self.merge.operator_choices()) if cfg.plan.transfer else None
 
@@ -111,37 +115,56 @@ class BodySearch:
 
     def __call__(self, group: Group) -> dict[str, float]:
         """Each member's validation accuracy with the best body found for ``group``."""
-        name = group_name(group)
+        (accuracy,) = self.score_groups([group])
+        return accuracy
+
+    def score_groups(self, groups: Sequence[Group]) -> list[dict[str, float]]:
+        """:meth:`__call__` for several groups; their searches run at once when there are two or
+        more (:func:`search.plan.concurrent_searches.run_searches`), one in this process otherwise.
+        The operator choices each search tries first are those learnt before the batch."""
         first = self.operators.first(self.cfg.plan.mixtures_per_group) if self.operators else []
-        group_cfg = group_config(self.cfg, group, warm_start=not first)
-        key = body_key(group_cfg)
-        earlier = self._searched_before(key)
-        if earlier is not None:
-            best = find_best_run(self.client, self.experiment_id, earlier.info.run_id)
-            self.progress(f"plan: the body of {name} was searched before with these settings (MLflow run "
-                          f"{earlier.info.run_id}): reused")
-            self.reused.add(group)
-            self._learn(group, earlier.info.run_id)
-            return self._record(group, best, earlier.info.run_id)
-        # A search's Optuna study and Ray experiment are named by the second it starts at.
-        while time.strftime("%Y%m%d-%H%M%S") == self._last_second:
-            time.sleep(0.05)
-        self._last_second = time.strftime("%Y%m%d-%H%M%S")
         firsts = "; first " + ", ".join(describe_choice(c) for c in first) if first else ""
-        self.progress(f"plan: searching one body for {name} ({self.cfg.plan.mixtures_per_group} evaluations{firsts})")
-        # nested under the plan run in MLflow, named for its domains
-        summary = run_search(group_cfg, progress=lambda line: self.progress(f"  [{name}] {line}"), debug=self.debug,
-                             first_merges=first, run_name=f"plan-group {name}",
-                             tags={PARENT_TAG: self.plan_run_id, PLAN_RUN_TAG: self.plan_run_id,
-                                   PLAN_GROUP_TAG: ",".join(group)})
-        if summary.best_run_id is None:
-            raise SignmixError(f"no mixture of {name} could be evaluated ({summary.failed} failed); "
-                               "run `signmix --debug plan CONFIG` for the workers' errors")
-        self.evaluated[group] = summary.evaluated
-        # tagged last: only a search that found a body is ever reused
-        self.client.set_tag(summary.parent_run_id, PLAN_BODY_KEY_TAG, key)
-        self._learn(group, summary.parent_run_id)
-        return self._record(group, self.client.get_run(summary.best_run_id), summary.parent_run_id)
+        jobs, keys = [], {}
+        for group in groups:
+            name = group_name(group)
+            group_cfg = group_config(self.cfg, group, warm_start=not first)
+            key = body_key(group_cfg)
+            earlier = self._searched_before(key)
+            if earlier is not None:
+                self.progress(f"plan: the body of {name} was searched before with these settings (MLflow run "
+                              f"{earlier.info.run_id}): reused")
+                self.reused.add(group)
+                self._learn(group, earlier.info.run_id)
+                self._record(group, find_best_run(self.client, self.experiment_id, earlier.info.run_id),
+                             earlier.info.run_id)
+                continue
+            keys[group] = key
+            self.searched += 1
+            self.progress(f"plan: searching one body for {name} ({self.cfg.plan.mixtures_per_group} evaluations"
+                          f"{firsts})")
+            # nested under the plan run in MLflow, named for its domains; the plan's count names its
+            # Ray experiment and Optuna study apart from those of the searches that start beside it
+            jobs.append((group, SearchJob(name=name, cfg=group_cfg, options=dict(
+                first_merges=first, run_name=f"plan-group {name}", name_suffix=f"g{self.searched}",
+                tags={PARENT_TAG: self.plan_run_id, PLAN_RUN_TAG: self.plan_run_id,
+                      PLAN_GROUP_TAG: ",".join(group)}))))
+        if len(jobs) == 1:
+            (group, job), = jobs
+            summaries = [run_search_with(job.cfg, trial=self.trial, progress=lambda line: self.progress(
+                f"  [{job.name}] {line}"), debug=self.debug, **job.options)]
+        else:
+            summaries = run_searches([job for _, job in jobs], progress=self.progress, debug=self.debug,
+                                     trial=self.trial) if jobs else []
+        for (group, job), summary in zip(jobs, summaries):
+            if summary.best_run_id is None:
+                raise SignmixError(f"no mixture of {job.name} could be evaluated ({summary.failed} failed); "
+                                   "run `signmix --debug plan CONFIG` for the workers' errors")
+            self.evaluated[group] = summary.evaluated
+            # tagged last: only a search that found a body is ever reused
+            self.client.set_tag(summary.parent_run_id, PLAN_BODY_KEY_TAG, keys[group])
+            self._learn(group, summary.parent_run_id)
+            self._record(group, self.client.get_run(summary.best_run_id), summary.parent_run_id)
+        return [dict(self.bodies[g].accuracy) for g in groups]
 
     def _learn(self, group: Group, search_run_id: str) -> None:
         """Tell the operator record what each mixture of a group's search scored (``plan.transfer``),

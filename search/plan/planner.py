@@ -21,7 +21,12 @@ one group per domain (G = N) is the bound by construction.
    is estimated at once from the one or two groups it changes
    (:class:`search.plan.neighbourhood.Neighbourhood`), so a step costs about N^2 array cells
    per best plan rather than N^2 partitions built and summed.
-3. The floor (``max_domain_loss``: the most any one domain may lose against its own adapter) is a
+3. Batches (``batch`` > 1): the start's levels, and the search's next plans, are proposed
+   until their new groups number ``batch``, and those groups are scored together (``score_groups``: a plan's group
+   searches as concurrent Ray tasks, ``search/plan/bodies.py``); the plans of a batch are then
+   taken in order as one after another would be. What is proposed depends on ``batch`` only,
+   never on how many of its groups run at once, so a plan is the same on one machine or many.
+4. The floor (``max_domain_loss``: the most any one domain may lose against its own adapter) is a
    constraint of the search, not a filter afterwards: a plan that keeps every domain within it
    beats one that does not, whatever their means (:meth:`PlanSearch.rank`), and while the best
    plan of some G has a domain below its floor, the next plan scored is that plan with its worst
@@ -43,6 +48,7 @@ from search.plan.serving_choice import within_floor, worst_domain
 logger = logging.getLogger(__name__)
 
 ScoreGroup = Callable[[Group], Mapping[str, float]]
+ScoreGroups = Callable[[Sequence[Group]], Sequence[Mapping[str, float]]]
 IMPROVEMENT = 1e-12  # a neighbour must beat the best plan of its G by more than rounding
 
 
@@ -68,6 +74,9 @@ class PlanSearch:
         score_group: a group of two or more -> each member's accuracy with the group's body.
         budget: how many groups of two or more may be scored (group evaluations).
         max_domain_loss: the floor, the most one domain may lose against ``singles`` (None: none).
+        batch: plans proposed at once (their new groups scored together).
+        score_groups: several groups at once, each member's accuracy per group, in order
+            (default: ``score_group`` on each, one after another).
     """
 
     domains: Sequence[str]
@@ -76,6 +85,8 @@ class PlanSearch:
     score_group: ScoreGroup
     budget: int
     max_domain_loss: float | None = None
+    batch: int = 1
+    score_groups: ScoreGroups | None = None
     groups: dict[Group, dict[str, float]] = field(default_factory=dict)  # scored groups (the cache)
     best: dict[int, Partition] = field(default_factory=dict)  # G -> best partition found
     steps: list[PlanStep] = field(default_factory=list)
@@ -93,6 +104,7 @@ class PlanSearch:
     _worst: dict[Partition, tuple[str, float]] = field(default_factory=dict, repr=False)  # nor its worst domain
     _within_floor: dict[Partition, bool] = field(default_factory=dict, repr=False)
     _splits: dict[Partition, Partition] = field(default_factory=dict, repr=False)  # a plan -> its worst split off
+    _pending: int = field(default=0, repr=False)  # new groups of the batch being proposed (budget they hold)
 
     def __post_init__(self) -> None:
         if len(set(self.domains)) < 2:
@@ -102,6 +114,8 @@ class PlanSearch:
             raise ValueError(f"singles lacks the own-adapter accuracy of {missing}")
         if self.budget < 0:
             raise ValueError(f"budget must be >= 0, got {self.budget}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
         self.domains = tuple(sorted(self.domains))
         self._pair_loss = PairLosses(self.domains, self.singles)
 
@@ -151,13 +165,18 @@ class PlanSearch:
         (floor, value), (floor_then, value_then) = self.rank(partition), self.rank(than)
         return floor > floor_then or (floor == floor_then and value > value_then + IMPROVEMENT)
 
-    def _score(self, move: str, partition: Partition) -> float | None:
-        """Score ``partition`` (its new groups cost budget); None when the budget cannot pay."""
-        new = self._unscored(partition)
-        if len(new) > self.budget - self.evaluations:
-            return None
-        for g in new:
-            scored = dict(self.score_group(g))
+    def _remaining(self) -> int:
+        """Group evaluations the budget can still pay for, less those the batch being proposed holds."""
+        return self.budget - self.evaluations - self._pending
+
+    def _evaluate(self, groups: Sequence[Group]) -> None:
+        """Score ``groups`` (new, distinct) at once, and learn their pair losses."""
+        if len(groups) > 1 and self.score_groups is not None:
+            results = list(self.score_groups(groups))
+        else:
+            results = [self.score_group(g) for g in groups]
+        for g, scored in zip(groups, results, strict=True):
+            scored = dict(scored)
             missing = [d for d in g if d not in scored]
             if missing:
                 raise ValueError(f"score_group({g}) gave no accuracy for {missing}")
@@ -166,38 +185,108 @@ class PlanSearch:
             self._losses = None
             for hood in self._hoods.values():
                 hood.record(g, sum(self.groups[g].values()))
-        self.tried.add(partition)
-        value = self.value(partition)
-        bodies = len(partition)
-        improved = bodies not in self.best or self._better(partition, self.best[bodies])
-        if improved:
-            self.best[bodies] = partition
-        self.steps.append(PlanStep(move=move, partition=partition, accuracy=value, new_groups=len(new),
-                                   improved=improved))
-        return value
+
+    def _score(self, move: str, partition: Partition) -> float | None:
+        """Score ``partition`` (its new groups cost budget); None when the budget cannot pay."""
+        (step,) = self._score_all([(move, partition)])
+        return None if step is None else step.accuracy
+
+    def _score_all(self, proposals: Sequence[tuple[str, Partition]]) -> list[PlanStep | None]:
+        """Score several plans: the new groups of all of them at once, then each plan in order, as
+        one after another would (a new group counts for the first plan that needs it). A plan whose
+        new groups the budget cannot pay for, after those before it, gets None."""
+        needed: list[Group] = []
+        new_of: list[list[Group] | None] = []
+        for _, partition in proposals:
+            new = [g for g in self._unscored(partition) if g not in needed]
+            if len(needed) + len(new) > self.budget - self.evaluations:
+                new_of.append(None)
+                continue
+            needed += new
+            new_of.append(new)
+        self._evaluate(needed)
+        steps: list[PlanStep | None] = []
+        for (move, partition), new in zip(proposals, new_of):
+            if new is None:
+                steps.append(None)
+                continue
+            self.tried.add(partition)
+            value = self.value(partition)
+            bodies = len(partition)
+            improved = bodies not in self.best or self._better(partition, self.best[bodies])
+            if improved:
+                self.best[bodies] = partition
+            self.steps.append(PlanStep(move=move, partition=partition, accuracy=value, new_groups=len(new),
+                                       improved=improved))
+            steps.append(self.steps[-1])
+        return steps
 
     def run(self, progress: Callable[[str], None] = logger.info) -> PlanSearch:
         """Agglomerative start, then local search, until the budget is spent; returns self."""
-        for partition in agglomerative(self.domains, self.distances):
-            if self._score("agglomerative", partition) is None:
-                progress(f"plan: the budget of {self.budget} group evaluations ended the agglomerative start "
-                         f"at {len(partition) + 1} bodies")
-                return self
-            name, loss = self.worst(partition)
-            progress(f"plan: {len(partition)} bodies (agglomerative) {self.value(partition):.4f} (worst domain "
-                     f"{name} {-100 * loss:+.1f} points), {self.evaluations}/{self.budget} group evaluations")
-        while True:  # ends: every pass scores or discards one more untried neighbour
-            step = self._next_neighbour()
-            if step is None:
-                return self
-            move, partition = step
-            value = self._score(move, partition)
-            if value is None:  # the budget cannot pay for it
-                self.tried.add(partition)
-            elif self.steps[-1].improved:
+        levels = list(agglomerative(self.domains, self.distances))
+        while levels:
+            chunk = self._fill(levels)
+            levels = levels[len(chunk):]
+            for partition, step in zip(chunk, self._score_all([("agglomerative", p) for p in chunk])):
+                if step is None:
+                    progress(f"plan: the budget of {self.budget} group evaluations ended the agglomerative start "
+                             f"at {len(partition) + 1} bodies")
+                    return self
                 name, loss = self.worst(partition)
-                progress(f"plan: {len(partition)} bodies improved by a {move} to {value:.4f} (worst domain {name} "
-                         f"{-100 * loss:+.1f} points), {self.evaluations}/{self.budget} group evaluations")
+                progress(f"plan: {len(partition)} bodies (agglomerative) {step.accuracy:.4f} (worst domain "
+                         f"{name} {-100 * loss:+.1f} points), {self.evaluations}/{self.budget} group evaluations")
+        while True:  # ends: every pass scores or discards one more untried neighbour
+            proposals = self._propose()
+            if not proposals:
+                return self
+            for (move, partition), step in zip(proposals, self._score_all(proposals)):
+                if step is None:  # the budget cannot pay for it
+                    self.tried.add(partition)
+                elif step.improved:
+                    name, loss = self.worst(partition)
+                    progress(f"plan: {len(partition)} bodies improved by a {move} to {step.accuracy:.4f} (worst "
+                             f"domain {name} {-100 * loss:+.1f} points), {self.evaluations}/{self.budget} group "
+                             "evaluations")
+
+    def _fill(self, levels: Sequence[Partition]) -> list[Partition]:
+        """The first of ``levels`` up to the one whose new groups bring the batch to ``batch``."""
+        chunk: list[Partition] = []
+        pending: set[Group] = set()
+        for partition in levels:
+            new = set(self._unscored(partition)) - pending
+            if chunk and pending and len(pending) + len(new) > self.batch:
+                break
+            chunk.append(partition)
+            pending |= new
+            if len(pending) >= self.batch:
+                break
+        return chunk
+
+    def _propose(self) -> list[tuple[str, Partition]]:
+        """The next plans to score: the first untried neighbour (:meth:`_next_neighbour`), then
+        the next, each taken as tried, until their new groups reach ``batch``, as long as the budget
+        left after the new groups before it can pay for each. A plan that needs no new group is
+        free: alone when it comes first (as one at a time would score it), else beside the rest."""
+        proposals: list[tuple[str, Partition]] = []
+        pending: set[Group] = set()
+        try:
+            while len(pending) < self.batch:
+                step = self._next_neighbour()
+                if step is None:
+                    break
+                new = set(self._unscored(step[1])) - pending
+                if proposals and (len(new) > self._remaining() or len(pending) + len(new) > self.batch):
+                    break  # left untried: it comes first in the next batch, if the budget allows
+                proposals.append(step)
+                if not new and len(proposals) == 1:
+                    break
+                if self.batch > 1:
+                    self.tried.add(step[1])
+                pending |= new
+                self._pending = len(pending)
+        finally:
+            self._pending = 0
+        return proposals
 
     def _split_below_floor(self) -> Partition | None:
         """The best plan of the fewest bodies that has a domain below its floor, with that domain
@@ -213,7 +302,7 @@ class PlanSearch:
                 name, _ = self.worst(best)
                 rest = [tuple(d for d in g if d != name) for g in best]
                 p = self._splits[best] = make_partition([g for g in rest if g] + [(name,)])
-            if p not in self.tried and len(self._unscored(p)) <= self.budget - self.evaluations:
+            if p not in self.tried and len(self._unscored(p)) <= self._remaining():
                 return p
         return None
 
@@ -280,7 +369,7 @@ class PlanSearch:
                     hood.record(g, sum(acc.values()))
                 for near in (bodies - 1, bodies, bodies + 1):  # their splits or merges compare with it
                     self._tops.pop(near, None)
-        remaining = self.budget - self.evaluations
+        remaining = self._remaining()
         base = {bodies: self.value(p) for bodies, p in self.best.items()}
         while True:
             for bodies, hood in self._hoods.items():

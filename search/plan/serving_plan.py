@@ -130,7 +130,7 @@ def _params(cfg: Config, domains, budget: int) -> list:
     values = {"domains": ",".join(domains), "tolerance": cfg.plan.tolerance, "max_bodies": cfg.plan.max_bodies,
               "max_domain_loss": cfg.plan.max_domain_loss, "serving_options": ",".join(cfg.plan_serving_options),
               "group_evaluations_budget": budget, "mixtures_per_group": cfg.plan.mixtures_per_group,
-              "transfer": cfg.plan.transfer,
+              "transfer": cfg.plan.transfer, "parallel_groups": cfg.plan.parallel_groups,
               "compatibility": cfg.plan.compatibility, "probe_size": cfg.plan.probe_size, "head": cfg.search.head,
               "merge_methods": ",".join(cfg.search.merge_methods), "strategy": cfg.search.strategy}
     return [Param(k, str(v)) for k, v in values.items()]
@@ -182,7 +182,8 @@ def _plan(cfg, domains, weights, index, budget, ties, client, experiment_id, run
                         debug=debug)
     with clock.part("group searches"):
         search = PlanSearch(domains=domains, distances=distances, singles=singles, score_group=bodies,
-                            budget=budget, max_domain_loss=cfg.plan.max_domain_loss).run(progress)
+                            budget=budget, max_domain_loss=cfg.plan.max_domain_loss, batch=cfg.plan.parallel_groups,
+                            score_groups=bodies.score_groups).run(progress)
     validation_rows = {d: len(base[f"{head}/{d}"]["validation"][d]) for d in domains}
     # a group search scores each mixture on every member's whole validation split
     clock.add_rows("group searches", sum(n * sum(validation_rows[d] for d in g) for g, n in bodies.evaluated.items()))

@@ -57,6 +57,11 @@ class PlanConfig(FrozenModel):
     max_bodies: Optional[Annotated[int, Field(ge=1)]] = None  # ... or the best plan of at most this many bodies
     group_evaluations: Optional[Annotated[int, Field(ge=1)]] = None  # groups whose body is searched (default 4N)
     mixtures_per_group: Annotated[int, Field(ge=1)] = 4  # evaluations of one group's body search
+    # Plans the planner proposes at once; their groups' searches run at the same time, each a Ray task
+    # whose trials share the cluster's CPUs. 1: one group after another. The plans found depend on this
+    # number, never on the cluster's size; a larger batch can spend evaluations on plans that one at a
+    # time would have passed over.
+    parallel_groups: Annotated[int, Field(ge=1)] = 1
     # A group's search first evaluates the operator choices that served the groups searched before it
     # best, and one tried least (search/plan/transfer.py); false: every group's search starts afresh.
     transfer: bool = True

@@ -86,7 +86,7 @@ SINGLES_FIRST = ("tpe", "random")
 
 def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger.info,
                debug: bool = False, first_merges: Sequence[Mapping] = (), run_name: str | None = None,
-               tags: Mapping[str, str] | None = None) -> SearchSummary:
+               tags: Mapping[str, str] | None = None, name_suffix: str = "") -> SearchSummary:
     """Run the mixture search of ``cfg.search`` and record it in MLflow.
 
     With ``resume``, continue the newest interrupted search of the experiment: the same Ray
@@ -96,15 +96,17 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
     strategy asks first, in order, every member in, after any warm start (a plan's group bodies:
     ``search/plan/transfer.py``). ``run_name`` and ``tags``: the MLflow name and extra tags of the
     search's run (a plan's group search: ``plan-group a+b``, nested under the plan run).
+    ``name_suffix``: ends the names of its Ray Tune experiment and Optuna study, which start with
+    the second the search starts at (searches that start together: a plan's concurrent groups).
     """
     return run_search_with(cfg, resume=resume, progress=progress, debug=debug, first_merges=first_merges,
-                           run_name=run_name, tags=tags)
+                           run_name=run_name, tags=tags, name_suffix=name_suffix)
 
 
 def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors: bool = True,
                     resume: bool = False, progress: Progress = logger.info, debug: bool = False,
                     first_merges: Sequence[Mapping] = (), run_name: str | None = None,
-                    tags: Mapping[str, str] | None = None) -> SearchSummary:
+                    tags: Mapping[str, str] | None = None, name_suffix: str = "") -> SearchSummary:
     """:func:`run_search` with another trial or actor setting (benchmarks and ablations:
     ``tests/benchmarks/bench_optimisations.py``).
 
@@ -158,7 +160,8 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         tolerance, warnings = validation_tolerance(cfg, progress)
         # max_fsd (fixed or auto) is the gate's alone: auto resolves from the evidence of the search.
         space = space_from_config(cfg.search, cfg.member_domains)
-        ray_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+        ray_name = f"search-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}" + (
+            f"-{name_suffix}" if name_suffix else "")
         gate, warm_start_order = gate_for_search(cfg, space, tolerance, index, progress=progress, debug=debug)
         # A data-only target: the library adapters alone first (Optuna's strategies, which can be
         # told what to ask first), then the greedy path from the best of them.

@@ -94,6 +94,44 @@ def test_the_plan_search_stops_at_its_budget_and_reuses_scored_groups():
     assert sorted(starved.best) == [3, 4, 5] and starved.evaluations == 2
 
 
+def test_a_batch_scores_its_new_groups_together_within_the_budget_and_finds_the_families():
+    wrong = {(p, q): (0.9 if FAMILY[p] == FAMILY[q] else 0.1) for p, q in itertools.combinations(DOMAINS, 2)}
+    batches = []
+
+    def score_groups(groups):
+        batches.append(list(groups))
+        return [family_score(g) for g in reversed(groups)][::-1]  # scored in any order, answered in order
+
+    def one(group):  # a batch with one new group
+        batches.append([group])
+        return family_score(group)
+
+    # two more group evaluations than one at a time needs (20): a batch's second plan is proposed before the
+    # first is scored, and this start misleads every estimate
+    search = PlanSearch(domains=DOMAINS, distances=wrong, singles=OWN, score_group=one, budget=22, batch=2,
+                        score_groups=score_groups).run()
+    assert max(len(b) for b in batches) == 2 and sum(len(b) == 2 for b in batches) >= 5
+    scored = [g for b in batches for g in b]
+    assert len(scored) == len(set(scored)) == search.evaluations <= 22  # each group scored once, within budget
+    assert search.best[2] == (("a", "b", "c"), ("x", "y"))
+    assert sum(s.new_groups for s in search.steps) == search.evaluations
+    again = PlanSearch(domains=DOMAINS, distances=wrong, singles=OWN, score_group=family_score, budget=22,
+                       batch=2).run()  # the same plans whether a batch's groups run together or one by one
+    assert [(s.move, s.partition) for s in again.steps] == [(s.move, s.partition) for s in search.steps]
+
+
+def test_batches_never_spend_more_than_the_budget_and_the_start_is_the_same_in_batches():
+    for budget in (1, 2, 3, 5, 7):
+        for batch in (1, 2, 4):
+            search = PlanSearch(domains=DOMAINS, distances=DIST, singles=OWN, score_group=family_score,
+                                budget=budget, batch=batch).run()
+            assert search.evaluations == budget  # this space has more groups than any of these budgets
+            start = [s.partition for s in search.steps if s.move == "agglomerative"]
+            assert start == agglomerative(DOMAINS, DIST)[:len(start)]
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        PlanSearch(domains=DOMAINS, distances=DIST, singles=OWN, score_group=family_score, budget=4, batch=0)
+
+
 def test_a_plan_needs_two_domains_and_every_own_accuracy():
     with pytest.raises(ValueError, match="at least 2 domains"):
         PlanSearch(domains=["a"], distances={}, singles={"a": 0.8}, score_group=family_score, budget=4)

@@ -25,7 +25,8 @@ def plan_config_path(tmp_path_factory, shared_store, tiny_bert, demo_domains):
         folder, base_model=tiny_bert, domains=dict(demo_domains), targets=["books"], store=shared_store,
         search={"strategy": "tpe", "merge_methods": ["ties", "average"], "densities": [0.5], "lambdas": [1.0],
                 "prune_ratios": [0.0], "warm_start": "greedy_fsd"},
-        plan={"group_evaluations": 5, "mixtures_per_group": 2, "tolerance": 0.01}))
+        # two group searches at once (Ray tasks on the session's cluster); the other plan tests search one at a time
+        plan={"group_evaluations": 5, "mixtures_per_group": 2, "tolerance": 0.01, "parallel_groups": 2}))
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,10 @@ def test_each_group_body_is_a_search_recorded_in_mlflow_and_the_plan_run_holds_t
                                          "tags.`signmix.status` = 'evaluated'")
         assert 1 <= len(children) <= 2 and body["run_id"] in {c.info.run_id for c in children}
         assert all(c.data.params["members"] == group.replace("+", ",") for c in children)
+    # plan.parallel_groups: 2: the start's group searches ran two at a time, side by side
+    spans = sorted((r.info.start_time, r.info.end_time) for r in searches)
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+    assert all(r.info.status == "FINISHED" for r in searches)
     client = MlflowClient(plan_cfg.tracking_uri)
     files = {f.path for f in client.list_artifacts(planned.run_id, "plan")}
     assert files == {"plan/plan.json", "plan/plan_front.csv", "plan/plan_front.png"}

@@ -2,9 +2,9 @@
 check, and a real two-node cluster on this machine that a search spreads its trials over.
 
 The two nodes are started with `ray start --block` as child processes, each in its own
-process group and with its own ``--temp-dir``, ports and auth token, so nothing here can
-touch another Ray instance of the machine (``ray stop`` would stop them all, including the
-session's ``ray_cluster``). The search's driver runs in a subprocess, so this pytest process
+process group and with its own ``--temp-dir``, ports and auth token (``tests/local_nodes.py``),
+so nothing here can touch another Ray instance of the machine (``ray stop`` would stop them
+all, including the session's ``ray_cluster``). The search's driver runs in a subprocess, so this pytest process
 never joins the two-node cluster and the session's local cluster stays as it is.
 """
 
@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -35,10 +30,9 @@ from search.runtime.cluster import (
 )
 from search.settings.config import validate_config
 from spaces.errors import UsageError
+from local_nodes import free_ports, local_nodes
 
 REPO = Path(__file__).resolve().parents[3]
-RAY = Path(sys.executable).parent / "ray"
-NODE_START_TIMEOUT_S = 90
 
 
 def _config(tmp_path, **overrides):
@@ -127,7 +121,7 @@ def test_a_ray_client_address_is_refused_with_the_way_that_works(tmp_path):
 
 def test_a_library_caller_gets_a_usage_error_at_once_for_a_dead_address(tmp_path):
     # In a fresh process: this one may already hold the session's Ray cluster.
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     raw = {"name": "c", "base_model": "m", "domains": {"books": {"path": str(tmp_path)}},
            "search": {"targets": ["books"]}, "ray": {"address": f"127.0.0.1:{port}"}}
     code = textwrap.dedent(f"""
@@ -171,7 +165,7 @@ def test_a_command_joins_ray_address_from_its_environment_unless_the_config_name
 
 def test_a_dead_ray_address_in_the_environment_names_the_variable_and_the_way_back_to_a_local_cluster(tmp_path):
     # In a fresh process: this one may already hold the session's Ray cluster.
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     code = textwrap.dedent(f"""
         import sys
         from search.runtime.cluster import connect_ray
@@ -193,106 +187,12 @@ def test_a_dead_ray_address_in_the_environment_names_the_variable_and_the_way_ba
 
 # --- a real two-node cluster --------------------------------------------------------------
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _node_args(temp_dir: Path, ports: list[int]) -> list[str]:
-    """Everything that must differ between two nodes on one machine: ports and temp dir."""
-    p = iter(ports)
-    return ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats",
-            f"--temp-dir={temp_dir}", f"--node-manager-port={next(p)}", f"--object-manager-port={next(p)}",
-            f"--dashboard-agent-listen-port={next(p)}", f"--dashboard-agent-grpc-port={next(p)}",
-            f"--runtime-env-agent-port={next(p)}", f"--metrics-export-port={next(p)}",
-            "--worker-port-list=" + ",".join(str(next(p)) for _ in range(16))]
-
-
-def _start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    # --block keeps `ray start` alive as the node's owner: SIGTERM to it stops exactly this
-    # node's processes. Its own session keeps our signals away from pytest.
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(RAY), "start", "--block", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + NODE_START_TIMEOUT_S
-    while "Ray runtime started" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"`ray start` failed:\n{log.read_text()[-3000:]}")
-        time.sleep(0.25)
-    return proc
-
-
-def _processes_with_token(token: str) -> list[int]:
-    """Our node processes (workers included): the ones whose environment holds our token."""
-    mine = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if f"RAY_AUTH_TOKEN={token}".encode() in (entry / "environ").read_bytes():
-                    mine.append(int(entry.name))
-            except OSError:
-                continue
-    return mine
-
-
-def _kill_processes_with_token(token: str, timeout: float = 10.0) -> list[int]:
-    """SIGKILL every process holding ``token`` until none is left or ``timeout`` passes (a process
-    can still be dying when listed, or be started by one that was); returns those left."""
-    deadline = time.monotonic() + timeout
-    while (left := _processes_with_token(token)) and time.monotonic() < deadline:
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
-    return left
-
-
-def _stop_node(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # anything of the node's group left behind
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 @pytest.fixture(scope="module")
 def two_nodes():
     """A head and a worker node (1 CPU, 0 GPU each) on this machine, stopped afterwards."""
-    # A short temp root: Ray's unix socket paths live under it and must stay < 108 bytes.
-    root = Path(tempfile.mkdtemp(prefix="smray-", dir="/tmp"))
-    token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    # Token authentication, with a token of our own: every node and the driver must use it.
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    gcs_port, dashboard_port, *ports = _free_ports(2 + 2 * 22)
-    nodes = []
-    try:
-        nodes.append(_start_node(["--head", f"--port={gcs_port}", "--include-dashboard=false",
-                                  f"--dashboard-port={dashboard_port}", *_node_args(root / "head", ports[:22])],
-                                 env, root / "head.log"))
-        nodes.append(_start_node([f"--address=127.0.0.1:{gcs_port}", *_node_args(root / "worker", ports[22:])],
-                                 env, root / "worker.log"))
-        yield {"address": f"127.0.0.1:{gcs_port}", "env": env, "temp_dirs": [root / "head", root / "worker"]}
-    finally:
-        for proc in reversed(nodes):
-            _stop_node(proc)
-        _kill_processes_with_token(token)  # workers run in process groups of their own
-        shutil.rmtree(root, ignore_errors=True)
-    assert all(p.returncode is not None for p in nodes)
+    with local_nodes([1]) as nodes:
+        yield nodes
+    assert all(p.returncode is not None for p in nodes["nodes"])
 
 
 # The search's driver, run as `python -c DRIVER CONFIG OUT`: trains, searches, then asks

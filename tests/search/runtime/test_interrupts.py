@@ -197,3 +197,31 @@ def test_ctrl_c_during_the_probe_passes_keeps_the_finished_passes(small_config, 
     again = run_signmix("fsd", str(path), "--measures", "activation_fsd", cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "activation_fsd" in again.stdout
+
+
+def test_ctrl_c_during_group_searches_side_by_side_stops_each_and_keeps_their_runs(small_config, popen):
+    """`signmix plan` with plan.parallel_groups: 2: Ctrl-C while two group searches run as Ray tasks."""
+    path = small_config(strategy="tpe", max_concurrent=1)
+    raw = path.read_text() + "plan: {parallel_groups: 2, group_evaluations: 4, mixtures_per_group: 4, compatibility: fsd, " \
+                             "serving_options: [plain]}\n"
+    path.write_text(raw)
+    cfg = load_config(path)
+    proc = popen("-m", "search.cli.main", "plan", str(path))
+    err = Lines(proc.stderr)
+    err.wait_for("plan: searching one body for", proc, timeout=600)
+    deadline = time.monotonic() + 600
+    while sum("] [" in line and " evaluated " in line for line in err.lines) < 1:  # a group's first mixture
+        assert proc.poll() is None, err.text()[-3000:]
+        assert time.monotonic() < deadline, "no group search evaluated a mixture:\n" + "".join(err.lines[-40:])
+        time.sleep(0.2)
+    assert sum("plan: searching one body for" in line for line in err.lines) == 2  # side by side
+    took = _signal_and_wait(proc, signal.SIGINT)
+    text = err.text()
+    assert proc.returncode == 130, text[-3000:]
+    assert took < 2 * STOP_WITHIN_S, f"the plan took {took:.1f} s to stop"
+    stopped = [line for line in text.splitlines() if line.startswith("signmix: interrupted")]
+    assert len(stopped) == 1 and "the plan stopped: 2 group search(es) in flight were stopped" in stopped[0], text[-3000:]
+    searches = mlflow_runs(cfg, f"tags.`{KIND_TAG}` = 'search'")
+    assert len(searches) == 2 and all(r.info.status == "KILLED" for r in searches), \
+        [(r.info.run_name, r.info.status) for r in searches]
+    assert "Traceback" not in text
