@@ -409,13 +409,13 @@ def without_and_with_floor(planned, plan_cfg):
     task 10 points lower than it scored (its own adapter keeps its accuracy), a domain that loses."""
     from search.plan.bodies import BodySearch
 
-    scored = BodySearch.__call__
+    scored = BodySearch.score_groups  # what a group of one batch and a batch of several go through
 
-    def support_loses(self, group):
-        return {d: a - 0.10 if d == "support" else a for d, a in scored(self, group).items()}
+    def support_loses(self, groups):
+        return [{d: a - 0.10 if d == "support" else a for d, a in acc.items()} for acc in scored(self, groups)]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(BodySearch, "__call__", support_loses)
+        patch.setattr(BodySearch, "score_groups", support_loses)
         return (plan_with(plan_cfg, tolerance=1.0, serving_options=["plain"], max_domain_loss=None),
                 plan_with(plan_cfg, tolerance=1.0, serving_options=["plain"], max_domain_loss=0.01))
 
