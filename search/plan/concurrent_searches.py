@@ -3,8 +3,8 @@
 Ray Tune runs one searcher per fit, and two fits side by side in one process are not supported
 (its signal handling wants the main thread; searcher, scheduler and callbacks are global to a
 fit). Each group's search therefore runs in a Ray task of its own
-(:func:`search.workflows.mixture_search.run_search_with` in a worker process of the same
-cluster), as Ray Tune's docs run Tune in a remote function: the task holds no CPU, its mixture
+(:func:`search.workflows.mixture_search.run_search_with` in a worker process on the driver's
+node), as Ray Tune's docs run Tune in a remote function: the task holds no CPU, its mixture
 trials hold them, so the cluster runs the trials of every group side by side, as many as it has
 CPUs for, and a larger cluster runs more of them at once. What each search finds does not depend
 on that: the trials of one group are proposed by its own searcher, seeded as in ``signmix search``.
@@ -57,9 +57,13 @@ def run_searches(jobs: Sequence[SearchJob], *, progress: Callable[[str], None] =
     import ray
     from ray.exceptions import RayTaskError
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    lines = Queue(actor_options={"num_cpus": 0})
-    task = ray.remote(num_cpus=0, max_retries=0)(_search_task)
+    # On this node, as one search at a time runs in this process: the paths of the MLflow store,
+    # the Optuna journal and Ray Tune's storage resolve as the driver's do; the trials go anywhere.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    lines = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    task = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(_search_task)
     refs = [task.remote(job, lines, debug, trial) for job in jobs]
     results: dict = {}
     pending = list(refs)
