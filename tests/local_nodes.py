@@ -37,7 +37,7 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _node_args(temp_dir: Path, ports: list[int], cpus: int = 1) -> list[str]:
+def node_args(temp_dir: Path, ports: list[int], cpus: int = 1) -> list[str]:
     """Everything that must differ between two nodes on one machine: ports and temp dir."""
     p = iter(ports)
     return ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0", "--disable-usage-stats",
@@ -47,7 +47,7 @@ def _node_args(temp_dir: Path, ports: list[int], cpus: int = 1) -> list[str]:
             "--worker-port-list=" + ",".join(str(next(p)) for _ in range(16))]
 
 
-def _start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+def start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     # --block keeps `ray start` alive as the node's owner: SIGTERM to it stops exactly this
     # node's processes. Its own session keeps our signals away from pytest.
     with open(log, "w") as out:
@@ -74,7 +74,7 @@ def _processes_with_token(token: str) -> list[int]:
     return mine
 
 
-def _kill_processes_with_token(token: str, timeout: float = 10.0) -> list[int]:
+def kill_processes_with_token(token: str, timeout: float = 10.0) -> list[int]:
     """SIGKILL every process holding ``token`` until none is left or ``timeout`` passes (a process
     can still be dying when listed, or be started by one that was); returns those left."""
     deadline = time.monotonic() + timeout
@@ -88,7 +88,7 @@ def _kill_processes_with_token(token: str, timeout: float = 10.0) -> list[int]:
     return left
 
 
-def _stop_node(proc: subprocess.Popen) -> None:
+def stop_node(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -118,16 +118,16 @@ def local_nodes(worker_cpus: list[int], *, head_cpus: int = 1):
     names = ["head"] + [f"worker{i}" for i in range(len(worker_cpus))]
     nodes = []
     try:
-        nodes.append(_start_node(["--head", f"--port={gcs_port}", "--include-dashboard=false",
+        nodes.append(start_node(["--head", f"--port={gcs_port}", "--include-dashboard=false",
                                   f"--dashboard-port={dashboard_port}",
-                                  *_node_args(root / "head", port_sets[0], head_cpus)], env, root / "head.log"))
+                                  *node_args(root / "head", port_sets[0], head_cpus)], env, root / "head.log"))
         for name, cpus, node_ports in zip(names[1:], worker_cpus, port_sets[1:]):
-            nodes.append(_start_node([f"--address=127.0.0.1:{gcs_port}", *_node_args(root / name, node_ports, cpus)],
+            nodes.append(start_node([f"--address=127.0.0.1:{gcs_port}", *node_args(root / name, node_ports, cpus)],
                                      env, root / f"{name}.log"))
         yield {"address": f"127.0.0.1:{gcs_port}", "env": env, "temp_dirs": [root / n for n in names],
                "nodes": nodes}
     finally:
         for proc in reversed(nodes):
-            _stop_node(proc)
-        _kill_processes_with_token(token)  # workers run in process groups of their own
+            stop_node(proc)
+        kill_processes_with_token(token)  # workers run in process groups of their own
         shutil.rmtree(root, ignore_errors=True)

@@ -3,7 +3,6 @@ cluster each, real MLflow; the signal is sent the way a terminal or a Ray Job's 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import pytest
 import yaml
-from test_cluster import _free_ports, _kill_processes_with_token, _node_args, _start_node, _stop_node
+from local_nodes import free_ports, kill_processes_with_token, node_args, start_node, stop_node
 from tests_support import interruptible, mlflow_runs
 
 from search.settings.config import load_config
@@ -87,20 +87,20 @@ def ray_head(*, python_dir: Path | None = None, busy_agent_port: bool = False) -
     # The job's entrypoint runs `python` from the head's PATH.
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
                PATH=f"{python_dir or Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    gcs_port, dashboard_port, *ports = _free_ports(2 + 22)
-    args = [a for a in _node_args(root / "head", ports) if not a.startswith("--num-cpus")]
+    gcs_port, dashboard_port, *ports = free_ports(2 + 22)
+    args = [a for a in node_args(root / "head", ports) if not a.startswith("--num-cpus")]
     blocker = socket.socket()
     if busy_agent_port:
-        blocker.bind(("127.0.0.1", ports[2]))  # _node_args' --dashboard-agent-listen-port
+        blocker.bind(("127.0.0.1", ports[2]))  # node_args' --dashboard-agent-listen-port
         blocker.listen()
-    proc = _start_node(["--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+    proc = start_node(["--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                         f"--dashboard-port={dashboard_port}", "--num-cpus=2", *args], env, root / "head.log")
     try:
         yield {"url": f"http://127.0.0.1:{dashboard_port}", "gcs": f"127.0.0.1:{gcs_port}", "env": env}
     finally:
         blocker.close()
-        _stop_node(proc)
-        left = _kill_processes_with_token(token)  # the job's driver and workers included
+        stop_node(proc)
+        left = kill_processes_with_token(token)  # the job's driver and workers included
         shutil.rmtree(root, ignore_errors=True)
     assert not left, "processes of the head were left running"
 
@@ -179,7 +179,7 @@ def test_a_job_that_fails_on_the_head_exits_1_with_its_error(head, job_config_fi
 ])
 def test_an_address_that_is_not_a_dashboard_is_refused_before_anything_is_submitted(head, job_config_file,
                                                                                     address, message):
-    url = f"http://{head['gcs']}" if address == "gcs" else f"http://127.0.0.1:{_free_ports(1)[0]}"
+    url = f"http://{head['gcs']}" if address == "gcs" else f"http://127.0.0.1:{free_ports(1)[0]}"
     started = time.monotonic()
     run = _submit(head, job_config_file, "--address", url, timeout=60)
     assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
