@@ -25,7 +25,6 @@ from search.workflows.baselines import TIES_OF_ALL, ties_of_all
 from search.workflows.confirmation_passes import run_confirmation_trials
 from search.plan.partition import Group
 from search.plan.transfer import OperatorRecord, choice_key, describe_choice
-from search.workflows.mixture_search import run_search_with
 from search.plan.concurrent_searches import SearchJob, run_searches
 from search.workflows.export import find_best_run
 from search.tracking.layout import (
@@ -120,7 +119,7 @@ class BodySearch:
 
     def score_groups(self, groups: Sequence[Group]) -> list[dict[str, float]]:
         """:meth:`__call__` for several groups; their searches run at once when there are two or
-        more (:func:`search.plan.concurrent_searches.run_searches`), one in this process otherwise.
+        more, one in this process otherwise (:func:`search.plan.concurrent_searches.run_searches`).
         The operator choices each search tries first are those learnt before the batch."""
         first = self.operators.first(self.cfg.plan.mixtures_per_group) if self.operators else []
         firsts = "; first " + ", ".join(describe_choice(c) for c in first) if first else ""
@@ -148,13 +147,7 @@ class BodySearch:
                 first_merges=first, run_name=f"plan-group {name}", name_suffix=f"g{self.searched}",
                 tags={PARENT_TAG: self.plan_run_id, PLAN_RUN_TAG: self.plan_run_id,
                       PLAN_GROUP_TAG: ",".join(group)}))))
-        if len(jobs) == 1:
-            (group, job), = jobs
-            summaries = [run_search_with(job.cfg, trial=self.trial, progress=lambda line: self.progress(
-                f"  [{job.name}] {line}"), debug=self.debug, **job.options)]
-        else:
-            summaries = run_searches([job for _, job in jobs], progress=self.progress, debug=self.debug,
-                                     trial=self.trial) if jobs else []
+        summaries = run_searches([job for _, job in jobs], progress=self.progress, debug=self.debug, trial=self.trial)
         for (group, job), summary in zip(jobs, summaries):
             if summary.best_run_id is None:
                 raise SignmixError(f"no mixture of {job.name} could be evaluated ({summary.failed} failed); "

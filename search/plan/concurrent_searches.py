@@ -42,18 +42,26 @@ class SearchJob:
     options: Mapping = field(default_factory=dict)
 
 
-def _search_task(job: SearchJob, lines, debug: bool, trial: Callable | None):
+def _run(job: SearchJob, put: Callable[[str], None], debug: bool, trial: Callable | None):
+    """``job``'s search, its progress lines prefixed with its name."""
     from search.workflows.mixture_search import run_search_with
 
-    return run_search_with(job.cfg, trial=trial, progress=lambda line: lines.put(f"  [{job.name}] {line}"),
-                           debug=debug, **dict(job.options))
+    return run_search_with(job.cfg, trial=trial, progress=lambda line: put(f"  [{job.name}] {line}"), debug=debug,
+                           **dict(job.options))
+
+
+def _search_task(job: SearchJob, lines, debug: bool, trial: Callable | None):
+    return _run(job, lines.put, debug, trial)
 
 
 def run_searches(jobs: Sequence[SearchJob], *, progress: Callable[[str], None] = logger.info, debug: bool = False,
                  trial: Callable | None = None) -> list:
-    """Run ``jobs`` at once on the connected Ray cluster; their ``SearchSummary`` in order.
+    """Run ``jobs`` at once on the connected Ray cluster; their ``SearchSummary`` in order. A single
+    job runs in this process, as ``signmix search`` does.
 
     ``trial`` replaces the mixture trial (a benchmark's cheap evaluator: ``run_search_with``)."""
+    if len(jobs) <= 1:
+        return [_run(job, progress, debug, trial) for job in jobs]
     import ray
     from ray.exceptions import RayTaskError
     from ray.util.queue import Queue

@@ -186,11 +186,6 @@ class PlanSearch:
             for hood in self._hoods.values():
                 hood.record(g, sum(self.groups[g].values()))
 
-    def _score(self, move: str, partition: Partition) -> float | None:
-        """Score ``partition`` (its new groups cost budget); None when the budget cannot pay."""
-        (step,) = self._score_all([(move, partition)])
-        return None if step is None else step.accuracy
-
     def _score_all(self, proposals: Sequence[tuple[str, Partition]]) -> list[PlanStep | None]:
         """Score several plans: the new groups of all of them at once, then each plan in order, as
         one after another would (a new group counts for the first plan that needs it). A plan whose
