@@ -50,16 +50,20 @@ def shared_initialisation(cfg: Config, weights) -> dict | None:
     return init
 
 
-def mixture_trainable(cfg: Config, weights, trial: Callable | None = None, init=None):
+def mixture_trainable(cfg: Config, weights, trial: Callable | None = None, init=None, *, name_suffix: str = ""):
     """The mixture trial with its resources; adapter weights (and ``init``, the shared
     initialisation, when an operator needs it) go into the Ray object store once.
 
     ``trial`` replaces :func:`trainables.mixture_trial.evaluate_mixture` (benchmarks, ablations).
+    ``name_suffix`` ends the trainable's name. Ray Tune registers a fit's trainable, with the
+    adapters it carries, under that name for the whole Ray job, so two fits of one job that run side
+    by side (a plan's group searches, Ray tasks of the driver's job) need names apart: under one
+    name, the trials of one start with the other's adapters.
     """
     from ray import tune  # in the driver only: a trial's worker never imports this module
 
-    return tune.with_resources(
-        tune.with_parameters(trial or evaluate_mixture, adapter_weights=share_adapter_weights(weights, init),
-                             experiment=cfg.experiment(),
-                             store_root=os.path.abspath(cfg.store_path)),
-        trial_resources(cfg))
+    trainable = tune.with_parameters(trial or evaluate_mixture, adapter_weights=share_adapter_weights(weights, init),
+                                     experiment=cfg.experiment(), store_root=os.path.abspath(cfg.store_path))
+    if name_suffix:
+        trainable.__name__ = f"{trainable.__name__}_{name_suffix}"
+    return tune.with_resources(trainable, trial_resources(cfg))

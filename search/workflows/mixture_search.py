@@ -96,8 +96,9 @@ def run_search(cfg: Config, *, resume: bool = False, progress: Progress = logger
     strategy asks first, in order, every member in, after any warm start (a plan's group bodies:
     ``search/plan/transfer.py``). ``run_name`` and ``tags``: the MLflow name and extra tags of the
     search's run (a plan's group search: ``plan-group a+b``, nested under the plan run).
-    ``name_suffix``: ends the names of its Ray Tune experiment and Optuna study, which start with
-    the second the search starts at (searches that start together: a plan's concurrent groups).
+    ``name_suffix``: ends the names of its Ray Tune experiment, its trainable and its Optuna study,
+    which start with the second the search starts at (searches that start together: a plan's
+    concurrent groups; Ray Tune keeps one trainable per name for the whole Ray job).
     """
     return run_search_with(cfg, resume=resume, progress=progress, debug=debug, first_merges=first_merges,
                            run_name=run_name, tags=tags, name_suffix=name_suffix)
@@ -149,7 +150,8 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
         progress(f"resuming search {parent_id} from {path}")
         # Tune rebuilds the searcher and callbacks from its own snapshot: use those.
         with unpickled_searchers() as rebuilt:
-            tuner = tune.Tuner.restore(path, trainable=mixture_trainable(cfg, weights, trial, init),
+            tuner = tune.Tuner.restore(path, trainable=mixture_trainable(cfg, weights, trial, init,
+                                                                                name_suffix=name_suffix),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
         (searcher,) = rebuilt
         tracker = searcher.tracker
@@ -191,7 +193,7 @@ def run_search_with(cfg: Config, *, trial: Callable | None = None, reuse_actors:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.eval_chunks,
                                       grace_period=1, reduction_factor=2)
         tuner = tune.Tuner(
-            mixture_trainable(cfg, weights, trial, init),
+            mixture_trainable(cfg, weights, trial, init, name_suffix=name_suffix),
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
                 # The searcher stops at the budget of distinct evaluated mixtures (-1: Ray sets
