@@ -7,6 +7,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 OUT    ?= demo_out
+# The suite's files run on this many pytest processes (pytest-xdist), each file whole on one of them
+# (its module fixtures built once), the files with integration tests first (tests/conftest.py).
+# Each process starts its own local Ray cluster. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install install-dev demo test test-fast ui-check bench bench-search-real bench-serving bench-search-end study-amazon mixing-pays lora-merge-study plan-real every-domain-real measures-real blackbox-real new-domain-real defaults-real constraints clean
 
@@ -30,10 +35,10 @@ demo: install
 	$(VENV)/bin/signmix demo --out $(OUT)
 
 test: install-dev
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: install-dev
-	$(PY) -m pytest -m "not integration"
+	$(PYTEST) -m "not integration"
 
 # Issue 30: the MLflow UI on the demo's store in Debian's headless Chromium (`apt-get install -y chromium`):
 # the experiment opens on its runs table, the plan run unfolds into its group searches. Runs `make demo`

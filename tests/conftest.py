@@ -17,6 +17,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The files holding integration tests first, each file's tests together and in order: with
+    `make test`'s processes (pytest-xdist, one file at a time each), the long files start early and
+    the many short unit files fill the end, instead of one long file running alone at the end."""
+    heavy = {item.path for item in items if item.get_closest_marker("integration")}
+    items.sort(key=lambda item: item.path not in heavy)
+
 
 @pytest.fixture(scope="session")
 def ray_cluster():
