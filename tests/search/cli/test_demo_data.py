@@ -115,6 +115,22 @@ def test_same_seed_gives_byte_identical_files(demo_dir: Path, tmp_path: Path) ->
             assert (tmp_path / name).read_bytes() == (demo_dir / name).read_bytes()
 
 
+def test_writing_the_same_data_again_leaves_the_files_alone_and_other_data_replaces_them(tmp_path: Path) -> None:
+    # the store's kept evaluations are fingerprinted by their data files' sizes and times: a demo run
+    # again must not make them look new
+    import os
+
+    write_demo_domains(tmp_path, n_train=20, n_validation=10, n_test=10)
+    path = tmp_path / "books" / "train.jsonl"
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    write_demo_domains(tmp_path, n_train=20, n_validation=10, n_test=10)
+    assert path.stat().st_mtime_ns == 1_000_000_000
+    write_demo_domains(tmp_path, seed=1, n_train=20, n_validation=10, n_test=10)
+    assert path.stat().st_mtime_ns != 1_000_000_000
+    assert path.read_bytes() == (write_demo_domains(tmp_path / "b", seed=1, n_train=20, n_validation=10, n_test=10)
+                                 ["books"] / "train.jsonl").read_bytes()
+
+
 def test_different_seed_gives_different_texts(rows: dict, tmp_path: Path) -> None:
     write_demo_domains(tmp_path, seed=1)
     for domain in DEMO_DOMAINS:
