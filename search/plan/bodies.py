@@ -218,13 +218,15 @@ def baseline_candidates(cfg: Config, domains: Sequence[str], *, cross_heads: boo
 
 
 def correctness(cfg: Config, candidates: Mapping[str, tuple[MixtureSpec, list[str]]], weights, *,
-                name: str, progress: Callable[[str], None] = logger.info) -> dict:
+                name: str, progress: Callable[[str], None] = logger.info,
+                count_rows: Callable[[int], None] | None = None) -> dict:
     """name -> split -> domain -> [0/1, ...] of ``candidates``, one parallel Ray Tune trial per
-    distinct mixture (:func:`search.workflows.confirmation_passes.run_confirmation_trials`)."""
+    distinct mixture (:func:`search.workflows.confirmation_passes.run_confirmation_trials`, which
+    tells ``count_rows`` how many rows it scored: what the store kept is read, not scored)."""
     if any(spec.merge_method != "average" for spec, _ in candidates.values()) and "ties" not in cfg.search.merge_methods:
         # the trial rebuilds the shared initialisation only when the config's operators need it
         cfg = updated(cfg, search=updated(cfg.search, merge_methods=[*cfg.search.merge_methods, "ties"]))
-    return run_confirmation_trials(cfg, candidates, weights, name=name, progress=progress)
+    return run_confirmation_trials(cfg, candidates, weights, name=name, progress=progress, count_rows=count_rows)
 
 
 def accuracy(correct: Sequence[int]) -> float:

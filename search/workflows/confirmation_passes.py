@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from search.runtime import interrupts
 from search.runtime.cluster import storage_uri
 from search.runtime.kept_evaluations import StoredCorrectness
+from search.runtime.stopwatch import rows_in
 from search.tracking.experiment_runs import evaluated_mixture_run
 from search.tracking.layout import MIXTURE_ARTIFACT
 from search.runtime.trial_inputs import shared_initialisation, trial_resources
@@ -68,9 +69,11 @@ def stored_validation(client, experiment_id: str, candidates: Mapping[str, tuple
 
 
 def run_confirmation_trials(cfg: Config, candidates: Mapping[str, tuple], weights, *, name: str,
-                            progress: Callable[[str], None] = logger.info) -> dict:
+                            progress: Callable[[str], None] = logger.info,
+                            count_rows: Callable[[int], None] | None = None) -> dict:
     """Evaluate each distinct mixture of ``candidates`` (name -> (spec, splits)) in its own Ray
-    Tune trial, in parallel; returns name -> split -> target -> [0/1 ...]."""
+    Tune trial, in parallel; returns name -> split -> target -> [0/1 ...]. ``count_rows`` is told
+    how many rows the trials scored (those read back from the store not counted)."""
     from ray import tune  # Ray is imported when a confirmation runs, not when the CLI starts
 
     # One evaluation per distinct mixture, however many names it has; what the store kept is read,
@@ -105,6 +108,8 @@ def run_confirmation_trials(cfg: Config, candidates: Mapping[str, tuple], weight
     if read:
         progress(f"{read} evaluation(s) of a target read from {stored.root}, not run again")
     if not todo:
+        if count_rows is not None:
+            count_rows(0)
         return {cname: by_key_correct[spec.key] for cname, (spec, _) in candidates.items()}
     parts = trial_parts(todo, cfg.search.max_concurrent)
     experiment = cfg.experiment(targets=sorted({t for spec, _ in candidates.values() for t in spec.targets}))
@@ -127,6 +132,8 @@ def run_confirmation_trials(cfg: Config, candidates: Mapping[str, tuple], weight
             for key, per_split in evaluated.items():  # the parts of one mixture, joined
                 for split, per_target in per_split.items():
                     fresh.setdefault(key, {}).setdefault(split, {}).update(per_target)
+    if count_rows is not None:
+        count_rows(rows_in(fresh))
     for key, per_split in fresh.items():
         stored.write(specs[key], per_split)
         for split, per_target in per_split.items():

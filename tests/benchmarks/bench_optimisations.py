@@ -526,8 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(line(f"sign bits: decision, 64 x {p:,}", r["int8_decision_ms"], r["decision_ms"], "ms/decision"))
     rows.append(line(f"sign bits: sign memory, 64 x {p:,}", r["int8_mib"], r["signs_mib"], "MiB"))
 
-    print(f"\nPart 2: per optimisation, before and after (speed-up: before/after for times and sizes, "
-          f"after/before for rates)")
+    print("\nPart 2: per optimisation, before and after (speed-up: before/after for times and sizes, "
+          "after/before for rates)")
     print(f"  {'optimisation':<44} {'before':>12} {'after':>12}  {'unit':<22} {'speed-up':>9}")
     for row in rows:
         print(row)

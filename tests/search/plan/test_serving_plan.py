@@ -136,6 +136,9 @@ def test_a_second_plan_reuses_every_group_body_searched_with_the_same_settings(p
     assert [r["groups"] for r in again["front"]] == [r["groups"] for r in planned.record["front"]]
     assert {g: b["run_id"] for g, b in again["group_runs"].items()} == {
         g: b["run_id"] for g, b in planned.record["group_runs"].items()}
+    # its baselines and its front's test rows are read back from the store, not scored again, and it says so
+    assert planned.record["time_by_part"]["baselines"]["rows"] > 0
+    assert again["time_by_part"]["baselines"]["rows"] == again["time_by_part"]["the front on test"]["rows"] == 0
 
 
 def signmix(*args: str) -> subprocess.CompletedProcess:
@@ -326,7 +329,6 @@ def test_mlflow_serves_the_registered_bundle_as_evaluated_and_names_an_unknown_d
 
 def test_the_registered_bundle_loads_with_pyfunc_in_a_fresh_process_and_reproduces_its_evaluation(
         bundle, evaluated, plan_cfg):
-    import os
 
     reg = json.loads((bundle / "plan.json").read_text())["registered_model"]
     domains = sorted(evaluated["routing"]["domains"])
