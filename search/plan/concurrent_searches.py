@@ -62,6 +62,11 @@ def run_searches(jobs: Sequence[SearchJob], *, progress: Callable[[str], None] =
     ``trial`` replaces the mixture trial (a benchmark's cheap evaluator: ``run_search_with``)."""
     if len(jobs) <= 1:
         return [_run(job, progress, debug, trial) for job in jobs]
+    suffixes = [job.options.get("name_suffix", "") for job in jobs]
+    if len(set(suffixes)) < len(jobs):
+        # Ray Tune keeps one trainable (with the adapters it carries) per name for the whole Ray job:
+        # searches side by side under one name would start their trials with each other's adapters
+        raise ValueError(f"searches run side by side need distinct name_suffix options, got {suffixes}")
     import ray
     from ray.exceptions import RayTaskError
     from ray.util.queue import Queue

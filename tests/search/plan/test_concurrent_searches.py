@@ -76,6 +76,14 @@ def test_searches_side_by_side_each_evaluate_their_own_adapters(tmp_path, tiny_b
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
 
 
+def test_searches_side_by_side_without_distinct_names_are_refused_before_anything_starts():
+    from search.plan.concurrent_searches import SearchJob, run_searches
+
+    jobs = [SearchJob(name, cfg=None, options={"name_suffix": "g1"}) for name in ("a", "b")]
+    with pytest.raises(ValueError, match="distinct name_suffix"):
+        run_searches(jobs)
+
+
 def test_a_failing_search_raises_its_own_error_and_the_other_is_stopped(tmp_path, tiny_bert, demo_domains,
                                                                         shared_store, ray_cluster):
     from mlflow import MlflowClient
